@@ -1,0 +1,53 @@
+"""Airflow DAG for one migration run: configure → land → convert → load (wiring only; work is in pipelines/).
+
+Trigger with a config such as {"sources": ["/data/legacy/export"], "source_system": "legacy-lab"}.
+Each task is safe to retry: landing is keyed by sha256, each file converts in one transaction, and the
+load merges whatever is staged in one transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+
+from pipelines import tasks as stages
+
+
+@dag(
+    dag_id="ehr_migration",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # DuckDB has one writer: runs of this DAG must not overlap
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    params={
+        "sources": Param([], type="array", description="files or folders to migrate"),
+        "warehouse": Param(None, type=["null", "string"], description="DuckDB warehouse file"),
+        "source_system": Param(None, type=["null", "string"], description="legacy system name"),
+    },
+    tags=["ehrlift"],
+    doc_md=__doc__,
+)
+def ehr_migration():
+    @task
+    def configure(params=None) -> dict:
+        return stages.configure(params["sources"], params["warehouse"], params["source_system"])
+
+    @task
+    def land(config: dict) -> dict:
+        return stages.land(config)
+
+    @task
+    def convert(config: dict) -> dict:
+        return stages.convert(config)
+
+    @task
+    def load(config: dict) -> dict:
+        return stages.load(config)
+
+    config = configure()
+    land(config) >> convert(config) >> load(config)
+
+
+ehr_migration()

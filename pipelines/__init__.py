@@ -1,0 +1,1 @@
+"""ehrlift stage functions: land, convert, load and the CLI that runs them."""

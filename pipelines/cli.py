@@ -1,0 +1,166 @@
+"""The `ehrlift` command line: run, demo-data, views test; coded exit statuses (see README)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.common.config import DEFAULT_DATA_DIR, DEFAULT_SOURCE_SYSTEM, RunConfig, ehrlift_version
+from pipelines.common.errors import EhrliftError, ExitCode
+from pipelines.summary import RunSummary
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except EhrliftError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted: re-run the same command to resume; nothing is duplicated")
+        return int(ExitCode.INTERRUPTED)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ehrlift",
+        description="Move legacy clinical data into FHIR R4, "
+        "a DuckDB warehouse and Oracle Health Millennium.",
+    )
+    parser.add_argument("--version", action="version", version=f"ehrlift {ehrlift_version()}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log stage progress (never record values)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="land, convert and load source files and folders")
+    run.add_argument("sources", nargs="+", metavar="SOURCE", help="files or folders to migrate")
+    run.add_argument(
+        "--warehouse",
+        type=Path,
+        default=None,
+        help=f"DuckDB warehouse file (default {DEFAULT_DATA_DIR / 'warehouse.duckdb'})",
+    )
+    run.add_argument(
+        "--source-system",
+        default=None,
+        help=f"name of the legacy system these files come from (default {DEFAULT_SOURCE_SYSTEM!r})",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo-data", help="write synthetic legacy source data (no real patients)")
+    demo.add_argument("dir", type=Path)
+    demo.add_argument("--patients", type=int, default=200)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=_cmd_demo)
+
+    views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")
+    views_sub = views.add_subparsers(dest="views_command", required=True)
+    vtest = views_sub.add_parser("test", help="run a SQL-on-FHIR v2 test suite folder (tests/*.json)")
+    vtest.add_argument("dir", type=Path)
+    vtest.set_defaults(func=_cmd_views_test)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.run import run_pipeline
+
+    config = RunConfig.from_env(
+        tuple(args.sources),
+        warehouse=args.warehouse,
+        source_system=args.source_system,
+        progress=not args.no_progress,
+    )
+    summary = run_pipeline(config)
+    print_summary(summary, config)
+    return int(ExitCode.OK)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import generate_demo_data
+
+    if args.patients < 1:
+        raise EhrliftError("--patients must be at least 1")
+    summary = generate_demo_data(args.dir, patients=args.patients, seed=args.seed)
+    data = summary.to_dict()
+    out.print(f"wrote synthetic demo data for {args.patients} patients (seed {args.seed}) to {args.dir}")
+    out.print(
+        f"  {len(data.get('files', []))} files, {len(data.get('defects', []))} deliberate defects; "
+        f"details in {args.dir / 'demo-summary.json'}"
+    )
+    return int(ExitCode.OK)
+
+
+def _cmd_views_test(args: argparse.Namespace) -> int:
+    from pipelines.views.suite import run_suite
+
+    if not args.dir.is_dir():
+        from pipelines.common.errors import InputNotFoundError
+
+        raise InputNotFoundError(f"test folder not found: {args.dir}")
+    result = run_suite(args.dir)
+    for failure in result.failures:
+        out.print(f"FAIL {failure}")
+    out.print(f"{result.passed} passed, {result.failed} failed")
+    return int(ExitCode.OK if result.failed == 0 else ExitCode.TESTS_FAILED)
+
+
+def print_summary(summary: RunSummary, config: RunConfig) -> None:
+    table = Table(title=f"run {summary.run_id}", title_justify="left")
+    for col in ("format", "files", "units in", "converted", "quarantined", "skipped"):
+        table.add_column(col, justify="left" if col == "format" else "right")
+    for fmt, c in summary.by_format.items():
+        table.add_row(fmt, str(c.files), str(c.units), str(c.converted), str(c.quarantined), str(c.skipped))
+    t = summary.totals
+    table.add_row(
+        "total",
+        str(t.files),
+        str(t.units),
+        str(t.converted),
+        str(t.quarantined),
+        str(t.skipped),
+        style="bold",
+    )
+    out.print(table)
+    if summary.files_already_processed:
+        out.print(
+            f"{summary.files_already_processed} file(s) were already processed by an earlier run: "
+            "nothing added for them"
+        )
+    if summary.resources_by_type:
+        rtable = Table(title="resources loaded by this run", title_justify="left")
+        rtable.add_column("resource type")
+        rtable.add_column("count", justify="right")
+        for rtype, n in summary.resources_by_type.items():
+            rtable.add_row(rtype, str(n))
+        out.print(rtable)
+    for label, reasons in (("quarantined", summary.quarantine_reasons), ("skipped", summary.skip_reasons)):
+        if reasons:
+            out.print(f"{label}: " + ", ".join(f"{r} {n}" for r, n in reasons.items()))
+    out.print(
+        f"ledger reconciles (units = converted + quarantined + skipped): "
+        f"{'yes' if summary.reconciles else 'NO'}"
+    )
+    out.print(f"warehouse: {config.warehouse.resolve()}")
+    out.print(f"landing zone: {config.landing_dir.resolve()}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

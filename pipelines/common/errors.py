@@ -1,0 +1,46 @@
+"""Run-stopping errors with stable, documented exit statuses (a bad unit is quarantined, never raised)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit statuses; the README documents each one. Never renumber: scripts depend on them."""
+
+    OK = 0
+    USAGE = 2  # the command line is wrong (argparse uses 2 too)
+    INPUT_NOT_FOUND = 3  # a source path does not exist or cannot be read
+    WAREHOUSE = 4  # the warehouse cannot be opened, is locked, or is newer than this ehrlift
+    CONFIG = 5  # a setting or data file of the project is invalid
+    TERMINOLOGY = 6  # required terminology content is missing
+    GATE_BLOCKED = 7  # a critical data-quality expectation failed: back-load is blocked
+    TESTS_FAILED = 8  # `ehrlift views test` ran and some cases failed
+    INTERRUPTED = 130  # stopped by the operator (Ctrl-C); a re-run resumes cleanly
+    INTERNAL = 70  # a bug in ehrlift: please report it with the run id
+
+
+class EhrliftError(Exception):
+    """A whole-run error: one clear line for the operator, and the exit status to leave with."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class InputNotFoundError(EhrliftError):
+    exit_code = ExitCode.INPUT_NOT_FOUND
+
+
+class WarehouseError(EhrliftError):
+    exit_code = ExitCode.WAREHOUSE
+
+
+class ConfigError(EhrliftError):
+    exit_code = ExitCode.CONFIG

@@ -1,0 +1,168 @@
+"""The unit-of-work base: a converter yields units and turns each into resources; the base owns the rest."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+
+from pipelines.common.ledger import LedgerWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FileContext:
+    """What a converter may know about the file it reads."""
+
+    run_id: str
+    seq: int
+    file_sha256: str
+    path: Path  # the landed copy, never the operator's original
+    format: str
+    format_detail: str | None
+    source_system: str
+
+
+@dataclass(slots=True)
+class Unit:
+    """One input unit: an NDJSON line, a Bundle entry, a whole file. Positions are 1-based; 0 is the file."""
+
+    position: int
+    kind: str
+    payload: Any = None
+    byte_offset: int | None = None
+    byte_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StagedResource:
+    """A converted resource as JSON text, with the keys the load stage needs (no re-parsing there)."""
+
+    resource_type: str
+    id: str
+    source_id: str | None
+    last_updated: str | None
+    json: bytes
+
+
+class Quarantine(Exception):
+    """Raised by a converter: this unit is set aside with a reason code and a message without PHI."""
+
+    def __init__(self, reason: str, message: str, resource_type: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.resource_type = resource_type
+
+
+class Skip(Exception):
+    """Raised by a converter: this unit carries nothing to convert, for a documented reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnreadableFile(Exception):
+    """Raised from units(): the file cannot be read to its end; its partial results are discarded."""
+
+
+def stage_dict(resource: dict[str, Any], source_id: str | None = None) -> StagedResource:
+    """Serialize a converter's dict resource (ids already deterministic) for staging."""
+    meta = resource.get("meta")
+    last_updated = meta.get("lastUpdated") if isinstance(meta, dict) else None
+    return StagedResource(
+        resource_type=resource["resourceType"],
+        id=resource["id"],
+        source_id=source_id,
+        last_updated=last_updated,
+        json=orjson.dumps(resource),
+    )
+
+
+class Converter(ABC):
+    """A format-specific converter: say how to split a file into units and how to convert one unit."""
+
+    name: ClassVar[str]
+    formats: ClassVar[frozenset[str]]
+
+    @abstractmethod
+    def units(self, ctx: FileContext) -> Iterator[Unit]:
+        """Yield the file's units in order; raise UnreadableFile if the file breaks off."""
+
+    @abstractmethod
+    def convert(self, unit: Unit, ctx: FileContext) -> Iterable[StagedResource | dict[str, Any]]:
+        """Resources for one unit; raise Quarantine or Skip for a unit that yields none."""
+
+
+@dataclass
+class FileResult:
+    units: int = 0
+    converted: int = 0
+    quarantined: int = 0
+    skipped: int = 0
+    resources: int = 0
+    unreadable: bool = False
+
+
+def convert_units(
+    converter: Converter,
+    ctx: FileContext,
+    writer: LedgerWriter,
+    on_progress: Callable[[int], None] | None = None,
+) -> FileResult:
+    """Run every unit of one file through the converter, recording exactly one outcome per unit."""
+    result = FileResult()
+    for unit in converter.units(ctx):
+        result.units += 1
+        try:
+            produced = [
+                r if isinstance(r, StagedResource) else stage_dict(r) for r in converter.convert(unit, ctx)
+            ]
+        except Quarantine as q:
+            writer.quarantine(unit, q.reason, q.message, q.resource_type)
+            result.quarantined += 1
+        except Skip as s:
+            writer.skip(unit, s.reason)
+            result.skipped += 1
+        except Exception as exc:  # a converter bug must cost one unit, not the run
+            where = _innermost(exc)
+            # The exception text can quote record values: log and store only its type and location.
+            log.error(
+                "converter %s failed on %s %s of %s: %s at %s",
+                converter.name,
+                unit.kind,
+                unit.position,
+                ctx.file_sha256[:12],
+                type(exc).__name__,
+                where,
+            )
+            writer.quarantine(unit, "converter_error", f"{type(exc).__name__} in {converter.name} at {where}")
+            result.quarantined += 1
+        else:
+            writer.convert(unit, produced)
+            result.converted += 1
+            result.resources += len(produced)
+        if on_progress is not None and unit.byte_offset is not None and result.units % 2048 == 0:
+            on_progress(unit.byte_offset + (unit.byte_length or 0))
+    return result
+
+
+def _innermost(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "?"
+    return f"{Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
+
+
+def content_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,117 @@
+"""Opening the DuckDB warehouse, applying its contract (schemas/warehouse.sql) and resource tables."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from pipelines.common.errors import WarehouseError
+from pipelines.common.paths import shipped
+
+SCHEMA_VERSION = 1
+RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+
+RESOURCE_TABLE_DDL = """
+CREATE TABLE IF NOT EXISTS fhir."{rtype}" (
+    id              VARCHAR NOT NULL,
+    resource        JSON NOT NULL,
+    source_system   VARCHAR NOT NULL,
+    source_id       VARCHAR,
+    file_sha256     VARCHAR NOT NULL,
+    unit_position   BIGINT NOT NULL,
+    run_id          VARCHAR NOT NULL,
+    content_sha256  VARCHAR NOT NULL,
+    last_updated    VARCHAR
+)
+"""
+
+
+def open_warehouse(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Connect to the warehouse file, creating it and its contract tables on first use."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise WarehouseError(f"no warehouse at {path}", hint="run `ehrlift run` first or pass --warehouse")
+    try:
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise WarehouseError(
+                f"the warehouse {path} is open in another process",
+                hint="DuckDB allows one writer: close the other ehrlift, DuckDB shell or notebook and retry",
+            ) from None
+        raise WarehouseError(f"cannot open the warehouse {path}: {exc}") from None
+    except duckdb.Error as exc:
+        raise WarehouseError(f"{path} is not a usable DuckDB warehouse: {exc}") from None
+    if not read_only:
+        apply_contract(con)
+    else:
+        check_version(con)
+    return con
+
+
+def apply_contract(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the ops/fhir/views/stage schemas and tables; refuse a warehouse from a newer ehrlift."""
+    found = check_version(con)
+    if found == SCHEMA_VERSION:
+        return
+    con.execute((shipped("schemas") / "warehouse.sql").read_text(encoding="utf-8"))
+    con.execute("INSERT INTO ops.schema_version VALUES (?, now())", [SCHEMA_VERSION])
+
+
+def check_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_schema = 'ops' AND table_name = 'schema_version'"
+    ).fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = con.execute("SELECT max(version) FROM ops.schema_version").fetchone()
+    found = row[0] if row else None
+    if found is not None and found > SCHEMA_VERSION:
+        raise WarehouseError(
+            f"the warehouse has contract version {found}, newer than this ehrlift's {SCHEMA_VERSION}",
+            hint="upgrade ehrlift",
+        )
+    return found
+
+
+def ensure_resource_table(con: duckdb.DuckDBPyConnection, resource_type: str) -> str:
+    """Create fhir."<Type>" if needed and return its quoted name; the type name is validated first."""
+    if not RESOURCE_TYPE.match(resource_type):
+        raise ValueError(f"not a FHIR resource type name: {resource_type!r}")
+    con.execute(RESOURCE_TABLE_DDL.format(rtype=resource_type))
+    return f'fhir."{resource_type}"'
+
+
+def resource_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    rows = con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'fhir' ORDER BY table_name"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def file_processed(con: duckdb.DuckDBPyConnection, sha: str, handler: str) -> bool:
+    """Has any run already converted this file with this handler? Then a re-run adds nothing."""
+    row = con.execute(
+        "SELECT count(*) FROM ops.run_files WHERE file_sha256 = ? AND handler = ? AND status = 'converted'",
+        [sha, handler],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """All or nothing: a crash inside leaves the warehouse as it was, so a re-run has no gaps or doubles."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")

@@ -1,0 +1,31 @@
+"""A JSON file holding one FHIR resource (not a Bundle): the whole file is one unit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import simplejson
+
+from pipelines import formats
+from pipelines.common.unit import Converter, FileContext, Quarantine, StagedResource, Unit
+from pipelines.convert.fhir.bundle import dumps_exact
+from pipelines.convert.fhir.prepare import ResourcePreparer
+
+
+class FhirResourceConverter(Converter):
+    name = "fhir-resource"
+    formats = frozenset({formats.FHIR_RESOURCE})
+
+    def units(self, ctx: FileContext) -> Iterator[Unit]:
+        yield Unit(1, "resource", None, 0, ctx.path.stat().st_size)
+
+    def convert(self, unit: Unit, ctx: FileContext) -> list[StagedResource]:
+        raw = ctx.path.read_bytes().removeprefix(formats.UTF8_BOM)
+        try:
+            obj = simplejson.loads(raw.decode("utf-8"), use_decimal=True)
+        except UnicodeDecodeError as exc:
+            raise Quarantine("invalid_encoding", f"byte {exc.start} is not valid UTF-8") from None
+        except simplejson.JSONDecodeError as exc:
+            raise Quarantine("invalid_json", f"JSON syntax error at byte {exc.pos}") from None
+        preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256)
+        return [preparer.prepare(dumps_exact(obj), obj, unit.position)]

@@ -1,0 +1,146 @@
+"""Detecting a landed file's format from its first bytes (never from its name, which senders get wrong)."""
+
+from __future__ import annotations
+
+import codecs
+from pathlib import Path
+from typing import BinaryIO
+
+import ijson
+import orjson
+
+SNIFF_BYTES = 64 * 1024
+UTF8_BOM = b"\xef\xbb\xbf"
+_WIDE_BOMS = {
+    b"\xff\xfe\x00\x00": "utf-32-le",
+    b"\x00\x00\xfe\xff": "utf-32-be",
+    b"\xff\xfe": "utf-16-le",
+    b"\xfe\xff": "utf-16-be",
+}
+
+# Format names recorded in ops.files.format; pipelines/convert maps each to its handler.
+FHIR_NDJSON = "fhir-ndjson"
+FHIR_BUNDLE = "fhir-bundle"
+FHIR_RESOURCE = "fhir-resource"
+FHIR_MANIFEST = "fhir-bulk-manifest"
+FHIR_EXPORT_LOG = "fhir-export-log"
+JSON_OTHER = "json-other"
+JSON_INVALID = "json-invalid"
+HL7V2 = "hl7v2"
+CCDA = "ccda"
+XML_OTHER = "xml-other"
+EMPTY = "empty"
+UNSUPPORTED_ENCODING = "unsupported-encoding"
+UNKNOWN = "unknown"
+
+
+def open_json(path: Path) -> BinaryIO:
+    """Open for streaming JSON, past a UTF-8 byte order mark (Windows tools write one; parsers choke)."""
+    fh = path.open("rb")
+    if fh.read(3) != UTF8_BOM:
+        fh.seek(0)
+    return fh
+
+
+def first_utf8_error(path: Path) -> int | None:
+    """Byte offset of the first invalid UTF-8 sequence, or None; streaming, so any file size will do."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                return offset + exc.start
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return offset
+    return None
+
+
+def detect(path: Path) -> tuple[str, str | None]:
+    """(format, detail) for the file at path; detail says more (Bundle type, encoding, why unknown)."""
+    with path.open("rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+        while head and not head.strip():
+            # Leading whitespace past the sniff window: look at the first chunk that holds data.
+            head = fh.read(SNIFF_BYTES)
+    if not head.strip():
+        return EMPTY, None
+    for bom, name in _WIDE_BOMS.items():
+        if head.startswith(bom):
+            return UNSUPPORTED_ENCODING, name
+    if len(head) > 1 and (head[0] == 0 or head[1] == 0):
+        return UNSUPPORTED_ENCODING, "utf-16 without byte order mark"
+    body = head.removeprefix(UTF8_BOM).lstrip()
+    first = body[:1]
+    if first == b"{":
+        return _detect_json(path, body)
+    if first == b"[":
+        return JSON_OTHER, "top-level JSON array"
+    if first == b"<":
+        return _detect_xml(body)
+    if body[:3] in (b"MSH", b"FHS", b"BHS") or body[:4] == b"\x0bMSH":
+        return HL7V2, None
+    return UNKNOWN, None
+
+
+def _detect_json(path: Path, body: bytes) -> tuple[str, str | None]:
+    first_line, _, rest = body.partition(b"\n")
+    try:
+        obj = orjson.loads(first_line)
+    except orjson.JSONDecodeError:
+        return _detect_json_document(path)
+    if not isinstance(obj, dict):
+        return JSON_OTHER, "first line is not a JSON object"
+    if "exportId" in obj and "eventId" in obj:
+        return FHIR_EXPORT_LOG, None
+    if rest.strip():
+        # Several JSON lines: NDJSON even when the first lacks resourceType (its line is quarantined).
+        return FHIR_NDJSON, None
+    return _classify_document(obj.get("resourceType"), set(obj), obj.get("type"))
+
+
+def _detect_json_document(path: Path) -> tuple[str, str | None]:
+    """A pretty-printed JSON document: read top-level keys in a streaming pass, stopping early."""
+    keys: set[str] = set()
+    resource_type = bundle_type = None
+    try:
+        with open_json(path) as fh:
+            for prefix, event, value in ijson.parse(fh):
+                if prefix == "" and event == "map_key":
+                    keys.add(value)
+                elif prefix == "resourceType" and event == "string":
+                    resource_type = value
+                elif prefix == "type" and event == "string":
+                    bundle_type = value
+                if resource_type and (resource_type != "Bundle" or bundle_type):
+                    break
+    except (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError):
+        if first_utf8_error(path) is not None:
+            return UNSUPPORTED_ENCODING, "not valid UTF-8"
+        if resource_type or keys:
+            return JSON_INVALID, "JSON document breaks off or has a syntax error"
+        return JSON_INVALID, "not valid JSON"
+    return _classify_document(resource_type, keys, bundle_type)
+
+
+def _classify_document(resource_type: object, keys: set[str], bundle_type: object) -> tuple[str, str | None]:
+    if resource_type == "Bundle":
+        return FHIR_BUNDLE, bundle_type if isinstance(bundle_type, str) else None
+    if isinstance(resource_type, str):
+        return FHIR_RESOURCE, resource_type
+    if "output" in keys and "transactionTime" in keys:
+        return FHIR_MANIFEST, None
+    return JSON_OTHER, "JSON object without resourceType"
+
+
+def _detect_xml(body: bytes) -> tuple[str, str | None]:
+    lowered = body[:4096].lower()
+    if b"<html" in lowered or b"<!doctype html" in lowered:
+        return UNKNOWN, "HTML page"
+    if b"clinicaldocument" in lowered and b"urn:hl7-org:v3" in lowered:
+        return CCDA, None
+    return XML_OTHER, None

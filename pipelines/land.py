@@ -1,0 +1,217 @@
+"""Landing: copy each source file into the landing zone under its sha256, once, and record it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import duckdb
+import orjson
+
+from pipelines import formats
+from pipelines.common.config import RunConfig
+from pipelines.common.errors import InputNotFoundError
+from pipelines.common.ledger import LedgerWriter
+from pipelines.common.unit import FileContext, Unit
+from pipelines.common.warehouse import file_processed, transaction
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+
+
+@dataclass
+class LandResult:
+    files_given: int = 0
+    files_landed: int = 0
+    already_landed: int = 0
+    same_bytes_twice: int = 0
+    hidden_ignored: int = 0
+    formats: dict[str, int] = field(default_factory=dict)
+
+
+def expand_sources(sources: Iterable[str | Path]) -> tuple[list[Path], int]:
+    """Files named and files under folders named, in a stable order; hidden files are not clinical data."""
+    out: list[Path] = []
+    hidden = 0
+    for source in sources:
+        path = Path(source)
+        if not path.exists():
+            raise InputNotFoundError(f"source not found: {path}", hint="check the path; nothing was landed")
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                rel = child.relative_to(path)
+                if any(part.startswith(".") for part in rel.parts):
+                    hidden += child.is_file()
+                    continue
+                if child.is_file():
+                    out.append(child)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise InputNotFoundError(f"source is not a regular file or folder: {path}")
+        for p in out:
+            if not os.access(p, os.R_OK):
+                raise InputNotFoundError(f"source not readable: {p}", hint="check file permissions")
+    return out, hidden
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def land_sources(con: duckdb.DuckDBPyConnection, config: RunConfig) -> LandResult:
+    """Land every source file for this run; bulk-export manifests bring in the outputs they list."""
+    paths, hidden = expand_sources(config.sources)
+    result = LandResult(hidden_ignored=hidden)
+    queue = list(paths)
+    seen_paths: set[Path] = set()
+    seen_sha: dict[str, int] = {}
+    seq = 0
+    while queue:
+        path = queue.pop(0)
+        resolved = path.resolve()
+        if resolved in seen_paths:
+            continue
+        seen_paths.add(resolved)
+        result.files_given += 1
+        sha, size = sha256_file(path)
+        if sha in seen_sha:
+            result.same_bytes_twice += 1
+            continue
+        seq += 1
+        seen_sha[sha] = seq
+        fmt = _land_one(con, config, path, sha, size, seq, result)
+        result.formats[fmt] = result.formats.get(fmt, 0) + 1
+        if fmt == formats.FHIR_MANIFEST:
+            queue[0:0] = _account_manifest(con, config, path, sha, seq)
+    return result
+
+
+def landed_path(config: RunConfig, sha: str) -> Path:
+    return config.landing_dir / sha[:2] / sha
+
+
+def _land_one(
+    con: duckdb.DuckDBPyConnection,
+    config: RunConfig,
+    path: Path,
+    sha: str,
+    size: int,
+    seq: int,
+    result: LandResult,
+) -> str:
+    row = con.execute("SELECT format FROM ops.files WHERE file_sha256 = ?", [sha]).fetchone()
+    target = landed_path(config, sha)
+    if row is None or not target.exists():
+        _copy_durably(path, target)
+    if row is None:
+        fmt, detail = formats.detect(target)
+        con.execute(
+            "INSERT INTO ops.files VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
+            [
+                sha,
+                size,
+                fmt,
+                detail,
+                config.source_system,
+                path.name,
+                str(target.relative_to(config.landing_dir)),
+                config.run_id,
+            ],
+        )
+        result.files_landed += 1
+        landing = "landed"
+    else:
+        fmt = row[0]
+        result.already_landed += 1
+        landing = "already_landed"
+    con.execute(
+        "INSERT INTO ops.run_files VALUES (?, ?, ?, ?, NULL, 'pending', NULL)",
+        [config.run_id, seq, sha, landing],
+    )
+    return fmt
+
+
+def _copy_durably(src: Path, target: Path) -> None:
+    """Copy then rename, fsynced: a crash leaves either no landed file or a whole one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".partial")
+    with src.open("rb") as fin, tmp.open("wb") as fout:
+        shutil.copyfileobj(fin, fout, CHUNK)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.chmod(tmp, 0o444)  # landed files are never changed
+    os.replace(tmp, target)
+
+
+def _account_manifest(
+    con: duckdb.DuckDBPyConnection, config: RunConfig, path: Path, sha: str, seq: int
+) -> list[Path]:
+    """Give each manifest output one ledger row, and return the local output files to land next."""
+    manifest = orjson.loads(landed_path(config, sha).read_bytes())
+    entries = _manifest_entries(manifest)
+    outputs = [_local_output(path, e) for e in entries]
+    status = con.execute(
+        "SELECT status FROM ops.run_files WHERE run_id = ? AND file_sha256 = ?", [config.run_id, sha]
+    ).fetchone()
+    if status and status[0] != "pending":
+        return [p for p in outputs if isinstance(p, Path)]  # this run accounted for it before a retry
+    if file_processed(con, sha, "fhir-bulk-manifest"):
+        con.execute(
+            "UPDATE ops.run_files SET handler = ?, status = 'already_processed' WHERE run_id = ? AND seq = ?",
+            ["fhir-bulk-manifest", config.run_id, seq],
+        )
+        return [p for p in outputs if isinstance(p, Path)]
+    ctx = FileContext(
+        config.run_id, seq, sha, landed_path(config, sha), formats.FHIR_MANIFEST, None, config.source_system
+    )
+    to_land: list[Path] = []
+    with transaction(con):
+        writer = LedgerWriter(con, ctx)
+        for position, output in enumerate(outputs, 1):
+            unit = Unit(position, "manifest_output")
+            if isinstance(output, Path):
+                to_land.append(output)
+                writer.skip(unit, "manifest_output_landed")
+            else:
+                reason, message = output
+                writer.quarantine(unit, reason, message)
+        writer.flush()
+        con.execute(
+            "UPDATE ops.run_files SET handler = ?, status = 'converted', units = ? "
+            "WHERE run_id = ? AND seq = ?",
+            ["fhir-bulk-manifest", len(entries), config.run_id, seq],
+        )
+    return to_land
+
+
+def _local_output(manifest_path: Path, entry: object) -> Path | tuple[str, str]:
+    """The local file a manifest output names, or (reason, message) saying why there is none."""
+    url = entry.get("url") if isinstance(entry, dict) else None
+    if not isinstance(url, str) or not url:
+        return "invalid_manifest_entry", "output entry has no url"
+    parsed = urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        return "manifest_output_remote", "output is a remote URL"
+    local = Path(unquote(parsed.path)) if parsed.scheme == "file" else manifest_path.parent / url
+    if not local.is_file():
+        return "manifest_output_missing", "output file not found beside the manifest"
+    return local
+
+
+def _manifest_entries(manifest: object) -> list:
+    if not isinstance(manifest, dict):
+        return []
+    return [*(manifest.get("output") or []), *(manifest.get("error") or [])]

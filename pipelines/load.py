@@ -1,0 +1,158 @@
+"""The load stage: merge staged resources into fhir.<Type> tables, deciding duplicates set-based in SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import duckdb
+
+from pipelines.common.ledger import pointer
+from pipelines.common.warehouse import ensure_resource_table, transaction
+
+# Which staged row of a (type, id) group wins: the latest meta.lastUpdated; on a tie or without dates,
+# what the warehouse already holds, then what came first (run, file, unit, position in unit).
+_DECIDE = """
+CREATE OR REPLACE TEMP TABLE _decided AS
+WITH staged AS (
+    SELECT run_id, seq, file_sha256, unit_position, resource_index, id, content_sha256,
+           TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, FALSE AS existing
+    FROM stage.resources WHERE resource_type = $rtype
+), current AS (
+    SELECT NULL AS run_id, 0 AS seq, file_sha256, unit_position, 0 AS resource_index, id, content_sha256,
+           TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, TRUE AS existing
+    FROM {table} WHERE id IN (SELECT id FROM staged)
+), grouped AS (
+    SELECT *,
+        first_value(content_sha256) OVER best AS best_hash,
+        first_value(lu) OVER best AS best_lu,
+        bool_or(existing) OVER (PARTITION BY id) AS id_exists,
+        row_number() OVER (PARTITION BY id, content_sha256
+                           ORDER BY existing DESC, run_id, seq, unit_position, resource_index) AS hash_rank
+    FROM (SELECT * FROM staged UNION ALL SELECT * FROM current)
+    WINDOW best AS (PARTITION BY id ORDER BY lu DESC NULLS LAST, existing DESC, run_id, seq,
+                    unit_position, resource_index
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+)
+SELECT run_id, seq, file_sha256, unit_position, resource_index, id,
+    CASE
+        WHEN content_sha256 = best_hash AND hash_rank = 1 THEN 'accepted'
+        WHEN content_sha256 = best_hash THEN 'duplicate_identical'
+        WHEN lu IS NOT NULL AND best_lu IS NOT NULL AND lu < best_lu THEN 'superseded'
+        ELSE 'conflicting_duplicate'
+    END AS decision,
+    id_exists
+FROM grouped WHERE NOT existing
+"""
+
+_INSERT = """
+INSERT INTO {table}
+SELECT s.id, s.resource, s.source_system, s.source_id, s.file_sha256, s.unit_position, s.run_id,
+       s.content_sha256, s.last_updated
+FROM stage.resources s JOIN _decided d USING (run_id, file_sha256, unit_position, resource_index)
+WHERE s.resource_type = $rtype AND d.decision = 'accepted'
+ORDER BY s.run_id, s.seq, s.unit_position, s.resource_index
+"""
+
+# A unit all of whose resources were turned away takes the outcome of the weightiest reason.
+_LEDGER_UPDATE = """
+UPDATE ops.ledger AS l SET
+    outcome = CASE WHEN x.accepted > 0 THEN 'converted'
+                   WHEN x.conflicts > 0 THEN 'quarantined' ELSE 'skipped' END,
+    reason = CASE WHEN x.accepted > 0 THEN (CASE WHEN x.replaced > 0 THEN 'newer_version' END)
+                  WHEN x.conflicts > 0 THEN 'conflicting_duplicate'
+                  WHEN x.superseded > 0 THEN 'superseded' ELSE 'duplicate_identical' END,
+    resource_count = x.accepted
+FROM (
+    SELECT run_id, file_sha256, unit_position,
+        count(*) FILTER (WHERE decision = 'accepted') AS accepted,
+        count(*) FILTER (WHERE decision = 'accepted' AND id_exists) AS replaced,
+        count(*) FILTER (WHERE decision = 'conflicting_duplicate') AS conflicts,
+        count(*) FILTER (WHERE decision = 'superseded') AS superseded,
+        count(*) AS total
+    FROM _all_decided GROUP BY ALL
+    HAVING count(*) FILTER (WHERE decision = 'accepted' AND NOT id_exists) < count(*)
+) AS x
+WHERE l.run_id = x.run_id AND l.file_sha256 = x.file_sha256 AND l.unit_position = x.unit_position
+  AND l.outcome = 'converted'
+"""
+
+
+@dataclass
+class LoadResult:
+    resources_loaded: dict[str, int] = field(default_factory=dict)
+    replaced: int = 0
+    duplicates_identical: int = 0
+    superseded: int = 0
+    conflicts: int = 0
+
+
+def load_staged(con: duckdb.DuckDBPyConnection) -> LoadResult:
+    """Merge everything staged (this run's and any crashed run's) in one transaction, then clear stage."""
+    result = LoadResult()
+    with transaction(con):
+        types = [
+            r[0]
+            for r in con.execute("SELECT DISTINCT resource_type FROM stage.resources ORDER BY 1").fetchall()
+        ]
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _all_decided (run_id VARCHAR, file_sha256 VARCHAR, "
+            "unit_position BIGINT, resource_index INTEGER, resource_type VARCHAR, decision VARCHAR, "
+            "id_exists BOOLEAN)"
+        )
+        for rtype in types:
+            table = ensure_resource_table(con, rtype)
+            con.execute(_DECIDE.format(table=table), {"rtype": rtype})
+            con.execute(
+                f"DELETE FROM {table} WHERE id IN "
+                "(SELECT id FROM _decided WHERE decision = 'accepted' AND id_exists)"
+            )
+            con.execute(_INSERT.format(table=table), {"rtype": rtype})
+            con.execute(
+                "INSERT INTO _all_decided SELECT run_id, file_sha256, unit_position, resource_index, "
+                "$rtype, decision, id_exists FROM _decided",
+                {"rtype": rtype},
+            )
+        for decision, accepted_existing, count in con.execute(
+            "SELECT decision, id_exists, count(*) FROM _all_decided GROUP BY ALL"
+        ).fetchall():
+            if decision == "accepted" and accepted_existing:
+                result.replaced += count
+            elif decision == "duplicate_identical":
+                result.duplicates_identical += count
+            elif decision == "superseded":
+                result.superseded += count
+            elif decision == "conflicting_duplicate":
+                result.conflicts += count
+        for rtype, count in con.execute(
+            "SELECT resource_type, count(*) FROM _all_decided "
+            "WHERE decision = 'accepted' GROUP BY 1 ORDER BY 1"
+        ).fetchall():
+            result.resources_loaded[rtype] = count
+        con.execute(_LEDGER_UPDATE)
+        _quarantine_conflicts(con)
+        con.execute("DELETE FROM stage.resources")
+    return result
+
+
+def _quarantine_conflicts(con: duckdb.DuckDBPyConnection) -> None:
+    rows = con.execute("""
+        SELECT d.run_id, d.file_sha256, d.unit_position, d.resource_type, l.unit_kind, l.byte_offset,
+               l.byte_length
+        FROM _all_decided d JOIN ops.ledger l USING (run_id, file_sha256, unit_position)
+        WHERE d.decision = 'conflicting_duplicate'
+        ORDER BY d.run_id, d.file_sha256, d.unit_position, d.resource_index
+    """).fetchall()
+    con.executemany(
+        "INSERT INTO ops.quarantine VALUES (?, ?, ?, 'conflicting_duplicate', ?, ?, ?, now())",
+        [
+            (
+                run_id,
+                sha,
+                pos,
+                pointer(sha, kind, pos, off, length),
+                f"{rtype} has the same id as another with different content and no later meta.lastUpdated",
+                rtype,
+            )
+            for run_id, sha, pos, rtype, kind, off, length in rows
+        ],
+    )

@@ -1,0 +1,173 @@
+"""The pipeline's stages as plain functions (land, convert, load) and the whole run that chains them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+import duckdb
+import orjson
+
+from pipelines.common.config import RunConfig, ehrlift_version
+from pipelines.common.errors import EhrliftError, ExitCode
+from pipelines.common.ledger import LedgerWriter
+from pipelines.common.progress import Bars
+from pipelines.common.unit import FileContext, Unit, UnreadableFile, convert_units
+from pipelines.common.warehouse import file_processed, open_warehouse, transaction
+from pipelines.convert import handler_for
+from pipelines.land import land_sources, landed_path
+from pipelines.load import load_staged
+from pipelines.summary import RunSummary, build_summary
+
+log = logging.getLogger(__name__)
+
+
+def land_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, Any]:
+    """Start the run (ops.runs) and land its sources; returns the landing counts."""
+    with open_warehouse(config.warehouse) as con:
+        _start_run(con, config)
+        result = land_sources(con, config)
+    log.info("run %s landed %d files (%d new)", config.run_id, result.files_given, result.files_landed)
+    return asdict(result)
+
+
+def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]:
+    """Convert every pending file of the run, each file in one transaction; returns unit totals."""
+    totals = {"files": 0, "already_processed": 0, "units": 0, "resources": 0}
+    with open_warehouse(config.warehouse) as con:
+        pending = con.execute(
+            """
+            SELECT rf.seq, rf.file_sha256, f.format, f.format_detail, f.size_bytes
+            FROM ops.run_files rf JOIN ops.files f USING (file_sha256)
+            WHERE rf.run_id = ? AND rf.status = 'pending' ORDER BY rf.seq
+        """,
+            [config.run_id],
+        ).fetchall()
+        advance = (bars or Bars(False)).bar("convert", sum(r[4] for r in pending))
+        for seq, sha, fmt, detail, size in pending:
+            handler = handler_for(fmt)
+            if file_processed(con, sha, handler.name):
+                con.execute(
+                    "UPDATE ops.run_files SET handler = ?, status = 'already_processed' "
+                    "WHERE run_id = ? AND seq = ?",
+                    [handler.name, config.run_id, seq],
+                )
+                totals["already_processed"] += 1
+                advance(size)
+                continue
+            ctx = FileContext(
+                config.run_id, seq, sha, landed_path(config, sha), fmt, detail, _file_source_system(con, sha)
+            )
+            units, resources = _convert_file(con, config, handler, ctx, advance)
+            totals["files"] += 1
+            totals["units"] += units
+            totals["resources"] += resources
+    return totals
+
+
+def load_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, Any]:
+    """Merge staged resources into fhir.* and rebuild the analyst views; finishes the run record."""
+    from pipelines.common.paths import shipped
+    from pipelines.views import materialize_views  # heavy SQL compiler, only needed here
+
+    with open_warehouse(config.warehouse) as con:
+        loaded = load_staged(con)
+        views = materialize_views(con, shipped("schemas") / "views")
+        summary = build_summary(con, config.run_id)
+        _finish_run(con, config.run_id, "succeeded", ExitCode.OK, summary)
+    return {"load": asdict(loaded), "views": views}
+
+
+def run_pipeline(config: RunConfig) -> RunSummary:
+    """land → convert → load in one process, as `ehrlift run` does."""
+    bars = Bars(config.progress)
+    try:
+        with bars.running():
+            land_stage(config, bars)
+            convert_stage(config, bars)
+            load_stage(config, bars)
+    except (EhrliftError, KeyboardInterrupt) as exc:
+        code = exc.exit_code if isinstance(exc, EhrliftError) else ExitCode.INTERRUPTED
+        _mark_failed(config, code)
+        raise
+    except Exception:
+        _mark_failed(config, ExitCode.INTERNAL)
+        raise
+    with open_warehouse(config.warehouse, read_only=True) as con:
+        return build_summary(con, config.run_id)
+
+
+def _convert_file(
+    con: duckdb.DuckDBPyConnection, config: RunConfig, handler, ctx: FileContext, advance
+) -> tuple[int, int]:
+    done = 0
+
+    def on_progress(position: int) -> None:
+        nonlocal done
+        advance(position - done)
+        done = position
+
+    try:
+        with transaction(con):
+            writer = LedgerWriter(con, ctx, config.batch_size)
+            result = convert_units(handler, ctx, writer, on_progress)
+            writer.flush()
+            _mark_file(con, ctx, handler.name, result.units)
+        units, resources = result.units, result.resources
+    except (UnreadableFile, OSError) as exc:
+        # The transaction rolled back whatever the file had yielded: record the file as one bad unit.
+        if isinstance(exc, UnreadableFile):
+            reason, message = exc.reason, exc.message
+        else:
+            reason, message = "unreadable_file", f"I/O error ({type(exc).__name__})"
+        with transaction(con):
+            writer = LedgerWriter(con, ctx, config.batch_size)
+            writer.quarantine(Unit(0, "file", None, 0, ctx.path.stat().st_size), reason, message)
+            writer.flush()
+            _mark_file(con, ctx, handler.name, 1)
+        units, resources = 1, 0
+    advance(ctx.path.stat().st_size - done)
+    return units, resources
+
+
+def _mark_file(con: duckdb.DuckDBPyConnection, ctx: FileContext, handler: str, units: int) -> None:
+    con.execute(
+        "UPDATE ops.run_files SET handler = ?, status = 'converted', units = ? WHERE run_id = ? AND seq = ?",
+        [handler, units, ctx.run_id, ctx.seq],
+    )
+
+
+def _file_source_system(con: duckdb.DuckDBPyConnection, sha: str) -> str:
+    # The system a file was first landed under decides its ids, so a re-run under another name
+    # cannot give the same records a second identity.
+    row = con.execute("SELECT source_system FROM ops.files WHERE file_sha256 = ?", [sha]).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _start_run(con: duckdb.DuckDBPyConnection, config: RunConfig) -> None:
+    exists = con.execute("SELECT count(*) FROM ops.runs WHERE run_id = ?", [config.run_id]).fetchone()
+    if exists and exists[0]:
+        return  # an Airflow retry of the land task: the run is already recorded
+    con.execute(
+        "INSERT INTO ops.runs VALUES (?, now(), NULL, 'running', NULL, ?, ?, NULL)",
+        [config.run_id, ehrlift_version(), orjson.dumps(config.to_dict()).decode()],
+    )
+
+
+def _finish_run(
+    con: duckdb.DuckDBPyConnection, run_id: str, status: str, code: int, summary: RunSummary | None
+) -> None:
+    con.execute(
+        "UPDATE ops.runs SET finished_at = now(), status = ?, exit_code = ?, summary = ? WHERE run_id = ?",
+        [status, int(code), orjson.dumps(summary.to_dict()).decode() if summary else None, run_id],
+    )
+
+
+def _mark_failed(config: RunConfig, code: int) -> None:
+    try:
+        with open_warehouse(config.warehouse) as con:
+            _finish_run(con, config.run_id, "failed", code, None)
+    except EhrliftError:
+        pass  # the warehouse itself is the problem; the original error is what the operator needs

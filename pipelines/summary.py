@@ -1,0 +1,98 @@
+"""The run summary: units in, converted, quarantined, skipped per format, and resources per type."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import duckdb
+
+
+@dataclass
+class FormatCounts:
+    files: int = 0
+    units: int = 0
+    converted: int = 0
+    quarantined: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    status: str
+    warehouse: str
+    files_given: int
+    files_already_processed: int
+    by_format: dict[str, FormatCounts] = field(default_factory=dict)
+    resources_by_type: dict[str, int] = field(default_factory=dict)
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    warehouse_resources: dict[str, int] = field(default_factory=dict)
+    views: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def totals(self) -> FormatCounts:
+        out = FormatCounts()
+        for c in self.by_format.values():
+            for k, v in asdict(c).items():
+                setattr(out, k, getattr(out, k) + v)
+        return out
+
+    @property
+    def reconciles(self) -> bool:
+        """Units in = converted + quarantined + skipped, for every format."""
+        return all(c.units == c.converted + c.quarantined + c.skipped for c in self.by_format.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["totals"] = asdict(self.totals)
+        out["reconciles"] = self.reconciles
+        return out
+
+
+def build_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> RunSummary:
+    row = con.execute(
+        "SELECT status, config->>'warehouse' FROM ops.runs WHERE run_id = ?", [run_id]
+    ).fetchone()
+    status, warehouse = row if row else ("unknown", "")
+    files = con.execute(
+        """
+        SELECT count(*), count(*) FILTER (WHERE status = 'already_processed')
+        FROM ops.run_files WHERE run_id = ?""",
+        [run_id],
+    ).fetchone() or (0, 0)
+    summary = RunSummary(run_id, status, warehouse, files[0], files[1])
+    for fmt, nfiles, units, conv, quar, skip in con.execute(
+        """
+        SELECT f.format, count(DISTINCT l.file_sha256), count(*),
+               count(*) FILTER (WHERE outcome = 'converted'),
+               count(*) FILTER (WHERE outcome = 'quarantined'),
+               count(*) FILTER (WHERE outcome = 'skipped')
+        FROM ops.ledger l JOIN ops.files f USING (file_sha256)
+        WHERE l.run_id = ? GROUP BY 1 ORDER BY 1""",
+        [run_id],
+    ).fetchall():
+        summary.by_format[fmt] = FormatCounts(nfiles, units, conv, quar, skip)
+    for outcome, target in (("quarantined", summary.quarantine_reasons), ("skipped", summary.skip_reasons)):
+        for reason, n in con.execute(
+            "SELECT reason, count(*) FROM ops.ledger WHERE run_id = ? AND outcome = ? "
+            "GROUP BY 1 ORDER BY 2 DESC, 1",
+            [run_id, outcome],
+        ).fetchall():
+            target[reason] = n
+    for (table,) in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'fhir' ORDER BY 1"
+    ).fetchall():
+        total, this_run = con.execute(
+            f'SELECT count(*), count(*) FILTER (WHERE run_id = ?) FROM fhir."{table}"', [run_id]
+        ).fetchone() or (0, 0)
+        summary.warehouse_resources[table] = total
+        if this_run:
+            summary.resources_by_type[table] = this_run
+    for (table,) in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'views' ORDER BY 1"
+    ).fetchall():
+        n = con.execute(f'SELECT count(*) FROM views."{table}"').fetchone()
+        summary.views[table] = n[0] if n else 0
+    return summary

@@ -1,0 +1,42 @@
+"""Entry points for orchestrators: plain JSON-able arguments in and out, one call per pipeline stage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def configure(
+    sources: list[str], warehouse: str | None = None, source_system: str | None = None
+) -> dict[str, Any]:
+    """Build and check the run config once; later tasks receive it as JSON."""
+    from pipelines.common.config import RunConfig
+
+    if not sources:
+        from pipelines.common.errors import ConfigError
+
+        raise ConfigError("no sources given", hint='trigger the DAG with {"sources": ["/path/to/files"]}')
+    config = RunConfig.from_env(
+        tuple(sources), warehouse=warehouse, source_system=source_system, progress=False
+    )
+    return config.to_dict()
+
+
+def land(config: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.common.config import RunConfig
+    from pipelines.run import land_stage
+
+    return land_stage(RunConfig.from_dict(config))
+
+
+def convert(config: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.common.config import RunConfig
+    from pipelines.run import convert_stage
+
+    return convert_stage(RunConfig.from_dict(config))
+
+
+def load(config: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.common.config import RunConfig
+    from pipelines.run import load_stage
+
+    return load_stage(RunConfig.from_dict(config))

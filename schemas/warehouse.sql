@@ -1,0 +1,116 @@
+-- ehrlift warehouse contract, version 1. Later stages rely on these names: change them only with a
+-- migration in pipelines/common/warehouse.py and a note in the README.
+
+CREATE SCHEMA IF NOT EXISTS ops;
+CREATE SCHEMA IF NOT EXISTS fhir;
+CREATE SCHEMA IF NOT EXISTS views;
+CREATE SCHEMA IF NOT EXISTS stage;
+
+CREATE TABLE IF NOT EXISTS ops.schema_version (version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL);
+
+-- One row per run; config is the typed RunConfig as JSON, summary the reconciliation totals.
+CREATE TABLE IF NOT EXISTS ops.runs (
+    run_id           VARCHAR PRIMARY KEY,
+    started_at       TIMESTAMPTZ NOT NULL,
+    finished_at      TIMESTAMPTZ,
+    status           VARCHAR NOT NULL,      -- running, succeeded, failed
+    exit_code        INTEGER,
+    ehrlift_version  VARCHAR NOT NULL,
+    config           JSON NOT NULL,
+    summary          JSON
+);
+
+-- Every landed file, once per distinct content.
+CREATE TABLE IF NOT EXISTS ops.files (
+    file_sha256      VARCHAR PRIMARY KEY,
+    size_bytes       BIGINT NOT NULL,
+    format           VARCHAR NOT NULL,      -- fhir-ndjson, fhir-bundle, fhir-resource, fhir-bulk-manifest, ...
+    format_detail    VARCHAR,               -- e.g. Bundle.type, or why the format is unknown
+    source_system    VARCHAR NOT NULL,
+    original_name    VARCHAR NOT NULL,      -- base name only: folder paths can carry PHI
+    landed_path      VARCHAR NOT NULL,      -- relative to the landing zone
+    first_run_id     VARCHAR NOT NULL,
+    landed_at        TIMESTAMPTZ NOT NULL
+);
+
+-- What each run did with each file it was given (seq orders files within a run).
+CREATE TABLE IF NOT EXISTS ops.run_files (
+    run_id           VARCHAR NOT NULL,
+    seq              INTEGER NOT NULL,
+    file_sha256      VARCHAR NOT NULL,
+    landing          VARCHAR NOT NULL,      -- landed, already_landed
+    handler          VARCHAR,               -- converter that processed it in this run
+    status           VARCHAR NOT NULL,      -- pending, converted, already_processed, failed
+    units            BIGINT
+);
+
+-- One row per input unit: outcome in {converted, quarantined, skipped}.
+CREATE TABLE IF NOT EXISTS ops.ledger (
+    run_id           VARCHAR NOT NULL,
+    file_sha256      VARCHAR NOT NULL,
+    unit_position    BIGINT NOT NULL,
+    unit_kind        VARCHAR NOT NULL,      -- ndjson_line, bundle_entry, resource, file, ...
+    outcome          VARCHAR NOT NULL CHECK (outcome IN ('converted', 'quarantined', 'skipped')),
+    reason           VARCHAR,
+    resource_count   INTEGER NOT NULL,
+    byte_offset      BIGINT,
+    byte_length      BIGINT
+);
+
+-- Why a unit (or one resource of it) was set aside, and where to find it in the landed file.
+-- message is written by ehrlift from structure only: never record values (no PHI).
+CREATE TABLE IF NOT EXISTS ops.quarantine (
+    run_id           VARCHAR NOT NULL,
+    file_sha256      VARCHAR NOT NULL,
+    unit_position    BIGINT NOT NULL,
+    reason_code      VARCHAR NOT NULL,
+    pointer          VARCHAR NOT NULL,      -- landing/<sha256>#<unit kind>=<position>[@<offset>+<length>]
+    message          VARCHAR NOT NULL,
+    resource_type    VARCHAR,
+    quarantined_at   TIMESTAMPTZ NOT NULL
+);
+
+-- One row per distinct normalization decision (filled by the terminology stage).
+CREATE TABLE IF NOT EXISTS ops.mapping_log (
+    run_id               VARCHAR NOT NULL,
+    source_system        VARCHAR,
+    source_code          VARCHAR,
+    source_display       VARCHAR,
+    target_system        VARCHAR,
+    target_code          VARCHAR,
+    target_display       VARCHAR,
+    method               VARCHAR NOT NULL,  -- exact, crosswalk, remap, suggestion-approved, unmapped
+    reason               VARCHAR,
+    terminology_version  VARCHAR,
+    crosswalk_version    VARCHAR,
+    occurrences          BIGINT NOT NULL DEFAULT 1
+);
+
+-- One row per expectation evaluated (filled by the validation stage); pointers, never values.
+CREATE TABLE IF NOT EXISTS ops.validation_results (
+    run_id            VARCHAR NOT NULL,
+    suite             VARCHAR NOT NULL,
+    expectation       VARCHAR NOT NULL,
+    severity          VARCHAR NOT NULL CHECK (severity IN ('critical', 'warning')),
+    success           BOOLEAN NOT NULL,
+    observed_value    VARCHAR,
+    unexpected_count  BIGINT,
+    record_pointers   JSON,
+    evaluated_at      TIMESTAMPTZ NOT NULL
+);
+
+-- Converted resources waiting for the load stage (one row per resource).
+CREATE TABLE IF NOT EXISTS stage.resources (
+    run_id           VARCHAR NOT NULL,
+    seq              INTEGER NOT NULL,      -- ops.run_files.seq of the file it came from
+    file_sha256      VARCHAR NOT NULL,
+    unit_position    BIGINT NOT NULL,
+    resource_index   INTEGER NOT NULL,      -- position of the resource within its unit
+    resource_type    VARCHAR NOT NULL,
+    id               VARCHAR NOT NULL,
+    source_system    VARCHAR NOT NULL,
+    source_id        VARCHAR,
+    content_sha256   VARCHAR NOT NULL,
+    last_updated     VARCHAR,
+    resource         JSON NOT NULL
+);

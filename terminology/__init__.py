@@ -1,0 +1,1 @@
+"""Code-system registry and normalization."""
