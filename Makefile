@@ -24,7 +24,7 @@ setup: .venv/.synced
 
 run: setup
 	@test -f $(DEMO)/demo-summary.json || $(RUN) ehrlift demo-data $(DEMO) --patients $(PATIENTS)
-	$(RUN) ehrlift run $(DEMO) --warehouse $(DATA)/warehouse.duckdb --source-system demo
+	$(RUN) ehrlift run $(DEMO)/sources --warehouse $(DATA)/warehouse.duckdb --source-system demo
 
 test: setup lint
 	$(RUN) pytest -n 2 --dist loadgroup -q

@@ -158,8 +158,8 @@ def print_summary(summary: RunSummary, config: RunConfig) -> None:
         f"ledger reconciles (units = converted + quarantined + skipped): "
         f"{'yes' if summary.reconciles else 'NO'}"
     )
-    out.print(f"warehouse: {config.warehouse.resolve()}")
-    out.print(f"landing zone: {config.landing_dir.resolve()}")
+    out.print(f"warehouse: {config.warehouse.resolve()}", soft_wrap=True)
+    out.print(f"landing zone: {config.landing_dir.resolve()}", soft_wrap=True)
 
 
 if __name__ == "__main__":

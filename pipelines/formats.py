@@ -100,7 +100,9 @@ def _detect_json(path: Path, body: bytes) -> tuple[str, str | None]:
     if rest.strip():
         # Several JSON lines: NDJSON even when the first lacks resourceType (its line is quarantined).
         return FHIR_NDJSON, None
-    return _classify_document(obj.get("resourceType"), set(obj), obj.get("type"))
+    fmt, detail = _classify_document(obj.get("resourceType"), set(obj), obj.get("type"))
+    # One compact resource on one line is NDJSON of one line: the same units and pointers as its siblings.
+    return (FHIR_NDJSON, None) if fmt == FHIR_RESOURCE else (fmt, detail)
 
 
 def _detect_json_document(path: Path) -> tuple[str, str | None]:

@@ -142,6 +142,8 @@ def _quarantine_conflicts(con: duckdb.DuckDBPyConnection) -> None:
         WHERE d.decision = 'conflicting_duplicate'
         ORDER BY d.run_id, d.file_sha256, d.unit_position, d.resource_index
     """).fetchall()
+    if not rows:
+        return
     con.executemany(
         "INSERT INTO ops.quarantine VALUES (?, ?, ?, 'conflicting_duplicate', ?, ?, ?, now())",
         [

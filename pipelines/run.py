@@ -69,7 +69,7 @@ def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]
 def load_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, Any]:
     """Merge staged resources into fhir.* and rebuild the analyst views; finishes the run record."""
     from pipelines.common.paths import shipped
-    from pipelines.views import materialize_views  # heavy SQL compiler, only needed here
+    from pipelines.views.materialize import materialize_views
 
     with open_warehouse(config.warehouse) as con:
         loaded = load_staged(con)

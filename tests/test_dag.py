@@ -19,14 +19,16 @@ ALLOWED_IMPORTS = {"__future__", "airflow", "pipelines", "datetime"}
 
 def _airflow_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "AIRFLOW_HOME": str(tmp_path / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        "PYTHONPATH": str(REPO),
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(tmp_path / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+            "PYTHONPATH": str(REPO),
+        }
+    )
     return env
 
 
@@ -51,7 +53,9 @@ def test_dag_files_only_wire(dag_file: Path):
             isinstance(d, ast.Name) and d.id == "task" for d in fn.decorator_list
         ):
             body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-            assert len(body) == 1 and isinstance(body[0], ast.Return), f"task {fn.name} does more than one call"
+            assert len(body) == 1 and isinstance(body[0], ast.Return), (
+                f"task {fn.name} does more than one call"
+            )
             call = body[0].value
             assert isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
             assert isinstance(call.func.value, ast.Name) and call.func.value.id == "stages"
@@ -65,7 +69,7 @@ def refuse(*a, **k):
     raise AssertionError("work at DAG parse time")
 duckdb.connect = refuse
 from airflow.dag_processing.dagbag import DagBag
-bag = DagBag(dag_folder=%r, include_examples=False)
+bag = DagBag(dag_folder=DAGS_FOLDER)
 dag = bag.dags["ehr_migration"]
 print(json.dumps({
     "errors": {k: str(v)[:300] for k, v in bag.import_errors.items()},
@@ -74,9 +78,15 @@ print(json.dumps({
     "max_active_runs": dag.max_active_runs,
     "upstream_of_load": sorted(dag.get_task("load").upstream_task_ids),
 }))
-""" % str(REPO / "dags")
-    out = subprocess.run([sys.executable, "-c", script], env=_airflow_env(tmp_path), capture_output=True,
-                         text=True, check=True, timeout=300)
+""".replace("DAGS_FOLDER", repr(str(REPO / "dags")))
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_airflow_env(tmp_path),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {
         "errors": {},
@@ -92,11 +102,16 @@ def test_dag_test_runs_the_pipeline_end_to_end(tmp_path: Path):
     src = write_ndjson(tmp_path / "src" / "Patient.ndjson", resource("Patient", "p1"), b"{broken")
     warehouse = tmp_path / "wh" / "warehouse.duckdb"
     env = _airflow_env(tmp_path)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, check=True,
-                   timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=600,
+    )
     script = f"""
 import sys
-sys.path.insert(0, {str(REPO / 'dags')!r})
+sys.path.insert(0, {str(REPO / "dags")!r})
 from ehr_migration import ehr_migration
 dag = ehr_migration()
 run = dag.test(run_conf={{"sources": [{str(src)!r}], "warehouse": {str(warehouse)!r}, "source_system": "af"}})
@@ -109,7 +124,9 @@ print("STATE", run.state)
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
         assert con.execute("SELECT outcome, reason FROM ops.ledger ORDER BY unit_position").fetchall() == [
-            ("converted", None), ("quarantined", "invalid_json")]
+            ("converted", None),
+            ("quarantined", "invalid_json"),
+        ]
         assert con.execute('SELECT source_system, source_id FROM fhir."Patient"').fetchall() == [("af", "p1")]
         assert con.execute("SELECT status FROM ops.runs").fetchall() == [("succeeded",)]
     finally:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 import pytest
 
@@ -47,11 +45,15 @@ def test_ndjson_units_each_get_one_outcome(tmp_path, make_config, warehouse):
     assert run.resources_by_type == {"Patient": 2}
     ids = {r[0] for r in con.execute('SELECT source_id FROM fhir."Patient"').fetchall()}
     assert ids == {"p1", "p4"}
-    quarantine = con.execute("SELECT unit_position, reason_code, pointer, message FROM ops.quarantine "
-                             "ORDER BY unit_position").fetchall()
+    quarantine = con.execute(
+        "SELECT unit_position, reason_code, pointer, message FROM ops.quarantine ORDER BY unit_position"
+    ).fetchall()
     sha = con.execute("SELECT file_sha256 FROM ops.files").fetchone()[0]
     assert [(q[0], q[1]) for q in quarantine] == [
-        (2, "invalid_json"), (4, "missing_resource_type"), (5, "not_an_object"), (6, "invalid_encoding"),
+        (2, "invalid_json"),
+        (4, "missing_resource_type"),
+        (5, "not_an_object"),
+        (6, "invalid_encoding"),
         (8, "conflicting_duplicate"),
     ]
     line2_offset = len(orjson.dumps(patient("p1"))) + 1
@@ -71,7 +73,10 @@ def test_rerun_of_the_same_inputs_adds_nothing(tmp_path, make_config, warehouse)
     assert con.execute("SELECT count(*) FROM ops.quarantine").fetchone()[0] == 1
     assert con.execute('SELECT count(*) FROM fhir."Patient"').fetchone()[0] == 1
     assert con.execute("SELECT count(*) FROM ops.files").fetchone()[0] == 1
-    assert con.execute("SELECT status FROM ops.runs ORDER BY started_at").fetchall() == [("succeeded",), ("succeeded",)]
+    assert con.execute("SELECT status FROM ops.runs ORDER BY started_at").fetchall() == [
+        ("succeeded",),
+        ("succeeded",),
+    ]
     assert first.run_id != second.run_id
 
 
@@ -85,14 +90,19 @@ def test_same_bytes_at_two_paths_land_once(tmp_path, make_config, warehouse):
     assert con.execute("SELECT count(*) FROM ops.files").fetchone()[0] == 1
     assert con.execute("SELECT count(*) FROM ops.ledger").fetchone()[0] == 1
     landed = list((tmp_path / "data" / "landing").rglob("*"))
-    assert [p.name for p in landed if p.is_file()] == [con.execute("SELECT file_sha256 FROM ops.files").fetchone()[0]]
+    assert [p.name for p in landed if p.is_file()] == [
+        con.execute("SELECT file_sha256 FROM ops.files").fetchone()[0]
+    ]
 
 
 def test_newer_version_in_a_later_export_replaces_and_older_is_superseded(tmp_path, make_config, warehouse):
     v1 = write_ndjson(tmp_path / "e1" / "Patient.ndjson", patient("p1", "Old", "2024-01-01T00:00:00Z"))
     run_pipeline(make_config(v1))
-    v2 = write_ndjson(tmp_path / "e2" / "Patient.ndjson", patient("p1", "New", "2024-06-01T00:00:00Z"),
-                      patient("p1", "Older", "2023-01-01T00:00:00Z"))
+    v2 = write_ndjson(
+        tmp_path / "e2" / "Patient.ndjson",
+        patient("p1", "New", "2024-06-01T00:00:00Z"),
+        patient("p1", "Older", "2023-01-01T00:00:00Z"),
+    )
     second = run_pipeline(make_config(v2))
     con = warehouse()
     assert ledger(con, second.run_id) == [
@@ -106,29 +116,53 @@ def test_newer_version_in_a_later_export_replaces_and_older_is_superseded(tmp_pa
 def test_bundles_of_each_type_expand_entries_and_resolve_urn_references(tmp_path, make_config, warehouse):
     pat = "urn:uuid:11111111-1111-1111-1111-111111111111"
     transaction = {
-        "resourceType": "Bundle", "type": "transaction",
+        "resourceType": "Bundle",
+        "type": "transaction",
         "entry": [
-            {"fullUrl": pat, "resource": resource("Patient", "11111111-1111-1111-1111-111111111111"),
-             "request": {"method": "POST", "url": "Patient"}},
-            {"fullUrl": "urn:uuid:obs-no-id",
-             "resource": resource("Observation", None, status="final", subject={"reference": pat},
-                                  valueQuantity={"value": 7.10, "unit": "mmol/L"}),
-             "request": {"method": "POST", "url": "Observation"}},
+            {
+                "fullUrl": pat,
+                "resource": resource("Patient", "11111111-1111-1111-1111-111111111111"),
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "fullUrl": "urn:uuid:obs-no-id",
+                "resource": resource(
+                    "Observation",
+                    None,
+                    status="final",
+                    subject={"reference": pat},
+                    valueQuantity={"value": 7.10, "unit": "mmol/L"},
+                ),
+                "request": {"method": "POST", "url": "Observation"},
+            },
             {"request": {"method": "DELETE", "url": "Patient/old"}},
             "not an object",
         ],
     }
     write_json(tmp_path / "src" / "tx.json", transaction)
     (tmp_path / "src" / "tx.json").write_bytes(
-        (tmp_path / "src" / "tx.json").read_bytes().replace(b"7.1", b"7.10"))
-    write_json(tmp_path / "src" / "search.json", {
-        "resourceType": "Bundle", "type": "searchset",
-        "entry": [{"resource": resource("Condition", "c1"), "search": {"mode": "match"}},
-                  {"response": {"status": "200"}}],
-    })
+        (tmp_path / "src" / "tx.json").read_bytes().replace(b"7.1", b"7.10")
+    )
+    write_json(
+        tmp_path / "src" / "search.json",
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [
+                {"resource": resource("Condition", "c1"), "search": {"mode": "match"}},
+                {"response": {"status": "200"}},
+            ],
+        },
+    )
     for btype in ("collection", "batch"):
-        write_json(tmp_path / "src" / f"{btype}.json", {
-            "resourceType": "Bundle", "type": btype, "entry": [{"resource": resource("Location", f"l-{btype}")}]})
+        write_json(
+            tmp_path / "src" / f"{btype}.json",
+            {
+                "resourceType": "Bundle",
+                "type": btype,
+                "entry": [{"resource": resource("Location", f"l-{btype}")}],
+            },
+        )
     run = run_pipeline(make_config(tmp_path / "src"))
     con = warehouse()
     assert ledger(con) == [
@@ -151,15 +185,21 @@ def test_bundles_of_each_type_expand_entries_and_resolve_urn_references(tmp_path
 def test_bulk_manifest_lands_local_outputs_and_accounts_for_each_entry(tmp_path, make_config, warehouse):
     export = tmp_path / "export"
     write_ndjson(export / "Patient.000.ndjson", patient("p1"), patient("p2"))
-    write_json(export / "manifest.json", {
-        "transactionTime": "2024-01-01T00:00:00Z", "request": "https://ehr.example.org/$export",
-        "requiresAccessToken": False,
-        "output": [{"type": "Patient", "url": "Patient.000.ndjson", "count": 2},
-                   {"type": "Observation", "url": "Observation.000.ndjson", "count": 3},
-                   {"type": "Condition", "url": "https://ehr.example.org/files/c.ndjson"},
-                   {"type": "Encounter"}],
-        "error": [],
-    })
+    write_json(
+        export / "manifest.json",
+        {
+            "transactionTime": "2024-01-01T00:00:00Z",
+            "request": "https://ehr.example.org/$export",
+            "requiresAccessToken": False,
+            "output": [
+                {"type": "Patient", "url": "Patient.000.ndjson", "count": 2},
+                {"type": "Observation", "url": "Observation.000.ndjson", "count": 3},
+                {"type": "Condition", "url": "https://ehr.example.org/files/c.ndjson"},
+                {"type": "Encounter"},
+            ],
+            "error": [],
+        },
+    )
     # Only the manifest is named: its local output is landed through it.
     run = run_pipeline(make_config(export / "manifest.json"))
     con = warehouse()
@@ -180,11 +220,19 @@ def test_bulk_manifest_lands_local_outputs_and_accounts_for_each_entry(tmp_path,
         ("empty.ndjson", b"", "quarantined", "empty_file"),
         ("notes.txt", b"call the patient back tomorrow\n", "quarantined", "unknown_format"),
         ("utf16.json", '{"resourceType":"Patient"}'.encode("utf-16"), "quarantined", "unsupported_encoding"),
-        ("broken.json", b'{\n "resourceType": "Bundle",\n "type": "collection",\n "entry": [{"resource": {',
-         "quarantined", "invalid_json"),
-        ("latin1.json", b'{\n "resourceType": "Bundle",\n "type": "collection",\n "entry": '
-                        b'[{"resource": {"resourceType":"Patient","id":"x","name":[{"family":"M\xfcller"}]}}]}',
-         "quarantined", "invalid_encoding"),
+        (
+            "broken.json",
+            b'{\n "resourceType": "Bundle",\n "type": "collection",\n "entry": [{"resource": {',
+            "quarantined",
+            "invalid_json",
+        ),
+        (
+            "latin1.json",
+            b'{\n "resourceType": "Bundle",\n "type": "collection",\n "entry": '
+            b'[{"resource": {"resourceType":"Patient","id":"x","name":[{"family":"M\xfcller"}]}}]}',
+            "quarantined",
+            "invalid_encoding",
+        ),
         ("other.json", b'{\n "PatientId": 12\n}', "quarantined", "json_not_fhir"),
         ("log.ndjson", b'{"exportId":"e","eventId":"kickoff"}\n', "skipped", "export_log"),
         ("msg.hl7", b"MSH|^~\\&|LAB|HOSP|||20240101||ORU^R01|1|P|2.5\r", "quarantined", "no_converter"),
@@ -219,5 +267,7 @@ def test_source_system_namespaces_ids(tmp_path, make_config, warehouse):
     run_pipeline(make_config(a, source_system="clinic-a"))
     run_pipeline(make_config(b, source_system="clinic-b"))
     rows = warehouse().execute('SELECT source_system, id FROM fhir."Patient" ORDER BY 1').fetchall()
-    assert rows == [("clinic-a", warehouse_id("clinic-a", "Patient", "1")),
-                    ("clinic-b", warehouse_id("clinic-b", "Patient", "1"))]
+    assert rows == [
+        ("clinic-a", warehouse_id("clinic-a", "Patient", "1")),
+        ("clinic-b", warehouse_id("clinic-b", "Patient", "1")),
+    ]

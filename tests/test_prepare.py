@@ -21,15 +21,19 @@ def test_warehouse_id_is_deterministic_and_namespaced_by_system_and_type():
 
 
 def test_top_level_id_and_references_are_rewritten_and_decimals_keep_their_spelling():
-    raw = (b'{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"},'
-           b'"valueQuantity":{"value":1.50,"unit":"mg/dL"},"meta":{"lastUpdated":"2024-01-02T03:04:05Z"}}')
+    raw = (
+        b'{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"},'
+        b'"valueQuantity":{"value":1.50,"unit":"mg/dL"},"meta":{"lastUpdated":"2024-01-02T03:04:05Z"}}'
+    )
     staged = prepare(raw)
     pid = warehouse_id("sys-a", "Patient", "p1")
     oid = warehouse_id("sys-a", "Observation", "o1")
     assert staged.id == oid
     assert staged.source_id == "o1"
     assert staged.last_updated == "2024-01-02T03:04:05Z"
-    assert staged.json == raw.replace(b'"o1"', f'"{oid}"'.encode()).replace(b"Patient/p1", f"Patient/{pid}".encode())
+    assert staged.json == raw.replace(b'"o1"', f'"{oid}"'.encode()).replace(
+        b"Patient/p1", f"Patient/{pid}".encode()
+    )
     assert b'"value":1.50' in staged.json
 
 
@@ -75,9 +79,11 @@ def test_reference_forms(reference: str, expected: str | None):
 
 
 def test_references_inside_contained_resources_are_rewritten_too():
-    raw = (b'{"resourceType":"MedicationRequest","id":"m","contained":[{"resourceType":"Medication","id":"med"}],'
-           b'"medicationReference":{"reference":"#med"},"subject":{"reference":"Patient/p1"},'
-           b'"requester":{"reference":"Practitioner/d1"}}')
+    raw = (
+        b'{"resourceType":"MedicationRequest","id":"m","contained":[{"resourceType":"Medication","id":"med"}],'
+        b'"medicationReference":{"reference":"#med"},"subject":{"reference":"Patient/p1"},'
+        b'"requester":{"reference":"Practitioner/d1"}}'
+    )
     doc = orjson.loads(prepare(raw).json)
     assert doc["contained"][0]["id"] == "med"
     assert doc["medicationReference"]["reference"] == "#med"

@@ -17,8 +17,11 @@ def _export(tmp_path):
 
 
 def _expected_ledger():
-    return [(f"{f}.ndjson", i + 1, "ndjson_line", "converted", None, 1)
-            for f, n in (("a", 3), ("b", 4), ("c", 2)) for i in range(n)]
+    return [
+        (f"{f}.ndjson", i + 1, "ndjson_line", "converted", None, 1)
+        for f, n in (("a", 3), ("b", 4), ("c", 2))
+        for i in range(n)
+    ]
 
 
 def test_crash_in_the_middle_of_a_file_then_rerun(tmp_path, make_config, warehouse, monkeypatch):
@@ -40,7 +43,9 @@ def test_crash_in_the_middle_of_a_file_then_rerun(tmp_path, make_config, warehou
     assert con.execute('SELECT count(*), count(DISTINCT id) FROM fhir."Patient"').fetchone() == (9, 9)
     assert con.execute("SELECT count(*) FROM stage.resources").fetchone()[0] == 0
     assert con.execute("SELECT status, exit_code FROM ops.runs ORDER BY started_at").fetchall() == [
-        ("failed", 130), ("succeeded", 0)]
+        ("failed", 130),
+        ("succeeded", 0),
+    ]
     assert rerun.files_already_processed == 1  # a.ndjson was committed before the crash
 
 
@@ -59,4 +64,6 @@ def test_crash_inside_the_load_transaction_then_rerun(tmp_path, make_config, war
     assert ledger(con) == _expected_ledger()
     assert con.execute('SELECT count(*), count(DISTINCT id) FROM fhir."Patient"').fetchone() == (9, 9)
     assert con.execute("SELECT status, exit_code FROM ops.runs ORDER BY started_at").fetchall() == [
-        ("failed", 70), ("succeeded", 0)]
+        ("failed", 70),
+        ("succeeded", 0),
+    ]

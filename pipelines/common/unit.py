@@ -73,6 +73,11 @@ class Skip(Exception):
 class UnreadableFile(Exception):
     """Raised from units(): the file cannot be read to its end; its partial results are discarded."""
 
+    def __init__(self, message: str, reason: str = "unreadable_file") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
 
 def stage_dict(resource: dict[str, Any], source_id: str | None = None) -> StagedResource:
     """Serialize a converter's dict resource (ids already deterministic) for staging."""

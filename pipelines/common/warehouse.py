@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ def open_warehouse(path: Path | str, *, read_only: bool = False) -> duckdb.DuckD
     try:
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(path), read_only=read_only)
+        con = duckdb.connect(str(path), read_only=read_only, config=_duckdb_settings())
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise WarehouseError(
@@ -53,6 +54,11 @@ def open_warehouse(path: Path | str, *, read_only: bool = False) -> duckdb.DuckD
     else:
         check_version(con)
     return con
+
+
+def _duckdb_settings() -> dict[str, str]:
+    # Bounded by default so a migration shares an Airflow worker politely; DuckDB spills beyond it.
+    return {"memory_limit": os.environ.get("EHRLIFT_DUCKDB_MEMORY_LIMIT", "4GB")}
 
 
 def apply_contract(con: duckdb.DuckDBPyConnection) -> None:

@@ -1,0 +1,124 @@
+"""FHIR R4 ingest benchmark: ehrlift (land, convert, load with ledger and lineage) vs DuckDB's bare
+read_ndjson_objects of the same files, measured in the same run; prints throughput and peak-RSS ratios.
+
+    uv run python bench/ingest_fhir.py [--patients 100000] [--skip-corpus]
+
+Each measurement runs in its own process so peak RSS is its own. The bare reader (raw JSON objects, no
+schema inference) is the practical upper bound for reading NDJSON on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+
+
+def child(mode: str, files: list[str], workdir: Path) -> dict:
+    start = time.perf_counter()
+    if mode == "duckdb":
+        import duckdb
+
+        con = duckdb.connect()
+        # sum(length(...)) makes DuckDB materialize every object; count(*) alone could skip parsing.
+        n, _ = con.execute(
+            "SELECT count(json), sum(length(json)) FROM read_ndjson_objects(?, ignore_errors=true)", [files]
+        ).fetchone()
+        result = {"resources": n}
+    else:
+        from pipelines.common.config import RunConfig
+        from pipelines.common.warehouse import open_warehouse
+        from pipelines.load import load_staged
+        from pipelines.run import convert_stage, land_stage
+
+        config = RunConfig(sources=tuple(files), warehouse=workdir / "warehouse.duckdb", progress=False)
+        land_stage(config)
+        convert_stage(config)
+        with open_warehouse(config.warehouse) as con:
+            loaded = load_staged(con)
+        result = {"resources": sum(loaded.resources_loaded.values())}
+    result["seconds"] = time.perf_counter() - start
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def measure(mode: str, files: list[Path], label: str) -> dict:
+    workdir = OUT / f"work-{label}-{mode}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(workdir), *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} on {label} failed:\n{proc.stderr[-2000:]}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def demo_files(patients: int) -> list[Path]:
+    folder = OUT / f"demo-{patients}"
+    if not (folder / "demo-summary.json").exists():
+        from pipelines.demo import generate_demo_data
+
+        print(f"generating demo data for {patients} patients …", flush=True)
+        generate_demo_data(folder, patients=patients, seed=7)
+    return sorted((folder / "sources" / "fhir-r4").glob("*.ndjson"))
+
+
+def compare(label: str, files: list[Path]) -> dict:
+    size_mb = sum(f.stat().st_size for f in files) / 1e6
+    bare = measure("duckdb", files, label)
+    ours = measure("ehrlift", files, label)
+    bare_rate = bare["resources"] / bare["seconds"]
+    our_rate = ours["resources"] / ours["seconds"]
+    print(f"\n{label}: {len(files)} files, {size_mb:.1f} MB")
+    print(
+        f"  duckdb read_ndjson_objects : {bare['resources']:>9,} objects   {bare_rate:>10,.0f}/s   "
+        f"peak RSS {bare['peak_rss_mb']:,.0f} MB"
+    )
+    print(
+        f"  ehrlift ingest             : {ours['resources']:>9,} resources {our_rate:>10,.0f}/s   "
+        f"peak RSS {ours['peak_rss_mb']:,.0f} MB"
+    )
+    print(f"  throughput ratio ehrlift / bare read: {our_rate / bare_rate:.2f}x (target >= 0.5x)")
+    return {"label": label, "bare": bare, "ehrlift": ours, "ratio": our_rate / bare_rate}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(child(sys.argv[2], sys.argv[4:], Path(sys.argv[3]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=100_000, help="large generated set (>= 1M resources)")
+    parser.add_argument("--skip-corpus", action="store_true")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = []
+    corpus = Path(os.environ.get("EHRLIFT_CORPUS") or REPO.parent / "shared" / "corpus")
+    hundred = corpus / "fhir-r4" / "sample-bulk-fhir-datasets" / "100-patients"
+    if not args.skip_corpus and hundred.is_dir():
+        results.append(compare("corpus 100-patient set", sorted(hundred.glob("*.000.ndjson"))))
+    small = compare(f"generated, {args.patients // 10:,} patients", demo_files(args.patients // 10))
+    large = compare(f"generated, {args.patients:,} patients", demo_files(args.patients))
+    results += [small, large]
+    growth = large["ehrlift"]["resources"] / small["ehrlift"]["resources"]
+    rss = large["ehrlift"]["peak_rss_mb"] / small["ehrlift"]["peak_rss_mb"]
+    print(f"\ninput grew {growth:.1f}x; ehrlift peak RSS grew {rss:.2f}x (target: flat, about 1x)")
+    (OUT / "ingest_fhir.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
