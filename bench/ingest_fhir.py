@@ -36,16 +36,12 @@ def child(mode: str, files: list[str], workdir: Path) -> dict:
         result = {"resources": n}
     else:
         from pipelines.common.config import RunConfig
-        from pipelines.common.warehouse import open_warehouse
-        from pipelines.load import load_staged
         from pipelines.run import convert_stage, land_stage
 
         config = RunConfig(sources=tuple(files), warehouse=workdir / "warehouse.duckdb", progress=False)
         land_stage(config)
-        convert_stage(config)
-        with open_warehouse(config.warehouse) as con:
-            loaded = load_staged(con)
-        result = {"resources": sum(loaded.resources_loaded.values())}
+        totals = convert_stage(config)  # converts and merges into fhir.*; views are not ingest
+        result = {"resources": totals["resources"]}
     result["seconds"] = time.perf_counter() - start
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result

@@ -1,4 +1,4 @@
-"""The load stage: merge staged resources into fhir.<Type> tables, deciding duplicates set-based in SQL."""
+"""Merging one file's staged resources into fhir.<Type> tables, deciding duplicates set-based in SQL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import duckdb
 
 from pipelines.common.ledger import pointer
-from pipelines.common.warehouse import ensure_resource_table, transaction
+from pipelines.common.warehouse import ensure_resource_table
 
 # Which staged row of a (type, id) group wins: the latest meta.lastUpdated; on a tie or without dates,
 # what the warehouse already holds, then what came first (run, file, unit, position in unit).
@@ -16,7 +16,7 @@ CREATE OR REPLACE TEMP TABLE _decided AS
 WITH staged AS (
     SELECT run_id, seq, file_sha256, unit_position, resource_index, id, content_sha256,
            TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, FALSE AS existing
-    FROM stage.resources WHERE resource_type = $rtype
+    FROM _stage WHERE resource_type = $rtype
 ), current AS (
     SELECT NULL AS run_id, 0 AS seq, file_sha256, unit_position, 0 AS resource_index, id, content_sha256,
            TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, TRUE AS existing
@@ -46,11 +46,10 @@ FROM grouped WHERE NOT existing
 
 _INSERT = """
 INSERT INTO {table}
-SELECT s.id, s.resource, s.source_system, s.source_id, s.file_sha256, s.unit_position, s.run_id,
+SELECT s.id, s.resource::JSON, s.source_system, s.source_id, s.file_sha256, s.unit_position, s.run_id,
        s.content_sha256, s.last_updated
-FROM stage.resources s JOIN _decided d USING (run_id, file_sha256, unit_position, resource_index)
+FROM _stage s JOIN _decided d USING (run_id, file_sha256, unit_position, resource_index)
 WHERE s.resource_type = $rtype AND d.decision = 'accepted'
-ORDER BY s.run_id, s.seq, s.unit_position, s.resource_index
 """
 
 # A unit all of whose resources were turned away takes the outcome of the weightiest reason.
@@ -86,51 +85,57 @@ class LoadResult:
     conflicts: int = 0
 
 
-def load_staged(con: duckdb.DuckDBPyConnection) -> LoadResult:
-    """Merge everything staged (this run's and any crashed run's) in one transaction, then clear stage."""
+STAGE_DDL = """
+CREATE OR REPLACE TEMP TABLE _stage (
+    run_id VARCHAR, seq INTEGER, file_sha256 VARCHAR, unit_position BIGINT, resource_index INTEGER,
+    resource_type VARCHAR, id VARCHAR, source_system VARCHAR, source_id VARCHAR, content_sha256 VARCHAR,
+    last_updated VARCHAR, resource VARCHAR
+)
+"""
+
+
+def create_stage(con: duckdb.DuckDBPyConnection) -> None:
+    """An empty per-connection stage: a file's resources wait here until its transaction merges them."""
+    con.execute(STAGE_DDL)
+
+
+def merge_stage(con: duckdb.DuckDBPyConnection) -> LoadResult:
+    """Merge the staged resources into fhir.* and settle duplicates; the caller owns the transaction."""
     result = LoadResult()
-    with transaction(con):
-        types = [
-            r[0]
-            for r in con.execute("SELECT DISTINCT resource_type FROM stage.resources ORDER BY 1").fetchall()
-        ]
+    types = [r[0] for r in con.execute("SELECT DISTINCT resource_type FROM _stage ORDER BY 1").fetchall()]
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _all_decided (run_id VARCHAR, file_sha256 VARCHAR, "
+        "unit_position BIGINT, resource_index INTEGER, resource_type VARCHAR, decision VARCHAR, "
+        "id_exists BOOLEAN)"
+    )
+    for rtype in types:
+        table = ensure_resource_table(con, rtype)
+        con.execute(_DECIDE.format(table=table), {"rtype": rtype})
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE _all_decided (run_id VARCHAR, file_sha256 VARCHAR, "
-            "unit_position BIGINT, resource_index INTEGER, resource_type VARCHAR, decision VARCHAR, "
-            "id_exists BOOLEAN)"
+            f"DELETE FROM {table} WHERE id IN "
+            "(SELECT id FROM _decided WHERE decision = 'accepted' AND id_exists)"
         )
-        for rtype in types:
-            table = ensure_resource_table(con, rtype)
-            con.execute(_DECIDE.format(table=table), {"rtype": rtype})
-            con.execute(
-                f"DELETE FROM {table} WHERE id IN "
-                "(SELECT id FROM _decided WHERE decision = 'accepted' AND id_exists)"
-            )
-            con.execute(_INSERT.format(table=table), {"rtype": rtype})
-            con.execute(
-                "INSERT INTO _all_decided SELECT run_id, file_sha256, unit_position, resource_index, "
-                "$rtype, decision, id_exists FROM _decided",
-                {"rtype": rtype},
-            )
-        for decision, accepted_existing, count in con.execute(
-            "SELECT decision, id_exists, count(*) FROM _all_decided GROUP BY ALL"
-        ).fetchall():
-            if decision == "accepted" and accepted_existing:
-                result.replaced += count
-            elif decision == "duplicate_identical":
-                result.duplicates_identical += count
-            elif decision == "superseded":
-                result.superseded += count
-            elif decision == "conflicting_duplicate":
-                result.conflicts += count
-        for rtype, count in con.execute(
-            "SELECT resource_type, count(*) FROM _all_decided "
-            "WHERE decision = 'accepted' GROUP BY 1 ORDER BY 1"
-        ).fetchall():
-            result.resources_loaded[rtype] = count
-        con.execute(_LEDGER_UPDATE)
-        _quarantine_conflicts(con)
-        con.execute("DELETE FROM stage.resources")
+        con.execute(_INSERT.format(table=table), {"rtype": rtype})
+        con.execute(
+            "INSERT INTO _all_decided SELECT run_id, file_sha256, unit_position, resource_index, "
+            "$rtype, decision, id_exists FROM _decided",
+            {"rtype": rtype},
+        )
+    for decision, replaced, rtype, count in con.execute(
+        "SELECT decision, id_exists, resource_type, count(*) FROM _all_decided GROUP BY ALL"
+    ).fetchall():
+        if decision == "accepted":
+            result.resources_loaded[rtype] = result.resources_loaded.get(rtype, 0) + count
+            result.replaced += count if replaced else 0
+        elif decision == "duplicate_identical":
+            result.duplicates_identical += count
+        elif decision == "superseded":
+            result.superseded += count
+        else:
+            result.conflicts += count
+    con.execute(_LEDGER_UPDATE)
+    _quarantine_conflicts(con)
+    con.execute("DELETE FROM _stage")
     return result
 
 

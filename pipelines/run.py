@@ -13,11 +13,11 @@ from pipelines.common.config import RunConfig, ehrlift_version
 from pipelines.common.errors import EhrliftError, ExitCode
 from pipelines.common.ledger import LedgerWriter
 from pipelines.common.progress import Bars
-from pipelines.common.unit import FileContext, Unit, UnreadableFile, convert_units
+from pipelines.common.unit import BatchConverter, FileContext, Unit, UnreadableFile, convert_units
 from pipelines.common.warehouse import file_processed, open_warehouse, transaction
 from pipelines.convert import handler_for
 from pipelines.land import land_sources, landed_path
-from pipelines.load import load_staged
+from pipelines.load import create_stage, merge_stage
 from pipelines.summary import RunSummary, build_summary
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,14 @@ def land_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, Any]:
 
 
 def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]:
-    """Convert every pending file of the run, each file in one transaction; returns unit totals."""
+    """Convert and merge every pending file of the run, each file in one transaction; returns totals.
+
+    A file's units, ledger rows and resources commit together: a crash mid-file leaves nothing of that
+    file, so a re-run converts it whole, and files committed before the crash are not converted again.
+    """
     totals = {"files": 0, "already_processed": 0, "units": 0, "resources": 0}
     with open_warehouse(config.warehouse) as con:
+        create_stage(con)
         pending = con.execute(
             """
             SELECT rf.seq, rf.file_sha256, f.format, f.format_detail, f.size_bytes
@@ -67,16 +72,15 @@ def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]
 
 
 def load_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, Any]:
-    """Merge staged resources into fhir.* and rebuild the analyst views; finishes the run record."""
+    """Rebuild the analyst views over fhir.* and finish the run record with its summary."""
     from pipelines.common.paths import shipped
     from pipelines.views.materialize import materialize_views
 
     with open_warehouse(config.warehouse) as con:
-        loaded = load_staged(con)
         views = materialize_views(con, shipped("schemas") / "views")
         summary = build_summary(con, config.run_id)
         _finish_run(con, config.run_id, "succeeded", ExitCode.OK, summary)
-    return {"load": asdict(loaded), "views": views}
+    return {"views": views}
 
 
 def run_pipeline(config: RunConfig) -> RunSummary:
@@ -111,8 +115,12 @@ def _convert_file(
     try:
         with transaction(con):
             writer = LedgerWriter(con, ctx, config.batch_size)
-            result = convert_units(handler, ctx, writer, on_progress)
+            if isinstance(handler, BatchConverter):
+                result = handler.convert_file(ctx, con, writer, on_progress)
+            else:
+                result = convert_units(handler, ctx, writer, on_progress)
             writer.flush()
+            merge_stage(con)
             _mark_file(con, ctx, handler.name, result.units)
         units, resources = result.units, result.resources
     except (UnreadableFile, OSError) as exc:
@@ -122,6 +130,7 @@ def _convert_file(
         else:
             reason, message = "unreadable_file", f"I/O error ({type(exc).__name__})"
         with transaction(con):
+            con.execute("DELETE FROM _stage")
             writer = LedgerWriter(con, ctx, config.batch_size)
             writer.quarantine(Unit(0, "file", None, 0, ctx.path.stat().st_size), reason, message)
             writer.flush()

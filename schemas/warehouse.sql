@@ -4,7 +4,6 @@
 CREATE SCHEMA IF NOT EXISTS ops;
 CREATE SCHEMA IF NOT EXISTS fhir;
 CREATE SCHEMA IF NOT EXISTS views;
-CREATE SCHEMA IF NOT EXISTS stage;
 
 CREATE TABLE IF NOT EXISTS ops.schema_version (version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL);
 
@@ -97,20 +96,4 @@ CREATE TABLE IF NOT EXISTS ops.validation_results (
     unexpected_count  BIGINT,
     record_pointers   JSON,
     evaluated_at      TIMESTAMPTZ NOT NULL
-);
-
--- Converted resources waiting for the load stage (one row per resource).
-CREATE TABLE IF NOT EXISTS stage.resources (
-    run_id           VARCHAR NOT NULL,
-    seq              INTEGER NOT NULL,      -- ops.run_files.seq of the file it came from
-    file_sha256      VARCHAR NOT NULL,
-    unit_position    BIGINT NOT NULL,
-    resource_index   INTEGER NOT NULL,      -- position of the resource within its unit
-    resource_type    VARCHAR NOT NULL,
-    id               VARCHAR NOT NULL,
-    source_system    VARCHAR NOT NULL,
-    source_id        VARCHAR,
-    content_sha256   VARCHAR NOT NULL,
-    last_updated     VARCHAR,
-    resource         JSON NOT NULL
 );

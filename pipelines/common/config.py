@@ -16,7 +16,7 @@ from pipelines.common.errors import ConfigError
 
 DEFAULT_DATA_DIR = Path("ehrlift-data")
 DEFAULT_SOURCE_SYSTEM = "default"
-_SOURCE_SYSTEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SOURCE_SYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def ehrlift_version() -> str:
@@ -45,7 +45,7 @@ class RunConfig:
     run_id: str = field(default_factory=new_run_id)
 
     def __post_init__(self) -> None:
-        if not _SOURCE_SYSTEM.match(self.source_system):
+        if not _SOURCE_SYSTEM.fullmatch(self.source_system):
             raise ConfigError(
                 f"source system name {self.source_system!r} is not allowed",
                 hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",

@@ -119,7 +119,7 @@ class LedgerWriter:
             self.flush()
 
     def flush(self) -> None:
-        _append(self.con, "stage.resources", self._stage, cast={"resource": "JSON"})
+        _append(self.con, "_stage", self._stage)
         _append(self.con, "ops.ledger", self._ledger)
         _append(self.con, "ops.quarantine", self._quarantine, extra={"quarantined_at": "now()"})
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import duckdb
 import orjson
 
 from pipelines.common.ledger import LedgerWriter
@@ -107,6 +107,27 @@ class Converter(ABC):
         """Resources for one unit; raise Quarantine or Skip for a unit that yields none."""
 
 
+class BatchConverter(ABC):
+    """A set-based converter: it converts a whole file in batches inside DuckDB.
+
+    It writes the same ledger, quarantine and stage rows as the per-unit path, and sends any unit it
+    cannot settle in SQL through convert_one() with its own convert_unit().
+    """
+
+    name: ClassVar[str]
+    formats: ClassVar[frozenset[str]]
+
+    @abstractmethod
+    def convert_file(
+        self,
+        ctx: FileContext,
+        con: duckdb.DuckDBPyConnection,
+        writer: LedgerWriter,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> FileResult:
+        """Convert every unit of the file, recording exactly one outcome per unit."""
+
+
 @dataclass
 class FileResult:
     units: int = 0
@@ -114,7 +135,45 @@ class FileResult:
     quarantined: int = 0
     skipped: int = 0
     resources: int = 0
-    unreadable: bool = False
+
+    def add(self, outcome: str, units: int, resources: int) -> None:
+        self.units += units
+        setattr(self, outcome, getattr(self, outcome) + units)
+        self.resources += resources
+
+
+def convert_one(
+    convert: Callable[[Unit], Iterable[StagedResource | dict[str, Any]]],
+    name: str,
+    unit: Unit,
+    ctx: FileContext,
+    writer: LedgerWriter,
+) -> tuple[str, int]:
+    """Convert one unit and record its one outcome; returns (outcome, resources)."""
+    try:
+        produced = [r if isinstance(r, StagedResource) else stage_dict(r) for r in convert(unit)]
+    except Quarantine as q:
+        writer.quarantine(unit, q.reason, q.message, q.resource_type)
+        return "quarantined", 0
+    except Skip as s:
+        writer.skip(unit, s.reason)
+        return "skipped", 0
+    except Exception as exc:  # a converter bug must cost one unit, not the run
+        where = _innermost(exc)
+        # The exception text can quote record values: log and store only its type and location.
+        log.error(
+            "converter %s failed on %s %s of %s: %s at %s",
+            name,
+            unit.kind,
+            unit.position,
+            ctx.file_sha256[:12],
+            type(exc).__name__,
+            where,
+        )
+        writer.quarantine(unit, "converter_error", f"{type(exc).__name__} in {name} at {where}")
+        return "quarantined", 0
+    writer.convert(unit, produced)
+    return "converted", len(produced)
 
 
 def convert_units(
@@ -123,38 +182,13 @@ def convert_units(
     writer: LedgerWriter,
     on_progress: Callable[[int], None] | None = None,
 ) -> FileResult:
-    """Run every unit of one file through the converter, recording exactly one outcome per unit."""
+    """Run every unit of one file through a per-unit converter, recording exactly one outcome per unit."""
     result = FileResult()
     for unit in converter.units(ctx):
-        result.units += 1
-        try:
-            produced = [
-                r if isinstance(r, StagedResource) else stage_dict(r) for r in converter.convert(unit, ctx)
-            ]
-        except Quarantine as q:
-            writer.quarantine(unit, q.reason, q.message, q.resource_type)
-            result.quarantined += 1
-        except Skip as s:
-            writer.skip(unit, s.reason)
-            result.skipped += 1
-        except Exception as exc:  # a converter bug must cost one unit, not the run
-            where = _innermost(exc)
-            # The exception text can quote record values: log and store only its type and location.
-            log.error(
-                "converter %s failed on %s %s of %s: %s at %s",
-                converter.name,
-                unit.kind,
-                unit.position,
-                ctx.file_sha256[:12],
-                type(exc).__name__,
-                where,
-            )
-            writer.quarantine(unit, "converter_error", f"{type(exc).__name__} in {converter.name} at {where}")
-            result.quarantined += 1
-        else:
-            writer.convert(unit, produced)
-            result.converted += 1
-            result.resources += len(produced)
+        outcome, resources = convert_one(
+            lambda u: converter.convert(u, ctx), converter.name, unit, ctx, writer
+        )
+        result.add(outcome, 1, resources)
         if on_progress is not None and unit.byte_offset is not None and result.units % 2048 == 0:
             on_progress(unit.byte_offset + (unit.byte_length or 0))
     return result
@@ -167,7 +201,3 @@ def _innermost(exc: BaseException) -> str:
     if tb is None:
         return "?"
     return f"{Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
-
-
-def content_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

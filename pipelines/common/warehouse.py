@@ -14,7 +14,7 @@ from pipelines.common.errors import WarehouseError
 from pipelines.common.paths import shipped
 
 SCHEMA_VERSION = 1
-RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # also guards table names
 
 RESOURCE_TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS fhir."{rtype}" (
@@ -89,7 +89,7 @@ def check_version(con: duckdb.DuckDBPyConnection) -> int | None:
 
 def ensure_resource_table(con: duckdb.DuckDBPyConnection, resource_type: str) -> str:
     """Create fhir."<Type>" if needed and return its quoted name; the type name is validated first."""
-    if not RESOURCE_TYPE.match(resource_type):
+    if not RESOURCE_TYPE.fullmatch(resource_type):
         raise ValueError(f"not a FHIR resource type name: {resource_type!r}")
     con.execute(RESOURCE_TABLE_DDL.format(rtype=resource_type))
     return f'fhir."{resource_type}"'

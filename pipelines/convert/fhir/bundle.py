@@ -82,11 +82,11 @@ class FhirBundleConverter(Converter):
 
 def _entry_reference(ctx: FileContext, position: int, rtype: str | None, rid: str | None) -> str | None:
     """The warehouse reference of a Bundle entry's resource, computed as prepare() will compute its id."""
-    if not rtype or not RESOURCE_TYPE.match(rtype):
+    if not rtype or not RESOURCE_TYPE.fullmatch(rtype):
         return None
     if rid is None:
         return f"{rtype}/{warehouse_id(ctx.source_system, rtype, f'{ctx.file_sha256}:{position}')}"
-    if not FHIR_ID.match(rid):
+    if not FHIR_ID.fullmatch(rid):
         return None  # the entry itself is quarantined as invalid_id
     return f"{rtype}/{warehouse_id(ctx.source_system, rtype, rid)}"
 

@@ -1,32 +1,285 @@
-"""FHIR NDJSON (bulk export): one resource per line; each line is one unit."""
+"""FHIR NDJSON (bulk export): each line is one unit, converted set-based in DuckDB, batch by batch.
+
+Python only splits lines (keeping exact line numbers and byte offsets) and decodes UTF-8; DuckDB then
+validates, classifies, extracts keys, hashes ids and rewrites references on the JSON text for a whole
+batch at once. Lines DuckDB cannot settle alone (a JSON leniency, an id that is not the first or second
+member) go through the same per-unit Python path that Bundles use, so both give the same bytes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from itertools import accumulate
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
 
 from pipelines import formats
-from pipelines.common.unit import Converter, FileContext, Skip, StagedResource, Unit
+from pipelines.common.ledger import LedgerWriter
+from pipelines.common.unit import (
+    BatchConverter,
+    FileContext,
+    FileResult,
+    Skip,
+    StagedResource,
+    Unit,
+    convert_one,
+)
 from pipelines.convert.fhir.prepare import ResourcePreparer, parse_line
 
+CHUNK_BYTES = 16 << 20
+_ASCII_WS = " \t\r\n\x0b\x0c"  # what bytes.strip() removes on the per-unit path
+_REF = r'"reference"\s*:\s*"((?:[^"\\]|\\.)*)"'
+_REF_NOGROUP = r'"reference"\s*:\s*"(?:[^"\\]|\\.)*"'
+_RELATIVE = r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]{1,64})?"
+_HEAD_RT_ID = r'^(\{\s*"resourceType"\s*:\s*"[A-Za-z]+"\s*,\s*"id"\s*:\s*")((?:[^"\\]|\\.)*)"'
+_HEAD_ID = r'^(\{\s*"id"\s*:\s*")((?:[^"\\]|\\.)*)"'
+# What DuckDB's reader tolerates and strict JSON does not: trailing commas, NaN/Infinity, exponents past
+# double range. Matched on the raw text, so a match inside a string is a false alarm; it only sends the
+# line to the strict Python parser, which decides.
+_LENIENT = r"[:\[,]\s*[-+]?(?i:nan|inf)|,\s*[}\]]|[:\[,]\s*-?[0-9.]+[eE][+-]?[0-9]{3}"
 
-class FhirNdjsonConverter(Converter):
+_CLASSIFY = """
+CREATE OR REPLACE TEMP TABLE _classified AS
+WITH src AS (
+    SELECT pos, off, len, enc_err, txt FROM _lines
+), parsed AS (
+    SELECT *,
+        CASE
+            WHEN enc_err IS NOT NULL THEN 'invalid_encoding'
+            WHEN txt = '' THEN 'blank_line'
+            WHEN NOT json_valid(txt) THEN 'invalid_json'
+            WHEN json_type(txt) <> 'OBJECT' THEN 'not_an_object'
+        END AS early,
+    FROM src
+), keys AS (
+    SELECT *,
+        CASE WHEN early IS NULL
+             THEN json_extract(txt, ['$.resourceType', '$.id', '$.meta.lastUpdated']) END AS k
+    FROM parsed
+), classified AS (
+    SELECT pos, off, len, enc_err, txt,
+        k[1] ->> '$' AS rtype, k[2] ->> '$' AS sid,
+        CASE WHEN json_type(k[3]) = 'VARCHAR' THEN k[3] ->> '$' END AS last_updated,
+        coalesce(early,
+            CASE
+                WHEN k[1] IS NULL THEN 'missing_resource_type'
+                WHEN json_type(k[1]) <> 'VARCHAR'
+                     OR NOT regexp_full_match(k[1] ->> '$', '[A-Z][A-Za-z]{1,63}')
+                     THEN 'invalid_resource_type'
+                WHEN k[2] IS NOT NULL AND (json_type(k[2]) <> 'VARCHAR'
+                     OR NOT regexp_full_match(k[2] ->> '$', '[A-Za-z0-9\\-.]{1,64}')) THEN 'invalid_id'
+            END) AS problem,
+        early IS NULL AND regexp_matches(txt, $lenient) AS lenient,
+        -- SQL places the new id only where the old one is the first or second member (or absent)
+        early IS NULL AND k[2] IS NOT NULL
+            AND NOT regexp_matches(txt, $head_rt_id) AND NOT regexp_matches(txt, $head_id) AS deep_id
+    FROM keys
+)
+SELECT * EXCLUDE (deep_id),
+    -- invalid_json lines go to Python too: orjson names the byte where the syntax breaks
+    lenient OR deep_id OR coalesce(problem = 'invalid_json', FALSE) AS needs_python,
+    CASE WHEN problem IS NULL AND NOT lenient AND NOT deep_id
+         THEN substr(sha256($system || chr(31) || rtype || chr(31)
+                            || coalesce(sid, $sha || ':' || pos)), 1, 32)
+    END AS new_id
+FROM classified
+"""
+
+# References first (split around every "reference" member and rejoin), then the top-level id.
+_REWRITE = """
+INSERT INTO _stage
+WITH refs AS (
+    SELECT pos, rtype, sid, last_updated, new_id, txt, regexp_extract_all(txt, $ref, 1) AS refs
+    FROM _classified WHERE new_id IS NOT NULL
+), mapped AS (
+    SELECT *,
+        CASE WHEN len(refs) = 0 THEN txt ELSE array_to_string(list_transform(
+            range(1, len(refs) + 2),
+            lambda i: pieces[i]
+                      || CASE WHEN i <= len(refs) THEN '"reference":"' || new_refs[i] || '"' ELSE '' END
+        ), '') END AS body
+    FROM (
+        SELECT *, regexp_split_to_array(txt, $ref_nogroup) AS pieces,
+            list_transform(refs, lambda r: CASE
+                WHEN contains(replace(r, '\\/', '/'), '\\') THEN r
+                WHEN regexp_full_match(replace(r, '\\/', '/'), $relative) THEN
+                    split_part(replace(r, '\\/', '/'), '/', 1) || '/'
+                    || substr(sha256($system || chr(31) || split_part(replace(r, '\\/', '/'), '/', 1)
+                                     || chr(31) || split_part(replace(r, '\\/', '/'), '/', 2)), 1, 32)
+                    || CASE WHEN contains(replace(r, '\\/', '/'), '/_history/')
+                            THEN '/_history/' || split_part(replace(r, '\\/', '/'), '/', 4) ELSE '' END
+                ELSE r END) AS new_refs
+        FROM refs
+    )
+), headed AS (
+    SELECT *,
+        regexp_extract(body, $head_rt_id, 1) AS h1, regexp_extract(body, $head_rt_id, 2) AS v1,
+        regexp_extract(body, $head_id, 1) AS h2, regexp_extract(body, $head_id, 2) AS v2
+    FROM mapped
+)
+SELECT $run, $seq, $sha, pos, 0, rtype, new_id, $system, sid, sha256(resource), last_updated, resource
+FROM (
+    SELECT *, CASE
+        WHEN h1 <> '' THEN h1 || new_id || substr(body, length(h1) + length(v1) + 1)
+        WHEN h2 <> '' THEN h2 || new_id || substr(body, length(h2) + length(v2) + 1)
+        ELSE '{"id":"' || new_id || '",' || substr(body, 2)  -- no id: classification made sure
+    END AS resource
+    FROM headed
+)
+"""
+
+_REWRITE_PATTERNS = {
+    "ref": _REF,
+    "ref_nogroup": _REF_NOGROUP,
+    "relative": _RELATIVE,
+    "head_rt_id": _HEAD_RT_ID,
+    "head_id": _HEAD_ID,
+}
+
+_OUTCOME = """CASE WHEN problem IS NULL THEN 'converted' WHEN problem = 'blank_line' THEN 'skipped'
+                   ELSE 'quarantined' END"""
+
+_LEDGER_ROWS = f"""
+INSERT INTO ops.ledger
+SELECT $run, $sha, pos, 'ndjson_line', {_OUTCOME}, problem,
+       CASE WHEN problem IS NULL THEN 1 ELSE 0 END, off, len
+FROM _classified WHERE NOT needs_python
+"""
+
+_OUTCOMES = f"""
+SELECT {_OUTCOME}, count(*), count(*) FILTER (WHERE problem IS NULL)
+FROM _classified WHERE NOT needs_python GROUP BY 1
+"""
+
+_MESSAGES = """
+    CASE problem
+        WHEN 'invalid_encoding' THEN 'byte ' || enc_err || ' is not valid UTF-8'
+        WHEN 'not_an_object' THEN 'JSON ' || CASE json_type(txt)
+            WHEN 'ARRAY' THEN 'array' WHEN 'VARCHAR' THEN 'string' WHEN 'BOOLEAN' THEN 'boolean'
+            WHEN 'NULL' THEN 'null' ELSE 'number' END
+            || ' where a resource object belongs'
+        WHEN 'missing_resource_type' THEN 'JSON object without resourceType'
+        WHEN 'invalid_resource_type' THEN 'resourceType is not a FHIR resource type name'
+        WHEN 'invalid_id' THEN 'resource id is not a FHIR id'
+    END
+"""
+
+
+_QUARANTINE_ROWS = f"""
+INSERT INTO ops.quarantine
+SELECT $run, $sha, pos, problem, 'landing/' || $sha || '#ndjson_line=' || pos || '@' || off || '+' || len,
+       {_MESSAGES}, CASE WHEN problem = 'invalid_id' THEN rtype END, now()
+FROM _classified WHERE NOT needs_python AND problem IS NOT NULL AND problem <> 'blank_line'
+"""
+
+
+class FhirNdjsonConverter(BatchConverter):
     name = "fhir-ndjson"
     formats = frozenset({formats.FHIR_NDJSON})
 
-    def units(self, ctx: FileContext) -> Iterator[Unit]:
-        self._preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256)
-        offset = 0
-        with ctx.path.open("rb") as fh:
-            for lineno, line in enumerate(fh, 1):
-                yield Unit(lineno, "ndjson_line", line, offset, len(line))
-                offset += len(line)
+    def convert_file(
+        self,
+        ctx: FileContext,
+        con: duckdb.DuckDBPyConnection,
+        writer: LedgerWriter,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> FileResult:
+        result = FileResult()
+        preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256)
+        params = {"run": ctx.run_id, "sha": ctx.file_sha256, "seq": ctx.seq, "system": ctx.source_system}
+        for batch, end_offset in _line_batches(ctx.path):
+            con.register("_lines", batch)
+            try:
+                self._convert_batch(con, params, writer, preparer, ctx, result)
+            finally:
+                con.unregister("_lines")
+            if on_progress is not None:
+                on_progress(end_offset)
+        return result
 
-    def convert(self, unit: Unit, ctx: FileContext) -> list[StagedResource]:
-        raw: bytes = unit.payload
-        if unit.position == 1:
-            raw = raw.removeprefix(formats.UTF8_BOM)
-        raw = raw.strip()
+    def _convert_batch(self, con, params, writer, preparer, ctx, result: FileResult) -> None:
+        con.execute(
+            _CLASSIFY,
+            {
+                "system": ctx.source_system,
+                "sha": ctx.file_sha256,
+                "lenient": _LENIENT,
+                "head_rt_id": _HEAD_RT_ID,
+                "head_id": _HEAD_ID,
+            },
+        )
+        con.execute(_REWRITE, {**params, **_REWRITE_PATTERNS})
+        keys = {"run": ctx.run_id, "sha": ctx.file_sha256}
+        con.execute(_LEDGER_ROWS, keys)
+        con.execute(_QUARANTINE_ROWS, keys)
+        for outcome, n, resources in con.execute(_OUTCOMES).fetchall():
+            result.add(outcome, n, resources)
+        fallback = con.execute("SELECT pos, off, len, txt FROM _classified WHERE needs_python ORDER BY pos")
+        for pos, off, length, txt in fallback.fetchall():
+            unit = Unit(pos, "ndjson_line", txt.encode("utf-8"), off, length)
+            outcome, resources = convert_one(
+                lambda u: self.convert_unit(u, preparer), self.name, unit, ctx, writer
+            )
+            result.add(outcome, 1, resources)
+
+    def convert_unit(self, unit: Unit, preparer: ResourcePreparer) -> list[StagedResource]:
+        raw: bytes = unit.payload.strip()
         if not raw:
             raise Skip("blank_line")
-        obj = parse_line(raw)
-        return [self._preparer.prepare(raw, obj, unit.position)]
+        return [preparer.prepare(raw, parse_line(raw), unit.position)]
+
+
+def _line_batches(path: Path) -> Iterator[tuple[pa.Table, int]]:
+    """(batch of lines, byte offset reached) per chunk; positions are 1-based and count blank lines."""
+    pos = 0
+    offset = 0
+    carry = b""
+    with path.open("rb") as fh:
+        while True:
+            chunk = fh.read(CHUNK_BYTES)
+            data = carry + chunk if carry else chunk
+            if chunk:
+                lines = data.split(b"\n")
+                carry = lines.pop()
+                lengths = [len(line) + 1 for line in lines]
+            else:
+                lines = [data] if data else []  # a last line without its newline (often a truncated file)
+                carry = b""
+                lengths = [len(data)] if data else []
+            if lines:
+                if pos == 0:
+                    lines[0] = lines[0].removeprefix(formats.UTF8_BOM)  # lengths keep the BOM's bytes
+                texts, errors = _decode(lines)
+                offsets = list(accumulate(lengths, initial=offset))
+                batch = pa.table(
+                    {
+                        "pos": pa.array(range(pos + 1, pos + 1 + len(lines)), pa.int64()),
+                        "off": pa.array(offsets[:-1], pa.int64()),
+                        "len": pa.array(lengths, pa.int64()),
+                        "txt": pa.array(texts, pa.string()),
+                        "enc_err": pa.array(errors, pa.int64()),
+                    }
+                )
+                pos += len(lines)
+                offset = offsets[-1]
+                yield batch, offset
+            if not chunk:
+                return
+
+
+def _decode(lines: list[bytes]) -> tuple[list[str | None], list[int | None]]:
+    try:
+        text = b"\n".join(lines).decode("utf-8")
+        return [t.strip(_ASCII_WS) for t in text.split("\n")], [None] * len(lines)
+    except UnicodeDecodeError:
+        texts, errors = [], []
+        for line in lines:
+            try:
+                texts.append(line.decode("utf-8").strip(_ASCII_WS))
+                errors.append(None)
+            except UnicodeDecodeError as exc:
+                texts.append(None)
+                errors.append(exc.start)
+        return texts, errors

@@ -13,14 +13,15 @@ from typing import Any
 import orjson
 
 from pipelines.common.unit import Quarantine, StagedResource
+from pipelines.common.warehouse import RESOURCE_TYPE
 
-RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # A JSON string can hold no unescaped quote, so this matches only real "reference" members.
-_REFERENCE = re.compile(rb'"reference"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
+_REFERENCE = re.compile(rb'"reference"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _ID_MEMBER = re.compile(rb'"id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_RELATIVE = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
+_JSON_KIND = {list: "array", str: "string", bool: "boolean", type(None): "null"}
+_RELATIVE = re.compile(r"([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?")
 
 
 def warehouse_id(source_system: str, resource_type: str, source_key: str) -> str:
@@ -41,16 +42,18 @@ class ResourcePreparer:
     def prepare(self, raw: bytes, obj: Any, position: int) -> StagedResource:
         """raw is the resource's JSON text, obj the same parsed; raises Quarantine for a non-resource."""
         if not isinstance(obj, dict):
-            raise Quarantine("not_an_object", f"JSON {type(obj).__name__} where a resource object belongs")
+            raise Quarantine(
+                "not_an_object", f"JSON {_JSON_KIND.get(type(obj), 'number')} where a resource object belongs"
+            )
         rtype = obj.get("resourceType")
         if rtype is None:
             raise Quarantine("missing_resource_type", "JSON object without resourceType")
-        if not isinstance(rtype, str) or not RESOURCE_TYPE.match(rtype):
+        if not isinstance(rtype, str) or not RESOURCE_TYPE.fullmatch(rtype):
             raise Quarantine("invalid_resource_type", "resourceType is not a FHIR resource type name")
         source_id = obj.get("id")
-        if source_id is None:
+        if "id" not in obj:
             new_id = warehouse_id(self.source_system, rtype, f"{self.file_sha256}:{position}")
-        elif isinstance(source_id, str) and FHIR_ID.match(source_id):
+        elif isinstance(source_id, str) and FHIR_ID.fullmatch(source_id):
             new_id = warehouse_id(self.source_system, rtype, source_id)
         else:
             raise Quarantine("invalid_id", "resource id is not a FHIR id", rtype)
@@ -63,13 +66,13 @@ class ResourcePreparer:
         )
 
     def _rewrite_reference(self, match: re.Match[bytes]) -> bytes:
-        value = match.group(2)
+        value = match.group(1)
         new = self._refs.get(value)
         if new is None:
             new = self._new_reference(value)
             if len(self._refs) < 100_000:  # bounded: memory must not grow with file size
                 self._refs[value] = new
-        return b'"reference"' + match.group(1) + b'"' + new + b'"'
+        return b'"reference":"' + new + b'"'
 
     def _new_reference(self, value: bytes) -> bytes:
         # Senders may escape "/" as "\/"; any other escape means an unusual reference we leave as is.
@@ -80,7 +83,7 @@ class ResourcePreparer:
         mapped = self.urn_map.get(ref)
         if mapped is not None:
             return mapped.encode()
-        m = _RELATIVE.match(ref)
+        m = _RELATIVE.fullmatch(ref)
         if m is None:
             # Contained (#x), conditional (Type?query), absolute URLs to other servers and unresolved
             # urn:uuid references are kept exactly as the source wrote them.
