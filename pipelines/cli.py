@@ -123,6 +123,8 @@ def _cmd_views_test(args: argparse.Namespace) -> int:
 
 
 def print_summary(summary: RunSummary, config: RunConfig) -> None:
+    from pipelines.run import run_report_path
+
     table = Table(title=f"run {summary.run_id}", title_justify="left")
     for col in ("format", "files", "units in", "converted", "quarantined", "skipped"):
         table.add_column(col, justify="left" if col == "format" else "right")
@@ -160,6 +162,7 @@ def print_summary(summary: RunSummary, config: RunConfig) -> None:
     )
     out.print(f"warehouse: {config.warehouse.resolve()}", soft_wrap=True)
     out.print(f"landing zone: {config.landing_dir.resolve()}", soft_wrap=True)
+    out.print(f"run report: {run_report_path(config).resolve()}", soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -80,7 +81,25 @@ def load_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, Any]:
         views = materialize_views(con, shipped("schemas") / "views")
         summary = build_summary(con, config.run_id)
         _finish_run(con, config.run_id, "succeeded", ExitCode.OK, summary)
-    return {"views": views}
+    report = write_run_report(config, summary)
+    return {"views": views, "report": str(report)}
+
+
+def run_report_path(config: RunConfig) -> Path:
+    return config.warehouse.parent / "runs" / f"{config.run_id}.json"
+
+
+def write_run_report(config: RunConfig, summary: RunSummary) -> Path:
+    """The run's config and reconciliation beside the warehouse: counts and reason codes, never values."""
+    path = run_report_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        orjson.dumps(
+            {"config": config.to_dict(), "summary": summary.to_dict()},
+            option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
+        )
+    )
+    return path
 
 
 def run_pipeline(config: RunConfig) -> RunSummary:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import orjson
+
 from pipelines.cli import main
 from pipelines.common.errors import ExitCode
 from tests.conftest import resource, write_ndjson
@@ -59,3 +61,14 @@ def test_run_prints_summary_and_warehouse_path(tmp_path, capsys):
     assert "ledger reconciles (units = converted + quarantined + skipped): yes" in out
     assert f"warehouse: {(tmp_path / 'w.duckdb').resolve()}" in out
     assert "quarantined: invalid_json 1" in out
+    reports = list((tmp_path / "runs").glob("run-*.json"))
+    assert len(reports) == 1 and f"run report: {reports[0].resolve()}" in out
+    report = orjson.loads(reports[0].read_bytes())
+    assert report["summary"]["totals"] == {
+        "files": 1,
+        "units": 2,
+        "converted": 1,
+        "quarantined": 1,
+        "skipped": 0,
+    }
+    assert report["config"]["source_system"] == "default"
