@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from pipelines.summary import RunSummary, build_summary
 log = logging.getLogger(__name__)
 
 
-def land_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, Any]:
+def land_stage(config: RunConfig) -> dict[str, Any]:
     """Start the run (ops.runs) and land its sources; returns the landing counts."""
     with open_warehouse(config.warehouse) as con:
         _start_run(con, config)
@@ -34,12 +35,12 @@ def land_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, Any]:
 
 
 def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]:
-    """Convert and merge every pending file of the run, each file in one transaction; returns totals.
+    """Convert and merge every pending file of the run, each file in one transaction; returns counts.
 
     A file's units, ledger rows and resources commit together: a crash mid-file leaves nothing of that
     file, so a re-run converts it whole, and files committed before the crash are not converted again.
     """
-    totals = {"files": 0, "already_processed": 0, "units": 0, "resources": 0}
+    totals: Counter[str] = Counter()
     with open_warehouse(config.warehouse) as con:
         create_stage(con)
         pending = con.execute(
@@ -65,14 +66,12 @@ def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]
             ctx = FileContext(
                 config.run_id, seq, sha, landed_path(config, sha), fmt, detail, _file_source_system(con, sha)
             )
-            units, resources = _convert_file(con, config, handler, ctx, advance)
+            totals.update(_convert_file(con, config, handler, ctx, advance))
             totals["files"] += 1
-            totals["units"] += units
-            totals["resources"] += resources
-    return totals
+    return dict(totals)
 
 
-def load_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, Any]:
+def load_stage(config: RunConfig) -> dict[str, Any]:
     """Rebuild the analyst views over fhir.* and finish the run record with its summary."""
     from pipelines.common.paths import shipped
     from pipelines.views.materialize import materialize_views
@@ -107,9 +106,9 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     bars = Bars(config.progress)
     try:
         with bars.running():
-            land_stage(config, bars)
+            land_stage(config)
             convert_stage(config, bars)
-            load_stage(config, bars)
+            load_stage(config)
     except (EhrliftError, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, EhrliftError) else ExitCode.INTERRUPTED
         _mark_failed(config, code)
@@ -123,7 +122,8 @@ def run_pipeline(config: RunConfig) -> RunSummary:
 
 def _convert_file(
     con: duckdb.DuckDBPyConnection, config: RunConfig, handler, ctx: FileContext, advance
-) -> tuple[int, int]:
+) -> dict[str, int]:
+    """Convert one file and merge its resources; returns its unit outcomes and merge counts."""
     done = 0
 
     def on_progress(position: int) -> None:
@@ -139,9 +139,16 @@ def _convert_file(
             else:
                 result = convert_units(handler, ctx, writer, on_progress)
             writer.flush()
-            merge_stage(con)
+            merged = merge_stage(con)
             _mark_file(con, ctx, handler.name, result.units)
-        units, resources = result.units, result.resources
+        counts = {
+            "units": result.units,
+            "resources": sum(merged.resources_loaded.values()),
+            "replaced": merged.replaced,
+            "duplicates_identical": merged.duplicates_identical,
+            "superseded": merged.superseded,
+            "conflicts": merged.conflicts,
+        }
     except (UnreadableFile, OSError) as exc:
         # The transaction rolled back whatever the file had yielded: record the file as one bad unit.
         if isinstance(exc, UnreadableFile):
@@ -149,14 +156,13 @@ def _convert_file(
         else:
             reason, message = "unreadable_file", f"I/O error ({type(exc).__name__})"
         with transaction(con):
-            con.execute("DELETE FROM _stage")
             writer = LedgerWriter(con, ctx, config.batch_size)
             writer.quarantine(Unit(0, "file", None, 0, ctx.path.stat().st_size), reason, message)
             writer.flush()
             _mark_file(con, ctx, handler.name, 1)
-        units, resources = 1, 0
+        counts = {"units": 1}
     advance(ctx.path.stat().st_size - done)
-    return units, resources
+    return counts
 
 
 def _mark_file(con: duckdb.DuckDBPyConnection, ctx: FileContext, handler: str, units: int) -> None:

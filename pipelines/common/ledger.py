@@ -128,7 +128,6 @@ def _append(
     con: duckdb.DuckDBPyConnection,
     table: str,
     columns: dict[str, list],
-    cast: dict[str, str] | None = None,
     extra: dict[str, str] | None = None,
 ) -> None:
     first = next(iter(columns.values()))
@@ -136,7 +135,7 @@ def _append(
         return
     batch = pa.table(columns)
     names = list(columns)
-    select = [f"CAST({n} AS {cast[n]})" if cast and n in cast else n for n in names]
+    select = list(names)
     if extra:
         names += list(extra)
         select += list(extra.values())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -43,7 +42,3 @@ class Bars:
             return lambda _n: None
         task = self._progress.add_task(description, total=total)
         return lambda n: self._progress.advance(task, n) if self._progress else None
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()
