@@ -9,17 +9,18 @@ import duckdb
 from pipelines.common.ledger import pointer
 from pipelines.common.warehouse import ensure_resource_table
 
-# Which staged row of a (type, id) group wins: the latest meta.lastUpdated; on a tie or without dates,
-# what the warehouse already holds, then what came first (run, file, unit, position in unit).
+# Which row of a (type, id) group wins: a full resource over a reference-only one; then the latest
+# meta.lastUpdated; on a tie or without dates, what the warehouse already holds, then what came first
+# (run, file, unit, position in unit).
 _DECIDE = """
 CREATE OR REPLACE TEMP TABLE _decided AS
 WITH staged AS (
     SELECT run_id, seq, file_sha256, unit_position, resource_index, id, content_sha256,
-           TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, FALSE AS existing
+           TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, reference_only, FALSE AS existing
     FROM _stage WHERE resource_type = $rtype
 ), current AS (
     SELECT NULL AS run_id, 0 AS seq, file_sha256, unit_position, 0 AS resource_index, id, content_sha256,
-           TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, TRUE AS existing
+           TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, reference_only, TRUE AS existing
     FROM {table} WHERE id IN (SELECT id FROM staged)
 ), grouped AS (
     SELECT *,
@@ -29,7 +30,7 @@ WITH staged AS (
         row_number() OVER (PARTITION BY id, content_sha256
                            ORDER BY existing DESC, run_id, seq, unit_position, resource_index) AS hash_rank
     FROM (SELECT * FROM staged UNION ALL SELECT * FROM current)
-    WINDOW best AS (PARTITION BY id ORDER BY lu DESC NULLS LAST, existing DESC, run_id, seq,
+    WINDOW best AS (PARTITION BY id ORDER BY reference_only, lu DESC NULLS LAST, existing DESC, run_id, seq,
                     unit_position, resource_index
                     ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
@@ -37,6 +38,7 @@ SELECT run_id, seq, file_sha256, unit_position, resource_index, id,
     CASE
         WHEN content_sha256 = best_hash AND hash_rank = 1 THEN 'accepted'
         WHEN content_sha256 = best_hash THEN 'duplicate_identical'
+        WHEN reference_only THEN 'reference_only_present'  -- a stand-in never overrides or conflicts
         WHEN lu IS NOT NULL AND best_lu IS NOT NULL AND lu < best_lu THEN 'superseded'
         ELSE 'conflicting_duplicate'
     END AS decision,
@@ -47,7 +49,7 @@ FROM grouped WHERE NOT existing
 _INSERT = """
 INSERT INTO {table}
 SELECT s.id, s.resource::JSON, s.source_system, s.source_id, s.file_sha256, s.unit_position, s.run_id,
-       s.content_sha256, s.last_updated
+       s.content_sha256, s.last_updated, s.reference_only
 FROM _stage s JOIN _decided d USING (run_id, file_sha256, unit_position, resource_index)
 WHERE s.resource_type = $rtype AND d.decision = 'accepted'
 """
@@ -59,7 +61,8 @@ UPDATE ops.ledger AS l SET
                    WHEN x.conflicts > 0 THEN 'quarantined' ELSE 'skipped' END,
     reason = CASE WHEN x.accepted > 0 THEN (CASE WHEN x.replaced > 0 THEN 'newer_version' END)
                   WHEN x.conflicts > 0 THEN 'conflicting_duplicate'
-                  WHEN x.superseded > 0 THEN 'superseded' ELSE 'duplicate_identical' END,
+                  WHEN x.superseded > 0 THEN 'superseded'
+                  WHEN x.reference_only > 0 THEN 'reference_only_present' ELSE 'duplicate_identical' END,
     resource_count = x.accepted
 FROM (
     SELECT run_id, file_sha256, unit_position,
@@ -67,6 +70,7 @@ FROM (
         count(*) FILTER (WHERE decision = 'accepted' AND id_exists) AS replaced,
         count(*) FILTER (WHERE decision = 'conflicting_duplicate') AS conflicts,
         count(*) FILTER (WHERE decision = 'superseded') AS superseded,
+        count(*) FILTER (WHERE decision = 'reference_only_present') AS reference_only,
         count(*) AS total
     FROM _all_decided GROUP BY ALL
     HAVING count(*) FILTER (WHERE decision = 'accepted' AND NOT id_exists) < count(*)
@@ -82,6 +86,7 @@ class LoadResult:
     replaced: int = 0
     duplicates_identical: int = 0
     superseded: int = 0
+    reference_only: int = 0
     conflicts: int = 0
 
 
@@ -89,7 +94,7 @@ STAGE_DDL = """
 CREATE OR REPLACE TEMP TABLE _stage (
     run_id VARCHAR, seq INTEGER, file_sha256 VARCHAR, unit_position BIGINT, resource_index INTEGER,
     resource_type VARCHAR, id VARCHAR, source_system VARCHAR, source_id VARCHAR, content_sha256 VARCHAR,
-    last_updated VARCHAR, resource VARCHAR
+    last_updated VARCHAR, resource VARCHAR, reference_only BOOLEAN
 )
 """
 
@@ -131,6 +136,8 @@ def merge_stage(con: duckdb.DuckDBPyConnection) -> LoadResult:
             result.duplicates_identical += count
         elif decision == "superseded":
             result.superseded += count
+        elif decision == "reference_only_present":
+            result.reference_only += count
         else:
             result.conflicts += count
     con.execute(_LEDGER_UPDATE)

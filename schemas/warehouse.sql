@@ -1,4 +1,4 @@
--- ehrlift warehouse contract, version 1. Later stages rely on these names: change them only with a
+-- ehrlift warehouse contract, version 2 (additive over 1: ops.unconsumed, fhir.*.reference_only). Later stages rely on these names: change them only with a
 -- migration in pipelines/common/warehouse.py and a note in the README.
 
 CREATE SCHEMA IF NOT EXISTS ops;
@@ -96,4 +96,14 @@ CREATE TABLE IF NOT EXISTS ops.validation_results (
     unexpected_count  BIGINT,
     record_pointers   JSON,
     evaluated_at      TIMESTAMPTZ NOT NULL
+);
+
+-- What converted units held that no mapper consumed (HL7 segments, C-CDA entries), for the loss report.
+CREATE TABLE IF NOT EXISTS ops.unconsumed (
+    run_id           VARCHAR NOT NULL,
+    file_sha256      VARCHAR NOT NULL,
+    unit_position    BIGINT NOT NULL,
+    container        VARCHAR,               -- message type (ADT^A01), document type, ...
+    item             VARCHAR NOT NULL,      -- segment name, entry templateId, ...
+    count            INTEGER NOT NULL
 );

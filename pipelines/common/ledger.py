@@ -33,6 +33,7 @@ QUARANTINE_COLUMNS = (
     "message",
     "resource_type",
 )
+UNCONSUMED_COLUMNS = ("run_id", "file_sha256", "unit_position", "container", "item", "count")
 STAGE_COLUMNS = (
     "run_id",
     "seq",
@@ -46,6 +47,7 @@ STAGE_COLUMNS = (
     "content_sha256",
     "last_updated",
     "resource",
+    "reference_only",
 )
 
 
@@ -67,6 +69,7 @@ class LedgerWriter:
         self._ledger: dict[str, list] = {c: [] for c in LEDGER_COLUMNS}
         self._quarantine: dict[str, list] = {c: [] for c in QUARANTINE_COLUMNS}
         self._stage: dict[str, list] = {c: [] for c in STAGE_COLUMNS}
+        self._unconsumed: dict[str, list] = {c: [] for c in UNCONSUMED_COLUMNS}
 
     def convert(self, unit: Unit, resources: list[StagedResource]) -> None:
         self._row(unit, "converted", None, len(resources))
@@ -85,8 +88,20 @@ class LedgerWriter:
             stage["content_sha256"].append(hashlib.sha256(res.json).hexdigest())
             stage["last_updated"].append(res.last_updated)
             stage["resource"].append(res.json.decode("utf-8"))
+            stage["reference_only"].append(res.reference_only)
         if len(stage["run_id"]) >= self.batch_size:
             self.flush()
+
+    def unconsumed(self, unit: Unit, container: str | None, items: dict[str, int]) -> None:
+        """Count what a converted unit held that no mapper used (the loss report reads ops.unconsumed)."""
+        u = self._unconsumed
+        for item, count in sorted(items.items()):
+            u["run_id"].append(self.ctx.run_id)
+            u["file_sha256"].append(self.ctx.file_sha256)
+            u["unit_position"].append(unit.position)
+            u["container"].append(container)
+            u["item"].append(item)
+            u["count"].append(count)
 
     def skip(self, unit: Unit, reason: str) -> None:
         self._row(unit, "skipped", check_reason(reason, "skipped"), 0)
@@ -122,6 +137,7 @@ class LedgerWriter:
         _append(self.con, "_stage", self._stage)
         _append(self.con, "ops.ledger", self._ledger)
         _append(self.con, "ops.quarantine", self._quarantine, extra={"quarantined_at": "now()"})
+        _append(self.con, "ops.unconsumed", self._unconsumed)
 
 
 def _append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,13 +43,31 @@ class Unit:
 
 @dataclass(frozen=True, slots=True)
 class StagedResource:
-    """A converted resource as JSON text, with the keys the load stage needs (no re-parsing there)."""
+    """A converted resource as JSON text, with the keys the merge needs (no re-parsing there).
+
+    reference_only marks a resource a unit carries only to stand for its subject (an HL7 result's PID,
+    say): it is stored if nothing better exists, yields to any full version, and never conflicts.
+    """
 
     resource_type: str
     id: str
     source_id: str | None
     last_updated: str | None
     json: bytes
+    reference_only: bool = False
+
+
+@dataclass(slots=True)
+class Converted:
+    """What a converter made of one unit: its resources, and what in the unit no mapper consumed.
+
+    container names the kind of unit (an HL7 message type such as "ORU^R01", a C-CDA document type);
+    unconsumed counts the items left over in it (segment names, entry templateIds), so loss is visible.
+    """
+
+    resources: list[StagedResource | dict[str, Any]]
+    container: str | None = None
+    unconsumed: dict[str, int] = field(default_factory=dict)
 
 
 class Quarantine(Exception):
@@ -79,7 +97,9 @@ class UnreadableFile(Exception):
         self.message = message
 
 
-def stage_dict(resource: dict[str, Any], source_id: str | None = None) -> StagedResource:
+def stage_dict(
+    resource: dict[str, Any], source_id: str | None = None, *, reference_only: bool = False
+) -> StagedResource:
     """Serialize a converter's dict resource (ids already deterministic) for staging."""
     meta = resource.get("meta")
     last_updated = meta.get("lastUpdated") if isinstance(meta, dict) else None
@@ -89,6 +109,7 @@ def stage_dict(resource: dict[str, Any], source_id: str | None = None) -> Staged
         source_id=source_id,
         last_updated=last_updated,
         json=orjson.dumps(resource),
+        reference_only=reference_only,
     )
 
 
@@ -103,7 +124,7 @@ class Converter(ABC):
         """Yield the file's units in order; raise UnreadableFile if the file breaks off."""
 
     @abstractmethod
-    def convert(self, unit: Unit, ctx: FileContext) -> Iterable[StagedResource | dict[str, Any]]:
+    def convert(self, unit: Unit, ctx: FileContext) -> Converted | Iterable[StagedResource | dict[str, Any]]:
         """Resources for one unit; raise Quarantine or Skip for a unit that yields none."""
 
 
@@ -143,7 +164,7 @@ class FileResult:
 
 
 def convert_one(
-    convert: Callable[[Unit], Iterable[StagedResource | dict[str, Any]]],
+    convert: Callable[[Unit], Converted | Iterable[StagedResource | dict[str, Any]]],
     name: str,
     unit: Unit,
     ctx: FileContext,
@@ -151,7 +172,9 @@ def convert_one(
 ) -> tuple[str, int]:
     """Convert one unit and record its one outcome; returns (outcome, resources)."""
     try:
-        produced = [r if isinstance(r, StagedResource) else stage_dict(r) for r in convert(unit)]
+        out = convert(unit)
+        converted = out if isinstance(out, Converted) else Converted(list(out))
+        produced = [r if isinstance(r, StagedResource) else stage_dict(r) for r in converted.resources]
     except Quarantine as q:
         writer.quarantine(unit, q.reason, q.message, q.resource_type)
         return "quarantined", 0
@@ -173,6 +196,8 @@ def convert_one(
         writer.quarantine(unit, "converter_error", f"{type(exc).__name__} in {name} at {where}")
         return "quarantined", 0
     writer.convert(unit, produced)
+    if converted.unconsumed:
+        writer.unconsumed(unit, converted.container, converted.unconsumed)
     return "converted", len(produced)
 
 

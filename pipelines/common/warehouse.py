@@ -13,7 +13,7 @@ import duckdb
 from pipelines.common.errors import WarehouseError
 from pipelines.common.paths import shipped
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # also guards table names
 
 RESOURCE_TABLE_DDL = """
@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS fhir."{rtype}" (
     unit_position   BIGINT NOT NULL,
     run_id          VARCHAR NOT NULL,
     content_sha256  VARCHAR NOT NULL,
-    last_updated    VARCHAR
+    last_updated    VARCHAR,
+    reference_only  BOOLEAN NOT NULL DEFAULT FALSE
 )
 """
 
@@ -62,12 +63,30 @@ def _duckdb_settings() -> dict[str, str]:
 
 
 def apply_contract(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the ops/fhir/views/stage schemas and tables; refuse a warehouse from a newer ehrlift."""
+    """Create or migrate the ops/fhir/views schemas; refuse a warehouse from a newer ehrlift.
+
+    The DDL is written to be re-run (IF NOT EXISTS), so creating and migrating are one step; changes
+    that DDL cannot express for existing tables are listed in _MIGRATIONS by the version that adds them.
+    """
     found = check_version(con)
     if found == SCHEMA_VERSION:
         return
-    con.execute((shipped("schemas") / "warehouse.sql").read_text(encoding="utf-8"))
-    con.execute("INSERT INTO ops.schema_version VALUES (?, now())", [SCHEMA_VERSION])
+    with transaction(con):
+        con.execute((shipped("schemas") / "warehouse.sql").read_text(encoding="utf-8"))
+        for version, migrate in sorted(_MIGRATIONS.items()):
+            if found is not None and found < version:
+                migrate(con)
+        con.execute("INSERT INTO ops.schema_version VALUES (?, now())", [SCHEMA_VERSION])
+
+
+def _add_reference_only(con: duckdb.DuckDBPyConnection) -> None:
+    for table in resource_tables(con):
+        con.execute(
+            f'ALTER TABLE fhir."{table}" ADD COLUMN IF NOT EXISTS reference_only BOOLEAN DEFAULT FALSE'
+        )
+
+
+_MIGRATIONS = {2: _add_reference_only}
 
 
 def check_version(con: duckdb.DuckDBPyConnection) -> int | None:

@@ -119,7 +119,7 @@ WITH refs AS (
         regexp_extract(body, $head_id, 1) AS h2, regexp_extract(body, $head_id, 2) AS v2
     FROM mapped
 )
-SELECT $run, $seq, $sha, pos, 0, rtype, new_id, $system, sid, sha256(resource), last_updated, resource
+SELECT $run, $seq, $sha, pos, 0, rtype, new_id, $system, sid, sha256(resource), last_updated, resource, FALSE
 FROM (
     SELECT *, CASE
         WHEN h1 <> '' THEN h1 || new_id || substr(body, length(h1) + length(v1) + 1)
