@@ -30,6 +30,8 @@ class RunSummary:
     skip_reasons: dict[str, int] = field(default_factory=dict)
     warehouse_resources: dict[str, int] = field(default_factory=dict)
     views: dict[str, int] = field(default_factory=dict)
+    # container (message or document type) -> item (segment, entry templateId) -> count not consumed
+    unconsumed: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def totals(self) -> FormatCounts:
@@ -90,6 +92,12 @@ def build_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> RunSummary:
         summary.warehouse_resources[table] = total
         if this_run:
             summary.resources_by_type[table] = this_run
+    for container, item, n in con.execute(
+        "SELECT coalesce(container, '?'), item, sum(count) FROM ops.unconsumed WHERE run_id = ? "
+        "GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2",
+        [run_id],
+    ).fetchall():
+        summary.unconsumed.setdefault(container, {})[item] = int(n)
     for (table,) in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'views' ORDER BY 1"
     ).fetchall():
