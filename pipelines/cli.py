@@ -71,6 +71,20 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(func=_cmd_demo)
 
+    listen = sub.add_parser(
+        "listen", help="accept HL7 v2 over MLLP into a feed folder (AA only once on disk)"
+    )
+    listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    listen.add_argument("--port", type=int, default=2575, help="TCP port (default 2575)")
+    listen.add_argument(
+        "--feed-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR / "feeds",
+        help=f"where accepted messages are written (default {DEFAULT_DATA_DIR / 'feeds'}); "
+        "migrate them with `ehrlift run DIR`",
+    )
+    listen.set_defaults(func=_cmd_listen)
+
     views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")
     views_sub = views.add_subparsers(dest="views_command", required=True)
     vtest = views_sub.add_parser("test", help="run a SQL-on-FHIR v2 test suite folder (tests/*.json)")
@@ -105,6 +119,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"  {len(data.get('files', []))} files, {len(data.get('defects', []))} deliberate defects; "
         f"details in {args.dir / 'demo-summary.json'}"
     )
+    return int(ExitCode.OK)
+
+
+def _cmd_listen(args: argparse.Namespace) -> int:
+    from pipelines.listen import listen
+
+    if not 0 < args.port < 65536:
+        raise EhrliftError(f"--port must be 1-65535, not {args.port}")
+    err.print(
+        f"listening for MLLP on {args.host}:{args.port}; accepted messages go to {args.feed_dir} "
+        "(Ctrl-C stops after in-flight messages are written)"
+    )
+    listen(args.feed_dir, args.host, args.port)
     return int(ExitCode.OK)
 
 
@@ -156,6 +183,8 @@ def print_summary(summary: RunSummary, config: RunConfig) -> None:
     for label, reasons in (("quarantined", summary.quarantine_reasons), ("skipped", summary.skip_reasons)):
         if reasons:
             out.print(f"{label}: " + ", ".join(f"{r} {n}" for r, n in reasons.items()))
+    for container, items in summary.unconsumed.items():
+        out.print(f"not consumed in {container}: " + ", ".join(f"{i} {n}" for i, n in items.items()))
     out.print(
         f"ledger reconciles (units = converted + quarantined + skipped): "
         f"{'yes' if summary.reconciles else 'NO'}"
