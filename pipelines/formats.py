@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import re
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,6 +33,9 @@ XML_OTHER = "xml-other"
 EMPTY = "empty"
 UNSUPPORTED_ENCODING = "unsupported-encoding"
 UNKNOWN = "unknown"
+
+
+_HL7_SEGMENT_START = re.compile(rb"[\r\n\x0b](?:MSH|FHS|BHS)[^A-Za-z0-9\r\n]")
 
 
 def open_json(path: Path) -> BinaryIO:
@@ -84,6 +88,10 @@ def detect(path: Path) -> tuple[str, str | None]:
         return _detect_xml(body)
     if body[:3] in (b"MSH", b"FHS", b"BHS") or body[:4] == b"\x0bMSH":
         return HL7V2, None
+    if _HL7_SEGMENT_START.search(body):
+        # Archives often open with an export banner or junk before the first segment; the reader
+        # quarantines those bytes as a fragment and converts the messages after them.
+        return HL7V2, "text before the first segment"
     return UNKNOWN, None
 
 

@@ -50,6 +50,8 @@ from pipelines import formats
         (b"\xff\xfe{\x00", (formats.UNSUPPORTED_ENCODING, "utf-16-le")),
         (b"MSH|^~\\&|LAB|HOSP|||20240101||ORU^R01|1|P|2.5\r", (formats.HL7V2, None)),
         (b"\x0bMSH|^~\\&|A\r\x1c\r", (formats.HL7V2, None)),
+        (b"exported 2024-01-01\r\nMSH|^~\\&|A\r", (formats.HL7V2, "text before the first segment")),
+        (b"notes about MSH segments\n", (formats.UNKNOWN, None)),
         (b'<?xml version="1.0"?><ClinicalDocument xmlns="urn:hl7-org:v3"/>', (formats.CCDA, None)),
         (b"<!DOCTYPE html><html><body>login</body></html>", (formats.UNKNOWN, "HTML page")),
         (b"<note>hi</note>", (formats.XML_OTHER, None)),

@@ -235,7 +235,12 @@ def test_bulk_manifest_lands_local_outputs_and_accounts_for_each_entry(tmp_path,
         ),
         ("other.json", b'{\n "PatientId": 12\n}', "quarantined", "json_not_fhir"),
         ("log.ndjson", b'{"exportId":"e","eventId":"kickoff"}\n', "skipped", "export_log"),
-        ("msg.hl7", b"MSH|^~\\&|LAB|HOSP|||20240101||ORU^R01|1|P|2.5\r", "quarantined", "no_converter"),
+        (
+            "doc.xml",
+            b'<?xml version="1.0"?><ClinicalDocument xmlns="urn:hl7-org:v3"/>',
+            "quarantined",
+            "no_converter",
+        ),
     ],
 )
 def test_whole_file_outcomes(tmp_path, make_config, warehouse, name, content, outcome, reason):

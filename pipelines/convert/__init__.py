@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pipelines import formats
-from pipelines.common.unit import Converter, FileContext, Quarantine, Skip, Unit
+from pipelines.common.unit import BatchConverter, Converter, FileContext, Quarantine, Skip, Unit
 from pipelines.convert.fhir.bundle import FhirBundleConverter
 from pipelines.convert.fhir.ndjson import FhirNdjsonConverter
 from pipelines.convert.fhir.resource import FhirResourceConverter
+from pipelines.convert.hl7v2.converter import Hl7v2Converter
 
 
 class WholeFileOutcome(Converter):
@@ -33,7 +34,12 @@ class WholeFileOutcome(Converter):
 
 
 # The one explicit list of converters; each format has exactly one.
-CONVERTERS: tuple[Converter, ...] = (FhirNdjsonConverter(), FhirBundleConverter(), FhirResourceConverter())
+CONVERTERS: tuple[Converter | BatchConverter, ...] = (
+    FhirNdjsonConverter(),
+    FhirBundleConverter(),
+    FhirResourceConverter(),
+    Hl7v2Converter(),
+)
 
 WHOLE_FILE: dict[str, WholeFileOutcome] = {
     formats.EMPTY: WholeFileOutcome("quarantined", "empty_file", "file is empty"),
@@ -47,7 +53,6 @@ WHOLE_FILE: dict[str, WholeFileOutcome] = {
     formats.JSON_OTHER: WholeFileOutcome("quarantined", "json_not_fhir", "JSON that is not FHIR"),
     formats.JSON_INVALID: WholeFileOutcome("quarantined", "invalid_json", "JSON document is not valid"),
     formats.FHIR_EXPORT_LOG: WholeFileOutcome("skipped", "export_log", ""),
-    formats.HL7V2: WholeFileOutcome("quarantined", "no_converter", "HL7 v2 has no converter in this version"),
     formats.CCDA: WholeFileOutcome("quarantined", "no_converter", "C-CDA has no converter in this version"),
 }
 

@@ -1,0 +1,42 @@
+"""HL7 v2 files (single messages, batches, MLLP archives): each message is one unit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pipelines import formats
+from pipelines.common.unit import Converted, Converter, FileContext, Quarantine, Skip, Unit
+from pipelines.convert.hl7v2.messages import convert_message
+from pipelines.convert.hl7v2.reader import iter_units
+from pipelines.convert.hl7v2.tokenizer import Hl7ParseError, Message, parse_message
+from pipelines.convert.hl7v2.validate import explain_invalid
+
+
+class Hl7v2Converter(Converter):
+    name = "hl7v2"
+    formats = frozenset({formats.HL7V2})
+
+    def units(self, ctx: FileContext) -> Iterator[Unit]:
+        for raw in iter_units(ctx.path):
+            yield Unit(raw.position, raw.kind, raw.data, raw.byte_offset, raw.byte_length)
+
+    def convert(self, unit: Unit, ctx: FileContext) -> Converted:
+        if unit.kind == "hl7_batch_envelope":
+            raise Skip("hl7_batch_envelope")
+        if unit.kind == "hl7_fragment":
+            raise Quarantine("hl7_not_a_message", f"{unit.byte_length} bytes outside any HL7 message")
+        raw: bytes = unit.payload
+        try:
+            message = parse_message(raw)
+        except Hl7ParseError as exc:
+            raise Quarantine(exc.reason, exc.message) from None
+        try:
+            return convert_message(message, ctx.source_system, f"{ctx.file_sha256}:{unit.position}")
+        except Quarantine as q:
+            raise Quarantine(q.reason, _with_structure(q.message, raw, message), q.resource_type) from None
+
+
+def _with_structure(message: str, raw: bytes, parsed: Message) -> str:
+    """Add hl7apy's structural finding to a quarantine message: slow, so only on this path."""
+    reason, detail = explain_invalid(raw, parsed)
+    return message if reason is None or detail in message else f"{message}; {detail}"
