@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import tempfile
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from hl7.mllp import HL7StreamReader, HL7StreamWriter, start_hl7_server
 
 from pipelines.common.config import DEFAULT_DATA_DIR
 from pipelines.common.errors import ConfigError
+from pipelines.convert.hl7v2.ack import build_ack
+from pipelines.convert.hl7v2.tokenizer import Hl7ParseError, Message, parse_message
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +39,6 @@ SHUTDOWN_GRACE_SECONDS = 30.0
 CLOSE_LINGER_SECONDS = 5.0
 HEAD_BYTES = 64 * 1024
 WRITE_THREADS = 16
-SEGMENT_ENDS = (b"\r", b"\n")
-DEFAULT_ENCODING_CHARS = "^~\\&"
-
-# MSH-18 values (HL7 table 0211) and the Python codecs that read them; anything else falls back to cp1252.
-_CHARSETS = {
-    "ASCII": "ascii",
-    "ISO IR6": "ascii",
-    "8859/1": "latin-1",
-    "ISO IR100": "latin-1",
-    "8859/2": "iso8859-2",
-    "ISO IR101": "iso8859-2",
-    "8859/3": "iso8859-3",
-    "ISO IR109": "iso8859-3",
-    "8859/4": "iso8859-4",
-    "ISO IR110": "iso8859-4",
-    "8859/5": "iso8859-5",
-    "ISO IR144": "iso8859-5",
-    "8859/6": "iso8859-6",
-    "ISO IR127": "iso8859-6",
-    "8859/7": "iso8859-7",
-    "ISO IR126": "iso8859-7",
-    "8859/8": "iso8859-8",
-    "ISO IR138": "iso8859-8",
-    "8859/9": "iso8859-9",
-    "ISO IR148": "iso8859-9",
-    "8859/15": "iso8859-15",
-    "UNICODE UTF-8": "utf-8",
-    "ISO IR192": "utf-8",
-    "GB 18030-2000": "gb18030",
-    "BIG-5": "big5",
-    "KS X 1001": "euc_kr",
-}
-FALLBACK_CODEC = "cp1252"
 
 
 @dataclass
@@ -92,39 +60,6 @@ class ListenStats:
 
 
 @dataclass(frozen=True)
-class Header:
-    """The MSH segment, decoded only to check the message and to address its ACK."""
-
-    field_sep: str
-    encoding_chars: str
-    fields: tuple[str, ...]  # fields[0] is "MSH"; fields[n - 1] is MSH-n for n >= 2
-    codec: str
-    charset: str  # MSH-18 as sent, when this module knows its codec
-
-    def get(self, n: int) -> str:
-        if n == 1:
-            return self.field_sep
-        return self.fields[n - 1] if n - 1 < len(self.fields) else ""
-
-    @property
-    def component_sep(self) -> str:
-        return self.encoding_chars[:1] or "^"
-
-    @property
-    def message_type(self) -> str:
-        return self.get(9).split(self.component_sep)[0].strip()
-
-    @property
-    def trigger(self) -> str:
-        parts = self.get(9).split(self.component_sep)
-        return parts[1].strip() if len(parts) > 1 else ""
-
-    @property
-    def control_id(self) -> str:
-        return self.get(10).strip()
-
-
-@dataclass(frozen=True)
 class Problem:
     """Why a message is not accepted: ACK code, HL7 table 0357 error code, a fixed text with no content."""
 
@@ -139,114 +74,51 @@ NOT_HL7 = Problem("AR", "100", "message does not start with an MSH segment")
 NO_TYPE = Problem("AR", "101", "required field MSH-9 (message type) is missing", ("MSH", 1, 9))
 NO_CONTROL_ID = Problem("AR", "101", "required field MSH-10 (message control id) is missing", ("MSH", 1, 10))
 NOT_STORED = Problem("AE", "207", "message could not be stored; send it again later")
+# By tokenizer reason; the tokenizer's own texts can name the message type, which stays out of logs.
+PARSE_PROBLEMS = {
+    "hl7_missing_msh": NOT_HL7,
+    "hl7_malformed_msh": NO_TYPE,
+    "hl7_bad_delimiters": Problem("AR", "102", "MSH-1/MSH-2 do not hold usable delimiters"),
+    "hl7_invalid_encoding": Problem("AR", "102", "message is not readable in its declared character set"),
+    "hl7_binary_junk": Problem("AR", "102", "message contains NUL or control bytes"),
+    "hl7_truncated": Problem("AR", "100", "message is cut off"),
+}
 
 
 def too_large(max_bytes: int) -> Problem:
     return Problem("AR", "207", f"message exceeds the size limit of {max_bytes} bytes")
 
 
-def read_header(raw: bytes, *, complete: bool = True) -> Header | None:
-    """The MSH segment of raw, or None when raw does not start with one.
-
-    With complete=False raw is only the head of a message, so the segment must end inside it (a cut-off
-    MSH-10 would be echoed wrongly).
-    """
-    body = raw.lstrip(b" \t\r\n")
-    if not body.startswith(b"MSH") or len(body) < 5:
-        return None
-    sep = body[3:4]
-    if sep.isalnum() or sep.isspace() or sep in SEGMENT_ENDS:
-        return None
-    ends = [i for i in (body.find(e) for e in SEGMENT_ENDS) if i >= 0]
-    if not ends and not complete:
-        return None
-    segment = body[: min(ends)] if ends else body
-    parts = segment.split(sep)
-    charset = parts[17] if len(parts) > 17 else b""
-    repetition = parts[1][1:2] or b"~"
-    charset_name = charset.split(repetition)[0].strip().decode("ascii", "replace").upper()
-    codec = _CHARSETS.get(charset_name)
-    text: str | None = None
-    if codec is not None:
-        try:
-            text = segment.decode(codec)
-        except UnicodeDecodeError:
-            codec = None
-    if codec is None or text is None:
-        # surrogateescape keeps bytes cp1252 leaves undefined, so they go back out unchanged in the ACK.
-        codec, charset_name = FALLBACK_CODEC, ""
-        text = segment.decode(codec, "surrogateescape")
-    field_sep = text[3]
-    fields = tuple(text.split(field_sep))
-    encoding_chars = fields[1] if len(fields) > 1 and fields[1] else DEFAULT_ENCODING_CHARS
-    return Header(field_sep, encoding_chars, fields, codec, charset_name if charset.strip() else "")
-
-
-def check(raw: bytes) -> tuple[Header | None, Problem | None]:
-    """The minimal acceptance check: an MSH segment with a message type and a control id."""
-    header = read_header(raw)
-    if header is None:
-        return None, NOT_HL7
-    if not header.message_type:
-        return header, NO_TYPE
-    if not header.control_id:
-        return header, NO_CONTROL_ID
-    return header, None
-
-
-def build_ack(header: Header | None, problem: Problem | None = None, *, now: datetime | None = None) -> bytes:
-    """An original-mode ACK: sender and receiver swapped, ACK^<trigger>^ACK, a new control id, MSA (+ ERR)."""
-    fs = header.field_sep if header else "|"
-    enc = header.encoding_chars if header else DEFAULT_ENCODING_CHARS
-    comp = enc[:1] or "^"
-    sub = enc[3:4] or "&"
-
-    def original(n: int) -> str:
-        return header.get(n) if header else ""
-
-    version = original(12) or "2.5"
-    stamp = (now or datetime.now().astimezone()).strftime("%Y%m%d%H%M%S%z")
-    msh = [
-        "MSH",
-        enc,
-        original(5),
-        original(6),
-        original(3),
-        original(4),
-        stamp,
-        "",
-        comp.join(["ACK", header.trigger if header else "", "ACK"]),
-        uuid.uuid4().hex[:20].upper(),
-        original(11) or "P",
-        version,
-    ]
-    if header and header.charset:
-        msh += [""] * 5 + [header.get(18)]
-    code = problem.ack_code if problem else "AA"
-    msa = ["MSA", code, header.control_id if header else ""]
-    if problem:
-        msa.append(problem.text)
-    segments = [fs.join(msh), fs.join(msa)]
-    if problem:
-        where = comp.join([str(part) for part in problem.location]) if problem.location else ""
-        if _version_at_least(version.split(comp)[0], (2, 5)):
-            error = comp.join([problem.error_code, problem.text, "HL70357"])
-            segments.append(fs.join(["ERR", "", where, error, "E"]))
-        else:
-            # Before v2.5, ERR-1 carried location and code together (ELD).
-            coded = sub.join([problem.error_code, problem.text, "HL70357"])
-            eld = comp.join([*(where.split(comp) if where else ["", "", ""]), coded])
-            segments.append(fs.join(["ERR", eld]))
-    codec = header.codec if header else "ascii"
-    return ("\r".join(segments) + "\r").encode(codec, "surrogateescape")
-
-
-def _version_at_least(version: str, wanted: tuple[int, int]) -> bool:
+def check(raw: bytes) -> tuple[Message | None, Problem | None]:
+    """The acceptance check: a message the tokenizer reads, with a message type and a control id."""
     try:
-        parts = tuple(int(p) for p in version.strip().split(".")[:2])
-    except ValueError:
-        return True
-    return parts >= wanted
+        message = parse_message(raw)
+    except Hl7ParseError as exc:
+        return None, PARSE_PROBLEMS.get(exc.reason, NOT_HL7)
+    if not message.message_code.strip():
+        return message, NO_TYPE
+    if not (message.control_id or "").strip():
+        return message, NO_CONTROL_ID
+    return message, None
+
+
+def answer(message: Message | None, raw: bytes, problem: Problem | None = None) -> bytes:
+    """The ACK for raw: AA without a problem, else the problem's code, text and ERR."""
+    if problem is None:
+        return build_ack(message, raw, "AA")
+    return build_ack(
+        message, raw, problem.ack_code, problem.text, error_code=problem.error_code, location=problem.location
+    )
+
+
+def _whole_lines(head: bytes) -> bytes:
+    """The complete lines of a frame's head: a cut-off MSH-10 must not be echoed as the control id."""
+    start = head.find(START_BLOCK)
+    if start < 0:
+        return b""
+    # The head may hold the frame's end block and the next frame: only this message's bytes are parsed.
+    body = head[start + 1 :].split(FRAME_END[:1], 1)[0]
+    return body[: max(body.rfind(b"\r"), body.rfind(b"\n")) + 1]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -376,13 +248,18 @@ class _Intake:
     async def _receive(self, frame: bytes, conn: _Connection) -> bytes:
         start = frame.find(START_BLOCK)
         if start < 0:
-            return self._reject(None, NOT_MLLP, conn, len(frame))
+            return self._reject(None, b"", NOT_MLLP, conn, len(frame))
         if frame[:start].strip():
             log.warning("%s: %d bytes before the start block ignored", conn.peer, start)
         raw = frame[start + 1 : -len(FRAME_END)]  # never over max_frame_bytes: the reader's limit saw to it
-        header, problem = check(raw)
+        if len(raw) > HEAD_BYTES:
+            # Tokenizing a large message would hold up every other connection on the loop.
+            loop = asyncio.get_running_loop()
+            message, problem = await loop.run_in_executor(self.executor, check, raw)
+        else:
+            message, problem = check(raw)
         if problem:
-            return self._reject(header, problem, conn, len(raw))
+            return self._reject(message, raw, problem, conn, len(raw))
         try:
             written = await self._store(raw)
         except OSError as exc:
@@ -393,22 +270,24 @@ class _Intake:
                 len(raw),
                 exc.strerror or type(exc).__name__,
             )
-            return build_ack(header, NOT_STORED)
+            return answer(message, raw, NOT_STORED)
         except Exception as exc:
             self.stats.errors += 1
             log.error("%s: %d bytes not stored (%s); answered AE", conn.peer, len(raw), type(exc).__name__)
-            return build_ack(header, NOT_STORED)
+            return answer(message, raw, NOT_STORED)
         if written:
             self.stats.accepted += 1
         else:
             self.stats.duplicate += 1
         log.debug("%s: %d bytes %s", conn.peer, len(raw), "accepted" if written else "duplicate")
-        return build_ack(header)
+        return answer(message, raw)
 
-    def _reject(self, header: Header | None, problem: Problem, conn: _Connection, size: int) -> bytes:
+    def _reject(
+        self, message: Message | None, raw: bytes, problem: Problem, conn: _Connection, size: int
+    ) -> bytes:
         self.stats.rejected += 1
         log.warning("%s: %d bytes rejected (%s: %s)", conn.peer, size, problem.ack_code, problem.text)
-        return build_ack(header, problem)
+        return answer(message, raw, problem)
 
     async def _store(self, raw: bytes) -> bool:
         loop = asyncio.get_running_loop()
@@ -433,11 +312,10 @@ class _Intake:
     ) -> None:
         # readuntil() left the frame's head in the buffer: read it for the control id, then drop the rest.
         head = await reader.read(HEAD_BYTES)
-        start = head.find(START_BLOCK)
-        header = read_header(head[start + 1 :], complete=False) if start >= 0 else None
         conn.bytes += len(head)
         self.stats.bytes_received += len(head)
-        writer.writeblock(self._reject(header, too_large(self.max_frame_bytes), conn, len(head)))
+        problem = too_large(self.max_frame_bytes)
+        writer.writeblock(self._reject(None, _whole_lines(head), problem, conn, len(head)))
         await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()

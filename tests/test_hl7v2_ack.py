@@ -86,3 +86,11 @@ def test_hl7apy_reads_the_ack() -> None:
     tree = hl7apy_parse(ack.decode(), find_groups=False)
     assert tree.msh.msh_9.to_er7() == "ACK^R01^ACK"
     assert tree.msa.msa_2.to_er7() == "CTL123"
+
+
+def test_err_location_per_version() -> None:
+    ack = build_ack(parse_message(RAW), RAW, "AR", error_code="101", location=("MSH", 1, 10), now=NOW)
+    assert segments(ack)[2] == "ERR||MSH^1^10|101^Required field missing^HL70357|E"
+    raw = RAW.replace(b"|2.5.1\r", b"|2.3\r")
+    ack = build_ack(parse_message(raw), raw, "AR", error_code="101", location=("MSH", 1, 9), now=NOW)
+    assert segments(ack)[2] == "ERR|MSH^1^9^101&Required field missing&HL70357"

@@ -185,8 +185,10 @@ def test_what_cannot_be_accepted_is_rejected_with_a_reason(
 
 
 def test_ack_before_v25_carries_its_error_in_err_1() -> None:
-    header = listen_mod.read_header(message(1).replace(b"|2.5.1", b"|2.3"))
-    ack = hl7.parse(listen_mod.build_ack(header, listen_mod.NO_CONTROL_ID).decode())
+    raw = message(1, control="").replace(b"|2.5.1", b"|2.3")
+    parsed, problem = listen_mod.check(raw)
+    assert problem == listen_mod.NO_CONTROL_ID
+    ack = hl7.parse(listen_mod.answer(parsed, raw, problem).decode())
     assert str(ack.segment("MSH")[12]) == "2.3"
     assert str(ack.segment("ERR")[1]).startswith("MSH^1^10^101&")
 

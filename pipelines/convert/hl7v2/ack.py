@@ -34,12 +34,14 @@ def build_ack(
     *,
     error_code: str = "207",
     control_id: str | None = None,
+    location: tuple[str, int, int] | None = None,
     now: datetime | None = None,
 ) -> bytes:
     """An ACK for message (or, when it could not be parsed, for raw): \\r-terminated segments.
 
     MSH-5/6 answer the original MSH-3/4, MSH-9 is ACK^<trigger>^ACK, MSH-10 a new control id, MSA-2 the
-    original control id. error_code (HL7 table 0357) goes into ERR for AE/AR/CE/CR.
+    original control id. error_code (HL7 table 0357) goes into ERR for AE/AR/CE/CR, with location
+    (segment id, sequence, field position) when one field is at fault.
     """
     if code not in ACK_CODES:
         raise ValueError("code must be one of AA, AE, AR, CA, CE, CR")
@@ -96,23 +98,31 @@ def build_ack(
         msa.append(esc(text))  # MSA-3, withdrawn in v2.7
     segments.append(d.field.join(msa))
     if code not in ("AA", "CA"):
-        segments.append(_err(d, esc, vtuple, error_code, text))
+        segments.append(_err(d, esc, vtuple, error_code, text, location))
     out = "\r".join(segments) + "\r"
     return out.encode(codec, errors="replace")
 
 
 def _err(
-    d: Delimiters, esc: Callable[[str], str], vtuple: tuple[int, ...], error_code: str, text: str | None
+    d: Delimiters,
+    esc: Callable[[str], str],
+    vtuple: tuple[int, ...],
+    error_code: str,
+    text: str | None,
+    location: tuple[str, int, int] | None,
 ) -> str:
     name = esc(_ERR_TEXT.get(error_code, "Application internal error"))
+    where = [esc(location[0]), str(location[1]), str(location[2])] if location else ["", "", ""]
     if vtuple >= (2, 5):
-        # ERR-3 (CWE, table 0357) and ERR-4 severity; ERR-8 the user message.
-        fields = ["ERR", "", "", d.component.join([esc(error_code), name, "HL70357"]), "E"]
+        # ERR-2 location (ERL), ERR-3 (CWE, table 0357) and ERR-4 severity; ERR-8 the user message.
+        erl = d.component.join(where) if location else ""
+        fields = ["ERR", "", erl, d.component.join([esc(error_code), name, "HL70357"]), "E"]
         if text:
             fields += ["", "", "", esc(text)]
         return d.field.join(fields)
     # Before v2.5 ERR-1 is error code and location (ELD): segment^sequence^field^code&text&table.
-    return "ERR" + d.field + d.component * 3 + d.subcomponent.join([esc(error_code), name, "HL70357"])
+    eld = [*where, d.subcomponent.join([esc(error_code), name, "HL70357"])]
+    return "ERR" + d.field + d.component.join(eld)
 
 
 def _escaper(d: Delimiters) -> Callable[[str], str]:
