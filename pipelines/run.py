@@ -47,7 +47,7 @@ def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]
             """
             SELECT rf.seq, rf.file_sha256, f.format, f.format_detail, f.size_bytes
             FROM ops.run_files rf JOIN ops.files f USING (file_sha256)
-            WHERE rf.run_id = ? AND rf.status = 'pending' ORDER BY rf.seq
+            WHERE rf.run_id = ? AND rf.status IN ('pending', 'partial') ORDER BY rf.seq
         """,
             [config.run_id],
         ).fetchall()
@@ -123,34 +123,53 @@ def run_pipeline(config: RunConfig) -> RunSummary:
 def _convert_file(
     con: duckdb.DuckDBPyConnection, config: RunConfig, handler, ctx: FileContext, advance
 ) -> dict[str, int]:
-    """Convert one file and merge its resources; returns its unit outcomes and merge counts."""
+    """Convert one file and merge its resources; returns its unit outcomes and merge counts.
+
+    A whole-document format commits once at the end. A chunked one (NDJSON, HL7) also commits at
+    checkpoints, recording its progress as 'partial', so memory stays bounded for any file size and a
+    re-run resumes after the last committed unit.
+    """
     done = 0
+    counts: Counter[str] = Counter()
 
     def on_progress(position: int) -> None:
         nonlocal done
         advance(position - done)
         done = position
 
+    def merge_and_count() -> None:
+        writer.flush()
+        merged = merge_stage(con)
+        counts["resources"] += sum(merged.resources_loaded.values())
+        counts["replaced"] += merged.replaced
+        counts["duplicates_identical"] += merged.duplicates_identical
+        counts["superseded"] += merged.superseded
+        counts["conflicts"] += merged.conflicts
+
+    def checkpoint() -> None:
+        merge_and_count()
+        _mark_file(con, ctx, handler.name, None, status="partial")
+        con.execute("COMMIT")
+        con.execute("BEGIN TRANSACTION")
+
+    resume = _committed_position(con, ctx.file_sha256, handler.name) if handler.chunked else 0
+    writer = LedgerWriter(con, ctx, config.batch_size)
+    con.execute("BEGIN TRANSACTION")
     try:
-        with transaction(con):
-            writer = LedgerWriter(con, ctx, config.batch_size)
-            if isinstance(handler, BatchConverter):
-                result = handler.convert_file(ctx, con, writer, on_progress)
-            else:
-                result = convert_units(handler, ctx, writer, on_progress)
-            writer.flush()
-            merged = merge_stage(con)
-            _mark_file(con, ctx, handler.name, result.units)
-        counts = {
-            "units": result.units,
-            "resources": sum(merged.resources_loaded.values()),
-            "replaced": merged.replaced,
-            "duplicates_identical": merged.duplicates_identical,
-            "superseded": merged.superseded,
-            "conflicts": merged.conflicts,
-        }
+        kwargs = {"skip_through": resume, "checkpoint": checkpoint if handler.chunked else None}
+        if isinstance(handler, BatchConverter):
+            result = handler.convert_file(ctx, con, writer, on_progress, **kwargs)
+        else:
+            result = convert_units(handler, ctx, writer, on_progress, **kwargs)
+        merge_and_count()
+        _mark_file(con, ctx, handler.name, result.units)
+        con.execute("COMMIT")
+        counts["units"] += result.units
     except (UnreadableFile, OSError) as exc:
-        # The transaction rolled back whatever the file had yielded: record the file as one bad unit.
+        con.execute("ROLLBACK")
+        if resume or _committed_position(con, ctx.file_sha256, handler.name):
+            raise  # part of the file is in: an I/O fault is the run's problem, and a re-run resumes
+        # Nothing of the file was kept: record the file as one bad unit.
         if isinstance(exc, UnreadableFile):
             reason, message = exc.reason, exc.message
         else:
@@ -160,15 +179,38 @@ def _convert_file(
             writer.quarantine(Unit(0, "file", None, 0, ctx.path.stat().st_size), reason, message)
             writer.flush()
             _mark_file(con, ctx, handler.name, 1)
-        counts = {"units": 1}
+        counts = Counter({"units": 1})
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
     advance(ctx.path.stat().st_size - done)
-    return counts
+    return dict(counts)
 
 
-def _mark_file(con: duckdb.DuckDBPyConnection, ctx: FileContext, handler: str, units: int) -> None:
+def _committed_position(con: duckdb.DuckDBPyConnection, sha: str, handler: str) -> int:
+    """The last unit of this file that interrupted runs committed with this handler (0 if none)."""
+    row = con.execute(
+        """
+        SELECT max(l.unit_position) FROM ops.ledger l
+        JOIN ops.run_files rf ON rf.run_id = l.run_id AND rf.file_sha256 = l.file_sha256
+        WHERE l.file_sha256 = ? AND rf.status = 'partial' AND rf.handler = ?
+        """,
+        [sha, handler],
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _mark_file(
+    con: duckdb.DuckDBPyConnection,
+    ctx: FileContext,
+    handler: str,
+    units: int | None,
+    status: str = "converted",
+) -> None:
     con.execute(
-        "UPDATE ops.run_files SET handler = ?, status = 'converted', units = ? WHERE run_id = ? AND seq = ?",
-        [handler, units, ctx.run_id, ctx.seq],
+        "UPDATE ops.run_files SET handler = ?, status = ?, units = coalesce(?, units) "
+        "WHERE run_id = ? AND seq = ?",
+        [handler, status, units, ctx.run_id, ctx.seq],
     )
 
 

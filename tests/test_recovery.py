@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines import load as load_module
+from pipelines.common.warehouse import open_warehouse
 from pipelines.convert.fhir.ndjson import FhirNdjsonConverter
 from pipelines.run import run_pipeline
 from tests.conftest import ledger, resource, write_ndjson
@@ -66,3 +67,67 @@ def test_crash_while_merging_a_file_then_rerun(tmp_path, make_config, warehouse,
         ("failed", 70),
         ("succeeded", 0),
     ]
+
+
+def test_a_large_ndjson_file_commits_in_chunks_and_resumes_after_a_crash(
+    tmp_path, make_config, warehouse, monkeypatch
+):
+    from pipelines.convert.fhir import ndjson
+
+    src = write_ndjson(tmp_path / "src" / "big.ndjson", *[resource("Patient", f"p{i}") for i in range(40)])
+    monkeypatch.setattr(ndjson, "CHUNK_BYTES", 200)  # about five lines a batch, each batch a commit
+    original = FhirNdjsonConverter._convert_batch
+    calls = {"n": 0}
+
+    def crash_on_third_batch(self, con, params, writer, preparer, ctx, result):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        original(self, con, params, writer, preparer, ctx, result)
+
+    monkeypatch.setattr(FhirNdjsonConverter, "_convert_batch", crash_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(make_config(src))
+    with open_warehouse(tmp_path / "data" / "warehouse.duckdb") as con:
+        committed = con.execute("SELECT count(*) FROM ops.ledger").fetchone()[0]
+        assert 0 < committed < 40  # two batches survived the crash
+        assert con.execute("SELECT status FROM ops.run_files").fetchall() == [("partial",)]
+    monkeypatch.setattr(FhirNdjsonConverter, "_convert_batch", original)
+    rerun = run_pipeline(make_config(src))
+    con = warehouse()
+    assert rerun.totals.units == 40 - committed
+    assert ledger(con) == [("big.ndjson", i, "ndjson_line", "converted", None, 1) for i in range(1, 41)]
+    assert con.execute('SELECT count(*), count(DISTINCT id) FROM fhir."Patient"').fetchone() == (40, 40)
+
+
+def test_an_hl7_archive_commits_in_chunks_and_resumes_after_a_crash(
+    tmp_path, make_config, warehouse, monkeypatch
+):
+    from pipelines.common import unit as unit_module
+    from pipelines.convert.hl7v2.converter import Hl7v2Converter
+
+    messages = "".join(
+        f"MSH|^~\\&|REG|HOSP|EHR|HOSP|2024010{1 + i % 9}0800||ADT^A04^ADT_A01|C{i}|P|2.5.1\r"
+        f"PID|1||MRN{i}^^^HOSP^MR||Person{i}^Test\r\n"
+        for i in range(12)
+    )
+    src = tmp_path / "src" / "adt.hl7"
+    src.parent.mkdir()
+    src.write_bytes(messages.encode())
+    monkeypatch.setattr(unit_module, "CHECKPOINT_UNITS", 4)
+    original = Hl7v2Converter.convert
+
+    def crash_at_ten(self, unit, ctx):
+        if unit.position == 10:
+            raise KeyboardInterrupt
+        return original(self, unit, ctx)
+
+    monkeypatch.setattr(Hl7v2Converter, "convert", crash_at_ten)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(make_config(src))
+    monkeypatch.setattr(Hl7v2Converter, "convert", original)
+    rerun = run_pipeline(make_config(src))
+    con = warehouse()
+    assert rerun.totals.units == 4  # units 1-8 were committed in two checkpoints; 9-12 are converted now
+    assert [row[1:4] for row in ledger(con)] == [(i, "hl7_message", "converted") for i in range(1, 13)]
+    assert con.execute('SELECT count(DISTINCT id), count(*) FROM fhir."Patient"').fetchone() == (12, 12)

@@ -114,10 +114,16 @@ def stage_dict(
 
 
 class Converter(ABC):
-    """A format-specific converter: say how to split a file into units and how to convert one unit."""
+    """A format-specific converter: say how to split a file into units and how to convert one unit.
+
+    chunked converters read formats whose units stand alone (lines, messages): a large file commits in
+    chunks and a re-run resumes after the last committed unit. Others (a Bundle is one JSON document)
+    commit a file whole.
+    """
 
     name: ClassVar[str]
     formats: ClassVar[frozenset[str]]
+    chunked: ClassVar[bool] = False
 
     @abstractmethod
     def units(self, ctx: FileContext) -> Iterator[Unit]:
@@ -137,6 +143,7 @@ class BatchConverter(ABC):
 
     name: ClassVar[str]
     formats: ClassVar[frozenset[str]]
+    chunked: ClassVar[bool] = True
 
     @abstractmethod
     def convert_file(
@@ -145,8 +152,14 @@ class BatchConverter(ABC):
         con: duckdb.DuckDBPyConnection,
         writer: LedgerWriter,
         on_progress: Callable[[int], None] | None = None,
+        *,
+        skip_through: int = 0,
+        checkpoint: Callable[[], None] | None = None,
     ) -> FileResult:
-        """Convert every unit of the file, recording exactly one outcome per unit."""
+        """Convert every unit after position skip_through, recording exactly one outcome per unit.
+
+        checkpoint (when given) may be called between batches: it merges and commits what is done.
+        """
 
 
 @dataclass
@@ -201,21 +214,31 @@ def convert_one(
     return "converted", len(produced)
 
 
+CHECKPOINT_UNITS = 20_000
+
+
 def convert_units(
     converter: Converter,
     ctx: FileContext,
     writer: LedgerWriter,
     on_progress: Callable[[int], None] | None = None,
+    *,
+    skip_through: int = 0,
+    checkpoint: Callable[[], None] | None = None,
 ) -> FileResult:
-    """Run every unit of one file through a per-unit converter, recording exactly one outcome per unit."""
+    """Run the file's units after skip_through through a per-unit converter, one outcome per unit."""
     result = FileResult()
     for unit in converter.units(ctx):
+        if skip_through and unit.position <= skip_through:
+            continue  # committed by an earlier, interrupted run
         outcome, resources = convert_one(
             lambda u: converter.convert(u, ctx), converter.name, unit, ctx, writer
         )
         result.add(outcome, 1, resources)
         if on_progress is not None and unit.byte_offset is not None and result.units % 2048 == 0:
             on_progress(unit.byte_offset + (unit.byte_length or 0))
+        if checkpoint is not None and result.units % CHECKPOINT_UNITS == 0:
+            checkpoint()
     return result
 
 

@@ -12,6 +12,8 @@ import orjson
 
 from pipelines.demo.defects import TRUNCATED_TYPE, plan_defects
 from pipelines.demo.fhir_r4 import instant_utc, render_patient
+from pipelines.demo.hl7v2 import HL7_DIR, Hl7v2Export
+from pipelines.demo.hl7v2 import OWNED as HL7_OWNED
 from pipelines.demo.model import build_patient, iter_patients
 from pipelines.demo.ndjson import NdjsonExport
 from pipelines.demo.records import CODES, export_time, make_uid
@@ -38,16 +40,20 @@ _OWNED = {
     FHIR_DIR: re.compile(r"[A-Za-z]+\.\d{3}\.ndjson|manifest\.json"),
     BUNDLE_DIR: re.compile(r"bundle-\d{3}\.json"),
     MISC_DIR: re.compile(r"empty\.ndjson|notes\.txt"),
+    HL7_DIR: re.compile(HL7_OWNED),
 }
 
 
-def generate_demo_data(out_dir: Path | str, patients: int = 200, seed: int = 7) -> DemoSummary:
+def generate_demo_data(
+    out_dir: Path | str, patients: int = 200, seed: int = 7, hl7v2: bool = False
+) -> DemoSummary:
     """Write a deterministic synthetic legacy export under out_dir and return (and save) its summary.
 
     The same (patients, seed) gives byte-identical files on any machine. Layout:
     sources/fhir-r4/Type.NNN.ndjson and manifest.json (a FHIR bulk-data export),
     sources/fhir-r4-bundles/bundle-NNN.json (patients not in the NDJSON), sources/misc/ (files that are
-    not clinical data), and demo-summary.json beside sources/.
+    not clinical data), and demo-summary.json beside sources/. With hl7v2, sources/hl7v2/ also holds the
+    same patients as HL7 v2 archives (pipelines/demo/hl7v2.py); the FHIR files do not change.
     """
     if patients < 1:
         raise ValueError("patients must be at least 1")
@@ -57,11 +63,15 @@ def generate_demo_data(out_dir: Path | str, patients: int = 200, seed: int = 7) 
     as_of = export_time(seed)
     transaction_time = instant_utc(as_of)
 
+    hl7 = Hl7v2Export(out, seed) if hl7v2 else None
     with NdjsonExport(out / FHIR_DIR, FHIR_DIR, seed, plan_defects(seed, patients), TRUNCATED_TYPE) as export:
         for patient in iter_patients(seed, patients):
             for rtype, resource in render_patient(patient):
                 export.write(rtype, resource)
+            if hl7 is not None:
+                hl7.write(patient)
         ndjson_files, defects = export.close()
+    hl7_files, hl7_defects = hl7.close() if hl7 is not None else ([], [])
 
     blank_lines = Counter(d.file for d in defects if d.reason == "blank_line")
     files = [*ndjson_files, _write_manifest(out, ndjson_files, blank_lines, transaction_time)]
@@ -69,6 +79,7 @@ def generate_demo_data(out_dir: Path | str, patients: int = 200, seed: int = 7) 
         files.append(_write_bundle(out, seed, number, bundle_type, indexes, transaction_time))
     misc_files, misc_defects = _write_misc(out)
     files.extend(misc_files)
+    files.extend(hl7_files)
 
     resources: Counter[str] = Counter()
     for f in files:
@@ -80,7 +91,8 @@ def generate_demo_data(out_dir: Path | str, patients: int = 200, seed: int = 7) 
         transaction_time=transaction_time,
         files=tuple(sorted(files, key=lambda f: f.path)),
         resources=dict(sorted(resources.items())),
-        defects=tuple(sorted([*defects, *misc_defects], key=lambda d: (d.file, d.position))),
+        defects=tuple(sorted([*defects, *misc_defects, *hl7_defects], key=lambda d: (d.file, d.position))),
+        messages=dict(sorted(sum((Counter(f.messages) for f in hl7_files), Counter()).items())),
     )
     (out / SUMMARY_NAME).write_bytes(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
     return summary

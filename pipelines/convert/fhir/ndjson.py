@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines import formats
 from pipelines.common.ledger import LedgerWriter
@@ -185,16 +186,25 @@ class FhirNdjsonConverter(BatchConverter):
         con: duckdb.DuckDBPyConnection,
         writer: LedgerWriter,
         on_progress: Callable[[int], None] | None = None,
+        *,
+        skip_through: int = 0,
+        checkpoint: Callable[[], None] | None = None,
     ) -> FileResult:
         result = FileResult()
         preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256)
         params = {"run": ctx.run_id, "sha": ctx.file_sha256, "seq": ctx.seq, "system": ctx.source_system}
         for batch, end_offset in _line_batches(ctx.path):
-            con.register("_lines", batch)
-            try:
-                self._convert_batch(con, params, writer, preparer, ctx, result)
-            finally:
-                con.unregister("_lines")
+            if skip_through:
+                # Lines an interrupted run already committed are not converted again.
+                batch = batch.filter(pc.greater(batch["pos"], skip_through))
+            if batch.num_rows:
+                con.register("_lines", batch)
+                try:
+                    self._convert_batch(con, params, writer, preparer, ctx, result)
+                finally:
+                    con.unregister("_lines")
+                if checkpoint is not None:
+                    checkpoint()
             if on_progress is not None:
                 on_progress(end_offset)
         return result

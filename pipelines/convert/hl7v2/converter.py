@@ -15,6 +15,7 @@ from pipelines.convert.hl7v2.validate import explain_invalid
 class Hl7v2Converter(Converter):
     name = "hl7v2"
     formats = frozenset({formats.HL7V2})
+    chunked = True  # messages stand alone: archives of millions commit in chunks and resume
 
     def units(self, ctx: FileContext) -> Iterator[Unit]:
         for raw in iter_units(ctx.path):
