@@ -15,17 +15,15 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "out"
+from _child import OUT, REPO, run_child  # bench/ is on sys.path when a benchmark runs as a script
+
 MESSAGES_PER_PATIENT = 7.5  # a little under the generator's mean, so a set never falls short of its target
 
 
@@ -112,20 +110,7 @@ def child(mode: str, folder: Path, workdir: Path, sample: int) -> dict:
 
 
 def measure(mode: str, folder: Path, label: str, sample: int = 0) -> dict:
-    workdir = OUT / f"work-hl7v2-{label}-{mode}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(folder), str(workdir), str(sample)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} on {label} failed:\n{proc.stderr[-2000:]}")
-    shutil.rmtree(workdir, ignore_errors=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, mode, OUT / f"work-hl7v2-{label}-{mode}", [str(folder), str(sample)], label)
 
 
 def archives(messages: int, seed: int) -> Path:
@@ -196,7 +181,7 @@ def compare(label: str, folder: Path, sample: int) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _, _, mode, folder, workdir, sample = sys.argv
+        _, _, mode, workdir, folder, sample = sys.argv
         print(json.dumps(child(mode, Path(folder), Path(workdir), int(sample))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

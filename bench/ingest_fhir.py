@@ -13,14 +13,11 @@ import argparse
 import json
 import os
 import resource
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "out"
+from _child import OUT, REPO, run_child  # bench/ is on sys.path when a benchmark runs as a script
 
 
 def child(mode: str, files: list[str], workdir: Path) -> dict:
@@ -61,20 +58,7 @@ def child(mode: str, files: list[str], workdir: Path) -> dict:
 
 
 def measure(mode: str, files: list[Path], label: str) -> dict:
-    workdir = OUT / f"work-{label}-{mode}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(workdir), *map(str, files)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} on {label} failed:\n{proc.stderr[-2000:]}")
-    shutil.rmtree(workdir, ignore_errors=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, mode, OUT / f"work-{label}-{mode}", [str(f) for f in files], label)
 
 
 def demo_files(patients: int) -> list[Path]:
