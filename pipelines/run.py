@@ -35,10 +35,10 @@ def land_stage(config: RunConfig) -> dict[str, Any]:
 
 
 def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]:
-    """Convert and merge every pending file of the run, each file in one transaction; returns counts.
+    """Convert and merge every pending file of the run; returns unit and merge counts.
 
-    A file's units, ledger rows and resources commit together: a crash mid-file leaves nothing of that
-    file, so a re-run converts it whole, and files committed before the crash are not converted again.
+    Units, ledger rows and resources commit together, per file or (for chunked formats) per chunk: a
+    crash leaves nothing half-written, and a re-run converts only what was not committed.
     """
     totals: Counter[str] = Counter()
     with open_warehouse(config.warehouse) as con:
