@@ -139,6 +139,7 @@ def _convert_file(
 
     def merge_and_count() -> None:
         writer.flush()
+        writer.staged = 0
         merged = merge_stage(con)
         counts["resources"] += sum(merged.resources_loaded.values())
         counts["replaced"] += merged.replaced

@@ -100,8 +100,9 @@ def test_a_large_ndjson_file_commits_in_chunks_and_resumes_after_a_crash(
     assert con.execute('SELECT count(*), count(DISTINCT id) FROM fhir."Patient"').fetchone() == (40, 40)
 
 
+@pytest.mark.parametrize(("units", "resources"), [(4, 10**9), (10**9, 4)], ids=["by-units", "by-resources"])
 def test_an_hl7_archive_commits_in_chunks_and_resumes_after_a_crash(
-    tmp_path, make_config, warehouse, monkeypatch
+    tmp_path, make_config, warehouse, monkeypatch, units, resources
 ):
     from pipelines.common import unit as unit_module
     from pipelines.convert.hl7v2.converter import Hl7v2Converter
@@ -114,7 +115,8 @@ def test_an_hl7_archive_commits_in_chunks_and_resumes_after_a_crash(
     src = tmp_path / "src" / "adt.hl7"
     src.parent.mkdir()
     src.write_bytes(messages.encode())
-    monkeypatch.setattr(unit_module, "CHECKPOINT_UNITS", 4)
+    monkeypatch.setattr(unit_module, "CHECKPOINT_UNITS", units)
+    monkeypatch.setattr(unit_module, "CHECKPOINT_RESOURCES", resources)
     original = Hl7v2Converter.convert
 
     def crash_at_ten(self, unit, ctx):
@@ -126,8 +128,11 @@ def test_an_hl7_archive_commits_in_chunks_and_resumes_after_a_crash(
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(make_config(src))
     monkeypatch.setattr(Hl7v2Converter, "convert", original)
+    with open_warehouse(tmp_path / "data" / "warehouse.duckdb") as con:
+        committed = con.execute("SELECT count(*) FROM ops.ledger").fetchone()[0]
+    assert 0 < committed < 10  # at least one checkpoint committed before the crash at unit 10
     rerun = run_pipeline(make_config(src))
     con = warehouse()
-    assert rerun.totals.units == 4  # units 1-8 were committed in two checkpoints; 9-12 are converted now
+    assert rerun.totals.units == 12 - committed
     assert [row[1:4] for row in ledger(con)] == [(i, "hl7_message", "converted") for i in range(1, 13)]
     assert con.execute('SELECT count(DISTINCT id), count(*) FROM fhir."Patient"').fetchone() == (12, 12)

@@ -70,9 +70,11 @@ class LedgerWriter:
         self._quarantine: dict[str, list] = {c: [] for c in QUARANTINE_COLUMNS}
         self._stage: dict[str, list] = {c: [] for c in STAGE_COLUMNS}
         self._unconsumed: dict[str, list] = {c: [] for c in UNCONSUMED_COLUMNS}
+        self.staged = 0  # resources staged since the last merge (the caller resets it when it merges)
 
     def convert(self, unit: Unit, resources: list[StagedResource]) -> None:
         self._row(unit, "converted", None, len(resources))
+        self.staged += len(resources)
         stage = self._stage
         ctx = self.ctx
         for index, res in enumerate(resources):

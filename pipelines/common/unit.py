@@ -214,7 +214,10 @@ def convert_one(
     return "converted", len(produced)
 
 
+# A chunk ends after this many units or this many staged resources, whichever comes first: the stage
+# lives in memory until its merge, and one result message can carry dozens of resources.
 CHECKPOINT_UNITS = 20_000
+CHECKPOINT_RESOURCES = 50_000
 
 
 def convert_units(
@@ -237,7 +240,9 @@ def convert_units(
         result.add(outcome, 1, resources)
         if on_progress is not None and unit.byte_offset is not None and result.units % 2048 == 0:
             on_progress(unit.byte_offset + (unit.byte_length or 0))
-        if checkpoint is not None and result.units % CHECKPOINT_UNITS == 0:
+        if checkpoint is not None and (
+            result.units % CHECKPOINT_UNITS == 0 or writer.staged >= CHECKPOINT_RESOURCES
+        ):
             checkpoint()
     return result
 
