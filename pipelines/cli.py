@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.common.config import DEFAULT_DATA_DIR, DEFAULT_SOURCE_SYSTEM, RunConfig, ehrlift_version
-from pipelines.common.errors import EhrliftError, ExitCode
+from pipelines.common.errors import EhrliftError, ExitCode, InputNotFoundError
 from pipelines.summary import RunSummary
 
 out = Console(highlight=False)
@@ -142,8 +142,6 @@ def _cmd_views_test(args: argparse.Namespace) -> int:
     from pipelines.views.suite import run_suite
 
     if not args.dir.is_dir():
-        from pipelines.common.errors import InputNotFoundError
-
         raise InputNotFoundError(f"test folder not found: {args.dir}")
     result = run_suite(args.dir)
     for failure in result.failures:

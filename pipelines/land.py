@@ -55,9 +55,9 @@ def expand_sources(sources: Iterable[str | Path]) -> tuple[list[Path], int]:
             out.append(path)
         else:
             raise InputNotFoundError(f"source is not a regular file or folder: {path}")
-        for p in out:
-            if not os.access(p, os.R_OK):
-                raise InputNotFoundError(f"source not readable: {p}", hint="check file permissions")
+    for p in out:
+        if not os.access(p, os.R_OK):
+            raise InputNotFoundError(f"source not readable: {p}", hint="check file permissions")
     return out, hidden
 
 

@@ -160,27 +160,14 @@ class Field:
 
 def _pick(raw: str, ctx: _Ctx, repetition: int, component: int, subcomponent: int) -> str | None:
     s = raw
-    if ctx.rep in s:
-        reps = s.split(ctx.rep)
-        if repetition > len(reps):
+    for sep, index in ((ctx.rep, repetition), (ctx.comp, component), (ctx.sub, subcomponent)):
+        if sep in s:
+            parts = s.split(sep)
+            if index > len(parts):
+                return None
+            s = parts[index - 1]
+        elif index != 1:
             return None
-        s = reps[repetition - 1]
-    elif repetition != 1:
-        return None
-    if ctx.comp in s:
-        comps = s.split(ctx.comp)
-        if component > len(comps):
-            return None
-        s = comps[component - 1]
-    elif component != 1:
-        return None
-    if ctx.sub in s:
-        subs = s.split(ctx.sub)
-        if subcomponent > len(subs):
-            return None
-        s = subs[subcomponent - 1]
-    elif subcomponent != 1:
-        return None
     return ctx.text(s)
 
 
