@@ -10,7 +10,7 @@ PATIENTS ?= 200
 RUN := $(UV) run --frozen --no-sync
 export EHRLIFT_CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: run test setup lint format bench golden clean
+.PHONY: run test setup lint format bench golden clean browser
 
 setup: .venv/.synced
 
@@ -26,8 +26,17 @@ run: setup
 	@test -f $(DEMO)/demo-summary.json || $(RUN) ehrlift demo-data $(DEMO) --patients $(PATIENTS)
 	$(RUN) ehrlift run $(DEMO)/sources --warehouse $(DATA)/warehouse.duckdb --source-system demo
 
-test: setup lint
+test: setup lint browser
 	$(RUN) pytest -n 2 --dist loadgroup -q
+
+# The compliance-report test renders in a real headless browser: Debian's chromium, installed when
+# missing and we are root; otherwise that test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
+	      { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }; }; } || \
+	  echo "chromium is not installed: the report's browser test will be skipped"
 
 lint: setup
 	$(RUN) ruff check .

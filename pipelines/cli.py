@@ -1,4 +1,4 @@
-"""The `ehrlift` command line: run, demo-data, views test; coded exit statuses (see README)."""
+"""The `ehrlift` command line (run, demo-data, report, deidentify, ...); coded exit statuses (see README)."""
 
 from __future__ import annotations
 
@@ -88,6 +88,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     listen.set_defaults(func=_cmd_listen)
 
+    report = sub.add_parser("report", help="write the compliance report (static HTML, no PHI)")
+    report.add_argument("--warehouse", type=Path, default=None, help="DuckDB warehouse file")
+    report.add_argument(
+        "--out", type=Path, default=None, help="folder for the report (default <data dir>/reports/<run id>)"
+    )
+    report.add_argument("--run", dest="run_id", default=None, help="run id (default: the latest run)")
+    report.set_defaults(func=_cmd_report)
+
+    deid = sub.add_parser("deidentify", help="write de-identified analyst views to a separate DuckDB file")
+    deid.add_argument("--warehouse", type=Path, default=None, help="DuckDB warehouse file")
+    deid.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"analyst DuckDB file to write (default {DEFAULT_DATA_DIR / 'analyst' / 'deidentified.duckdb'})",
+    )
+    deid.add_argument(
+        "--dates", choices=("year", "shift"), default=None, help="date rule (default from rules)"
+    )
+    deid.set_defaults(func=_cmd_deidentify)
+
     views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")
     views_sub = views.add_subparsers(dest="views_command", required=True)
     vtest = views_sub.add_parser("test", help="run a SQL-on-FHIR v2 test suite folder (tests/*.json)")
@@ -148,6 +169,38 @@ def _cmd_views_test(args: argparse.Namespace) -> int:
         out.print(f"FAIL {failure}")
     out.print(f"{result.passed} passed, {result.failed} failed")
     return int(ExitCode.OK if result.failed == 0 else ExitCode.TESTS_FAILED)
+
+
+def _warehouse_arg(path: Path | None) -> Path:
+    import os
+
+    if path is not None:
+        return path
+    return Path(os.environ.get("EHRLIFT_WAREHOUSE") or DEFAULT_DATA_DIR / "warehouse.duckdb")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.report import write_report
+
+    files = write_report(_warehouse_arg(args.warehouse), args.out, args.run_id)
+    out.print(f"compliance report for {files.run_id}: {files.html.resolve()}", soft_wrap=True)
+    out.print(f"data: {files.data.resolve()}", soft_wrap=True)
+    out.print(f"sha256 of the data: {files.digest}", soft_wrap=True)
+    return int(ExitCode.OK)
+
+
+def _cmd_deidentify(args: argparse.Namespace) -> int:
+    from pipelines.deid import deidentify
+
+    result = deidentify(_warehouse_arg(args.warehouse), args.out, dates=args.dates)
+    out.print(
+        f"de-identified analyst views ({result.date_mode} dates): {result.out.resolve()}", soft_wrap=True
+    )
+    for table, n in result.tables.items():
+        out.print(f"  {table}: {n} rows")
+    if result.excluded:
+        out.print("not exported (no de-identification rule): " + ", ".join(result.excluded))
+    return int(ExitCode.OK)
 
 
 def print_summary(summary: RunSummary, config: RunConfig) -> None:

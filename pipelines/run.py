@@ -74,12 +74,17 @@ def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]
 def load_stage(config: RunConfig) -> dict[str, Any]:
     """Rebuild the analyst views over fhir.* and finish the run record with its summary."""
     from pipelines.common.paths import shipped
+    from pipelines.deid.audit import record_access
     from pipelines.views.materialize import materialize_views
 
     with open_warehouse(config.warehouse) as con:
         views = materialize_views(con, shipped("schemas") / "views")
         summary = build_summary(con, config.run_id)
         _finish_run(con, config.run_id, "succeeded", ExitCode.OK, summary)
+        written = {f"fhir.{t}": n for t, n in summary.resources_by_type.items()}
+        record_access(
+            con, "run", "write", written | {f"views.{v}": n for v, n in views.items()}, config.run_id
+        )
     report = write_run_report(config, summary)
     return {"views": views, "report": str(report)}
 

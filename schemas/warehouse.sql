@@ -107,3 +107,15 @@ CREATE TABLE IF NOT EXISTS ops.unconsumed (
     item             VARCHAR NOT NULL,      -- segment name, entry templateId, ...
     count            INTEGER NOT NULL
 );
+
+-- PHI access audit: who read or wrote the PHI tables (fhir.*, views.*) through which ehrlift command.
+-- Table names and row counts only, never values.
+CREATE TABLE IF NOT EXISTS ops.phi_access (
+    accessed_at      TIMESTAMPTZ NOT NULL,
+    os_user          VARCHAR NOT NULL,      -- the operating-system account that ran the command
+    command          VARCHAR NOT NULL,      -- run, deidentify, ...
+    access           VARCHAR NOT NULL CHECK (access IN ('read', 'write')),
+    run_id           VARCHAR,               -- the run, when the command belongs to one
+    tables           JSON NOT NULL,         -- [{"table": "views.patient", "rows": 200}, ...]
+    detail           VARCHAR                -- e.g. the base name of the analyst file written
+);
