@@ -10,14 +10,13 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from pipelines.common.config import DEFAULT_DATA_DIR, ehrlift_version
+from pipelines.common.config import ehrlift_version
 from pipelines.common.errors import ConfigError
 from pipelines.common.warehouse import open_warehouse
 from pipelines.deid.audit import record_access
 from pipelines.deid.rules import Deidentifier, Rules, ViewRules, load_rules
 
 BATCH_ROWS = 50_000
-DEFAULT_OUT = DEFAULT_DATA_DIR / "analyst" / "deidentified.duckdb"
 
 
 @dataclass
