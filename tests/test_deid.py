@@ -351,3 +351,22 @@ def test_deidentify_fails_closed(tmp_path, make_config, rules, monkeypatch):
     ):
         deidentify(config.warehouse, tmp_path / "a.duckdb", salt=SALT)
     assert not (tmp_path / "a.duckdb").exists()
+
+
+def test_deidentify_command(tmp_path, make_config, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    config = _warehouse(tmp_path, make_config)
+    out = tmp_path / "a.duckdb"
+    monkeypatch.delenv("EHRLIFT_DEID_SALT", raising=False)
+    assert main(["deidentify", "--warehouse", str(config.warehouse), "--out", str(out)]) == 5
+    assert "EHRLIFT_DEID_SALT" in capsys.readouterr().err
+    monkeypatch.setenv("EHRLIFT_DEID_SALT", SALT)
+    assert (
+        main(["deidentify", "--warehouse", str(config.warehouse), "--out", str(out), "--dates", "shift"]) == 0
+    )
+    assert "patient: 2 rows" in capsys.readouterr().out
+    with duckdb.connect(str(out), read_only=True) as con:
+        assert con.execute("SELECT value FROM deid_manifest WHERE key = 'date_mode'").fetchone() == ("shift",)
+        (birth,) = con.execute("SELECT birth_date FROM patient WHERE age <> '90+'").fetchone()
+        assert len(birth) == 10 and birth != "1980-05-06"

@@ -62,7 +62,15 @@ def _validation(con, run_id: str, failed_critical: bool) -> None:
             ["fhir/Patient/p1"],
         ),
         ("patient", "gender_in_value_set", "warning", True, "0.0", 0, []),
-        ("observation", "value_in_range", "warning", False, "0.25", 3, ["a", "b", "c"]),
+        (
+            "observation",
+            "value_in_range",
+            "warning",
+            False,
+            "0.25",
+            3,
+            ["a", "b", {"view": "observation", "row": 7}],
+        ),
     ]
     for suite, exp, sev, ok, observed, unexpected, pointers in rows:
         con.execute(
@@ -174,6 +182,9 @@ def test_report_data_is_exact_and_its_digest_verifies(tmp_path, two_runs):
         "observation": {"evaluated": 1, "passed": 0, "failed_critical": 0, "failed_warning": 1},
         "patient": {"evaluated": 2, "passed": 1, "failed_critical": 1, "failed_warning": 0},
     }
+    pointers = {r["expectation"]: (r["pointers"], r["pointers_total"]) for r in v["results"]}
+    assert pointers["value_in_range"] == (["a", "b", '{"view":"observation","row":7}'], 3)
+    assert pointers["birth_date_not_future"] == (["fhir/Patient/p1"], 1)
     observed = {r["expectation"]: r["observed"] for r in v["results"]}
     assert observed == {
         "birth_date_not_future": "withheld (not an aggregate)",
@@ -302,3 +313,16 @@ def test_report_renders_in_headless_chromium_without_errors_or_requests(tmp_path
     assert width >= 1000 and height > 2000  # the whole page, not a blank viewport
     assert len(page.screenshot) > 50_000
     assert os.path.getsize(shot) == len(page.screenshot)
+
+
+def test_report_command_exit_statuses(tmp_path, make_config, capsys):
+    from pipelines.cli import main
+
+    assert main(["report", "--warehouse", str(tmp_path / "none.duckdb")]) == 4
+    config = make_config(_patients(tmp_path, "a.ndjson", 1, bad=False))
+    run_pipeline(config)
+    assert main(["report", "--warehouse", str(config.warehouse), "--run", "run-unknown"]) == 5
+    assert main(["report", "--warehouse", str(config.warehouse), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    digest = hashlib.sha256((tmp_path / "r" / "compliance-report.data.json").read_bytes()).hexdigest()
+    assert f"sha256 of the data: {digest}" in out

@@ -19,6 +19,7 @@ from pipelines.common.paths import shipped
 ACTIONS = ("keep", "drop", "hash", "date", "zip3", "birth_date")
 DATE_MODES = ("year", "shift")
 _DATE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+_SHIFT_CACHE = 100_000
 _ZIP = re.compile(r"(\d{3})\d{2}(?:-?\d{4})?")
 
 
@@ -138,6 +139,8 @@ class Deidentifier:
             n = int.from_bytes(self._mac("date-shift", patient_key)[:8], "big")
             days = n % self.rules.max_shift_days + 1
             days = -days if (n >> 63) & 1 else days
+            if len(self._shifts) >= _SHIFT_CACHE:  # bounded memory however many patients a view has
+                self._shifts.clear()
             self._shifts[patient_key] = days
         return days
 

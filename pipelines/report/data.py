@@ -381,7 +381,9 @@ def _validation(con: duckdb.DuckDBPyConnection, run_id: str, notes: list[str]) -
                 "success": success,
                 "observed": aggregate_value(observed),
                 "unexpected_count": unexpected,
-                "pointers": [str(p) for p in parsed[:POINTERS_PER_ROW]],
+                "pointers": [
+                    p if isinstance(p, str) else orjson.dumps(p).decode() for p in parsed[:POINTERS_PER_ROW]
+                ],
                 "pointers_total": len(parsed),
             }
         )
