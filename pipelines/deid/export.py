@@ -124,20 +124,16 @@ def _copy_view(
     rows = 0
     created = False
     for batch in reader:
-        table = transform_batch(batch, rules, deid)
-        dst.register("deid_batch", table)
+        table = dst.from_arrow(transform_batch(batch, rules, deid))
         if not created:
-            dst.execute(f'CREATE TABLE "{view}" AS SELECT * FROM deid_batch')
+            table.create(f'"{view}"')
             created = True
         else:
-            dst.execute(f'INSERT INTO "{view}" SELECT * FROM deid_batch')
-        dst.unregister("deid_batch")
+            table.insert_into(f'"{view}"')
         rows += batch.num_rows
     if not created:  # an empty view still gets its (de-identified) shape
         empty = transform_batch(pa.RecordBatch.from_pylist([], schema=reader.schema), rules, deid)
-        dst.register("deid_batch", empty)
-        dst.execute(f'CREATE TABLE "{view}" AS SELECT * FROM deid_batch')
-        dst.unregister("deid_batch")
+        dst.from_arrow(empty).create(f'"{view}"')
     return rows
 
 

@@ -124,7 +124,7 @@ class Deidentifier:
         self._shifts: dict[str, int] = {}
 
     def _mac(self, purpose: str, value: str) -> bytes:
-        return hmac.new(self._key, f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
+        return hmac.digest(self._key, f"{purpose}\x00{value}".encode(), "sha256")
 
     def hash(self, value: Any) -> str | None:
         """Salted HMAC-SHA256: stable within one salt (joins keep working), not reversible without it."""
