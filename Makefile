@@ -25,6 +25,7 @@ setup: .venv/.synced
 run: setup
 	@test -f $(DEMO)/demo-summary.json || $(RUN) ehrlift demo-data $(DEMO) --patients $(PATIENTS)
 	$(RUN) ehrlift run $(DEMO)/sources --warehouse $(DATA)/warehouse.duckdb --source-system demo
+	$(RUN) ehrlift report --warehouse $(DATA)/warehouse.duckdb
 
 test: setup lint browser
 	$(RUN) pytest -n 2 --dist loadgroup -q
