@@ -642,3 +642,22 @@ def test_error_files_are_detected_as_such(tmp_path):
     assert formats.detect(path) == (formats.FHIR_EXPORT_ERRORS, None)
     path.write_bytes(b'{"resourceType":"OperationOutcome","issue":[]}\n')
     assert formats.detect(path) == (formats.FHIR_EXPORT_ERRORS, None)
+
+
+def test_tokens_go_only_where_the_rules_allow(keys):
+    from pipelines.export.auth import SigningKey
+
+    class Issued(BackendAuth):
+        def token(self, client, fhir_base):
+            return "t", 1
+
+    auth = Issued("c", SigningKey(keys["RS384"], "k", "RS384"), "https://auth.example.org/token")
+    client = BulkClient("https://fhir.example.org/r4", auth, FAST, Sleeps())
+    try:
+        assert client._token_for("https://fhir.example.org/jobs/1", None) == ("t", 1)
+        assert client._token_for("https://status.example.org/jobs/1", None) is None
+        assert client._token_for("https://fhir.example.org:8443/jobs/1", None) is None
+        assert client._token_for("https://files.example.org/f.ndjson", True) == ("t", 1)
+        assert client._token_for("https://fhir.example.org/files/f.ndjson", False) is None
+    finally:
+        client.close()
