@@ -121,6 +121,7 @@ class Faults:
     file_gone: set[str] = field(default_factory=set)  # 404 for ever
     expire_token: int = 0  # this many file requests find their (valid) token expired, as after a long job
     error_file: bool = True  # the manifest has an error file with an OperationOutcome
+    manifest_v3: bool = False  # Bulk Data 3.0 manifest: `outcome` for `error`, fileSize instead of count
 
 
 @dataclass
@@ -430,18 +431,24 @@ class BulkServer:
             h.end_headers()
             h.status = 202
             return None
+        errors = "outcome" if f.manifest_v3 else "error"
         manifest: dict[str, Any] = {
             "transactionTime": instant(job.transaction_time),
             "request": job.request,
             "requiresAccessToken": self.requires_access_token,
             "output": [
-                {"type": t, "url": f"{self.origin}/files/{job.id}/{t}.ndjson", "count": len(items)}
+                {"type": t, "url": f"{self.origin}/files/{job.id}/{t}.ndjson"}
+                | (
+                    {"fileSize": len(self.file_body(job, f"{t}.ndjson") or b"")}
+                    if f.manifest_v3
+                    else {"count": len(items)}
+                )
                 for t, items in job.resources.items()
             ],
-            "error": [],
+            errors: [],
         }
         if f.error_file:
-            manifest["error"].append(
+            manifest[errors].append(
                 {"type": "OperationOutcome", "url": f"{self.origin}/files/{job.id}/errors.ndjson"}
             )
         if job.since is not None:

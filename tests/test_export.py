@@ -210,6 +210,36 @@ def test_file_failures_are_retried_until_whole(tmp_path, data, fault):
     assert result.resources["Observation"] == 10
 
 
+def test_bulk_data_3_manifest_outcome_files_and_file_size(tmp_path, data):
+    faults = Faults(manifest_v3=True)
+    faults.file_short["Patient.ndjson"] = 1  # no count in a 3.0 manifest: fileSize catches the cut
+    with BulkServer(data, faults=faults) as server:
+        result = run_export(options(server, tmp_path), sleep=Sleeps())
+        assert file_gets(server)["Patient.ndjson"] == 2
+    assert result.files == Counter({"output": 4, "error": 1})
+    assert result.resources["Patient"] == 5
+
+
+def test_manifest_checks():
+    from pipelines.export.client import parse_manifest
+
+    base = {"transactionTime": "2024-01-01T00:00:00Z", "requiresAccessToken": False, "output": []}
+    with pytest.raises(RemoteError, match="links to further manifests"):
+        parse_manifest(
+            orjson.dumps({**base, "link": [{"relation": "next", "url": "x"}]}), "https://a.example/s"
+        )
+    with pytest.raises(RemoteError, match="must use https"):
+        parse_manifest(
+            orjson.dumps({**base, "output": [{"url": "http://files.example/x"}]}), "https://a.example/s"
+        )
+    with pytest.raises(RemoteError, match="lacks transactionTime"):
+        parse_manifest(orjson.dumps({"output": []}), "https://a.example/s")
+    relative = parse_manifest(
+        orjson.dumps({**base, "output": [{"type": "Patient", "url": "f/1"}]}), "https://a.example/s/j"
+    )
+    assert relative.output[0]["url"] == "https://a.example/s/f/1"
+
+
 def test_a_file_that_keeps_failing_stops_the_export_and_a_rerun_fetches_only_it(tmp_path, data):
     faults = Faults(file_gone={"Encounter.ndjson"})
     with BulkServer(data, faults=faults) as server:

@@ -97,6 +97,11 @@ def parse_manifest(body: bytes, status_url: str) -> Manifest:
     if not isinstance(doc.get("transactionTime"), str) or "requiresAccessToken" not in doc:
         raise RemoteError("the export's completion manifest lacks transactionTime or requiresAccessToken")
 
+    if doc.get("link"):
+        # Partial manifests come only when a kick-off asks for them (allowPartialManifests), which
+        # ehrlift never does; following them half-way would silently miss files.
+        raise RemoteError("the export's manifest links to further manifests, which ehrlift does not follow")
+
     def entries(name: str) -> list[dict[str, Any]]:
         items = doc.get(name) or []
         if not isinstance(items, list):
@@ -113,7 +118,8 @@ def parse_manifest(body: bytes, status_url: str) -> Manifest:
         transaction_time=doc["transactionTime"],
         requires_access_token=doc["requiresAccessToken"] is True,
         output=entries("output"),
-        error=entries("error"),
+        # Bulk Data 2.0 names the OperationOutcome files `error`; 3.0 names them `outcome`.
+        error=entries("error") + entries("outcome"),
         deleted=entries("deleted"),
         raw=doc,
     )
@@ -302,12 +308,15 @@ class BulkClient:
         requires_token: bool,
         expected_count: int | None,
         on_bytes: Callable[[int], None] | None = None,
+        expected_size: int | None = None,
     ) -> FileOutcome:
         """Fetch one file to target (via target.part, fsynced, renamed), retrying what can be retried."""
         refreshed = False
         for attempt in range(1, self.timing.attempts + 1):
             try:
-                outcome = self._download_once(url, target, requires_token, expected_count, on_bytes)
+                outcome = self._download_once(
+                    url, target, requires_token, expected_count, expected_size, on_bytes
+                )
                 outcome.attempts = attempt
                 return outcome
             except DownloadFailed as exc:
@@ -328,6 +337,7 @@ class BulkClient:
         target: Path,
         requires_token: bool,
         expected_count: int | None,
+        expected_size: int | None,
         on_bytes: Callable[[int], None] | None,
     ) -> FileOutcome:
         part = target.with_name(target.name + ".part")
@@ -377,13 +387,16 @@ class BulkClient:
                 ) from None
             if last != b"\n" and size:
                 lines += 1
+            # The manifest's count and fileSize are the server's own: a mismatch means a cut-off body.
+            problem = None
             if expected_count is not None and lines != expected_count:
-                # The manifest's count is the server's own: fewer lines means a cut-off body.
+                problem = f"{lines} lines where the manifest says {expected_count}"
+            elif expected_size is not None and size != expected_size:
+                problem = f"{size} bytes where the manifest says {expected_size}"
+            if problem:
                 if on_bytes:
                     on_bytes(-size)
-                raise DownloadFailed(
-                    "export_file_truncated", f"{lines} lines where the manifest says {expected_count}", True
-                )
+                raise DownloadFailed("export_file_truncated", problem, True)
             os.replace(part, target)
             fsync_dir(target.parent)
             return FileOutcome("done", sha256=digest.hexdigest(), bytes=size, lines=lines)

@@ -240,7 +240,7 @@ def _plan(manifest: Manifest) -> list[dict[str, Any]]:
             rtype = entry.get("type") if isinstance(entry.get("type"), str) else ""
             rtype = rtype if _TYPE.fullmatch(rtype) else "Unknown"
             seen[kind + rtype] += 1
-            count = entry.get("count")
+            count, size = entry.get("count"), entry.get("fileSize")
             files.append(
                 {
                     "kind": kind,
@@ -248,6 +248,9 @@ def _plan(manifest: Manifest) -> list[dict[str, Any]]:
                     "url": entry["url"],
                     "name": f"{KIND_DIRS[kind]}{rtype}.{seen[kind + rtype]:03d}.ndjson",
                     "count": count if isinstance(count, int) and count >= 0 else None,
+                    # A deleted file's count is of resources, not lines (a Bundle may hold several).
+                    "check_lines": kind != "deleted" and isinstance(count, int) and count >= 0,
+                    "file_size": size if isinstance(size, int) and size >= 0 else None,
                     "status": "pending",
                 }
             )
@@ -278,7 +281,12 @@ def _download_all(
         target = out_dir / f["name"]
         target.parent.mkdir(parents=True, exist_ok=True)
         outcome = client.download(
-            f["url"], target, manifest.requires_access_token, f["count"], on_bytes=advance_bytes
+            f["url"],
+            target,
+            manifest.requires_access_token,
+            f["count"] if f.get("check_lines") else None,
+            on_bytes=advance_bytes,
+            expected_size=f.get("file_size"),
         )
         with lock:
             f.update(
