@@ -691,3 +691,47 @@ def test_tokens_go_only_where_the_rules_allow(keys):
         assert client._token_for("https://fhir.example.org/files/f.ndjson", False) is None
     finally:
         client.close()
+
+
+def test_logs_carry_no_tokens_assertions_or_urls(tmp_path, data, keys, caplog):
+    import logging
+
+    key_file = tmp_path / "private.jwks.json"
+    key_file.write_bytes(orjson.dumps(_jwks(keys["RS384"], "k-rsa", "RS384", True)))
+    caplog.set_level(logging.DEBUG)
+    with _auth_server(data, keys, faults=Faults(expire_token=1)) as server:
+        opts = options(
+            server, tmp_path, client_id="client-1", key_file=key_file, type_filters=("Patient?gender=female",)
+        )
+        run_export(opts, sleep=Sleeps())
+        tokens = list(server.tokens)
+    # Only ehrlift's own records and its HTTP library's (the test token endpoint logs what it issues).
+    text = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("authlib"))
+    assert "access token obtained" in text
+    assert tokens and not any(t in text for t in tokens)
+    assert "eyJ" not in text and "gender" not in text and "/files/" not in text
+
+
+def test_state_rules_on_resume(tmp_path, data):
+    from pipelines.common.errors import ConfigError
+
+    with BulkServer(data, faults=Faults(polls_before_ready=1000)) as server:
+        brief = Timing(poll_min=1.0, poll_max=1.0, max_wait=1.5, retry_base=0.0, attempts=2)
+        with pytest.raises(RemoteError, match="not done"):
+            run_export(options(server, tmp_path, timing=brief), sleep=Sleeps())
+        with pytest.raises(ConfigError, match="uses another --since"):
+            run_export(options(server, tmp_path, since="2024-01-01T00:00:00Z"), sleep=Sleeps())
+        with pytest.raises(ConfigError, match="writes to another folder"):
+            run_export(options(server, tmp_path, out=tmp_path / "elsewhere"), sleep=Sleeps())
+        with pytest.raises(ConfigError, match="source system"):
+            run_export(options(server, tmp_path, source_system="other"), sleep=Sleeps())
+        with (
+            ExportState(tmp_path / "data" / "exports", options(server, tmp_path).key()),
+            pytest.raises(ConfigError, match="another `ehrlift export`"),
+        ):
+            run_export(options(server, tmp_path), sleep=Sleeps())
+        server.faults.polls_before_ready = 0
+        result = run_export(options(server, tmp_path, restart=True), sleep=Sleeps())
+        assert len(server.requests("GET", "/fhir/")) == 2  # --restart: the old job dropped, a new kick-off
+        assert len(server.requests("DELETE")) == 2  # the dropped job and the finished one
+    assert not result.resumed and sum(result.resources.values()) == 25

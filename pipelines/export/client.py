@@ -34,6 +34,10 @@ from pipelines.export.web import (
 )
 
 log = logging.getLogger(__name__)
+# httpx logs every request URL at INFO; file URLs can be signed (their query is a credential) and
+# _typeFilter queries can name patients, so its messages stay below what `-v` shows.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 FHIR_JSON = "application/fhir+json"
 NDJSON = "application/fhir+ndjson"
@@ -84,6 +88,7 @@ class DownloadFailed(Exception):
         self.detail = detail
         self.retry = retry
         self.wait = wait
+        self.token_generation: int | None = None  # set when a sent token was refused (401)
 
 
 def parse_manifest(body: bytes, status_url: str) -> Manifest:
@@ -320,11 +325,9 @@ class BulkClient:
                 outcome.attempts = attempt
                 return outcome
             except DownloadFailed as exc:
-                if exc.reason == "export_file_unauthorized" and requires_token and not refreshed:
+                if exc.token_generation is not None and not refreshed and self.auth is not None:
                     refreshed = True  # one new token, then the 401 stands
-                    if self.auth is not None:
-                        token = self.auth.token(self.http, self.server)
-                        self.auth.refresh_after_401(self.http, self.server, token[1])
+                    self.auth.refresh_after_401(self.http, self.server, exc.token_generation)
                     continue
                 if not exc.retry or attempt == self.timing.attempts:
                     return FileOutcome("failed", reason=exc.reason, attempts=attempt, detail=exc.detail)
@@ -362,7 +365,10 @@ class BulkClient:
                         current = nxt
                         continue
                     if code != 200:
-                        raise _failure_for(response)
+                        failure = _failure_for(response)
+                        if code == 401 and token:
+                            failure.token_generation = token[1]
+                        raise failure
                     digest = hashlib.sha256()
                     size = lines = 0
                     last = b"\n"
