@@ -735,3 +735,20 @@ def test_state_rules_on_resume(tmp_path, data):
         assert len(server.requests("GET", "/fhir/")) == 2  # --restart: the old job dropped, a new kick-off
         assert len(server.requests("DELETE")) == 2  # the dropped job and the finished one
     assert not result.resumed and sum(result.resources.values()) == 25
+
+
+def test_a_refused_status_request_keeps_the_job(tmp_path, data, keys):
+    key_file = tmp_path / "private.jwks.json"
+    key_file.write_bytes(orjson.dumps(_jwks(keys["RS384"], "k-rsa", "RS384", True)))
+    with _auth_server(data, keys, faults=Faults(polls_before_ready=5)) as server:
+        opts = options(server, tmp_path, client_id="client-1", key_file=key_file)
+
+        def revoke_all(_seconds: float) -> None:
+            server.clients.clear()  # the client is unregistered while the job runs
+            server.tokens.clear()
+
+        with pytest.raises(RemoteError, match="refused the client"):
+            run_export(opts, sleep=revoke_all)
+        with ExportState(tmp_path / "data" / "exports", opts.key()) as state:
+            assert state.job is not None and state.job["status_url"]
+        assert server.requests("DELETE") == []

@@ -239,7 +239,13 @@ class BulkClient:
 
     def kickoff(self, url: str) -> str:
         """Start the export; returns the absolute status URL from Content-Location."""
-        response = self.request("GET", url, {"Accept": FHIR_JSON, "Prefer": "respond-async"})
+        # A 500 answers this request itself; only throttling and gateways are worth asking again.
+        response = self.request(
+            "GET",
+            url,
+            {"Accept": FHIR_JSON, "Prefer": "respond-async"},
+            retry_statuses=frozenset({429, 502, 503, 504}),
+        )
         if response.status_code != 202:
             raise RemoteError(
                 f"the server refused the export request: HTTP {response.status_code}, "
@@ -284,6 +290,12 @@ class BulkClient:
                 wait = asked if asked is not None else self.backoff(failures)
             elif code in (404, 410):
                 raise JobFailed(f"the export job is gone on the server (HTTP {code})")
+            elif code in (401, 403):
+                # The client's credentials, not the job, are the problem: keep the job to resume.
+                raise RemoteError(
+                    f"the server refused the status request: HTTP {code}, {outcome_summary(response)}",
+                    hint=_hint_for(code),
+                )
             else:
                 raise JobFailed(
                     f"the export job failed: HTTP {code}, {outcome_summary(response)}",

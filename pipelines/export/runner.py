@@ -295,6 +295,7 @@ def _download_all(
                 bytes=outcome.bytes,
                 lines=outcome.lines,
                 attempts=outcome.attempts,
+                detail=outcome.detail,  # HTTP status or transfer error class: no record values
                 reason=check_reason(outcome.reason, "quarantined") if outcome.reason else None,
             )
             state.save()  # each finished file is durable before the next one counts
