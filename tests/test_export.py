@@ -752,3 +752,16 @@ def test_a_refused_status_request_keeps_the_job(tmp_path, data, keys):
         with ExportState(tmp_path / "data" / "exports", opts.key()) as state:
             assert state.job is not None and state.job["status_url"]
         assert server.requests("DELETE") == []
+
+
+def test_poll_reports_x_progress(data):
+    with BulkServer(data, faults=Faults(polls_before_ready=2)) as server:
+        client = BulkClient(server.base, timing=FAST, sleep=Sleeps())
+        try:
+            status_url = client.kickoff(client.kickoff_url("system", None, None, (), ()))
+            seen: list[str | None] = []
+            manifest = client.poll(status_url, seen.append)
+        finally:
+            client.close()
+    assert seen == ["33% done", "66% done"]
+    assert manifest.requires_access_token is False and len(manifest.output) == 4
