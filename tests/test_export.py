@@ -479,3 +479,23 @@ def test_poll_reports_x_progress(data):
             client.close()
     assert seen == ["33% done", "66% done"]
     assert manifest.requires_access_token is False and len(manifest.output) == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"source_system": "bad name!"}, "source system name"),
+        ({"types": ("patient",)}, "not a FHIR resource type"),
+        ({"since": "yesterday"}, "FHIR instant"),
+        ({"since": "2024-01-01T00:00:00Z", "full": True}, "contradict"),
+        ({"workers": 0}, "--workers"),
+        ({"client_id": "c"}, "needs --key"),
+    ],
+)
+def test_bad_options_fail_before_any_request(tmp_path, data, kwargs, message):
+    from pipelines.common.errors import ConfigError
+
+    with BulkServer(data) as server:
+        with pytest.raises(ConfigError, match=message):
+            run_export(options(server, tmp_path, **kwargs), sleep=Sleeps())
+        assert server.log == []

@@ -106,6 +106,8 @@ def _check_options(options: ExportOptions) -> None:
     for t in options.types:
         if not _TYPE.fullmatch(t):
             raise ConfigError(f"--type {t!r} is not a FHIR resource type name")
+    if options.source_system:
+        RunConfig((), source_system=options.source_system)  # checks the name before anything is fetched
     if options.workers < 1 or options.workers > 32:
         raise ConfigError("--workers must be 1-32")
     if options.since and options.full:
