@@ -240,8 +240,9 @@ def test_a_file_that_keeps_failing_stops_the_export_and_a_rerun_fetches_only_it(
     with BulkServer(data, faults=faults) as server:
         with pytest.raises(
             RemoteError, match=r"1 of 5 export files could not be downloaded \(export_file_gone 1\)"
-        ):
+        ) as caught:
             run_export(options(server, tmp_path), sleep=Sleeps())
+        assert "--restart" in str(caught.value)
         assert server.requests("DELETE") == []  # the job stays on the server for the retry
         faults.file_gone.clear()
         result = run_export(options(server, tmp_path), sleep=Sleeps())

@@ -204,7 +204,11 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
         raise RemoteError(
             f"{len(failed)} of {len(job['files'])} export files could not be downloaded "
             f"({', '.join(f'{r} {n}' for r, n in sorted(reasons.items()))})",
-            hint="re-run the same command to retry them; finished files are kept and not fetched again",
+            hint=(
+                "the server no longer has them: run again with --restart for a new export"
+                if set(reasons) <= {"export_file_gone"}
+                else "re-run the same command to retry them; finished files are kept and not fetched again"
+            ),
         )
     _summarise(job, out_dir, result)
     result.manifest_path = _write_local_manifest(job, manifest, out_dir)
