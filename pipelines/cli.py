@@ -1,9 +1,10 @@
-"""The `ehrlift` command line (run, demo-data, report, deidentify, ...); coded exit statuses (see README)."""
+"""The `ehrlift` command line (run, export, report, deidentify, ...); coded exit statuses (see README)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dates", choices=("year", "shift"), default=None, help="date rule (default from rules)"
     )
     deid.set_defaults(func=_cmd_deidentify)
+    _export_parser(sub)
 
     views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")
     views_sub = views.add_subparsers(dest="views_command", required=True)
@@ -115,6 +117,117 @@ def _parser() -> argparse.ArgumentParser:
     vtest.add_argument("dir", type=Path)
     vtest.set_defaults(func=_cmd_views_test)
     return parser
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser(
+        "export",
+        help="download a FHIR Bulk Data export ($export) and run it; resumable, incremental with _since",
+    )
+    export.add_argument("--server", required=True, help="FHIR base URL (https, or http on loopback)")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--group", metavar="ID", help="Group/ID/$export: the patients of one group")
+    which.add_argument("--patient", action="store_true", help="Patient/$export: all patients")
+    which.add_argument("--system", action="store_true", help="$export: the whole system")
+    export.add_argument(
+        "--since", help="FHIR instant for _since (default: the last export's transactionTime, if any)"
+    )
+    export.add_argument("--full", action="store_true", help="ignore the remembered _since")
+    export.add_argument(
+        "--type", action="append", default=[], help="resource type(s) for _type (repeat or comma-separate)"
+    )
+    export.add_argument(
+        "--type-filter",
+        action="append",
+        default=[],
+        help="a _typeFilter query, e.g. 'Observation?status=final'",
+    )
+    export.add_argument("--warehouse", type=Path, default=None, help="DuckDB warehouse file")
+    export.add_argument(
+        "--out", type=Path, default=None, help="download folder (default under the warehouse)"
+    )
+    export.add_argument("--source-system", default=None, help="source system name for the landed files")
+    export.add_argument("--no-run", action="store_true", help="download only; do not land, convert and load")
+    export.add_argument("--no-progress", action="store_true", help="no progress bars")
+    export.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
+    export.add_argument(
+        "--restart", action="store_true", help="drop an unfinished job of this server and scope, start anew"
+    )
+    export.add_argument(
+        "--max-wait", type=float, default=None, help="seconds to wait for the job (default 24h)"
+    )
+    auth = export.add_argument_group("SMART Backend Services auth (omit for an open server)")
+    auth.add_argument("--client-id", default=os.environ.get("EHRLIFT_EXPORT_CLIENT_ID"))
+    auth.add_argument(
+        "--key",
+        type=Path,
+        default=os.environ.get("EHRLIFT_EXPORT_KEY") or None,
+        help="private key: JWKS (JSON) or PEM file",
+    )
+    auth.add_argument("--kid", default=None, help="key id registered with the server (needed for PEM)")
+    auth.add_argument("--alg", choices=("RS384", "ES384"), default=None)
+    auth.add_argument("--token-url", default=None, help="default: from .well-known/smart-configuration")
+    auth.add_argument("--scope", default="system/*.read", help="e.g. system/*.read or system/*.rs")
+    export.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pipelines.export.client import Timing
+    from pipelines.export.runner import ExportOptions, run_export
+
+    scope = "group" if args.group else "patient" if args.patient else "system"
+    types = tuple(t.strip() for value in args.type for t in value.split(",") if t.strip())
+    timing = Timing(max_wait=args.max_wait) if args.max_wait else Timing()
+    warehouse = args.warehouse or RunConfig.from_env(()).warehouse
+    result = run_export(
+        ExportOptions(
+            server=args.server,
+            scope=scope,
+            group=args.group,
+            since=args.since,
+            full=args.full,
+            types=types,
+            type_filters=tuple(args.type_filter),
+            warehouse=warehouse,
+            out=args.out,
+            source_system=args.source_system,
+            run=not args.no_run,
+            progress=not args.no_progress,
+            workers=args.workers,
+            restart=args.restart,
+            client_id=args.client_id,
+            key_file=Path(args.key) if args.key else None,
+            kid=args.kid,
+            alg=args.alg,
+            token_url=args.token_url,
+            auth_scope=args.scope,
+            timing=timing,
+        )
+    )
+    files = result.files
+    out.print(
+        f"export {'resumed' if result.resumed else 'done'}: transactionTime {result.transaction_time}, "
+        f"since {result.since_used or '(full export)'}"
+    )
+    out.print(
+        f"  files: {files['output']} output, {files['error']} error, {files['deleted']} deleted "
+        f"({result.fetched_now} fetched now, {result.bytes:,} bytes); "
+        f"job deleted on server: {'yes' if result.deleted_on_server else 'no'}"
+    )
+    if result.resources:
+        out.print("  resources: " + ", ".join(f"{t} {n}" for t, n in sorted(result.resources.items())))
+    if result.error_issues:
+        out.print(
+            "  server error issues: " + ", ".join(f"{c} {n}" for c, n in sorted(result.error_issues.items()))
+        )
+    out.print(f"  downloaded to: {result.out_dir}", soft_wrap=True)
+    if result.run_summary is not None:
+        print_summary(
+            result.run_summary, RunConfig((), warehouse=warehouse, run_id=result.run_summary.run_id)
+        )
+    else:
+        out.print(f"not run (--no-run): migrate with `ehrlift run {result.manifest_path}`", soft_wrap=True)
+    return int(ExitCode.OK)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ FHIR_BUNDLE = "fhir-bundle"
 FHIR_RESOURCE = "fhir-resource"
 FHIR_MANIFEST = "fhir-bulk-manifest"
 FHIR_EXPORT_LOG = "fhir-export-log"
+FHIR_EXPORT_ERRORS = "fhir-export-errors"
 JSON_OTHER = "json-other"
 JSON_INVALID = "json-invalid"
 HL7V2 = "hl7v2"
@@ -105,6 +106,9 @@ def _detect_json(path: Path, body: bytes) -> tuple[str, str | None]:
         return JSON_OTHER, "first line is not a JSON object"
     if "exportId" in obj and "eventId" in obj:
         return FHIR_EXPORT_LOG, None
+    if obj.get("resourceType") == "OperationOutcome":
+        # A bulk export's error file: the server's processing errors, not clinical data.
+        return FHIR_EXPORT_ERRORS, None
     if rest.strip():
         # Several JSON lines: NDJSON even when the first lacks resourceType (its line is quarantined).
         return FHIR_NDJSON, None

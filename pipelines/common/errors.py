@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     TERMINOLOGY = 6  # required terminology content is missing
     GATE_BLOCKED = 7  # a critical data-quality expectation failed: back-load is blocked
     TESTS_FAILED = 8  # `ehrlift views test` ran and some cases failed
+    REMOTE = 9  # a FHIR server or token endpoint refused, failed or could not be reached
     INTERRUPTED = 130  # stopped by the operator (Ctrl-C); a re-run resumes cleanly
     INTERNAL = 70  # a bug in ehrlift: please report it with the run id
 

@@ -53,6 +53,7 @@ WHOLE_FILE: dict[str, WholeFileOutcome] = {
     formats.JSON_OTHER: WholeFileOutcome("quarantined", "json_not_fhir", "JSON that is not FHIR"),
     formats.JSON_INVALID: WholeFileOutcome("quarantined", "invalid_json", "JSON document is not valid"),
     formats.FHIR_EXPORT_LOG: WholeFileOutcome("skipped", "export_log", ""),
+    formats.FHIR_EXPORT_ERRORS: WholeFileOutcome("skipped", "export_error_file", ""),
     formats.CCDA: WholeFileOutcome("quarantined", "no_converter", "C-CDA has no converter in this version"),
 }
 

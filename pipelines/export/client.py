@@ -1,0 +1,466 @@
+"""The Bulk Data Access protocol: kick-off, status polling, manifest, file downloads and job deletion.
+
+Every request loop is bounded (attempt counts and a deadline); waits honour Retry-After (seconds or an
+HTTP-date) within [min, max] limits, else back off exponentially with jitter. Tokens go only where the
+rules allow: the server's own origin, and file URLs when the manifest says requiresAccessToken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urljoin
+
+import httpx
+import orjson
+
+from pipelines.export.auth import BackendAuth
+from pipelines.export.state import fsync_dir
+from pipelines.export.web import (
+    USER_AGENT,
+    RemoteError,
+    outcome_is_transient,
+    outcome_summary,
+    require_secure,
+    retry_after_seconds,
+    same_origin,
+)
+
+log = logging.getLogger(__name__)
+# httpx logs every request URL at INFO; file URLs can be signed (their query is a credential) and
+# _typeFilter queries can name patients, so its messages stay below what `-v` shows.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+FHIR_JSON = "application/fhir+json"
+NDJSON = "application/fhir+ndjson"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_REDIRECTS = 5
+CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Waiting rules; tests shrink them, the defaults suit a production server."""
+
+    poll_min: float = 1.0  # never poll faster than this, whatever Retry-After says
+    poll_max: float = 120.0  # never wait longer than this between polls
+    max_wait: float = 24 * 3600.0  # give up on a job that is not done after this long
+    retry_base: float = 1.0
+    retry_max: float = 60.0
+    attempts: int = 6  # tries per request (or per file download) before it counts as failed
+    connect_timeout: float = 15.0
+    read_timeout: float = 120.0
+
+
+@dataclass
+class FileOutcome:
+    status: str  # done | failed
+    sha256: str | None = None
+    bytes: int = 0
+    lines: int = 0
+    reason: str | None = None
+    attempts: int = 0
+    detail: str | None = None
+
+
+@dataclass
+class Manifest:
+    transaction_time: str
+    requires_access_token: bool
+    output: list[dict[str, Any]]
+    error: list[dict[str, Any]]
+    deleted: list[dict[str, Any]]
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+class DownloadFailed(Exception):
+    def __init__(self, reason: str, detail: str, retry: bool, wait: float | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.retry = retry
+        self.wait = wait
+        self.token_generation: int | None = None  # set when a sent token was refused (401)
+
+
+def parse_manifest(body: bytes, status_url: str) -> Manifest:
+    """The completion manifest, checked for the fields the IG requires; relative URLs resolved."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise RemoteError("the export's completion manifest is not JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("output"), list):
+        raise RemoteError("the export's completion manifest has no output array")
+    if not isinstance(doc.get("transactionTime"), str) or "requiresAccessToken" not in doc:
+        raise RemoteError("the export's completion manifest lacks transactionTime or requiresAccessToken")
+
+    if doc.get("link"):
+        # Partial manifests come only when a kick-off asks for them (allowPartialManifests), which
+        # ehrlift never does; following them half-way would silently miss files.
+        raise RemoteError("the export's manifest links to further manifests, which ehrlift does not follow")
+
+    def entries(name: str) -> list[dict[str, Any]]:
+        items = doc.get(name) or []
+        if not isinstance(items, list):
+            raise RemoteError(f"the manifest's {name} is not an array")
+        out = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("url"), str) or not item["url"]:
+                raise RemoteError(f"an entry of the manifest's {name} array has no url")
+            url = require_secure(urljoin(status_url, item["url"]), "an export file URL")
+            out.append({**item, "url": url})
+        return out
+
+    return Manifest(
+        transaction_time=doc["transactionTime"],
+        requires_access_token=doc["requiresAccessToken"] is True,
+        output=entries("output"),
+        # Bulk Data 2.0 names the OperationOutcome files `error`; 3.0 names them `outcome`.
+        error=entries("error") + entries("outcome"),
+        deleted=entries("deleted"),
+        raw=doc,
+    )
+
+
+class BulkClient:
+    """One FHIR server's bulk export endpoints, over one pooled httpx client shared by worker threads."""
+
+    def __init__(
+        self,
+        server: str,
+        auth: BackendAuth | None = None,
+        timing: Timing | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.server = require_secure(server.rstrip("/"), "the FHIR server URL")
+        self.auth = auth
+        self.timing = timing or Timing()
+        self.sleep = sleep
+        self.http = http or httpx.Client(
+            timeout=httpx.Timeout(self.timing.read_timeout, connect=self.timing.connect_timeout),
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
+        self.requests = 0
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    def _token_for(self, url: str, files_need_token: bool | None) -> tuple[str, int] | None:
+        """A bearer token for url, or None; files_need_token: None for API calls, else the manifest's flag."""
+        if self.auth is None:
+            return None
+        if files_need_token is None:
+            if not same_origin(url, self.server):
+                return None  # never hand the token to another host's status endpoint
+        elif not files_need_token:
+            return None
+        return self.auth.token(self.http, self.server)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        *,
+        retry_statuses: frozenset[int] = RETRY_STATUSES,
+    ) -> httpx.Response:
+        """One API request (not a download) with 401 → one refresh, and bounded retries."""
+        require_secure(url, "a bulk export URL")
+        refreshed = False
+        for attempt in range(1, self.timing.attempts + 1):
+            token = self._token_for(url, None)
+            sent = dict(headers)
+            if token:
+                sent["Authorization"] = f"Bearer {token[0]}"
+            try:
+                self.requests += 1
+                response = self.http.request(method, url, headers=sent)
+            except httpx.TransportError as exc:
+                if attempt == self.timing.attempts:
+                    raise RemoteError(
+                        f"cannot reach the FHIR server after {attempt} attempts ({type(exc).__name__})"
+                    ) from None
+                self.sleep(self.backoff(attempt))
+                continue
+            if response.status_code == 401 and token and not refreshed and self.auth is not None:
+                refreshed = True
+                self.auth.refresh_after_401(self.http, self.server, token[1])
+                continue
+            if response.status_code in retry_statuses and attempt < self.timing.attempts:
+                self.sleep(self.backoff(attempt, response.headers.get("Retry-After")))
+                continue
+            return response
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+    def backoff(self, attempt: int, retry_after: str | None = None) -> float:
+        asked = retry_after_seconds(retry_after)
+        if asked is not None:
+            return min(max(asked, 0.0), self.timing.retry_max)
+        base = self.timing.retry_base * (2 ** (attempt - 1))
+        return min(self.timing.retry_max, base * random.uniform(0.5, 1.0))  # noqa: S311 (jitter, not crypto)
+
+    # -- the protocol ---------------------------------------------------------------------------------
+
+    def kickoff_url(
+        self,
+        scope: str,
+        group: str | None,
+        since: str | None,
+        types: tuple[str, ...],
+        type_filters: tuple[str, ...],
+    ) -> str:
+        path = {"system": "$export", "patient": "Patient/$export"}.get(scope)
+        if scope == "group":
+            if not group:
+                raise RemoteError("a group export needs a group id")
+            path = f"Group/{quote(group, safe='')}/$export"
+        if path is None:
+            raise RemoteError(f"unknown export scope {scope!r}")
+        params: list[tuple[str, str]] = [("_outputFormat", NDJSON)]
+        if since:
+            params.append(("_since", since))
+        if types:
+            params.append(("_type", ",".join(types)))
+        # Repeated _typeFilter parameters, as the IG allows: a filter can itself hold commas.
+        params.extend(("_typeFilter", f) for f in type_filters)
+        return f"{self.server}/{path}?{urlencode(params)}"
+
+    def kickoff(self, url: str) -> str:
+        """Start the export; returns the absolute status URL from Content-Location."""
+        # A 500 answers this request itself; only throttling and gateways are worth asking again.
+        response = self.request(
+            "GET",
+            url,
+            {"Accept": FHIR_JSON, "Prefer": "respond-async"},
+            retry_statuses=frozenset({429, 502, 503, 504}),
+        )
+        if response.status_code != 202:
+            raise RemoteError(
+                f"the server refused the export request: HTTP {response.status_code}, "
+                f"{outcome_summary(response)}",
+                hint=_hint_for(response.status_code),
+            )
+        location = response.headers.get("Content-Location")
+        if not location:
+            raise RemoteError("the server accepted the export but sent no Content-Location status URL")
+        return require_secure(urljoin(url, location), "the export status URL")
+
+    def poll(self, status_url: str, on_progress: Callable[[str | None], None] | None = None) -> Manifest:
+        """Poll until the manifest is ready, honouring Retry-After and a bounded backoff."""
+        started = time.monotonic()
+        waited = 0.0  # the waits asked for; counts even where the sleep function is not the clock's
+        wait = self.timing.poll_min
+        failures = 0
+        while True:
+            response = self.request(
+                "GET", status_url, {"Accept": "application/json"}, retry_statuses=frozenset()
+            )
+            code = response.status_code
+            if code == 200:
+                return parse_manifest(response.content, status_url)
+            if code == 202:
+                failures = 0
+                if on_progress:
+                    on_progress(_progress_text(response.headers.get("X-Progress")))
+                asked = retry_after_seconds(response.headers.get("Retry-After"))
+                wait = asked if asked is not None else min(wait * 1.5, self.timing.poll_max)
+            elif code == 429 or (
+                code >= 500 and (outcome_is_transient(response) or not _has_outcome(response))
+            ):
+                # The IG: a 5xx with an OperationOutcome means the job failed, unless its issues say
+                # 'transient'; a 5xx without one comes from a proxy or gateway and is worth retrying.
+                failures += 1
+                if failures >= self.timing.attempts:
+                    raise RemoteError(
+                        f"the export status endpoint kept failing: HTTP {code}, {outcome_summary(response)}"
+                    )
+                asked = retry_after_seconds(response.headers.get("Retry-After"))
+                wait = asked if asked is not None else self.backoff(failures)
+            elif code in (404, 410):
+                raise JobFailed(f"the export job is gone on the server (HTTP {code})")
+            elif code in (401, 403):
+                # The client's credentials, not the job, are the problem: keep the job to resume.
+                raise RemoteError(
+                    f"the server refused the status request: HTTP {code}, {outcome_summary(response)}",
+                    hint=_hint_for(code),
+                )
+            else:
+                raise JobFailed(
+                    f"the export job failed: HTTP {code}, {outcome_summary(response)}",
+                    hint=_hint_for(code),
+                )
+            wait = min(max(wait, self.timing.poll_min), self.timing.poll_max)
+            if max(time.monotonic() - started, waited) + wait > self.timing.max_wait:
+                raise RemoteError(
+                    f"the export job was not done after {self.timing.max_wait:.0f} s",
+                    hint="re-run the same command later: it resumes polling the same job",
+                )
+            self.sleep(wait)
+            waited += wait
+
+    def delete(self, status_url: str) -> bool:
+        """Ask the server to drop the job's files (the IG's DELETE on the status URL); True if accepted."""
+        try:
+            response = self.request("DELETE", status_url, {"Accept": FHIR_JSON})
+        except RemoteError:
+            return False
+        return response.status_code in (200, 202, 204, 404, 410)
+
+    def download(
+        self,
+        url: str,
+        target: Path,
+        requires_token: bool,
+        expected_count: int | None,
+        on_bytes: Callable[[int], None] | None = None,
+        expected_size: int | None = None,
+    ) -> FileOutcome:
+        """Fetch one file to target (via target.part, fsynced, renamed), retrying what can be retried."""
+        refreshed = False
+        for attempt in range(1, self.timing.attempts + 1):
+            try:
+                outcome = self._download_once(
+                    url, target, requires_token, expected_count, expected_size, on_bytes
+                )
+                outcome.attempts = attempt
+                return outcome
+            except DownloadFailed as exc:
+                if exc.token_generation is not None and not refreshed and self.auth is not None:
+                    refreshed = True  # one new token, then the 401 stands
+                    self.auth.refresh_after_401(self.http, self.server, exc.token_generation)
+                    continue
+                if not exc.retry or attempt == self.timing.attempts:
+                    return FileOutcome("failed", reason=exc.reason, attempts=attempt, detail=exc.detail)
+                self.sleep(exc.wait if exc.wait is not None else self.backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _download_once(
+        self,
+        url: str,
+        target: Path,
+        requires_token: bool,
+        expected_count: int | None,
+        expected_size: int | None,
+        on_bytes: Callable[[int], None] | None,
+    ) -> FileOutcome:
+        part = target.with_name(target.name + ".part")
+        current = url
+        send_token = requires_token
+        for _hop in range(MAX_REDIRECTS + 1):
+            require_secure(current, "an export file URL")
+            headers = {"Accept": NDJSON}
+            token = self._token_for(current, True) if send_token else None
+            if token:
+                headers["Authorization"] = f"Bearer {token[0]}"
+            self.requests += 1
+            counted = 0
+            try:
+                with self.http.stream("GET", current, headers=headers) as response:
+                    code = response.status_code
+                    if code in (301, 302, 303, 307, 308) and response.headers.get("Location"):
+                        nxt = urljoin(current, response.headers["Location"])
+                        # A token follows a redirect only within the same origin (signed storage URLs
+                        # elsewhere carry their own authority).
+                        send_token = send_token and same_origin(nxt, current)
+                        current = nxt
+                        continue
+                    if code != 200:
+                        failure = _failure_for(response)
+                        if code == 401 and token:
+                            failure.token_generation = token[1]
+                        raise failure
+                    digest = hashlib.sha256()
+                    size = lines = 0
+                    last = b"\n"
+                    with part.open("wb") as fh:
+                        for chunk in response.iter_bytes(CHUNK):
+                            fh.write(chunk)
+                            digest.update(chunk)
+                            size += len(chunk)
+                            lines += chunk.count(b"\n")
+                            last = chunk[-1:]
+                            if on_bytes:
+                                on_bytes(len(chunk))
+                                counted += len(chunk)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+            except httpx.TransportError as exc:
+                # Includes a connection dropped mid-body and a body shorter than its Content-Length.
+                if on_bytes and counted:
+                    on_bytes(-counted)
+                raise DownloadFailed(
+                    "export_download_failed", f"transfer broke off ({type(exc).__name__})", True
+                ) from None
+            if last != b"\n" and size:
+                lines += 1
+            # The manifest's count and fileSize are the server's own: a mismatch means a cut-off body.
+            problem = None
+            if expected_count is not None and lines != expected_count:
+                problem = f"{lines} lines where the manifest says {expected_count}"
+            elif expected_size is not None and size != expected_size:
+                problem = f"{size} bytes where the manifest says {expected_size}"
+            if problem:
+                if on_bytes:
+                    on_bytes(-size)
+                raise DownloadFailed("export_file_truncated", problem, True)
+            os.replace(part, target)
+            fsync_dir(target.parent)
+            return FileOutcome("done", sha256=digest.hexdigest(), bytes=size, lines=lines)
+        raise DownloadFailed("export_download_failed", "too many redirects", False)
+
+
+class JobFailed(RemoteError):
+    """The server says the job failed, expired or was deleted: it cannot be resumed, only started anew."""
+
+
+def _failure_for(response: httpx.Response) -> DownloadFailed:
+    code = response.status_code
+    response.read()
+    wait = retry_after_seconds(response.headers.get("Retry-After"))
+    if code in RETRY_STATUSES:
+        return DownloadFailed("export_download_failed", f"HTTP {code}", True, wait)
+    if code == 401:
+        return DownloadFailed("export_file_unauthorized", "HTTP 401", False)
+    if code == 403:
+        return DownloadFailed("export_file_forbidden", "HTTP 403", False)
+    if code in (404, 410):
+        return DownloadFailed("export_file_gone", f"HTTP {code}", False)
+    return DownloadFailed("export_download_failed", f"HTTP {code}, {outcome_summary(response)}", False)
+
+
+def _has_outcome(response: httpx.Response) -> bool:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and body.get("resourceType") == "OperationOutcome"
+
+
+def _progress_text(value: str | None) -> str | None:
+    # X-Progress is free text from the server; show a short printable slice of it, nothing more.
+    if not value:
+        return None
+    text = "".join(ch for ch in value if ch.isprintable())[:40]
+    return text or None
+
+
+def _hint_for(code: int) -> str | None:
+    return {
+        400: "check --type, --type-filter and --since; the server may not support them",
+        401: "the server wants a token: pass --client-id and --key",
+        403: "the client's scopes do not allow this export",
+        404: "check the server URL and group id",
+        422: "the server rejected the parameters",
+    }.get(code)

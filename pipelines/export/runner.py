@@ -1,0 +1,443 @@
+"""`ehrlift export`: one resumable bulk export job, from kick-off to landed files and the normal run."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from pipelines.common.config import DEFAULT_SOURCE_SYSTEM, RunConfig
+from pipelines.common.errors import ConfigError
+from pipelines.common.reasons import check_reason
+from pipelines.export.auth import DEFAULT_SCOPE, BackendAuth, load_signing_key
+from pipelines.export.client import BulkClient, JobFailed, Manifest, Timing, parse_manifest
+from pipelines.export.state import ExportKey, ExportState, write_durably
+from pipelines.export.web import RemoteError
+from pipelines.summary import RunSummary
+
+log = logging.getLogger(__name__)
+_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+KIND_DIRS = {"output": "", "error": "error/", "deleted": "deleted/"}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    server: str
+    scope: str  # system | patient | group
+    warehouse: Path
+    group: str | None = None
+    since: str | None = None
+    full: bool = False  # ignore the remembered _since
+    types: tuple[str, ...] = ()
+    type_filters: tuple[str, ...] = ()
+    out: Path | None = None
+    source_system: str | None = None
+    run: bool = True
+    progress: bool = True
+    workers: int = 4
+    restart: bool = False
+    client_id: str | None = None
+    key_file: Path | None = None
+    kid: str | None = None
+    alg: str | None = None
+    token_url: str | None = None
+    auth_scope: str = DEFAULT_SCOPE
+    timing: Timing = field(default_factory=Timing)
+
+    def key(self) -> ExportKey:
+        return ExportKey(
+            server=self.server.rstrip("/"),
+            scope=self.scope,
+            group=self.group,
+            types=tuple(sorted(set(self.types))),
+            type_filters=tuple(sorted(set(self.type_filters))),
+        )
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    transaction_time: str
+    since_used: str | None
+    resumed: bool
+    files: Counter[str] = field(default_factory=Counter)  # output / error / deleted files downloaded
+    fetched_now: int = 0  # files fetched by this invocation (the rest were finished before a crash)
+    resources: Counter[str] = field(default_factory=Counter)  # lines per resource type in output files
+    bytes: int = 0
+    error_issues: Counter[str] = field(default_factory=Counter)  # "severity/code" of OperationOutcomes
+    deleted_on_server: bool = False
+    run_summary: RunSummary | None = None
+    manifest_path: Path | None = None
+
+
+def run_export(options: ExportOptions, sleep: Callable[[float], None] = time.sleep) -> ExportResult:
+    """Start (or resume) the export of this server and scope, download it, land and run it."""
+    _check_options(options)
+    auth = _auth(options)
+    key = options.key()
+    with ExportState(options.warehouse.parent / "exports", key) as state:
+        client = BulkClient(key.server, auth, options.timing, sleep)
+        try:
+            return _export(options, state, client)
+        finally:
+            client.close()
+
+
+def _check_options(options: ExportOptions) -> None:
+    for t in options.types:
+        if not _TYPE.fullmatch(t):
+            raise ConfigError(f"--type {t!r} is not a FHIR resource type name")
+    if options.source_system:
+        RunConfig((), source_system=options.source_system)  # checks the name before anything is fetched
+    if options.workers < 1 or options.workers > 32:
+        raise ConfigError("--workers must be 1-32")
+    if options.since and options.full:
+        raise ConfigError("--since and --full contradict each other")
+    if options.since and not re.fullmatch(
+        r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", options.since
+    ):
+        raise ConfigError("--since must be a FHIR instant, for example 2024-01-31T00:00:00Z")
+
+
+def _auth(options: ExportOptions) -> BackendAuth | None:
+    if not options.client_id:
+        if options.key_file:
+            raise ConfigError("--key needs --client-id")
+        return None
+    if not options.key_file:
+        raise ConfigError("--client-id needs --key (a JWKS or PEM private key file)")
+    key = load_signing_key(options.key_file, options.kid, options.alg)
+    return BackendAuth(options.client_id, key, options.token_url, options.auth_scope)
+
+
+def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> ExportResult:
+    job = state.job
+    if job and options.restart:
+        if job.get("status_url"):
+            client.delete(job["status_url"])
+        state.drop_job()
+        job = None
+    stored_system = state.data.get("source_system")
+    source_system = options.source_system or stored_system or DEFAULT_SOURCE_SYSTEM
+    if stored_system and source_system != stored_system:
+        raise ConfigError(
+            f"this server and scope were exported under source system {stored_system!r}",
+            hint="keep the same --source-system, or record ids would change between incremental runs",
+        )
+    resumed = job is not None
+    if job is None:
+        since = options.since or (None if options.full else state.since)
+        kickoff = client.kickoff_url(options.scope, options.group, since, options.types, options.type_filters)
+        started = datetime.now(UTC)
+        out_dir = (options.out or state.dir / f"job-{started:%Y%m%dT%H%M%SZ}").resolve()
+        job = {
+            "kickoff_url": kickoff,
+            "since": since,
+            "started_at": started.isoformat(),
+            "out_dir": str(out_dir),
+            "source_system": source_system,
+            "status_url": None,
+            "manifest": None,
+            "files": [],
+            "deleted_on_server": False,
+        }
+        state.data["source_system"] = source_system
+        status_url = client.kickoff(kickoff)
+        job["status_url"] = status_url
+        state.start_job(job)
+        log.info("export started; polling its status")
+    else:
+        if (options.since and options.since != job["since"]) or (options.full and job["since"]):
+            raise ConfigError(
+                "an unfinished export of this server and scope uses another --since",
+                hint="re-run without changing it to resume, or pass --restart to start over",
+            )
+        if options.out and options.out.resolve() != Path(job["out_dir"]):
+            raise ConfigError(
+                "an unfinished export of this server and scope writes to another folder",
+                hint=f"re-run with --out {job['out_dir']} or pass --restart",
+            )
+        log.info("resuming the unfinished export of this server and scope")
+    out_dir = Path(job["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    with _Display(options.progress) as display:
+        if job["manifest"] is None:
+            try:
+                manifest = client.poll(job["status_url"], display.job_progress)
+            except JobFailed as exc:
+                # A failed or vanished job cannot be resumed: forget it so the next run starts anew.
+                client.delete(job["status_url"])
+                state.drop_job()
+                raise RemoteError(
+                    exc.message, hint=exc.hint or "re-run the same command to start a new export"
+                ) from None
+            job["manifest"] = manifest.raw
+            job["files"] = _plan(manifest)
+            state.save()
+        manifest = parse_manifest(orjson.dumps(job["manifest"]), job["status_url"])
+        result = ExportResult(out_dir, manifest.transaction_time, job["since"], resumed)
+        _download_all(options, state, client, manifest, out_dir, result, display)
+
+    failed = [f for f in job["files"] if f["status"] == "failed"]
+    if failed:
+        reasons = Counter(f["reason"] for f in failed)
+        raise RemoteError(
+            f"{len(failed)} of {len(job['files'])} export files could not be downloaded "
+            f"({', '.join(f'{r} {n}' for r, n in sorted(reasons.items()))})",
+            hint=(
+                "the server no longer has them: run again with --restart for a new export"
+                if set(reasons) <= {"export_file_gone"}
+                else "re-run the same command to retry them; finished files are kept and not fetched again"
+            ),
+        )
+    _summarise(job, out_dir, result)
+    result.manifest_path = _write_local_manifest(job, manifest, out_dir)
+    if not job["deleted_on_server"]:
+        job["deleted_on_server"] = client.delete(job["status_url"])
+        state.save()
+    result.deleted_on_server = job["deleted_on_server"]
+    if options.run:
+        result.run_summary = _run_pipeline(options, job, result.manifest_path, out_dir)
+    state.finish_job(
+        manifest.transaction_time,
+        {
+            "transaction_time": manifest.transaction_time,
+            "since": job["since"],
+            "finished_at": datetime.now(UTC).isoformat(),
+            "out_dir": job["out_dir"],
+            "files": dict(result.files),
+            "resources": sum(result.resources.values()),
+            "run_id": result.run_summary.run_id if result.run_summary else None,
+        },
+    )
+    return result
+
+
+def _plan(manifest: Manifest) -> list[dict[str, Any]]:
+    """One record per file the manifest lists, with its local name (type and a sequence number)."""
+    files: list[dict[str, Any]] = []
+    seen: Counter[str] = Counter()
+    for kind, entries in (
+        ("output", manifest.output),
+        ("error", manifest.error),
+        ("deleted", manifest.deleted),
+    ):
+        for entry in entries:
+            rtype = entry.get("type") if isinstance(entry.get("type"), str) else ""
+            rtype = rtype if _TYPE.fullmatch(rtype) else "Unknown"
+            seen[kind + rtype] += 1
+            count, size = entry.get("count"), entry.get("fileSize")
+            files.append(
+                {
+                    "kind": kind,
+                    "type": rtype,
+                    "url": entry["url"],
+                    "name": f"{KIND_DIRS[kind]}{rtype}.{seen[kind + rtype]:03d}.ndjson",
+                    "count": count if isinstance(count, int) and count >= 0 else None,
+                    # A deleted file's count is of resources, not lines (a Bundle may hold several).
+                    "check_lines": kind != "deleted" and isinstance(count, int) and count >= 0,
+                    "file_size": size if isinstance(size, int) and size >= 0 else None,
+                    "status": "pending",
+                }
+            )
+    return files
+
+
+def _download_all(
+    options: ExportOptions,
+    state: ExportState,
+    client: BulkClient,
+    manifest: Manifest,
+    out_dir: Path,
+    result: ExportResult,
+    display: _Display,
+) -> None:
+    files = state.job["files"] if state.job else []
+    todo = []
+    for f in files:
+        path = out_dir / f["name"]
+        if f["status"] == "done" and path.is_file() and path.stat().st_size == f["bytes"]:
+            continue  # finished before a crash: never fetched again
+        f["status"] = "pending"
+        todo.append(f)
+    lock = threading.Lock()
+    advance_files, advance_bytes = display.downloads(len(files), len(files) - len(todo))
+
+    def fetch(f: dict[str, Any]) -> None:
+        target = out_dir / f["name"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        outcome = client.download(
+            f["url"],
+            target,
+            manifest.requires_access_token,
+            f["count"] if f.get("check_lines") else None,
+            on_bytes=advance_bytes,
+            expected_size=f.get("file_size"),
+        )
+        with lock:
+            f.update(
+                status=outcome.status,
+                sha256=outcome.sha256,
+                bytes=outcome.bytes,
+                lines=outcome.lines,
+                attempts=outcome.attempts,
+                detail=outcome.detail,  # HTTP status or transfer error class: no record values
+                reason=check_reason(outcome.reason, "quarantined") if outcome.reason else None,
+            )
+            state.save()  # each finished file is durable before the next one counts
+            if outcome.status == "done":
+                result.fetched_now += 1
+            advance_files()
+
+    with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="export") as pool:
+        futures = [pool.submit(fetch, f) for f in todo]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()  # Ctrl-C or a bug: stop queued files; finished ones are already saved
+            raise
+
+
+def _summarise(job: dict[str, Any], out_dir: Path, result: ExportResult) -> None:
+    for f in job["files"]:
+        result.files[f["kind"]] += 1
+        result.bytes += f["bytes"]
+        if f["kind"] == "output":
+            result.resources[f["type"]] += f["lines"]
+        elif f["kind"] == "error":
+            result.error_issues.update(_issue_codes(out_dir / f["name"]))
+
+
+def _issue_codes(path: Path) -> Iterator[str]:
+    """severity/code of each issue in an error file; diagnostics text is never read out."""
+    with path.open("rb") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                outcome = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                yield "unreadable"
+                continue
+            issues = outcome.get("issue") if isinstance(outcome, dict) else None
+            for issue in issues if isinstance(issues, list) else []:
+                if isinstance(issue, dict):
+                    yield f"{issue.get('severity', '?')}/{issue.get('code', '?')}"
+
+
+def _write_local_manifest(job: dict[str, Any], manifest: Manifest, out_dir: Path) -> Path:
+    """The server's manifest with each URL replaced by the downloaded file's name, for the landing stage."""
+
+    def entries(kind: str) -> list[dict[str, Any]]:
+        out = []
+        for f in job["files"]:
+            if f["kind"] == kind:
+                entry: dict[str, Any] = {"type": f["type"], "url": f["name"]}
+                if f["count"] is not None:
+                    entry["count"] = f["count"]
+                out.append(entry)
+        return out
+
+    local = {
+        "transactionTime": manifest.transaction_time,
+        "request": manifest.raw.get("request"),
+        "requiresAccessToken": False,
+        "output": entries("output"),
+        "error": entries("error"),
+        "deleted": entries("deleted"),
+    }
+    path = out_dir / "manifest.json"
+    write_durably(path, orjson.dumps(local, option=orjson.OPT_INDENT_2))
+    return path
+
+
+def _run_pipeline(
+    options: ExportOptions, job: dict[str, Any], manifest_path: Path, out_dir: Path
+) -> RunSummary:
+    """land → convert → load of the manifest (it brings its outputs and error files) and deleted files."""
+    from pipelines.run import run_pipeline
+
+    deleted = [str(out_dir / f["name"]) for f in job["files"] if f["kind"] == "deleted"]
+    config = RunConfig(
+        sources=(str(manifest_path), *deleted),
+        warehouse=options.warehouse,
+        source_system=job["source_system"],
+        progress=options.progress,
+    )
+    return run_pipeline(config)
+
+
+class _Display:
+    """Progress on stderr: a spinner with the server's X-Progress while polling, then files and bytes."""
+
+    def __init__(self, enabled: bool) -> None:
+        console = Console(stderr=True)
+        self.progress = (
+            Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description:<12}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+            )
+            if enabled and console.is_terminal
+            else None
+        )
+        self._job_task = None
+
+    def __enter__(self) -> _Display:
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def job_progress(self, text: str | None) -> None:
+        if not self.progress:
+            return
+        description = f"export job {text}" if text else "export job"
+        if self._job_task is None:
+            self._job_task = self.progress.add_task(description, total=None)
+        self.progress.update(self._job_task, description=description)
+
+    def downloads(self, total: int, done: int) -> tuple[Callable[[], None], Callable[[int], None]]:
+        if not self.progress:
+            return (lambda: None), (lambda _n: None)
+        progress = self.progress
+        if self._job_task is not None:
+            progress.update(self._job_task, total=1, completed=1)
+        files = progress.add_task("files", total=total, completed=done)
+        received = [0]
+        lock = threading.Lock()
+
+        def on_bytes(n: int) -> None:
+            with lock:
+                received[0] += n
+                progress.update(files, description=f"files {received[0] / 1e6:,.1f} MB")
+
+        return (lambda: progress.advance(files)), on_bytes
