@@ -1,4 +1,4 @@
--- ehrlift warehouse contract, version 2 (additive over 1: ops.unconsumed, fhir.*.reference_only). Later stages rely on these names: change them only with a
+-- ehrlift warehouse contract, version 3 (additive over 2; 2 added ops.unconsumed and fhir.*.reference_only). Later stages rely on these names: change them only with a
 -- migration in pipelines/common/warehouse.py and a note in the README.
 
 CREATE SCHEMA IF NOT EXISTS ops;

@@ -4,23 +4,9 @@ from __future__ import annotations
 
 import getpass
 import os
-import re
-from functools import cache
 
 import duckdb
 import orjson
-
-from pipelines.common.paths import shipped
-
-
-@cache
-def _audit_ddl() -> str:
-    # The one definition is in the warehouse contract; warehouses created before it get the table here.
-    sql = (shipped("schemas") / "warehouse.sql").read_text(encoding="utf-8")
-    m = re.search(r"CREATE TABLE IF NOT EXISTS ops\.phi_access \(.*?\n\);", sql, re.S)
-    if m is None:
-        raise RuntimeError("schemas/warehouse.sql lacks the ops.phi_access table")
-    return m.group(0)
 
 
 def os_user() -> str:
@@ -39,7 +25,6 @@ def record_access(
     detail: str | None = None,
 ) -> None:
     """Append one audit row; tables maps 'schema.table' to the number of rows read or written."""
-    con.execute(_audit_ddl())
     con.execute(
         "INSERT INTO ops.phi_access VALUES (now(), ?, ?, ?, ?, ?, ?)",
         [
