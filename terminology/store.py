@@ -241,6 +241,7 @@ def _counts(release: Release) -> dict[str, int]:
     counts = {name: len(getattr(release, name)) for name in _COLUMNS}
     counts["inactive"] = sum(1 for c in release.concepts if c[2] == "inactive")
     counts["maps"] = len(release.maps)
+    counts.update(release.skipped)
     return counts
 
 

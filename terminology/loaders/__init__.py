@@ -61,6 +61,7 @@ class Release:
     replacements: list[tuple] = field(default_factory=list)  # code, target_code, relation
     maps: list[tuple] = field(default_factory=list)  # terminology.maps columns without map, map_version
     map_name: str | None = None  # the map whose rows this release replaces
+    skipped: dict[str, int] = field(default_factory=dict)  # rows left out on purpose, by why
 
 
 def sha256_files(paths: list[Path]) -> str:

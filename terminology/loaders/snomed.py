@@ -93,14 +93,15 @@ def read(path: Path) -> Release:
     pt_us: dict[str, str] = {}
     pt_gb: dict[str, str] = {}
     designations: list[tuple] = []
-    for line, row in _rows(desc_file, ("id", "active", "conceptId", "typeId", "term")):
+    orphans = 0
+    for _line, row in _rows(desc_file, ("id", "active", "conceptId", "typeId", "term")):
         if row["active"] != "1":
             continue
         cid, did, term = row["conceptId"], row["id"], row["term"]
         if cid not in active:
-            raise TerminologyLoadError(
-                desc_file, line, f"description for concept {cid} not in the concept file"
-            )
+            # An extension can describe concepts of the edition it extends: keep count, load the rest.
+            orphans += 1
+            continue
         if row["typeId"] == FSN:
             fsn[cid] = term
             designations.append((cid, term, "fsn"))
@@ -118,11 +119,18 @@ def read(path: Path) -> Release:
         if name and (tag := _TAG.search(name)):
             release.properties.append((cid, "semantic_tag", tag.group(1)))
     release.designations = designations
+    if orphans:
+        release.skipped["descriptions_of_concepts_not_in_release"] = orphans
 
     if rel_file is not None:
         for _line, row in _rows(rel_file, ("active", "sourceId", "destinationId", "typeId")):
             if row["active"] == "1" and row["typeId"] == IS_A:
-                release.properties.append((row["sourceId"], "is_a", row["destinationId"]))
+                if row["sourceId"] in active:
+                    release.properties.append((row["sourceId"], "is_a", row["destinationId"]))
+                else:
+                    release.skipped["is_a_of_concepts_not_in_release"] = (
+                        release.skipped.get("is_a_of_concepts_not_in_release", 0) + 1
+                    )
     if attr_file is not None:
         reasons: dict[str, str] = {}
         for _line, row in _rows(attr_file, ("active", "refsetId", "referencedComponentId", "valueId")):
