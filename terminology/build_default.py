@@ -317,7 +317,10 @@ def tho_value_set_concepts(pkg: Path, t: Tables, system: str, source: str, versi
                 continue
             for c in inc.get("concept", []):
                 display = c.get("display")
-                if t.concept(system, c["code"], display, "active", None, version):
+                # The GPS gives fully specified names; the display is the name without its semantic tag,
+                # as the RF2 loader does when no preferred term is known.
+                shown = _SEMANTIC_TAG.sub("", display).strip() if system == SNOMED and display else display
+                if t.concept(system, c["code"], shown, "active", None, version):
                     n += 1
                     if system == SNOMED and display:
                         t.designations.append((system, c["code"], display, "fsn"))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 
 import duckdb
@@ -14,18 +16,28 @@ from pipelines.common.warehouse import transaction
 from terminology.loaders import LoadReport, Release, StatusChange
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
-_HEADER = "-- terminology:"
+_TERMINOLOGY_DDL = re.compile(
+    r"\s*CREATE\s+(?:SCHEMA|TABLE)\s+IF\s+NOT\s+EXISTS\s+terminology\b", re.IGNORECASE
+)
 _UTC = "strftime(timezone('UTC', {}), '%Y-%m-%d %H:%M:%SZ')"
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the terminology tables if missing (their DDL is the terminology part of warehouse.sql)."""
+    """Create the terminology tables if missing: the `terminology.` statements of warehouse.sql.
+
+    A warehouse made before these tables existed gets them here, without a contract migration.
+    """
+    con.execute(";\n".join(_terminology_ddl()))
+
+
+@cache
+def _terminology_ddl() -> tuple[str, ...]:
     sql = (shipped("schemas") / "warehouse.sql").read_text(encoding="utf-8")
-    start = sql.find(_HEADER)
-    if start < 0:
-        raise RuntimeError("schemas/warehouse.sql has no terminology section")
-    end = sql.find("\n-- ----", sql.find("\n", sql.find("\n", start) + 1) + 1)
-    con.execute(sql[start : end if end > 0 else None])
+    sql = re.sub(r"--[^\n]*", "", sql)  # comments may hold semicolons
+    statements = tuple(s.strip() for s in sql.split(";") if _TERMINOLOGY_DDL.match(s))
+    if not statements:
+        raise RuntimeError("schemas/warehouse.sql has no terminology tables")
+    return statements
 
 
 def default_sources() -> dict:
