@@ -164,6 +164,12 @@ _MAP_COLUMNS = (
 )
 
 
+def _as_table(rows: list[tuple] | pa.Table, columns: tuple[str, ...]) -> pa.Table:
+    if isinstance(rows, pa.Table):
+        return rows.select(list(columns)).cast(pa.schema([(c, pa.string()) for c in columns]))
+    return _arrow(rows, columns)
+
+
 def _arrow(
     rows: list[tuple], columns: tuple[str, ...], types: dict[str, pa.DataType] | None = None
 ) -> pa.Table:
@@ -194,7 +200,7 @@ def install(con: duckdb.DuckDBPyConnection, release: Release) -> LoadReport:
     report.previous_version = current[0][1] if current else None
     previous_complete = any(c == "complete" for *_rest, c in current)
 
-    staged = {name: _arrow(getattr(release, name), cols) for name, cols in _COLUMNS.items()}
+    staged = {name: _as_table(getattr(release, name), cols) for name, cols in _COLUMNS.items()}
     maps = _arrow(release.maps, _MAP_COLUMNS, {"review_date": pa.date32()})
     names = []
     try:
@@ -251,7 +257,12 @@ def install(con: duckdb.DuckDBPyConnection, release: Release) -> LoadReport:
 
 def _counts(release: Release) -> dict[str, int]:
     counts = {name: len(getattr(release, name)) for name in _COLUMNS}
-    counts["inactive"] = sum(1 for c in release.concepts if c[2] == "inactive")
+    statuses = (
+        release.concepts.column("status").to_pylist()
+        if isinstance(release.concepts, pa.Table)
+        else [c[2] for c in release.concepts]
+    )
+    counts["inactive"] = statuses.count("inactive")
     counts["maps"] = len(release.maps)
     counts.update(release.skipped)
     return counts

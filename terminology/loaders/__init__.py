@@ -6,6 +6,8 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from pipelines.common.errors import EhrliftError, ExitCode, InputNotFoundError
 
 KINDS = ("loinc", "snomed", "rxnorm", "cvx", "codesystem", "conceptmap")
@@ -47,7 +49,11 @@ class LoadReport:
 
 @dataclass
 class Release:
-    """One parsed release, ready to install: rows as tuples in the terminology tables' column order."""
+    """One parsed release, ready to install.
+
+    Each table is a list of tuples in the column order noted, or a pyarrow Table with those column
+    names (what large releases parse into).
+    """
 
     kind: str
     system: str  # the code system URI (for a ConceptMap: the map's URL)
@@ -55,10 +61,10 @@ class Release:
     source: str
     sha256: str
     content: str = "complete"
-    concepts: list[tuple] = field(default_factory=list)  # code, display, status, status_detail
-    designations: list[tuple] = field(default_factory=list)  # code, term, use
-    properties: list[tuple] = field(default_factory=list)  # code, property, value
-    replacements: list[tuple] = field(default_factory=list)  # code, target_code, relation
+    concepts: list[tuple] | pa.Table = field(default_factory=list)  # code, display, status, status_detail
+    designations: list[tuple] | pa.Table = field(default_factory=list)  # code, term, use
+    properties: list[tuple] | pa.Table = field(default_factory=list)  # code, property, value
+    replacements: list[tuple] | pa.Table = field(default_factory=list)  # code, target_code, relation
     maps: list[tuple] = field(default_factory=list)  # terminology.maps columns without map, map_version
     map_name: str | None = None  # the map whose rows this release replaces
     skipped: dict[str, int] = field(default_factory=dict)  # rows left out on purpose, by why

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import duckdb
+
 from terminology.checks import snomed_verhoeff_ok
 from terminology.loaders import Release, TerminologyLoadError, sha256_files
-from terminology.loaders._files import find_one, read_csv
+from terminology.loaders._files import duck_read, find_one
 
 SYSTEM = "http://snomed.info/sct"
 FSN = "900000000000003001"
@@ -41,14 +43,19 @@ INACTIVATION_REASONS = {
     "1186919006": "MEANING_OF_COMPONENT_UNKNOWN",
     "723277005": "NONCONFORMANCE_TO_EDITORIAL_POLICY",
 }
-_TAG = re.compile(r"\(([^()]+)\)\s*$")
 _RELEASE = re.compile(r"_([A-Za-z0-9]+)_(\d{8})\.txt$")
+_TAG_SQL = r"\(([^()]+)\)\s*$"
 
 
 def read(path: Path) -> Release:
     folder = path if path.is_dir() else path.parent
     concepts_file = find_one(folder, ("sct2_Concept_Snapshot*.txt",), "RF2 concept snapshot")
-    desc_file = find_one(folder, ("sct2_Description_Snapshot*.txt",), "RF2 description snapshot")
+    # One description file per language (an edition can carry several, e.g. -en and -es).
+    desc_files = _all(folder, "sct2_Description_Snapshot*.txt")
+    if not desc_files:
+        raise TerminologyLoadError(
+            folder, None, "no RF2 description snapshot file (sct2_Description_Snapshot*.txt)"
+        )
     rel_file = find_one(
         folder, ("sct2_Relationship_Snapshot*.txt",), "RF2 relationship snapshot", required=False
     )
@@ -61,9 +68,9 @@ def read(path: Path) -> Release:
     attr_file = find_one(
         folder, ("der2_cRefset_AttributeValueSnapshot*.txt",), "attribute value", required=False
     )
-    lang_files = sorted(p for p in folder.rglob("der2_cRefset_LanguageSnapshot*.txt") if p.is_file())
-    assert concepts_file is not None and desc_file is not None
-    files = [f for f in (concepts_file, desc_file, rel_file, assoc_file, attr_file, *lang_files) if f]
+    lang_files = _all(folder, "der2_cRefset_LanguageSnapshot*.txt")
+    assert concepts_file is not None
+    files = [f for f in (concepts_file, *desc_files, rel_file, assoc_file, attr_file, *lang_files) if f]
     m = _RELEASE.search(concepts_file.name)
     version = f"{m.group(1)} {m.group(2)}" if m else "unknown"
     release = Release(
@@ -73,92 +80,127 @@ def read(path: Path) -> Release:
         source=str(folder.resolve()),
         sha256=sha256_files(files),
     )
-
-    active: dict[str, tuple[str, bool]] = {}  # id → (effectiveTime, active)
-    for line, row in _rows(concepts_file, ("id", "effectiveTime", "active")):
-        cid = _sctid(concepts_file, line, row["id"])
-        prior = active.get(cid)
-        if prior is None or row["effectiveTime"] >= prior[0]:
-            active[cid] = (row["effectiveTime"], row["active"] == "1")
-    if not active:
-        raise TerminologyLoadError(concepts_file, None, "no concepts in the file")
-
-    # Preferred terms: the en-US language refset, else en-GB; else the FSN without its semantic tag.
-    preferred: dict[str, set[str]] = {US_ENGLISH: set(), GB_ENGLISH: set()}
-    for lang in lang_files:
-        for _line, row in _rows(lang, ("active", "refsetId", "referencedComponentId", "acceptabilityId")):
-            if row["active"] == "1" and row["acceptabilityId"] == PREFERRED and row["refsetId"] in preferred:
-                preferred[row["refsetId"]].add(row["referencedComponentId"])
-    fsn: dict[str, str] = {}
-    pt_us: dict[str, str] = {}
-    pt_gb: dict[str, str] = {}
-    designations: list[tuple] = []
-    orphans = 0
-    for _line, row in _rows(desc_file, ("id", "active", "conceptId", "typeId", "term")):
-        if row["active"] != "1":
-            continue
-        cid, did, term = row["conceptId"], row["id"], row["term"]
-        if cid not in active:
-            # An extension can describe concepts of the edition it extends: keep count, load the rest.
-            orphans += 1
-            continue
-        if row["typeId"] == FSN:
-            fsn[cid] = term
-            designations.append((cid, term, "fsn"))
-        else:
-            if did in preferred[US_ENGLISH]:
-                pt_us[cid] = term
-            if did in preferred[GB_ENGLISH]:
-                pt_gb[cid] = term
-            designations.append((cid, term, "synonym"))
-    for cid in sorted(active):
-        _effective, is_active = active[cid]
-        name = fsn.get(cid)
-        display = pt_us.get(cid) or pt_gb.get(cid) or (_TAG.sub("", name).strip() if name else None)
-        release.concepts.append((cid, display, "active" if is_active else "inactive", None))
-        if name and (tag := _TAG.search(name)):
-            release.properties.append((cid, "semantic_tag", tag.group(1)))
-    release.designations = designations
-    if orphans:
-        release.skipped["descriptions_of_concepts_not_in_release"] = orphans
-
-    if rel_file is not None:
-        for _line, row in _rows(rel_file, ("active", "sourceId", "destinationId", "typeId")):
-            if row["active"] == "1" and row["typeId"] == IS_A:
-                if row["sourceId"] in active:
-                    release.properties.append((row["sourceId"], "is_a", row["destinationId"]))
-                else:
-                    release.skipped["is_a_of_concepts_not_in_release"] = (
-                        release.skipped.get("is_a_of_concepts_not_in_release", 0) + 1
-                    )
-    if attr_file is not None:
-        reasons: dict[str, str] = {}
-        for _line, row in _rows(attr_file, ("active", "refsetId", "referencedComponentId", "valueId")):
-            if row["active"] == "1" and row["refsetId"] == CONCEPT_INACTIVATION:
-                reasons[row["referencedComponentId"]] = INACTIVATION_REASONS.get(
-                    row["valueId"], row["valueId"]
-                )
-        release.concepts = [
-            (c, d, s, reasons.get(c) if s == "inactive" else None) for c, d, s, _ in release.concepts
-        ]
-    if assoc_file is not None:
-        for line, row in _rows(
-            assoc_file, ("active", "refsetId", "referencedComponentId", "targetComponentId")
-        ):
-            relation = ASSOCIATIONS.get(row["refsetId"])
-            source = row["referencedComponentId"]
-            if row["active"] != "1" or relation is None or source not in active:
-                continue  # REFERS TO (descriptions) and other refsets are not concept moves
-            target = _sctid(assoc_file, line, row["targetComponentId"])
-            release.replacements.append((source, target, relation))
+    # Release files run to millions of rows: DuckDB parses and joins them, Python checks the identifiers.
+    db = duckdb.connect()
+    try:
+        _parse(db, release, concepts_file, desc_files, rel_file, assoc_file, attr_file, lang_files)
+    finally:
+        db.close()
     return release
 
 
-def _rows(path: Path, required: tuple[str, ...]):
-    return read_csv(path, required, delimiter="\t")
+def _all(folder: Path, pattern: str) -> list[Path]:
+    return sorted(p for p in folder.rglob(pattern) if p.is_file())
 
 
-def _sctid(path: Path, line: int, value: str) -> str:
-    if not snomed_verhoeff_ok(value):
-        raise TerminologyLoadError(path, line, f"{value!r} is not a valid SCTID (check digit or format)")
-    return value
+def _parse(db, release, concepts_file, desc_files, rel_file, assoc_file, attr_file, lang_files) -> None:
+    refset = ("id", "effectiveTime", "active", "moduleId", "refsetId", "referencedComponentId")
+    duck_read(db, "concept", [concepts_file], ("id", "effectiveTime", "active"))
+    _check_ids(
+        db, concepts_file, "SELECT id, line FROM (SELECT id, row_number() OVER () + 1 AS line FROM concept)"
+    )
+    db.execute(
+        "CREATE TABLE c AS SELECT id, arg_max(active, effectiveTime) = '1' AS active FROM concept GROUP BY id"
+    )
+    if not db.execute("SELECT count(*) FROM c").fetchone()[0]:
+        raise TerminologyLoadError(concepts_file, None, "no concepts in the file")
+    duck_read(db, "descr", desc_files, ("id", "active", "conceptId", "languageCode", "typeId", "term"))
+    if lang_files:
+        duck_read(db, "lang", lang_files, (*refset, "acceptabilityId"))
+    else:
+        db.execute(
+            "CREATE TABLE lang (active VARCHAR, refsetId VARCHAR, referencedComponentId VARCHAR, "
+            "acceptabilityId VARCHAR)"
+        )
+    for name, file, extra in (
+        ("rel", rel_file, ("sourceId", "destinationId", "typeId")),
+        ("assoc", assoc_file, ("targetComponentId",)),
+        ("attr", attr_file, ("valueId",)),
+    ):
+        cols = ("active", *extra) if name == "rel" else (*refset, *extra)
+        if file is not None:
+            duck_read(db, name, [file], cols)
+        else:
+            db.execute(f"CREATE TABLE {name} ({', '.join(f'{c} VARCHAR' for c in cols)})")
+    if assoc_file is not None:
+        _check_ids(
+            db,
+            assoc_file,
+            "SELECT targetComponentId, line FROM (SELECT *, row_number() OVER () + 1 AS line FROM assoc) "
+            f"WHERE active = '1' AND refsetId IN ({_in(ASSOCIATIONS)})",
+        )
+    db.execute(
+        f"""
+        CREATE TABLE d AS SELECT * FROM descr WHERE active = '1' AND conceptId IN (SELECT id FROM c);
+        CREATE TABLE fsn AS SELECT conceptId, arg_max(term, languageCode = 'en') AS term
+            FROM d WHERE typeId = '{FSN}' GROUP BY conceptId;
+        CREATE TABLE pt AS SELECT d.conceptId,
+                max(d.term) FILTER (WHERE l.refsetId = '{US_ENGLISH}') AS us,
+                max(d.term) FILTER (WHERE l.refsetId = '{GB_ENGLISH}') AS gb
+            FROM d JOIN lang l ON l.referencedComponentId = d.id
+            WHERE l.active = '1' AND l.acceptabilityId = '{PREFERRED}' AND d.typeId <> '{FSN}'
+            GROUP BY d.conceptId;
+        CREATE TABLE reason AS SELECT referencedComponentId AS id, any_value(valueId) AS value_id
+            FROM attr WHERE active = '1' AND refsetId = '{CONCEPT_INACTIVATION}' GROUP BY 1;
+        CREATE TABLE reason_name (value_id VARCHAR, name VARCHAR);
+        CREATE TABLE relation_name (refset VARCHAR, relation VARCHAR);
+        """
+    )
+    db.executemany("INSERT INTO reason_name VALUES (?, ?)", list(INACTIVATION_REASONS.items()))
+    db.executemany("INSERT INTO relation_name VALUES (?, ?)", list(ASSOCIATIONS.items()))
+    release.concepts = db.sql(
+        f"""
+        SELECT c.id AS code,
+               coalesce(pt.us, pt.gb, nullif(trim(regexp_replace(fsn.term, '{_TAG_SQL}', '')), ''))
+                   AS display,
+               CASE WHEN c.active THEN 'active' ELSE 'inactive' END AS status,
+               CASE WHEN NOT c.active THEN coalesce(rn.name, reason.value_id) END AS status_detail
+        FROM c LEFT JOIN fsn ON fsn.conceptId = c.id LEFT JOIN pt ON pt.conceptId = c.id
+        LEFT JOIN reason ON reason.id = c.id LEFT JOIN reason_name rn ON rn.value_id = reason.value_id
+        ORDER BY c.id
+        """
+    ).to_arrow_table()
+    release.designations = db.sql(
+        f"SELECT conceptId AS code, term, CASE WHEN typeId = '{FSN}' THEN 'fsn' ELSE 'synonym' END AS use "
+        "FROM d ORDER BY conceptId, use, term"
+    ).to_arrow_table()
+    release.properties = db.sql(
+        f"""
+        SELECT conceptId AS code, 'semantic_tag' AS property, regexp_extract(term, '{_TAG_SQL}', 1) AS value
+        FROM fsn WHERE regexp_matches(term, '{_TAG_SQL}')
+        UNION ALL
+        SELECT sourceId, 'is_a', destinationId FROM rel
+        WHERE active = '1' AND typeId = '{IS_A}' AND sourceId IN (SELECT id FROM c)
+        ORDER BY ALL
+        """
+    ).to_arrow_table()
+    release.replacements = db.sql(
+        """
+        SELECT a.referencedComponentId AS code, a.targetComponentId AS target_code, r.relation
+        FROM assoc a JOIN relation_name r ON r.refset = a.refsetId
+        WHERE a.active = '1' AND a.referencedComponentId IN (SELECT id FROM c)
+        ORDER BY ALL
+        """
+    ).to_arrow_table()
+    # An extension can describe or relate concepts of the edition it extends: counted, not loaded.
+    orphans = db.execute(
+        "SELECT count(*) FROM descr WHERE active = '1' AND conceptId NOT IN (SELECT id FROM c)"
+    ).fetchone()[0]
+    orphan_isa = db.execute(
+        f"SELECT count(*) FROM rel WHERE active = '1' AND typeId = '{IS_A}' "
+        "AND sourceId NOT IN (SELECT id FROM c)"
+    ).fetchone()[0]
+    if orphans:
+        release.skipped["descriptions_of_concepts_not_in_release"] = orphans
+    if orphan_isa:
+        release.skipped["is_a_of_concepts_not_in_release"] = orphan_isa
+
+
+def _in(values) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+def _check_ids(db, path: Path, sql: str) -> None:
+    for value, line in db.execute(sql).fetchall():
+        if not snomed_verhoeff_ok(value or ""):
+            raise TerminologyLoadError(path, line, f"{value!r} is not a valid SCTID (check digit or format)")
