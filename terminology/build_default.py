@@ -308,9 +308,11 @@ def _prop_value(p: dict | None):
     return None
 
 
-def tho_value_set_concepts(pkg: Path, t: Tables, system: str, source: str, version: str) -> int:
+def tho_value_set_concepts(
+    pkg: Path, t: Tables, system: str, version: str, pattern: str = "ValueSet-*.json"
+) -> int:
     n = 0
-    for f in sorted(pkg.glob("ValueSet-*.json")):
+    for f in sorted(pkg.glob(pattern)):
         vs = json.loads(f.read_text(encoding="utf-8"))
         for inc in vs.get("compose", {}).get("include", []):
             if inc.get("system") != system:
@@ -418,11 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         gps = json.loads((pkg / "ValueSet-snomed-intl-gps.json").read_text(encoding="utf-8"))
         gps_version = gps["compose"]["include"][0].get("version") or gps.get("version")
         gps_sha = sha256_file(pkg / "ValueSet-snomed-intl-gps.json")
-        n = tho_value_set_concepts(pkg, t, SNOMED, tho_name, gps_version)
-        source = f"SNOMED CT Global Patient Set and codes enumerated in {tho_name} value sets"
+        # Only the GPS: it is the SNOMED CT content published for use under CC BY 4.0.
+        n = tho_value_set_concepts(pkg, t, SNOMED, gps_version, "ValueSet-snomed-intl-gps.json")
+        source = f"SNOMED CT Global Patient Set (value set snomed-intl-gps in {tho_name})"
         t.releases.append((SNOMED, gps_version, source, "fragment", n))
         loinc_version = f"codes enumerated in {tho_name} value sets"
-        n = tho_value_set_concepts(pkg, t, LOINC, tho_name, loinc_version)
+        n = tho_value_set_concepts(pkg, t, LOINC, loinc_version)
         t.releases.append((LOINC, loinc_version, tho_name, "fragment", n))
         icd_source = f"{pypi['icd']['package']} {pypi['icd']['package_version']}"
         icd10cm(pypi["icd"], t, icd_source)
