@@ -203,9 +203,10 @@ def _copy(src: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _truncate(path: Path) -> None:
+def _truncate(path: Path, *, line_break: bytes = b"\r\n") -> None:
+    """Cut inside the last row; by default the cut row still ends with a line break."""
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) - 25])  # cut inside the last row
+    path.write_bytes(data[: len(data) - 25] + line_break)
 
 
 def test_truncated_loinc_names_file_and_line(con, tmp_path: Path) -> None:
@@ -219,6 +220,41 @@ def test_truncated_loinc_names_file_and_line(con, tmp_path: Path) -> None:
         load_release(con, "loinc", release)
     assert rows(con, "SELECT * FROM terminology.concepts ORDER BY code") == before
     assert [r["version"] for r in releases(con) if r["active"]] == ["9.01"]
+
+
+def test_loinc_cut_inside_its_last_quoted_field(con, tmp_path: Path) -> None:
+    release = _copy(FIX / "loinc" / "Loinc_9.01", tmp_path)
+    table = release / "LoincTable" / "Loinc.csv"
+    data = table.read_bytes()
+    table.write_bytes(data[: data.rindex(b'"Fictitium"') + 4] + b"\r\n")  # inside DisplayName's quotes
+    with pytest.raises(
+        TerminologyLoadError, match=r"Loinc\.csv line 6: not valid CSV: unexpected end of data"
+    ):
+        load_release(con, "loinc", release)
+    # Cut after a delimiter, the row still has all its fields: the missing line break gives it away.
+    table.write_bytes(data[: data.rindex(b'"Fictitium"')])
+    with pytest.raises(TerminologyLoadError, match=r"Loinc\.csv line 6: the file ends inside this line"):
+        load_release(con, "loinc", release)
+
+
+@pytest.mark.parametrize(
+    ("kind", "release", "member", "message"),
+    [
+        (
+            "snomed",
+            SNOMED_1,
+            "sct2_Relationship_Snapshot_INT_20250101.txt",
+            r"Relationship_Snapshot_INT_20250101\.txt line 5",
+        ),
+        ("rxnorm", RXNORM_1, "RXNSAT.RRF", r"RXNSAT\.RRF line 3"),
+    ],
+)
+def test_file_without_its_final_line_break(con, tmp_path: Path, kind, release, member, message) -> None:
+    copy = _copy(release, tmp_path)
+    _truncate(next(copy.rglob(member)), line_break=b"")
+    with pytest.raises(TerminologyLoadError, match=message + ": the file ends inside this line"):
+        load_release(con, kind, copy)
+    assert rows(con, "SELECT count(*) FROM terminology.releases") == [(0,)]
 
 
 def test_truncated_snomed_file(con, tmp_path: Path) -> None:

@@ -30,6 +30,25 @@ def find_one(folder: Path, patterns: tuple[str, ...], what: str, *, required: bo
     return None
 
 
+def check_complete(path: Path) -> None:
+    """Release files end with a line break: one that does not was cut off (a copy or download broke)."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, 2)
+            if size == 0:
+                raise TerminologyLoadError(path, None, "empty file")
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            fh.seek(0)
+            lines = sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b"")) + 1
+    except OSError as exc:
+        raise TerminologyLoadError(path, None, f"cannot read: {exc.strerror}") from None
+    raise TerminologyLoadError(
+        path, lines, "the file ends inside this line, without a line break (truncated?)"
+    )
+
+
 def _open(path: Path):
     try:
         return path.open(newline="", encoding="utf-8-sig")
@@ -39,8 +58,12 @@ def _open(path: Path):
 
 def read_csv(path: Path, required: tuple[str, ...], *, delimiter: str = ",") -> Iterator[tuple[int, dict]]:
     """(line, row) for each data row of a headed CSV/TSV; short, long or broken rows name their line."""
+    check_complete(path)
     with _open(path) as fh:
-        reader = csv.reader(fh, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else 0)
+        # strict: a file cut inside a quoted last field is an error, not a shortened value.
+        reader = csv.reader(
+            fh, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else 0, strict=True
+        )
         try:
             header = next(reader, None)
             if not header:
@@ -67,6 +90,7 @@ def read_csv(path: Path, required: tuple[str, ...], *, delimiter: str = ",") -> 
 
 def read_rrf(path: Path, fields: int) -> Iterator[tuple[int, list[str]]]:
     """(line, fields) for each row of a pipe-delimited RRF file (every row ends with '|')."""
+    check_complete(path)
     with _open(path) as fh:
         line = 0
         try:
@@ -104,6 +128,7 @@ def duck_read(
     """
     header: list[str] | None = None
     for path in paths:
+        check_complete(path)
         try:
             with path.open(encoding="utf-8-sig", newline="") as fh:
                 first = fh.readline().rstrip("\r\n").split(delimiter)
