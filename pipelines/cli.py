@@ -149,14 +149,21 @@ def _cmd_terminology_load(args: argparse.Namespace) -> int:
 
 def _cmd_terminology_status(args: argparse.Namespace) -> int:
     from pipelines.common.warehouse import open_warehouse
-    from terminology.store import default_sources, ensure_default, status
+    from terminology.store import default_sources, has_terminology, status
 
-    con = open_warehouse(args.warehouse or DEFAULT_DATA_DIR / "warehouse.duckdb")
+    # Read-only: looking must not change the warehouse (nor wait for a running migration's lock).
+    con = open_warehouse(args.warehouse or DEFAULT_DATA_DIR / "warehouse.duckdb", read_only=True)
     try:
-        ensure_default(con)
-        info = status(con)
+        info = status(con) if has_terminology(con) else None
     finally:
         con.close()
+    meta = default_sources()
+    if info is None:
+        out.print(
+            f"no terminology in this warehouse yet: the shipped default {meta['default_version']} is loaded "
+            "by the first `ehrlift terminology load` or normalization run"
+        )
+        return int(ExitCode.OK)
     # Plain lines, not a table: URIs and sources are long, and operators grep this output.
     shown = [s for s in info["systems"] if s["kind"] != "default" or s["concepts"] >= 1000]
     for s in shown:
@@ -167,7 +174,6 @@ def _cmd_terminology_status(args: argparse.Namespace) -> int:
         )
         out.print(f"    source: {s['source']}; loaded {s['loaded_at']}", soft_wrap=True)
     small = len(info["systems"]) - len(shown)
-    meta = default_sources()
     out.print(
         f"default terminology {meta['default_version']}: {small} more HL7 code systems in force, not listed; "
         f"{info['superseded_releases']} superseded release row(s) kept for audit"

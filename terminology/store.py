@@ -40,6 +40,16 @@ def _terminology_ddl() -> tuple[str, ...]:
     return statements
 
 
+def has_terminology(con: duckdb.DuckDBPyConnection) -> bool:
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_schema = 'terminology' AND table_name = 'releases'"
+    ).fetchone()
+    return bool(row and row[0]) and bool(
+        con.execute("SELECT count(*) FROM terminology.releases").fetchone()[0]
+    )
+
+
 def default_sources() -> dict:
     return json.loads((DEFAULT_DIR / "sources.json").read_text(encoding="utf-8"))
 
@@ -90,7 +100,8 @@ def ensure_default(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def releases(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    ensure_schema(con)
+    if not has_terminology(con):
+        return []
     cur = con.execute(
         f"SELECT kind, system, version, source, sha256, {_UTC.format('loaded_at')} AS loaded_at, concepts, "
         "active, content FROM terminology.releases ORDER BY system NULLS FIRST, loaded_at, kind"
@@ -101,7 +112,6 @@ def releases(con: duckdb.DuckDBPyConnection) -> list[dict]:
 
 def status(con: duckdb.DuckDBPyConnection) -> dict:
     """What is in force: per system its release, counts of concepts, inactive codes and replacements."""
-    ensure_schema(con)
     rows = con.execute(
         f"""
         WITH c AS (

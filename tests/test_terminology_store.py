@@ -136,6 +136,14 @@ def test_cli_load_and_status(tmp_path: Path, capsys) -> None:
     assert "http://hl7.org/fhir/sid/icd-10-cm  default" in text
 
 
+def test_cli_status_of_a_warehouse_without_terminology(tmp_path: Path, capsys) -> None:
+    wh = tmp_path / "w.duckdb"
+    open_warehouse(wh).close()
+    assert main(["terminology", "status", "--warehouse", str(wh)]) == 0
+    assert "no terminology in this warehouse yet" in capsys.readouterr().out
+    assert main(["terminology", "status", "--warehouse", str(tmp_path / "missing.duckdb")]) == 4
+
+
 def test_cli_load_of_a_corrupt_release_exits_with_terminology_status(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "cvx.txt"
     bad.write_text("03|MMR\n", encoding="utf-8")
