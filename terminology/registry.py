@@ -22,6 +22,13 @@ _LOCAL_V2 = re.compile(r"99\S*|L", re.IGNORECASE)
 # SNOMED CT editions and versions are written as URIs under the system URI (sct/<module>/version/<date>).
 _SNOMED_EDITION = re.compile(r"https?://snomed\.info/sct/\d+(?:/version/\d{8})?/?", re.IGNORECASE)
 LOCAL_WORDS = frozenset({"local", "l"})
+# FHIR DSTU2 and STU3 named HL7's code systems under hl7.org/fhir; R4 moved them to terminology.hl7.org
+# (v2/0203 → CodeSystem/v2-0203, v3/ActCode → CodeSystem/v3-ActCode, observation-category → ...).
+_PRE_R4 = (
+    (re.compile(r"//hl7\.org/fhir/v2/(\d{4})"), "http://terminology.hl7.org/CodeSystem/v2-{0}"),
+    (re.compile(r"//hl7\.org/fhir/v3/([A-Za-z][\w-]*)"), "http://terminology.hl7.org/CodeSystem/v3-{0}"),
+    (re.compile(r"//hl7\.org/fhir/([a-z][a-z0-9-]*)"), "http://terminology.hl7.org/CodeSystem/{0}"),
+)
 
 Status = Literal["known", "local", "unknown", "empty", "no-uri"]
 
@@ -164,6 +171,11 @@ class Registry:
                 uri = next(iter(folded)) if len(folded) == 1 else None
             if uri:
                 return Resolution(raw, "known", uri, via="uri")
+            for pattern, template in _PRE_R4:
+                m = pattern.fullmatch(key)
+                # Only to a code system HL7 Terminology publishes: the rename is never guessed.
+                if m and (moved := template.format(m.group(1))) in self.systems:
+                    return Resolution(raw, "known", moved, via="uri", detail="pre-R4 FHIR URI")
             return Resolution(raw, "unknown", via="uri", detail="URI not in the registry")
         uri = self._by_v2.get(s)
         if uri is None:

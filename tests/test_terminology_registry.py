@@ -56,6 +56,13 @@ def reg() -> Registry:
         ("http://terminology.hl7.org/CodeSystem/icd10CM", "http://hl7.org/fhir/sid/icd-10-cm"),
         ("http://terminology.hl7.org/CodeSystem/v2-0203", "http://terminology.hl7.org/CodeSystem/v2-0203"),
         (" LN ", LOINC),
+        # DSTU2/STU3 spellings of code systems that R4 moved to HL7 Terminology
+        ("http://hl7.org/fhir/v2/0203", "http://terminology.hl7.org/CodeSystem/v2-0203"),
+        ("http://hl7.org/fhir/v3/ActCode", "http://terminology.hl7.org/CodeSystem/v3-ActCode"),
+        (
+            "http://hl7.org/fhir/observation-category",
+            "http://terminology.hl7.org/CodeSystem/observation-category",
+        ),
     ],
 )
 def test_canonical(reg: Registry, raw: str, uri: str) -> None:
@@ -76,6 +83,8 @@ def test_local_systems(reg: Registry, raw: str) -> None:
         ("FOO", "unknown"),
         ("urn:oid:1.2.3.4.5", "unknown"),
         ("http://example.org/fhir/CodeSystem/mine", "unknown"),
+        ("http://hl7.org/fhir/v2/9999", "unknown"),  # no such v2 table: not renamed blindly
+        ("http://hl7.org/fhir/ValueSet/diagnostic-service-sections", "unknown"),  # a value set, not a system
         ("ATC", "no-uri"),  # a table 0396 name for which HL7 Terminology publishes no URI
         ("", "empty"),
         (None, "empty"),
