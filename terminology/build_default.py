@@ -133,6 +133,7 @@ def build_systems(pkg: Path, curated_csv: Path) -> list[dict]:
         if value and value not in lst:
             lst.append(value)
 
+    ns_names: dict[str, set[str]] = defaultdict(set)
     for f in sorted(pkg.glob("NamingSystem-*.json")):
         ns = json.loads(f.read_text(encoding="utf-8"))
         if ns.get("kind") != "codesystem":
@@ -146,6 +147,8 @@ def build_systems(pkg: Path, curated_csv: Path) -> list[dict]:
         )
         known = next((uri_owner[u] for u in uris if u in uri_owner), None)
         r = row(known or uris[0], ns.get("title") or ns.get("name") or uris[0])
+        if ns.get("name"):
+            ns_names[ns["name"].casefold()].add(r["uri"])
         for u in uris:
             if u != r["uri"]:
                 add(r["alt_uris"], u)
@@ -169,7 +172,8 @@ def build_systems(pkg: Path, curated_csv: Path) -> list[dict]:
         m = re.fullmatch(r"http://terminology\.hl7\.org/CodeSystem/v2-(\d{4})", url)
         if m:
             add(r["v2_0396"], f"HL7{m.group(1)}")
-    # Table 0396 names whose THO URI is literally .../CodeSystem/<name> (THO minted those URIs from them).
+    # Table 0396 names whose THO URI is literally .../CodeSystem/<name> (THO minted those URIs from them),
+    # or whose NamingSystem bears the name (DCM, IcdO for ICDO).
     by_tail = defaultdict(set)
     for uri in uri_owner:
         if "/CodeSystem/" in uri:
@@ -182,7 +186,7 @@ def build_systems(pkg: Path, curated_csv: Path) -> list[dict]:
         code = concept["code"]
         if " " in code or code in curated_names or code in ("99zzz", "L") or "nnnn" in code:
             continue
-        targets = by_tail.get(code.casefold(), set())
+        targets = by_tail.get(code.casefold(), set()) or ns_names.get(code.casefold(), set())
         if len(targets) == 1:
             add(rows[next(iter(targets))]["v2_0396"], code)
         elif not any(code in r["v2_0396"] for r in rows.values()):

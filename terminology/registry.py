@@ -22,6 +22,7 @@ _LOCAL_V2 = re.compile(r"99\S*|L", re.IGNORECASE)
 # SNOMED CT editions and versions are written as URIs under the system URI (sct/<module>/version/<date>).
 _SNOMED_EDITION = re.compile(r"https?://snomed\.info/sct/\d+(?:/version/\d{8})?/?", re.IGNORECASE)
 LOCAL_WORDS = frozenset({"local", "l"})
+_V2_TABLE = re.compile(r"HL7\d{4}", re.IGNORECASE)  # table 0396 "HL7nnnn": HL7-defined table nnnn
 # FHIR DSTU2 and STU3 named HL7's code systems under hl7.org/fhir; R4 moved them to terminology.hl7.org
 # (v2/0203 → CodeSystem/v2-0203, v3/ActCode → CodeSystem/v3-ActCode, observation-category → ...).
 _PRE_R4 = (
@@ -186,6 +187,10 @@ class Registry:
             return Resolution(raw, "known", uri, via="v2-0396")
         if _LOCAL_V2.fullmatch(s) or s.casefold() in LOCAL_WORDS:
             return Resolution(raw, "local", via="v2-0396")
+        if _V2_TABLE.fullmatch(s):
+            return Resolution(
+                raw, "no-uri", via="v2-0396", detail=f"HL7 Terminology publishes no v2 table {s[3:]}"
+            )
         name = self._v2_fold_without_uri.get(s.casefold())
         if name:
             return Resolution(raw, "no-uri", via="v2-0396", detail=f"table 0396 name {name} has no FHIR URI")

@@ -42,6 +42,8 @@ def reg() -> Registry:
         ("SNM3", "http://terminology.hl7.org/CodeSystem/SNM3"),
         ("HL70001", "http://terminology.hl7.org/CodeSystem/v2-0001"),
         ("CDCREC", "urn:oid:2.16.840.1.113883.6.238"),
+        ("DCM", "http://dicom.nema.org/resources/ontology/DCM"),  # by its NamingSystem's name
+        ("ICDO3", "http://terminology.hl7.org/CodeSystem/icd-o-3"),
         ("2.16.840.1.113883.6.1", LOINC),
         ("urn:oid:2.16.840.1.113883.6.96", SCT),
         ("URN:OID:2.16.840.1.113883.6.88", RXNORM),
@@ -85,7 +87,8 @@ def test_local_systems(reg: Registry, raw: str) -> None:
         ("http://example.org/fhir/CodeSystem/mine", "unknown"),
         ("http://hl7.org/fhir/v2/9999", "unknown"),  # no such v2 table: not renamed blindly
         ("http://hl7.org/fhir/ValueSet/diagnostic-service-sections", "unknown"),  # a value set, not a system
-        ("ATC", "no-uri"),  # a table 0396 name for which HL7 Terminology publishes no URI
+        ("IHELAW", "no-uri"),  # a table 0396 name for which HL7 Terminology publishes no URI
+        ("HL70136", "no-uri"),  # an HL7 table that HL7 Terminology does not publish
         ("", "empty"),
         (None, "empty"),
     ],
