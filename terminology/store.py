@@ -75,26 +75,28 @@ def ensure_default(con: duckdb.DuckDBPyConnection) -> None:
         # Systems a user release is in force for are not the default's to replace.
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _default_systems AS "
-            f"SELECT * FROM read_parquet('{files['releases']}') r WHERE NOT EXISTS ("
+            "SELECT * FROM read_parquet($path) r WHERE NOT EXISTS ("
             "  SELECT 1 FROM terminology.releases x"
-            "  WHERE x.system = r.system AND x.active AND x.kind <> 'default')"
+            "  WHERE x.system = r.system AND x.active AND x.kind <> 'default')",
+            {"path": files["releases"]},
         )
         for table in ("concepts", "designations", "properties"):
             con.execute(
                 f"DELETE FROM terminology.{table} WHERE system IN (SELECT system FROM _default_systems)"
             )
             con.execute(
-                f"INSERT INTO terminology.{table} SELECT t.* FROM read_parquet('{files[table]}') t "
-                "WHERE t.system IN (SELECT system FROM _default_systems)"
+                f"INSERT INTO terminology.{table} SELECT t.* FROM read_parquet($path) t "
+                "WHERE t.system IN (SELECT system FROM _default_systems)",
+                {"path": files[table]},
             )
         con.execute("UPDATE terminology.releases SET active = false WHERE kind = 'default' AND active")
         con.execute(
             "INSERT INTO terminology.releases"
             " (kind, system, version, source, sha256, loaded_at, concepts, active, content)"
-            " SELECT 'default', r.system, r.version, r.source, ?, ?, r.concepts,"
+            " SELECT 'default', r.system, r.version, r.source, $sha, $now, r.concepts,"
             " r.system IN (SELECT system FROM _default_systems), r.content"
-            f" FROM read_parquet('{files['releases']}') r",
-            [sha, now],
+            " FROM read_parquet($path) r",
+            {"sha": sha, "now": now, "path": files["releases"]},
         )
         con.execute("DROP TABLE _default_systems")
 
