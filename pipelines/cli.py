@@ -110,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     deid.set_defaults(func=_cmd_deidentify)
     _export_parser(sub)
+    _add_terminology(sub)
 
     views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")
     views_sub = views.add_subparsers(dest="views_command", required=True)
@@ -227,6 +228,90 @@ def _cmd_export(args: argparse.Namespace) -> int:
         )
     else:
         out.print(f"not run (--no-run): migrate with `ehrlift run {result.manifest_path}`", soft_wrap=True)
+
+
+def _add_terminology(sub) -> None:
+    from terminology.loaders import KINDS
+
+    term = sub.add_parser("terminology", help="code-system releases in the warehouse")
+    term_sub = term.add_subparsers(dest="terminology_command", required=True)
+    warehouse_help = f"DuckDB warehouse file (default {DEFAULT_DATA_DIR / 'warehouse.duckdb'})"
+    load = term_sub.add_parser(
+        "load", help="load a licensed release (LOINC, SNOMED CT RF2, RxNorm RRF, CVX, FHIR JSON)"
+    )
+    load.add_argument("kind", choices=KINDS)
+    load.add_argument("path", type=Path, help="the release file or folder, as distributed")
+    load.add_argument("--warehouse", type=Path, default=None, help=warehouse_help)
+    load.add_argument(
+        "--release-version", default=None, help="record this version instead of the detected one"
+    )
+    load.set_defaults(func=_cmd_terminology_load)
+    status = term_sub.add_parser("status", help="systems in force: versions, counts, sources")
+    status.add_argument("--warehouse", type=Path, default=None, help=warehouse_help)
+    status.set_defaults(func=_cmd_terminology_status)
+
+
+def _cmd_terminology_load(args: argparse.Namespace) -> int:
+    from pipelines.common.warehouse import open_warehouse
+    from terminology.loaders import read_release
+    from terminology.store import changed_in_warehouse, ensure_default, install
+
+    release = read_release(args.kind, args.path, version=args.release_version)  # parse before locking
+    con = open_warehouse(args.warehouse or DEFAULT_DATA_DIR / "warehouse.duckdb")
+    try:
+        ensure_default(con)
+        report = install(con, release)
+        seen, pointers = changed_in_warehouse(con, report.changed)
+    finally:
+        con.close()
+    if report.already_loaded:
+        out.print(
+            f"{report.kind} {report.version} ({report.system}) is already the release in force: nothing done"
+        )
+        return int(ExitCode.OK)
+    before = f", replacing {report.previous_version}" if report.previous_version else ""
+    out.print(f"loaded {report.kind} {report.version} for {report.system}{before}", soft_wrap=True)
+    out.print("  " + ", ".join(f"{name} {n}" for name, n in report.counts.items()))
+    out.print(f"  {len(report.changed)} code(s) changed status or replacement since the previous release")
+    out.print(f"  {seen} of them appear in the warehouse's mapping log" + (":" if pointers else ""))
+    for pointer in pointers:
+        out.print(f"    {pointer}", soft_wrap=True)
+    return int(ExitCode.OK)
+
+
+def _cmd_terminology_status(args: argparse.Namespace) -> int:
+    from pipelines.common.warehouse import open_warehouse
+    from terminology.store import default_sources, has_terminology, status
+
+    # Read-only: looking must not change the warehouse (nor wait for a running migration's lock).
+    con = open_warehouse(args.warehouse or DEFAULT_DATA_DIR / "warehouse.duckdb", read_only=True)
+    try:
+        info = status(con) if has_terminology(con) else None
+    finally:
+        con.close()
+    meta = default_sources()
+    if info is None:
+        out.print(
+            f"no terminology in this warehouse yet: the shipped default {meta['default_version']} is loaded "
+            "by the first `ehrlift terminology load` or normalization run"
+        )
+        return int(ExitCode.OK)
+    # Plain lines, not a table: URIs and sources are long, and operators grep this output.
+    shown = [s for s in info["systems"] if s["kind"] != "default" or s["concepts"] >= 1000]
+    for s in shown:
+        out.print(
+            f"{s['system']}  {s['kind']} {s['version']} ({s['content'] or 'complete'}): "
+            f"{s['concepts']} concepts, {s['inactive']} inactive, {s['replacements']} replacements",
+            soft_wrap=True,
+        )
+        out.print(f"    source: {s['source']}; loaded {s['loaded_at']}", soft_wrap=True)
+    small = len(info["systems"]) - len(shown)
+    out.print(
+        f"default terminology {meta['default_version']}: {small} more HL7 code systems in force, not listed; "
+        f"{info['superseded_releases']} superseded release row(s) kept for audit"
+    )
+    for m in info["maps"]:
+        out.print(f"map {m['map']} version {m['map_version']}: {m['rows']} rows", soft_wrap=True)
     return int(ExitCode.OK)
 
 

@@ -119,3 +119,76 @@ CREATE TABLE IF NOT EXISTS ops.phi_access (
     tables           JSON NOT NULL,         -- [{"table": "views.patient", "rows": 200}, ...]
     detail           VARCHAR                -- e.g. the base name of the analyst file written
 );
+
+-- ---------------------------------------------------------------------------------------------------
+-- terminology: code-system releases in force (the shipped default plus licensed releases a user loads)
+-- ---------------------------------------------------------------------------------------------------
+CREATE SCHEMA IF NOT EXISTS terminology;
+
+-- One row per release loaded; kind: default, loinc, snomed, rxnorm, cvx, codesystem, conceptmap.
+-- active = the release in force for its system; content: complete, or fragment (a subset such as the
+-- SNOMED CT Global Patient Set, where a missing code is not evidence that the code does not exist).
+CREATE TABLE IF NOT EXISTS terminology.releases (
+    kind       VARCHAR NOT NULL,
+    system     VARCHAR,
+    version    VARCHAR NOT NULL,
+    source     VARCHAR NOT NULL,
+    sha256     VARCHAR NOT NULL,
+    loaded_at  TIMESTAMPTZ NOT NULL,
+    concepts   BIGINT NOT NULL,
+    active     BOOLEAN NOT NULL,
+    content    VARCHAR
+);
+
+-- One row per (system, code) in force.
+CREATE TABLE IF NOT EXISTS terminology.concepts (
+    system         VARCHAR NOT NULL,
+    code           VARCHAR NOT NULL,
+    display        VARCHAR,
+    status         VARCHAR NOT NULL,  -- active | inactive
+    status_detail  VARCHAR,           -- the release's own word: DEPRECATED, DISCOURAGED, TRIAL, retired, ...
+    version        VARCHAR NOT NULL
+);
+
+-- Synonyms, long and short names: what the suggestion engine searches.
+CREATE TABLE IF NOT EXISTS terminology.designations (
+    system  VARCHAR NOT NULL,
+    code    VARCHAR NOT NULL,
+    term    VARCHAR NOT NULL,
+    use     VARCHAR
+);
+
+-- LOINC COMPONENT, PROPERTY, TIME_ASPCT, SYSTEM, SCALE_TYP, METHOD_TYP, CLASS, EXAMPLE_UCUM_UNITS,
+-- ORDER_OBS; SNOMED semantic_tag and is_a; RxNorm TTY; ...
+CREATE TABLE IF NOT EXISTS terminology.properties (
+    system    VARCHAR NOT NULL,
+    code      VARCHAR NOT NULL,
+    property  VARCHAR NOT NULL,
+    value     VARCHAR
+);
+
+-- Retired codes and what replaces them: MAP_TO, REPLACED_BY, SAME_AS, POSSIBLY_EQUIVALENT_TO,
+-- ALTERNATIVE, RXCUI_REMAP, ...
+CREATE TABLE IF NOT EXISTS terminology.replacements (
+    system       VARCHAR NOT NULL,
+    code         VARCHAR NOT NULL,
+    target_code  VARCHAR NOT NULL,
+    relation     VARCHAR NOT NULL,
+    version      VARCHAR NOT NULL
+);
+
+-- Maps between systems: loaded ConceptMaps, NDC -> RxNorm from RXNSAT (map 'rxnorm:ndc'), crosswalks.
+CREATE TABLE IF NOT EXISTS terminology.maps (
+    map             VARCHAR NOT NULL,
+    map_version     VARCHAR NOT NULL,
+    source_system   VARCHAR NOT NULL,
+    source_code     VARCHAR NOT NULL,
+    source_display  VARCHAR,
+    target_system   VARCHAR NOT NULL,
+    target_code     VARCHAR NOT NULL,
+    target_display  VARCHAR,
+    equivalence     VARCHAR NOT NULL,
+    author          VARCHAR,
+    reviewer        VARCHAR,
+    review_date     DATE
+);
