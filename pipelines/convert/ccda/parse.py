@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from lxml import etree
@@ -54,6 +55,9 @@ CDA_ELEMENTS = frozenset(
 )
 
 
+_ELEMENT_START = re.compile(rb"<[A-Za-z_]")
+
+
 class CcdaRejected(Exception):
     """The file is not a convertible C-CDA document: reason code plus a message without record values."""
 
@@ -89,6 +93,10 @@ def parse_xml(data: bytes) -> Any:
         raise CcdaRejected(
             "ccda_too_large", f"document of {len(data)} bytes exceeds the {MAX_BYTES} byte bound"
         )
+    first_element = _ELEMENT_START.search(data)
+    if b"<!DOCTYPE" in data[: first_element.start() if first_element else len(data)]:
+        # Refused before parsing: C-CDA has no DTD, and a DOCTYPE is how XXE and entity bombs arrive.
+        raise CcdaRejected("xml_doctype_forbidden", "XML declares a DOCTYPE, which C-CDA never uses")
     try:
         parser = _parser()  # a fresh parser: its error log is this file's alone (lxml's global one is not)
         root = etree.fromstring(data, parser)
