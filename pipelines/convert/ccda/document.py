@@ -69,7 +69,9 @@ class Doc:
     def emit(self, resource: dict[str, Any], el: Any = None) -> dict[str, str]:
         """Keep a resource; a reused <id> with different content (copy-paste ids) gets a positional id."""
         if self.last_updated:
-            resource["meta"] = {"lastUpdated": self.last_updated, **resource.get("meta", {})}
+            rtype, rid, *_ = resource.values()
+            meta = {"lastUpdated": self.last_updated, **resource.pop("meta", {})}
+            resource = {"resourceType": rtype, "id": rid, "meta": meta, **resource}
         key = (resource["resourceType"], resource["id"])
         held = self.out.get(key)
         if held is not None and held != resource:
@@ -87,14 +89,12 @@ class Doc:
 
     def narrative(self, ref: str) -> str | None:
         if self._narrative is None:
+            # One C-level search for every narrative anchor; text is gathered only for those.
             self._narrative = {}
-            for el in self.root.iterfind(".//" + NS + "text"):
-                for node in el.iter():
-                    nid = node.get("ID") if isinstance(node.tag, str) else None
-                    if nid:
-                        text = clean("".join(node.itertext()))
-                        if text:
-                            self._narrative[nid] = text
+            for node in self.root.xpath("//*[@ID]"):
+                text = clean("".join(node.itertext()))
+                if text:
+                    self._narrative.setdefault(node.get("ID"), text)
         return self._narrative.get(ref.lstrip("#"))
 
     def text_of(self, el: Any) -> str | None:

@@ -113,6 +113,4 @@ def note(doc: Doc, act: Any, section: Section) -> None:
     res["content"] = [
         {"attachment": {"contentType": "text/plain", "data": base64.b64encode(text.encode()).decode()}}
     ]
-    if doc.encounter_ref:
-        res["context"] = {"encounter": [doc.encounter_ref]}
     doc.emit(res, act)

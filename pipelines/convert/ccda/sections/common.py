@@ -76,10 +76,12 @@ def set_effective(
     return True
 
 
-def reason_codes(doc: Doc, stmt: Any) -> list[dict[str, Any]]:
+def reason_codes(doc: Doc, stmt: Any, exclude: str | None = None) -> list[dict[str, Any]]:
     """Indications (entryRelationship RSON observations) -> reasonCode from their values."""
     out = []
     for obs in related(stmt, type_code="RSON"):
+        if exclude and exclude in template_ids(obs):
+            continue  # a refusal reason is the statusReason, not an indication
         v = value(child(obs, "value"), doc)
         cc = v[1] if v and v[0] == "valueCodeableConcept" else codeable(child(obs, "code"), doc)
         if cc:
@@ -125,8 +127,6 @@ def observation(
     res["code"] = code or absent(
         child(stmt, "code").get("nullFlavor") if child(stmt, "code") is not None else None
     )
-    if doc.encounter_ref:
-        res["encounter"] = doc.encounter_ref
     set_effective(res, "effective", child(stmt, "effectiveTime"))
     issued = author_time(stmt)
     if issued and "T" in issued:

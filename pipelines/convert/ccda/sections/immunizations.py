@@ -40,8 +40,6 @@ def immunization(doc: Doc, sa: Any, section: Section) -> None:
         res["statusReason"] = reasons[0]
     res["vaccineCode"] = vaccine
     res["patient"] = res.pop("patient")
-    if doc.encounter_ref:
-        res["encounter"] = doc.encounter_ref
     if not set_effective(res, "occurrence", child(sa, "effectiveTime"), ("dateTime",)):
         res["_occurrenceDateTime"] = absent(None)
     lot = child(material, "lotNumberText") if material is not None else None
@@ -66,7 +64,7 @@ def immunization(doc: Doc, sa: Any, section: Section) -> None:
             performers.append({"actor": ref})
     if performers:
         res["performer"] = performers
-    indications = reason_codes(doc, sa)
+    indications = reason_codes(doc, sa, exclude=REFUSAL)
     if indications:
         res["reasonCode"] = indications
     doc.emit(res, sa)

@@ -103,8 +103,6 @@ def activity(doc: Doc, sa: Any, section: Section, force_request: bool = False) -
         res["status"] = "not-taken" if negated(sa) else concept("medication_status", status) or "unknown"
     res["medicationCodeableConcept"] = med
     res["subject"] = res.pop("subject")
-    if doc.encounter_ref:
-        res["encounter" if request else "context"] = doc.encounter_ref
     period_el = next(
         (e for e in children(sa, "effectiveTime") if xsi_type(e) not in ("PIVL_TS", "EIVL_TS")), None
     )

@@ -27,8 +27,6 @@ def procedure(doc: Doc, stmt: Any, section: Section) -> None:
     )
     res["code"] = code
     res["subject"] = res.pop("subject")
-    if doc.encounter_ref:
-        res["encounter"] = doc.encounter_ref
     set_effective(res, "performed", child(stmt, "effectiveTime"))
     performers = []
     for p in children(stmt, "performer"):
@@ -67,8 +65,6 @@ def planned(doc: Doc, stmt: Any, section: Section) -> None:
         res["doNotPerform"] = True
     res["code"] = code
     res["subject"] = res.pop("subject")
-    if doc.encounter_ref:
-        res["encounter"] = doc.encounter_ref
     set_effective(res, "occurrence", child(stmt, "effectiveTime"))
     authored = author_time(stmt)
     if authored:

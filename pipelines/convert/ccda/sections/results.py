@@ -41,8 +41,6 @@ def result_organizer(doc: Doc, org: Any, section: Section) -> None:
         child(org, "code").get("nullFlavor") if child(org, "code") is not None else None
     )
     res["subject"] = res.pop("subject")
-    if doc.encounter_ref:
-        res["encounter"] = doc.encounter_ref
     if not set_effective(res, "effective", child(org, "effectiveTime")):
         # The organizer often has no time of its own: its components' span stands for it.
         times = [effective(child(o, "effectiveTime")) for o in observations]
