@@ -76,7 +76,8 @@ LAUGHS = (
         (b"<r>" * 300 + b"</r>" * 300, "xml_not_well_formed"),  # deeper than libxml2's bound of 256
         (document("").replace(b'extension="2015-08-01"', b""), None),
         (HEAD.encode() + b"<id root='1.2'/></ClinicalDocument>", "ccda_unknown_document_type"),
-        (b"<ClinicalDocument><component/></ClinicalDocument>", "ccda_wrong_namespace"),
+        (b"<ClinicalDocument><component/></ClinicalDocument>", "ccda_unknown_document_type"),
+        (b'<ClinicalDocument xmlns="urn:example"/>', "ccda_wrong_namespace"),
         (b'<section xmlns="urn:hl7-org:v3"><value xsi:type="PQ"/></section>', "ccda_fragment"),
     ],
 )
@@ -102,6 +103,13 @@ def test_entities_are_never_resolved():
 
     root = etree.fromstring(XXE, _parser())
     assert "root:" not in etree.tostring(root).decode()
+
+
+def test_a_document_stripped_of_its_namespace_still_converts_and_says_so():
+    data = document("").replace(HEAD.encode(), b"<ClinicalDocument>").replace(b"sdtc:raceCode", b"raceCode")
+    resources, out, _ = convert(data)
+    assert [r["resourceType"] for r in resources] == ["DocumentReference", "Patient"]
+    assert out.unconsumed == {"ClinicalDocument without the urn:hl7-org:v3 namespace (adopted)": 1}
 
 
 def test_missing_record_target_is_quarantined():

@@ -20,9 +20,12 @@ def convert_document(
 ) -> tuple[Converted, Doc]:
     """One C-CDA document's bytes -> its resources and accounting; raises CcdaRejected or Quarantine."""
     root = parse_xml(data)
+    had_namespace = root.tag.startswith("{")
     check_document(root)
     doc_type, _template = document_type(root)
     doc = Doc(root, doc_type, source_system, unit_key)
+    if not had_namespace:
+        doc.unconsumed["ClinicalDocument without the urn:hl7-org:v3 namespace (adopted)"] += 1
     try:
         header.patient(doc)
     except header.MissingRecordTarget:

@@ -142,6 +142,13 @@ def check_document(root: Any) -> None:
         raise CcdaRejected(
             "ccda_fragment", f"C-CDA fragment (root <{name}>), not a whole document", skip=True
         )
+    if name == "ClinicalDocument" and not root.tag.startswith("{"):
+        # Some exporters strip namespaces; the elements are still CDA's. Adopt the CDA namespace for
+        # every unqualified element (the converter notes that it did) instead of losing the document.
+        for el in root.iter():
+            if isinstance(el.tag, str) and not el.tag.startswith("{"):
+                el.tag = NS + el.tag
+        return
     if name == "ClinicalDocument":
         raise CcdaRejected("ccda_wrong_namespace", "ClinicalDocument outside the urn:hl7-org:v3 namespace")
     raise CcdaRejected("unknown_format", f"XML that is not a C-CDA document (root <{name}>)")
