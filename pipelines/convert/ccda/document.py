@@ -49,7 +49,7 @@ class Doc:
         self.found: Counter[str] = Counter()
         self.converted: Counter[str] = Counter()
         self.unconsumed: Counter[str] = Counter()
-        self._narrative: dict[str, str] | None = None
+        self._narrative: dict[str, Any] | None = None
         self._tree = root.getroottree()
         self.patient_ref: dict[str, str] = {}
         self.patient: dict[str, Any] | None = None
@@ -89,13 +89,21 @@ class Doc:
 
     def narrative(self, ref: str) -> str | None:
         if self._narrative is None:
-            # One C-level search for every narrative anchor; text is gathered only for those.
+            # Anchors live in section narratives: a tag-filtered walk to each <text>, then only its
+            # subtree (an XPath over the whole tree costs three times as much); text is read when asked.
             self._narrative = {}
-            for node in self.root.xpath("//*[@ID]"):
-                text = clean("".join(node.itertext()))
-                if text:
-                    self._narrative.setdefault(node.get("ID"), text)
-        return self._narrative.get(ref.lstrip("#"))
+            for text in self.root.iter(NS + "text"):
+                for node in text.iter():
+                    nid = node.get("ID") if isinstance(node.tag, str) else None
+                    if nid:
+                        self._narrative.setdefault(nid, node)
+        node = self._narrative.get(ref.lstrip("#"))
+        if node is None:
+            return None
+        if not isinstance(node, str):
+            node = clean("".join(node.itertext())) or ""
+            self._narrative[ref.lstrip("#")] = node
+        return node or None
 
     def text_of(self, el: Any) -> str | None:
         """An ED/ST/originalText: its own text, else the narrative its <reference value="#id"> points at."""
