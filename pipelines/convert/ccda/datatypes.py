@@ -44,8 +44,11 @@ def local(el: Any) -> str:
     return t.rsplit("}", 1)[-1] if isinstance(t, str) else ""
 
 
+_TEMPLATE_ID, _ID, _TRANSLATION = NS + "templateId", NS + "id", NS + "translation"
+
+
 def template_ids(el: Any) -> list[str]:
-    return [r for t in children(el, "templateId") if (r := t.get("root"))]
+    return [r for t in el.iterchildren(_TEMPLATE_ID) if (r := t.get("root"))]
 
 
 def xsi_type(el: Any) -> str | None:
@@ -81,10 +84,11 @@ def system_uri(oid: str | None) -> str | None:
 def id_pairs(el: Any) -> list[tuple[str, str | None]]:
     """(root, extension) of each usable <id> (nullFlavor ids and ids without root are left out)."""
     out = []
-    for i in children(el, "id"):
-        root = (i.get("root") or "").strip()
+    for i in el.iterchildren(_ID):
+        root = i.get("root")
         if root and not i.get("nullFlavor"):
-            out.append((root, (i.get("extension") or "").strip() or None))
+            ext = i.get("extension")
+            out.append((root.strip(), (ext.strip() or None) if ext else None))
     return out
 
 
@@ -143,7 +147,7 @@ def codeable(el: Any, doc: Any, text_from_display: bool = False) -> dict[str, An
     first = coding(el)
     if first:
         codings.append(first)
-    for tr in children(el, "translation"):
+    for tr in el.iterchildren(_TRANSLATION):
         c = coding(tr)
         if c and c not in codings:
             codings.append(c)
