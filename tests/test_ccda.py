@@ -287,3 +287,40 @@ def test_ccd_and_discharge_summary_through_the_pipeline(tmp_path, make_config, w
     ]
     assert con.execute('SELECT count(*) FROM fhir."Patient"').fetchone() == (1,)
     assert con.execute('SELECT count(*) FROM fhir."DocumentReference"').fetchone() == (2,)
+
+
+@pytest.mark.parametrize(
+    ("template", "name"),
+    [
+        ("2.16.840.1.113883.10.20.22.1.2", "CCD"),
+        ("2.16.840.1.113883.10.20.22.1.8", "Discharge Summary"),
+        ("2.16.840.1.113883.10.20.22.1.14", "Referral Note"),
+        ("2.16.840.1.113883.10.20.22.1.9", "Progress Note"),
+        ("2.16.840.1.113883.10.20.22.1.3", "History and Physical"),
+        ("2.16.840.1.113883.10.20.22.1.4", "Consultation Note"),
+        ("2.16.840.1.113883.10.20.22.1.13", "Transfer Summary"),
+        ("2.16.840.1.113883.10.20.22.1.15", "Care Plan"),
+        ("2.16.840.1.113883.10.20.22.1.7", "Operative Note"),
+        ("2.16.840.1.113883.10.20.22.1.6", "Procedure Note"),
+        ("2.16.840.1.113883.10.20.22.1.10", "Unstructured Document"),
+        ("2.16.840.1.113883.3.88.11.32.1", "CCD"),  # R1.1-era HITSP C32
+    ],
+)
+def test_every_document_type_is_identified(template, name):
+    header = HEADER.replace("2.16.840.1.113883.10.20.22.1.2", template)
+    _, out, _ = convert(document("", header))
+    assert out.container == name
+
+
+def test_an_unstructured_body_becomes_a_second_attachment():
+    header = HEADER.replace("2.16.840.1.113883.10.20.22.1.2", "2.16.840.1.113883.10.20.22.1.10")
+    body = '<nonXMLBody><text mediaType="application/pdf" representation="B64">JVBER i0x</text></nonXMLBody>'
+    data = f"{HEAD}{header}<component>{body}</component></ClinicalDocument>".encode()
+    resources, _, _ = convert(data)
+    (ref,) = by_type(resources, "DocumentReference")
+    assert [c["attachment"].get("contentType") for c in ref["content"]] == [
+        "application/xml",
+        "application/pdf",
+    ]
+    assert ref["content"][1]["attachment"]["data"] == "JVBERi0x"
+    assert ref["content"][0]["format"]["code"] == "urn:hl7-org:sdwg:ccda-nonXMLBody:1.1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from pipelines.convert.ccda.datatypes import (
@@ -18,7 +19,6 @@ from pipelines.convert.ccda.datatypes import (
     id_pairs,
     identifier,
     identifiers,
-    system_uri,
     telecoms,
     ts,
 )
@@ -307,7 +307,7 @@ def document_reference(doc: Doc, attachment: dict[str, Any], format_code: str | 
     content: dict[str, Any] = {"attachment": att}
     if format_code:
         content["format"] = {"system": FORMAT_CODES, "code": format_code}
-    res["content"] = [content]
+    res["content"] = [content, *_body_content(root)]
     context: dict[str, Any] = {}
     if doc.encounter_ref:
         context["encounter"] = [doc.encounter_ref]
@@ -329,6 +329,25 @@ def document_reference(doc: Doc, attachment: dict[str, Any], format_code: str | 
     doc.emit(res, root)
 
 
+def _body_content(root: Any) -> list[dict[str, Any]]:
+    """An unstructured body's own content: embedded (B64 or plain text) as data, a reference as url."""
+    text = child(child(child(root, "component"), "nonXMLBody"), "text")
+    if text is None:
+        return []
+    media = text.get("mediaType") or "text/plain"
+    ref = child(text, "reference")
+    if ref is not None and ref.get("value"):
+        return [{"attachment": {"contentType": media, "url": ref.get("value")}}]
+    raw = "".join(text.itertext()).strip()
+    if not raw:
+        return []
+    if text.get("representation") == "B64":
+        data = "".join(raw.split())
+    else:
+        data = base64.b64encode(raw.encode()).decode()
+    return [{"attachment": {"contentType": media, "data": data}}]
+
+
 def format_code(doc_type: str, root: Any) -> str | None:
     """IHE format code for the document: structured or unstructured body, C-CDA 1.1 or 2.1."""
     body = child(root, "component")
@@ -337,7 +356,3 @@ def format_code(doc_type: str, root: Any) -> str | None:
     version = "2.1" if r21 else "1.1"
     kind = "nonXMLBody" if unstructured or doc_type == "Unstructured Document" else "structuredBody"
     return f"urn:hl7-org:sdwg:ccda-{kind}:{version}"
-
-
-def known_system(oid: str | None) -> bool:
-    return bool(system_uri(oid))

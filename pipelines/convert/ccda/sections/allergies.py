@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.convert.ccda.datatypes import child, codeable, ts, value
+from pipelines.convert.ccda.datatypes import child, children, codeable, template_ids, ts, value
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
 from pipelines.convert.ccda.header import author_refs, author_time
 from pipelines.convert.ccda.maps import concept
@@ -21,7 +21,10 @@ SNOMED = "http://snomed.info/sct"
 
 
 def concern(doc: Doc, act: Any, section: Section) -> None:
-    observations = [o for o in related(act) if o.tag.endswith("}observation")]
+    # Its allergy observations (under any relationship) or untemplated subjects; nothing else.
+    observations = [
+        o for typed, o in _subjects(act) if ALLERGY_OBS in template_ids(o) or (typed and not template_ids(o))
+    ]
     if not observations:
         raise EntrySkipped("no allergy observation")
     for obs in observations:
@@ -121,3 +124,13 @@ def allergy(doc: Doc, obs: Any, act: Any | None) -> dict[str, str]:
                     reaction["severity"] = s
         res["reaction"] = reactions
     return doc.emit(res, obs)
+
+
+def _subjects(act: Any) -> list[tuple[bool, Any]]:
+    """(is it the act's SUBJ?, observation) for each observation under the act."""
+    return [
+        (rel.get("typeCode") == "SUBJ", o)
+        for rel in children(act, "entryRelationship")
+        for o in rel
+        if isinstance(o.tag, str) and o.tag.endswith("}observation")
+    ]

@@ -117,11 +117,8 @@ def observation(
     res = base(doc, "Observation", stmt)
     if profile:
         res["meta"] = {"profile": [profile]}
-    res["status"] = (
-        "cancelled"
-        if negated(stmt)
-        else concept("result_status", status_code(stmt) or "completed") or "unknown"
-    )
+    # A missing or unknown statusCode is "unknown", not a guessed "final".
+    res["status"] = concept("result_status", status_code(stmt)) or "unknown"
     res["category"] = categories
     code = codeable(child(stmt, "code"), doc, text_from_display=True)
     res["code"] = code or absent(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.convert.ccda.datatypes import child, codeable, ts, value
+from pipelines.convert.ccda.datatypes import child, children, codeable, template_ids, ts, value
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
 from pipelines.convert.ccda.header import author_refs, author_time
 from pipelines.convert.ccda.maps import concept
@@ -33,7 +33,11 @@ def concern(doc: Doc, act: Any, section: Section) -> None:
     """Problem Concern Act (and diagnosis acts): one Condition per problem observation inside."""
     kind = "encounter" if section.name in ("Hospital Discharge Diagnosis", "Admission Diagnosis") else None
     kind = kind or ("health_concerns" if section.family == "health_concerns" else "problems")
-    observations = [o for o in related(act) if o.tag.endswith("}observation")]
+    # Its problem observations (under any relationship) or untemplated subjects; priority, comment and
+    # reference entries beside them are not problems.
+    observations = [
+        o for typed, o in _subjects(act) if PROBLEM_OBS in template_ids(o) or (typed and not template_ids(o))
+    ]
     if not observations:
         raise EntrySkipped("no problem observation")
     made = 0
@@ -98,3 +102,13 @@ def condition(doc: Doc, obs: Any, kind: str, act: Any | None) -> dict[str, str] 
     if authors:
         res["recorder"] = authors[0]
     return doc.emit(res, obs)
+
+
+def _subjects(act: Any) -> list[tuple[bool, Any]]:
+    """(is it the act's SUBJ?, observation) for each observation under the act."""
+    return [
+        (rel.get("typeCode") == "SUBJ", o)
+        for rel in children(act, "entryRelationship")
+        for o in rel
+        if isinstance(o.tag, str) and o.tag.endswith("}observation")
+    ]
