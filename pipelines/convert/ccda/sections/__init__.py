@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipelines.convert.ccda.datatypes import NS, child, children, local, template_ids
-from pipelines.convert.ccda.document import CCDA_TEMPLATE_PREFIX, Doc, Section, entry_label, statement_of
+from pipelines.convert.ccda.document import Doc, Section, entry_label, statement_of
 from pipelines.convert.ccda.maps import sections as section_maps
 from pipelines.convert.ccda.sections import (
     allergies,
@@ -23,6 +23,7 @@ from pipelines.convert.ccda.sections import (
 
 Mapper = Callable[[Doc, Any, Section], None]
 T = "2.16.840.1.113883.10.20.22.4."
+CCDA_ENTRY_PREFIX = T
 
 # The one explicit list of entry mappers, by the entry's templateId root.
 TEMPLATES: dict[str, Mapper] = {
@@ -62,6 +63,7 @@ TEMPLATES: dict[str, Mapper] = {
     T + "75": care.status_organizer,  # Cognitive / Mental Status Organizer
     T + "74": care.status_observation,  # Mental Status Observation
     T + "69": care.status_observation,  # Assessment Scale Observation
+    T + "5": care.status_observation,  # Health Status Observation
     T + "202": care.note,  # Note Activity
     T + "68": care.status_observation,  # Functional Status Problem Observation (R1.1)
     T + "73": care.status_observation,  # Cognitive Status Problem Observation (R1.1)
@@ -110,8 +112,9 @@ def mapper_for(stmt: Any, section: Section) -> Mapper | None:
     for t in ids:
         if t in TEMPLATES:
             return TEMPLATES[t]
-    if any(t.startswith(CCDA_TEMPLATE_PREFIX) for t in ids):
+    if any(t.startswith(CCDA_ENTRY_PREFIX) for t in ids):
         return None  # a C-CDA template no mapper takes (comment, coverage, supply): counted, not guessed
+    # No C-CDA entry template (none at all, or only HL7 CCD 1.0 / IHE / HITSP ones): the section decides.
     return BY_SECTION.get((section.family, local(stmt)))
 
 
