@@ -32,7 +32,7 @@ def tag(name: str) -> str:
 
 # iterchildren with a tag filter runs in C; find() parses an ElementPath each call (twice as slow).
 def child(el: Any, name: str) -> Any:
-    return None if el is None else next(el.iterchildren(NS + name), None)
+    return None if el is None or not len(el) else next(el.iterchildren(NS + name), None)
 
 
 def children(el: Any, name: str) -> list[Any]:
@@ -45,6 +45,7 @@ def local(el: Any) -> str:
 
 
 _TEMPLATE_ID, _ID, _TRANSLATION = NS + "templateId", NS + "id", NS + "translation"
+_ORIGINAL_TEXT = NS + "originalText"
 
 
 def template_ids(el: Any) -> list[str]:
@@ -147,14 +148,19 @@ def codeable(el: Any, doc: Any, text_from_display: bool = False) -> dict[str, An
     first = coding(el)
     if first:
         codings.append(first)
-    for tr in el.iterchildren(_TRANSLATION):
-        c = coding(tr)
-        if c and c not in codings:
-            codings.append(c)
+    original = None
+    if len(el):  # most codes have no children: no scan at all then
+        for sub in el:
+            if sub.tag == _TRANSLATION:
+                c = coding(sub)
+                if c and c not in codings:
+                    codings.append(c)
+            elif sub.tag == _ORIGINAL_TEXT:
+                original = sub
     out: dict[str, Any] = {}
     if codings:
         out["coding"] = codings
-    text = doc.text_of(child(el, "originalText"))
+    text = doc.text_of(original)
     if text:
         out["text"] = text
     elif text_from_display and first is None:

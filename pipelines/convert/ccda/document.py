@@ -109,6 +109,8 @@ class Doc:
         """An ED/ST/originalText: its own text, else the narrative its <reference value="#id"> points at."""
         if el is None:
             return None
+        if not len(el):
+            return clean(el.text)
         ref = child(el, "reference")
         own = clean(el.text) if len(el) == 0 or ref is not None else clean("".join(el.itertext()))
         if own:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.convert.ccda.datatypes import (
+    NS,
     absent,
     child,
     children,
@@ -114,41 +115,42 @@ def observation(
     members: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """A CDA observation -> Observation: code, value (by xsi:type), interpretation, reference ranges."""
+    kids = by_tag(stmt)  # one pass over the children instead of a scan per element looked up
     res = base(doc, "Observation", stmt)
     if profile:
         res["meta"] = {"profile": [profile]}
     # A missing or unknown statusCode is "unknown", not a guessed "final".
-    res["status"] = concept("result_status", status_code(stmt)) or "unknown"
+    status = _first(kids, "statusCode")
+    res["status"] = concept("result_status", status.get("code") if status is not None else None) or "unknown"
     res["category"] = categories
-    code = codeable(child(stmt, "code"), doc, text_from_display=True)
-    res["code"] = code or absent(
-        child(stmt, "code").get("nullFlavor") if child(stmt, "code") is not None else None
-    )
-    set_effective(res, "effective", child(stmt, "effectiveTime"))
+    code_el = _first(kids, "code")
+    code = codeable(code_el, doc, text_from_display=True)
+    res["code"] = code or absent(code_el.get("nullFlavor") if code_el is not None else None)
+    set_effective(res, "effective", _first(kids, "effectiveTime"))
     issued = author_time(stmt)
     if issued and "T" in issued:
         res["issued"] = issued
     performers = author_refs(doc, stmt)
     if performers:
         res["performer"] = performers
-    values = children(stmt, "value")
+    values = kids.get(NS + "value")
     if values:
         v = value(values[0], doc)
         if v:
             res[v[0]] = v[1]
         elif not members:
             res["dataAbsentReason"] = _dar(values[0].get("nullFlavor"))
-    interp = [cc for el in children(stmt, "interpretationCode") if (cc := codeable(el, doc))]
+    interp = [cc for el in kids.get(NS + "interpretationCode", ()) if (cc := codeable(el, doc))]
     if interp:
         res["interpretation"] = interp
-    method = codeable(child(stmt, "methodCode"), doc)
+    method = codeable(_first(kids, "methodCode"), doc)
     if method:
         res["method"] = method
-    site = codeable(child(stmt, "targetSiteCode"), doc)
+    site = codeable(_first(kids, "targetSiteCode"), doc)
     if site:
         res["bodySite"] = site
     ranges = []
-    for rr in children(stmt, "referenceRange"):
+    for rr in kids.get(NS + "referenceRange", ()):
         orange = child(rr, "observationRange")
         if orange is None:
             continue
@@ -169,10 +171,23 @@ def observation(
         res["referenceRange"] = ranges
     if members:
         res["hasMember"] = members
-    text = doc.text_of(child(stmt, "text"))
+    text = doc.text_of(_first(kids, "text"))
     if text:
         res["note"] = [{"text": text}]
     return res
+
+
+def by_tag(el: Any) -> dict[str, list[Any]]:
+    """An element's children grouped by tag, in document order."""
+    out: dict[str, list[Any]] = {}
+    for c in el:
+        out.setdefault(c.tag, []).append(c)
+    return out
+
+
+def _first(kids: dict[str, list[Any]], name: str) -> Any:
+    found = kids.get(NS + name)
+    return found[0] if found else None
 
 
 def _display(cc: dict[str, Any]) -> str:
