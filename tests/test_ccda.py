@@ -324,3 +324,12 @@ def test_an_unstructured_body_becomes_a_second_attachment():
     ]
     assert ref["content"][1]["attachment"]["data"] == "JVBERi0x"
     assert ref["content"][0]["format"]["code"] == "urn:hl7-org:sdwg:ccda-nonXMLBody:1.1"
+
+
+def test_a_document_over_the_size_bound_is_quarantined_unparsed(monkeypatch):
+    from pipelines.convert.ccda import parse
+
+    monkeypatch.setattr(parse, "MAX_BYTES", 1000)
+    with pytest.raises(CcdaRejected) as exc:
+        convert(document(""))
+    assert exc.value.reason == "ccda_too_large"
