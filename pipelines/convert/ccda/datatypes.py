@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import re
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -185,6 +186,7 @@ def _days_in(year: int, month: int) -> int:
     return 29 if month == 2 and calendar.isleap(year) else _DAYS[month - 1]
 
 
+@lru_cache(maxsize=8192)  # documents repeat the same instants many times over
 def ts(value: str | None) -> str | None:
     """HL7 TS (any precision, with or without a zone) -> FHIR dateTime; None when it is not a TS.
 
