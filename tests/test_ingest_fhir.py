@@ -249,7 +249,7 @@ def test_bulk_manifest_lands_local_outputs_and_accounts_for_each_entry(tmp_path,
             "doc.xml",
             b'<?xml version="1.0"?><ClinicalDocument xmlns="urn:hl7-org:v3"/>',
             "quarantined",
-            "no_converter",
+            "ccda_unknown_document_type",
         ),
     ],
 )

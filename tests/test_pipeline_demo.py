@@ -31,3 +31,20 @@ def test_demo_run_matches_the_generator_summary(tmp_path, make_config, warehouse
     assert outcomes["quarantined"] + outcomes["skipped"] == flagged + manifest_entries
     assert run.warehouse_resources == demo.resources
     assert sum(run.views.values()) > 0 and run.views["patient"] == demo.resources["Patient"]
+
+
+def test_demo_run_with_ccda_documents_matches_the_generator_summary(tmp_path, make_config, warehouse):
+    demo = generate_demo_data(tmp_path / "demo", patients=25, seed=13, ccda=True)
+    ccda_files = [f for f in demo.files if f.format == "ccda"]
+    assert len(ccda_files) > 25  # a CCD for everyone and a Discharge Summary after an inpatient stay
+    run = run_pipeline(make_config(tmp_path / "demo" / "sources", source_system="demo"))
+    con = warehouse()
+    assert run.reconciles
+    # Every C-CDA document converts whole (CCD and Discharge Summary share entries: one resource each).
+    rows = con.execute(
+        "SELECT l.unit_kind, l.outcome, count(*) FROM ops.ledger l JOIN ops.files f USING (file_sha256) "
+        "WHERE f.format = 'ccda' GROUP BY ALL"
+    ).fetchall()
+    assert rows == [("ccda_document", "converted", len(ccda_files))]
+    assert run.warehouse_resources == demo.resources
+    assert not any(k in ("CCD", "Discharge Summary") for k in run.unconsumed)

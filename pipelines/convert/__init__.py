@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from pipelines import formats
 from pipelines.common.unit import BatchConverter, Converter, FileContext, Quarantine, Skip, Unit
+from pipelines.convert.ccda.converter import CcdaConverter
 from pipelines.convert.fhir.bundle import FhirBundleConverter
 from pipelines.convert.fhir.ndjson import FhirNdjsonConverter
 from pipelines.convert.fhir.resource import FhirResourceConverter
@@ -39,6 +40,7 @@ CONVERTERS: tuple[Converter | BatchConverter, ...] = (
     FhirBundleConverter(),
     FhirResourceConverter(),
     Hl7v2Converter(),
+    CcdaConverter(),  # also reads xml-other: a C-CDA fragment is skipped, other XML quarantined
 )
 
 WHOLE_FILE: dict[str, WholeFileOutcome] = {
@@ -46,7 +48,6 @@ WHOLE_FILE: dict[str, WholeFileOutcome] = {
     formats.UNKNOWN: WholeFileOutcome(
         "quarantined", "unknown_format", "content matches no format ehrlift reads"
     ),
-    formats.XML_OTHER: WholeFileOutcome("quarantined", "unknown_format", "XML that is not a C-CDA document"),
     formats.UNSUPPORTED_ENCODING: WholeFileOutcome(
         "quarantined", "unsupported_encoding", "file is not UTF-8"
     ),
@@ -54,7 +55,6 @@ WHOLE_FILE: dict[str, WholeFileOutcome] = {
     formats.JSON_INVALID: WholeFileOutcome("quarantined", "invalid_json", "JSON document is not valid"),
     formats.FHIR_EXPORT_LOG: WholeFileOutcome("skipped", "export_log", ""),
     formats.FHIR_EXPORT_ERRORS: WholeFileOutcome("skipped", "export_error_file", ""),
-    formats.CCDA: WholeFileOutcome("quarantined", "no_converter", "C-CDA has no converter in this version"),
 }
 
 

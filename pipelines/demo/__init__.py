@@ -1,4 +1,4 @@
-"""Deterministic synthetic legacy clinical data (FHIR R4 bulk export, Bundles, defects) for demos, tests."""
+"""Deterministic synthetic legacy clinical data (FHIR R4, HL7 v2, C-CDA, defects) for demos and tests."""
 
 from pipelines.demo.model import build_patient, iter_patients
 from pipelines.demo.records import PatientRecord

@@ -20,7 +20,7 @@ class FileSummary:
     """
 
     path: str
-    format: str  # fhir-ndjson, fhir-bulk-manifest, fhir-bundle, hl7v2, empty, text
+    format: str  # fhir-ndjson, fhir-bulk-manifest, fhir-bundle, hl7v2, ccda, empty, text
     size_bytes: int
     sha256: str
     resource_type: str | None = None

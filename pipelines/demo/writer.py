@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from pipelines.demo.ccda import CCDA_DIR, CcdaExport
+from pipelines.demo.ccda import OWNED as CCDA_OWNED
 from pipelines.demo.defects import TRUNCATED_TYPE, plan_defects
 from pipelines.demo.fhir_r4 import instant_utc, render_patient
 from pipelines.demo.hl7v2 import HL7_DIR, Hl7v2Export
@@ -41,11 +43,12 @@ _OWNED = {
     BUNDLE_DIR: re.compile(r"bundle-\d{3}\.json"),
     MISC_DIR: re.compile(r"empty\.ndjson|notes\.txt"),
     HL7_DIR: re.compile(HL7_OWNED),
+    CCDA_DIR: re.compile(CCDA_OWNED),
 }
 
 
 def generate_demo_data(
-    out_dir: Path | str, patients: int = 200, seed: int = 7, hl7v2: bool = False
+    out_dir: Path | str, patients: int = 200, seed: int = 7, hl7v2: bool = False, ccda: bool = False
 ) -> DemoSummary:
     """Write a deterministic synthetic legacy export under out_dir and return (and save) its summary.
 
@@ -53,7 +56,9 @@ def generate_demo_data(
     sources/fhir-r4/Type.NNN.ndjson and manifest.json (a FHIR bulk-data export),
     sources/fhir-r4-bundles/bundle-NNN.json (patients not in the NDJSON), sources/misc/ (files that are
     not clinical data), and demo-summary.json beside sources/. With hl7v2, sources/hl7v2/ also holds the
-    same patients as HL7 v2 archives (pipelines/demo/hl7v2.py); the FHIR files do not change.
+    same patients as HL7 v2 archives (pipelines/demo/hl7v2.py); with ccda, sources/ccda/ holds a CCD per
+    patient and a Discharge Summary after an inpatient stay (pipelines/demo/ccda.py). The FHIR files do
+    not change.
     """
     if patients < 1:
         raise ValueError("patients must be at least 1")
@@ -64,12 +69,15 @@ def generate_demo_data(
     transaction_time = instant_utc(as_of)
 
     hl7 = Hl7v2Export(out, seed) if hl7v2 else None
+    cda = CcdaExport(out, seed) if ccda else None
     with NdjsonExport(out / FHIR_DIR, FHIR_DIR, seed, plan_defects(seed, patients), TRUNCATED_TYPE) as export:
         for patient in iter_patients(seed, patients):
             for rtype, resource in render_patient(patient):
                 export.write(rtype, resource)
             if hl7 is not None:
                 hl7.write(patient)
+            if cda is not None:
+                cda.write(patient)
         ndjson_files, defects = export.close()
     hl7_files, hl7_defects = hl7.close() if hl7 is not None else ([], [])
 
@@ -84,6 +92,11 @@ def generate_demo_data(
     resources: Counter[str] = Counter()
     for f in files:
         resources.update(f.resources)
+    if cda is not None:
+        # C-CDA documents share entries (a discharge summary repeats the CCD's): count distinct resources.
+        cda_files, cda_resources = cda.close()
+        files.extend(cda_files)
+        resources.update(cda_resources)
     summary = DemoSummary(
         seed=seed,
         patients=patients,

@@ -1,0 +1,70 @@
+"""Immunization activities -> Immunization (CVX, lot, route, site, dose; refusals as not-done)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.convert.ccda.datatypes import absent, child, children, clean, codeable, quantity
+from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
+from pipelines.convert.ccda.header import organization, practitioner
+from pipelines.convert.ccda.maps import concept
+from pipelines.convert.ccda.sections.common import (
+    base,
+    negated,
+    reason_codes,
+    related,
+    set_effective,
+    status_code,
+)
+
+REFUSAL = "2.16.840.1.113883.10.20.22.4.53"
+
+
+def immunization(doc: Doc, sa: Any, section: Section) -> None:
+    product = child(child(sa, "consumable"), "manufacturedProduct")
+    material = child(product, "manufacturedMaterial")
+    vaccine = codeable(child(material, "code"), doc, text_from_display=True) if material is not None else None
+    if vaccine is None:
+        raise EntrySkipped("no vaccine code")
+    if sa.get("moodCode") not in (None, "EVN"):
+        raise EntrySkipped("planned immunization")
+    res = base(doc, "Immunization", sa, "patient")
+    refused = negated(sa)
+    res["status"] = "not-done" if refused else concept("immunization_status", status_code(sa)) or "completed"
+    reasons = []
+    for refusal in related(sa, REFUSAL):
+        cc = codeable(child(refusal, "code"), doc)
+        if cc:
+            reasons.append(cc)
+    if reasons:
+        res["statusReason"] = reasons[0]
+    res["vaccineCode"] = vaccine
+    res["patient"] = res.pop("patient")
+    if not set_effective(res, "occurrence", child(sa, "effectiveTime"), ("dateTime",)):
+        res["_occurrenceDateTime"] = absent(None)
+    lot = child(material, "lotNumberText") if material is not None else None
+    manufacturer = organization(doc, child(product, "manufacturerOrganization"))
+    if manufacturer:
+        res["manufacturer"] = manufacturer
+    if lot is not None and clean(lot.text):
+        res["lotNumber"] = clean(lot.text)
+    site = codeable(child(sa, "approachSiteCode"), doc)
+    if site:
+        res["site"] = site
+    route = codeable(child(sa, "routeCode"), doc)
+    if route:
+        res["route"] = route
+    dose = quantity(child(sa, "doseQuantity"))
+    if dose:
+        res["doseQuantity"] = dose
+    performers = []
+    for p in children(sa, "performer"):
+        ref = practitioner(doc, child(p, "assignedEntity"))
+        if ref:
+            performers.append({"actor": ref})
+    if performers:
+        res["performer"] = performers
+    indications = reason_codes(doc, sa, exclude=REFUSAL)
+    if indications:
+        res["reasonCode"] = indications
+    doc.emit(res, sa)

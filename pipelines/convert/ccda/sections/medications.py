@@ -1,0 +1,149 @@
+"""Medication activities -> MedicationStatement (moodCode EVN) or MedicationRequest (INT, planned)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.convert.ccda.datatypes import child, children, codeable, quantity, timing, xsi_type
+from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
+from pipelines.convert.ccda.header import author_refs, author_time
+from pipelines.convert.ccda.maps import concept
+from pipelines.convert.ccda.sections.common import (
+    base,
+    negated,
+    reason_codes,
+    related,
+    set_effective,
+    status_code,
+)
+
+MEDICATION_ACTIVITY = "2.16.840.1.113883.10.20.22.4.16"
+INSTRUCTION = "2.16.840.1.113883.10.20.22.4.20"
+
+
+def wrapper(doc: Doc, act: Any, section: Section) -> None:
+    """Discharge / admission medication acts wrap medication activities."""
+    inner = [s for s in related(act) if s.tag.endswith("}substanceAdministration")]
+    if not inner:
+        raise EntrySkipped("no medication activity")
+    for sa in inner:
+        activity(doc, sa, section)
+
+
+def planned(doc: Doc, sa: Any, section: Section) -> None:
+    activity(doc, sa, section, force_request=True)
+
+
+def drug(doc: Doc, sa: Any) -> dict[str, Any] | None:
+    material = child(child(child(sa, "consumable"), "manufacturedProduct"), "manufacturedMaterial")
+    if material is None:
+        return None
+    cc = codeable(child(material, "code"), doc, text_from_display=True)
+    if cc is None:
+        name = child(material, "name")
+        if name is not None and (name.text or "").strip():
+            cc = {"text": " ".join(name.text.split())}
+    return cc
+
+
+def dosage(doc: Doc, sa: Any) -> dict[str, Any] | None:
+    d: dict[str, Any] = {}
+    text = doc.text_of(child(sa, "text"))
+    if text:
+        d["text"] = text
+    instructions = [doc.text_of(child(i, "text")) for i in related(sa, INSTRUCTION)]
+    instructions = [i for i in instructions if i]
+    if instructions:
+        d["patientInstruction"] = "; ".join(instructions)
+    times = [e for e in children(sa, "effectiveTime") if xsi_type(e) in ("PIVL_TS", "EIVL_TS")]
+    t = timing(times)
+    if t:
+        d["timing"] = t
+    if child(sa, "precondition") is not None:
+        d["asNeededBoolean"] = True
+    site = codeable(child(sa, "approachSiteCode"), doc)
+    if site:
+        d["site"] = site
+    route = codeable(child(sa, "routeCode"), doc)
+    if route:
+        d["route"] = route
+    dose_el = child(sa, "doseQuantity")
+    dose = quantity(dose_el)
+    if dose is None and dose_el is not None:
+        low, high = quantity(child(dose_el, "low")), quantity(child(dose_el, "high"))
+        if low or high:
+            d["doseAndRate"] = [{"doseRange": {k: v for k, v in (("low", low), ("high", high)) if v}}]
+    if dose:
+        d["doseAndRate"] = [{"doseQuantity": dose}]
+    rate = quantity(child(sa, "rateQuantity"))
+    if rate:
+        d.setdefault("doseAndRate", [{}])[0]["rateQuantity"] = rate
+    max_dose = child(sa, "maxDoseQuantity")
+    if max_dose is not None:
+        n, den = quantity(child(max_dose, "numerator")), quantity(child(max_dose, "denominator"))
+        if n and den:
+            d["maxDosePerPeriod"] = {"numerator": n, "denominator": den}
+    return d or None
+
+
+def activity(doc: Doc, sa: Any, section: Section, force_request: bool = False) -> None:
+    med = drug(doc, sa)
+    if med is None:
+        raise EntrySkipped("no medication code")
+    request = force_request or sa.get("moodCode") in ("INT", "RQO", "PRMS", "PRP")
+    rtype = "MedicationRequest" if request else "MedicationStatement"
+    res = base(doc, rtype, sa)
+    status = status_code(sa)
+    if request:
+        res["status"] = concept("medication_request_status", status) or "unknown"
+        res["intent"] = "plan" if force_request or sa.get("moodCode") == "INT" else "order"
+        if negated(sa):
+            res["doNotPerform"] = True
+    else:
+        res["status"] = "not-taken" if negated(sa) else concept("medication_status", status) or "unknown"
+    res["medicationCodeableConcept"] = med
+    res["subject"] = res.pop("subject")
+    period_el = next(
+        (e for e in children(sa, "effectiveTime") if xsi_type(e) not in ("PIVL_TS", "EIVL_TS")), None
+    )
+    authored = author_time(sa)
+    authors = author_refs(doc, sa)
+    if request:
+        if authored:
+            res["authoredOn"] = authored
+        if authors:
+            res["requester"] = authors[0]
+    else:
+        set_effective(res, "effective", period_el)
+        if authored:
+            res["dateAsserted"] = authored
+        if authors:
+            res["informationSource"] = authors[0]
+    reasons = reason_codes(doc, sa)
+    if reasons:
+        res["reasonCode"] = reasons
+    d = dosage(doc, sa)
+    if request and period_el is not None:
+        bounds: dict[str, Any] = {}
+        if set_effective(bounds, "bounds", period_el, ("Period",)):
+            d = d or {}
+            d.setdefault("timing", {})["repeat"] = {**d.get("timing", {}).get("repeat", {}), **bounds}
+    elif d and d.get("timing") and period_el is not None:
+        bounds = {}
+        if set_effective(bounds, "bounds", period_el, ("Period",)):
+            d["timing"]["repeat"].update(bounds)
+    if d:
+        res["dosageInstruction" if request else "dosage"] = [d]
+    if request:
+        supply = next((s for s in related(sa) if s.tag.endswith("}supply")), None)
+        if supply is not None:
+            disp: dict[str, Any] = {}
+            repeat = child(supply, "repeatNumber")
+            if repeat is not None and (repeat.get("value") or "").isdigit():
+                disp["numberOfRepeatsAllowed"] = max(int(repeat.get("value")) - 1, 0)
+            qty = quantity(child(supply, "quantity"))
+            if qty:
+                disp["quantity"] = qty
+            if disp:
+                res["dispenseRequest"] = disp
+    doc.emit(res, sa)

@@ -1,0 +1,114 @@
+"""Problems, diagnoses and health concerns -> Condition (C-CDA on FHIR Problem mapping)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.convert.ccda.datatypes import child, children, codeable, template_ids, ts, value
+from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
+from pipelines.convert.ccda.header import author_refs, author_time
+from pipelines.convert.ccda.maps import concept
+from pipelines.convert.ccda.sections.common import (
+    CONDITION_CATEGORY,
+    US_CORE_CATEGORY,
+    base,
+    category,
+    negated,
+    related,
+    status_code,
+)
+
+PROBLEM_OBS = "2.16.840.1.113883.10.20.22.4.4"
+PROBLEM_STATUS = ("2.16.840.1.113883.10.20.22.4.6",)
+CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+CATEGORY_OF = {
+    "problems": (CONDITION_CATEGORY, "problem-list-item", "Problem List Item"),
+    "health_concerns": (US_CORE_CATEGORY, "health-concern", "Health Concern"),
+    "encounter": (CONDITION_CATEGORY, "encounter-diagnosis", "Encounter Diagnosis"),
+}
+
+
+def concern(doc: Doc, act: Any, section: Section) -> None:
+    """Problem Concern Act (and diagnosis acts): one Condition per problem observation inside."""
+    kind = "encounter" if section.name in ("Hospital Discharge Diagnosis", "Admission Diagnosis") else None
+    kind = kind or ("health_concerns" if section.family == "health_concerns" else "problems")
+    # Its problem observations (under any relationship) or untemplated subjects; priority, comment and
+    # reference entries beside them are not problems.
+    observations = [
+        o for typed, o in _subjects(act) if PROBLEM_OBS in template_ids(o) or (typed and not template_ids(o))
+    ]
+    if not observations:
+        raise EntrySkipped("no problem observation")
+    made = 0
+    for obs in observations:
+        if condition(doc, obs, kind, act) is not None:
+            made += 1
+    if not made:
+        raise EntrySkipped("no problem code")
+
+
+def problem_observation(doc: Doc, obs: Any, section: Section) -> None:
+    kind = "health_concerns" if section.family == "health_concerns" else "problems"
+    if condition(doc, obs, kind, None) is None:
+        raise EntrySkipped("no problem code")
+
+
+def condition(doc: Doc, obs: Any, kind: str, act: Any | None) -> dict[str, str] | None:
+    """Problem Observation -> Condition; None when neither value nor narrative names the problem."""
+    res = base(doc, "Condition", obs)
+    status = None
+    for st in related(obs, *PROBLEM_STATUS):
+        v = child(st, "value")
+        status = concept("problem_status", v.get("code") if v is not None else None)
+    if status is None:
+        high = child(child(obs, "effectiveTime"), "high")
+        resolved = high is not None and high.get("value")
+        act_status = concept("act_status_condition", status_code(act)) if act is not None else None
+        status = "resolved" if resolved else act_status or ("active" if not negated(obs) else None)
+    if status and not negated(obs):
+        res["clinicalStatus"] = {"coding": [{"system": CLINICAL, "code": status}]}
+    if negated(obs):
+        res["verificationStatus"] = {"coding": [{"system": VERIFICATION, "code": "refuted"}]}
+    system, code, display = CATEGORY_OF[kind]
+    res["category"] = category(system, code, display)
+    v = value(child(obs, "value"), doc)
+    cc = v[1] if v and v[0] == "valueCodeableConcept" else None
+    if cc is None:
+        text = doc.text_of(child(obs, "text"))
+        cc = {"text": text} if text else None
+    if cc is None:
+        return None
+    res["code"] = cc
+    site = codeable(child(obs, "targetSiteCode"), doc)
+    if site:
+        res["bodySite"] = [site]
+    res["subject"] = res.pop("subject")
+    if doc.encounter_ref and kind == "encounter":
+        res["encounter"] = doc.encounter_ref
+    eff = child(obs, "effectiveTime")
+    low = child(eff, "low") if eff is not None else None
+    high = child(eff, "high") if eff is not None else None
+    onset = ts(low.get("value")) if low is not None else (ts(eff.get("value")) if eff is not None else None)
+    if onset:
+        res["onsetDateTime"] = onset
+    end = ts(high.get("value")) if high is not None else None
+    if end:
+        res["abatementDateTime"] = end
+    recorded = author_time(obs) or (author_time(act) if act is not None else None)
+    if recorded:
+        res["recordedDate"] = recorded
+    authors = author_refs(doc, obs) or (author_refs(doc, act) if act is not None else [])
+    if authors:
+        res["recorder"] = authors[0]
+    return doc.emit(res, obs)
+
+
+def _subjects(act: Any) -> list[tuple[bool, Any]]:
+    """(is it the act's SUBJ?, observation) for each observation under the act."""
+    return [
+        (rel.get("typeCode") == "SUBJ", o)
+        for rel in children(act, "entryRelationship")
+        for o in rel
+        if isinstance(o.tag, str) and o.tag.endswith("}observation")
+    ]
