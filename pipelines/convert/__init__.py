@@ -7,6 +7,11 @@ from collections.abc import Iterator
 from pipelines import formats
 from pipelines.common.unit import BatchConverter, Converter, FileContext, Quarantine, Skip, Unit
 from pipelines.convert.fhir.bundle import FhirBundleConverter
+from pipelines.convert.fhir.legacy import (
+    LegacyBundleConverter,
+    LegacyNdjsonConverter,
+    LegacyResourceConverter,
+)
 from pipelines.convert.fhir.ndjson import FhirNdjsonConverter
 from pipelines.convert.fhir.resource import FhirResourceConverter
 from pipelines.convert.hl7v2.converter import Hl7v2Converter
@@ -38,6 +43,9 @@ CONVERTERS: tuple[Converter | BatchConverter, ...] = (
     FhirNdjsonConverter(),
     FhirBundleConverter(),
     FhirResourceConverter(),
+    LegacyNdjsonConverter(),
+    LegacyBundleConverter(),
+    LegacyResourceConverter(),
     Hl7v2Converter(),
 )
 
@@ -53,6 +61,9 @@ WHOLE_FILE: dict[str, WholeFileOutcome] = {
     formats.JSON_OTHER: WholeFileOutcome("quarantined", "json_not_fhir", "JSON that is not FHIR"),
     formats.JSON_INVALID: WholeFileOutcome("quarantined", "invalid_json", "JSON document is not valid"),
     formats.FHIR_EXPORT_LOG: WholeFileOutcome("skipped", "export_log", ""),
+    formats.FHIR_UNSUPPORTED_VERSION: WholeFileOutcome(
+        "quarantined", "unsupported_fhir_version", "FHIR release is neither DSTU2, STU3 nor R4"
+    ),
     formats.CCDA: WholeFileOutcome("quarantined", "no_converter", "C-CDA has no converter in this version"),
 }
 
