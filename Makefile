@@ -41,7 +41,7 @@ bench: setup
 	$(RUN) python bench/ingest_fhir.py
 
 golden: setup
-	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py
+	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py tests/test_upgrade_golden.py
 
 clean:
 	rm -rf $(DATA) .pytest_cache .ruff_cache

@@ -58,12 +58,12 @@ def compare(label: str, dstu2: list[Path], r4: list[Path]) -> dict:
 
 
 def demo_sets(patients: int) -> tuple[list[Path], list[Path]]:
-    folder = OUT / f"demo-{patients}"
+    folder = OUT / f"demo-upgrade-{patients}"
     if not (folder / "demo-summary.json").exists():
         from pipelines.demo import generate_demo_data
 
         print(f"generating demo data for {patients} patients …", flush=True)
-        generate_demo_data(folder, patients=patients, seed=7)
+        generate_demo_data(folder, patients=patients, seed=7, dstu2=True)
     dstu2 = sorted((folder / "sources" / "fhir-dstu2").glob("*.ndjson"))
     r4 = sorted((folder / "sources" / "fhir-r4").glob("*.ndjson"))
     return dstu2, r4

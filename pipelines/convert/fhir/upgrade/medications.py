@@ -29,7 +29,9 @@ def r2_medication_order(m: Mover) -> None:
     m.to_extension("reasonEnded", "CodeableConcept")
     m.each("dosageInstruction", r2_dosage)
     m.each("dispenseRequest", _r2_dispense_request)
-    m.each("substitution", lambda c: c.same("reason").to_extension("type", "CodeableConcept"))
+    # DSTU2 substitution.type is bound to ActSubstanceAdminSubstitutionCode, the value set of R4
+    # substitution.allowedCodeableConcept: the type says which substitution is allowed.
+    m.each("substitution", lambda c: c.same("reason").rename("type", "allowedCodeableConcept"))
 
 
 def _r2_dispense_request(m: Mover) -> None:
@@ -63,7 +65,10 @@ def r3_medication_request(m: Mover) -> None:
             "validityPeriod", "numberOfRepeatsAllowed", "quantity", "expectedSupplyDuration"
         ).same("performer"),
     )
-    m.each("substitution", lambda c: c.same("reason").rename("allowed", "allowedBoolean"))
+    m.each(
+        "substitution",
+        lambda c: c.same("reason", "allowedCodeableConcept").rename("allowed", "allowedBoolean"),
+    )
 
 
 def r2_medication_statement(m: Mover) -> None:
@@ -232,7 +237,8 @@ def r3_immunization(m: Mover) -> None:
     not_given = m.take("notGiven")
     if not_given is True:
         m.out["status"] = "not-done"
-    if not_given is not None:
+    if not_given is not None and m.release == "3.0":
+        # HL7's R3->R4 map keeps STU3 notGiven as an extension; from DSTU2 the status says it all.
         m.add_extension("notGiven", "Boolean", not_given)
     m.rename("date", "occurrenceDateTime")
     m.each("practitioner", lambda c: c.same("actor").rename("role", "function"), new="performer")
