@@ -29,7 +29,7 @@ def dstu2_patients(patients: int) -> int:
 def write_dstu2_export(out: Path, seed: int, patients: int) -> tuple[list[FileSummary], list[Defect]]:
     """One NDJSON file per DSTU2 type; three lines at the ends of files are defects the upgrade must catch."""
     lines: dict[str, list[bytes]] = defaultdict(list)
-    last: dict[str, dict[str, Any]] = {}
+    last: dict[str, dict[str, Any]] = {}  # the last resource of each type (its Patient anchors the defects)
     for patient in iter_patients(seed, dstu2_patients(patients), "dstu2"):
         for rtype, resource in render_patient_dstu2(patient):
             lines[rtype].append(orjson.dumps(resource))
@@ -42,25 +42,43 @@ def write_dstu2_export(out: Path, seed: int, patients: int) -> tuple[list[FileSu
         path = f"{DSTU2_DIR}/{rtype}.dstu2.ndjson"
         defects.append(Defect(path, "ndjson_line", len(lines[rtype]), "quarantined", reason, description))
 
-    condition = last["Condition"]
-    # DSTU2's condition-ver-status has "unknown"; R4's has no such code, so nothing faithful to map it to.
+    patient_ref = {"reference": f"Patient/{last['Patient']['id']}"}
+    condition = {
+        "resourceType": "Condition",
+        "id": make_uid(seed, "dstu2-defect", "unknown"),
+        "patient": patient_ref,
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]},
+        "clinicalStatus": "active",
+        # DSTU2's condition-ver-status has "unknown"; R4's has no such code, so nothing faithful to map to.
+        "verificationStatus": "unknown",
+    }
     add(
         "Condition",
-        {**condition, "id": make_uid(seed, "dstu2-defect", "unknown"), "verificationStatus": "unknown"},
+        condition,
         "upgrade_unmappable_code",
-        "Condition.verificationStatus 'unknown' (DSTU2-only code)",
+        "Condition.verificationStatus 'unknown' (DSTU2-only)",
     )
     # An R4-shaped Condition slipped into the DSTU2 export: a file is converted in one release only.
-    r4_shaped = {k: v for k, v in condition.items() if k not in ("patient", "dateRecorded", "clinicalStatus")}
+    r4_shaped = {
+        k: v for k, v in condition.items() if k not in ("patient", "clinicalStatus", "verificationStatus")
+    }
     r4_shaped |= {
         "id": make_uid(seed, "dstu2-defect", "r4"),
-        "subject": condition["patient"],
+        "subject": patient_ref,
         "clinicalStatus": {"coding": [{"code": "active"}]},
     }
     add("Condition", r4_shaped, "fhir_version_mismatch", "R4-shaped Condition in a DSTU2 file")
     # A medication order pointing at a DSTU2 Order, a type R4 does not have.
-    order = {**last["MedicationOrder"], "id": make_uid(seed, "dstu2-defect", "order")}
-    order["priorPrescription"] = {"reference": f"Order/{make_uid(seed, 'dstu2-defect', 'order-target')}"}
+    order = {
+        "resourceType": "MedicationOrder",
+        "id": make_uid(seed, "dstu2-defect", "order"),
+        "status": "active",
+        "patient": patient_ref,
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "197361"}]
+        },
+        "priorPrescription": {"reference": f"Order/{make_uid(seed, 'dstu2-defect', 'order-target')}"},
+    }
     add("MedicationOrder", order, "upgrade_broken_reference", "reference to a DSTU2 Order (no R4 type)")
 
     files = []
@@ -78,7 +96,7 @@ def write_dstu2_export(out: Path, seed: int, patients: int) -> tuple[list[FileSu
                 sha256=hashlib.sha256(data).hexdigest(),
                 resource_type=rtype,
                 lines=len(lines[rtype]),
-                resources={R4_TYPE.get(rtype, rtype): valid[rtype]},
+                resources={R4_TYPE.get(rtype, rtype): valid[rtype]} if valid.get(rtype) else {},
             )
         )
     return files, defects

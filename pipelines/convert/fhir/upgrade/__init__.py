@@ -93,13 +93,10 @@ def upgrade(resource: dict[str, Any], release: str, *, _contained: bool = False)
                 rtype,
             )
         upgraded = upgrade(inner, release, _contained=True)
-        if len(upgraded) != 1:
-            raise Quarantine(
-                "upgrade_no_r4_home",
-                f"contained {inner.get('resourceType')} splits into several resources",
-                rtype,
-            )
-        contained.append(upgraded[0])
+        # Resources split off a contained one (a Practitioner's roles) are contained beside it.
+        for extra in upgraded[1:]:
+            _point_inside(extra, upgraded[0])
+        contained.extend(upgraded)
     extra: list[dict[str, Any]] = []
     current, current_type = source, rtype
     if release == "1.0":
@@ -121,6 +118,20 @@ def upgrade(resource: dict[str, Any], release: str, *, _contained: bool = False)
     for item in out:
         _rewrite_references(item, release, rtype, {c.get("id") for c in item.get("contained", [])})
     return out
+
+
+def _point_inside(node: Any, target: dict[str, Any]) -> None:
+    """References to a contained resource by Type/id become local (#id) references."""
+    absolute = f"{target.get('resourceType')}/{target.get('id')}"
+    if isinstance(node, list):
+        for item in node:
+            _point_inside(item, target)
+    elif isinstance(node, dict):
+        if node.get("reference") == absolute:
+            node["reference"] = f"#{target.get('id')}"
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                _point_inside(value, target)
 
 
 def _rewrite_references(node: Any, release: str, rtype: str, contained_ids: set[Any]) -> None:
