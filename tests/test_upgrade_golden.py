@@ -47,3 +47,12 @@ def test_every_upgraded_type_has_a_golden_case():
     }
     for rtype in resource_types()["upgraded"]["1.0"]:
         assert ("1.0", rtype) in covered, rtype
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_golden_output_is_valid_r4(case):
+    """The closest pydantic check of R4 shapes: fhir.resources' R4B models (R4 itself is not shipped)."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    for res in simplejson.loads((case / "expected.json").read_text()):
+        get_fhir_model_class(res["resourceType"]).model_validate(res)

@@ -246,7 +246,12 @@ def medication_order_resource(p: PatientRecord, med: MedicationOrder) -> Resourc
     }
     if med.reason_uid is not None:
         res["reasonReference"] = {"reference": f"Condition/{med.reason_uid}"}
-    res["medicationCodeableConcept"] = _concept(SYS["rxnorm"], drug["rxnorm"], drug["display"])
+    codings = []
+    if med.coding in ("rxnorm", "both"):
+        codings.append({"system": SYS["rxnorm"], "code": drug["rxnorm"], "display": drug["display"]})
+    if med.coding in ("ndc", "both"):
+        codings.append({"system": SYS["ndc"], "code": drug["ndc"], "display": drug["ndc_display"]})
+    res["medicationCodeableConcept"] = {"coding": codings, "text": codings[0]["display"]}
     res["dosageInstruction"] = [dosage]
     if "days" in drug:
         res["dispenseRequest"] = {

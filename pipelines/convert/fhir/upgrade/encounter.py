@@ -41,7 +41,7 @@ def r3_encounter(m: Mover) -> None:
     m.same("partOf")
     m.rename("incomingReferral", "basedOn")
     m.rename("reason", "reasonCode")
-    m.each("diagnosis", lambda c: c.same("condition", "role", "rank"))
+    m.each("diagnosis", lambda c: c.same("condition", "rank").rename("role", "use"))
     m.each("hospitalization", _r3_hospitalization)
     m.each("location", lambda c: c.same("location", "status", "period"))
 

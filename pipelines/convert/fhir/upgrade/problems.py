@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.convert.fhir.upgrade.base import Mover, as_list, coded
+from pipelines.convert.fhir.upgrade.datatypes import r2_timing
 
 
 def r2_condition(m: Mover) -> None:
@@ -15,8 +16,8 @@ def r2_condition(m: Mover) -> None:
     m.rename("category", "category", lambda v: [v])
     m.code("clinicalStatus", "r2.condition-clinical")
     m.code("verificationStatus", "r2.condition-ver-status")
-    m.choice("onset")
     m.rename("onsetQuantity", "onsetAge")  # DSTU2 onsetQuantity is constrained to Age
+    m.choice("onset")
     m.rename("abatementQuantity", "abatementAge")
     m.choice("abatement")
     m.each("stage", lambda c: c.same("summary", "assessment"))
@@ -40,6 +41,8 @@ def r3_condition(m: Mover) -> None:
     m.choice("onset")
     m.choice("abatement")
     m.each("stage", lambda c: c.same("summary", "assessment"))
+    if isinstance(m.out.get("stage"), dict):
+        m.out["stage"] = [m.out["stage"]]  # R4 Condition.stage repeats
     m.each("evidence", lambda c: c.same("code", "detail"))
 
 
@@ -133,6 +136,8 @@ def r3_goal(m: Mover) -> None:
         if achievement:
             m.out["achievementStatus"] = coded("goal-achievement", achievement)
     m.each("target", lambda c: c.same("measure").choice("detail").choice("due"))
+    if isinstance(m.out.get("target"), dict):
+        m.out["target"] = [m.out["target"]]  # R4 Goal.target repeats
 
 
 _ACHIEVED = frozenset(
@@ -160,7 +165,8 @@ def r2_careplan(m: Mover) -> None:
     participants = []
     for p in as_list(m.take("participant")):
         child = Mover(p, m.release, "CarePlan", "CarePlan.participant")
-        child.same("id", "extension", "modifierExtension", "role", "member")
+        child.same("id", "extension", "modifierExtension", "member")
+        child.rename("role", "role", lambda v: [v])  # CareTeam.participant.role repeats
         participants.append(child.finish())
     if participants:
         # HL7's map makes a CareTeam of the participants; it travels contained in its plan.
@@ -181,6 +187,7 @@ def _r2_detail(m: Mover) -> None:
     m.same("category", "code", "reasonCode", "reasonReference", "goal", "location", "performer")
     m.same("dailyAmount", "quantity", "description", "prohibited")
     m.code("status", "r2.careplan-activity-status")
+    m.rename("scheduledTiming", "scheduledTiming", r2_timing)
     m.choice("scheduled")
     m.choice("product")
     if m.has("statusReason"):
