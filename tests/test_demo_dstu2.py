@@ -64,3 +64,29 @@ def test_demo_run_with_dstu2_matches_the_generator_summary(tmp_path, make_config
     assert formats["MedicationOrder.dstu2.ndjson"] == "fhir-ndjson-dstu2"
     # The warehouse holds exactly the valid resources of every file, DSTU2 ones upgraded to R4.
     assert run.warehouse_resources == demo.resources
+
+
+def test_upgraded_demo_patients_agree_with_their_r4_rendering():
+    """The same synthetic patients rendered in DSTU2 (upgraded) and in R4 agree field by field, except
+    where DSTU2 cannot say what R4 says (its value sets lack "inactive" and "unconfirmed")."""
+    from pipelines.convert.fhir.upgrade.agreement import Agreement, compare_bundles
+    from pipelines.demo.fhir_dstu2 import render_patient_dstu2
+    from pipelines.demo.fhir_r4 import render_patient
+    from pipelines.demo.model import iter_patients
+
+    def bundle(rendered):
+        return {"entry": [{"fullUrl": f"{t}/{r['id']}", "resource": r} for t, r in rendered]}
+
+    agreement = Agreement()
+    for patient in iter_patients(3, 60, "dstu2"):
+        compare_bundles(bundle(render_patient_dstu2(patient)), bundle(render_patient(patient)), agreement)
+    assert not agreement.unpaired and not agreement.quarantined
+    lossy = {
+        ("Condition", "status", "clinicalStatus"),
+        ("Condition", "status", "verificationStatus"),
+        ("AllergyIntolerance", "status", "clinicalStatus"),
+        ("AllergyIntolerance", "status", "verificationStatus"),
+    }
+    exact = [k for k in agreement.both if k not in lossy]
+    assert agreement.rate(exact) == 1.0, [k for k in exact if agreement.agree[k] != agreement.both[k]]
+    assert sum(agreement.both[k] for k in exact) > 5_000

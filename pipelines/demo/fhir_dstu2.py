@@ -131,7 +131,10 @@ def condition_resource(p: PatientRecord, cond: Condition) -> Resource:
     if cond.encounter_uid is not None:
         res["encounter"] = {"reference": f"Encounter/{cond.encounter_uid}"}
     res["dateRecorded"] = local_date(cond.recorded, p.utc_offset_minutes)
-    res["code"] = _concept(SYS["snomed"], entry["snomed"], entry["display"])
+    snomed = {"system": SYS["snomed"], "code": entry["snomed"], "display": entry["display"]}
+    icd10 = {"system": SYS["icd10cm"], "code": entry["icd10"], "display": entry["icd10_display"]}
+    codings = {"snomed": [snomed], "icd10": [icd10], "both": [snomed, icd10]}[cond.coding]
+    res["code"] = {"coding": codings, "text": codings[0]["display"]}
     res["category"] = _concept(
         DSTU2_SYS["condition_category"], _category(cond), _CATEGORY_DISPLAY[cond.category]
     )
@@ -183,7 +186,10 @@ def vital_resource(p: PatientRecord, enc: Encounter, v: VitalSign) -> Resource:
 def lab_resource(p: PatientRecord, enc: Encounter, panel: LabPanel, r: LabResult) -> Resource:
     spec = _TESTS[r.test]
     res = _observation(r.uid, r.last_updated, "laboratory", p, enc)
-    res["code"] = _concept(SYS["loinc"], spec["loinc"], spec["display"])
+    loinc = {"system": SYS["loinc"], "code": spec["loinc"], "display": spec["display"]}
+    local = {"system": SYS["legacy_lab"], "code": r.test, "display": spec["local_display"]}
+    codings = {"loinc": [loinc], "local": [local], "both": [local, loinc]}[r.coding]
+    res["code"] = {"coding": codings, "text": codings[0]["display"]}
     res["effectiveDateTime"] = local_datetime(panel.collected, p.utc_offset_minutes)
     res["issued"] = local_datetime(panel.issued, p.utc_offset_minutes)
     res["valueQuantity"] = _quantity(r.value, spec["unit"])
