@@ -1,10 +1,10 @@
 """DSTU2 upgrade benchmark: ehrlift converting DSTU2 input (release detection, upgrade to R4, preparation)
 vs loading the same patients' R4 input directly, measured in the same run; prints the ratio.
 
-    uv run python bench/upgrade.py [--patients 2000]
+    uv run python bench/upgrade.py [--patients 5000]
 
 Sets: the corpus Synthea Bundles (the same patients in DSTU2 and R4, when $EHRLIFT_CORPUS is there) and
-the demo data's DSTU2 NDJSON export vs the R4 NDJSON of the same generated patients (the R4 fast path).
+generated patients rendered both as DSTU2 NDJSON and as R4 NDJSON (the R4 set-based fast path).
 Each measurement runs in its own process (bench/_child.py). Writes bench/out/upgrade.json.
 """
 
@@ -58,15 +58,31 @@ def compare(label: str, dstu2: list[Path], r4: list[Path]) -> dict:
 
 
 def demo_sets(patients: int) -> tuple[list[Path], list[Path]]:
-    folder = OUT / f"demo-upgrade-{patients}"
-    if not (folder / "demo-summary.json").exists():
-        from pipelines.demo import generate_demo_data
+    """The same generated patients as DSTU2 and as R4 NDJSON, one file per type each (cached)."""
+    import orjson
 
-        print(f"generating demo data for {patients} patients …", flush=True)
-        generate_demo_data(folder, patients=patients, seed=7, dstu2=True)
-    dstu2 = sorted((folder / "sources" / "fhir-dstu2").glob("*.ndjson"))
-    r4 = sorted((folder / "sources" / "fhir-r4").glob("*.ndjson"))
-    return dstu2, r4
+    from pipelines.demo.fhir_dstu2 import render_patient_dstu2
+    from pipelines.demo.fhir_r4 import render_patient
+    from pipelines.demo.model import iter_patients
+
+    folder = OUT / f"upgrade-{patients}"
+    sets = {"dstu2": render_patient_dstu2, "r4": render_patient}
+    if not (folder / "done").exists():
+        print(f"rendering {patients} patients as DSTU2 and R4 …", flush=True)
+        handles: dict[tuple[str, str], object] = {}
+        for name in sets:
+            (folder / name).mkdir(parents=True, exist_ok=True)
+        for patient in iter_patients(7, patients, "dstu2"):
+            for name, render in sets.items():
+                for rtype, res in render(patient):
+                    fh = handles.get((name, rtype))
+                    if fh is None:
+                        fh = handles[(name, rtype)] = (folder / name / f"{rtype}.ndjson").open("wb")
+                    fh.write(orjson.dumps(res) + b"\n")
+        for fh in handles.values():
+            fh.close()
+        (folder / "done").touch()
+    return sorted((folder / "dstu2").glob("*.ndjson")), sorted((folder / "r4").glob("*.ndjson"))
 
 
 def main() -> None:
@@ -74,7 +90,7 @@ def main() -> None:
         print(json.dumps(child(sys.argv[4:], Path(sys.argv[3]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=2000, help="generated patients for the NDJSON set")
+    parser.add_argument("--patients", type=int, default=5000, help="generated patients for the NDJSON sets")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     results = []
@@ -85,7 +101,7 @@ def main() -> None:
         results.append(compare("corpus Synthea Bundles", [a for a, _ in pairs], [b for _, b in pairs]))
     dstu2, r4 = demo_sets(args.patients)
     if dstu2:
-        results.append(compare(f"demo NDJSON, {args.patients:,} patients", dstu2, r4))
+        results.append(compare(f"generated NDJSON, {args.patients:,} patients", dstu2, r4))
     (OUT / "upgrade.json").write_text(json.dumps(results, indent=2))
 
 
