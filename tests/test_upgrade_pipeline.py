@@ -43,6 +43,7 @@ def test_dstu2_ndjson_bad_units_are_quarantined_with_their_reason(tmp_path, make
         "{not json",
         "",
         resource("Encounter", "e1", patient=PATIENT, **{"class": "other"}),
+        {**ORDER, "id": "mo5", "Secret Key": 1},
     ]
     path = write_ndjson(tmp_path / "in" / "export.ndjson", *lines)
     run = run_pipeline(make_config(path))
@@ -62,6 +63,7 @@ def test_dstu2_ndjson_bad_units_are_quarantined_with_their_reason(tmp_path, make
         (10, "quarantined", "invalid_json"),
         (11, "skipped", "blank_line"),
         (12, "quarantined", "upgrade_unmappable_code"),
+        (13, "quarantined", "upgrade_unmapped_element"),
     ]
     messages = [m for (m,) in con.execute("SELECT message FROM ops.quarantine").fetchall()]
     assert all("Secret" not in m for m in messages)  # structure only, never values

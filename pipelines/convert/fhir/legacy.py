@@ -14,6 +14,7 @@ import simplejson
 
 from pipelines import fhir_versions, formats
 from pipelines.common.unit import Converter, FileContext, Quarantine, Skip, StagedResource, Unit
+from pipelines.common.warehouse import RESOURCE_TYPE
 from pipelines.convert.fhir.bundle import FhirBundleConverter, dumps_exact
 from pipelines.convert.fhir.ndjson import _line_batches
 from pipelines.convert.fhir.prepare import ResourcePreparer
@@ -35,9 +36,9 @@ RELEASE_OF_FORMAT = {
 
 def upgrade_unit(obj: Any, release: str, preparer: ResourcePreparer, position: int) -> list[StagedResource]:
     """Check a unit belongs to its file's release, upgrade it and prepare what results."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
+    rtype = obj.get("resourceType") if isinstance(obj, dict) else None
+    if not isinstance(rtype, str) or not RESOURCE_TYPE.fullmatch(rtype):
         return [preparer.prepare(b"", obj, position)]  # raises the same quarantine as for R4 input
-    rtype = obj["resourceType"]
     found = fhir_versions.candidates(obj)
     if release not in found:
         shape = "contradicts itself" if not found else "belongs to another release"

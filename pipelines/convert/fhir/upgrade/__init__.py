@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipelines.common.unit import Quarantine
+from pipelines.common.warehouse import RESOURCE_TYPE
 from pipelines.convert.fhir.upgrade import administrative, encounter, medications, problems, results
 from pipelines.convert.fhir.upgrade.base import RELEASE_NAMES, Mover, resource_types
 
@@ -75,13 +76,15 @@ def upgrade(resource: dict[str, Any], release: str, *, _contained: bool = False)
     if release == "4.0":
         return [resource]
     rtype = resource.get("resourceType")
-    if release not in RELEASE_NAMES or release == "4.0":
+    if release not in ("1.0", "3.0"):
         raise Quarantine("unsupported_fhir_version", "FHIR release ehrlift does not upgrade")
     if rtype not in resource_types()["upgraded"][release]:
+        valid = isinstance(rtype, str) and RESOURCE_TYPE.fullmatch(rtype)
+        shown = rtype if valid else "resource of an invalid type"
         raise Quarantine(
             "unsupported_resource_version",
-            f"{RELEASE_NAMES[release]} {rtype} has no upgrade to R4 in ehrlift",
-            rtype if isinstance(rtype, str) else None,
+            f"{RELEASE_NAMES[release]} {shown} has no upgrade to R4 in ehrlift",
+            rtype if valid else None,
         )
     source = dict(resource)
     contained = []

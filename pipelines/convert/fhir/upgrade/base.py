@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -12,6 +13,7 @@ import orjson
 from pipelines.common.unit import Quarantine
 
 MAPS = Path(__file__).with_name("maps")
+_ELEMENT = re.compile(r"_?[a-z][A-Za-z0-9]{0,63}")
 RELEASE_NAMES = {"1.0": "DSTU2", "3.0": "STU3", "4.0": "R4"}
 # Elements every DomainResource carries in all three releases, copied as they are.
 RESOURCE_BASE = ("id", "implicitRules", "language", "text", "extension", "modifierExtension")
@@ -155,7 +157,10 @@ class Mover:
 
     def finish(self) -> dict[str, Any]:
         if self.src:
-            names = ", ".join(sorted(k.lstrip("_") for k in self.src)[:5])
+            # Keys come from the data: only element-shaped names are quoted (a stray key could hold PHI).
+            names = ", ".join(
+                sorted({k.lstrip("_") if _ELEMENT.fullmatch(k) else "(key)" for k in self.src})[:5]
+            )
             self.fail("upgrade_unmapped_element", f"{self.path} element(s) without an upgrade rule: {names}")
         return self.out
 
