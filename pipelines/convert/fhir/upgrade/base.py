@@ -48,6 +48,8 @@ class Mover:
 
     def __init__(self, src: dict[str, Any], release: str, rtype: str, path: str | None = None) -> None:
         self.src = dict(src)
+        # Primitive extension siblings (_status) are rare: most resources skip looking for them.
+        self._siblings = any(k[:1] == "_" for k in self.src)
         self.release = release
         self.rtype = rtype
         self.path = path or rtype
@@ -165,6 +167,8 @@ class Mover:
         return self.out
 
     def _claim_sibling(self, name: str, new: str | None) -> None:
+        if not self._siblings:
+            return
         sibling = self.src.pop("_" + name, None)
         if sibling is not None and new is not None:
             self.out["_" + new] = sibling
