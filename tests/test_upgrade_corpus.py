@@ -57,7 +57,7 @@ def test_every_upgraded_synthea_resource_has_a_valid_r4_shape(corpus):
             for res in upgraded:
                 get_fhir_model_class(res["resourceType"]).model_validate(res)
                 checked += 1
-    assert checked == 3_258
+    assert checked == 3_314  # before the warehouse folds the bundles' shared Practitioners
 
 
 def test_every_official_dstu2_example_is_converted_or_quarantined_with_a_reason(corpus):
@@ -74,7 +74,7 @@ def test_every_official_dstu2_example_is_converted_or_quarantined_with_a_reason(
         for res in upgraded:  # fhir.resources' R4B models: the closest pydantic check of R4 shapes
             get_fhir_model_class(res["resourceType"]).model_validate(res)
         outcomes["converted"] += 1
-    assert outcomes["converted"] == 123 and sum(outcomes.values()) == 322
+    assert outcomes["converted"] == 122 and sum(outcomes.values()) == 322
 
 
 def test_official_dstu2_examples_through_the_pipeline(corpus, make_config, warehouse):

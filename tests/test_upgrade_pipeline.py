@@ -44,6 +44,7 @@ def test_dstu2_ndjson_bad_units_are_quarantined_with_their_reason(tmp_path, make
         "",
         resource("Encounter", "e1", patient=PATIENT, **{"class": "other"}),
         {**ORDER, "id": "mo5", "Secret Key": 1},
+        {k: v for k, v in {**ORDER, "id": "mo6"}.items() if k != "status"},
     ]
     path = write_ndjson(tmp_path / "in" / "export.ndjson", *lines)
     run = run_pipeline(make_config(path))
@@ -64,6 +65,7 @@ def test_dstu2_ndjson_bad_units_are_quarantined_with_their_reason(tmp_path, make
         (11, "skipped", "blank_line"),
         (12, "quarantined", "upgrade_unmappable_code"),
         (13, "quarantined", "upgrade_unmapped_element"),
+        (14, "quarantined", "upgrade_missing_required"),
     ]
     messages = [m for (m,) in con.execute("SELECT message FROM ops.quarantine").fetchall()]
     assert all("Secret" not in m for m in messages)  # structure only, never values

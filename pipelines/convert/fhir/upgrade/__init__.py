@@ -13,7 +13,7 @@ from typing import Any
 from pipelines.common.unit import Quarantine
 from pipelines.common.warehouse import RESOURCE_TYPE
 from pipelines.convert.fhir.upgrade import administrative, encounter, medications, problems, results
-from pipelines.convert.fhir.upgrade.base import RELEASE_NAMES, Mover, resource_types
+from pipelines.convert.fhir.upgrade.base import RELEASE_NAMES, Mover, required_elements, resource_types
 
 Rule = Callable[[Mover], Any]
 
@@ -116,11 +116,29 @@ def upgrade(resource: dict[str, Any], release: str, *, _contained: bool = False)
     if contained:
         body["contained"] = contained + body.get("contained", [])
     out = [{"resourceType": current_type, **body}, *extra]
+    for item in out:
+        _check_required(item, release)
     if _contained:
         return out  # its references are checked against its container's contained resources
     for item in out:
         _rewrite_references(item, release, rtype, {c.get("id") for c in item.get("contained", [])})
     return out
+
+
+def _check_required(resource: dict[str, Any], release: str) -> None:
+    rtype = resource["resourceType"]
+    for name in required_elements().get(rtype, []):
+        if name.endswith("[x]"):
+            stem = name[:-3]
+            present = any(k.startswith(stem) and k[len(stem) : len(stem) + 1].isupper() for k in resource)
+        else:
+            present = resource.get(name) not in (None, [], {})
+        if not present:
+            raise Quarantine(
+                "upgrade_missing_required",
+                f"{RELEASE_NAMES[release]} source lacks what R4 requires: {rtype}.{name}",
+                rtype,
+            )
 
 
 def _point_inside(node: Any, target: dict[str, Any]) -> None:

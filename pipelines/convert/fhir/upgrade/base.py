@@ -29,6 +29,11 @@ def resource_types() -> dict[str, Any]:
     return orjson.loads((MAPS / "resource_types.json").read_bytes())
 
 
+@cache
+def required_elements() -> dict[str, list[str]]:
+    return orjson.loads((MAPS / "required.json").read_bytes())["required"]
+
+
 def system(name: str) -> str:
     return value_sets()["systems"][name]
 

@@ -222,6 +222,9 @@ def _r3_activity(m: Mover) -> None:
 
 
 def _r3_detail(m: Mover) -> None:
+    if not m.has("status"):
+        # R4 requires an activity's status; DSTU2 and STU3 did not, and none is invented.
+        m.fail("upgrade_missing_required", "source lacks what R4 requires: CarePlan.activity.detail.status")
     m.same("code", "reasonCode", "reasonReference", "goal", "location", "performer", "dailyAmount")
     m.same("quantity", "description")
     m.code("status", "r3.careplan-activity-status")
