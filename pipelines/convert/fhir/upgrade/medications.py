@@ -141,7 +141,8 @@ def r3_medication_dispense(m: Mover) -> None:
     if m.take("notDone") is True:
         m.fail("upgrade_no_r4_home", "MedicationDispense.notDone has no faithful R4 status")
     m.choice("notDoneReason", "statusReason")
-    m.each("performer", lambda c: c.same("actor").rename("onBehalfOf", "onBehalfOf"))
+    # R4 dropped performer.onBehalfOf: HL7's cross-version extension keeps it.
+    m.each("performer", lambda c: c.same("actor").to_extension("onBehalfOf", "Reference"))
     if m.has("dosageInstruction"):
         m.out["dosageInstruction"] = r3_dosages(
             m.take("dosageInstruction"), m.release, m.rtype, "MedicationDispense.dosageInstruction"
