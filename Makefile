@@ -51,7 +51,7 @@ bench: setup
 	$(RUN) python bench/ingest_fhir.py
 
 golden: setup
-	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py tests/test_ccda_golden.py
+	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py tests/test_ccda_golden.py tests/test_upgrade_golden.py
 
 # Rebuild the shipped default terminology from its pinned public sources (needs npm and pip).
 terminology-default: setup

@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         "--no-hl7v2", action="store_true", help="write only the FHIR sources, no HL7 v2 archives"
     )
     demo.add_argument("--no-ccda", action="store_true", help="write no C-CDA documents")
+    demo.add_argument("--no-dstu2", action="store_true", help="no DSTU2 export of extra patients")
     demo.set_defaults(func=_cmd_demo)
 
     listen = sub.add_parser(
@@ -336,7 +337,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.patients < 1:
         raise EhrliftError("--patients must be at least 1")
     summary = generate_demo_data(
-        args.dir, patients=args.patients, seed=args.seed, hl7v2=not args.no_hl7v2, ccda=not args.no_ccda
+        args.dir,
+        patients=args.patients,
+        seed=args.seed,
+        hl7v2=not args.no_hl7v2,
+        ccda=not args.no_ccda,
+        dstu2=not args.no_dstu2,
     )
     data = summary.to_dict()
     out.print(f"wrote synthetic demo data for {args.patients} patients (seed {args.seed}) to {args.dir}")

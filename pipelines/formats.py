@@ -10,6 +10,8 @@ from typing import BinaryIO
 import ijson
 import orjson
 
+from pipelines import fhir_versions
+
 SNIFF_BYTES = 64 * 1024
 UTF8_BOM = b"\xef\xbb\xbf"
 _WIDE_BOMS = {
@@ -34,6 +36,16 @@ XML_OTHER = "xml-other"
 EMPTY = "empty"
 UNSUPPORTED_ENCODING = "unsupported-encoding"
 UNKNOWN = "unknown"
+# Older FHIR releases, upgraded to R4 on conversion; "mixed" is R4 with units of another release.
+FHIR_NDJSON_DSTU2 = "fhir-ndjson-dstu2"
+FHIR_NDJSON_STU3 = "fhir-ndjson-stu3"
+FHIR_NDJSON_MIXED = "fhir-ndjson-mixed"
+FHIR_BUNDLE_DSTU2 = "fhir-bundle-dstu2"
+FHIR_BUNDLE_STU3 = "fhir-bundle-stu3"
+FHIR_BUNDLE_MIXED = "fhir-bundle-mixed"
+FHIR_RESOURCE_DSTU2 = "fhir-resource-dstu2"
+FHIR_RESOURCE_STU3 = "fhir-resource-stu3"
+FHIR_UNSUPPORTED_VERSION = "fhir-unsupported-version"
 
 
 _HL7_SEGMENT_START = re.compile(rb"[\r\n\x0b](?:MSH|FHS|BHS)[^A-Za-z0-9\r\n]")
@@ -111,10 +123,14 @@ def _detect_json(path: Path, body: bytes) -> tuple[str, str | None]:
         return FHIR_EXPORT_ERRORS, None
     if rest.strip():
         # Several JSON lines: NDJSON even when the first lacks resourceType (its line is quarantined).
-        return FHIR_NDJSON, None
+        return _with_release(FHIR_NDJSON, None, fhir_versions.sniff_ndjson(body))
     fmt, detail = _classify_document(obj.get("resourceType"), set(obj), obj.get("type"))
     # One compact resource on one line is NDJSON of one line: the same units and pointers as its siblings.
-    return (FHIR_NDJSON, None) if fmt == FHIR_RESOURCE else (fmt, detail)
+    if fmt == FHIR_RESOURCE:
+        return _with_release(FHIR_NDJSON, None, fhir_versions.sniff_ndjson(body))
+    if fmt == FHIR_BUNDLE:
+        return _with_release(fmt, detail, fhir_versions.sniff_bundle(path))
+    return fmt, detail
 
 
 def _detect_json_document(path: Path) -> tuple[str, str | None]:
@@ -138,7 +154,40 @@ def _detect_json_document(path: Path) -> tuple[str, str | None]:
         if resource_type or keys:
             return JSON_INVALID, "JSON document breaks off or has a syntax error"
         return JSON_INVALID, "not valid JSON"
-    return _classify_document(resource_type, keys, bundle_type)
+    fmt, detail = _classify_document(resource_type, keys, bundle_type)
+    if fmt == FHIR_BUNDLE:
+        return _with_release(fmt, detail, fhir_versions.sniff_bundle(path))
+    if fmt == FHIR_RESOURCE and path.stat().st_size <= _WHOLE_RESOURCE_BYTES:
+        try:
+            with open_json(path) as fh:
+                obj = orjson.loads(fh.read())
+        except orjson.JSONDecodeError:
+            return fmt, detail  # the converter quarantines it with the parser's reason
+        return _with_release(fmt, detail, fhir_versions.sniff_resource(obj))
+    return fmt, detail
+
+
+# A single-resource file larger than this is taken as R4 without reading it whole for its release.
+_WHOLE_RESOURCE_BYTES = 64 << 20
+_OLDER = {
+    (FHIR_NDJSON, "1.0"): FHIR_NDJSON_DSTU2,
+    (FHIR_NDJSON, "3.0"): FHIR_NDJSON_STU3,
+    (FHIR_BUNDLE, "1.0"): FHIR_BUNDLE_DSTU2,
+    (FHIR_BUNDLE, "3.0"): FHIR_BUNDLE_STU3,
+    (FHIR_RESOURCE, "1.0"): FHIR_RESOURCE_DSTU2,
+    (FHIR_RESOURCE, "3.0"): FHIR_RESOURCE_STU3,
+}
+_MIXED = {FHIR_NDJSON: FHIR_NDJSON_MIXED, FHIR_BUNDLE: FHIR_BUNDLE_MIXED}
+
+
+def _with_release(fmt: str, detail: str | None, release: tuple[str, bool]) -> tuple[str, str | None]:
+    """R4 keeps its format (and its fast paths); an older or unsupported release gets its own."""
+    name, mixed = release
+    if name == fhir_versions.UNSUPPORTED:
+        return FHIR_UNSUPPORTED_VERSION, "FHIR release named by the file is neither DSTU2, STU3 nor R4"
+    if name == "4.0":
+        return (_MIXED[fmt], detail) if mixed and fmt in _MIXED else (fmt, detail)
+    return _OLDER[(fmt, name)], detail
 
 
 def _classify_document(resource_type: object, keys: set[str], bundle_type: object) -> tuple[str, str | None]:

@@ -8,6 +8,11 @@ from pipelines import formats
 from pipelines.common.unit import BatchConverter, Converter, FileContext, Quarantine, Skip, Unit
 from pipelines.convert.ccda.converter import CcdaConverter
 from pipelines.convert.fhir.bundle import FhirBundleConverter
+from pipelines.convert.fhir.legacy import (
+    LegacyBundleConverter,
+    LegacyNdjsonConverter,
+    LegacyResourceConverter,
+)
 from pipelines.convert.fhir.ndjson import FhirNdjsonConverter
 from pipelines.convert.fhir.resource import FhirResourceConverter
 from pipelines.convert.hl7v2.converter import Hl7v2Converter
@@ -39,6 +44,9 @@ CONVERTERS: tuple[Converter | BatchConverter, ...] = (
     FhirNdjsonConverter(),
     FhirBundleConverter(),
     FhirResourceConverter(),
+    LegacyNdjsonConverter(),
+    LegacyBundleConverter(),
+    LegacyResourceConverter(),
     Hl7v2Converter(),
     CcdaConverter(),  # also reads xml-other: a C-CDA fragment is skipped, other XML quarantined
 )
@@ -55,6 +63,9 @@ WHOLE_FILE: dict[str, WholeFileOutcome] = {
     formats.JSON_INVALID: WholeFileOutcome("quarantined", "invalid_json", "JSON document is not valid"),
     formats.FHIR_EXPORT_LOG: WholeFileOutcome("skipped", "export_log", ""),
     formats.FHIR_EXPORT_ERRORS: WholeFileOutcome("skipped", "export_error_file", ""),
+    formats.FHIR_UNSUPPORTED_VERSION: WholeFileOutcome(
+        "quarantined", "unsupported_fhir_version", "FHIR release is neither DSTU2, STU3 nor R4"
+    ),
 }
 
 

@@ -24,7 +24,7 @@ from pipelines.demo.records import (
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _BIRTH_FIRST = date(1920, 1, 1).toordinal()
 _BIRTH_LAST = date(2024, 6, 30).toordinal()
-COHORTS = ("main", "bundle", "defect")
+COHORTS = ("main", "bundle", "defect", "dstu2")
 
 
 def patient_key(seed: int, index: int, cohort: str = "main") -> str:

@@ -27,7 +27,7 @@ _EXPORT_YEAR_START = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp())
 # counted down from the top, far away from any realistic patient count.
 MRN_SLOTS = 90_000_000
 _MRN_STRIDE = 7_919  # prime, coprime with MRN_SLOTS
-COHORT_SLOT_BASE = {"bundle": MRN_SLOTS - 1, "defect": MRN_SLOTS - 1_001}
+COHORT_SLOT_BASE = {"bundle": MRN_SLOTS - 1, "defect": MRN_SLOTS - 1_001, "dstu2": MRN_SLOTS - 2_001}
 
 
 def digest_int(text: str) -> int:

@@ -13,6 +13,8 @@ import orjson
 from pipelines.demo.ccda import CCDA_DIR, CcdaExport
 from pipelines.demo.ccda import OWNED as CCDA_OWNED
 from pipelines.demo.defects import TRUNCATED_TYPE, plan_defects
+from pipelines.demo.dstu2 import DSTU2_DIR, write_dstu2_export
+from pipelines.demo.dstu2 import OWNED as DSTU2_OWNED
 from pipelines.demo.fhir_r4 import instant_utc, render_patient
 from pipelines.demo.hl7v2 import HL7_DIR, Hl7v2Export
 from pipelines.demo.hl7v2 import OWNED as HL7_OWNED
@@ -44,11 +46,17 @@ _OWNED = {
     MISC_DIR: re.compile(r"empty\.ndjson|notes\.txt"),
     HL7_DIR: re.compile(HL7_OWNED),
     CCDA_DIR: re.compile(CCDA_OWNED),
+    DSTU2_DIR: re.compile(DSTU2_OWNED),
 }
 
 
 def generate_demo_data(
-    out_dir: Path | str, patients: int = 200, seed: int = 7, hl7v2: bool = False, ccda: bool = False
+    out_dir: Path | str,
+    patients: int = 200,
+    seed: int = 7,
+    hl7v2: bool = False,
+    ccda: bool = False,
+    dstu2: bool = False,
 ) -> DemoSummary:
     """Write a deterministic synthetic legacy export under out_dir and return (and save) its summary.
 
@@ -58,7 +66,8 @@ def generate_demo_data(
     not clinical data), and demo-summary.json beside sources/. With hl7v2, sources/hl7v2/ also holds the
     same patients as HL7 v2 archives (pipelines/demo/hl7v2.py); with ccda, sources/ccda/ holds a CCD per
     patient and a Discharge Summary after an inpatient stay (pipelines/demo/ccda.py). The FHIR files do
-    not change.
+    not change. With dstu2, sources/fhir-dstu2/ holds a DSTU2 export of other patients
+    (pipelines/demo/dstu2.py).
     """
     if patients < 1:
         raise ValueError("patients must be at least 1")
@@ -88,6 +97,8 @@ def generate_demo_data(
     misc_files, misc_defects = _write_misc(out)
     files.extend(misc_files)
     files.extend(hl7_files)
+    dstu2_files, dstu2_defects = write_dstu2_export(out, seed, patients) if dstu2 else ([], [])
+    files.extend(dstu2_files)
 
     resources: Counter[str] = Counter()
     for f in files:
@@ -104,7 +115,11 @@ def generate_demo_data(
         transaction_time=transaction_time,
         files=tuple(sorted(files, key=lambda f: f.path)),
         resources=dict(sorted(resources.items())),
-        defects=tuple(sorted([*defects, *misc_defects, *hl7_defects], key=lambda d: (d.file, d.position))),
+        defects=tuple(
+            sorted(
+                [*defects, *misc_defects, *hl7_defects, *dstu2_defects], key=lambda d: (d.file, d.position)
+            )
+        ),
         messages=dict(sorted(sum((Counter(f.messages) for f in hl7_files), Counter()).items())),
     )
     (out / SUMMARY_NAME).write_bytes(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")

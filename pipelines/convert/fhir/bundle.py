@@ -55,6 +55,10 @@ class FhirBundleConverter(Converter):
             raise Skip("bundle_entry_without_resource")
         return [self._preparer.prepare(dumps_exact(resource), resource, unit.position)]
 
+    def entry_type(self, rtype: str | None) -> str | None:
+        """The type an entry's resource is stored as (an upgrade may rename it)."""
+        return rtype
+
     def _urn_map(self, ctx: FileContext) -> dict[str, str]:
         urn_map: dict[str, str] = {}
         position = 0
@@ -72,7 +76,7 @@ class FhirBundleConverter(Converter):
                     elif prefix == "entry.item.resource.id" and event == "string":
                         rid = value
                     elif prefix == "entry.item" and event == "end_map":
-                        ref = _entry_reference(ctx, position, rtype, rid)
+                        ref = _entry_reference(ctx, position, self.entry_type(rtype), rid)
                         if full_url and ref:
                             urn_map[full_url] = ref
         except _IJSON_ERRORS:
