@@ -230,6 +230,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         )
     else:
         out.print(f"not run (--no-run): migrate with `ehrlift run {result.manifest_path}`", soft_wrap=True)
+    return int(ExitCode.OK)
 
 
 def _add_terminology(sub) -> None:
