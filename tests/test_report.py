@@ -80,13 +80,9 @@ def _validation(con, run_id: str, failed_critical: bool) -> None:
 
 
 def _releases(con) -> None:
-    con.execute("CREATE SCHEMA IF NOT EXISTS terminology")
     con.execute(
-        "CREATE TABLE terminology.releases (kind VARCHAR, system VARCHAR, version VARCHAR, source VARCHAR, "
-        "sha256 VARCHAR, loaded_at TIMESTAMPTZ, concepts BIGINT, active BOOLEAN)"
-    )
-    con.execute(
-        "INSERT INTO terminology.releases VALUES ('code_system', 'http://loinc.org', '2.80', "
+        "INSERT INTO terminology.releases (kind, system, version, source, sha256, loaded_at, concepts, active) "
+        "VALUES ('loinc', 'http://loinc.org', '2.80', "
         "'/home/jdoe/Smith_John/Loinc_2.80.zip', 'ab' || repeat('0', 62), "
         "TIMESTAMPTZ '2026-01-02 03:04:05+00', 105000, true)"
     )
@@ -217,7 +213,7 @@ def test_report_says_plainly_what_is_absent(tmp_path, make_config):
     assert files.html == out / "compliance-report.html"
     data = orjson.loads(files.data.read_bytes())
     assert data["notes"] == [
-        "terminology.releases does not exist: no terminology release has been loaded",
+        "terminology.releases is empty: no terminology release has been loaded",
         "ops.quarantine has no rows for this run: nothing was quarantined",
         "ops.mapping_log has no rows for this run: terminology normalization did not run",
         "ops.validation_results has no rows for this run: the validation stage did not run",
