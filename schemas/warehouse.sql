@@ -82,7 +82,10 @@ CREATE TABLE IF NOT EXISTS ops.mapping_log (
     reason               VARCHAR,
     terminology_version  VARCHAR,
     crosswalk_version    VARCHAR,
-    occurrences          BIGINT NOT NULL DEFAULT 1
+    occurrences          BIGINT NOT NULL DEFAULT 1,
+    decision_id          VARCHAR,           -- the value of the mapping-decision extension on added codings
+    data_source          VARCHAR,           -- the legacy system the coded resources came from
+    kind                 VARCHAR            -- coding, unit
 );
 
 -- One row per expectation evaluated (filled by the validation stage); pointers, never values.
