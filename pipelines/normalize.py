@@ -190,7 +190,7 @@ def _normalize_where(
                 " AND EXISTS (SELECT 1 FROM _norm_codes n WHERE contains(t.resource::VARCHAR, n.needle))"
             )
         fresh = True
-        for chunk in _chunks(con, quoted, where + prefilter, params):
+        for chunk in chunks(con, quoted, where + prefilter, params):
             updates_id, updates_json = [], []
             parsed = [(rid, text, source, loads_exact(text)) for rid, text, source in chunk]
             if fresh:
@@ -226,7 +226,7 @@ def loads_exact(text: str) -> Any:
     return orjson.loads(text)
 
 
-def _chunks(
+def chunks(
     con: duckdb.DuckDBPyConnection, table: str, where: str, params: list[Any]
 ) -> Iterator[list[tuple[str, str, str]]]:
     """(id, resource JSON, data source) in id order, CHUNK rows at a time (keyset paging, bounded memory)."""

@@ -110,3 +110,17 @@ CREATE TABLE IF NOT EXISTS ops.unconsumed (
     item             VARCHAR NOT NULL,      -- segment name, entry templateId, ...
     count            INTEGER NOT NULL
 );
+
+-- Terminology normalization: Millennium code values (from a CODE_VALUE extract), for target-aware codings.
+CREATE SCHEMA IF NOT EXISTS terminology;
+CREATE TABLE IF NOT EXISTS terminology.millennium_code_values (
+    code_set         BIGINT NOT NULL,
+    code_value       VARCHAR NOT NULL,
+    display          VARCHAR,
+    concept_cki      VARCHAR,               -- e.g. LOINC!2345-7
+    standard_system  VARCHAR,               -- the CKI's system as a canonical URI, when it names one
+    standard_code    VARCHAR,
+    active           BOOLEAN NOT NULL,
+    source           VARCHAR NOT NULL,      -- base name of the extract it was loaded from
+    loaded_at        TIMESTAMPTZ NOT NULL
+);
