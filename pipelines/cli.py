@@ -88,12 +88,71 @@ def _parser() -> argparse.ArgumentParser:
     )
     listen.set_defaults(func=_cmd_listen)
 
+    _mapping_parsers(sub)
+
     views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")
     views_sub = views.add_subparsers(dest="views_command", required=True)
     vtest = views_sub.add_parser("test", help="run a SQL-on-FHIR v2 test suite folder (tests/*.json)")
     vtest.add_argument("dir", type=Path)
     vtest.set_defaults(func=_cmd_views_test)
     return parser
+
+
+def _mapping_parsers(sub) -> None:
+    wh = {
+        "type": Path,
+        "default": None,
+        "help": "DuckDB warehouse file (default: $EHRLIFT_WAREHOUSE or "
+        f"{DEFAULT_DATA_DIR / 'warehouse.duckdb'})",
+    }
+    mappings = sub.add_parser("mappings", help="review unmapped local codes; Millennium code values")
+    msub = mappings.add_subparsers(dest="mappings_command", required=True)
+    suggest = msub.add_parser("suggest", help="write ranked candidates for unmapped codes (CSV, or .xlsx)")
+    suggest.add_argument("--warehouse", **wh)
+    suggest.add_argument("--out", type=Path, required=True, help="review file to write (.csv or .xlsx)")
+    suggest.add_argument("--top", type=int, default=5, help="candidates per code (default 5)")
+    suggest.set_defaults(func=_cmd_mappings_suggest)
+    imp = msub.add_parser("import", help="approved review rows -> a new crosswalk version for the next run")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--warehouse", **wh)
+    imp.set_defaults(func=_cmd_mappings_import)
+    mcv = msub.add_parser("millennium-codes", help="load a Millennium CODE_VALUE extract (CSV)")
+    mcv.add_argument("file", type=Path)
+    mcv.add_argument("--warehouse", **wh)
+    mcv.set_defaults(func=_cmd_mappings_millennium)
+    terminology = sub.add_parser("terminology", help="terminology content and coverage")
+    tsub = terminology.add_subparsers(dest="terminology_command", required=True)
+    cov = tsub.add_parser("coverage", help="share of codings standard after normalization, whole warehouse")
+    cov.add_argument("--warehouse", **wh)
+    cov.set_defaults(func=_cmd_terminology_coverage)
+
+
+def _warehouse(path: Path | None) -> Path:
+    return RunConfig.from_env((), warehouse=path).warehouse
+
+
+def _cmd_mappings_suggest(args: argparse.Namespace) -> int:
+    from terminology.commands import suggest_command
+
+    return suggest_command(_warehouse(args.warehouse), args.out, args.top, out)
+
+
+def _cmd_mappings_import(args: argparse.Namespace) -> int:
+    from terminology.commands import import_command
+
+    return import_command(_warehouse(args.warehouse), args.file, out, err)
+
+
+def _cmd_mappings_millennium(args: argparse.Namespace) -> int:
+    from terminology.commands import millennium_command
+
+    return millennium_command(_warehouse(args.warehouse), args.file, out)
+
+
+def _cmd_terminology_coverage(args: argparse.Namespace) -> int:
+    from terminology.commands import coverage_command
+
+    return coverage_command(_warehouse(args.warehouse), out)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -80,6 +80,7 @@ _SPECIMEN = {
     "stool": ("Stool",),
     "saliva": ("Saliva",),
 }
+_STOP = frozenset({"in", "or", "of", "by", "the", "and", "at", "for", "to", "on", "with", "a"})
 _NUMERIC = {"Quantity", "integer", "decimal"}
 
 
@@ -115,7 +116,7 @@ def tokens(text: str | None) -> list[str]:
     out: list[str] = []
     abbr = abbreviations()
     for tok in _TOKEN.findall((text or "").lower()):
-        out.extend(abbr.get(tok, tok).split())
+        out.extend(w for w in abbr.get(tok, tok).split() if w not in _STOP)
     return out
 
 
@@ -171,13 +172,15 @@ class Index:
         if not query or not self.texts:
             return []
         hits = process.extract(query, self.texts, scorer=_score, limit=max(top * 10, 50))
-        ranked = []
+        scored = []
         for _, base, i in hits:
             system, code, display = self.keys[i]
-            score = base + _boost(target, query, self.props.get((system, code), {}))
-            ranked.append(Candidate(system, code, display, round(max(0.0, min(score, 100.0)) / 100, 3)))
-        ranked.sort(key=lambda c: (-c.score, c.system, c.code))
-        return ranked[:top]
+            scored.append(
+                (base + _boost(target, query, self.props.get((system, code), {})), system, code, display)
+            )
+        scored.sort(key=lambda s: (-s[0], s[1], s[2]))
+        # Ranked on the raw sum; the score shown is capped to 0..1 for reviewers.
+        return [Candidate(s, c, d, round(max(0.0, min(v, 100.0)) / 100, 3)) for v, s, c, d in scored[:top]]
 
 
 def _score(query: str, choice: str, **_: object) -> float:
@@ -204,6 +207,9 @@ def _boost(target: Target, query: str, props: dict[str, str]) -> float:
     named = [systems for word, systems in _SPECIMEN.items() if word in words]
     if named and specimen:
         boost += 8 if any(specimen in systems for systems in named) else -8
+    elif not named and specimen == "Ser/Plas":
+        # A chemistry test named without a specimen is, in lab feeds, nearly always serum or plasma.
+        boost += 5
     scale = props.get("SCALE_TYP", "")
     if target.value_types and scale:
         numeric = sum(n for t, n in target.value_types.items() if t in _NUMERIC)
