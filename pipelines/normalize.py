@@ -39,6 +39,7 @@ _LOG_COLUMNS = (
 def normalize_stage(config: RunConfig) -> dict[str, Any]:
     """Normalize the resources this run wrote, and re-normalize older ones whose crosswalk entry changed."""
     with open_warehouse(config.warehouse) as con:
+        load_default_terminology(con)
         normalizer, changed = build_normalizer(con, config.warehouse)
         counts = {"resources": 0, "rewritten": 0, "renormalized": 0}
         if changed:
@@ -79,6 +80,11 @@ def renormalize(
     with transaction(con):
         write_mapping_log(con, run_id, normalizer, replace=False)
     return {"run_id": run_id, **counts, "decisions": len(normalizer.decisions)}
+
+
+def load_default_terminology(con: duckdb.DuckDBPyConnection) -> bool:
+    """The embedded default terminology, for systems no user release covers (offline, no download)."""
+    return core.ensure_default(con)
 
 
 def build_normalizer(

@@ -1,10 +1,10 @@
-"""The terminology core the normalizer builds on (registry, check digits), in one place.
+"""The terminology core the normalizer builds on (registry, check digits, default content), in one place.
 
-Everything the normalizer needs from the code-system registry goes through `registry()` and
-`malformed_reason()`, so swapping the interim provider for the full registry
-module is a change here only. Until the registry module is installed, the interim registry knows the
-HL7 v2 table 0396 names ehrlift's HL7 v2 converter already maps (and their OIDs) and does no
-check-digit validation.
+The normalizer reaches the code-system registry, the check-digit rules and the embedded default terminology
+only through `registry()`, `malformed_reason()` and `ensure_default()`. When the full registry modules
+(terminology.registry, terminology.checks, terminology.store) are installed they are used; otherwise an
+interim registry knows the HL7 v2 table 0396 names ehrlift's HL7 v2 converter maps (and the standard
+systems' OIDs), checks a code's form only for emptiness and whitespace, and loads no default content.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol
+
+import duckdb
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -83,15 +85,33 @@ class InterimRegistry:
         return SystemInfo(uri, self._uris.get(uri, uri), uri in _STANDARD)
 
 
+try:
+    from terminology.checks import malformed_reason as _malformed_reason
+    from terminology.registry import Registry as _Registry
+    from terminology.store import ensure_default as _ensure_default
+except ModuleNotFoundError:
+    _Registry = _malformed_reason = _ensure_default = None
+
+
 @cache
 def registry() -> RegistryLike:
-    return InterimRegistry()
+    return _Registry.default() if _Registry is not None else InterimRegistry()
 
 
 def malformed_reason(system_uri: str, code: str) -> str | None:
-    """Why a code cannot belong to its system (format, check digit), or None."""
+    """Why a code cannot belong to its system by its form (pattern, check digit), or None."""
+    if _malformed_reason is not None:
+        return _malformed_reason(system_uri, code)
     if not code.strip():
         return "empty code"
     if code != code.strip():
-        return "surrounding whitespace"
+        return "leading or trailing whitespace in code"
     return None
+
+
+def ensure_default(con: duckdb.DuckDBPyConnection) -> bool:
+    """Load the embedded default terminology where nothing else is in force; False when not installed."""
+    if _ensure_default is None:
+        return False
+    _ensure_default(con)
+    return True

@@ -213,7 +213,7 @@ class Normalizer:
 
     def _system(self, raw: str) -> tuple[str | None, bool]:
         """(canonical URI or None, is local)."""
-        if self.registry.is_local(raw):
+        if raw.startswith(core.LOCAL_PREFIXES) or self.registry.is_local(raw):
             return None, True
         return self.registry.canonical(raw), False
 
@@ -240,6 +240,16 @@ class Normalizer:
             mapped = self._mapped(raw, code, display, uri, local=False)
             return mapped or out("unmapped", "terminology_not_loaded", target_system=uri)
         concept = self.terms.concept(uri, code)
+        if concept is None and self.terms.is_subset(uri):
+            # Only a subset of the system is loaded (e.g. the default LOINC or SNOMED CT content): a
+            # well-formed code missing from it is kept as the standard code it claims to be, flagged.
+            return out(
+                "exact",
+                "not_in_loaded_subset",
+                target_system=uri,
+                target_code=code,
+                terminology_version=version,
+            )
         if concept is None:
             return out("unmapped", "code_not_in_release", target_system=uri, terminology_version=version)
         if concept[1] != "active":

@@ -34,6 +34,9 @@ class Terminology:
 
     def __init__(self) -> None:
         self.versions: dict[str, str] = {}  # system -> loaded release version(s)
+        self.subsets: set[str] = (
+            set()
+        )  # systems whose release in force is a subset (a missing code proves nothing)
         self.concepts: dict[tuple[str, str], tuple[str | None, str]] = {}
         self.replaced: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
         self.maps: dict[tuple[str, str], list[Mapping]] = defaultdict(list)
@@ -41,6 +44,9 @@ class Terminology:
 
     def loaded(self, system: str) -> str | None:
         return self.versions.get(system)
+
+    def is_subset(self, system: str) -> bool:
+        return system in self.subsets
 
     def concept(self, system: str, code: str) -> tuple[str | None, str] | None:
         return self.concepts.get((system, code))
@@ -98,6 +104,18 @@ class WarehouseTerminology(Terminology):
                 "WHERE active AND system IS NOT NULL GROUP BY system"
             ).fetchall()
             self.versions = {s: v for s, v in rows}
+            has_content = con.execute(
+                "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'terminology' "
+                "AND table_name = 'releases' AND column_name = 'content'"
+            ).fetchone()[0]
+            if has_content:
+                self.subsets = {
+                    r[0]
+                    for r in con.execute(
+                        "SELECT DISTINCT system FROM terminology.releases "
+                        "WHERE active AND content = 'fragment'"
+                    ).fetchall()
+                }
         self._fetched: set[tuple[str, str]] = set()
 
     def prefetch(self, pairs: Iterable[tuple[str, str]]) -> None:

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import duckdb
+import pytest
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -85,3 +86,9 @@ def write_crosswalk(path: Path, *rows: tuple[str, ...], header: str = HEADER) ->
         f.write(header + "\n")
         csv.writer(f, lineterminator="\n").writerows(rows)
     return path
+
+
+@pytest.fixture
+def fixture_terminology_only(monkeypatch):
+    """The warehouse holds exactly the terminology a test loads: no embedded default content is added."""
+    monkeypatch.setattr("pipelines.normalize.load_default_terminology", lambda con: False)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipelines.cli import main
 from pipelines.common.warehouse import open_warehouse
 from pipelines.run import run_pipeline
 from terminology.coverage import coverage
 from tests.conftest import resource, write_ndjson
-from tests.terminology_builders import LOINC, SNOMED, load_terms
+from tests.terminology_builders import LOINC, SNOMED, fixture_terminology_only, load_terms  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("fixture_terminology_only")
 
 
 def _cond(rid: str, system: str | None, code: str) -> dict:

@@ -14,7 +14,7 @@ from pipelines.common.warehouse import open_warehouse
 from pipelines.run import run_pipeline
 from terminology.review import import_review, read_review
 from tests.conftest import resource, write_ndjson
-from tests.terminology_builders import LOINC, load_terms
+from tests.terminology_builders import LOINC, fixture_terminology_only, load_terms  # noqa: F401
 
 LAB = "http://legacy-lab.example.org/tests"
 HEADER = [
@@ -44,6 +44,8 @@ PROPS = [
         ("EXAMPLE_UCUM_UNITS", unit),
     )
 ]
+
+pytestmark = pytest.mark.usefixtures("fixture_terminology_only")
 
 
 def _obs(rid: str, code: str, display: str, value: float, unit: str) -> dict:
@@ -144,7 +146,7 @@ def test_import_errors_name_file_and_line(reviewed, tmp_path):
     rows = _rows(review)
     rows[0].update(decision="approve")  # no reviewer
     rows[1].update(decision="approve", reviewer="r")  # second approval for the same code as line 2
-    rows[5].update(decision="approve", reviewer="r", target_code="0000-0")  # not in the release
+    rows[5].update(decision="approve", reviewer="r", target_code="10001-6")  # not in the release
     with review.open("w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=HEADER, lineterminator="\n")
         writer.writeheader()

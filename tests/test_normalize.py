@@ -16,26 +16,26 @@ from tests.terminology_builders import ICD10CM, LOCAL, LOINC, NDC, RXNORM, SNOME
 
 CONCEPTS = [
     (LOINC, "2345-7", "Glucose [Mass/volume] in Serum or Plasma", "active"),
-    (LOINC, "1111-1", "Retired test", "inactive"),
-    (LOINC, "2222-2", "Retired too", "inactive"),
-    (LOINC, "3333-3", "Current test", "active"),
-    (LOINC, "4444-4", "Cycle a", "inactive"),
-    (LOINC, "5555-5", "Cycle b", "inactive"),
-    (LOINC, "6666-6", "Dead end", "inactive"),
-    (LOINC, "7777-7", "Ambiguous", "inactive"),
+    (LOINC, "1111-4", "Retired test", "inactive"),
+    (LOINC, "2222-8", "Retired too", "inactive"),
+    (LOINC, "3333-2", "Current test", "active"),
+    (LOINC, "4444-6", "Cycle a", "inactive"),
+    (LOINC, "5555-8", "Cycle b", "inactive"),
+    (LOINC, "6666-2", "Dead end", "inactive"),
+    (LOINC, "7777-6", "Ambiguous", "inactive"),
     (SNOMED, "44054006", "Diabetes mellitus type 2", "active"),
-    (SNOMED, "100", "Old concept", "inactive"),
+    (SNOMED, "73211009", "Diabetes mellitus (old)", "inactive"),
     (RXNORM, "860975", "metformin 500 MG Oral Tablet", "active"),
     (ICD10CM, "E11.9", "Type 2 diabetes mellitus without complications", "active"),
 ]
 REPLACEMENTS = [
-    (LOINC, "1111-1", "2222-2", "MAP_TO"),
-    (LOINC, "2222-2", "3333-3", "MAP_TO"),
-    (LOINC, "4444-4", "5555-5", "MAP_TO"),
-    (LOINC, "5555-5", "4444-4", "MAP_TO"),
-    (LOINC, "7777-7", "2345-7", "MAP_TO"),
-    (LOINC, "7777-7", "3333-3", "MAP_TO"),
-    (SNOMED, "100", "44054006", "REPLACED_BY"),
+    (LOINC, "1111-4", "2222-8", "MAP_TO"),
+    (LOINC, "2222-8", "3333-2", "MAP_TO"),
+    (LOINC, "4444-6", "5555-8", "MAP_TO"),
+    (LOINC, "5555-8", "4444-6", "MAP_TO"),
+    (LOINC, "7777-6", "2345-7", "MAP_TO"),
+    (LOINC, "7777-6", "3333-2", "MAP_TO"),
+    (SNOMED, "73211009", "44054006", "REPLACED_BY"),
 ]
 MAPS = [
     ("rxnorm:ndc", NDC, "00093-1048-01", RXNORM, "860975"),
@@ -59,17 +59,17 @@ def decide(n: Normalizer, system, code, display=None):
 def test_retired_codes_follow_chains_and_cycles_are_reported(terms):
     n = Normalizer(terms)
     assert decide(n, LOINC, "2345-7") == ("exact", None, LOINC, "2345-7")
-    assert decide(n, LOINC, "1111-1") == ("remap", "retired, chain of 2", LOINC, "3333-3")
-    assert decide(n, LOINC, "2222-2") == ("remap", "retired", LOINC, "3333-3")
-    assert decide(n, LOINC, "4444-4") == ("unmapped", "replacement_cycle", None, None)
-    assert decide(n, LOINC, "6666-6") == ("unmapped", "inactive_no_replacement", None, None)
-    assert decide(n, LOINC, "7777-7") == ("unmapped", "ambiguous_replacement", None, None)
-    assert decide(n, SNOMED, "100") == ("remap", "retired", SNOMED, "44054006")
+    assert decide(n, LOINC, "1111-4") == ("remap", "retired, chain of 2", LOINC, "3333-2")
+    assert decide(n, LOINC, "2222-8") == ("remap", "retired", LOINC, "3333-2")
+    assert decide(n, LOINC, "4444-6") == ("unmapped", "replacement_cycle", None, None)
+    assert decide(n, LOINC, "6666-2") == ("unmapped", "inactive_no_replacement", None, None)
+    assert decide(n, LOINC, "7777-6") == ("unmapped", "ambiguous_replacement", None, None)
+    assert decide(n, SNOMED, "73211009") == ("remap", "retired", SNOMED, "44054006")
 
 
 def test_bad_and_unknown_codes_are_logged_with_reasons(terms):
     n = Normalizer(terms)
-    assert decide(n, LOINC, "9999-9") == ("unmapped", "code_not_in_release", LOINC, None)
+    assert decide(n, LOINC, "9999-4") == ("unmapped", "code_not_in_release", LOINC, None)
     assert decide(n, "http://example.org/unknown", "X") == ("unmapped", "unknown_system", None, None)
     assert decide(n, None, "X") == ("unmapped", "no_system", None, None)
     assert decide(n, LOINC, None) == ("unmapped", "no_code", None, None)
@@ -89,7 +89,7 @@ def test_ndc_and_icd10cm_map_through_loaded_maps_and_aliases_become_canonical(te
     n = Normalizer(terms)
     # NDCs arrive as RxNorm's NDC map (no NDC release of their own): the map alone decides.
     assert decide(n, NDC, "00093-1048-01") == ("crosswalk", None, RXNORM, "860975")
-    assert decide(n, NDC, "00000-0000-00") == ("unmapped", "terminology_not_loaded", NDC, None)
+    assert decide(n, NDC, "010001-6000-00") == ("unmapped", "terminology_not_loaded", NDC, None)
     assert decide(n, ICD10CM, "E11.9") == ("crosswalk", None, SNOMED, "44054006")
     assert decide(n, "LN", "2345-7") == ("exact", "canonical_system", LOINC, "2345-7")
     assert decide(n, "urn:oid:2.16.840.1.113883.6.1", "2345-7")[:2] == ("exact", "canonical_system")
@@ -107,7 +107,7 @@ def test_added_codings_keep_the_source_and_say_how_they_were_obtained(terms, tmp
         "code": {
             "coding": [
                 {"system": LOCAL, "code": "GLU", "display": "GLUCOSE"},
-                {"system": LOINC, "code": "1111-1"},
+                {"system": LOINC, "code": "1111-4"},
             ]
         },
         "valueQuantity": {"value": 5, "unit": "mg/dl"},
@@ -115,10 +115,10 @@ def test_added_codings_keep_the_source_and_say_how_they_were_obtained(terms, tmp
     }
     out = n.normalize(copy.deepcopy(obs), "lab")
     d_cw = n.decide(LOCAL, "GLU", "GLUCOSE")
-    d_remap = n.decide(LOINC, "1111-1", None)
+    d_remap = n.decide(LOINC, "1111-4", None)
     assert out["code"]["coding"] == [
         {"system": LOCAL, "code": "GLU", "display": "GLUCOSE"},
-        {"system": LOINC, "code": "1111-1"},
+        {"system": LOINC, "code": "1111-4"},
         {
             "extension": [
                 {"url": EXT_METHOD, "valueCode": "crosswalk"},
@@ -134,7 +134,7 @@ def test_added_codings_keep_the_source_and_say_how_they_were_obtained(terms, tmp
                 {"url": EXT_DECISION, "valueString": d_remap.decision_id},
             ],
             "system": LOINC,
-            "code": "3333-3",
+            "code": "3333-2",
             "display": "Current test",
         },
     ]
@@ -152,7 +152,7 @@ def test_added_codings_keep_the_source_and_say_how_they_were_obtained(terms, tmp
     assert orjson.dumps(again) == orjson.dumps(out)
     assert orjson.dumps(strip_added(again)) == orjson.dumps(obs)
     counts = {(n.decisions[did].source_code, src): k for (did, src), k in n.counts.items()}
-    assert counts == {("GLU", "lab"): 4, ("1111-1", "lab"): 2, ("mg/dl", "lab"): 2}
+    assert counts == {("GLU", "lab"): 4, ("1111-4", "lab"): 2, ("mg/dl", "lab"): 2}
 
 
 def test_a_target_already_in_the_array_is_not_added_twice(terms, tmp_path):
@@ -174,11 +174,11 @@ def test_crosswalk_versions_newest_wins_and_conflicts_name_file_and_line(tmp_pat
     )
     v2 = write_crosswalk(
         tmp_path / "lab-v10.csv",
-        (LOCAL, "GLU", "", LOINC, "3333-3", "equivalent", "a", "r", "2026-02-01", "10"),
+        (LOCAL, "GLU", "", LOINC, "3333-2", "equivalent", "a", "r", "2026-02-01", "10"),
     )
     rows = effective(read_crosswalk(v1) + read_crosswalk(v2))
     assert [(r.source_code, r.target_code, r.version, r.file.name) for r in rows] == [
-        ("GLU", "3333-3", "10", "lab-v10.csv"),
+        ("GLU", "3333-2", "10", "lab-v10.csv"),
         ("NA", "2951-2", "9", "lab.csv"),
     ]
     clash = write_crosswalk(
@@ -201,15 +201,21 @@ def test_crosswalk_versions_newest_wins_and_conflicts_name_file_and_line(tmp_pat
 
 def test_crosswalk_target_missing_from_the_release_is_unmapped_with_reason(terms, tmp_path):
     cw = write_crosswalk(
-        tmp_path / "lab.csv", (LOCAL, "X1", "", LOINC, "9999-9", "equivalent", "a", "r", "2026-01-05", "1")
+        tmp_path / "lab.csv", (LOCAL, "X1", "", LOINC, "9999-4", "equivalent", "a", "r", "2026-01-05", "1")
     )
     terms.add_crosswalks(effective(read_crosswalk(cw)))
     assert decide(Normalizer(terms), LOCAL, "X1") == (
         "unmapped",
         "crosswalk_target_not_in_release",
         LOINC,
-        "9999-9",
+        "9999-4",
     )
+
+
+def test_a_code_missing_from_a_subset_release_stays_standard_flagged(terms):
+    terms.subsets.add(LOINC)
+    assert Normalizer(terms).decide(LOINC, "9999-4", None).reason == "not_in_loaded_subset"
+    assert decide(Normalizer(terms), LOINC, "9999-4") == ("exact", "not_in_loaded_subset", LOINC, "9999-4")
 
 
 def test_units_valid_aliased_and_free_text(terms):

@@ -10,9 +10,11 @@ from pipelines.common.warehouse import open_warehouse
 from pipelines.normalize import normalize_stage, renormalize
 from pipelines.run import run_pipeline
 from tests.conftest import resource, write_ndjson
-from tests.terminology_builders import LOINC, load_terms, write_crosswalk
+from tests.terminology_builders import LOINC, fixture_terminology_only, load_terms, write_crosswalk  # noqa: F401
 
 HOSP = "http://hospital.example.org/lab-codes"
+
+pytestmark = pytest.mark.usefixtures("fixture_terminology_only")
 
 
 def _obs(rid: str, *codings: dict, **fields) -> dict:
@@ -36,7 +38,7 @@ def lab_run(tmp_path: Path, make_config, monkeypatch):
             _obs(
                 "o2",
                 {"system": HOSP, "code": "GLU", "display": "GLUCOSE"},
-                {"system": LOINC, "code": "1111-1"},
+                {"system": LOINC, "code": "1111-4"},
             ),
             _obs("o3", {"system": HOSP, "code": "ZZZ", "display": "ODD TEST"}),
         ),
@@ -47,10 +49,10 @@ def lab_run(tmp_path: Path, make_config, monkeypatch):
             con,
             [
                 (LOINC, "2345-7", "Glucose [Mass/volume] in Serum or Plasma", "active"),
-                (LOINC, "1111-1", "Retired", "inactive"),
+                (LOINC, "1111-4", "Retired", "inactive"),
             ],
             versions={LOINC: "2.78"},
-            replacements=[(LOINC, "1111-1", "2345-7", "MAP_TO")],
+            replacements=[(LOINC, "1111-4", "2345-7", "MAP_TO")],
         )
     return config
 
@@ -84,7 +86,7 @@ EXPECTED_LOG = [
         "coding",
     ),
     (HOSP, "ZZZ", "ODD TEST", None, None, "unmapped", "unknown_system", None, None, 1, "labsys", "coding"),
-    (LOINC, "1111-1", None, LOINC, "2345-7", "remap", "retired", "2.78", None, 1, "labsys", "coding"),
+    (LOINC, "1111-4", None, LOINC, "2345-7", "remap", "retired", "2.78", None, 1, "labsys", "coding"),
     (
         None,
         "mg/dl",
@@ -109,7 +111,7 @@ def test_mapping_log_rows_are_exact_and_a_rerun_is_byte_identical(lab_run, wareh
     # The units file's version is its content hash: compare its prefix only.
     assert [(*r[:8], r[8][:10] if r[11] == "unit" else r[8], *r[9:]) for r in log] == EXPECTED_LOG
     before = _resources(con)
-    o2 = next(doc for _, doc in before if '"1111-1"' in doc)
+    o2 = next(doc for _, doc in before if '"1111-4"' in doc)
     assert o2.count('"code":"2345-7"') == 1  # one added coding, though two source codings lead there
     assert sum('"value":7.10,' in doc for _, doc in before) == 1
     con.close()
@@ -125,20 +127,20 @@ def test_renormalize_rewrites_resources_whose_codes_changed_status(lab_run, ware
     with open_warehouse(lab_run.warehouse) as con:
         con.execute("UPDATE terminology.concepts SET status = 'inactive' WHERE code = '2345-7'")
         con.execute(
-            "INSERT INTO terminology.concepts VALUES (?, '9999-1', 'Glucose new', 'active', NULL, NULL)",
+            "INSERT INTO terminology.concepts VALUES (?, '99991-2', 'Glucose new', 'active', NULL, NULL)",
             [LOINC],
         )
         con.execute(
-            "INSERT INTO terminology.replacements VALUES (?, '2345-7', '9999-1', 'MAP_TO', NULL)", [LOINC]
+            "INSERT INTO terminology.replacements VALUES (?, '2345-7', '99991-2', 'MAP_TO', NULL)", [LOINC]
         )
         result = renormalize(con, [(LOINC, "2345-7")], run_id="drift-1")
         assert (result["resources"], result["rewritten"]) == (2, 2)
         rows = _log(con, "drift-1")
     assert [(r[1], r[4], r[5], r[6], r[9]) for r in rows] == [
         ("GLU", "2345-7", "unmapped", "crosswalk_target_inactive", 2),
-        ("1111-1", "9999-1", "remap", "retired, chain of 2", 1),
+        ("1111-4", "99991-2", "remap", "retired, chain of 2", 1),
         ("mg/dl", "mg/dL", "crosswalk", None, 1),
     ]
     docs = [doc for _, doc in _resources(warehouse())]
-    assert sum('"code":"9999-1"' in d for d in docs) == 1  # o2's retired code now follows the longer chain
+    assert sum('"code":"99991-2"' in d for d in docs) == 1  # o2's retired code now follows the longer chain
     assert not any('"code":"2345-7","display"' in d for d in docs)  # the crosswalk target is no longer added
