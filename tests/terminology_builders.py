@@ -49,16 +49,19 @@ def load_terms(
         systems.setdefault(system, "test-1")
     for system, version in systems.items():
         con.execute(
-            "INSERT INTO terminology.releases VALUES ('test', ?, ?, 'fixture', NULL, now(), 0, TRUE)",
+            "INSERT INTO terminology.releases (kind, system, version, source, sha256, loaded_at, concepts, "
+            "active) VALUES ('test', ?, ?, 'fixture', 'fixture', now(), 0, TRUE)",
             [system, version],
         )
     if concepts:
         con.executemany(
-            "INSERT INTO terminology.concepts VALUES (?, ?, ?, ?, NULL, NULL)", [list(c) for c in concepts]
+            "INSERT INTO terminology.concepts VALUES (?, ?, ?, ?, NULL, 'test-1')",
+            [list(c) for c in concepts],
         )
     if replacements:
         con.executemany(
-            "INSERT INTO terminology.replacements VALUES (?, ?, ?, ?, NULL)", [list(r) for r in replacements]
+            "INSERT INTO terminology.replacements VALUES (?, ?, ?, ?, 'test-1')",
+            [list(r) for r in replacements],
         )
     if maps:
         con.executemany(

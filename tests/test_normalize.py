@@ -89,7 +89,7 @@ def test_ndc_and_icd10cm_map_through_loaded_maps_and_aliases_become_canonical(te
     n = Normalizer(terms)
     # NDCs arrive as RxNorm's NDC map (no NDC release of their own): the map alone decides.
     assert decide(n, NDC, "00093-1048-01") == ("crosswalk", None, RXNORM, "860975")
-    assert decide(n, NDC, "010001-6000-00") == ("unmapped", "terminology_not_loaded", NDC, None)
+    assert decide(n, NDC, "12345-6789-01") == ("unmapped", "terminology_not_loaded", NDC, None)
     assert decide(n, ICD10CM, "E11.9") == ("crosswalk", None, SNOMED, "44054006")
     assert decide(n, "LN", "2345-7") == ("exact", "canonical_system", LOINC, "2345-7")
     assert decide(n, "urn:oid:2.16.840.1.113883.6.1", "2345-7")[:2] == ("exact", "canonical_system")

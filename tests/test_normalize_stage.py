@@ -127,11 +127,11 @@ def test_renormalize_rewrites_resources_whose_codes_changed_status(lab_run, ware
     with open_warehouse(lab_run.warehouse) as con:
         con.execute("UPDATE terminology.concepts SET status = 'inactive' WHERE code = '2345-7'")
         con.execute(
-            "INSERT INTO terminology.concepts VALUES (?, '99991-2', 'Glucose new', 'active', NULL, NULL)",
+            "INSERT INTO terminology.concepts VALUES (?, '99991-2', 'Glucose new', 'active', NULL, '2')",
             [LOINC],
         )
         con.execute(
-            "INSERT INTO terminology.replacements VALUES (?, '2345-7', '99991-2', 'MAP_TO', NULL)", [LOINC]
+            "INSERT INTO terminology.replacements VALUES (?, '2345-7', '99991-2', 'MAP_TO', '2')", [LOINC]
         )
         result = renormalize(con, [(LOINC, "2345-7")], run_id="drift-1")
         assert (result["resources"], result["rewritten"]) == (2, 2)
