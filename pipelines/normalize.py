@@ -7,9 +7,9 @@ ops.mapping_log row per run and data source, with how often it was applied.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
-import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,8 @@ from terminology.normalize import Normalizer, iter_pairs
 from terminology.terms import WarehouseTerminology
 
 log = logging.getLogger(__name__)
-CHUNK = 2_000
-# Numbers a float round trip would change: trailing zeros, exponents, more digits than a double holds.
-_INEXACT = re.compile(r"\d\.\d*0(?![\d.])|\d[eE]|\.\d{16,}|\d{19,}")
+CHUNK = 5_000
+_PREFETCH_WORTH = 50
 
 _LOG_COLUMNS = (
     "run_id, source_system, source_code, source_display, target_system, target_code, target_display, method, "
@@ -196,7 +195,7 @@ def _normalize_where(
                 " AND EXISTS (SELECT 1 FROM _norm_codes n WHERE contains(t.resource::VARCHAR, n.needle))"
             )
         fresh = True
-        for chunk in chunks(con, quoted, where + prefilter, params):
+        for chunk in _without_cycle_collection(chunks(con, quoted, where + prefilter, params)):
             updates_id, updates_json = [], []
             parsed = [(rid, text, source, loads_exact(text)) for rid, text, source in chunk]
             if fresh:
@@ -211,42 +210,63 @@ def _normalize_where(
                 if out != text:
                     updates_id.append(rid)
                     updates_json.append(out)
-            fresh = len(normalizer.decisions) > known
+            # Worth a batch fetch for the next chunk only while many new codes appear; the few that
+            # trickle in later are fetched one by one.
+            fresh = len(normalizer.decisions) - known > _PREFETCH_WORTH
             if updates_id:
                 counts["rewritten"] += len(updates_id)
                 with transaction(con):
-                    con.register("_norm_upd", pa.table({"id": updates_id, "resource": updates_json}))
+                    con.register("_norm_upd", pa.table({"rid": updates_id, "resource": updates_json}))
                     con.execute(
                         f"UPDATE {quoted} AS t SET resource = u.resource::JSON "
-                        "FROM _norm_upd u WHERE t.id = u.id"
+                        "FROM _norm_upd u WHERE t.rowid = u.rid"
                     )
                     con.unregister("_norm_upd")
     return counts
 
 
+def _without_cycle_collection(items: Iterator[Any]) -> Iterator[Any]:
+    """Parsed JSON holds no reference cycles, yet thousands of fresh dicts per chunk trigger Python's cycle
+    collector over and over; it is paused while a chunk is processed (reference counting still frees)."""
+    for item in items:
+        gc.disable()
+        try:
+            yield item
+        finally:
+            gc.enable()
+
+
 def loads_exact(text: str) -> Any:
     """Parse resource JSON keeping every number exactly as written (FHIR decimals keep their precision:
-    7.10 stays 7.10); the common case without such numbers takes the fast parser."""
-    if _INEXACT.search(text):
-        return json.loads(text, parse_float=orjson.Fragment, parse_int=orjson.Fragment)
-    return orjson.loads(text)
+    7.10 stays 7.10). ehrlift stores compact JSON, so when a fast parse serializes back to the same text
+    nothing was lost; otherwise the text is parsed again with each number kept verbatim."""
+    try:
+        doc = orjson.loads(text)
+        if orjson.dumps(doc) == text.encode():
+            return doc
+    except orjson.JSONDecodeError:
+        pass  # e.g. an integer beyond 64 bits: the exact parser keeps it
+    return json.loads(text, parse_float=orjson.Fragment, parse_int=orjson.Fragment)
 
 
 def chunks(
     con: duckdb.DuckDBPyConnection, table: str, where: str, params: list[Any]
-) -> Iterator[list[tuple[str, str, str]]]:
-    """(id, resource JSON, data source) in id order, CHUNK rows at a time (keyset paging, bounded memory)."""
-    last = ""
-    while True:
+) -> Iterator[list[tuple[int, str, str]]]:
+    """(rowid, resource JSON, data source) of the matching rows, a rowid range at a time: each chunk is a
+    range scan, not a full one, so memory and time per chunk stay flat however large the table."""
+    lo, hi = con.execute(
+        f"SELECT min(t.rowid), max(t.rowid) FROM {table} t WHERE ({where})", params
+    ).fetchone()
+    if lo is None:
+        return
+    for start in range(lo, hi + 1, CHUNK):
         rows = con.execute(
-            f"SELECT t.id, t.resource::VARCHAR, t.source_system FROM {table} t "
-            f"WHERE ({where}) AND t.id > ? ORDER BY t.id LIMIT {CHUNK}",
-            [*params, last],
+            f"SELECT t.rowid, t.resource::VARCHAR, t.source_system FROM {table} t "
+            f"WHERE ({where}) AND t.rowid >= ? AND t.rowid < ? ORDER BY t.rowid",
+            [*params, start, start + CHUNK],
         ).fetchall()
-        if not rows:
-            return
-        yield rows
-        last = rows[-1][0]
+        if rows:
+            yield rows
 
 
 def write_mapping_log(

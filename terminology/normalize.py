@@ -96,7 +96,10 @@ class Normalizer:
         self.registry = registry or core.registry()
         self._decided: dict[tuple[str, str | None, str | None, str | None], Decision] = {}
         self._added: dict[str, dict[str, Any] | None] = {}
-        self.counts: Counter[tuple[str, str]] = Counter()  # (decision_id, data source) -> occurrences
+        self._counts: Counter[tuple[str, str]] = Counter()  # (decision_id, data source) -> occurrences
+        self._plans: dict[tuple[tuple[Any, Any, Any], ...], tuple[int, list[dict[str, Any]]]] = {}
+        self._plan_ids: list[tuple[str, ...]] = []
+        self._plan_counts: Counter[tuple[int, str]] = Counter()
         self.decisions: dict[str, Decision] = {}
 
     # --- applying ------------------------------------------------------------------------------------
@@ -106,46 +109,79 @@ class Normalizer:
         self._walk(resource, data_source)
         return resource
 
-    def _walk(self, node: Any, src: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
+    def _walk(self, node: dict[str, Any], src: str) -> None:
+        # Hot path: type() identity checks and one cached plan per distinct coding array.
+        for key, value in node.items():
+            kind = type(value)
+            if kind is list:
+                if key == "coding":
+                    self._coding_array(value, src)
+                    continue
+                for item in value:
+                    if type(item) is dict:
+                        if key == "extension" and str(item.get("url", "")).startswith(_OWN):
+                            continue
+                        self._walk(item, src)
+            elif kind is dict:
                 if key == "meta":
                     continue  # lineage tags and profiles are ehrlift's own, not clinical codes
-                if key == "coding" and isinstance(value, list):
-                    self._coding_array(value, src)
-                elif isinstance(value, dict):
-                    if key.endswith("Coding") and "code" in value:
-                        self._count(
-                            self.decide(value.get("system"), value.get("code"), value.get("display")), src
-                        )
-                    elif "value" in value and ("unit" in value or "code" in value) and "coding" not in value:
-                        self._quantity(value, src)
-                    self._walk(value, src)
-                elif isinstance(value, list):
-                    for item in value:
-                        if isinstance(item, dict) and not str(item.get("url", "")).startswith(_OWN):
-                            self._walk(item, src)
+                if "value" in value and ("unit" in value or "code" in value) and "coding" not in value:
+                    self._quantity(value, src)
+                elif key[-6:] == "Coding" and "code" in value:
+                    self._count(
+                        self.decide(value.get("system"), value.get("code"), value.get("display")), src
+                    )
+                self._walk(value, src)
 
     def _coding_array(self, codings: list[Any], src: str) -> None:
-        if any(isinstance(c, dict) and _is_added(c) for c in codings):
-            codings[:] = [c for c in codings if not (isinstance(c, dict) and _is_added(c))]
-        present = None
-        adds: list[dict[str, Any]] = []
+        key = []
+        strip = False
         for c in codings:
-            if not isinstance(c, dict):
+            if type(c) is not dict:
                 continue
-            decision = self.decide(c.get("system"), c.get("code"), c.get("display"))
-            self.counts[(decision.decision_id, src)] += 1
+            if "extension" in c and _is_added(c):
+                strip = True
+                continue
+            key.append((c.get("system"), c.get("code"), c.get("display")))
+        if strip:
+            codings[:] = [c for c in codings if not (type(c) is dict and "extension" in c and _is_added(c))]
+        try:
+            plan_key = tuple(key)
+            plan = self._plans.get(plan_key)
+        except TypeError:  # a code or system that is an object or array: decided one by one as malformed
+            for system, code, display in key:
+                self._count(self.decide(system, code, display), src)
+            return
+        if plan is None:
+            plan = self._plan(plan_key)
+        self._plan_counts[(plan[0], src)] += 1
+        for added in plan[1]:
+            codings.append(dict(added))
+
+    def _plan(self, key: tuple[tuple[Any, Any, Any], ...]) -> tuple[int, list[dict[str, Any]]]:
+        """The decisions for one distinct coding array and the codings to add to it (each target once)."""
+        present = {(system, code) for system, code, _ in key}
+        decisions, adds = [], []
+        for system, code, display in key:
+            decision = self.decide(system, code, display)
+            decisions.append(decision.decision_id)
             added = self._added.get(decision.decision_id)
-            if added is None:
-                continue
-            if present is None:
-                present = {(x.get("system"), x.get("code")) for x in codings if isinstance(x, dict)}
-            if (added["system"], added["code"]) not in present:
+            if added is not None and (added["system"], added["code"]) not in present:
                 present.add((added["system"], added["code"]))
-                adds.append(dict(added))
-        if adds:
-            codings.extend(adds)
+                adds.append(added)
+        plan = (len(self._plan_ids), adds)
+        self._plan_ids.append(tuple(decisions))
+        self._plans[key] = plan
+        return plan
+
+    @property
+    def counts(self) -> Counter[tuple[str, str]]:
+        """(decision_id, data source) -> occurrences, over everything normalized so far."""
+        out = Counter(self._counts)
+        for (plan, src), n in self._plan_counts.items():
+            for did in self._plan_ids[plan]:
+                out[(did, src)] += n
+        return out
 
     def _quantity(self, q: dict[str, Any], src: str) -> None:
         ext = q.get("extension")
@@ -169,14 +205,14 @@ class Normalizer:
             q.setdefault("extension", []).append({"url": EXT_UNIT, "valueCoding": original})
 
     def _count(self, decision: Decision, src: str) -> None:
-        self.counts[(decision.decision_id, src)] += 1
+        self._counts[(decision.decision_id, src)] += 1
 
     # --- deciding ------------------------------------------------------------------------------------
 
     def prefetch(self, keys: Iterable[tuple[str | None, str | None]]) -> None:
         """Let the terminology fetch what a batch of new (system, code) pairs needs in one query."""
         todo = []
-        for raw, code in keys:
+        for raw, code in set(keys):
             if not isinstance(raw, str) or not isinstance(code, str):
                 continue
             uri = self._system(raw)[0] if raw else None
@@ -186,6 +222,12 @@ class Normalizer:
             self.terms.prefetch(todo)
 
     def decide(self, raw_system: Any, code: Any, display: Any) -> Decision:
+        try:
+            hit = self._decided.get(("coding", raw_system, code, display))
+        except TypeError:
+            hit = None
+        if hit is not None:
+            return hit
         if not all(v is None or isinstance(v, str) for v in (raw_system, code, display)):
             # A system, code or display that is not text (a number, an object): structurally broken.
             return self._remember(
@@ -193,10 +235,7 @@ class Normalizer:
                 Decision(None, None, None, "unmapped", "malformed_coding"),
             )
         key = ("coding", raw_system, code, display)
-        hit = self._decided.get(key)
-        if hit is None:
-            hit = self._remember(key, self._decide(raw_system, code, display))
-        return hit
+        return self._remember(key, self._decide(raw_system, code, display))
 
     def decide_unit(self, raw_system: str | None, unit: str) -> Decision:
         key = ("unit", raw_system, unit, None)
