@@ -1,4 +1,4 @@
-"""Terminology benchmark: normalization throughput vs a bare dict lookup, and suggestion quality on corpus gold pairs.
+"""Terminology benchmark: normalization throughput vs a bare dict lookup; suggestion quality on gold pairs.
 
     uv run python bench/terminology.py [--codings 1000000] [--skip-corpus]
 
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import orjson
-
 from _child import OUT, REPO, run_child  # bench/ is on sys.path when a benchmark runs as a script
 
 # This file's name would hide the `terminology` package: look it up from the project, not from bench/.
@@ -164,7 +163,8 @@ def child(mode: str, workdir: Path, lines_file: Path) -> dict:
                 ),
             )
             con.execute(
-                f"INSERT INTO {table} SELECT id, resource::JSON, 'bench', NULL, 'x', 0, '{RUN_ID}', 'x', NULL, FALSE "
+                f"INSERT INTO {table} SELECT id, resource::JSON, 'bench', NULL, 'x', 0, '{RUN_ID}', 'x', "
+                "NULL, FALSE "
                 "FROM _rows"
             )
             sys.path.insert(0, str(REPO))
@@ -297,7 +297,8 @@ def suggestion_quality(corpus: Path) -> dict:
             + ", ".join(
                 f"{s} {v}"
                 for s, v in con.execute(
-                    "SELECT system, version FROM terminology.releases WHERE active AND system IN (?, ?) ORDER BY 1",
+                    "SELECT system, version FROM terminology.releases "
+                    "WHERE active AND system IN (?, ?) ORDER BY 1",
                     [LOINC, SNOMED],
                 ).fetchall()
             )
@@ -369,7 +370,8 @@ def main() -> None:
     ratio = results["bare"]["seconds"] / results["normalize"]["seconds"]
     stage = results["bare"]["seconds"] / results["stage"]["seconds"]
     print(
-        f"normalizer / bare dict lookup: {ratio:.2f}x (target >= 0.5x); whole stage with DuckDB I/O: {stage:.2f}x"
+        f"normalizer / bare dict lookup: {ratio:.2f}x (target >= 0.5x); "
+        f"whole stage with DuckDB I/O: {stage:.2f}x"
     )
     summary = {
         "codings": codings,
@@ -386,7 +388,8 @@ def main() -> None:
             summary["suggestions"] = q
             n = q["evaluated"] or 1
             print(
-                f"suggestions on {q['gold_pairs']} distinct gold pairs ({q['hl7v2_pairs']} HL7 v2, {q['ccda_pairs']} "
+                f"suggestions on {q['gold_pairs']} distinct gold pairs ({q['hl7v2_pairs']} HL7 v2, "
+                f"{q['ccda_pairs']} "
                 f"C-CDA occurrences); {q['evaluated']} with the standard code in the loaded terminology:"
             )
             print(f"  top-1 {q['top1'] / n:.1%}  top-5 {q['top5'] / n:.1%}")
