@@ -197,19 +197,21 @@ def _normalize_where(
         fresh = True
         for chunk in _without_cycle_collection(chunks(con, quoted, where + prefilter, params)):
             updates_id, updates_json = [], []
-            parsed = [(rid, text, source, loads_exact(text)) for rid, text, source in chunk]
+            parsed = [(rid, source, *parse_exact(text)) for rid, text, source in chunk]
             if fresh:
                 # While new codes keep appearing, fetch their terminology rows for the chunk in one go.
                 normalizer.prefetch(p for *_, r in parsed for p in iter_pairs(r))
             known = len(normalizer.decisions)
-            for rid, text, source, resource in parsed:
+            for rid, source, resource, baseline in parsed:
                 if keep is not None and not keep(resource):
                     continue
                 counts["resources"] += 1
-                out = orjson.dumps(normalizer.normalize(resource, source)).decode()
-                if out != text:
+                out = orjson.dumps(normalizer.normalize(resource, source))
+                # Only a resource whose codings changed is rewritten: the others keep their stored text
+                # byte for byte, however its source spelled it (escaped slashes, spacing, exponents).
+                if out != baseline:
                     updates_id.append(rid)
-                    updates_json.append(out)
+                    updates_json.append(out.decode())
             # Worth a batch fetch for the next chunk only while many new codes appear; the few that
             # trickle in later are fetched one by one.
             fresh = len(normalizer.decisions) - known > _PREFETCH_WORTH
@@ -236,17 +238,24 @@ def _without_cycle_collection(items: Iterator[Any]) -> Iterator[Any]:
             gc.enable()
 
 
-def loads_exact(text: str) -> Any:
-    """Parse resource JSON keeping every number exactly as written (FHIR decimals keep their precision:
-    7.10 stays 7.10). ehrlift stores compact JSON, so when a fast parse serializes back to the same text
-    nothing was lost; otherwise the text is parsed again with each number kept verbatim."""
+def parse_exact(text: str) -> tuple[Any, bytes]:
+    """(resource, its compact serialization before normalization), every number kept exactly as written
+    (FHIR decimals keep their precision: 7.10 stays 7.10). ehrlift stores compact JSON, so when a fast
+    parse serializes back to the same bytes nothing was lost; otherwise the text is parsed again with each
+    number kept verbatim."""
+    raw = text.encode()
     try:
-        doc = orjson.loads(text)
-        if orjson.dumps(doc) == text.encode():
-            return doc
+        doc = orjson.loads(raw)
+        if orjson.dumps(doc) == raw:
+            return doc, raw
     except orjson.JSONDecodeError:
         pass  # e.g. an integer beyond 64 bits: the exact parser keeps it
-    return json.loads(text, parse_float=orjson.Fragment, parse_int=orjson.Fragment)
+    doc = json.loads(text, parse_float=orjson.Fragment, parse_int=orjson.Fragment)
+    return doc, orjson.dumps(doc)
+
+
+def loads_exact(text: str) -> Any:
+    return parse_exact(text)[0]
 
 
 def chunks(
