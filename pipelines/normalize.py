@@ -16,7 +16,6 @@ from typing import Any
 
 import duckdb
 import orjson
-import pyarrow as pa
 
 from pipelines.common.config import RunConfig, new_run_id
 from pipelines.common.warehouse import open_warehouse, resource_tables, transaction
@@ -218,12 +217,12 @@ def _normalize_where(
             if updates_id:
                 counts["rewritten"] += len(updates_id)
                 with transaction(con):
-                    con.register("_norm_upd", pa.table({"rid": updates_id, "resource": updates_json}))
                     con.execute(
-                        f"UPDATE {quoted} AS t SET resource = u.resource::JSON "
-                        "FROM _norm_upd u WHERE t.rowid = u.rid"
+                        f"UPDATE {quoted} AS t SET resource = u.resource::JSON FROM (SELECT "
+                        "unnest(?::BIGINT[]) AS rid, unnest(?::VARCHAR[]) AS resource) u "
+                        "WHERE t.rowid = u.rid",
+                        [updates_id, updates_json],
                     )
-                    con.unregister("_norm_upd")
     return counts
 
 

@@ -123,8 +123,11 @@ class WarehouseTerminology(Terminology):
         if not todo:
             return
         self._fetched.update(todo)
-        self.con.execute("CREATE OR REPLACE TEMP TABLE _norm_keys (system VARCHAR, code VARCHAR)")
-        self.con.executemany("INSERT INTO _norm_keys VALUES (?, ?)", todo)
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE _norm_keys AS "
+            "SELECT unnest(?::VARCHAR[]) AS system, unnest(?::VARCHAR[]) AS code",
+            [[s for s, _ in todo], [c for _, c in todo]],
+        )
         if "concepts" in self.has:
             for s, c, d, st in self.con.execute(
                 "SELECT c.system, c.code, c.display, c.status FROM terminology.concepts c "
