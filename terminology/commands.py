@@ -75,7 +75,10 @@ def coverage_command(warehouse: Path, out: Console) -> int:
     for title, shares in (("per system", cov.by_system), ("per source", cov.by_source)):
         table = Table(title=title, title_justify="left")
         for col in (title.split()[1], "codings", "standard", "share", "unmapped"):
-            table.add_column(col, justify="left" if col in ("system", "source") else "right")
+            if col in ("system", "source"):
+                table.add_column(col, overflow="fold")  # URIs are the point: never cut short
+            else:
+                table.add_column(col, justify="right")
         for name, s in shares.items():
             table.add_row(name, str(s.total), str(s.standard), f"{s.ratio:.1%}", str(s.total - s.standard))
         out.print(table)

@@ -80,6 +80,9 @@ _SPECIMEN = {
     "stool": ("Stool",),
     "saliva": ("Saliva",),
 }
+# Below this text similarity (0-100) a candidate shares little more than letters with the display: noise
+# that would cost a reviewer time, whatever units or specimen say.
+MIN_TEXT_SCORE = 60
 _STOP = frozenset({"in", "or", "of", "by", "the", "and", "at", "for", "to", "on", "with", "a"})
 _NUMERIC = {"Quantity", "integer", "decimal"}
 
@@ -153,6 +156,8 @@ class Index:
         rows = con.execute(
             f"SELECT c.system, c.code, coalesce(c.display, ''), coalesce({designations}, '') "
             "FROM terminology.concepts c WHERE c.status = 'active' AND list_contains(?, c.system) "
+            # LOINC answers (LA) and parts (LP) are not things one observes: never a target for a test code.
+            "AND NOT (c.system = 'http://loinc.org' AND (c.code LIKE 'LA%' OR c.code LIKE 'LP%')) "
             "ORDER BY c.system, c.code",
             [list(systems)],
         ).fetchall()
@@ -168,10 +173,14 @@ class Index:
         return cls(rows, props)
 
     def rank(self, target: Target, top: int = 5) -> list[Candidate]:
-        query = " ".join(tokens(target.source_display or target.source_code))
+        # Only the display says what a code means: a bare code ("N", "01") matched as text finds noise, so
+        # such a code is listed for review without candidates.
+        query = " ".join(tokens(target.source_display))
         if not query or not self.texts:
             return []
-        hits = process.extract(query, self.texts, scorer=_score, limit=max(top * 10, 50))
+        hits = process.extract(
+            query, self.texts, scorer=_score, limit=max(top * 10, 50), score_cutoff=MIN_TEXT_SCORE
+        )
         scored = []
         for _, base, i in hits:
             system, code, display = self.keys[i]

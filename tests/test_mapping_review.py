@@ -99,7 +99,17 @@ def test_suggest_edit_import_rerun(reviewed, tmp_path, make_config, warehouse, c
         ("NA", "2", "1", "2951-2"),
         ("UGLU", "1", "1", "5792-7"),
     ]
-    assert len(rows) == 9 and all(0 < float(r["score"]) <= 1 for r in rows)
+    # Candidates sharing too little text with the display are left out (no sodium for glucose and back).
+    assert [(r["source_code"], r["rank"], r["target_code"]) for r in rows] == [
+        ("GLU", "1", "2345-7"),
+        ("GLU", "2", "5792-7"),
+        ("GLU", "3", "2339-0"),
+        ("NA", "1", "2951-2"),
+        ("NA", "2", "2947-0"),
+        ("UGLU", "1", "5792-7"),
+        ("UGLU", "2", "2339-0"),
+    ]
+    assert all(0 < float(r["score"]) <= 1 for r in rows)
 
     for r in rows:
         if r["rank"] == "1" and r["source_code"] in ("GLU", "NA"):
