@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from terminology import core
 from terminology.crosswalks import CrosswalkRow
 
 UNITS_FILE = Path(__file__).with_name("units.csv")
+# A UCUM annotation alone ({tbl}, {puff}) is a valid unit meaning "1 of these".
+_ANNOTATION = re.compile(r"\{[!-z|~]+\}")
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class Terminology:
         """Nothing to fetch when everything is in memory."""
 
     def is_ucum(self, unit: str) -> bool:
-        if unit in self.units.values():
+        if unit in self.units.values() or _ANNOTATION.fullmatch(unit):
             return True
         hit = self.concept(core.UCUM, unit)
         return hit is not None and hit[1] == "active"

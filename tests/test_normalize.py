@@ -222,6 +222,7 @@ def test_units_valid_aliased_and_free_text(terms):
     n = Normalizer(terms)
     unit = n.decide_unit
     assert (unit(None, "mg/dL").method, unit(None, "mg/dL").target_code) == ("exact", "mg/dL")
+    assert unit("http://unitsofmeasure.org", "{tbl}").method == "exact"  # an annotation is a UCUM unit
     assert (unit(None, "K/uL").method, unit(None, "K/uL").target_code) == ("crosswalk", "10*3/uL")
     assert (unit(None, "per high power field").method, unit(None, "per high power field").reason) == (
         "unmapped",
