@@ -1,8 +1,8 @@
-"""Airflow DAG for one migration run: configure → land → convert → load (wiring only; work is in pipelines/).
+"""Airflow DAG for one migration run: configure → land → convert → normalize → load (wiring only).
 
 Trigger with a config such as {"sources": ["/data/legacy/export"], "source_system": "legacy-lab"}.
-Each task is safe to retry: landing is keyed by sha256, each file converts in one transaction, and the
-load merges whatever is staged in one transaction.
+Each task is safe to retry: landing is keyed by sha256, each file converts in one transaction,
+normalization re-derives what it added, and the load merges whatever is staged in one transaction.
 """
 
 from __future__ import annotations
@@ -43,11 +43,15 @@ def ehr_migration():
         return stages.convert(config)
 
     @task
+    def normalize(config: dict) -> dict:
+        return stages.normalize(config)
+
+    @task
     def load(config: dict) -> dict:
         return stages.load(config)
 
     config = configure()
-    land(config) >> convert(config) >> load(config)
+    land(config) >> convert(config) >> normalize(config) >> load(config)
 
 
 ehr_migration()

@@ -113,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     deid.set_defaults(func=_cmd_deidentify)
     _export_parser(sub)
     _add_terminology(sub)
+    _mapping_parsers(sub)
 
     views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")
     views_sub = views.add_subparsers(dest="views_command", required=True)
@@ -252,10 +253,16 @@ def _add_terminology(sub) -> None:
     status = term_sub.add_parser("status", help="systems in force: versions, counts, sources")
     status.add_argument("--warehouse", type=Path, default=None, help=warehouse_help)
     status.set_defaults(func=_cmd_terminology_status)
+    cov = term_sub.add_parser(
+        "coverage", help="share of codings standard after normalization, whole warehouse"
+    )
+    cov.add_argument("--warehouse", type=Path, default=None, help=warehouse_help)
+    cov.set_defaults(func=_cmd_terminology_coverage)
 
 
 def _cmd_terminology_load(args: argparse.Namespace) -> int:
     from pipelines.common.warehouse import open_warehouse
+    from pipelines.normalize import renormalize
     from terminology.loaders import read_release
     from terminology.store import changed_in_warehouse, ensure_default, install
 
@@ -265,6 +272,8 @@ def _cmd_terminology_load(args: argparse.Namespace) -> int:
         ensure_default(con)
         report = install(con, release)
         seen, pointers = changed_in_warehouse(con, report.changed)
+        # Records holding a code whose status or replacement changed are normalized again, now.
+        redone = renormalize(con, [(c.system, c.code) for c in report.changed], warehouse=args.warehouse)
     finally:
         con.close()
     if report.already_loaded:
@@ -279,6 +288,12 @@ def _cmd_terminology_load(args: argparse.Namespace) -> int:
     out.print(f"  {seen} of them appear in the warehouse's mapping log" + (":" if pointers else ""))
     for pointer in pointers:
         out.print(f"    {pointer}", soft_wrap=True)
+    if redone["resources"]:
+        out.print(
+            f"  re-normalized {redone['resources']} resource(s) holding them "
+            f"({redone['rewritten']} rewritten, {redone['decisions']} decisions "
+            f"logged under {redone['run_id']})"
+        )
     return int(ExitCode.OK)
 
 
@@ -316,6 +331,58 @@ def _cmd_terminology_status(args: argparse.Namespace) -> int:
     for m in info["maps"]:
         out.print(f"map {m['map']} version {m['map_version']}: {m['rows']} rows", soft_wrap=True)
     return int(ExitCode.OK)
+
+
+def _mapping_parsers(sub) -> None:
+    wh = {
+        "type": Path,
+        "default": None,
+        "help": "DuckDB warehouse file (default: $EHRLIFT_WAREHOUSE or "
+        f"{DEFAULT_DATA_DIR / 'warehouse.duckdb'})",
+    }
+    mappings = sub.add_parser("mappings", help="review unmapped local codes; Millennium code values")
+    msub = mappings.add_subparsers(dest="mappings_command", required=True)
+    suggest = msub.add_parser("suggest", help="write ranked candidates for unmapped codes (CSV, or .xlsx)")
+    suggest.add_argument("--warehouse", **wh)
+    suggest.add_argument("--out", type=Path, required=True, help="review file to write (.csv or .xlsx)")
+    suggest.add_argument("--top", type=int, default=5, help="candidates per code (default 5)")
+    suggest.set_defaults(func=_cmd_mappings_suggest)
+    imp = msub.add_parser("import", help="approved review rows -> a new crosswalk version for the next run")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--warehouse", **wh)
+    imp.set_defaults(func=_cmd_mappings_import)
+    mcv = msub.add_parser("millennium-codes", help="load a Millennium CODE_VALUE extract (CSV)")
+    mcv.add_argument("file", type=Path)
+    mcv.add_argument("--warehouse", **wh)
+    mcv.set_defaults(func=_cmd_mappings_millennium)
+
+
+def _warehouse(path: Path | None) -> Path:
+    return RunConfig.from_env((), warehouse=path).warehouse
+
+
+def _cmd_mappings_suggest(args: argparse.Namespace) -> int:
+    from terminology.commands import suggest_command
+
+    return suggest_command(_warehouse(args.warehouse), args.out, args.top, out)
+
+
+def _cmd_mappings_import(args: argparse.Namespace) -> int:
+    from terminology.commands import import_command
+
+    return import_command(_warehouse(args.warehouse), args.file, out, err)
+
+
+def _cmd_mappings_millennium(args: argparse.Namespace) -> int:
+    from terminology.commands import millennium_command
+
+    return millennium_command(_warehouse(args.warehouse), args.file, out)
+
+
+def _cmd_terminology_coverage(args: argparse.Namespace) -> int:
+    from terminology.commands import coverage_command
+
+    return coverage_command(_warehouse(args.warehouse), out)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The pipeline's stages as plain functions (land, convert, load) and the whole run that chains them."""
+"""The pipeline's stages as plain functions (land, convert, normalize, load) and the run that chains them."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pipelines.common.warehouse import file_processed, open_warehouse, transacti
 from pipelines.convert import handler_for
 from pipelines.land import land_sources, landed_path
 from pipelines.load import create_stage, merge_stage
+from pipelines.normalize import normalize_stage
 from pipelines.summary import RunSummary, build_summary
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,13 @@ def write_run_report(config: RunConfig, summary: RunSummary) -> Path:
 
 
 def run_pipeline(config: RunConfig) -> RunSummary:
-    """land → convert → load in one process, as `ehrlift run` does."""
+    """land → convert → normalize → load in one process, as `ehrlift run` does."""
     bars = Bars(config.progress)
     try:
         with bars.running():
             land_stage(config)
             convert_stage(config, bars)
+            normalize_stage(config)
             load_stage(config)
     except (EhrliftError, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, EhrliftError) else ExitCode.INTERRUPTED

@@ -35,6 +35,13 @@ def convert(config: dict[str, Any]) -> dict[str, Any]:
     return convert_stage(RunConfig.from_dict(config))
 
 
+def normalize(config: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.common.config import RunConfig
+    from pipelines.normalize import normalize_stage
+
+    return normalize_stage(RunConfig.from_dict(config))
+
+
 def load(config: dict[str, Any]) -> dict[str, Any]:
     from pipelines.common.config import RunConfig
     from pipelines.run import load_stage

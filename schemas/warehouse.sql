@@ -82,7 +82,10 @@ CREATE TABLE IF NOT EXISTS ops.mapping_log (
     reason               VARCHAR,
     terminology_version  VARCHAR,
     crosswalk_version    VARCHAR,
-    occurrences          BIGINT NOT NULL DEFAULT 1
+    occurrences          BIGINT NOT NULL DEFAULT 1,
+    decision_id          VARCHAR,           -- the value of the mapping-decision extension on added codings
+    data_source          VARCHAR,           -- the legacy system the coded resources came from
+    kind                 VARCHAR            -- coding, unit
 );
 
 -- One row per expectation evaluated (filled by the validation stage); pointers, never values.
@@ -191,4 +194,17 @@ CREATE TABLE IF NOT EXISTS terminology.maps (
     author          VARCHAR,
     reviewer        VARCHAR,
     review_date     DATE
+);
+
+-- Terminology normalization: Millennium code values (from a CODE_VALUE extract), for target-aware codings.
+CREATE TABLE IF NOT EXISTS terminology.millennium_code_values (
+    code_set         BIGINT NOT NULL,
+    code_value       VARCHAR NOT NULL,
+    display          VARCHAR,
+    concept_cki      VARCHAR,               -- e.g. LOINC!2345-7
+    standard_system  VARCHAR,               -- the CKI's system as a canonical URI, when it names one
+    standard_code    VARCHAR,
+    active           BOOLEAN NOT NULL,
+    source           VARCHAR NOT NULL,      -- base name of the extract it was loaded from
+    loaded_at        TIMESTAMPTZ NOT NULL
 );

@@ -90,10 +90,10 @@ print(json.dumps({
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {
         "errors": {},
-        "tasks": ["configure", "convert", "land", "load"],
+        "tasks": ["configure", "convert", "land", "load", "normalize"],
         "retries": [2],
         "max_active_runs": 1,
-        "upstream_of_load": ["configure", "convert"],
+        "upstream_of_load": ["configure", "normalize"],
     }
 
 

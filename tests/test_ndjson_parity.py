@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pipelines.common.unit import Quarantine
 from pipelines.convert.fhir.prepare import ResourcePreparer, parse_line
 from pipelines.land import sha256_file
+from pipelines.normalize import parse_exact
 from pipelines.run import run_pipeline
+from terminology.normalize import strip_added
 
 TRICKY = [
     b'{"resourceType":"Patient","id":"p1","name":[{"family":"O\'Brien \\"Bob\\""}],"birthDate":"1950-01-01"}',
@@ -73,8 +76,14 @@ def _check_file(path: Path, make_config, warehouse) -> int:
     for position, raw in enumerate(lines, 1):
         outcome, reason, text = _expected(raw, position, sha)
         assert ledger[position] == (outcome, reason), (position, raw[:80])
-        if text is not None:
-            assert stored[position] == text, (position, raw[:80])
+        if text is not None and stored[position] != text:
+            # The normalize stage rewrote it (a unit made UCUM, a coding added): once what it added is
+            # stripped, the content is the converted one, number spellings included.
+            normalized = parse_exact(stored[position].decode())[0]
+            assert orjson.dumps(strip_added(normalized)) == parse_exact(text.decode())[1], (
+                position,
+                raw[:80],
+            )
     return len(lines)
 
 

@@ -81,7 +81,8 @@ def _validation(con, run_id: str, failed_critical: bool) -> None:
 
 def _releases(con) -> None:
     con.execute(
-        "INSERT INTO terminology.releases (kind, system, version, source, sha256, loaded_at, concepts, active) "
+        "INSERT INTO terminology.releases "
+        "(kind, system, version, source, sha256, loaded_at, concepts, active) "
         "VALUES ('loinc', 'http://loinc.org', '2.80', "
         "'/home/jdoe/Smith_John/Loinc_2.80.zip', 'ab' || repeat('0', 62), "
         "TIMESTAMPTZ '2026-01-02 03:04:05+00', 105000, true)"
