@@ -35,7 +35,9 @@ def _mapping(con, run_id: str) -> None:
     ]
     for source_system, code, method, target, n in rows:
         con.execute(
-            "INSERT INTO ops.mapping_log VALUES (?, ?, ?, 'Free text display', ?, ?, NULL, ?, ?, "
+            "INSERT INTO ops.mapping_log (run_id, source_system, source_code, source_display, target_system, "
+            "target_code, target_display, method, reason, terminology_version, crosswalk_version, occurrences) "
+            "VALUES (?, ?, ?, 'Free text display', ?, ?, NULL, ?, ?, "
             "'LOINC 2.80', 'demo-crosswalk 3', ?)",
             [
                 run_id,

@@ -86,7 +86,12 @@ def _add_reference_only(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
-_MIGRATIONS = {2: _add_reference_only}
+def _add_mapping_log_columns(con: duckdb.DuckDBPyConnection) -> None:
+    for column in ("decision_id", "data_source", "kind"):
+        con.execute(f"ALTER TABLE ops.mapping_log ADD COLUMN IF NOT EXISTS {column} VARCHAR")
+
+
+_MIGRATIONS = {2: _add_reference_only, 3: _add_mapping_log_columns}
 
 
 def check_version(con: duckdb.DuckDBPyConnection) -> int | None:
