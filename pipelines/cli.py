@@ -107,6 +107,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     summary = run_pipeline(config)
     print_summary(summary, config)
+    if summary.validation.get("blocked"):
+        from pipelines.validate import gate_for
+
+        err.print(f"[bold red]blocked:[/] {gate_for(config).error()}", markup=True, soft_wrap=True)
+        return int(ExitCode.GATE_BLOCKED)
     return int(ExitCode.OK)
 
 
@@ -186,6 +191,14 @@ def print_summary(summary: RunSummary, config: RunConfig) -> None:
             out.print(f"{label}: " + ", ".join(f"{r} {n}" for r, n in reasons.items()))
     for container, items in summary.unconsumed.items():
         out.print(f"not consumed in {container}: " + ", ".join(f"{i} {n}" for i, n in items.items()))
+    if summary.validation:
+        v = summary.validation
+        out.print(
+            f"data quality: {v['evaluated']} expectations, {len(v['critical_failed'])} critical and "
+            f"{len(v['warnings_failed'])} warning failures"
+        )
+        if v["warnings_failed"]:
+            out.print("warnings (reported, not blocking): " + ", ".join(v["warnings_failed"]), soft_wrap=True)
     out.print(
         f"ledger reconciles (units = converted + quarantined + skipped): "
         f"{'yes' if summary.reconciles else 'NO'}"
