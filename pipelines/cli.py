@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--no-hl7v2", action="store_true", help="write only the FHIR sources, no HL7 v2 archives"
     )
+    demo.add_argument(
+        "--corrupt",
+        action="store_true",
+        help="also write a deliberately corrupted batch (sources/corrupt/) that the data-quality gate blocks",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     listen = sub.add_parser(
@@ -127,6 +132,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"  {len(data.get('files', []))} files, {len(data.get('defects', []))} deliberate defects; "
         f"details in {args.dir / 'demo-summary.json'}"
     )
+    if args.corrupt:
+        from pipelines.demo.corrupt import CORRUPT_DIR, write_corrupt_sources
+
+        write_corrupt_sources(args.dir)
+        out.print(
+            f"  plus a corrupted batch in {args.dir / CORRUPT_DIR}: `ehrlift run` on it exits 7 (blocked)"
+        )
     return int(ExitCode.OK)
 
 
