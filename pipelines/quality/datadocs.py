@@ -52,7 +52,11 @@ def build_data_docs(config: RunConfig, settings: QualitySettings, rows: list[Res
 
 def _render(root: Path, out: Path, run_id: str, settings: QualitySettings, rows: list[ResultRow]) -> None:
     import great_expectations as gx
-    from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+    from great_expectations.core import (
+        ExpectationSuite,
+        ExpectationSuiteValidationResult,
+        ExpectationValidationResult,
+    )
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier,
@@ -76,6 +80,23 @@ def _render(root: Path, out: Path, run_id: str, settings: QualitySettings, rows:
     for row in rows:
         if row.expectation in specs and row.detail is not None:
             by_suite.setdefault(row.suite, []).append(row)
+    for suite in settings.suites:
+        context.suites.add(
+            ExpectationSuite(
+                name=suite.name,
+                expectations=[
+                    ExpectationConfiguration(
+                        type=e["type"],
+                        kwargs=_substitute(e["kwargs"], settings.parameters),
+                        meta=e["meta"],
+                        description=e.get("description"),
+                        severity=e["severity"],
+                    ).to_domain_obj()
+                    for e in suite.expectations
+                ],
+                meta={"notes": suite.spec.get("meta", {}).get("notes", "")},
+            )
+        )
     for suite, members in by_suite.items():
         results = []
         for row in members:

@@ -58,7 +58,8 @@ def _model(resource_type: str):
 def _finding(resource_type: str, error: dict) -> str:
     """Element path and error kind only: pydantic's message and input would quote the record's values."""
     path = ".".join(str(p) for p in error.get("loc", ()) if not isinstance(p, int))
-    return f"{resource_type}{'.' + path if path else ''}: {error.get('type', 'invalid')}"
+    kind = str(error.get("type", "invalid")).rsplit(".", 1)[-1]  # fhir.resources prefixes its own
+    return f"{resource_type}{'.' + path if path else ''}: {kind}"
 
 
 def validate_structure(con: duckdb.DuckDBPyConnection, run_id: str, max_pointers: int) -> list[TypeResult]:
