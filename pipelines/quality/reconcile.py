@@ -30,8 +30,9 @@ class FileReconciliation:
     format: str
     handler: str | None
     status: str
-    units_reported: int | None  # what the converter said it split the file into
+    units_reported: int | None  # units the converter handled in this run (a resumed file: the rest)
     units: int = 0  # ledger rows of this file (all runs: a resumed file's first part is in earlier runs)
+    units_this_run: int = 0
     converted: int = 0
     quarantined: int = 0
     skipped: int = 0
@@ -47,8 +48,11 @@ class FileReconciliation:
         out = []
         if self.units != self.converted + self.quarantined + self.skipped:
             out.append(f"units {self.units} != converted + quarantined + skipped")
-        if self.units_reported is not None and self.units != self.units_reported:
-            out.append(f"ledger has {self.units} units, the converter reported {self.units_reported}")
+        if self.units_reported is not None and self.units_this_run != self.units_reported:
+            out.append(
+                f"ledger has {self.units_this_run} units from this run, "
+                f"the converter reported {self.units_reported}"
+            )
         if self.quarantined_without_row:
             out.append(f"{self.quarantined_without_row} quarantined units have no quarantine row")
         if self.skipped_without_reason:
@@ -107,9 +111,9 @@ def reconcile(con: duckdb.DuckDBPyConnection, run_id: str) -> Reconciliation:
         [run_id],
     ).fetchall():
         files[sha] = FileReconciliation(sha, fmt, handler, status, units)
-    for sha, n, conv, quar, skip, no_row, no_reason, dups in con.execute(
+    for sha, n, this_run, conv, quar, skip, no_row, no_reason, dups in con.execute(
         f"""
-        SELECT l.file_sha256, count(*),
+        SELECT l.file_sha256, count(*), count(*) FILTER (WHERE l.run_id = $run),
                count(*) FILTER (WHERE l.outcome = 'converted'),
                count(*) FILTER (WHERE l.outcome = 'quarantined'),
                count(*) FILTER (WHERE l.outcome = 'skipped'),
@@ -119,12 +123,13 @@ def reconcile(con: duckdb.DuckDBPyConnection, run_id: str) -> Reconciliation:
                count(*) FILTER (WHERE l.outcome = 'skipped' AND l.reason IS NULL),
                count(*) FILTER (WHERE l.outcome = 'skipped' AND l.reason IN {DUPLICATE_REASONS!r})
         FROM ops.ledger l
-        WHERE l.file_sha256 IN (SELECT file_sha256 FROM ops.run_files WHERE run_id = ?)
+        WHERE l.file_sha256 IN (SELECT file_sha256 FROM ops.run_files WHERE run_id = $run)
         GROUP BY 1
         """,
-        [run_id],
+        {"run": run_id},
     ).fetchall():
         f = files[sha]
+        f.units_this_run = this_run
         f.units, f.converted, f.quarantined, f.skipped = n, conv, quar, skip
         f.quarantined_without_row, f.skipped_without_reason, f.duplicates_removed = no_row, no_reason, dups
     for sha, n in con.execute(
