@@ -15,6 +15,7 @@ from pipelines.quality.frames import prepare
 from pipelines.quality.gate import Gate, ResultRow, read_gate, write_results
 from pipelines.quality.reconcile import check_reconciliation, reconcile
 from pipelines.quality.settings import QualitySettings, load_settings
+from pipelines.quality.sqlcheck import sql_outcomes
 from pipelines.quality.structure import SUITE as STRUCTURE_SUITE
 from pipelines.quality.structure import validate_structure
 
@@ -57,6 +58,8 @@ def run_checks(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySet
     for suite in settings.suites:
         if suite.source.get("source") == "mapping_log":
             outcomes = run_mapping_suite(con, validator, suite, run_id)
+        elif settings.engine == "sql":
+            outcomes = sql_outcomes(con, suite, settings)
         else:
             outcomes = run_view_suite(con, validator, suite)
         rows.extend(_row(o) for o in outcomes)

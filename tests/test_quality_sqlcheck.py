@@ -64,3 +64,28 @@ def test_gx_and_sql_count_the_same(tmp_path):
             assert gx == sql, suite.name
             checked += len(gx)
     assert checked > 100
+
+
+def test_the_sql_engine_gives_the_stage_the_same_verdicts(tmp_path, make_config, monkeypatch):
+    from pipelines.demo.corrupt import write_corrupt_sources
+    from pipelines.run import convert_stage, land_stage, load_stage
+    from pipelines.validate import validate_stage
+
+    write_corrupt_sources(tmp_path / "demo")
+    config = make_config(tmp_path / "demo" / "sources")
+    land_stage(config)
+    convert_stage(config)
+    load_stage(config)
+    verdicts = {}
+    for engine in ("gx", "sql"):
+        site = tmp_path / f"{engine}.json"
+        site.write_text(f'{{"engine": "{engine}"}}')
+        monkeypatch.setenv("EHRLIFT_DQ_SITE_FILE", str(site))
+        validate_stage(config)
+        with open_warehouse(config.warehouse, read_only=True) as con:
+            verdicts[engine] = con.execute(
+                "SELECT expectation, severity, success, unexpected_count FROM ops.validation_results "
+                "ORDER BY expectation"
+            ).fetchall()
+    assert verdicts["gx"] == verdicts["sql"]
+    assert sum(not ok for _, _, ok, _ in verdicts["sql"]) == 7  # 6 critical, 1 warning

@@ -68,11 +68,8 @@ def needed_columns(suite: Suite) -> set[str]:
     return cols
 
 
-def select_sql(suite: Suite, columns: set[str], partition: tuple[list[str], int, int] | None = None) -> str:
-    """SELECT for a view suite's rows: the view's columns it uses, the derived ones, and a record pointer.
-
-    `partition` (key columns, chunk count, chunk number) keeps the rows whose key hashes to that chunk.
-    """
+def select_sql(suite: Suite, columns: set[str]) -> str:
+    """SELECT for a view suite's rows: the view's columns it uses, the derived ones, and a record pointer."""
     src = suite.source
     view = _ident(src["view"])
     derive: dict[str, dict[str, Any]] = src.get("derive", {})
@@ -111,11 +108,7 @@ def select_sql(suite: Suite, columns: set[str], partition: tuple[list[str], int,
             raise ConfigError(f"{suite.name}: unknown derivation for {col}")
         select.append(f"{expr} AS {_ident(col)}")
     select.append(f"{_pointer_sql(src['pointer'])} AS {POINTER}")
-    where = ""
-    if partition:
-        key, chunks, i = partition
-        where = f" WHERE hash({', '.join(f't.{_ident(c)}' for c in key)}) % {int(chunks)} = {int(i)}"
-    return f"SELECT {', '.join(select)} FROM views.{view} t {' '.join(joins)}{where}"
+    return f"SELECT {', '.join(select)} FROM views.{view} t {' '.join(joins)}"
 
 
 def _pointer_sql(pointer: dict[str, str]) -> str:
@@ -142,9 +135,19 @@ def iter_chunks(
     """The suite's rows in `chunks` frames; rows with equal partition keys land in the same frame.
 
     Hash partitioning (not offsets) is what makes uniqueness checks per chunk add up to the whole table.
+    The joined rows are computed once into a temp table tagged with their chunk, so each chunk is a
+    cheap scan rather than the whole join again.
     """
     if chunks == 1:
         yield con.execute(select_sql(suite, columns)).df()
         return
-    for i in range(chunks):
-        yield con.execute(select_sql(suite, columns, (partition_key, chunks, i))).df()
+    key = ", ".join(_ident(c) for c in partition_key)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _dq_chunks AS SELECT *, hash({key}) % {int(chunks)} AS _dq_chunk "
+        f"FROM ({select_sql(suite, columns | set(partition_key))})"
+    )
+    try:
+        for i in range(chunks):
+            yield con.execute(f"SELECT * EXCLUDE (_dq_chunk) FROM _dq_chunks WHERE _dq_chunk = {i}").df()
+    finally:
+        con.execute("DROP TABLE IF EXISTS _dq_chunks")

@@ -29,6 +29,19 @@ MAP_TYPES = frozenset(
         "expect_compound_columns_to_be_unique",
     }
 )
+_SITE_KEYS = frozenset(
+    {
+        "version",
+        "parameters",
+        "mostly",
+        "severities",
+        "unmapped_share_max",
+        "fhir_structure_max_invalid_share",
+        "engine",
+        "chunk_rows",
+        "max_record_pointers",
+    }
+)
 UNIQUENESS_TYPES = frozenset({"expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"})
 
 
@@ -56,6 +69,7 @@ class QualitySettings:
     physiologic_ranges: list[tuple[str, str, str, float, float]]
     site_file: str | None = None
     severities: dict[str, str] = field(default_factory=dict)
+    engine: str = "gx"  # "sql": the same checks compiled to DuckDB SQL, for very large views
 
     def unmapped_threshold(self, system: str) -> float:
         return float(self.unmapped_share_max.get(system, self.unmapped_share_max["default"]))
@@ -69,15 +83,7 @@ def load_settings(
     base = _read_json(root / "thresholds.json")
     site_path = site_file or (Path(os.environ[SITE_FILE_ENV]) if os.environ.get(SITE_FILE_ENV) else None)
     site = _read_json(site_path) if site_path else {}
-    unknown = (
-        set(site)
-        - {"parameters", "mostly", "severities", "unmapped_share_max", "chunk_rows"}
-        - {
-            "fhir_structure_max_invalid_share",
-            "max_record_pointers",
-            "version",
-        }
-    )
+    unknown = set(site) - _SITE_KEYS
     if unknown:
         raise ConfigError(f"site data-quality file has unknown keys: {sorted(unknown)}")
     params = {**base["parameters"], **site.get("parameters", {})}
@@ -101,7 +107,10 @@ def load_settings(
         physiologic_ranges=_read_ranges(root / "physiologic_ranges.csv"),
         site_file=str(site_path) if site_path else None,
         severities=severities,
+        engine=str(site.get("engine", base.get("engine", "gx"))),
     )
+    if settings.engine not in ("gx", "sql"):
+        raise ConfigError(f"engine must be 'gx' or 'sql', not {settings.engine!r}")
     if settings.chunk_rows < 1:
         raise ConfigError("chunk_rows must be at least 1")
     return settings

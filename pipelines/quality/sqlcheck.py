@@ -121,3 +121,11 @@ def _count_unique(con: duckdb.DuckDBPyConnection, exp: dict[str, Any], o: Outcom
     ).fetchone()
     assert row is not None
     o.element_count, o.missing_count, o.unexpected_count = row
+    if o.unexpected_count:
+        o.pointers = [
+            r[0]
+            for r in con.execute(
+                f"SELECT {POINTER} FROM (SELECT *, count(*) OVER (PARTITION BY {key}) AS _n FROM _rows) "
+                f"WHERE NOT ({missing}) AND _n > 1 LIMIT {int(limit)}"
+            ).fetchall()
+        ]
