@@ -10,7 +10,7 @@ PATIENTS ?= 200
 RUN := $(UV) run --frozen --no-sync
 export EHRLIFT_CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: run test setup lint format bench golden clean browser terminology-default
+.PHONY: run test setup lint format bench golden clean browser terminology-default data-docs-assets
 
 setup: .venv/.synced
 
@@ -49,6 +49,10 @@ format: setup
 
 bench: setup
 	$(RUN) python bench/ingest_fhir.py
+
+# CSS/JS/fonts for the Data Docs pages, from npm, so they render styled with no external request.
+data-docs-assets:
+	./scripts/vendor-data-docs-assets.sh
 
 golden: setup
 	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py tests/test_ccda_golden.py tests/test_upgrade_golden.py

@@ -1,8 +1,10 @@
-"""Airflow DAG for one migration run: configure → land → convert → normalize → load (wiring only).
+"""Airflow DAG for one migration run: configure → land → convert → normalize → load → validate (wiring only).
 
 Trigger with a config such as {"sources": ["/data/legacy/export"], "source_system": "legacy-lab"}.
 Each task is safe to retry: landing is keyed by sha256, each file converts in one transaction,
 normalization re-derives what it added, and the load merges whatever is staged in one transaction.
+The validate task fails, without retries, when a critical data-quality expectation failed: the run is
+then 'blocked' in ops.runs and must not be back-loaded (see ops.validation_results).
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ def ehr_migration():
     def load(config: dict) -> dict:
         return stages.load(config)
 
+    @task(retries=0)  # a blocked gate is a verdict on the data: retrying cannot change it
+    def validate(config: dict) -> dict:
+        return stages.validate(config)
+
     config = configure()
-    land(config) >> convert(config) >> normalize(config) >> load(config)
+    land(config) >> convert(config) >> normalize(config) >> load(config) >> validate(config)
 
 
 ehr_migration()

@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-ccda", action="store_true", help="write no C-CDA documents")
     demo.add_argument("--no-dstu2", action="store_true", help="no DSTU2 export of extra patients")
+    demo.add_argument(
+        "--corrupt",
+        action="store_true",
+        help="also write a deliberately corrupted batch (sources/corrupt/) that the data-quality gate blocks",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     listen = sub.add_parser(
@@ -396,6 +401,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     summary = run_pipeline(config)
     print_summary(summary, config)
+    if summary.validation.get("blocked"):
+        from pipelines.validate import gate_for
+
+        err.print(f"[bold red]blocked:[/] {gate_for(config).error()}", markup=True, soft_wrap=True)
+        return int(ExitCode.GATE_BLOCKED)
     return int(ExitCode.OK)
 
 
@@ -418,6 +428,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"  {len(data.get('files', []))} files, {len(data.get('defects', []))} deliberate defects; "
         f"details in {args.dir / 'demo-summary.json'}"
     )
+    if args.corrupt:
+        from pipelines.demo.corrupt import CORRUPT_DIR, write_corrupt_sources
+
+        write_corrupt_sources(args.dir)
+        out.print(
+            f"  plus a corrupted batch in {args.dir / CORRUPT_DIR}: `ehrlift run` on it exits 7 (blocked)"
+        )
     return int(ExitCode.OK)
 
 
@@ -514,6 +531,14 @@ def print_summary(summary: RunSummary, config: RunConfig) -> None:
             out.print(f"{label}: " + ", ".join(f"{r} {n}" for r, n in reasons.items()))
     for container, items in summary.unconsumed.items():
         out.print(f"not consumed in {container}: " + ", ".join(f"{i} {n}" for i, n in items.items()))
+    if summary.validation:
+        v = summary.validation
+        out.print(
+            f"data quality: {v['evaluated']} expectations, {len(v['critical_failed'])} critical and "
+            f"{len(v['warnings_failed'])} warning failures"
+        )
+        if v["warnings_failed"]:
+            out.print("warnings (reported, not blocking): " + ", ".join(v["warnings_failed"]), soft_wrap=True)
     out.print(
         f"ledger reconciles (units = converted + quarantined + skipped): "
         f"{'yes' if summary.reconciles else 'NO'}"

@@ -73,34 +73,48 @@ def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]
 
 
 def load_stage(config: RunConfig) -> dict[str, Any]:
-    """Rebuild the analyst views over fhir.* and finish the run record with its summary."""
+    """Rebuild the analyst views over fhir.*; the validate stage then checks them and finishes the run."""
     from pipelines.common.paths import shipped
     from pipelines.deid.audit import record_access
     from pipelines.views.materialize import materialize_views
 
     with open_warehouse(config.warehouse) as con:
         views = materialize_views(con, shipped("schemas") / "views")
-        summary = build_summary(con, config.run_id)
-        _finish_run(con, config.run_id, "succeeded", ExitCode.OK, summary)
-        written = {f"fhir.{t}": n for t, n in summary.resources_by_type.items()}
+        written = {f"fhir.{t}": n for t, n in build_summary(con, config.run_id).resources_by_type.items()}
         record_access(
             con, "run", "write", written | {f"views.{v}": n for v, n in views.items()}, config.run_id
         )
-    report = write_run_report(config, summary)
-    return {"views": views, "report": str(report)}
+    return {"views": views}
+
+
+def finish_run(
+    con: duckdb.DuckDBPyConnection,
+    config: RunConfig,
+    status: str,
+    code: int,
+    reconciliation: dict[str, Any] | None = None,
+) -> RunSummary:
+    """Record the run's end (status, exit code, summary) and write its JSON report beside the warehouse."""
+    summary = build_summary(con, config.run_id)
+    summary.status = status
+    _finish_run(con, config.run_id, status, code, summary)
+    write_run_report(config, summary, reconciliation)
+    return summary
 
 
 def run_report_path(config: RunConfig) -> Path:
     return config.warehouse.parent / "runs" / f"{config.run_id}.json"
 
 
-def write_run_report(config: RunConfig, summary: RunSummary) -> Path:
+def write_run_report(
+    config: RunConfig, summary: RunSummary, reconciliation: dict[str, Any] | None = None
+) -> Path:
     """The run's config and reconciliation beside the warehouse: counts and reason codes, never values."""
     path = run_report_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(
         orjson.dumps(
-            {"config": config.to_dict(), "summary": summary.to_dict()},
+            {"config": config.to_dict(), "summary": summary.to_dict(), "reconciliation": reconciliation},
             option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
         )
     )
@@ -108,7 +122,12 @@ def write_run_report(config: RunConfig, summary: RunSummary) -> Path:
 
 
 def run_pipeline(config: RunConfig) -> RunSummary:
-    """land → convert → normalize → load in one process, as `ehrlift run` does."""
+    """land → convert → normalize → load → validate in one process, as `ehrlift run` does.
+
+    A run the gate blocks returns normally with status 'blocked' in its summary: the caller decides.
+    """
+    from pipelines.validate import validate_stage
+
     bars = Bars(config.progress)
     try:
         with bars.running():
@@ -116,6 +135,7 @@ def run_pipeline(config: RunConfig) -> RunSummary:
             convert_stage(config, bars)
             normalize_stage(config)
             load_stage(config)
+            validate_stage(config)
     except (EhrliftError, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, EhrliftError) else ExitCode.INTERRUPTED
         _mark_failed(config, code)

@@ -32,6 +32,8 @@ class RunSummary:
     views: dict[str, int] = field(default_factory=dict)
     # container (message or document type) -> item (segment, entry templateId) -> count not consumed
     unconsumed: dict[str, dict[str, int]] = field(default_factory=dict)
+    # data-quality gate: expectations evaluated, failed critical and warning expectation names
+    validation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def totals(self) -> FormatCounts:
@@ -103,4 +105,20 @@ def build_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> RunSummary:
     ).fetchall():
         n = con.execute(f'SELECT count(*) FROM views."{table}"').fetchone()
         summary.views[table] = n[0] if n else 0
+    failed: dict[str, list[str]] = {"critical": [], "warning": []}
+    evaluated = 0
+    for name, severity, success in con.execute(
+        "SELECT expectation, severity, success FROM ops.validation_results WHERE run_id = ? ORDER BY 1",
+        [run_id],
+    ).fetchall():
+        evaluated += 1
+        if not success:
+            failed[severity].append(name)
+    if evaluated:
+        summary.validation = {
+            "evaluated": evaluated,
+            "blocked": bool(failed["critical"]),
+            "critical_failed": failed["critical"],
+            "warnings_failed": failed["warning"],
+        }
     return summary

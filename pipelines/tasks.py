@@ -47,3 +47,15 @@ def load(config: dict[str, Any]) -> dict[str, Any]:
     from pipelines.run import load_stage
 
     return load_stage(RunConfig.from_dict(config))
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate and finish the run; raises (exit status 7) when a critical expectation failed."""
+    from pipelines.common.config import RunConfig
+    from pipelines.validate import gate_for, validate_stage
+
+    run = RunConfig.from_dict(config)
+    result = validate_stage(run)
+    if result["blocked"]:
+        raise gate_for(run).error()
+    return result

@@ -77,6 +77,8 @@ print(json.dumps({
     "retries": sorted({t.retries for t in dag.tasks}),
     "max_active_runs": dag.max_active_runs,
     "upstream_of_load": sorted(dag.get_task("load").upstream_task_ids),
+    "upstream_of_validate": sorted(dag.get_task("validate").upstream_task_ids),
+    "validate_retries": dag.get_task("validate").retries,
 }))
 """.replace("DAGS_FOLDER", repr(str(REPO / "dags")))
     out = subprocess.run(
@@ -90,10 +92,12 @@ print(json.dumps({
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {
         "errors": {},
-        "tasks": ["configure", "convert", "land", "load", "normalize"],
-        "retries": [2],
+        "tasks": ["configure", "convert", "land", "load", "normalize", "validate"],
+        "retries": [0, 2],
         "max_active_runs": 1,
         "upstream_of_load": ["configure", "normalize"],
+        "upstream_of_validate": ["configure", "load"],
+        "validate_retries": 0,
     }
 
 

@@ -1,0 +1,209 @@
+"""GX Data Docs for a run beside the warehouse, rewritten to make no external request.
+
+Pages are rendered by GX's own SiteBuilder from the run's aggregated results (counts and record
+pointers; GX's sample of unexpected values is never stored, since it would be record values). GX
+pages load Bootstrap, jQuery, Font Awesome and Vega from CDNs and a tracking logo from S3; every such
+URL is rewritten to a vendored copy (scripts/vendor-data-docs-assets.sh) or removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipelines.common.config import RunConfig
+from pipelines.common.paths import shipped
+from pipelines.quality.gate import ResultRow
+from pipelines.quality.settings import QualitySettings
+
+log = logging.getLogger(__name__)
+ASSETS_ENV = "EHRLIFT_DATA_DOCS_ASSETS"
+_URL = re.compile(r"https?://[^\s\"'()<>]*")
+
+
+def data_docs_dir(config: RunConfig) -> Path:
+    return config.warehouse.parent / "reports" / config.run_id / "data-docs"
+
+
+def assets_dir() -> Path:
+    env = os.environ.get(ASSETS_ENV)
+    return Path(env) if env else shipped("expectations").parent / "vendor" / "data-docs"
+
+
+def build_data_docs(config: RunConfig, settings: QualitySettings, rows: list[ResultRow]) -> Path:
+    """Render the run's suite results as a Data Docs site and make it self-contained."""
+    out = data_docs_dir(config)
+    if out.exists():
+        shutil.rmtree(out)  # a re-validated run gets a fresh site
+    out.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(prefix="ehrlift-gx-") as root:
+        _render(Path(root), out, config.run_id, settings, rows)
+    make_self_contained(out, assets_dir())
+    return out
+
+
+def _render(root: Path, out: Path, run_id: str, settings: QualitySettings, rows: list[ResultRow]) -> None:
+    import great_expectations as gx
+    from great_expectations.core import (
+        ExpectationSuite,
+        ExpectationSuiteValidationResult,
+        ExpectationValidationResult,
+    )
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    context = gx.get_context(mode="file", project_root_dir=str(root))
+    context.variables.progress_bars = {"globally": False}
+    context.add_data_docs_site(
+        site_name="ehrlift",
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(out)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    gx_run = RunIdentifier(run_name=run_id, run_time=datetime.now(UTC))
+    specs = {e["meta"]["name"]: e for s in settings.suites for e in s.expectations}
+    by_suite: dict[str, list[ResultRow]] = {}
+    for row in rows:
+        if row.expectation in specs and row.detail is not None:
+            by_suite.setdefault(row.suite, []).append(row)
+    for suite in settings.suites:
+        context.suites.add(
+            ExpectationSuite(
+                name=suite.name,
+                expectations=[
+                    ExpectationConfiguration(
+                        type=e["type"],
+                        kwargs=_substitute(e["kwargs"], settings.parameters),
+                        meta=e["meta"],
+                        description=e.get("description"),
+                        severity=e["severity"],
+                    ).to_domain_obj()
+                    for e in suite.expectations
+                ],
+                meta={"notes": suite.spec.get("meta", {}).get("notes", "")},
+            )
+        )
+    for suite, members in by_suite.items():
+        results = []
+        for row in members:
+            spec, o = specs[row.expectation], row.detail
+            assert o is not None
+            config = ExpectationConfiguration(
+                type=spec["type"],
+                kwargs=_substitute(spec["kwargs"], settings.parameters),
+                meta={**spec["meta"], "record_pointers": row.record_pointers},
+                description=spec.get("description"),
+                severity=spec["severity"],
+            )
+            pct = 100.0 * o.unexpected_count / o.nonmissing if o.nonmissing else 0.0
+            results.append(
+                ExpectationValidationResult(
+                    success=row.success,
+                    expectation_config=config,
+                    result={
+                        "element_count": o.element_count,
+                        "missing_count": o.missing_count,
+                        "unexpected_count": o.unexpected_count,
+                        "unexpected_percent": pct,
+                        "unexpected_percent_nonmissing": pct,
+                        "partial_unexpected_list": [],
+                    },
+                )
+            )
+        passed = sum(r.success for r in results)
+        asset = f"views.{suite}" if suite != "mapping_coverage" else "ops.mapping_log"
+        result = ExpectationSuiteValidationResult(
+            success=passed == len(results),
+            results=results,
+            suite_name=suite,
+            statistics={
+                "evaluated_expectations": len(results),
+                "successful_expectations": passed,
+                "unsuccessful_expectations": len(results) - passed,
+                "success_percent": 100.0 * passed / len(results) if results else 100.0,
+            },
+            meta={
+                "run_id": gx_run,
+                "active_batch_definition": {"datasource_name": "ehrlift", "data_asset_name": asset},
+                "batch_spec": {},
+                "batch_markers": {},
+            },
+        )
+        key = ValidationResultIdentifier(
+            expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite),
+            run_id=gx_run,
+            batch_identifier=asset,
+        )
+        context.validation_results_store.set(key, result)
+    context.build_data_docs(site_names=["ehrlift"])
+
+
+def _substitute(kwargs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in kwargs.items():
+        if isinstance(v, dict) and "$PARAMETER" in v:
+            v = str(params.get(v["$PARAMETER"]))
+        out[k] = v
+    return out
+
+
+def make_self_contained(site: Path, vendored: Path) -> None:
+    """Point every CDN asset at a local copy (or drop it) and strip every other external URL."""
+    manifest = orjson.loads((shipped("expectations") / "data_docs_assets.json").read_bytes())["assets"]
+    local: dict[str, Path] = {}
+    for asset in manifest:
+        package_dir = vendored / re.sub(r"[/@]", "_", asset["package"])
+        source = package_dir / asset["file"]
+        if not source.is_file():
+            continue
+        target = site / "static" / "vendor" / package_dir.name / asset["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        for extra in asset.get("with", []):
+            dest = site / "static" / "vendor" / package_dir.name / extra
+            if not dest.exists():
+                shutil.copytree(package_dir / extra, dest)
+        local[asset["url"]] = target
+    if len(local) < len(manifest):
+        log.warning(
+            "Data Docs: %d of %d page assets are not vendored (run scripts/vendor-data-docs-assets.sh); "
+            "pages will render unstyled",
+            len(manifest) - len(local),
+            len(manifest),
+        )
+    logo = site / "static" / "images" / "logo-long.png"
+    for page in [*site.rglob("*.html"), *site.rglob("*.css")]:
+        if "vendor" in page.relative_to(site).parts:
+            continue
+        text = page.read_text(encoding="utf-8")
+        text = re.sub(r'\s(?:integrity|crossorigin)="[^"]*"', "", text)
+        for url in sorted({a["url"] for a in manifest}, key=len, reverse=True):
+            if url in local:
+                text = text.replace(url, os.path.relpath(local[url], page.parent))
+            else:
+                escaped = re.escape(url)
+                text = re.sub(rf'<script[^>]*src="{escaped}"[^>]*>\s*</script>', "", text)
+                text = re.sub(rf'<link[^>]*href="{escaped}"[^>]*>', "", text)
+        text = re.sub(
+            r"https://great-expectations-web-assets\.[^\s\"'()]*\.png[^\s\"'()]*",
+            os.path.relpath(logo, page.parent),
+            text,
+        )
+        text = re.sub(r'\s(?:xmlns(?::\w+)?)="https?://[^"]*"', "", text)  # inline SVG needs none in HTML
+        text = re.sub(r'\shref="https?://[^"]*"', "", text)  # links out (GX docs, newsletter) become text
+        text = _URL.sub("", text)
+        page.write_text(text, encoding="utf-8")

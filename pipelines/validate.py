@@ -1,0 +1,96 @@
+"""The validate stage: GX suites over the views, structural FHIR checks, reconciliation, the gate."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import duckdb
+
+from pipelines.common.config import RunConfig
+from pipelines.common.errors import ExitCode
+from pipelines.common.warehouse import open_warehouse
+from pipelines.quality.engine import Outcome, Validator, run_mapping_suite, run_view_suite
+from pipelines.quality.frames import prepare
+from pipelines.quality.gate import Gate, ResultRow, read_gate, write_results
+from pipelines.quality.reconcile import check_reconciliation, reconcile
+from pipelines.quality.settings import QualitySettings, load_settings
+from pipelines.quality.sqlcheck import sql_outcomes
+from pipelines.quality.structure import SUITE as STRUCTURE_SUITE
+from pipelines.quality.structure import validate_structure
+
+log = logging.getLogger(__name__)
+
+
+def validate_stage(config: RunConfig, settings: QualitySettings | None = None) -> dict[str, Any]:
+    """Validate the run, store the results, check reconciliation, then finish the run: succeeded or blocked.
+
+    A blocked run is recorded with status 'blocked' and exit code 7; the caller decides how to fail
+    (the CLI exits 7, the Airflow task raises). Warnings never block; they are in the results.
+    """
+    from pipelines.run import finish_run
+
+    settings = settings or load_settings()
+    with open_warehouse(config.warehouse) as con:
+        outcomes = run_checks(con, config.run_id, settings)
+        write_results(con, config.run_id, outcomes)
+        recon = reconcile(con, config.run_id)
+        check_reconciliation(recon)
+        gate = read_gate(con, config.run_id)
+        status, code = ("blocked", ExitCode.GATE_BLOCKED) if gate.blocked else ("succeeded", ExitCode.OK)
+        finish_run(con, config, status, code, reconciliation=recon.to_dict())
+    docs = _data_docs(config, settings, outcomes)
+    log.info(
+        "run %s validated: %d expectations, %d critical and %d warning failures",
+        config.run_id,
+        gate.evaluated,
+        len(gate.critical_failed),
+        len(gate.warnings_failed),
+    )
+    return {**gate.to_dict(), "data_docs": str(docs) if docs else None}
+
+
+def run_checks(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySettings) -> list[ResultRow]:
+    """Every suite and the structural check, as result rows (pointers only, never values)."""
+    prepare(con, settings)
+    validator = Validator(settings)
+    rows: list[ResultRow] = []
+    for suite in settings.suites:
+        if suite.source.get("source") == "mapping_log":
+            outcomes = run_mapping_suite(con, validator, suite, run_id)
+        elif settings.engine == "sql":
+            outcomes = sql_outcomes(con, suite, settings)
+        else:
+            outcomes = run_view_suite(con, validator, suite)
+        rows.extend(_row(o) for o in outcomes)
+    for t in validate_structure(con, run_id, settings.max_record_pointers):
+        share = t.invalid / t.checked if t.checked else 0.0
+        rows.append(
+            ResultRow(
+                STRUCTURE_SUITE,
+                t.name,
+                "warning" if t.no_model else "critical",
+                not t.no_model and share <= settings.fhir_structure_max_invalid_share,
+                t.observed_value(),
+                t.invalid,
+                t.pointers,
+            )
+        )
+    return rows
+
+
+def _row(o: Outcome) -> ResultRow:
+    return ResultRow(
+        o.suite, o.name, o.severity, o.success, o.observed_value, o.unexpected_count, o.pointers, o
+    )
+
+
+def _data_docs(config: RunConfig, settings: QualitySettings, rows: list[ResultRow]):
+    from pipelines.quality.datadocs import build_data_docs
+
+    return build_data_docs(config, settings, rows)
+
+
+def gate_for(config: RunConfig) -> Gate:
+    with open_warehouse(config.warehouse, read_only=True) as con:
+        return read_gate(con, config.run_id)
