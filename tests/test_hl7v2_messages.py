@@ -98,8 +98,49 @@ def test_source_system_keeps_ids_apart():
 
 
 def test_z_segments_and_unmapped_segments_are_counted():
-    out = convert(PID, "IN1|1|PLAN", "ZPI|1|x", "ZPI|2|y", "NTE|1||patient note")
-    assert out.unconsumed == {"IN1": 1, "ZPI": 2, "NTE": 1}
+    out = convert(PID, "DB1|1|PT||Y", "ZPI|1|x", "ZPI|2|y", "NTE|1||patient note")
+    assert out.unconsumed == {"DB1": 1, "ZPI": 2, "NTE": 1}
+
+
+def test_in1_without_a_company_keeps_coverage_and_says_the_payor_is_unknown():
+    out = convert(PID, "IN1|1|PLAN7", "IN2|1|123-45-6789", "IN1|2|PLAN8|||||||||||||||SEL")
+    coverages = by_type(out)["Coverage"]
+    assert out.unconsumed == {}
+    assert [c["identifier"][0]["value"] for c in coverages] == ["PLAN7", "PLAN8"]
+    dar = {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}
+    assert coverages[0]["payor"] == [{"extension": [dar]}]
+    assert "subscriber" not in coverages[0]  # IN1-16 names no insured: no RelatedPerson is invented
+    assert coverages[1]["subscriber"] == coverages[1]["beneficiary"]
+    assert "RelatedPerson" not in by_type(out)
+
+
+def test_roles_count_as_used_only_where_a_mapper_maps_them():
+    out = convert(
+        PID,
+        "IN1|1|PLAN7|C1|Carrier",
+        "ROL|1|AD|AT|9^Doc^Dee",  # after IN1: the IG maps no insurance-level role
+        PV1,
+        "ROL|2|DE|CP|8^Con^Cy",  # withdrawn: understood, and no participant
+        "TQ1|1||BID",  # no order to time
+    )
+    assert out.unconsumed == {"ROL": 1, "TQ1": 1}
+    enc = by_type(out)["Encounter"][0]
+    assert "participant" not in enc
+
+
+def test_guarantor_self_is_the_patient_and_the_account_lists_each_coverage_with_its_priority():
+    out = convert(
+        PID,
+        "GT1|1||||||||||SEL",
+        "IN1|1|P2|C2|Second||||||||||||||||||2",
+        "IN1|2|P1|C1|First||||||||||||||||||1",
+    )
+    found = by_type(out)
+    account = found["Account"][0]
+    patient_ref = {"reference": f"Patient/{found['Patient'][0]['id']}"}
+    assert account["guarantor"] == [{"party": patient_ref}]
+    assert [c["priority"] for c in account["coverage"]] == [2, 1]
+    assert account["subject"] == [patient_ref]
 
 
 def test_invalid_values_are_counted_where_they_were():

@@ -589,3 +589,16 @@ def pl(ctx: Ctx, v: Comp | None) -> dict[str, str] | None:
     if ref is not None and v.get(9):
         ctx.shared[("Location", ref["reference"].split("/")[1])]["description"] = v.get(9)
     return ref
+
+
+def place(resource: dict[str, Any], key: str, value: Any, after: tuple[str, ...]) -> None:
+    """Set resource[key], in place, where FHIR's element order puts it: after the last of `after`
+    present (the elements that precede it), so output reads in the specification's order."""
+    if key in resource:
+        resource[key] = value
+        return
+    items = list(resource.items())
+    at = max((i for i, (k, _) in enumerate(items) if k in after), default=len(items) - 1)
+    items.insert(at + 1, (key, value))
+    resource.clear()
+    resource.update(items)
