@@ -228,3 +228,15 @@ def test_corpus_messages_convert_or_quarantine():
         f"HL7 v2 corpus: {seen['converted']}/{mapped_total} messages of mapped types converted ({share:.1%})"
     )
     assert share >= 0.95
+
+
+def test_siu_start_and_end_come_from_tq1_before_the_deprecated_sch_11():
+    out = convert(
+        "SCH|A1|F1|||||||30|MIN|^^30^20240320090000-0500^20240320093000-0500",
+        "TQ1|||||||20240321100000-0500|20240321103000-0500",
+        PID,
+        mtype="SIU^S12",
+    )
+    appt = by_type(out)["Appointment"][0]
+    assert (appt["start"], appt["end"]) == ("2024-03-21T10:00:00-05:00", "2024-03-21T10:30:00-05:00")
+    assert out.unconsumed == {}

@@ -8,7 +8,7 @@ from typing import Any
 
 from pipelines.common.unit import Converted, Quarantine, stage_dict
 from pipelines.convert.hl7v2 import vocab
-from pipelines.convert.hl7v2.datatypes import Ctx, clean, instant, place, val
+from pipelines.convert.hl7v2.datatypes import Ctx, clean, first, instant, place, val, where
 from pipelines.convert.hl7v2.segments import coverage as cov
 from pipelines.convert.hl7v2.segments import encounter as enc_
 from pipelines.convert.hl7v2.segments import participation as part
@@ -219,14 +219,27 @@ class Build:
         return obs
 
     def timing(self, o: Order, request: dict[str, Any]) -> None:
-        """The order's TQ1s -> the request's timing (the IG's TQ1[ServiceRequest]/[MedicationRequest])."""
+        """The order's TQ1s -> the request's timing (the IG's TQ1[ServiceRequest]/[MedicationRequest]);
+        without TQ1, the v2.3-style TQ of ORC-7, else OBR-27 or RXE-1."""
+        legacy = None
         if not o.tq1s:
-            return
+            for seg, n in (
+                (o.orc, 7),
+                (o.obr, 27),
+                (o.rx if o.rx is not None and o.rx.name == "RXE" else None, 1),
+            ):
+                tq = first(seg, n) if seg is not None else None
+                if tq is not None:
+                    legacy = timing.tq_timing(self.ctx, tq, where(seg, n))
+                    if legacy[0] or legacy[1]:
+                        break
+            if legacy is None or not (legacy[0] or legacy[1]):
+                return
         self.take(o.tq1s)
         if request["resourceType"] == "ServiceRequest":
-            timing.apply_to_service_request(self.ctx, request, o.tq1s)
+            timing.apply_to_service_request(self.ctx, request, o.tq1s, legacy)
         else:
-            timing.apply_to_medication_request(self.ctx, request, o.tq1s)
+            timing.apply_to_medication_request(self.ctx, request, o.tq1s, legacy)
 
     def functions(self, o: Order, event: dict[str, Any]) -> None:
         """An order's ROL/PRT on an Immunization or MedicationAdministration: performers with the role
@@ -469,8 +482,9 @@ def _schedule(b: Build) -> None:
             resources = [(n, s) for n in ("AIS", "AIG", "AIL", "AIP") for s in b.take(g.other.get(n, []))]
             resources.sort(key=lambda item: item[1].position)
             notes = b.take(g.notes_of.get(sch.position, []))
+            tq1 = next(iter(b.take(g.timing_of.get(sch.position, [])[:1])), None)
             key = scheduling.appointment_key(sch, b.ctx.unit_key)
-            b.emit(scheduling.appointment(b.ctx, sch, key, b.event, subject, resources, notes))
+            b.emit(scheduling.appointment(b.ctx, sch, key, b.event, subject, resources, notes, tq1))
         b.take(g.other.get("RGS", []))
 
 

@@ -49,6 +49,7 @@ class PatientGroup:
     patient_roles: list[Any] = field(default_factory=list)  # ROL/PRT after PID, PD1 or NK1
     visit_roles: list[Any] = field(default_factory=list)  # ROL/PRT after PV1 or PV2
     roles_of: dict[int, list[Any]] = field(default_factory=dict)  # ROL/PRT after a collected segment
+    timing_of: dict[int, list[Any]] = field(default_factory=dict)  # TQ1 after an SCH
 
 
 _SINGLE = {"PD1": "pd1", "PV1": "pv1", "PV2": "pv2", "MRG": "mrg"}
@@ -67,6 +68,7 @@ def gather(segments: list[Any]) -> tuple[list[PatientGroup], list[Any], set[int]
     order: Order | None = None
     last: Any = None  # where an NTE attaches: a Result, an Order or the PatientGroup
     roles: list[Any] | None = None  # where a ROL or PRT attaches
+    timed: list[Any] | None = None  # where a TQ1 outside any order attaches (an SCH's)
 
     def group() -> PatientGroup:
         nonlocal current
@@ -100,6 +102,8 @@ def gather(segments: list[Any]) -> tuple[list[PatientGroup], list[Any], set[int]
         elif name == "TQ1":
             if order is not None:
                 order.tq1s.append(seg)
+            elif timed is not None:
+                timed.append(seg)
             continue
         elif name == "ORC" or (
             name == "OBR" and (order is None or order.obr is not None or order.rx is not None)
@@ -141,6 +145,7 @@ def gather(segments: list[Any]) -> tuple[list[PatientGroup], list[Any], set[int]
             g.other.setdefault(name, []).append(seg)
             last = g.notes_of.setdefault(seg.position, [])
             roles = g.roles_of.setdefault(seg.position, [])
+            timed = g.timing_of.setdefault(seg.position, []) if name == "SCH" else None
         else:
             continue
         used.add(seg.position)

@@ -123,6 +123,48 @@ def timing(ctx: Ctx, tq1: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     return (t or None), extra
 
 
+def tq_timing(ctx: Ctx, v: Comp | None, at: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """A v2.3-style TQ (ORC-7, OBR-27, RXE-1) -> (a Timing, the request-level parts), as for TQ1:
+    TQ-1 quantity, TQ-2 interval (repeat pattern & explicit times), TQ-4/5 start and end, TQ-6 priority."""
+    if v is None:
+        return None, {}
+    t: dict[str, Any] = {}
+    repeat: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    interval = v.sub(2)
+    code = interval.code(1)
+    if code:
+        concept, rep = _repeat_code(ctx, Comp([code]))
+        if concept:
+            t["code"] = concept
+        if code.upper() == "PRN":
+            extra["asNeeded"] = True
+        repeat.update(rep)
+    times = [x for x in (time_of(p.strip()) for p in (interval.get(2) or "").split(",") if p.strip()) if x]
+    if times:
+        repeat["timeOfDay"] = times
+    bounds = {k: x for k, x in (("start", dtm(ctx, v.get(4), at)), ("end", dtm(ctx, v.get(5), at))) if x}
+    if bounds:
+        repeat["boundsPeriod"] = bounds
+    if repeat:
+        t["repeat"] = {k: repeat[k] for k in _REPEAT_ORDER if k in repeat}
+    amount = v.sub(1)
+    label = amount.get(3) or amount.code(2)
+    unit_system = vocab.system_uri(amount.code(4), ctx.source_system)
+    unit: dict[str, Any] = {"unit": label} if label else {}
+    if amount.code(2) and (
+        unit_system == UCUM or (unit_system is None and vocab.is_ucum_like(amount.code(2)))
+    ):
+        unit.update(system=UCUM, code=amount.code(2))
+    qty = quantity(amount.code(1), unit)
+    if qty and (unit or amount.code(1) != "1"):  # "1" with no unit is TQ's default, not a statement
+        extra["quantity"] = qty
+    priority = vocab.code_of("extended_priority", v.code(6))
+    if priority:
+        extra["priority"] = priority
+    return (t or None), extra
+
+
 _REPEAT_ORDER = (
     "boundsDuration",
     "boundsPeriod",
@@ -137,9 +179,12 @@ _REPEAT_ORDER = (
 )
 
 
-def apply_to_service_request(ctx: Ctx, sr: dict[str, Any], tq1s: list[Any]) -> None:
-    """The order's first TQ1 -> occurrenceTiming, quantityQuantity, priority and a note (TQ1-11)."""
-    t, extra = timing(ctx, tq1s[0])
+def apply_to_service_request(
+    ctx: Ctx, sr: dict[str, Any], tq1s: list[Any], legacy: tuple[dict | None, dict] | None = None
+) -> None:
+    """The order's first TQ1 (else its ORC-7/OBR-27 TQ) -> occurrenceTiming, quantityQuantity, priority
+    and a note (TQ1-10/11)."""
+    t, extra = timing(ctx, tq1s[0]) if tq1s else (legacy or (None, {}))
     if t:
         sr["occurrenceTiming"] = t
     if "quantity" in extra:
@@ -154,16 +199,18 @@ def apply_to_service_request(ctx: Ctx, sr: dict[str, Any], tq1s: list[Any]) -> N
     _reorder(sr, _SR_ORDER)
 
 
-def apply_to_medication_request(ctx: Ctx, mr: dict[str, Any], tq1s: list[Any]) -> None:
-    """Each TQ1 -> a dosageInstruction's timing (the first shares the RXE/RXO dose), priority from the
-    first; TQ1-10 an additional instruction, TQ1-11 the dosage text."""
+def apply_to_medication_request(
+    ctx: Ctx, mr: dict[str, Any], tq1s: list[Any], legacy: tuple[dict | None, dict] | None = None
+) -> None:
+    """Each TQ1 (else the ORC-7/RXE-1 TQ) -> a dosageInstruction's timing (the first shares the RXE/RXO
+    dose), priority from the first; TQ1-10 an additional instruction, TQ1-11 the dosage text."""
     dosages = mr.setdefault("dosageInstruction", [{}])
-    for i, tq1 in enumerate(tq1s):
-        t, extra = timing(ctx, tq1)
+    timings = [timing(ctx, tq1) for tq1 in tq1s] if tq1s else [legacy or (None, {})]
+    for i, (t, extra) in enumerate(timings):
         if i >= len(dosages):
             dosages.append({})
         d = dosages[i]
-        if len(tq1s) > 1:
+        if len(timings) > 1:
             d["sequence"] = i + 1
         if "text" in extra and "text" not in d:
             d["text"] = extra["text"]
