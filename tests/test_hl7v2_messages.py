@@ -240,3 +240,17 @@ def test_siu_start_and_end_come_from_tq1_before_the_deprecated_sch_11():
     appt = by_type(out)["Appointment"][0]
     assert (appt["start"], appt["end"]) == ("2024-03-21T10:00:00-05:00", "2024-03-21T10:30:00-05:00")
     assert out.unconsumed == {}
+
+
+def test_prt_after_ft1_is_a_performer_of_the_charge():
+    out = convert(
+        PID,
+        "FT1|1|T1||20240301|20240301|CG|80053^CMP^C4|||1",
+        "PRT||AD||PP^Primary Care Provider^HL70912|77^Doe^Jo",
+        mtype="DFT^P03",
+    )
+    charge = by_type(out)["ChargeItem"][0]
+    assert out.unconsumed == {}
+    assert charge["performer"][-1]["function"]["coding"][0]["code"] == "PP"
+    assert charge["performer"][-1]["actor"]["reference"].startswith("PractitionerRole/")
+    assert list(charge)[list(charge).index("performer") - 1] in ("occurrenceDateTime", "occurrencePeriod")

@@ -306,6 +306,8 @@ _OBS_DEVICE += ("subject", "focus", "encounter", "effectiveDateTime", "effective
 _OBS_DEVICE += ("performer", "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean")
 _OBS_DEVICE += ("valueInteger", "valueRange", "valueRatio", "valueSampledData", "valueTime", "valueDateTime")
 _OBS_DEVICE += ("valuePeriod", "dataAbsentReason", "interpretation", "note", "bodySite", "method", "specimen")
+_CHARGE = ("resourceType", "id", "meta", "identifier", "definitionUri", "definitionCanonical", "status")
+_CHARGE += ("partOf", "code", "subject", "context", "occurrenceDateTime", "occurrencePeriod")
 _OBS = ("resourceType", "id", "meta", "identifier", "basedOn", "partOf", "status", "category", "code")
 _OBS += ("subject", "focus", "encounter", "effectiveDateTime", "effectivePeriod", "issued")
 
@@ -495,6 +497,11 @@ def _charges(b: Build) -> None:
         enc = b.visit(g, subject, pkey)
         for i, ft1 in enumerate(b.take(g.other.get("FT1", []))):
             charge, proc = scheduling.charge_item(b.ctx, ft1, subject, enc, f"{b.ctx.unit_key}|ft1:{i}")
+            # ROL/PRT after an FT1 (v2.7+): performers of the charged service, the role as function.
+            for seg, r in b.roles(g.roles_of.get(ft1.position, [])):
+                b.take([seg])
+                entry: dict[str, Any] = {"function": r.concept} if r.concept else {}
+                place(charge, "performer", [*charge.get("performer", []), {**entry, "actor": r.ref}], _CHARGE)
             b.emit(proc)
             b.emit(charge)
         b.encounter_details(g, subject, enc, pkey)
