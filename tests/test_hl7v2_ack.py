@@ -94,3 +94,42 @@ def test_err_location_per_version() -> None:
     raw = RAW.replace(b"|2.5.1\r", b"|2.3\r")
     ack = build_ack(parse_message(raw), raw, "AR", error_code="101", location=("MSH", 1, 9), now=NOW)
     assert segments(ack)[2] == "ERR|MSH^1^9^101&Required field missing&HL70357"
+
+
+HL7APY_VERSIONS = ("2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8", "2.8.1", "2.8.2")
+
+
+@pytest.mark.parametrize("version", HL7APY_VERSIONS)
+@pytest.mark.parametrize("code", ["AA", "AE", "AR"])
+def test_every_ack_is_a_valid_ack_of_the_inbound_version(version: str, code: str) -> None:
+    """hl7apy knows each version's ACK structure, MSA and ERR: it validates what the listener sends.
+    (It builds ACKs at ~100/s against the tokenizer's tens of thousands, so it checks, not builds.)"""
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.core import Message as Hl7apyMessage
+    from hl7apy.parser import parse_segments
+
+    raw = f"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|X9|P|{version}\rPID|1||100\r".encode()
+    ack = build_ack(parse_message(raw), raw, code, "bad|value", error_code="101", location=("PID", 1, 3))
+    tree = Hl7apyMessage("ACK", version=version, validation_level=VALIDATION_LEVEL.STRICT)
+    tree.children = parse_segments(
+        ack.decode().rstrip("\r"), version=version, validation_level=VALIDATION_LEVEL.STRICT
+    )
+    assert tree.validate()
+    assert [s.name for s in tree.children] == ["MSH", "MSA"] + (["ERR"] if code != "AA" else [])
+    assert tree.msa.msa_1.to_er7() == code and tree.msa.msa_2.to_er7() == "X9"
+
+
+def test_hl7apy_validation_catches_a_broken_ack() -> None:
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.core import Message as Hl7apyMessage
+    from hl7apy.exceptions import ValidationError
+    from hl7apy.parser import parse_segments
+
+    tree = Hl7apyMessage("ACK", version="2.5", validation_level=VALIDATION_LEVEL.STRICT)
+    tree.children = parse_segments(
+        "MSH|^~\\&|A|B|C|D|20240101||ACK^A01^ACK|1|P|2.5\rERR|||207",
+        version="2.5",
+        validation_level=VALIDATION_LEVEL.STRICT,
+    )
+    with pytest.raises(ValidationError):
+        tree.validate()

@@ -178,3 +178,11 @@ def test_obx_ed_value_is_an_attachment():
             }
         ]
     }
+
+
+def test_blank_repetitions_are_dropped_whatever_they_are_made_of():
+    s = seg('PID|1||""~^^~ & ~\\X20\\~"~a^b')
+    found = reps(s, 3)
+    assert [(c.get(1), c.get(2)) for c in found] == [('"', None), ("a", "b")]
+    assert reps(s, 3) is found  # read once per segment
+    assert reps(s, 4) == [] and reps(s, 99) == []

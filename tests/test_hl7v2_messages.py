@@ -98,8 +98,49 @@ def test_source_system_keeps_ids_apart():
 
 
 def test_z_segments_and_unmapped_segments_are_counted():
-    out = convert(PID, "IN1|1|PLAN", "ZPI|1|x", "ZPI|2|y", "NTE|1||patient note")
-    assert out.unconsumed == {"IN1": 1, "ZPI": 2, "NTE": 1}
+    out = convert(PID, "DB1|1|PT||Y", "ZPI|1|x", "ZPI|2|y", "NTE|1||patient note")
+    assert out.unconsumed == {"DB1": 1, "ZPI": 2, "NTE": 1}
+
+
+def test_in1_without_a_company_keeps_coverage_and_says_the_payor_is_unknown():
+    out = convert(PID, "IN1|1|PLAN7", "IN2|1|123-45-6789", "IN1|2|PLAN8|||||||||||||||SEL")
+    coverages = by_type(out)["Coverage"]
+    assert out.unconsumed == {}
+    assert [c["identifier"][0]["value"] for c in coverages] == ["PLAN7", "PLAN8"]
+    dar = {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}
+    assert coverages[0]["payor"] == [{"extension": [dar]}]
+    assert "subscriber" not in coverages[0]  # IN1-16 names no insured: no RelatedPerson is invented
+    assert coverages[1]["subscriber"] == coverages[1]["beneficiary"]
+    assert "RelatedPerson" not in by_type(out)
+
+
+def test_roles_count_as_used_only_where_a_mapper_maps_them():
+    out = convert(
+        PID,
+        "IN1|1|PLAN7|C1|Carrier",
+        "ROL|1|AD|AT|9^Doc^Dee",  # after IN1: the IG maps no insurance-level role
+        PV1,
+        "ROL|2|DE|CP|8^Con^Cy",  # withdrawn: understood, and no participant
+        "TQ1|1||BID",  # no order to time
+    )
+    assert out.unconsumed == {"ROL": 1, "TQ1": 1}
+    enc = by_type(out)["Encounter"][0]
+    assert "participant" not in enc
+
+
+def test_guarantor_self_is_the_patient_and_the_account_lists_each_coverage_with_its_priority():
+    out = convert(
+        PID,
+        "GT1|1||||||||||SEL",
+        "IN1|1|P2|C2|Second||||||||||||||||||2",
+        "IN1|2|P1|C1|First||||||||||||||||||1",
+    )
+    found = by_type(out)
+    account = found["Account"][0]
+    patient_ref = {"reference": f"Patient/{found['Patient'][0]['id']}"}
+    assert account["guarantor"] == [{"party": patient_ref}]
+    assert [c["priority"] for c in account["coverage"]] == [2, 1]
+    assert account["subject"] == [patient_ref]
 
 
 def test_invalid_values_are_counted_where_they_were():
@@ -187,3 +228,29 @@ def test_corpus_messages_convert_or_quarantine():
         f"HL7 v2 corpus: {seen['converted']}/{mapped_total} messages of mapped types converted ({share:.1%})"
     )
     assert share >= 0.95
+
+
+def test_siu_start_and_end_come_from_tq1_before_the_deprecated_sch_11():
+    out = convert(
+        "SCH|A1|F1|||||||30|MIN|^^30^20240320090000-0500^20240320093000-0500",
+        "TQ1|||||||20240321100000-0500|20240321103000-0500",
+        PID,
+        mtype="SIU^S12",
+    )
+    appt = by_type(out)["Appointment"][0]
+    assert (appt["start"], appt["end"]) == ("2024-03-21T10:00:00-05:00", "2024-03-21T10:30:00-05:00")
+    assert out.unconsumed == {}
+
+
+def test_prt_after_ft1_is_a_performer_of_the_charge():
+    out = convert(
+        PID,
+        "FT1|1|T1||20240301|20240301|CG|80053^CMP^C4|||1",
+        "PRT||AD||PP^Primary Care Provider^HL70912|77^Doe^Jo",
+        mtype="DFT^P03",
+    )
+    charge = by_type(out)["ChargeItem"][0]
+    assert out.unconsumed == {}
+    assert charge["performer"][-1]["function"]["coding"][0]["code"] == "PP"
+    assert charge["performer"][-1]["actor"]["reference"].startswith("PractitionerRole/")
+    assert list(charge)[list(charge).index("performer") - 1] in ("occurrenceDateTime", "occurrencePeriod")

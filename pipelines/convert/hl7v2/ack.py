@@ -1,4 +1,9 @@
-"""HL7 v2 acknowledgements (MSH + MSA, + ERR for errors) for a live MLLP listener."""
+"""HL7 v2 acknowledgements (MSH + MSA, + ERR for errors) for a live MLLP listener.
+
+Written directly rather than through hl7apy: hl7apy builds about 120 ACKs a second (this builder tens of
+thousands), which took the listener from ~800 to ~56 acknowledged messages a second over five loopback
+connections. hl7apy instead checks, in the tests, that every ACK is a valid ACK of the inbound version.
+"""
 
 from __future__ import annotations
 

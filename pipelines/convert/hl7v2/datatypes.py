@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import re
 from collections import Counter
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -73,8 +74,7 @@ class Comp:
 
     @classmethod
     def of(cls, rep: Any) -> Comp:
-        n = len(rep.components)
-        return _RepComp(rep, n)
+        return _RepComp(rep, rep.component_count)
 
     def get(self, i: int) -> str | None:
         return clean(self._parts[i - 1]) if 0 < i <= len(self._parts) else None
@@ -90,17 +90,26 @@ class Comp:
         return all(clean(p) is None for p in self._parts)
 
 
+_UNSET: Any = object()
+
+
 class _RepComp(Comp):
-    __slots__ = ("_n", "_rep")
+    # Mappers read the same component several times (code, then display, then a key): each is
+    # split and unescaped once.
+    __slots__ = ("_cache", "_n", "_rep")
 
     def __init__(self, rep: Any, n: int) -> None:
         self._rep = rep
         self._n = n
+        self._cache: list[Any] = [_UNSET] * n
 
     def get(self, i: int) -> str | None:
         if not 0 < i <= self._n:
             return None
-        return clean(self._rep.component(i))
+        v = self._cache[i - 1]
+        if v is _UNSET:
+            v = self._cache[i - 1] = clean(self._rep.component(i))
+        return v
 
     def sub(self, i: int) -> Comp:
         if not 0 < i <= self._n:
@@ -112,14 +121,40 @@ class _RepComp(Comp):
 
 
 def reps(seg: Any, n: int) -> list[Comp]:
-    """The non-empty repetitions of field n of a segment."""
-    if seg is None or n > seg.field_count:
+    """The non-empty repetitions of field n of a segment (a shared list: callers do not change it).
+
+    Mappers read one field several times (an identity key, then the resource; a code, then its
+    display): the field is split once per segment, and each component unescaped once.
+    """
+    if seg is None:
         return []
-    field = seg.field(n)
-    if not field:
-        return []
-    out = [Comp.of(r) for r in field.repetitions]
-    return [c for c in out if not c.empty()]
+    memo = seg.memo
+    if memo is None:
+        memo = seg.memo = {}
+    found = memo.get(n)
+    if found is None:
+        field = seg.field(n)
+        found = [c for c in (Comp.of(r) for r in field.repetitions) if not _blank(c)] if field else []
+        memo[n] = found
+    return found
+
+
+def _blank(c: Comp) -> bool:
+    # Most repetitions hold some character other than delimiters, spaces and quotes: those are not
+    # blank, and need no unescaping to say so. The rest ("", ^^, "" nulls, escapes) are checked fully.
+    rep = c._rep if isinstance(c, _RepComp) else None
+    if rep is not None:
+        raw, ctx = rep.raw, rep.context
+        if ctx.esc is None or ctx.esc not in raw:
+            drop = _DROP.get((ctx.comp, ctx.sub))
+            if drop is None:
+                drop = _DROP[(ctx.comp, ctx.sub)] = str.maketrans("", "", ctx.comp + ctx.sub + '"')
+            if raw.translate(drop).strip():
+                return False
+    return c.empty()
+
+
+_DROP: dict[tuple[str, str], dict[int, None]] = {}
 
 
 def first(seg: Any, n: int) -> Comp | None:
@@ -156,9 +191,17 @@ def dtm(ctx: Ctx, value: str | None, at: str, *, date_only: bool = False) -> str
     value = clean(value)
     if value is None:
         return None
-    m = _DTM.fullmatch(value.strip())
-    if m is None or not _valid(m):
+    out = _fhir_time(value.strip(), date_only)
+    if out is None:
         ctx.lost[at] += 1
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _fhir_time(value: str, date_only: bool) -> str | None:
+    # Messages repeat their timestamps (MSH-7, EVN-2, OBR-7 and each OBX-14): each is parsed once.
+    m = _DTM.fullmatch(value)
+    if m is None or not _valid(m):
         return None
     year, month, day, hour, minute, sec, frac, sign, tzh, tzm = m.groups()
     out = year
@@ -589,3 +632,16 @@ def pl(ctx: Ctx, v: Comp | None) -> dict[str, str] | None:
     if ref is not None and v.get(9):
         ctx.shared[("Location", ref["reference"].split("/")[1])]["description"] = v.get(9)
     return ref
+
+
+def place(resource: dict[str, Any], key: str, value: Any, after: tuple[str, ...]) -> None:
+    """Set resource[key], in place, where FHIR's element order puts it: after the last of `after`
+    present (the elements that precede it), so output reads in the specification's order."""
+    if key in resource:
+        resource[key] = value
+        return
+    items = list(resource.items())
+    at = max((i for i, (k, _) in enumerate(items) if k in after), default=len(items) - 1)
+    items.insert(at + 1, (key, value))
+    resource.clear()
+    resource.update(items)

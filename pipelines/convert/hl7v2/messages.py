@@ -6,12 +6,14 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.common.unit import Converted, Quarantine, StagedResource, stage_dict
+from pipelines.common.unit import Converted, Quarantine, stage_dict
 from pipelines.convert.hl7v2 import vocab
-from pipelines.convert.hl7v2.datatypes import Ctx, clean, instant, val
+from pipelines.convert.hl7v2.datatypes import Ctx, clean, first, instant, place, val, where
+from pipelines.convert.hl7v2.segments import coverage as cov
 from pipelines.convert.hl7v2.segments import encounter as enc_
+from pipelines.convert.hl7v2.segments import participation as part
 from pipelines.convert.hl7v2.segments import patient as pat
-from pipelines.convert.hl7v2.segments import pharmacy, results, scheduling
+from pipelines.convert.hl7v2.segments import pharmacy, results, scheduling, software, timing
 from pipelines.convert.hl7v2.segments.groups import Order, PatientGroup, gather
 
 
@@ -40,7 +42,9 @@ class Build:
             self.used.difference_update(s.position for segs in g.other.values() for s in segs)
             self.used.difference_update(s.position for segs in g.notes_of.values() for s in segs)
             self.used.difference_update(s.position for s in g.ntes)
-        self.out: dict[tuple[str, str], StagedResource] = {}
+        self.software = [s for s in msg.segments if s.name == "SFT"]
+        # Resources stay dicts until finish: later segments (ROL, PRT, TQ1) add to what was emitted.
+        self.out: dict[tuple[str, str], tuple[dict[str, Any], bool]] = {}
 
     def take(self, segs: list[Any]) -> list[Any]:
         self.used.update(s.position for s in segs)
@@ -50,35 +54,145 @@ class Build:
         if resource is None:
             return None
         key = (resource["resourceType"], resource["id"])
-        if key not in self.out or self.out[key].reference_only:
-            self.out[key] = stage_dict(resource, reference_only=reference_only)
+        if key not in self.out or self.out[key][1]:
+            self.out[key] = (resource, reference_only)
+        elif key[0] == "RelatedPerson" and resource is not self.out[key][0]:
+            self.out[key] = (cov.merge_person(self.out[key][0], resource), False)
         return {"reference": f"{key[0]}/{key[1]}"}
 
+    def emitted(self, ref: dict[str, str] | None) -> dict[str, Any] | None:
+        """The resource a reference returned by emit stands for (the first full one emitted)."""
+        if not ref:
+            return None
+        rtype, _, rid = ref["reference"].partition("/")
+        found = self.out.get((rtype, rid))
+        return found[0] if found else None
+
+    def roles(self, segs: list[Any]) -> list[tuple[Any, part.Role]]:
+        """ROL/PRT segments as roles; a segment counts as used once it yields one."""
+        out = []
+        for seg in segs:
+            r = part.role(self.ctx, seg)
+            if r is not None:
+                out.append((seg, r))
+            elif part.withdrawn(seg):
+                self.take([seg])  # a role the sender deletes is understood, and is no participant
+        return out
+
     def subject(self, g: PatientGroup) -> tuple[dict[str, str], str]:
-        """Emit the group's Patient (full in ADT, a stand-in elsewhere); returns (reference, identity key)."""
+        """Emit the group's Patient (full in ADT, a stand-in elsewhere) with its related people, care
+        team, coverage and guarantors; returns (reference, identity key)."""
         if g.pid is None:
             raise Quarantine("hl7_missing_required", "no PID segment", "Patient")
         key = pat.patient_key(g.pid)
-        resource = pat.patient(self.ctx, g.pid, g.pd1, g.nk1s if self.authoritative else [])
-        if not self.authoritative:
-            self.used.difference_update(s.position for s in g.nk1s)
-        return self.emit(resource, reference_only=not self.authoritative) or {}, key
+        resource = pat.patient(self.ctx, g.pid, g.pd1, g.nk1s)
+        ref = {"reference": f"Patient/{resource['id']}"}
+        team = []
+        for seg, r in self.roles(g.patient_roles):
+            self.take([seg])
+            if r.code == "PP":
+                # The IG: ROL's primary care provider is a PractitionerRole, PRT's the Practitioner.
+                gp = r.practitioner if seg.name == "PRT" and r.practitioner else r.ref
+                place(resource, "generalPractitioner", [*resource.get("generalPractitioner", []), gp], _PAT)
+            else:
+                team.append(r)
+        subject = self.emit(resource, reference_only=not self.authoritative) or ref
+        if team:
+            self.emit(part.care_team(self.ctx, team, subject, key))
+        for nk1 in g.nk1s:
+            self.emit(cov.nk1_related_person(self.ctx, nk1, subject, key))
+        self.finances(g, subject, key)
+        return subject, key
+
+    def finances(self, g: PatientGroup, subject: dict[str, str], patient_key: str) -> None:
+        """IN1 (+IN2) -> Coverage; GT1 -> guarantors of the patient's Account, which lists the coverages."""
+        in1s = self.take(g.other.get("IN1", []))
+        in2s = g.other.get("IN2", [])
+        coverages = []
+        for i, in1 in enumerate(in1s):
+            # An IN2 belongs to the IN1 before it.
+            upto = in1s[i + 1].position if i + 1 < len(in1s) else None
+            in2 = next(
+                (s for s in in2s if s.position > in1.position and (upto is None or s.position < upto)), None
+            )
+            if in2 is not None:
+                self.take([in2])
+            c, subscriber = cov.coverage(self.ctx, in1, in2, subject, patient_key)
+            self.emit(subscriber)
+            coverages.append((c, self.emit(c)))
+        guarantors = []
+        for gt1 in g.other.get("GT1", []):
+            found = cov.guarantor(self.ctx, gt1, subject, patient_key)
+            if found is not None:
+                self.take([gt1])
+                guarantors.append(found[0])
+                self.emit(found[1])
+        if guarantors or coverages:
+            key = cov.account_key(g.pid, patient_key)
+            self.emit(cov.account(self.ctx, g.pid, key, subject, guarantors, coverages))
 
     def visit(self, g: PatientGroup, subject: dict[str, str], patient_key: str) -> dict[str, str] | None:
-        """Emit the group's Encounter when PV1 says something about a visit (A28's "PV1||N" does not)."""
+        """Emit the group's Encounter when PV1 says something about a visit (A28's "PV1||N" does not);
+        ROL/PRT after PV1 become its participants (the IG's ROL[Encounter-PractitionerRole])."""
         pv1 = g.pv1
         if pv1 is None or not any(val(pv1, n) for n in (3, 7, 19, 44, 45)):
             return None
         key = enc_.encounter_key(pv1, patient_key, self.ctx.unit_key)
         e = enc_.encounter(self.ctx, pv1, g.pv2, subject, key, self.event if self.authoritative else None)
+        added = []
+        for seg, r in self.roles(g.visit_roles):
+            self.take([seg])
+            p: dict[str, Any] = {}
+            if r.concept:
+                p["type"] = [r.concept]
+            if r.period:
+                p["period"] = r.period
+            p["individual"] = r.ref
+            added.append(p)
+        if added:
+            place(e, "participant", e.get("participant", []) + added, _ENC)
         return self.emit(e, reference_only=not self.authoritative)
+
+    def order_roles(
+        self,
+        o: Order,
+        request: dict[str, Any] | None,
+        report: dict[str, Any] | None = None,
+        specimens: list[dict[str, Any]] = (),
+    ) -> None:
+        """ROL/PRT of an order: the ordering provider (OP) is the request's requester; in a result
+        report, PRI the results interpreter, SC the specimens' collector, others performers."""
+        for seg, r in self.roles(o.roles):
+            if r.code == "OP" and request is not None:
+                if "requester" not in request:
+                    place(request, "requester", r.ref, _REQ)
+            elif report is not None and r.code == "PRI":
+                place(report, "resultsInterpreter", [*report.get("resultsInterpreter", []), r.ref], _DR)
+            elif report is not None and r.code == "SC" and specimens:
+                for sp in specimens:
+                    collection = {"collector": r.ref, **sp.get("collection", {})}
+                    place(sp, "collection", collection, _SPM)
+            elif report is not None:
+                place(report, "performer", [*report.get("performer", []), r.ref], _DR_PERF)
+            elif request is not None and request["resourceType"] == "ServiceRequest":
+                place(request, "performer", [*request.get("performer", []), r.ref], _REQ_PERF)
+            elif request is not None and "performer" not in request:
+                place(request, "performer", r.ref, _REQ_PERF)  # MedicationRequest.performer is 0..1
+            else:
+                continue
+            self.take([seg])
 
     def encounter_details(self, g: PatientGroup, subject: dict, enc: dict | None, patient_key: str) -> None:
         parent = enc["reference"] if enc else f"Patient|{patient_key}"
         for dg1 in self.take(g.other.get("DG1", [])):
             self.emit(enc_.condition(self.ctx, dg1, subject, enc, parent))
         for pr1 in self.take(g.other.get("PR1", [])):
-            self.emit(enc_.procedure(self.ctx, pr1, subject, enc, parent))
+            proc = enc_.procedure(self.ctx, pr1, subject, enc, parent)
+            for seg, r in self.roles(g.roles_of.get(pr1.position, [])) if proc else ():
+                self.take([seg])
+                perf: dict[str, Any] = {"function": r.concept} if r.concept else {}
+                place(proc, "performer", [*proc.get("performer", []), {**perf, "actor": r.ref}], _PROC)
+            self.emit(proc)
         for al1 in self.take(g.other.get("AL1", [])):
             self.emit(enc_.allergy(self.ctx, al1, subject, patient_key))
 
@@ -87,16 +201,115 @@ class Build:
         anchor = enc["reference"] if enc else f"Patient|{patient_key}"
         for r in g.results:
             key = results.observation_key(anchor, r.obx)
-            self.emit(results.observation(self.ctx, r.obx, key, subject, enc, None, r.ntes))
+            self.emit(
+                self.performers(r, results.observation(self.ctx, r.obx, key, subject, enc, None, r.ntes))
+            )
+
+    def performers(self, r: Any, obs: dict[str, Any]) -> dict[str, Any]:
+        """PRT after an OBX naming a person or organization -> Observation.performer (the IG)."""
+        for seg, role in self.roles(r.roles):
+            self.take([seg])
+            if role.ref not in obs.get("performer", []):
+                place(obs, "performer", [*obs.get("performer", []), role.ref], _OBS)
+        for seg in r.roles:
+            device = part.device(self.ctx, seg) if seg.position not in self.used else None
+            if device is not None and "device" not in obs:
+                self.take([seg])
+                place(obs, "device", device, _OBS_DEVICE)
+        return obs
+
+    def timing(self, o: Order, request: dict[str, Any]) -> None:
+        """The order's TQ1s -> the request's timing (the IG's TQ1[ServiceRequest]/[MedicationRequest]);
+        without TQ1, the v2.3-style TQ of ORC-7, else OBR-27 or RXE-1."""
+        legacy = None
+        if not o.tq1s:
+            for seg, n in (
+                (o.orc, 7),
+                (o.obr, 27),
+                (o.rx if o.rx is not None and o.rx.name == "RXE" else None, 1),
+            ):
+                tq = first(seg, n) if seg is not None else None
+                if tq is not None:
+                    legacy = timing.tq_timing(self.ctx, tq, where(seg, n))
+                    if legacy[0] or legacy[1]:
+                        break
+            if legacy is None or not (legacy[0] or legacy[1]):
+                return
+        self.take(o.tq1s)
+        if request["resourceType"] == "ServiceRequest":
+            timing.apply_to_service_request(self.ctx, request, o.tq1s, legacy)
+        else:
+            timing.apply_to_medication_request(self.ctx, request, o.tq1s, legacy)
+
+    def functions(self, o: Order, event: dict[str, Any]) -> None:
+        """An order's ROL/PRT on an Immunization or MedicationAdministration: performers with the role
+        as their function (the IG's VXU map: OP and AP)."""
+        for seg, r in self.roles(o.roles):
+            self.take([seg])
+            performers = event.get("performer", [])
+            person = (r.practitioner or {}).get("reference")
+            named = next((p for p in performers if person and p["actor"].get("reference") == person), None)
+            if named is not None:
+                # RXA-10's administering provider named again by a PRT: one performer, as its role.
+                named["actor"] = r.ref
+                if r.concept:
+                    named["function"] = r.concept
+                continue
+            same = next(
+                (p for p in performers if p["actor"].get("reference") == r.ref.get("reference")), None
+            )
+            if same is not None:
+                if r.concept and "function" not in same:
+                    same["function"] = r.concept
+                continue
+            entry: dict[str, Any] = {"function": r.concept} if r.concept else {}
+            place(event, "performer", [*performers, {**entry, "actor": r.ref}], _EVENT)
 
     def finish(self, container: str) -> Converted:
+        devices = [d for d in (software.device(self.ctx, s) for s in self.take(self.software)) if d]
+        targets = [{"reference": f"{t}/{i}"} for (t, i), (_r, ref_only) in self.out.items() if not ref_only]
+        self.emit(software.provenance(self.ctx, devices, targets))
         left = Counter(s.name for s in self.msg.segments if s.position not in self.used)
         for at, n in self.ctx.lost.items():
             left[at] += n
-        resources = list(self.out.values())
+        resources = [stage_dict(r, reference_only=ref_only) for r, ref_only in self.out.values()]
         known = set(self.out)
         resources += [r for r in self.ctx.staged_shared() if (r.resource_type, r.id) not in known]
         return Converted(resources=resources, container=container, unconsumed=dict(left))
+
+
+# Elements that precede the ones ROL/PRT add, in FHIR R4's element order.
+_PAT = ("resourceType", "id", "meta", "extension", "identifier", "active", "name", "telecom", "gender")
+_PAT += ("birthDate", "_birthDate", "deceasedBoolean", "deceasedDateTime", "address", "maritalStatus")
+_PAT += ("multipleBirthBoolean", "multipleBirthInteger", "photo", "contact", "communication")
+_ENC = ("resourceType", "id", "meta", "identifier", "status", "class", "type", "serviceType", "priority")
+_ENC += ("subject", "episodeOfCare", "basedOn")
+_REQ = ("resourceType", "id", "meta", "identifier", "basedOn", "status", "intent", "priority", "code")
+_REQ += ("medicationCodeableConcept", "quantityQuantity", "subject", "encounter", "occurrenceTiming")
+_REQ += ("asNeededBoolean", "authoredOn")
+_REQ_PERF = (*_REQ, "requester", "performerType")
+_DR_PERF = ("resourceType", "id", "meta", "identifier", "basedOn", "status", "category", "code", "subject")
+_DR_PERF += ("encounter", "effectiveDateTime", "effectivePeriod", "issued")
+_DR = (*_DR_PERF, "performer")
+_SPM = ("resourceType", "id", "meta", "identifier", "accessionIdentifier", "status", "type", "subject")
+_SPM += ("receivedTime", "parent", "request")
+_PROC = ("resourceType", "id", "meta", "identifier", "basedOn", "partOf", "status", "statusReason")
+_PROC += ("category", "code", "subject", "encounter", "performedDateTime", "performedPeriod", "recorder")
+_PROC += ("asserter",)
+_EVENT = ("resourceType", "id", "meta", "identifier", "instantiates", "partOf", "status", "statusReason")
+_EVENT += ("vaccineCode", "medicationCodeableConcept", "patient", "subject", "encounter", "context")
+_EVENT += ("supportingInformation", "occurrenceDateTime", "effectiveDateTime", "effectivePeriod", "recorded")
+_EVENT += ("primarySource", "reportOrigin", "location", "manufacturer", "lotNumber", "expirationDate")
+_EVENT += ("site", "route", "doseQuantity")
+_OBS_DEVICE = ("resourceType", "id", "meta", "identifier", "basedOn", "partOf", "status", "category", "code")
+_OBS_DEVICE += ("subject", "focus", "encounter", "effectiveDateTime", "effectivePeriod", "issued")
+_OBS_DEVICE += ("performer", "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean")
+_OBS_DEVICE += ("valueInteger", "valueRange", "valueRatio", "valueSampledData", "valueTime", "valueDateTime")
+_OBS_DEVICE += ("valuePeriod", "dataAbsentReason", "interpretation", "note", "bodySite", "method", "specimen")
+_CHARGE = ("resourceType", "id", "meta", "identifier", "definitionUri", "definitionCanonical", "status")
+_CHARGE += ("partOf", "code", "subject", "context", "occurrenceDateTime", "occurrencePeriod")
+_OBS = ("resourceType", "id", "meta", "identifier", "basedOn", "partOf", "status", "category", "code")
+_OBS += ("subject", "focus", "encounter", "effectiveDateTime", "effectivePeriod", "issued")
 
 
 # --- mappers by message type --------------------------------------------------------------------------
@@ -139,16 +352,15 @@ def _results(b: Build) -> None:
                 b.used.difference_update(s.position for s in (o.orc, *o.ntes) if s is not None)
                 continue
             okey = _order_key(b, o, i)
-            request = b.emit(
-                results.service_request(b.ctx, o.orc, o.obr, okey, subject, enc), reference_only=True
-            )
+            sr = results.service_request(b.ctx, o.orc, o.obr, okey, subject, enc)
+            b.timing(o, sr)
+            request = b.emit(sr, reference_only=True)
             specimens = [b.emit(results.specimen(b.ctx, s, okey, subject)) for s in o.specimens]
             obs = []
             for r in o.results:
                 okey_obs = results.observation_key(okey, r.obx)
-                obs.append(
-                    b.emit(results.observation(b.ctx, r.obx, okey_obs, subject, enc, o.obr, r.ntes, request))
-                )
+                ob = results.observation(b.ctx, r.obx, okey_obs, subject, enc, o.obr, r.ntes, request)
+                obs.append(b.emit(b.performers(r, ob)))
             report = results.diagnostic_report(
                 b.ctx,
                 o.orc,
@@ -164,6 +376,7 @@ def _results(b: Build) -> None:
             if note_text:
                 # R4 DiagnosticReport has no note: the order's comments become its conclusion.
                 report["conclusion"] = "\n".join(n["text"] for n in note_text)
+            b.order_roles(o, b.emitted(request), report, [x for x in map(b.emitted, specimens) if x])
             b.emit(report)
         b.loose_results(g, subject, enc, pkey)
         b.encounter_details(g, subject, enc, pkey)
@@ -177,20 +390,26 @@ def _orders(b: Build) -> None:
         for i, o in enumerate(g.orders):
             okey = _order_key(b, o, i)
             if o.rx is not None and o.rx.name == "RXO":
-                b.emit(pharmacy.medication_request(b.ctx, o.orc, o.rx, o.rxrs, okey, subject, enc))
+                mr = pharmacy.medication_request(b.ctx, o.orc, o.rx, o.rxrs, okey, subject, enc)
+                if mr is not None:
+                    b.timing(o, mr)
+                    b.order_roles(o, mr)
+                b.emit(mr)
             else:
                 sr = results.service_request(b.ctx, o.orc, o.obr, okey, subject, enc, o.ntes)
+                b.timing(o, sr)
+                b.order_roles(o, sr)
                 ref = b.emit(sr)
                 specimens = [b.emit(results.specimen(b.ctx, s, okey, subject)) for s in o.specimens]
-                if specimens and ref:
-                    b.out[("ServiceRequest", sr["id"])] = stage_dict({**sr, "specimen": specimens})
+                stored = b.emitted(ref)
+                if specimens and stored is not None:
+                    stored["specimen"] = specimens
             for r in o.results:
                 # OBX in an order are the orderer's supporting observations (ask-at-order-entry answers).
-                b.emit(
-                    results.observation(
-                        b.ctx, r.obx, results.observation_key(okey, r.obx), subject, enc, o.obr, r.ntes
-                    )
+                ob = results.observation(
+                    b.ctx, r.obx, results.observation_key(okey, r.obx), subject, enc, o.obr, r.ntes
                 )
+                b.emit(b.performers(r, ob))
         b.encounter_details(g, subject, enc, pkey)
 
 
@@ -203,7 +422,11 @@ def _pharmacy_orders(b: Build) -> None:
             if o.rx is None:
                 b.used.difference_update(s.position for s in (o.orc, o.obr) if s is not None)
                 continue
-            b.emit(pharmacy.medication_request(b.ctx, o.orc, o.rx, o.rxrs, _order_key(b, o, i), subject, enc))
+            mr = pharmacy.medication_request(b.ctx, o.orc, o.rx, o.rxrs, _order_key(b, o, i), subject, enc)
+            if mr is not None:
+                b.timing(o, mr)
+                b.order_roles(o, mr)
+            b.emit(mr)
         b.encounter_details(g, subject, enc, pkey)
 
 
@@ -219,7 +442,10 @@ def _administrations(b: Build) -> None:
             )
             for rxa in [x for x in (o.rx, *o.extra) if x is not None and x.name == "RXA"]:
                 rxr = o.rxrs[0] if o.rxrs else None
-                b.emit(pharmacy.medication_administration(b.ctx, rxa, rxr, subject, enc, okey, request))
+                ma = pharmacy.medication_administration(b.ctx, rxa, rxr, subject, enc, okey, request)
+                if ma is not None:
+                    b.functions(o, ma)
+                b.emit(ma)
 
 
 def _immunizations(b: Build) -> None:
@@ -232,6 +458,7 @@ def _immunizations(b: Build) -> None:
             for rxa in [x for x in (o.rx, *o.extra) if x is not None and x.name == "RXA"]:
                 rxr = o.rxrs[0] if o.rxrs else None
                 im = pharmacy.immunization(b.ctx, rxa, rxr, o.orc, subject, pkey)
+                b.functions(o, im)
                 ref = b.emit(im)
                 for r in o.results:
                     obs = results.observation(
@@ -239,7 +466,7 @@ def _immunizations(b: Build) -> None:
                     )
                     if ref:
                         obs["partOf"] = [ref]
-                    b.emit(obs)
+                    b.emit(b.performers(r, obs))
             if o.rx is None:
                 b.used.difference_update(s.position for s in (o.orc,) if s is not None)
             del okey
@@ -257,8 +484,9 @@ def _schedule(b: Build) -> None:
             resources = [(n, s) for n in ("AIS", "AIG", "AIL", "AIP") for s in b.take(g.other.get(n, []))]
             resources.sort(key=lambda item: item[1].position)
             notes = b.take(g.notes_of.get(sch.position, []))
+            tq1 = next(iter(b.take(g.timing_of.get(sch.position, [])[:1])), None)
             key = scheduling.appointment_key(sch, b.ctx.unit_key)
-            b.emit(scheduling.appointment(b.ctx, sch, key, b.event, subject, resources, notes))
+            b.emit(scheduling.appointment(b.ctx, sch, key, b.event, subject, resources, notes, tq1))
         b.take(g.other.get("RGS", []))
 
 
@@ -269,6 +497,11 @@ def _charges(b: Build) -> None:
         enc = b.visit(g, subject, pkey)
         for i, ft1 in enumerate(b.take(g.other.get("FT1", []))):
             charge, proc = scheduling.charge_item(b.ctx, ft1, subject, enc, f"{b.ctx.unit_key}|ft1:{i}")
+            # ROL/PRT after an FT1 (v2.7+): performers of the charged service, the role as function.
+            for seg, r in b.roles(g.roles_of.get(ft1.position, [])):
+                b.take([seg])
+                entry: dict[str, Any] = {"function": r.concept} if r.concept else {}
+                place(charge, "performer", [*charge.get("performer", []), {**entry, "actor": r.ref}], _CHARGE)
             b.emit(proc)
             b.emit(charge)
         b.encounter_details(g, subject, enc, pkey)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from pipelines.convert.hl7v2.charset import UNSUPPORTED, codec_for, normalise
 from pipelines.convert.hl7v2.escape import unescape
@@ -114,6 +115,14 @@ class Repetition:
         return [self.component(i) for i in range(1, len(self._split()) + 1)]
 
     @property
+    def component_count(self) -> int:
+        return len(self._split()) if self._raw else 0
+
+    @property
+    def context(self) -> _Ctx:
+        return self._ctx
+
+    @property
     def raw(self) -> str:
         return self._raw
 
@@ -174,7 +183,7 @@ def _pick(raw: str, ctx: _Ctx, repetition: int, component: int, subcomponent: in
 class Segment:
     """One segment; its fields are split on first access."""
 
-    __slots__ = ("_ctx", "_parts", "_text", "name", "position")
+    __slots__ = ("_ctx", "_parts", "_text", "memo", "name", "position")
 
     def __init__(self, name: str, position: int, text: str, ctx: _Ctx) -> None:
         self.name = name
@@ -182,6 +191,7 @@ class Segment:
         self._text = text
         self._ctx = ctx
         self._parts: list[str] | None = None
+        self.memo: dict[int, Any] | None = None  # what readers derived from a field, kept for reuse
 
     def _split(self) -> list[str]:
         parts = self._parts

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import re
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
@@ -70,6 +70,7 @@ def v2_table_uri(table: str) -> str:
     return f"http://terminology.hl7.org/CodeSystem/v2-{table}"
 
 
+@lru_cache(maxsize=4096)
 def system_uri(name: str | None, source_system: str) -> str | None:
     """Canonical URI for a v2 coding-system name; a name already given as a URI or OID is kept."""
     if not name:
@@ -90,6 +91,7 @@ def system_uri(name: str | None, source_system: str) -> str | None:
     return local_system(source_system, name)
 
 
+@lru_cache(maxsize=4096)
 def local_system(source_system: str, name: str) -> str:
     return f"{LOCAL_PREFIX}{quote(source_system, safe='')}:{quote(name, safe='')}"
 

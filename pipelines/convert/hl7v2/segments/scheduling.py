@@ -52,8 +52,10 @@ def appointment(
     subject: dict | None,
     resources: list[tuple[str, Any]],
     ntes: list[Any],
+    tq1: Any = None,
 ) -> dict[str, Any]:
-    """SCH + its resource segments (AIS service, AIG general, AIL location, AIP personnel) -> Appointment."""
+    """SCH + its resource segments (AIS service, AIG general, AIL location, AIP personnel) -> Appointment;
+    the start and end from TQ1-7/8 where sent (v2.5 deprecates SCH-11 for TQ1), else SCH-11."""
     a: dict[str, Any] = {"resourceType": "Appointment", "id": ctx.rid("Appointment", key)}
     meta = ctx.meta()
     if meta:
@@ -81,10 +83,16 @@ def appointment(
     reason = coded(ctx, sch, 7)
     if reason:
         a["reasonCode"] = [reason]
-    start = dtm(ctx, val(sch, 11, 4), where(sch, 11)) or next(
-        (dtm(ctx, val(seg, 4), where(seg, 4)) for n, seg in resources if n == "AIS" and val(seg, 4)), None
+    start = (
+        (dtm(ctx, val(tq1, 7), where(tq1, 7)) if tq1 is not None else None)
+        or dtm(ctx, val(sch, 11, 4), where(sch, 11))
+        or next(
+            (dtm(ctx, val(seg, 4), where(seg, 4)) for n, seg in resources if n == "AIS" and val(seg, 4)), None
+        )
     )
-    end = dtm(ctx, val(sch, 11, 5), where(sch, 11))
+    end = (dtm(ctx, val(tq1, 8), where(tq1, 8)) if tq1 is not None else None) or dtm(
+        ctx, val(sch, 11, 5), where(sch, 11)
+    )
     if start:
         a["start"] = start
     if end:
