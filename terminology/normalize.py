@@ -277,7 +277,13 @@ class Normalizer:
         version = self.terms.loaded(uri)
         if version is None:
             mapped = self._mapped(raw, code, display, uri, local=False)
-            return mapped or out("unmapped", "terminology_not_loaded", target_system=uri)
+            if mapped is not None:
+                return mapped
+            if self.registry.info(uri).standard and uri in _TARGET_SYSTEMS:
+                # A well-formed code of a standard system whose (licensed) release is not loaded: it is
+                # kept as the standard code it claims to be, flagged as not verified against a release.
+                return out("exact", "terminology_not_loaded", target_system=uri, target_code=code)
+            return out("unmapped", "terminology_not_loaded", target_system=uri)
         concept = self.terms.concept(uri, code)
         if concept is None and self.terms.is_subset(uri):
             # Only a subset of the system is loaded (e.g. the default LOINC or SNOMED CT content): a

@@ -74,10 +74,17 @@ def test_bad_and_unknown_codes_are_logged_with_reasons(terms):
     assert decide(n, None, "X") == ("unmapped", "no_system", None, None)
     assert decide(n, LOINC, None) == ("unmapped", "no_code", None, None)
     assert decide(n, LOCAL, "GLU") == ("unmapped", "local_code_not_mapped", None, None)
+    # A well-formed code of a standard system with no release loaded stays standard, flagged unverified.
     assert decide(n, "http://hl7.org/fhir/sid/cvx", "08") == (
-        "unmapped",
+        "exact",
         "terminology_not_loaded",
         "http://hl7.org/fhir/sid/cvx",
+        "08",
+    )
+    assert decide(n, "http://www.ama-assn.org/go/cpt", "99213") == (
+        "unmapped",
+        "terminology_not_loaded",
+        "http://www.ama-assn.org/go/cpt",
         None,
     )
     method, reason, *_ = decide(n, LOINC, " 2345-7")
