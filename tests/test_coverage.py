@@ -62,4 +62,4 @@ def test_coverage_counts_every_coding_of_every_run_and_stand_in(tmp_path, make_c
     con.close()
     assert main(["terminology", "coverage", "--warehouse", str(a.warehouse)]) == 0
     printed = capsys.readouterr().out
-    assert "4 codings: 1 standard after normalization (25.0%)" in printed
+    assert "4 codings: 2 standard after normalization (50.0%)" in printed
