@@ -141,3 +141,18 @@ def test_a_version_1_warehouse_migrates_in_place(tmp_path: Path):
         assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert con.execute('SELECT id, reference_only FROM fhir."Patient"').fetchall() == [("x", False)]
         assert con.execute("SELECT count(*) FROM ops.unconsumed").fetchone()[0] == 0
+
+
+def test_a_version_2_warehouse_gains_the_version_3_tables_and_columns(tmp_path: Path):
+    path = tmp_path / "v2.duckdb"
+    with open_warehouse(path) as con:
+        for column in ("decision_id", "data_source", "kind"):
+            con.execute(f"ALTER TABLE ops.mapping_log DROP COLUMN {column}")
+        con.execute("DROP SCHEMA terminology CASCADE; DROP TABLE ops.phi_access")
+        con.execute("DELETE FROM ops.schema_version; INSERT INTO ops.schema_version VALUES (2, now())")
+    with open_warehouse(path) as con:
+        columns = [r[0] for r in con.execute("DESCRIBE ops.mapping_log").fetchall()]
+        assert columns[-3:] == ["decision_id", "data_source", "kind"]
+        assert con.execute("SELECT count(*) FROM terminology.releases").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM ops.phi_access").fetchone()[0] == 0
+        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == 3

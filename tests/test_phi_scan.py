@@ -99,8 +99,11 @@ def test_no_phi_in_logs_progress_run_json_report_or_analyst_file(tmp_path):
     for path in (tmp_path / "data" / "runs").glob("*.json"):
         outputs[f"run JSON {path.name}"] = path.read_text()
     (report_dir,) = (tmp_path / "data" / "reports").iterdir()
-    for path in report_dir.iterdir():
-        outputs[f"report {path.name}"] = path.read_text()
+    # The compliance report, its data file and the run's Data Docs (every page and asset).
+    for path in sorted(report_dir.rglob("*")):
+        if path.is_file():
+            outputs[f"report {path.relative_to(report_dir)}"] = path.read_bytes().decode("utf-8", "replace")
+    assert any(name.startswith("report data-docs/") for name in outputs)
     assert {"report compliance-report.html", "report compliance-report.data.json"} <= set(outputs)
     with duckdb.connect(str(warehouse), read_only=True) as con:
         for table in ("quarantine", "ledger", "unconsumed", "runs", "phi_access", "files"):

@@ -110,12 +110,6 @@ class LegacyResourceConverter(FhirResourceConverter):
     formats = frozenset({formats.FHIR_RESOURCE_DSTU2, formats.FHIR_RESOURCE_STU3})
 
     def convert(self, unit: Unit, ctx: FileContext) -> list[StagedResource]:
-        raw = ctx.path.read_bytes().removeprefix(formats.UTF8_BOM)
-        try:
-            obj = simplejson.loads(raw.decode("utf-8"), use_decimal=True)
-        except UnicodeDecodeError as exc:
-            raise Quarantine("invalid_encoding", f"byte {exc.start} is not valid UTF-8") from None
-        except simplejson.JSONDecodeError as exc:
-            raise Quarantine("invalid_json", f"JSON syntax error at byte {exc.pos}") from None
+        obj = self.read_object(ctx)
         preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256)
         return upgrade_unit(obj, RELEASE_OF_FORMAT[ctx.format], preparer, unit.position)

@@ -20,12 +20,17 @@ class FhirResourceConverter(Converter):
         yield Unit(1, "resource", None, 0, ctx.path.stat().st_size)
 
     def convert(self, unit: Unit, ctx: FileContext) -> list[StagedResource]:
+        obj = self.read_object(ctx)
+        preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256)
+        return [preparer.prepare(dumps_exact(obj), obj, unit.position)]
+
+    @staticmethod
+    def read_object(ctx: FileContext) -> object:
+        """The file's one JSON document, decimals kept exact; bad bytes or syntax -> Quarantine."""
         raw = ctx.path.read_bytes().removeprefix(formats.UTF8_BOM)
         try:
-            obj = simplejson.loads(raw.decode("utf-8"), use_decimal=True)
+            return simplejson.loads(raw.decode("utf-8"), use_decimal=True)
         except UnicodeDecodeError as exc:
             raise Quarantine("invalid_encoding", f"byte {exc.start} is not valid UTF-8") from None
         except simplejson.JSONDecodeError as exc:
             raise Quarantine("invalid_json", f"JSON syntax error at byte {exc.pos}") from None
-        preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256)
-        return [preparer.prepare(dumps_exact(obj), obj, unit.position)]

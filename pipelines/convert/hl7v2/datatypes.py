@@ -197,6 +197,16 @@ def dtm(ctx: Ctx, value: str | None, at: str, *, date_only: bool = False) -> str
     return out
 
 
+def period(ctx: Ctx, seg: Any, start: int, end: int) -> dict[str, str]:
+    """A FHIR Period from two DTM fields of a segment; empty when neither holds a valid time."""
+    out = {}
+    for key, n in (("start", start), ("end", end)):
+        value = dtm(ctx, val(seg, n), where(seg, n))
+        if value:
+            out[key] = value
+    return out
+
+
 @lru_cache(maxsize=4096)
 def _fhir_time(value: str, date_only: bool) -> str | None:
     # Messages repeat their timestamps (MSH-7, EVN-2, OBR-7 and each OBX-14): each is parsed once.

@@ -13,7 +13,6 @@ from pipelines.convert.hl7v2.datatypes import (
     cx,
     cx_key,
     date,
-    dtm,
     first,
     organization,
     reps,
@@ -22,6 +21,9 @@ from pipelines.convert.hl7v2.datatypes import (
     xad,
     xpn,
     xtn,
+)
+from pipelines.convert.hl7v2.datatypes import (
+    period as dtm_period,
 )
 
 COVERAGE_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
@@ -129,14 +131,7 @@ def nk1_related_person(ctx: Ctx, nk1: Any, subject: dict, patient_key: str) -> d
         vocab.code_of("administrative_sex", val(nk1, 15)),
         date(ctx, val(nk1, 16), where(nk1, 16)),
     )
-    period = {
-        k: v
-        for k, v in (
-            ("start", dtm(ctx, val(nk1, 8), where(nk1, 8))),
-            ("end", dtm(ctx, val(nk1, 9), where(nk1, 9))),
-        )
-        if v
-    }
+    period = dtm_period(ctx, nk1, 8, 9)
     if period:
         rp["period"] = period
     language = coded(ctx, nk1, 20)
@@ -235,14 +230,7 @@ def coverage(
     c["beneficiary"] = subject
     if relationship:
         c["relationship"] = relationship
-    period = {
-        k: v
-        for k, v in (
-            ("start", dtm(ctx, val(in1, 12), where(in1, 12))),
-            ("end", dtm(ctx, val(in1, 13), where(in1, 13))),
-        )
-        if v
-    }
+    period = dtm_period(ctx, in1, 12, 13)
     if period:
         c["period"] = period
     # Coverage.payor is required: an IN1 naming no company says so rather than inventing one.

@@ -25,6 +25,9 @@ from pipelines.convert.hl7v2.datatypes import (
     xpn,
     xtn,
 )
+from pipelines.convert.hl7v2.datatypes import (
+    period as dtm_period,
+)
 
 EXT = "http://hl7.org/fhir/StructureDefinition/"
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
@@ -222,14 +225,7 @@ def contact(ctx: Ctx, nk1: Any) -> dict[str, Any] | None:
     org = xon(ctx, first(nk1, 13))
     if org:
         c["organization"] = org
-    period = {
-        k: v
-        for k, v in (
-            ("start", dtm(ctx, val(nk1, 8), where(nk1, 8))),
-            ("end", dtm(ctx, val(nk1, 9), where(nk1, 9))),
-        )
-        if v
-    }
+    period = dtm_period(ctx, nk1, 8, 9)
     if period:
         c["period"] = period
     return c if set(c) - {"relationship"} else None
