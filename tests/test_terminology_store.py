@@ -150,3 +150,39 @@ def test_cli_load_of_a_corrupt_release_exits_with_terminology_status(tmp_path: P
     bad.write_text("03|MMR\n", encoding="utf-8")
     assert main(["terminology", "load", "cvx", str(bad), "--warehouse", str(tmp_path / "w.duckdb")]) == 6
     assert "cvx.txt line 1: 2 fields" in capsys.readouterr().err
+
+
+def test_a_new_release_renormalizes_the_records_holding_a_code_it_retired(tmp_path, make_config, capsys):
+    from pipelines.run import run_pipeline
+    from tests.conftest import resource, write_ndjson
+
+    obs = resource(
+        "Observation",
+        "o1",
+        status="final",
+        code={"coding": [{"system": "http://loinc.org", "code": "99902-9"}]},
+    )
+    config = make_config(write_ndjson(tmp_path / "src" / "Observation.ndjson", obs))
+    wh = str(config.warehouse)
+    assert main(["terminology", "load", "loinc", str(FIX / "loinc" / "Loinc_9.01"), "--warehouse", wh]) == 0
+    run_pipeline(config)
+
+    def codings() -> list[tuple[str, str | None]]:
+        with open_warehouse(config.warehouse, read_only=True) as con:
+            stored = json.loads(con.execute('SELECT resource FROM fhir."Observation"').fetchone()[0])
+        return [
+            (
+                c["code"],
+                next((e["valueCode"] for e in c.get("extension", []) if "mapping-method" in e["url"]), None),
+            )
+            for c in stored["code"]["coding"]
+        ]
+
+    assert codings() == [("99902-9", None)]  # active in 9.01: the source coding stands alone
+    capsys.readouterr()
+    # 9.02 deprecates 99902-9 with MAP_TO 99906-0: the stored Observation gains the replacement.
+    assert main(["terminology", "load", "loinc", str(FIX / "loinc" / "Loinc_9.02"), "--warehouse", wh]) == 0
+    text = capsys.readouterr().out
+    assert "1 of them appear in the warehouse's mapping log" in text
+    assert "re-normalized 1 resource(s) holding them (1 rewritten" in text
+    assert codings() == [("99902-9", None), ("99906-0", "remap")]
