@@ -160,8 +160,10 @@ def test_retry_after_parsing():
 def test_polling_gives_up_after_max_wait_and_keeps_the_job(tmp_path, data):
     with BulkServer(data, faults=Faults(polls_before_ready=1000)) as server:
         brief = Timing(poll_min=10.0, poll_max=10.0, max_wait=25.0, retry_base=0.0, attempts=3)
+        sleeps = Sleeps()
         with pytest.raises(RemoteError, match="not done after 25 s"):
-            run_export(options(server, tmp_path, timing=brief), sleep=Sleeps())
+            # The clock is the waits asked for: a slow machine cannot change the count of polls.
+            run_export(options(server, tmp_path, timing=brief), sleep=sleeps, clock=lambda: sum(sleeps))
         polls = len(server.requests("GET", "/jobs/"))
         assert polls == 3  # bounded: 25 s of 10 s waits
         with ExportState(tmp_path / "data" / "exports", options(server, tmp_path).key()) as state:

@@ -89,13 +89,17 @@ class ExportResult:
     manifest_path: Path | None = None
 
 
-def run_export(options: ExportOptions, sleep: Callable[[float], None] = time.sleep) -> ExportResult:
+def run_export(
+    options: ExportOptions,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> ExportResult:
     """Start (or resume) the export of this server and scope, download it, land and run it."""
     _check_options(options)
     auth = _auth(options)
     key = options.key()
     with ExportState(options.warehouse.parent / "exports", key) as state:
-        client = BulkClient(key.server, auth, options.timing, sleep)
+        client = BulkClient(key.server, auth, options.timing, sleep, clock=clock)
         try:
             return _export(options, state, client)
         finally:
