@@ -125,6 +125,36 @@ def _runs(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     ]
 
 
+def _release_groups(releases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Releases per loaded source: the shipped default alone brings hundreds of small code systems."""
+    groups: dict[tuple[str, str, bool], dict[str, Any]] = {}
+    for r in releases:
+        key = (r["kind"], r["source"] or "", bool(r["active"]))
+        g = groups.setdefault(
+            key,
+            {"systems": [], "versions": set(), "concepts": 0},
+        )
+        g["systems"].append(r["system"] or "")
+        g["versions"].add(r["version"])
+        g["concepts"] += r["concepts"] or 0
+    out = []
+    in_force_first = sorted(groups.items(), key=lambda kv: (not kv[0][2], kv[0][0], kv[0][1]))
+    for (kind, source, active), g in in_force_first:
+        systems, versions = sorted(g["systems"]), sorted(g["versions"])
+        out.append(
+            {
+                "kind": kind,
+                "source": source,
+                "active": active,
+                "systems": len(systems),
+                "system": systems[0] if len(systems) == 1 else None,
+                "version": versions[0] if len(versions) == 1 else f"{len(versions)} versions",
+                "concepts": g["concepts"],
+            }
+        )
+    return out
+
+
 def _terminology(con: duckdb.DuckDBPyConnection, run_id: str, notes: list[str]) -> dict[str, Any]:
     releases: list[dict[str, Any]] = []
     if not relation_exists(con, "terminology", "releases"):
@@ -156,6 +186,7 @@ def _terminology(con: duckdb.DuckDBPyConnection, run_id: str, notes: list[str]) 
     ).fetchall()
     return {
         "releases": releases,
+        "release_groups": _release_groups(releases),
         "used_by_run": [{"terminology_version": t or None, "crosswalk_version": c or None} for t, c in used],
     }
 
