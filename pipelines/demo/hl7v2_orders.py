@@ -77,7 +77,8 @@ def dft_messages(p: PatientRecord) -> Iterator[Message]:
         posted = enc.end + DAY + pick(enc.uid, "posted", 12) * HOUR
         posting = dtm(posted, off)
         diagnoses = [c for c in p.conditions if c.encounter_uid == enc.uid]
-        dx = "~".join(f"{c.code['icd10']}^{esc(c.code['icd10_display'])}^I10" for c in diagnoses)
+        # ICD-10-CM is I10C in table 0396 (I10 is WHO ICD-10), as a correct US feed sends it.
+        dx = "~".join(f"{c.code['icd10']}^{esc(c.code['icd10_display'])}^I10C" for c in diagnoses)
         performer = provider(enc.uid)
         period = f"{dtm(enc.start, off)}^{dtm(enc.end, off)}"
         visit = V2["visit_charges"][enc.cls["code"]]
@@ -98,7 +99,7 @@ def dft_messages(p: PatientRecord) -> Iterator[Message]:
                 pr1[7] = str((proc.end - proc.start) // MINUTE)
             segments.append(seg("PR1", pr1))
         for n, cond in enumerate(diagnoses, start=1):
-            code = f"{cond.code['icd10']}^{esc(cond.code['icd10_display'])}^I10"
+            code = f"{cond.code['icd10']}^{esc(cond.code['icd10_display'])}^I10C"
             segments.append(seg("DG1", {1: str(n), 3: code, 5: dtm(cond.recorded, off), 6: "F"}))
         yield "DFT^P03", message(segments)
 

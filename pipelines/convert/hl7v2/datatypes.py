@@ -472,7 +472,7 @@ def cwe(ctx: Ctx, v: Comp | None, table: str | None = None) -> dict[str, Any] | 
         coding: dict[str, Any] = {}
         system = vocab.system_uri(v.code(s), ctx.source_system)
         if system is None and table and n == 0:
-            system = vocab.v2_table_uri(table)
+            system = vocab.table_system(table)
         if system:
             coding["system"] = system
         if v.get(ver):
@@ -488,6 +488,50 @@ def cwe(ctx: Ctx, v: Comp | None, table: str | None = None) -> dict[str, Any] | 
     if text_:
         cc["text"] = text_
     return cc or None
+
+
+def translated(cc: dict[str, Any] | None, table: str, mapped: dict[str, str] | None) -> dict[str, Any] | None:
+    """cc with its v2-table coding replaced by the FHIR coding the IG's vocabulary map gives for it.
+
+    The IG's table maps are one-to-one and THO retired these v2 tables in favour of their FHIR targets, so
+    the v2 coding is replaced rather than repeated (its display becomes the text when none was sent); a
+    coding in any other system (a sender's local alternate) is kept after the mapped one, and an unmapped
+    code keeps its v2 coding.
+    """
+    if cc is None or mapped is None:
+        return cc
+    v2 = vocab.v2_table_uri(table)
+    codings = cc.get("coding", [])
+    sent = next((c.get("display") for c in codings if c.get("system") == v2 and c.get("display")), None)
+    cc["coding"] = [mapped, *(c for c in codings if c.get("system") != v2 and c != mapped)]
+    if sent and "text" not in cc:
+        cc["text"] = sent  # the sender's own wording survives the translation
+    return cc
+
+
+def language_cc(ctx: Ctx, v: Comp | None) -> dict[str, Any] | None:
+    """A language CWE (PID-15, NK1-20; table 0296) -> CodeableConcept of BCP 47 codings, as the IG's
+    PrimaryLanguage map gives; a code that is no registered language keeps its v2 coding."""
+    cc = cwe(ctx, v, "0296")
+    if cc is None:
+        return None
+    v2 = vocab.v2_table_uri("0296")
+    for coding in cc.get("coding", []):
+        if coding.get("system") in (v2, vocab.BCP47):
+            tag = vocab.language_tag(coding["code"])
+            if tag:
+                coding["system"], coding["code"] = vocab.BCP47, tag
+                coding.pop("version", None)
+    seen: set[tuple[str | None, str]] = set()
+    kept = []
+    for coding in cc.get("coding", []):
+        key = (coding.get("system"), coding["code"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(coding)
+    if kept:
+        cc["coding"] = kept
+    return cc
 
 
 def cwe_all(ctx: Ctx, seg: Any, n: int, table: str | None = None) -> list[dict[str, Any]]:

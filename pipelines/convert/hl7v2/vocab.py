@@ -1,10 +1,11 @@
 """HL7 v2 vocabulary maps (coding-system names, v2-to-FHIR concept maps) loaded once from maps/*.csv.
 
 Coding-system names (HL7 table 0396) resolve to canonical URIs from maps/coding_systems.csv; "HLnnnn"
-names become the v2 table's terminology.hl7.org URI. Any other name (a "99zzz" local system, "L",
-a sender's own label) is kept as a local system under the documented ehrlift namespace
-``urn:ehrlift:hl7v2:<source system>:<name>``: local codes belong to their sender, so two sources never
-share one, and nothing local is dressed up as a standard system.
+names become the v2 table's terminology.hl7.org URI, unless the table is an external code system (HL70292
+is CVX). Language codes (table 0296, ISO 639) become BCP 47 tags, as the v2-to-FHIR IG maps them. Any
+other name (a "99zzz" local system, "L", a sender's own label) is kept as a local system under the
+documented ehrlift namespace ``urn:ehrlift:hl7v2:<source system>:<name>``: local codes belong to their
+sender, so two sources never share one, and nothing local is dressed up as a standard system.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 from functools import cache, lru_cache
 from pathlib import Path
 from urllib.parse import quote
+
+import langcodes
 
 MAPS = Path(__file__).with_name("maps")
 LOCAL_PREFIX = "urn:ehrlift:hl7v2:"
@@ -68,6 +71,28 @@ def coding_of(map_name: str, code: str | None) -> dict[str, str] | None:
 
 def v2_table_uri(table: str) -> str:
     return f"http://terminology.hl7.org/CodeSystem/v2-{table}"
+
+
+def table_system(table: str) -> str:
+    """The system of a code sent without one in a field bound to an HL7 table: the external code system
+    the table stands for (maps/coding_systems.csv), else the v2 table's own URI."""
+    return coding_systems().get(f"HL7{table}") or v2_table_uri(table)
+
+
+BCP47 = "urn:ietf:bcp:47"
+
+
+@lru_cache(maxsize=1024)
+def language_tag(code: str | None) -> str | None:
+    """A language code (ISO 639-1/-2, an IETF tag in any case or with "_") as its BCP 47 tag, or None when
+    it is no registered language; "ENG", "eng" and "en" all give "en", "CHI" gives "zh"."""
+    if not code or not code.strip():
+        return None
+    try:
+        tag = langcodes.standardize_tag(code.strip())
+    except (langcodes.LanguageTagError, ValueError):
+        return None
+    return tag if langcodes.tag_is_valid(tag) and tag != "und" else None
 
 
 @lru_cache(maxsize=4096)

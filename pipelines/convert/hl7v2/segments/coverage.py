@@ -14,6 +14,7 @@ from pipelines.convert.hl7v2.datatypes import (
     cx_key,
     date,
     first,
+    language_cc,
     organization,
     reps,
     val,
@@ -134,7 +135,7 @@ def nk1_related_person(ctx: Ctx, nk1: Any, subject: dict, patient_key: str) -> d
     period = dtm_period(ctx, nk1, 8, 9)
     if period:
         rp["period"] = period
-    language = coded(ctx, nk1, 20)
+    language = language_cc(ctx, first(nk1, 20))
     if language:
         rp["communication"] = [{"language": language}]
     return rp

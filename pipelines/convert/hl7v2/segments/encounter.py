@@ -18,6 +18,7 @@ from pipelines.convert.hl7v2.datatypes import (
     first,
     pl,
     reps,
+    translated,
     val,
     where,
     xcn,
@@ -149,6 +150,10 @@ def _hospitalization(ctx: Ctx, pv1: Any) -> dict[str, Any]:
     if dest:
         h["destination"] = dest
     disposition = coded(ctx, pv1, 36, "0112")
+    if disposition and disposition.get("coding", [{}])[0].get("system") == vocab.v2_table_uri("0112"):
+        # Only a table 0112 code is translated: a sender's local "01" need not mean home.
+        mapped = vocab.coding_of("discharge_disposition", val(pv1, 36))
+        disposition = translated(disposition, "0112", mapped)
     if disposition:
         h["dischargeDisposition"] = disposition
     return h

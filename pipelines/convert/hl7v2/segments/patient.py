@@ -16,6 +16,7 @@ from pipelines.convert.hl7v2.datatypes import (
     date,
     dtm,
     first,
+    language_cc,
     reps,
     val,
     where,
@@ -117,7 +118,7 @@ def patient(ctx: Ctx, pid: Any, pd1: Any = None, nk1s: list[Any] = ()) -> dict[s
         p["multipleBirthInteger"] = int(birth_order)
     elif vocab.code_of("yes_no", val(pid, 24)):
         p["multipleBirthBoolean"] = vocab.code_of("yes_no", val(pid, 24)) == "true"
-    language = coded(ctx, pid, 15)
+    language = language_cc(ctx, first(pid, 15))
     if language:
         p["communication"] = [{"language": language}]
     _extensions(ctx, pid, ext)

@@ -17,6 +17,7 @@ from pipelines.convert.hl7v2.datatypes import (
     first,
     reps,
     text,
+    translated,
     val,
     where,
     xcn,
@@ -212,10 +213,7 @@ def observation(
             }
     interpretation = []
     for r in reps(obx, 8):
-        cc = cwe(ctx, r, "0078")
-        mapped = vocab.coding_of("interpretation", r.code(1))
-        if cc and mapped:
-            cc["coding"] = [mapped, *cc.get("coding", [])]
+        cc = translated(cwe(ctx, r, "0078"), "0078", vocab.coding_of("interpretation", r.code(1)))
         if cc:
             interpretation.append(cc)
     if interpretation:
