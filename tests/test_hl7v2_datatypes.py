@@ -6,7 +6,21 @@ import orjson
 import pytest
 
 from pipelines.convert.hl7v2 import vocab
-from pipelines.convert.hl7v2.datatypes import Ctx, cwe, cx, decimal, dtm, first, instant, reps, xad, xpn, xtn
+from pipelines.convert.hl7v2.datatypes import (
+    Ctx,
+    cwe,
+    cx,
+    decimal,
+    dtm,
+    first,
+    instant,
+    language_cc,
+    reps,
+    translated,
+    xad,
+    xpn,
+    xtn,
+)
 from pipelines.convert.hl7v2.segments.values import value
 from pipelines.convert.hl7v2.tokenizer import parse_message
 
@@ -79,6 +93,42 @@ def test_cwe_without_system_takes_the_fields_table():
     s = seg("PV1|1|I||||||||MED")
     assert cwe(ctx(), first(s, 10), "0069") == {
         "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0069", "code": "MED"}]
+    }
+
+
+def test_a_field_bound_to_table_0292_holds_cvx_codes():
+    s = seg("RXA|0|1|20240101||08^Hep B^^^^")
+    assert cwe(ctx(), first(s, 5), "0292")["coding"][0]["system"] == "http://hl7.org/fhir/sid/cvx"
+    assert vocab.system_uri("HL70292", "s") == "http://hl7.org/fhir/sid/cvx"
+
+
+@pytest.mark.parametrize(
+    ("field", "codes"),
+    [
+        ("ENG^English^HL70296", [("urn:ietf:bcp:47", "en", "English")]),
+        ("CHI^Chinese", [("urn:ietf:bcp:47", "zh", "Chinese")]),
+        ("en_us^English^ISO639", [("urn:ietf:bcp:47", "en-US", "English")]),
+        ("SPA^Spanish^HL70296^es^Espanol^ISO639", [("urn:ietf:bcp:47", "es", "Spanish")]),
+        ("XX^Other^HL70296", [("http://terminology.hl7.org/CodeSystem/v2-0296", "XX", "Other")]),
+        ("E^English^99LANG", [("urn:ehrlift:hl7v2:src:99LANG", "E", "English")]),
+    ],
+)
+def test_language_codes_become_bcp47_tags(field, codes):
+    cc = language_cc(ctx(), first(seg(f"PID|1||||||||||||||{field}"), 15))
+    assert [(c["system"], c["code"], c["display"]) for c in cc["coding"]] == codes
+
+
+def test_translation_replaces_the_v2_coding_and_keeps_other_systems_and_the_sent_wording():
+    mapped = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "H"}
+    s = seg("OBX|1|NM|X^Y^LN||1|||HI^High^HL70078^H^Hoch^99FLAGS")
+    cc = translated(cwe(ctx(), first(s, 8), "0078"), "0078", mapped)
+    assert cc == {
+        "coding": [mapped, {"system": "urn:ehrlift:hl7v2:src:99FLAGS", "code": "H", "display": "Hoch"}],
+        "text": "High",
+    }
+    unmapped = cwe(ctx(), first(seg("OBX|1|NM|X^Y^LN||1|||ZZ"), 8), "0078")
+    assert translated(unmapped, "0078", None) == {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0078", "code": "ZZ"}]
     }
 
 

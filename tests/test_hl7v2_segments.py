@@ -99,8 +99,49 @@ def test_observation_interpretation_range_and_effective_from_obr():
     o = plain(results.observation(Ctx("s", "u"), obx, "k", {"reference": "Patient/p"}, None, obr, []))
     assert o["effectiveDateTime"] == "2024-01-01"
     assert o["referenceRange"][0]["text"] == "3.5-5.0"
-    assert o["interpretation"][0]["coding"][0]["code"] == "H"
+    assert o["interpretation"] == [
+        {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                    "code": "H",
+                    "display": "High",
+                }
+            ]
+        }
+    ]
     assert o["valueQuantity"]["code"] == "g/L"
+
+
+@pytest.mark.parametrize(
+    ("pv1_36", "expected"),
+    [
+        (
+            "07^Left AMA",
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/discharge-disposition",
+                        "code": "aadvice",
+                        "display": "Left against advice",
+                    }
+                ],
+                "text": "Left AMA",
+            },
+        ),
+        # 02 (another short-term hospital) has no one-to-one FHIR code: the table 0112 coding stays.
+        ("02", {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0112", "code": "02"}]}),
+        # A local "01" is the sender's own code, not table 0112's.
+        (
+            "01^Home^99DISP",
+            {"coding": [{"system": "urn:ehrlift:hl7v2:s:99DISP", "code": "01", "display": "Home"}]},
+        ),
+    ],
+)
+def test_discharge_disposition_translates_one_to_one_table_0112_codes(pv1_36, expected):
+    pv1 = seg("PV1|1|I" + "|" * 34 + pv1_36)
+    e = plain(encounter.encounter(Ctx("s", "u"), pv1, None, {"reference": "Patient/p"}, "k", "A03"))
+    assert e["hospitalization"]["dischargeDisposition"] == expected
 
 
 def test_observation_key_uses_order_code_subid_and_set_id():
