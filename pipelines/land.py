@@ -212,6 +212,16 @@ def _local_output(manifest_path: Path, entry: object) -> Path | tuple[str, str]:
 
 
 def _manifest_entries(manifest: object) -> list:
+    """Output, error (Bulk Data 3.0: outcome) and deleted-record files: all are landed and accounted for.
+
+    Deleted files are Bundles of DELETE requests (a `_since` export's removals); the FHIR handler records
+    each entry skipped (bundle_delete_request), as it does for the deleted files `ehrlift export` fetches.
+    """
     if not isinstance(manifest, dict):
         return []
-    return [*(manifest.get("output") or []), *(manifest.get("error") or [])]
+    entries: list = []
+    for key in ("output", "error", "outcome", "deleted"):
+        items = manifest.get(key)
+        if isinstance(items, list):
+            entries.extend(items)
+    return entries

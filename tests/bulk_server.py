@@ -122,6 +122,10 @@ class Faults:
     expire_token: int = 0  # this many file requests find their (valid) token expired, as after a long job
     error_file: bool = True  # the manifest has an error file with an OperationOutcome
     manifest_v3: bool = False  # Bulk Data 3.0 manifest: `outcome` for `error`, fileSize instead of count
+    ignore_range: bool = False  # answer every file request with 200 and the whole file (no Range support)
+    file_version: Counter[str] = field(default_factory=Counter)  # bump to change a file's ETag (new content)
+    page_size: int | None = None  # files per manifest page: a partial manifest with `next` links
+    page_fatal: Counter[int] = field(default_factory=Counter)  # manifest page number -> times it answers 500
 
 
 @dataclass
@@ -262,6 +266,7 @@ class BulkServer:
         self.lifetime = lifetime
         self.faults = faults or Faults()
         self.lock = threading.Lock()
+        self.served: list[tuple[str, int, int, int]] = []  # file name, status, first byte, bytes sent
         self.jobs: dict[str, Job] = {}
         self.log: list[tuple[str, str, int, bool]] = []  # (method, path, status, sent a token)
         self.clients: dict[str, dict] = {}  # client_id -> public JWKS
@@ -431,6 +436,11 @@ class BulkServer:
             h.end_headers()
             h.status = 202
             return None
+        return h.json(200, self.page(job, self.manifest(job), 1))
+
+    def manifest(self, job: Job) -> dict[str, Any]:
+        """The whole completion manifest of a finished job."""
+        f = self.faults
         errors = "outcome" if f.manifest_v3 else "error"
         manifest: dict[str, Any] = {
             "transactionTime": instant(job.transaction_time),
@@ -457,7 +467,34 @@ class BulkServer:
                 if job.deleted
                 else []
             )
-        return h.json(200, manifest)
+        return manifest
+
+    def page(self, job: Job, manifest: dict[str, Any], number: int) -> dict[str, Any]:
+        """Page `number` of a partial manifest (Bulk Data 2.0/3.0 `link` next) when page_size is set."""
+        size = self.faults.page_size
+        if not size:
+            return manifest
+        kinds = [k for k in ("output", "error", "outcome", "deleted") if k in manifest]
+        flat = [(k, e) for k in kinds for e in manifest[k]]
+        chunk = flat[(number - 1) * size : number * size]
+        out = {k: v for k, v in manifest.items() if k not in kinds} | {k: [] for k in kinds}
+        for kind, entry in chunk:
+            out[kind].append(entry)
+        if number * size < len(flat):
+            out["link"] = [{"relation": "next", "url": f"{self.origin}/jobs/{job.id}/page/{number + 1}"}]
+        return out
+
+    def serve_page(self, h: _Handler, job_id: str, number: int) -> None:
+        job = self.jobs.get(job_id)
+        if self.requires_access_token and not h.authorized(files=True):
+            return None
+        if job is None or job.deleted_by_client or job.polls <= self.faults.polls_before_ready:
+            return h.outcome(404, "not-found", "no such manifest page")
+        with self.lock:
+            if self.faults.page_fatal[number]:
+                self.faults.page_fatal[number] -= 1
+                return h.outcome(500, "exception", "the manifest page failed")
+        return h.json(200, self.page(job, self.manifest(job), number))
 
     def file_body(self, job: Job, name: str) -> bytes | None:
         if name == "errors.ndjson":
@@ -497,13 +534,32 @@ class BulkServer:
                 getattr(f, fault)[name] -= 1
         if fault in ("file_429", "file_503"):
             return h.outcome(429 if fault == "file_429" else 503, "throttled", "busy", retry_after="0")
-        h.status = 200
-        h.send_response(200)
+        etag = f'"{name}-{f.file_version[name]}-{len(body)}"'
+        modified = format_datetime(job.transaction_time.replace(microsecond=0), usegmt=True)
+        start, code = self.range_start(h, etag, modified, len(body))
+        if code == 416:
+            h.status = 416
+            h.send_response(416)
+            h.send_header("Content-Range", f"bytes */{len(body)}")
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return None
+        total = len(body)
+        body = body[start:]
+        h.status = code
+        h.send_response(code)
         h.send_header("Content-Type", "application/fhir+ndjson")
+        h.send_header("ETag", etag)
+        h.send_header("Last-Modified", modified)
+        if not f.ignore_range:
+            h.send_header("Accept-Ranges", "bytes")
+        if code == 206:
+            h.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
         if fault == "file_drop":
             h.send_header("Transfer-Encoding", "chunked")
             h.end_headers()
             half = body[: len(body) // 2]
+            self.record_served(name, code, start, len(half))
             h.wfile.write(f"{len(half):x}\r\n".encode() + half + b"\r\n")
             h.wfile.flush()
             h.close_connection = True
@@ -512,6 +568,7 @@ class BulkServer:
         if fault == "file_truncate":
             h.send_header("Content-Length", str(len(body)))
             h.end_headers()
+            self.record_served(name, code, start, len(body) // 2)
             h.wfile.write(body[: len(body) // 2])
             h.wfile.flush()
             h.close_connection = True
@@ -522,8 +579,29 @@ class BulkServer:
             body = b"".join(lines[: max(0, len(lines) - 1)])
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
+        self.record_served(name, code, start, len(body))
         h.wfile.write(body)
         return None
+
+    def range_start(self, h: _Handler, etag: str, modified: str, size: int) -> tuple[int, int]:
+        """(first byte, status) for a GET: RFC 9110 Range `bytes=N-` / `bytes=N-M`, honoured when If-Range
+        (if sent) matches the strong ETag or the Last-Modified date; else the whole file with 200."""
+        wanted = h.headers.get("Range")
+        if self.faults.ignore_range or not wanted or not wanted.startswith("bytes="):
+            return 0, 200
+        condition = h.headers.get("If-Range")
+        if condition is not None and condition not in (etag, modified):
+            return 0, 200  # the file changed since the client's copy: send it all
+        first, sep, _last = wanted.removeprefix("bytes=").partition("-")
+        if not sep or not first.isdigit() or "," in wanted:
+            return 0, 200  # suffix and multi-part ranges are not served: the whole file is a valid answer
+        if int(first) >= size:
+            return 0, 416
+        return int(first), 206
+
+    def record_served(self, name: str, status: int, start: int, count: int) -> None:
+        with self.lock:
+            self.served.append((name, status, start, count))
 
 
 def _patient_of(resource: dict) -> str | None:
@@ -621,6 +699,12 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/files/") and method == "GET":
             _, _, job_id, name = path.split("/", 3)
             return bulk.serve_file(self, job_id, name)
+        if path.startswith("/jobs/") and "/page/" in path and method == "GET":
+            # Manifest pages follow the file rule: a token only when requiresAccessToken says so.
+            job_id, _, number = path.removeprefix("/jobs/").partition("/page/")
+            if number.isdigit():
+                return bulk.serve_page(self, job_id, int(number))
+            return self.outcome(404, "not-found", "unknown endpoint")
         if bulk.require_auth and not self.authorized():
             return None
         if method == "GET" and (

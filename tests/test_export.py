@@ -221,9 +221,18 @@ def test_manifest_checks():
     from pipelines.export.client import parse_manifest
 
     base = {"transactionTime": "2024-01-01T00:00:00Z", "requiresAccessToken": False, "output": []}
-    with pytest.raises(RemoteError, match="links to further manifests"):
+    links = [{"relation": "self", "url": "s"}, {"relation": "next", "url": "p/2"}]
+    paged = parse_manifest(orjson.dumps({**base, "link": links}), "https://a.example/s")
+    assert paged.next_url == "https://a.example/p/2"
+    with pytest.raises(RemoteError, match="next link points to another server"):
         parse_manifest(
-            orjson.dumps({**base, "link": [{"relation": "next", "url": "x"}]}), "https://a.example/s"
+            orjson.dumps({**base, "link": [{"relation": "next", "url": "https://b.example/p/2"}]}),
+            "https://a.example/s",
+        )
+    with pytest.raises(RemoteError, match="more than one next link"):
+        parse_manifest(
+            orjson.dumps({**base, "link": [{"relation": "next", "url": u} for u in ("x", "y")]}),
+            "https://a.example/s",
         )
     with pytest.raises(RemoteError, match="must use https"):
         parse_manifest(
@@ -372,11 +381,12 @@ def test_incremental_run_with_deletes_is_accounted(tmp_path, data, warehouse):
         "SELECT l.outcome, l.reason, count(*) FROM ops.ledger l WHERE run_id = ? GROUP BY ALL ORDER BY ALL",
         [second.run_summary.run_id],
     ).fetchall()
-    # The error file has the same bytes as the first run's: landed once, so no second ledger row.
+    # The manifest accounts for its Patient output, its error file and its deleted file; the error file
+    # has the same bytes as the first run's: landed once, so it has no rows of its own.
     assert rows == [
         ("converted", "newer_version", 1),
         ("skipped", "bundle_delete_request", 1),
-        ("skipped", "manifest_output_landed", 2),
+        ("skipped", "manifest_output_landed", 3),
     ]
     assert con.execute('SELECT count(*) FROM fhir."Patient"').fetchone()[0] == 5
 

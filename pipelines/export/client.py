@@ -22,7 +22,7 @@ import httpx
 import orjson
 
 from pipelines.export.auth import BackendAuth
-from pipelines.export.state import fsync_dir
+from pipelines.export.state import fsync_dir, write_durably
 from pipelines.export.web import (
     USER_AGENT,
     RemoteError,
@@ -79,6 +79,7 @@ class Manifest:
     error: list[dict[str, Any]]
     deleted: list[dict[str, Any]]
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    next_url: str | None = None  # a partial manifest's `next` link: the page that lists more files
 
 
 class DownloadFailed(Exception):
@@ -102,10 +103,21 @@ def parse_manifest(body: bytes, status_url: str) -> Manifest:
     if not isinstance(doc.get("transactionTime"), str) or "requiresAccessToken" not in doc:
         raise RemoteError("the export's completion manifest lacks transactionTime or requiresAccessToken")
 
-    if doc.get("link"):
-        # Partial manifests come only when a kick-off asks for them (allowPartialManifests), which
-        # ehrlift never does; following them half-way would silently miss files.
-        raise RemoteError("the export's manifest links to further manifests, which ehrlift does not follow")
+    next_url = None
+    links = doc.get("link") or []
+    if not isinstance(links, list):
+        raise RemoteError("the manifest's link is not an array")
+    for link in links:
+        if not isinstance(link, dict) or not isinstance(link.get("url"), str) or not link["url"]:
+            raise RemoteError("an entry of the manifest's link array has no url")
+        if link.get("relation") != "next":
+            continue
+        if next_url is not None:
+            raise RemoteError("the manifest has more than one next link")
+        next_url = require_secure(urljoin(status_url, link["url"]), "a manifest page URL")
+        # A page elsewhere could be anyone's: the job's own server answers for every page of it.
+        if not same_origin(next_url, status_url):
+            raise RemoteError("the manifest's next link points to another server")
 
     def entries(name: str) -> list[dict[str, Any]]:
         items = doc.get(name) or []
@@ -127,6 +139,7 @@ def parse_manifest(body: bytes, status_url: str) -> Manifest:
         error=entries("error") + entries("outcome"),
         deleted=entries("deleted"),
         raw=doc,
+        next_url=next_url,
     )
 
 
@@ -177,12 +190,16 @@ class BulkClient:
         headers: dict[str, str],
         *,
         retry_statuses: frozenset[int] = RETRY_STATUSES,
+        files_need_token: bool | None = None,
     ) -> httpx.Response:
-        """One API request (not a download) with 401 → one refresh, and bounded retries."""
+        """One API request (not a download) with 401 → one refresh, and bounded retries.
+
+        files_need_token: None for the server's API, else the manifest's requiresAccessToken (manifest pages).
+        """
         require_secure(url, "a bulk export URL")
         refreshed = False
         for attempt in range(1, self.timing.attempts + 1):
-            token = self._token_for(url, None)
+            token = self._token_for(url, files_need_token)
             sent = dict(headers)
             if token:
                 sent["Authorization"] = f"Bearer {token[0]}"
@@ -312,6 +329,17 @@ class BulkClient:
             self.sleep(wait)
             waited += wait
 
+    def manifest_page(self, url: str, requires_token: bool) -> Manifest:
+        """A further page of a partial manifest (its `next` link); the token goes as it would for files."""
+        response = self.request("GET", url, {"Accept": "application/json"}, files_need_token=requires_token)
+        if response.status_code != 200:
+            raise RemoteError(
+                f"a page of the export's manifest could not be fetched: HTTP {response.status_code}, "
+                f"{outcome_summary(response)}",
+                hint="re-run the same command: it resumes from the page that failed",
+            )
+        return parse_manifest(response.content, url)
+
     def delete(self, status_url: str) -> bool:
         """Ask the server to drop the job's files (the IG's DELETE on the status URL); True if accepted."""
         try:
@@ -358,11 +386,18 @@ class BulkClient:
         on_bytes: Callable[[int], None] | None,
     ) -> FileOutcome:
         part = target.with_name(target.name + ".part")
+        meta = target.with_name(target.name + ".part.json")
+        url_key = hashlib.sha256(url.encode()).hexdigest()  # a signed URL's query is a credential
+        kept = _kept_part(part, meta, url_key)
         current = url
         send_token = requires_token
         for _hop in range(MAX_REDIRECTS + 1):
             require_secure(current, "an export file URL")
             headers = {"Accept": NDJSON}
+            if kept:
+                # Resume the kept bytes; If-Range makes the server send the whole file if it has changed.
+                headers["Range"] = f"bytes={kept[0]}-"
+                headers["If-Range"] = kept[1]
             token = self._token_for(current, True) if send_token else None
             if token:
                 headers["Authorization"] = f"Bearer {token[0]}"
@@ -378,7 +413,18 @@ class BulkClient:
                         send_token = send_token and same_origin(nxt, current)
                         current = nxt
                         continue
-                    if code != 200:
+                    if code == 416 and kept:
+                        _discard(part, meta)  # the kept bytes do not fit the file: start over
+                        raise DownloadFailed("export_download_failed", "HTTP 416 on resume", True, 0.0)
+                    append = False
+                    if code == 206 and kept:
+                        if _range_start(response.headers.get("Content-Range")) != kept[0]:
+                            _discard(part, meta)
+                            raise DownloadFailed(
+                                "export_download_failed", "Content-Range mismatch", True, 0.0
+                            )
+                        append = True
+                    elif code != 200:
                         failure = _failure_for(response)
                         if code == 401 and token:
                             failure.token_generation = token[1]
@@ -386,8 +432,22 @@ class BulkClient:
                     digest = hashlib.sha256()
                     size = lines = 0
                     last = b"\n"
-                    with part.open("wb") as fh:
-                        for chunk in response.iter_bytes(CHUNK):
+                    if append:
+                        # The whole file's sha256 and line count: the kept bytes count as if fetched now.
+                        with part.open("rb") as fh:
+                            while chunk := fh.read(CHUNK):
+                                digest.update(chunk)
+                                size += len(chunk)
+                                lines += chunk.count(b"\n")
+                                last = chunk[-1:]
+                    else:
+                        _discard(part, meta)
+                        validator = _validator(response.headers)
+                        if validator:
+                            write_durably(meta, orjson.dumps({"url": url_key, "validator": validator}))
+                    with part.open("ab" if append else "wb") as fh:
+                        # As the bytes arrive: a chunk size would hold back what came before a break.
+                        for chunk in response.iter_bytes():
                             fh.write(chunk)
                             digest.update(chunk)
                             size += len(chunk)
@@ -399,7 +459,8 @@ class BulkClient:
                         fh.flush()
                         os.fsync(fh.fileno())
             except httpx.TransportError as exc:
-                # Includes a connection dropped mid-body and a body shorter than its Content-Length.
+                # Includes a connection dropped mid-body and a body shorter than its Content-Length; the
+                # bytes written so far stay in the .part file for a Range request on the next attempt.
                 if on_bytes and counted:
                     on_bytes(-counted)
                 raise DownloadFailed(
@@ -415,12 +476,48 @@ class BulkClient:
                 problem = f"{size} bytes where the manifest says {expected_size}"
             if problem:
                 if on_bytes:
-                    on_bytes(-size)
+                    on_bytes(-counted)
+                _discard(part, meta)  # a wrong whole is not a prefix to resume from
                 raise DownloadFailed("export_file_truncated", problem, True)
             os.replace(part, target)
+            meta.unlink(missing_ok=True)
             fsync_dir(target.parent)
             return FileOutcome("done", sha256=digest.hexdigest(), bytes=size, lines=lines)
         raise DownloadFailed("export_download_failed", "too many redirects", False)
+
+
+def _validator(headers: httpx.Headers) -> str | None:
+    """What If-Range can carry: a strong ETag, else Last-Modified (RFC 9110 §13.1.5); weak ETags cannot."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified")
+
+
+def _kept_part(part: Path, meta: Path, url_key: str) -> tuple[int, str] | None:
+    """(bytes kept, validator) when a .part file of this URL can be resumed, else None."""
+    try:
+        size = part.stat().st_size
+        info = orjson.loads(meta.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None  # no record of which version of the file the bytes came from: never resume them
+    if not size or not isinstance(info, dict) or info.get("url") != url_key:
+        return None
+    validator = info.get("validator")
+    return (size, validator) if isinstance(validator, str) and validator else None
+
+
+def _range_start(content_range: str | None) -> int | None:
+    # "bytes 1000-1999/2000" or "bytes 1000-1999/*"
+    if not content_range or not content_range.startswith("bytes "):
+        return None
+    first, sep, _rest = content_range[6:].partition("-")
+    return int(first) if sep and first.strip().isdigit() else None
+
+
+def _discard(part: Path, meta: Path) -> None:
+    part.unlink(missing_ok=True)
+    meta.unlink(missing_ok=True)
 
 
 class JobFailed(RemoteError):

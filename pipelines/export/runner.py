@@ -37,6 +37,7 @@ from pipelines.summary import RunSummary
 log = logging.getLogger(__name__)
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 KIND_DIRS = {"output": "", "error": "error/", "deleted": "deleted/"}
+MAX_MANIFEST_PAGES = 1000  # a partial manifest's `next` chain longer than this is a server loop
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class ExportOptions:
     token_url: str | None = None
     auth_scope: str = DEFAULT_SCOPE
     timing: Timing = field(default_factory=Timing)
+    max_pages: int = MAX_MANIFEST_PAGES
 
     def key(self) -> ExportKey:
         return ExportKey(
@@ -197,8 +199,11 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
                 ) from None
             job["manifest"] = manifest.raw
             job["files"] = _plan(manifest)
+            job["pages"] = 1
+            job["next_page"] = manifest.next_url
             state.save()
         manifest = parse_manifest(orjson.dumps(job["manifest"]), job["status_url"])
+        _follow_pages(options, state, client, manifest.requires_access_token)
         result = ExportResult(out_dir, manifest.transaction_time, job["since"], resumed)
         _download_all(options, state, client, manifest, out_dir, result, display)
 
@@ -237,10 +242,29 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
     return result
 
 
-def _plan(manifest: Manifest) -> list[dict[str, Any]]:
-    """One record per file the manifest lists, with its local name (type and a sequence number)."""
-    files: list[dict[str, Any]] = []
-    seen: Counter[str] = Counter()
+def _follow_pages(options: ExportOptions, state: ExportState, client: BulkClient, needs_token: bool) -> None:
+    """Fetch a partial manifest's further pages; each page's files are saved before the next is fetched."""
+    job = state.job or {}
+    while job.get("next_page"):
+        if job["pages"] >= options.max_pages:
+            raise RemoteError(
+                f"the export's manifest goes on past {options.max_pages} pages",
+                hint="the server's next links may loop; start a new export with --restart",
+            )
+        page = client.manifest_page(job["next_page"], needs_token)
+        job["files"] = _plan(page, job["files"])
+        job["pages"] += 1
+        job["next_page"] = page.next_url
+        state.save()  # a crash from here on resumes at the next page, with this page's files planned
+
+
+def _plan(manifest: Manifest, planned: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One record per file the manifest lists, with its local name (type and a sequence number).
+
+    planned: the files of earlier pages of a partial manifest, which this page's files follow.
+    """
+    files: list[dict[str, Any]] = list(planned or [])
+    seen: Counter[str] = Counter(f["kind"] + f["type"] for f in files)
     for kind, entries in (
         ("output", manifest.output),
         ("error", manifest.error),
@@ -380,12 +404,12 @@ def _write_local_manifest(job: dict[str, Any], manifest: Manifest, out_dir: Path
 def _run_pipeline(
     options: ExportOptions, job: dict[str, Any], manifest_path: Path, out_dir: Path
 ) -> RunSummary:
-    """land → convert → load of the manifest (it brings its outputs and error files) and deleted files."""
+    """land → convert → load of the manifest (it brings its output, error and deleted files)."""
     from pipelines.run import run_pipeline
 
-    deleted = [str(out_dir / f["name"]) for f in job["files"] if f["kind"] == "deleted"]
+    # The local manifest lists the deleted-record files too: landing brings them in with the outputs.
     config = RunConfig(
-        sources=(str(manifest_path), *deleted),
+        sources=(str(manifest_path),),
         warehouse=options.warehouse,
         source_system=job["source_system"],
         progress=options.progress,
