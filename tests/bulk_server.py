@@ -2,8 +2,9 @@
 
 It follows the Bulk Data IG (v2): kick-off validation (Accept, Prefer, _outputFormat, _since, _type,
 _typeFilter), 202 + Content-Location, status 202 with X-Progress and Retry-After, a 200 manifest
-(output, error, deleted for _since, requiresAccessToken, transactionTime), file URLs, DELETE, and 4xx
-OperationOutcomes. SMART Backend Services tokens come from a real Authlib token endpoint that checks the
+(output, error, deleted for _since, requiresAccessToken, transactionTime), optionally paged with `link`
+next (partial manifests), file URLs with ETag/Last-Modified and Range/If-Range (206, 416), DELETE, and
+4xx OperationOutcomes. SMART Backend Services tokens come from a real Authlib token endpoint that checks the
 client's JWT assertion (RS384/ES384 signature, audience, expiry, jti replay). Every request is logged so
 tests can assert what was (not) fetched. The server stops itself after `lifetime` seconds.
 """

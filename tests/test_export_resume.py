@@ -7,6 +7,7 @@ from collections import Counter
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pipelines.common.config import RunConfig
 from pipelines.export.client import BulkClient
@@ -16,6 +17,7 @@ from pipelines.export.web import RemoteError
 from pipelines.run import run_pipeline
 from tests.bulk_server import BulkServer, Faults, generated_resources
 from tests.test_export import FAST, T0, Sleeps, file_gets, options
+from tests.test_export_auth import _auth_server, _jwks
 
 OBS = "Observation.ndjson"
 
@@ -164,7 +166,7 @@ def test_a_crash_while_paging_resumes_at_the_page_that_failed(tmp_path, data):
         assert job is not None and job["pages"] == 2 and job["next_page"].endswith("/page/3")
         assert len(job["files"]) == 4 and file_gets(server) == Counter()
         result = export(server, tmp_path)
-        pages = Counter(p.rsplit("/", 2)[-2:][-1] for p in server.requests("GET", "/jobs/") if "/page/" in p)
+        pages = Counter(p.rsplit("/", 1)[1] for p in server.requests("GET", "/jobs/") if "/page/" in p)
         assert pages == Counter({"2": 1, "3": FAST.attempts + 1})  # page 2 was not asked for again
         assert len(server.requests("GET", "/fhir/")) == 1  # the same job
     assert result.resumed and result.files == Counter({"output": 4, "error": 1})
@@ -179,17 +181,16 @@ def test_the_number_of_manifest_pages_is_bounded(tmp_path, data):
 
 
 def test_manifest_pages_get_a_token_only_when_files_do(tmp_path, data):
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    from tests.test_export_auth import _auth_server, _jwks
-
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_file = tmp_path / "private.jwks.json"
     key_file.write_bytes(orjson.dumps(_jwks(key, "k-rsa", "RS384", True)))
     seen = {}
     for needed in (True, False):
         with _auth_server(
-            data, {"RS384": key, "ES384": _ec()}, requires_access_token=needed, faults=Faults(page_size=2)
+            data,
+            {"RS384": key, "ES384": ec.generate_private_key(ec.SECP384R1())},
+            requires_access_token=needed,
+            faults=Faults(page_size=2),
         ) as server:
             run_export(
                 options(server, tmp_path / str(needed), client_id="client-1", key_file=key_file),
@@ -199,12 +200,6 @@ def test_manifest_pages_get_a_token_only_when_files_do(tmp_path, data):
     # The status URL is the server's API (token always); its pages follow requiresAccessToken.
     assert seen[True] == [True] * 4
     assert seen[False] == [True, True, False, False]
-
-
-def _ec():
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    return ec.generate_private_key(ec.SECP384R1())
 
 
 # -- a Bulk Data 3.0 manifest given straight to `ehrlift run` -------------------------------------------
