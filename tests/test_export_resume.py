@@ -249,3 +249,23 @@ def test_run_lands_outcome_and_deleted_files_of_a_3_0_manifest(tmp_path, warehou
         ("fhir-ndjson", "converted", None, 2),
     ]
     assert con.execute('SELECT count(*) FROM fhir."Patient"').fetchone()[0] == 2
+
+
+def test_a_kept_part_longer_than_the_file_is_dropped_on_416(tmp_path, data):
+    whole = body_of(data, "Patient")
+    with BulkServer(data, faults=Faults(polls_before_ready=0)) as server:
+        client = BulkClient(server.base, timing=FAST, sleep=Sleeps())
+        manifest = client.poll(client.kickoff(client.kickoff_url("system", None, None, (), ())))
+        url = next(e["url"] for e in manifest.output if e["type"] == "Patient")
+        target = tmp_path / "Patient.ndjson"
+        target.with_name(target.name + ".part").write_bytes(whole + b"more than the file\n")
+        etag = f'"Patient.ndjson-0-{len(whole)}"'  # the fixture's ETag: the validator still matches
+        meta = {"url": hashlib.sha256(url.encode()).hexdigest(), "validator": etag}
+        target.with_name(target.name + ".part.json").write_bytes(orjson.dumps(meta))
+        outcome = client.download(url, target, False, 5)
+        client.close()
+        # 416 for the range past the end: the kept bytes are dropped and the file fetched whole.
+        assert [m for m, p, s, _a in server.log if p.endswith("/Patient.ndjson")] == ["GET", "GET"]
+        assert [s for m, p, s, _a in server.log if p.endswith("/Patient.ndjson")] == [416, 200]
+    assert (outcome.status, outcome.attempts) == ("done", 2) and target.read_bytes() == whole
+    assert not list(tmp_path.glob("*.part*"))
