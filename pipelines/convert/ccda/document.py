@@ -139,7 +139,10 @@ class Doc:
 
     def finish(self) -> Converted:
         resources = [stage_dict(r) for r in self.out.values()]
-        return Converted(resources=resources, container=self.doc_type, unconsumed=dict(self.unconsumed))
+        items = {item: (n, self.converted[item]) for item, n in sorted(self.found.items())}
+        return Converted(
+            resources=resources, container=self.doc_type, unconsumed=dict(self.unconsumed), items=items
+        )
 
 
 def entry_label(stmt: Any) -> str:
