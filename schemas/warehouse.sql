@@ -210,14 +210,16 @@ CREATE TABLE IF NOT EXISTS terminology.millennium_code_values (
     loaded_at        TIMESTAMPTZ NOT NULL
 );
 
--- Unit accounting: per converted unit and item kind (a C-CDA entry templateId), how many items the unit
--- held and how many a mapper converted. found - converted of a kind equals its rows in ops.unconsumed
--- (whose item may carry a "(reason)" suffix). Written with the unit's ledger row, in the same transaction.
+-- Unit accounting: per converted unit, part and item kind (a C-CDA section and entry templateId), how many
+-- items the unit held and how many a mapper converted. found - converted of a kind, summed over parts,
+-- equals its rows in ops.unconsumed (whose item may carry a "(reason)" suffix). Written with the unit's
+-- ledger row, in the same transaction.
 CREATE TABLE IF NOT EXISTS ops.unit_items (
     run_id         VARCHAR NOT NULL,
     file_sha256    VARCHAR NOT NULL,
     unit_position  BIGINT NOT NULL,
     container      VARCHAR,                -- kind of unit: C-CDA document type, HL7 message type
+    part           VARCHAR,                -- where in the unit: C-CDA section templateId; NULL if no parts
     item           VARCHAR NOT NULL,       -- kind of item: entry templateId (or element name), segment
     found          INTEGER NOT NULL,
     converted      INTEGER NOT NULL

@@ -357,32 +357,33 @@ def test_entry_counts_per_document_reach_the_warehouse_once_and_only_when_commit
     run_pipeline(make_config(src))  # the committed file is not counted again
     con = warehouse()
     rows = con.execute(
-        "SELECT unit_position, container, item, found, converted FROM ops.unit_items ORDER BY item"
+        "SELECT unit_position, container, part, item, found, converted FROM ops.unit_items "
+        "ORDER BY part, item"
     ).fetchall()
-    t = "2.16.840.1.113883.10.20.22.4."
+    s, t = "2.16.840.1.113883.10.20.22.2.", "2.16.840.1.113883.10.20.22.4."
     assert [r[:2] for r in rows] == [(1, "Progress Note")] * 21
-    assert [(item.removeprefix(t), found, converted) for _, _, item, found, converted in rows] == [
-        ("1", 1, 1),
-        ("121", 1, 1),
-        ("14", 2, 1),
-        ("16", 2, 2),
-        ("20", 1, 0),
-        ("200", 1, 1),
-        ("202", 1, 1),
-        ("26", 1, 1),
-        ("3", 2, 2),
-        ("30", 2, 2),
-        ("38", 1, 1),
-        ("41", 1, 1),
-        ("42", 1, 1),
-        ("45", 1, 1),
-        ("49", 1, 1),
-        ("52", 2, 2),
-        ("60", 1, 0),
-        ("64", 1, 0),
-        ("67", 1, 1),
-        ("74", 1, 1),
-        ("78", 1, 1),
+    assert [(p.removeprefix(s), i.removeprefix(t), found, conv) for _, _, p, i, found, conv in rows] == [
+        ("1.1", "16", 2, 2),
+        ("10", "20", 1, 0),
+        ("10", "41", 1, 1),
+        ("10", "42", 1, 1),
+        ("14", "67", 1, 1),
+        ("15", "45", 1, 1),
+        ("17", "200", 1, 1),
+        ("17", "38", 1, 1),
+        ("17", "78", 1, 1),
+        ("18", "60", 1, 0),
+        ("2.1", "52", 2, 2),
+        ("22.1", "49", 1, 1),
+        ("3.1", "1", 1, 1),
+        ("4.1", "26", 1, 1),
+        ("5.1", "3", 2, 2),
+        ("5.1", "64", 1, 0),
+        ("56", "74", 1, 1),
+        ("6.1", "30", 2, 2),
+        ("60", "121", 1, 1),
+        ("65", "202", 1, 1),
+        ("7.1", "14", 2, 1),
     ]
     assert con.execute("SELECT item, count FROM ops.unconsumed ORDER BY item").fetchall() == [
         (f"{t}14 (no procedure code)", 1),

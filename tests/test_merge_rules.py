@@ -170,6 +170,7 @@ def test_a_version_3_warehouse_gains_the_unit_items_table(tmp_path: Path):
             "file_sha256",
             "unit_position",
             "container",
+            "part",
             "item",
             "found",
             "converted",

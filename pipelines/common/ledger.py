@@ -34,7 +34,7 @@ QUARANTINE_COLUMNS = (
     "resource_type",
 )
 UNCONSUMED_COLUMNS = ("run_id", "file_sha256", "unit_position", "container", "item", "count")
-ITEM_COLUMNS = ("run_id", "file_sha256", "unit_position", "container", "item", "found", "converted")
+ITEM_COLUMNS = ("run_id", "file_sha256", "unit_position", "container", "part", "item", "found", "converted")
 STAGE_COLUMNS = (
     "run_id",
     "seq",
@@ -107,14 +107,19 @@ class LedgerWriter:
             u["item"].append(item)
             u["count"].append(count)
 
-    def items(self, unit: Unit, container: str | None, counts: dict[str, tuple[int, int]]) -> None:
-        """Count, per item kind, what a converted unit held and what of it was converted (ops.unit_items)."""
+    def items(
+        self, unit: Unit, container: str | None, counts: dict[tuple[str | None, str], tuple[int, int]]
+    ) -> None:
+        """Count, per part and item kind, what a converted unit held and converted (ops.unit_items)."""
         it = self._items
-        for item, (found, converted) in sorted(counts.items()):
+        for (part, item), (found, converted) in sorted(
+            counts.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
+        ):
             it["run_id"].append(self.ctx.run_id)
             it["file_sha256"].append(self.ctx.file_sha256)
             it["unit_position"].append(unit.position)
             it["container"].append(container)
+            it["part"].append(part)
             it["item"].append(item)
             it["found"].append(found)
             it["converted"].append(converted)
