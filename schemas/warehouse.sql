@@ -1,4 +1,5 @@
--- ehrlift warehouse contract, version 3 (additive over 2; 2 added ops.unconsumed and fhir.*.reference_only). Later stages rely on these names: change them only with a
+-- ehrlift warehouse contract, version 4 (additive: 4 added ops.unit_items; 3 the terminology schema;
+-- 2 ops.unconsumed and fhir.*.reference_only). Later stages rely on these names: change them only with a
 -- migration in pipelines/common/warehouse.py and a note in the README.
 
 CREATE SCHEMA IF NOT EXISTS ops;
@@ -207,4 +208,19 @@ CREATE TABLE IF NOT EXISTS terminology.millennium_code_values (
     active           BOOLEAN NOT NULL,
     source           VARCHAR NOT NULL,      -- base name of the extract it was loaded from
     loaded_at        TIMESTAMPTZ NOT NULL
+);
+
+-- Unit accounting: per converted unit, part and item kind (a C-CDA section and entry templateId), how many
+-- items the unit held and how many a mapper converted. found - converted of a kind, summed over parts,
+-- equals its rows in ops.unconsumed (whose item may carry a "(reason)" suffix). Written with the unit's
+-- ledger row, in the same transaction.
+CREATE TABLE IF NOT EXISTS ops.unit_items (
+    run_id         VARCHAR NOT NULL,
+    file_sha256    VARCHAR NOT NULL,
+    unit_position  BIGINT NOT NULL,
+    container      VARCHAR,                -- kind of unit: C-CDA document type, HL7 message type
+    part           VARCHAR,                -- where in the unit: C-CDA section templateId; NULL if no parts
+    item           VARCHAR NOT NULL,       -- kind of item: entry templateId (or element name), segment
+    found          INTEGER NOT NULL,
+    converted      INTEGER NOT NULL
 );

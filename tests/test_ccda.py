@@ -333,3 +333,62 @@ def test_a_document_over_the_size_bound_is_quarantined_unparsed(monkeypatch):
     with pytest.raises(CcdaRejected) as exc:
         convert(document(""))
     assert exc.value.reason == "ccda_too_large"
+
+
+def test_entry_counts_per_document_reach_the_warehouse_once_and_only_when_committed(
+    tmp_path, make_config, warehouse, monkeypatch
+):
+    from pipelines import load as load_module
+    from tests.ccda_accounting import entry_accounting
+
+    src = tmp_path / "in"
+    src.mkdir()
+    golden = Path(__file__).parent / "golden" / "ccda" / "sections" / "input" / "document.xml"
+    (src / "note.xml").write_bytes(golden.read_bytes())
+
+    def boom(con):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(load_module, "_quarantine_conflicts", boom)
+    with pytest.raises(RuntimeError):
+        run_pipeline(make_config(src))
+    monkeypatch.undo()
+    run_pipeline(make_config(src))
+    run_pipeline(make_config(src))  # the committed file is not counted again
+    con = warehouse()
+    rows = con.execute(
+        "SELECT unit_position, container, part, item, found, converted FROM ops.unit_items "
+        "ORDER BY part, item"
+    ).fetchall()
+    s, t = "2.16.840.1.113883.10.20.22.2.", "2.16.840.1.113883.10.20.22.4."
+    assert [r[:2] for r in rows] == [(1, "Progress Note")] * 21
+    assert [(p.removeprefix(s), i.removeprefix(t), found, conv) for _, _, p, i, found, conv in rows] == [
+        ("1.1", "16", 2, 2),
+        ("10", "20", 1, 0),
+        ("10", "41", 1, 1),
+        ("10", "42", 1, 1),
+        ("14", "67", 1, 1),
+        ("15", "45", 1, 1),
+        ("17", "200", 1, 1),
+        ("17", "38", 1, 1),
+        ("17", "78", 1, 1),
+        ("18", "60", 1, 0),
+        ("2.1", "52", 2, 2),
+        ("22.1", "49", 1, 1),
+        ("3.1", "1", 1, 1),
+        ("4.1", "26", 1, 1),
+        ("5.1", "3", 2, 2),
+        ("5.1", "64", 1, 0),
+        ("56", "74", 1, 1),
+        ("6.1", "30", 2, 2),
+        ("60", "121", 1, 1),
+        ("65", "202", 1, 1),
+        ("7.1", "14", 2, 1),
+    ]
+    assert con.execute("SELECT item, count FROM ops.unconsumed ORDER BY item").fetchall() == [
+        (f"{t}14 (no procedure code)", 1),
+        (f"{t}20", 1),
+        (f"{t}60", 1),
+        (f"{t}64", 1),
+    ]
+    assert entry_accounting(con) == (1, 26)

@@ -7,6 +7,7 @@ with EHRLIFT_REGENERATE_GOLDEN=1 (`make golden`), then review the diff like code
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -42,6 +43,11 @@ def _verbatim(text: bytes):
 
 def test_cases_cover_the_document_types_and_sections():
     assert {p.name for p in CASES} >= {"sections", "ccd", "discharge_summary"}
+    # One case per document type the converter recognises.
+    types = {orjson.loads((p / "expected" / "resources.json").read_bytes())["container"] for p in CASES}
+    with (REPO / "pipelines" / "convert" / "ccda" / "maps" / "document_types.csv").open() as fh:
+        known = {row["name"] for row in csv.DictReader(fh)} - {"US Realm Header"}
+    assert types == known
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)

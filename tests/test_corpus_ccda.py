@@ -12,6 +12,7 @@ from pipelines.common.unit import Quarantine
 from pipelines.convert.ccda.converter import convert_document
 from pipelines.convert.ccda.parse import CcdaRejected
 from pipelines.run import run_pipeline
+from tests.ccda_accounting import entry_accounting
 
 pytestmark = pytest.mark.corpus
 
@@ -93,3 +94,7 @@ def test_every_corpus_file_ends_in_the_ledger(corpus: Path, make_config, warehou
     assert {k.rsplit(":", 1)[1] for k in documents} <= allowed
     assert sum(n for k, n in documents.items() if ":converted:" in k) >= 45
     assert not any("converter_error" in k for k in outcomes)
+    # Per document and entry kind, found - converted is exactly what ops.unconsumed counts.
+    documents, found = entry_accounting(con)
+    print(f"documents with entry counts: {documents}, entries found: {found}")
+    assert documents >= 45 and found > 0

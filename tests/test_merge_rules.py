@@ -138,7 +138,7 @@ def test_a_version_1_warehouse_migrates_in_place(tmp_path: Path):
     )
     con.close()
     with open_warehouse(path) as con:
-        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert con.execute('SELECT id, reference_only FROM fhir."Patient"').fetchall() == [("x", False)]
         assert con.execute("SELECT count(*) FROM ops.unconsumed").fetchone()[0] == 0
 
@@ -155,4 +155,24 @@ def test_a_version_2_warehouse_gains_the_version_3_tables_and_columns(tmp_path: 
         assert columns[-3:] == ["decision_id", "data_source", "kind"]
         assert con.execute("SELECT count(*) FROM terminology.releases").fetchone()[0] == 0
         assert con.execute("SELECT count(*) FROM ops.phi_access").fetchone()[0] == 0
-        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == 3
+        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_version_3_warehouse_gains_the_unit_items_table(tmp_path: Path):
+    path = tmp_path / "v3.duckdb"
+    with open_warehouse(path) as con:
+        con.execute("DROP TABLE ops.unit_items")
+        con.execute("DELETE FROM ops.schema_version; INSERT INTO ops.schema_version VALUES (3, now())")
+    with open_warehouse(path) as con:
+        columns = [r[0] for r in con.execute("DESCRIBE ops.unit_items").fetchall()]
+        assert columns == [
+            "run_id",
+            "file_sha256",
+            "unit_position",
+            "container",
+            "part",
+            "item",
+            "found",
+            "converted",
+        ]
+        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == 4

@@ -6,6 +6,7 @@ from collections import Counter
 
 from pipelines.demo import generate_demo_data
 from pipelines.run import run_pipeline
+from tests.ccda_accounting import entry_accounting
 
 
 def test_demo_run_matches_the_generator_summary(tmp_path, make_config, warehouse):
@@ -48,3 +49,6 @@ def test_demo_run_with_ccda_documents_matches_the_generator_summary(tmp_path, ma
     assert rows == [("ccda_document", "converted", len(ccda_files))]
     assert run.warehouse_resources == demo.resources
     assert not any(k in ("CCD", "Discharge Summary") for k in run.unconsumed)
+    # Each document's entries are counted by kind; every entry found is converted in the demo.
+    assert entry_accounting(con)[0] == len(ccda_files)
+    assert con.execute("SELECT count(*) FROM ops.unit_items WHERE found <> converted").fetchone()[0] == 0

@@ -34,6 +34,7 @@ QUARANTINE_COLUMNS = (
     "resource_type",
 )
 UNCONSUMED_COLUMNS = ("run_id", "file_sha256", "unit_position", "container", "item", "count")
+ITEM_COLUMNS = ("run_id", "file_sha256", "unit_position", "container", "part", "item", "found", "converted")
 STAGE_COLUMNS = (
     "run_id",
     "seq",
@@ -70,6 +71,7 @@ class LedgerWriter:
         self._quarantine: dict[str, list] = {c: [] for c in QUARANTINE_COLUMNS}
         self._stage: dict[str, list] = {c: [] for c in STAGE_COLUMNS}
         self._unconsumed: dict[str, list] = {c: [] for c in UNCONSUMED_COLUMNS}
+        self._items: dict[str, list] = {c: [] for c in ITEM_COLUMNS}
         self.staged = 0  # resources staged since the last merge (the caller resets it when it merges)
 
     def convert(self, unit: Unit, resources: list[StagedResource]) -> None:
@@ -104,6 +106,23 @@ class LedgerWriter:
             u["container"].append(container)
             u["item"].append(item)
             u["count"].append(count)
+
+    def items(
+        self, unit: Unit, container: str | None, counts: dict[tuple[str | None, str], tuple[int, int]]
+    ) -> None:
+        """Count, per part and item kind, what a converted unit held and converted (ops.unit_items)."""
+        it = self._items
+        for (part, item), (found, converted) in sorted(
+            counts.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
+        ):
+            it["run_id"].append(self.ctx.run_id)
+            it["file_sha256"].append(self.ctx.file_sha256)
+            it["unit_position"].append(unit.position)
+            it["container"].append(container)
+            it["part"].append(part)
+            it["item"].append(item)
+            it["found"].append(found)
+            it["converted"].append(converted)
 
     def skip(self, unit: Unit, reason: str) -> None:
         self._row(unit, "skipped", check_reason(reason, "skipped"), 0)
@@ -140,6 +159,7 @@ class LedgerWriter:
         _append(self.con, "ops.ledger", self._ledger)
         _append(self.con, "ops.quarantine", self._quarantine, extra={"quarantined_at": "now()"})
         _append(self.con, "ops.unconsumed", self._unconsumed)
+        _append(self.con, "ops.unit_items", self._items)
 
 
 def _append(

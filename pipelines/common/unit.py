@@ -63,11 +63,15 @@ class Converted:
 
     container names the kind of unit (an HL7 message type such as "ORU^R01", a C-CDA document type);
     unconsumed counts the items left over in it (segment names, entry templateIds), so loss is visible.
+    items, when the converter accounts for every item it met, maps (part, item kind) - a C-CDA section and
+    entry templateId; part None for units without parts - to (found, converted): what the unit held, and
+    how much of it a mapper turned into resources.
     """
 
     resources: list[StagedResource | dict[str, Any]]
     container: str | None = None
     unconsumed: dict[str, int] = field(default_factory=dict)
+    items: dict[tuple[str | None, str], tuple[int, int]] = field(default_factory=dict)
 
 
 class Quarantine(Exception):
@@ -211,6 +215,8 @@ def convert_one(
     writer.convert(unit, produced)
     if converted.unconsumed:
         writer.unconsumed(unit, converted.container, converted.unconsumed)
+    if converted.items:
+        writer.items(unit, converted.container, converted.items)
     return "converted", len(produced)
 
 

@@ -49,6 +49,8 @@ class Doc:
         self.found: Counter[str] = Counter()
         self.converted: Counter[str] = Counter()
         self.unconsumed: Counter[str] = Counter()
+        # (section, entry kind) -> [found, converted], for the warehouse's per-section accounting.
+        self.by_section: dict[tuple[str, str], list[int]] = {}
         self._narrative: dict[str, Any] | None = None
         self._tree = root.getroottree()
         self.patient_ref: dict[str, str] = {}
@@ -123,6 +125,8 @@ class Doc:
 
     def run_entry(self, mapper: Any, stmt: Any, section: Section, item: str) -> None:
         self.found[item] += 1
+        counts = self.by_section.setdefault((section_label(section.element), item), [0, 0])
+        counts[0] += 1
         if mapper is None:
             self.unconsumed[item] += 1
             return
@@ -136,10 +140,26 @@ class Doc:
             self.unconsumed[f"{item} (converter_error)"] += 1
             return
         self.converted[item] += 1
+        counts[1] += 1
 
     def finish(self) -> Converted:
         resources = [stage_dict(r) for r in self.out.values()]
-        return Converted(resources=resources, container=self.doc_type, unconsumed=dict(self.unconsumed))
+        items = {key: (found, converted) for key, (found, converted) in sorted(self.by_section.items())}
+        return Converted(
+            resources=resources, container=self.doc_type, unconsumed=dict(self.unconsumed), items=items
+        )
+
+
+def section_label(section: Any) -> str:
+    """Which section entries sat in: its C-CDA templateId, else its code, else the element name."""
+    ids = template_ids(section)
+    ccda = [t for t in ids if t.startswith(CCDA_TEMPLATE_PREFIX)]
+    if ccda or ids:
+        return (ccda or ids)[0]
+    code = child(section, "code")
+    if code is not None and code.get("code"):
+        return f"{code.get('code')} (section code)"
+    return "section (no templateId)"
 
 
 def entry_label(stmt: Any) -> str:

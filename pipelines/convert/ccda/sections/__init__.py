@@ -33,6 +33,8 @@ TEMPLATES: dict[str, Mapper] = {
     T + "33": problems.concern,  # Hospital Discharge Diagnosis
     T + "34": problems.concern,  # Hospital Admission Diagnosis
     T + "80": problems.concern,  # Encounter Diagnosis
+    T + "65": problems.concern,  # Preoperative Diagnosis
+    T + "51": problems.concern,  # Postprocedure Diagnosis
     T + "30": allergies.concern,  # Allergy Concern Act
     T + "7": allergies.allergy_observation,
     T + "16": medications.activity,

@@ -28,10 +28,18 @@ CATEGORY_OF = {
     "encounter": (CONDITION_CATEGORY, "encounter-diagnosis", "Encounter Diagnosis"),
 }
 
+# Diagnoses of one stay or procedure, not problem-list items.
+ENCOUNTER_DIAGNOSIS_SECTIONS = (
+    "Hospital Discharge Diagnosis",
+    "Admission Diagnosis",
+    "Preoperative Diagnosis",
+    "Postprocedure Diagnosis",
+)
+
 
 def concern(doc: Doc, act: Any, section: Section) -> None:
     """Problem Concern Act (and diagnosis acts): one Condition per problem observation inside."""
-    kind = "encounter" if section.name in ("Hospital Discharge Diagnosis", "Admission Diagnosis") else None
+    kind = "encounter" if section.name in ENCOUNTER_DIAGNOSIS_SECTIONS else None
     kind = kind or ("health_concerns" if section.family == "health_concerns" else "problems")
     # Its problem observations (under any relationship) or untemplated subjects; priority, comment and
     # reference entries beside them are not problems.
