@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from lxml import etree
+
 from pipelines.common.unit import Converted, stage_dict
 from pipelines.convert.ccda.datatypes import NS, child, clean, id_key, local, template_ids, ts
 from pipelines.convert.fhir.prepare import warehouse_id
@@ -14,6 +16,7 @@ from pipelines.convert.fhir.prepare import warehouse_id
 log = logging.getLogger(__name__)
 
 CCDA_TEMPLATE_PREFIX = "2.16.840.1.113883.10.20."
+_WITH_ID = etree.XPath("descendant-or-self::*[@ID]")
 
 
 class EntrySkipped(Exception):
@@ -91,12 +94,13 @@ class Doc:
 
     def narrative(self, ref: str) -> str | None:
         if self._narrative is None:
-            # Anchors live in section narratives: a tag-filtered walk to each <text>, then only its
-            # subtree (an XPath over the whole tree costs three times as much); text is read when asked.
+            # Anchors live in section narratives: a tag-filtered walk to each <text>, then a compiled
+            # XPath over only its subtree, which hands back just the elements with an ID (an XPath over
+            # the whole tree costs three times as much); text is read when asked.
             self._narrative = {}
             for text in self.root.iter(NS + "text"):
-                for node in text.iter():
-                    nid = node.get("ID") if isinstance(node.tag, str) else None
+                for node in _WITH_ID(text):
+                    nid = node.get("ID")
                     if nid:
                         self._narrative.setdefault(nid, node)
         node = self._narrative.get(ref.lstrip("#"))
