@@ -127,9 +127,14 @@ class Doc:
 
     # --- accounting ----------------------------------------------------------------------------------
 
-    def run_entry(self, mapper: Any, stmt: Any, section: Section, item: str) -> None:
+    def run_entry(
+        self, mapper: Any, stmt: Any, section: Section, item: str, label: str | None = None
+    ) -> None:
+        """Run one entry's mapper and count it; label is section_label(section.element) when the caller
+        already has it (a section's entries share it)."""
         self.found[item] += 1
-        counts = self.by_section.setdefault((section_label(section.element), item), [0, 0])
+        key = (label or section_label(section.element), item)
+        counts = self.by_section.setdefault(key, [0, 0])
         counts[0] += 1
         if mapper is None:
             self.unconsumed[item] += 1
@@ -166,9 +171,10 @@ def section_label(section: Any) -> str:
     return "section (no templateId)"
 
 
-def entry_label(stmt: Any) -> str:
-    """How an entry is counted: its C-CDA templateId (the most specific), or its element name."""
-    ids = template_ids(stmt)
+def entry_label(stmt: Any, ids: list[str] | None = None) -> str:
+    """How an entry is counted: its C-CDA templateId (the most specific), or its element name; ids are
+    template_ids(stmt) when the caller already has them."""
+    ids = template_ids(stmt) if ids is None else ids
     ccda = [t for t in ids if t.startswith(CCDA_TEMPLATE_PREFIX)]
     if ccda:
         return ccda[0]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipelines.convert.ccda.datatypes import NS, child, children, local, template_ids
-from pipelines.convert.ccda.document import Doc, Section, entry_label, statement_of
+from pipelines.convert.ccda.document import Doc, Section, entry_label, section_label, statement_of
 from pipelines.convert.ccda.maps import sections as section_maps
 from pipelines.convert.ccda.sections import (
     allergies,
@@ -109,8 +109,8 @@ BY_SECTION: dict[tuple[str, str], Mapper] = {
 }
 
 
-def mapper_for(stmt: Any, section: Section) -> Mapper | None:
-    ids = template_ids(stmt)
+def mapper_for(stmt: Any, section: Section, ids: list[str] | None = None) -> Mapper | None:
+    ids = template_ids(stmt) if ids is None else ids
     for t in ids:
         if t in TEMPLATES:
             return TEMPLATES[t]
@@ -145,11 +145,15 @@ def convert_sections(doc: Doc) -> None:
 
 def _section(doc: Doc, section_el: Any) -> None:
     section = identify(section_el)
+    label = None  # the section's label, worked out once for all its entries
     for entry in section_el.iterchildren(NS + "entry"):
         stmt = statement_of(entry)
         if stmt is None:
             continue
-        doc.run_entry(mapper_for(stmt, section), stmt, section, entry_label(stmt))
+        if label is None:
+            label = section_label(section_el)
+        ids = template_ids(stmt)
+        doc.run_entry(mapper_for(stmt, section, ids), stmt, section, entry_label(stmt, ids), label)
     for comp in children(section_el, "component"):
         sub = child(comp, "section")
         if sub is not None:
