@@ -95,7 +95,11 @@ def id_pairs(el: Any) -> list[tuple[str, str | None]]:
 
 
 def id_key(el: Any) -> str | None:
-    pairs = id_pairs(el)
+    return pairs_key(id_pairs(el))
+
+
+def pairs_key(pairs: list[tuple[str, str | None]]) -> str | None:
+    """The source key of id_pairs' first pair (root|extension, or the root alone)."""
     if not pairs:
         return None
     root, ext = pairs[0]

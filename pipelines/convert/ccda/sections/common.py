@@ -11,7 +11,9 @@ from pipelines.convert.ccda.datatypes import (
     children,
     codeable,
     effective,
-    identifiers,
+    id_pairs,
+    identifier,
+    pairs_key,
     template_ids,
     value,
 )
@@ -91,8 +93,9 @@ def reason_codes(doc: Doc, stmt: Any, exclude: str | None = None) -> list[dict[s
 
 
 def base(doc: Doc, rtype: str, stmt: Any, subject_field: str = "subject") -> dict[str, Any]:
-    res: dict[str, Any] = {"resourceType": rtype, "id": doc.rid(rtype, stmt)}
-    ids = identifiers(stmt)
+    pairs = id_pairs(stmt)  # read once for both the resource id and its identifiers
+    res: dict[str, Any] = {"resourceType": rtype, "id": doc.rid(rtype, stmt, pairs_key(pairs))}
+    ids = [identifier(r, e) for r, e in pairs]
     if ids:
         res["identifier"] = ids
     res[subject_field] = doc.patient_ref
