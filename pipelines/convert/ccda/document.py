@@ -55,6 +55,8 @@ class Doc:
         # (section, entry kind) -> [found, converted], for the warehouse's per-section accounting.
         self.by_section: dict[tuple[str, str], list[int]] = {}
         self._narrative: dict[str, Any] | None = None
+        # Header parties already converted, by their element's bytes (see header.practitioner).
+        self.parties: dict[bytes, dict[str, str] | None] = {}
         self._tree = root.getroottree()
         self.patient_ref: dict[str, str] = {}
         self.patient: dict[str, Any] | None = None

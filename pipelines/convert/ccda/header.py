@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from lxml import etree
+
 from pipelines.convert.ccda.datatypes import (
     SDTC,
     absent,
@@ -19,6 +21,7 @@ from pipelines.convert.ccda.datatypes import (
     id_pairs,
     identifier,
     identifiers,
+    pairs_key,
     telecoms,
     ts,
 )
@@ -140,8 +143,28 @@ def practitioner(doc: Doc, assigned: Any) -> dict[str, str] | None:
     person = child(assigned, "assignedPerson")
     if person is None:
         return organization(doc, child(assigned, "representedOrganization"))
-    res: dict[str, Any] = {"resourceType": "Practitioner", "id": doc.rid("Practitioner", assigned)}
-    ids = identifiers(assigned)
+    pairs = id_pairs(assigned)
+    # The same author recurs on entry after entry, byte for byte: with an <id> the Practitioner depends
+    # only on the element's content (never on its position), so a repeat is the reference already made.
+    seen = etree.tostring(assigned, with_tail=False) if pairs else None
+    if seen is not None and seen in doc.parties:
+        ref = doc.parties[seen]
+        return dict(ref) if ref is not None else None
+    ref = _practitioner(doc, assigned, person, pairs)
+    if seen is not None:
+        doc.parties[seen] = ref
+        return dict(ref) if ref is not None else None
+    return ref
+
+
+def _practitioner(
+    doc: Doc, assigned: Any, person: Any, pairs: list[tuple[str, str | None]]
+) -> dict[str, str] | None:
+    res: dict[str, Any] = {
+        "resourceType": "Practitioner",
+        "id": doc.rid("Practitioner", assigned, pairs_key(pairs)),
+    }
+    ids = [identifier(r, e) for r, e in pairs]
     if ids:
         res["identifier"] = ids
     names = human_names(person)
