@@ -68,6 +68,7 @@ def clean(value: str | None) -> str | None:
 # --- identifiers and code systems -------------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)  # a document names the same few code systems on every coded element
 def system_uri(oid: str | None) -> str | None:
     """The FHIR URI for a code system OID; an unknown OID stays itself as urn:oid (never a guessed URI)."""
     if not oid:
