@@ -218,6 +218,14 @@ class Build:
                 place(obs, "device", device, _OBS_DEVICE)
         return obs
 
+    def medication_order(self, o: Order, okey: str, subject: dict, enc: dict | None) -> None:
+        """ORC with RXO/RXE -> a MedicationRequest with its timing and order roles."""
+        mr = pharmacy.medication_request(self.ctx, o.orc, o.rx, o.rxrs, okey, subject, enc)
+        if mr is not None:
+            self.timing(o, mr)
+            self.order_roles(o, mr)
+        self.emit(mr)
+
     def timing(self, o: Order, request: dict[str, Any]) -> None:
         """The order's TQ1s -> the request's timing (the IG's TQ1[ServiceRequest]/[MedicationRequest]);
         without TQ1, the v2.3-style TQ of ORC-7, else OBR-27 or RXE-1."""
@@ -390,11 +398,7 @@ def _orders(b: Build) -> None:
         for i, o in enumerate(g.orders):
             okey = _order_key(b, o, i)
             if o.rx is not None and o.rx.name == "RXO":
-                mr = pharmacy.medication_request(b.ctx, o.orc, o.rx, o.rxrs, okey, subject, enc)
-                if mr is not None:
-                    b.timing(o, mr)
-                    b.order_roles(o, mr)
-                b.emit(mr)
+                b.medication_order(o, okey, subject, enc)
             else:
                 sr = results.service_request(b.ctx, o.orc, o.obr, okey, subject, enc, o.ntes)
                 b.timing(o, sr)
@@ -422,11 +426,7 @@ def _pharmacy_orders(b: Build) -> None:
             if o.rx is None:
                 b.used.difference_update(s.position for s in (o.orc, o.obr) if s is not None)
                 continue
-            mr = pharmacy.medication_request(b.ctx, o.orc, o.rx, o.rxrs, _order_key(b, o, i), subject, enc)
-            if mr is not None:
-                b.timing(o, mr)
-                b.order_roles(o, mr)
-            b.emit(mr)
+            b.medication_order(o, _order_key(b, o, i), subject, enc)
         b.encounter_details(g, subject, enc, pkey)
 
 

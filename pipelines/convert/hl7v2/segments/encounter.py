@@ -159,13 +159,20 @@ def _hospitalization(ctx: Ctx, pv1: Any) -> dict[str, Any]:
     return h
 
 
+def _code_with_text(ctx: Ctx, seg: Any, code_field: int, text_field: int) -> dict[str, Any] | None:
+    """A coded field plus its companion description field (DG1-3/-4, PR1-3/-4) as one CodeableConcept."""
+    text = val(seg, text_field)
+    code = coded(ctx, seg, code_field) or ({"text": text} if text else None)
+    if code is not None and text and "text" not in code:
+        code["text"] = text
+    return code
+
+
 def condition(ctx: Ctx, dg1: Any, subject: dict, enc: dict | None, parent_key: str) -> dict[str, Any] | None:
     """DG1 -> Condition (an encounter diagnosis)."""
-    code = coded(ctx, dg1, 3) or ({"text": val(dg1, 4)} if val(dg1, 4) else None)
+    code = _code_with_text(ctx, dg1, 3, 4)
     if code is None:
         return None
-    if val(dg1, 4) and "text" not in code:
-        code["text"] = val(dg1, 4)
     own = ei_key(first(dg1, 20))
     key = f"{parent_key}|dg1:" + (own or f"{val(dg1, 1) or ''}|{_code_key(code)}")
     c: dict[str, Any] = {"resourceType": "Condition", "id": ctx.rid("Condition", key)}
@@ -211,11 +218,9 @@ def condition(ctx: Ctx, dg1: Any, subject: dict, enc: dict | None, parent_key: s
 
 def procedure(ctx: Ctx, pr1: Any, subject: dict, enc: dict | None, parent_key: str) -> dict[str, Any] | None:
     """PR1 -> Procedure (status completed: PR1 reports procedures done)."""
-    code = coded(ctx, pr1, 3) or ({"text": val(pr1, 4)} if val(pr1, 4) else None)
+    code = _code_with_text(ctx, pr1, 3, 4)
     if code is None:
         return None
-    if val(pr1, 4) and "text" not in code:
-        code["text"] = val(pr1, 4)
     own = ei_key(first(pr1, 19))
     key = f"{parent_key}|pr1:" + (own or f"{val(pr1, 1) or ''}|{_code_key(code)}|{val(pr1, 5) or ''}")
     p: dict[str, Any] = {"resourceType": "Procedure", "id": ctx.rid("Procedure", key)}
