@@ -13,14 +13,11 @@ from pipelines.convert.fhir.upgrade import upgrade
 from pipelines.convert.fhir.upgrade.agreement import Agreement, compare_bundles
 from pipelines.run import run_pipeline
 
-# Fields where the two Synthea exports themselves differ (different generator runs), not the upgrade:
-# practitioner NPIs, an identifier only the R4 Patient carries, DSTU2 reports listing one result of a
-# panel, and CarePlan.intent, which HL7's map sets to "plan" where Synthea's R4 writer says "order".
+# Fields where the two Synthea exports themselves differ, not the upgrade: the DSTU2 writer puts an
+# internal counter ("110") where the R4 writer puts a 10-digit NPI, and lists one result of a panel.
 SOURCE_DIFFERENCES = {
     ("Practitioner", "identity", "identifier"),
-    ("Patient", "identity", "identifier"),
     ("DiagnosticReport", "values", "result"),
-    ("CarePlan", "status", "intent"),
 }
 
 
@@ -36,14 +33,35 @@ def agreement(corpus) -> Agreement:
 
 
 def test_paired_synthea_agreement(agreement):
-    # Measured 98.4% over every field both releases carry; the target of 99% is missed only through
-    # the source differences above, and every other compared field agrees fully.
-    assert agreement.rate() >= 0.98
+    # Measured 98.56% over every field both releases carry; the target of 99% is missed only through
+    # the source differences above (311 of 21,553 compared fields), and every other field agrees fully.
+    assert agreement.rate() >= 0.985
+    misses = sum(agreement.both[k] - agreement.agree[k] for k in agreement.both)
+    assert misses == sum(agreement.both[k] for k in SOURCE_DIFFERENCES) == 311
     others = [k for k in agreement.both if k not in SOURCE_DIFFERENCES]
     assert agreement.rate(others) == 1.0, [k for k in others if agreement.agree[k] != agreement.both[k]]
     assert sum(agreement.both[k] for k in others) > 20_000
     assert sum(agreement.paired.values()) >= 3_250
     assert set(agreement.quarantined) == {"Claim", "ImagingStudy", "Device"}
+
+
+def test_patient_identifiers_compare_over_the_systems_both_exports_carry(agreement):
+    # The R4 export adds a passport number the DSTU2 one never had; SSN, MRN, licence and Synthea ids
+    # are in both and all agree.
+    key = ("Patient", "identity", "identifier")
+    assert agreement.both[key] == agreement.agree[key] == 12
+
+
+def test_intent_is_derived_not_compared(agreement):
+    # DSTU2 has no intent: HL7's map says "order" for MedicationOrder (as Synthea's R4 writer does) and
+    # "plan" for CarePlan (where Synthea's R4 writer says "order"). Reported apart, never in the rate.
+    assert dict(agreement.derived_both) == {
+        ("MedicationRequest", "status", "intent"): 406,
+        ("CarePlan", "status", "intent"): 29,
+    }
+    assert agreement.derived_agree[("MedicationRequest", "status", "intent")] == 406
+    assert agreement.derived_agree[("CarePlan", "status", "intent")] == 0
+    assert not any(k[2] == "intent" for k in agreement.both)
 
 
 def test_every_upgraded_synthea_resource_has_a_valid_r4_shape(corpus):
