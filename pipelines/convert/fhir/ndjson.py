@@ -107,7 +107,8 @@ def _not_r4_sql() -> str:
     )
     return (
         f"(rtype IN ({', '.join(map(_sql_text, sorted(types)))})"
-        f" OR regexp_matches(txt, {_sql_text(markers)}) OR CASE rtype {cases} ELSE FALSE END)"
+        + "".join(f" OR regexp_matches(txt, {_sql_text(m)})" for m in markers)
+        + f" OR CASE rtype {cases} ELSE FALSE END)"
     )
 
 
