@@ -27,6 +27,12 @@ from pipelines import tasks as stages
         "sources": Param([], type="array", description="files or folders to migrate"),
         "warehouse": Param(None, type=["null", "string"], description="DuckDB warehouse file"),
         "source_system": Param(None, type=["null", "string"], description="legacy system name"),
+        "fhir_release": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "auto", "dstu2", "stu3", "r4"],
+            description="FHIR release of the sources (default auto, or EHRLIFT_FHIR_RELEASE)",
+        ),
     },
     tags=["ehrlift"],
     doc_md=__doc__,
@@ -34,7 +40,9 @@ from pipelines import tasks as stages
 def ehr_migration():
     @task
     def configure(params=None) -> dict:
-        return stages.configure(params["sources"], params["warehouse"], params["source_system"])
+        return stages.configure(
+            params["sources"], params["warehouse"], params["source_system"], params.get("fhir_release")
+        )
 
     @task
     def land(config: dict) -> dict:

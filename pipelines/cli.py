@@ -12,7 +12,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.common.config import DEFAULT_DATA_DIR, DEFAULT_SOURCE_SYSTEM, RunConfig, ehrlift_version
+from pipelines.common.config import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_SOURCE_SYSTEM,
+    FHIR_RELEASES,
+    RunConfig,
+    ehrlift_version,
+)
 from pipelines.common.errors import EhrliftError, ExitCode, InputNotFoundError
 from pipelines.summary import RunSummary
 
@@ -62,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
         "--source-system",
         default=None,
         help=f"name of the legacy system these files come from (default {DEFAULT_SOURCE_SYSTEM!r})",
+    )
+    run.add_argument(
+        "--fhir-release",
+        choices=FHIR_RELEASES,
+        default=None,
+        help="the FHIR release the sources speak (default auto: told per file from its content); "
+        "a .fhir-release.csv in a source folder declares it per file",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
@@ -397,6 +410,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         tuple(args.sources),
         warehouse=args.warehouse,
         source_system=args.source_system,
+        fhir_release=args.fhir_release,
         progress=not args.no_progress,
     )
     summary = run_pipeline(config)

@@ -59,15 +59,54 @@ def _type_candidates() -> dict[str, frozenset[str]]:
     return out
 
 
-def _is(kind: type) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, kind)
+class Test:
+    """A test on an element's value, and the regex its JSON text must match for the test to pass.
+
+    The regex lets a set-based reader (DuckDB over NDJSON text) find the lines worth a full check: a
+    match is only a hint (it may sit in a nested object), but no line passing the test can miss it.
+    """
+
+    __slots__ = ("check", "text")
+
+    def __init__(self, check: Callable[[Any], bool], text: str) -> None:
+        self.check, self.text = check, text
+
+    def __call__(self, value: Any) -> bool:
+        return self.check(value)
 
 
-def _family_list(names: Any) -> bool:
+_VALUE_START = {dict: r"\{", list: r"\[", str: '"'}
+
+
+def _is(kind: type) -> Test:
+    return Test(lambda v: isinstance(v, kind), _VALUE_START[kind])
+
+
+def _one_of(*codes: str) -> Test:
+    return Test(lambda v: v in codes, '"(' + "|".join(map(re.escape, codes)) + ')"')
+
+
+def _list_with(key: str) -> Test:
+    """A list holding an object with this key (the text test looks for the key anywhere)."""
+    return Test(
+        lambda v: isinstance(v, list) and any(key in p for p in v if isinstance(p, dict)),
+        "@" + _key(key),
+    )
+
+
+def _dict_with(key: str) -> Test:
+    return Test(lambda v: isinstance(v, dict) and key in v, "@" + _key(key))
+
+
+def _key(name: str) -> str:
+    return '"' + re.escape(name) + r'"\s*:\s*'
+
+
+def _family_list_check(names: Any) -> bool:
     return any(isinstance(n, dict) and isinstance(n.get("family"), list) for n in _items(names))
 
 
-def _family_str(names: Any) -> bool:
+def _family_str_check(names: Any) -> bool:
     return any(isinstance(n, dict) and isinstance(n.get("family"), str) for n in _items(names))
 
 
@@ -75,10 +114,12 @@ def _items(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [] if value is None else [value]
 
 
-_PRESENT: Callable[[Any], bool] = lambda v: v is not None  # noqa: E731
+_PRESENT = Test(lambda v: v is not None, "")
+_family_list = Test(_family_list_check, "@" + _key("family") + r"\[")
+_family_str = Test(_family_str_check, "@" + _key("family") + '"')
 
 # (element, test on its value, releases the resource can then be in), per resource type.
-SIGNALS: dict[str, list[tuple[str, Callable[[Any], bool], frozenset[str]]]] = {
+SIGNALS: dict[str, list[tuple[str, Test, frozenset[str]]]] = {
     "Patient": [
         ("careProvider", _PRESENT, R2),
         ("generalPractitioner", _PRESENT, R3_R4),
@@ -125,7 +166,7 @@ SIGNALS: dict[str, list[tuple[str, Callable[[Any], bool], frozenset[str]]]] = {
         ("onset", _PRESENT, R2),
         ("category", _is(str), R2),
         ("category", _is(list), R3_R4),
-        ("criticality", lambda v: v in ("CRITL", "CRITH", "CRITU"), R2),
+        ("criticality", _one_of("CRITL", "CRITH", "CRITU"), R2),
         ("code", _PRESENT, R3_R4),
         ("clinicalStatus", _is(str), R3),
         ("verificationStatus", _is(str), R3),
@@ -150,16 +191,8 @@ SIGNALS: dict[str, list[tuple[str, Callable[[Any], bool], frozenset[str]]]] = {
     ],
     "DiagnosticReport": [
         ("performer", _is(dict), R2),
-        (
-            "performer",
-            lambda v: isinstance(v, list) and any("actor" in p for p in v if isinstance(p, dict)),
-            R3,
-        ),
-        (
-            "performer",
-            lambda v: isinstance(v, list) and any("reference" in p for p in v if isinstance(p, dict)),
-            R4,
-        ),
+        ("performer", _list_with("actor"), R3),
+        ("performer", _list_with("reference"), R4),
         ("request", _PRESENT, R2),
         ("context", _PRESENT, R3),
         ("encounter", _PRESENT, R2_R4),
@@ -181,8 +214,8 @@ SIGNALS: dict[str, list[tuple[str, Callable[[Any], bool], frozenset[str]]]] = {
         ("context", _PRESENT, R3),
         ("definition", _PRESENT, R3),
         ("encounter", _PRESENT, R2_R4),
-        ("status", lambda v: v in ("aborted", "suspended"), R2_R3),
-        ("status", lambda v: v in ("not-done", "stopped", "on-hold"), R4),
+        ("status", _one_of("aborted", "suspended"), R2_R3),
+        ("status", _one_of("not-done", "stopped", "on-hold"), R4),
         ("statusReason", _PRESENT, R4),
     ],
     "Immunization": [
@@ -220,8 +253,8 @@ SIGNALS: dict[str, list[tuple[str, Callable[[Any], bool], frozenset[str]]]] = {
         ("statusReasonCodeableConcept", _PRESENT, R4),
     ],
     "MedicationRequest": [
-        ("requester", lambda v: isinstance(v, dict) and "agent" in v, R3),
-        ("requester", lambda v: isinstance(v, dict) and "reference" in v, R4),
+        ("requester", _dict_with("agent"), R3),
+        ("requester", _dict_with("reference"), R4),
         ("context", _PRESENT, R3),
         ("definition", _PRESENT, R3),
         ("encounter", _PRESENT, R4),
@@ -252,7 +285,7 @@ SIGNALS: dict[str, list[tuple[str, Callable[[Any], bool], frozenset[str]]]] = {
         ("modified", _PRESENT, R2),
         ("support", _PRESENT, R2),
         ("relatedPlan", _PRESENT, R2),
-        ("status", lambda v: v == "proposed", R2),
+        ("status", _one_of("proposed"), R2),
         ("context", _PRESENT, R2_R3),
         ("intent", _PRESENT, R3_R4),
         ("encounter", _PRESENT, R4),
@@ -286,6 +319,57 @@ def candidates(obj: Any) -> frozenset[str]:
         if value is not None and test(value):
             found = found & releases
     return found
+
+
+def conflict(obj: dict[str, Any], release: str) -> str | None:
+    """Why a resource cannot be in `release`, in words naming only structure; None when it can.
+
+    An explicit marker (fhirVersion, a release's profile URL) or a type the release lacks is named as
+    such; otherwise its shape is.
+    """
+    rtype = obj.get("resourceType")
+    explicit = explicit_release(obj)
+    if explicit is not None:
+        if explicit == release:
+            return None
+        named = NAMES.get(explicit, "a release other than DSTU2, STU3 or R4")
+        return f"{rtype} names {named} in its fhirVersion or profile"
+    type_releases = _type_candidates().get(rtype) if isinstance(rtype, str) else None
+    if type_releases is not None and release not in type_releases:
+        return f"resource type {rtype} does not exist in {NAMES[release]}"
+    found = candidates(obj)
+    if release in found:
+        return None
+    if not found:
+        return f"{rtype} shape contradicts itself"
+    return f"{rtype} shape can only be {' or '.join(NAMES[r] for r in sorted(found))}"
+
+
+@cache
+def not_in_release_patterns(release: str) -> tuple[frozenset[str], tuple[str, ...], dict[str, str]]:
+    """What finds, on a resource's JSON text, every resource that may not be in `release`.
+
+    (types the release lacks, regexes for explicit markers of other releases, a regex per resource
+    type for its shape signals that exclude the release). A text matching none of them is certainly
+    possible in the release; one that matches is only worth a full check by candidates(). The markers
+    are two regexes, not one alternation: each keeps its literal prefix, which RE2 scans for fast.
+    """
+    types = frozenset(t for t, releases in _type_candidates().items() if release not in releases)
+    others = [n for n, r in _PROFILE_NAMES.items() if r != release] + [
+        re.escape(r) for r in sorted(set(_PROFILE_NAMES.values())) if r != release
+    ]
+    markers = (r'"fhirVersion"\s*:', r"hl7\.org\\?/fhir\\?/(" + "|".join(others) + r")\\?/")
+    per_type: dict[str, str] = {}
+    for rtype, signals in SIGNALS.items():
+        texts = []
+        for element, test, releases in signals:
+            if release in releases:
+                continue
+            text = test.text[1:] if test.text.startswith("@") else _key(element) + test.text
+            texts.append(text)
+        if texts:
+            per_type[rtype] = "|".join(dict.fromkeys(texts))
+    return types, markers, per_type
 
 
 def file_release(resources: Iterable[Any], explicit: str | None = None) -> str:

@@ -77,8 +77,11 @@ def first_utf8_error(path: Path) -> int | None:
     return None
 
 
-def detect(path: Path) -> tuple[str, str | None]:
-    """(format, detail) for the file at path; detail says more (Bundle type, encoding, why unknown)."""
+def detect(path: Path, release: str | None = None) -> tuple[str, str | None]:
+    """(format, detail) for the file at path; detail says more (Bundle type, encoding, why unknown).
+
+    release: a FHIR release declared for the file ("1.0", "3.0", "4.0"), used instead of the guess.
+    """
     with path.open("rb") as fh:
         head = fh.read(SNIFF_BYTES)
         while head and not head.strip():
@@ -94,7 +97,7 @@ def detect(path: Path) -> tuple[str, str | None]:
     body = head.removeprefix(UTF8_BOM).lstrip()
     first = body[:1]
     if first == b"{":
-        return _detect_json(path, body)
+        return _detect_json(path, body, release)
     if first == b"[":
         return JSON_OTHER, "top-level JSON array"
     if first == b"<":
@@ -108,12 +111,12 @@ def detect(path: Path) -> tuple[str, str | None]:
     return UNKNOWN, None
 
 
-def _detect_json(path: Path, body: bytes) -> tuple[str, str | None]:
+def _detect_json(path: Path, body: bytes, release: str | None = None) -> tuple[str, str | None]:
     first_line, _, rest = body.partition(b"\n")
     try:
         obj = orjson.loads(first_line)
     except orjson.JSONDecodeError:
-        return _detect_json_document(path)
+        return _detect_json_document(path, release)
     if not isinstance(obj, dict):
         return JSON_OTHER, "first line is not a JSON object"
     if "exportId" in obj and "eventId" in obj:
@@ -123,17 +126,22 @@ def _detect_json(path: Path, body: bytes) -> tuple[str, str | None]:
         return FHIR_EXPORT_ERRORS, None
     if rest.strip():
         # Several JSON lines: NDJSON even when the first lacks resourceType (its line is quarantined).
-        return _with_release(FHIR_NDJSON, None, fhir_versions.sniff_ndjson(body))
+        return _with_release(FHIR_NDJSON, None, _told(release, fhir_versions.sniff_ndjson, body))
     fmt, detail = _classify_document(obj.get("resourceType"), set(obj), obj.get("type"))
     # One compact resource on one line is NDJSON of one line: the same units and pointers as its siblings.
     if fmt == FHIR_RESOURCE:
-        return _with_release(FHIR_NDJSON, None, fhir_versions.sniff_ndjson(body))
+        return _with_release(FHIR_NDJSON, None, _told(release, fhir_versions.sniff_ndjson, body))
     if fmt == FHIR_BUNDLE:
-        return _with_release(fmt, detail, fhir_versions.sniff_bundle(path))
+        return _with_release(fmt, detail, _told(release, fhir_versions.sniff_bundle, path))
     return fmt, detail
 
 
-def _detect_json_document(path: Path) -> tuple[str, str | None]:
+def _told(release: str | None, sniff, source) -> tuple[str, bool]:
+    """A declared release as the file's (mixing is then each unit's own problem), else the guess."""
+    return (release, False) if release else sniff(source)
+
+
+def _detect_json_document(path: Path, release: str | None = None) -> tuple[str, str | None]:
     """A pretty-printed JSON document: read top-level keys in a streaming pass, stopping early."""
     keys: set[str] = set()
     resource_type = bundle_type = None
@@ -156,7 +164,9 @@ def _detect_json_document(path: Path) -> tuple[str, str | None]:
         return JSON_INVALID, "not valid JSON"
     fmt, detail = _classify_document(resource_type, keys, bundle_type)
     if fmt == FHIR_BUNDLE:
-        return _with_release(fmt, detail, fhir_versions.sniff_bundle(path))
+        return _with_release(fmt, detail, _told(release, fhir_versions.sniff_bundle, path))
+    if release and fmt == FHIR_RESOURCE:
+        return _with_release(fmt, detail, (release, False))
     if fmt == FHIR_RESOURCE and path.stat().st_size <= _WHOLE_RESOURCE_BYTES:
         try:
             with open_json(path) as fh:

@@ -20,6 +20,8 @@ from pipelines.common.errors import InputNotFoundError
 from pipelines.common.ledger import LedgerWriter
 from pipelines.common.unit import FileContext, Unit
 from pipelines.common.warehouse import file_processed, transaction
+from pipelines.fhir_release import Declarations
+from pipelines.fhir_release import record as record_declaration
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -75,6 +77,7 @@ def land_sources(con: duckdb.DuckDBPyConnection, config: RunConfig) -> LandResul
     """Land every source file for this run; bulk-export manifests bring in the outputs they list."""
     paths, hidden = expand_sources(config.sources)
     result = LandResult(hidden_ignored=hidden)
+    declarations = Declarations(config.sources, config.fhir_release)
     queue = list(paths)
     seen_paths: set[Path] = set()
     seen_sha: dict[str, int] = {}
@@ -93,6 +96,9 @@ def land_sources(con: duckdb.DuckDBPyConnection, config: RunConfig) -> LandResul
         seq += 1
         seen_sha[sha] = seq
         fmt = _land_one(con, config, path, sha, size, seq, result)
+        fmt = record_declaration(
+            con, config.run_id, sha, landed_path(config, sha), fmt, declarations.for_file(path)
+        )
         result.formats[fmt] = result.formats.get(fmt, 0) + 1
         if fmt == formats.FHIR_MANIFEST:
             queue[0:0] = _account_manifest(con, config, path, sha, seq)

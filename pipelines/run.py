@@ -16,8 +16,9 @@ from pipelines.common.errors import EhrliftError, ExitCode
 from pipelines.common.ledger import LedgerWriter
 from pipelines.common.progress import Bars
 from pipelines.common.unit import BatchConverter, FileContext, Unit, UnreadableFile, convert_units
-from pipelines.common.warehouse import file_processed, open_warehouse, transaction
+from pipelines.common.warehouse import open_warehouse, transaction
 from pipelines.convert import handler_for
+from pipelines.fhir_release import committed_position, conversion_done
 from pipelines.land import land_sources, landed_path
 from pipelines.load import create_stage, merge_stage
 from pipelines.normalize import normalize_stage
@@ -46,16 +47,21 @@ def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]
         create_stage(con)
         pending = con.execute(
             """
-            SELECT rf.seq, rf.file_sha256, f.format, f.format_detail, f.size_bytes
+            SELECT rf.seq, rf.file_sha256, coalesce(d.format, f.format),
+                CASE WHEN d.format IS NULL THEN f.format_detail ELSE d.format_detail END,
+                f.size_bytes, d.release
             FROM ops.run_files rf JOIN ops.files f USING (file_sha256)
+            LEFT JOIN ops.fhir_release_declarations d
+                ON d.run_id = rf.run_id AND d.file_sha256 = rf.file_sha256
             WHERE rf.run_id = ? AND rf.status IN ('pending', 'partial') ORDER BY rf.seq
         """,
             [config.run_id],
         ).fetchall()
         advance = (bars or Bars(False)).bar("convert", sum(r[4] for r in pending))
-        for seq, sha, fmt, detail, size in pending:
+        for seq, sha, fmt, detail, size, declared in pending:
             handler = handler_for(fmt)
-            if file_processed(con, sha, handler.name):
+            # A file read under another declared release is converted again; the same reading is not.
+            if conversion_done(con, sha, handler.name, fmt, declared):
                 con.execute(
                     "UPDATE ops.run_files SET handler = ?, status = 'already_processed' "
                     "WHERE run_id = ? AND seq = ?",
@@ -65,7 +71,14 @@ def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]
                 advance(size)
                 continue
             ctx = FileContext(
-                config.run_id, seq, sha, landed_path(config, sha), fmt, detail, _file_source_system(con, sha)
+                config.run_id,
+                seq,
+                sha,
+                landed_path(config, sha),
+                fmt,
+                detail,
+                _file_source_system(con, sha),
+                declared,
             )
             totals.update(_convert_file(con, config, handler, ctx, advance))
             totals["files"] += 1
@@ -180,7 +193,7 @@ def _convert_file(
         con.execute("COMMIT")
         con.execute("BEGIN TRANSACTION")
 
-    resume = _committed_position(con, ctx.file_sha256, handler.name) if handler.chunked else 0
+    resume = _committed_position(con, ctx, handler.name) if handler.chunked else 0
     writer = LedgerWriter(con, ctx, config.batch_size)
     con.execute("BEGIN TRANSACTION")
     try:
@@ -195,7 +208,7 @@ def _convert_file(
         counts["units"] += result.units
     except (UnreadableFile, OSError) as exc:
         con.execute("ROLLBACK")
-        if resume or _committed_position(con, ctx.file_sha256, handler.name):
+        if resume or _committed_position(con, ctx, handler.name):
             raise  # part of the file is in: an I/O fault is the run's problem, and a re-run resumes
         # Nothing of the file was kept: record the file as one bad unit.
         if isinstance(exc, UnreadableFile):
@@ -215,17 +228,9 @@ def _convert_file(
     return dict(counts)
 
 
-def _committed_position(con: duckdb.DuckDBPyConnection, sha: str, handler: str) -> int:
-    """The last unit of this file that interrupted runs committed with this handler (0 if none)."""
-    row = con.execute(
-        """
-        SELECT max(l.unit_position) FROM ops.ledger l
-        JOIN ops.run_files rf ON rf.run_id = l.run_id AND rf.file_sha256 = l.file_sha256
-        WHERE l.file_sha256 = ? AND rf.status = 'partial' AND rf.handler = ?
-        """,
-        [sha, handler],
-    ).fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
+def _committed_position(con: duckdb.DuckDBPyConnection, ctx: FileContext, handler: str) -> int:
+    """The last unit of this file that interrupted runs committed with this handler, read the same way."""
+    return committed_position(con, ctx.file_sha256, handler, ctx.format, ctx.declared_release)
 
 
 def _mark_file(

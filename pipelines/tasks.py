@@ -6,7 +6,10 @@ from typing import Any
 
 
 def configure(
-    sources: list[str], warehouse: str | None = None, source_system: str | None = None
+    sources: list[str],
+    warehouse: str | None = None,
+    source_system: str | None = None,
+    fhir_release: str | None = None,
 ) -> dict[str, Any]:
     """Build and check the run config once; later tasks receive it as JSON."""
     from pipelines.common.config import RunConfig
@@ -16,7 +19,11 @@ def configure(
 
         raise ConfigError("no sources given", hint='trigger the DAG with {"sources": ["/path/to/files"]}')
     config = RunConfig.from_env(
-        tuple(sources), warehouse=warehouse, source_system=source_system, progress=False
+        tuple(sources),
+        warehouse=warehouse,
+        source_system=source_system,
+        fhir_release=fhir_release,
+        progress=False,
     )
     return config.to_dict()
 

@@ -224,3 +224,16 @@ CREATE TABLE IF NOT EXISTS ops.unit_items (
     found          INTEGER NOT NULL,
     converted      INTEGER NOT NULL
 );
+
+-- FHIR release declarations: the release a run was told a FHIR file speaks (--fhir-release, or a
+-- .fhir-release.csv row in its source folder) and the format the file was read as under it. A file's
+-- conversion is keyed by its handler, this format and this release: declaring another release converts
+-- it again; the same declaration again adds nothing.
+CREATE TABLE IF NOT EXISTS ops.fhir_release_declarations (
+    run_id         VARCHAR NOT NULL,
+    file_sha256    VARCHAR NOT NULL,
+    release        VARCHAR NOT NULL,       -- 1.0 (DSTU2), 3.0 (STU3) or 4.0 (R4)
+    declared_by    VARCHAR NOT NULL,       -- run (--fhir-release) or folder (.fhir-release.csv)
+    format         VARCHAR NOT NULL,       -- the format under the declared release, e.g. fhir-ndjson-dstu2
+    format_detail  VARCHAR
+);

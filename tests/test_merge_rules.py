@@ -138,7 +138,7 @@ def test_a_version_1_warehouse_migrates_in_place(tmp_path: Path):
     )
     con.close()
     with open_warehouse(path) as con:
-        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == SCHEMA_VERSION == 5
         assert con.execute('SELECT id, reference_only FROM fhir."Patient"').fetchall() == [("x", False)]
         assert con.execute("SELECT count(*) FROM ops.unconsumed").fetchone()[0] == 0
 
@@ -175,4 +175,15 @@ def test_a_version_3_warehouse_gains_the_unit_items_table(tmp_path: Path):
             "found",
             "converted",
         ]
-        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == 4
+        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_version_4_warehouse_gains_the_release_declarations_table(tmp_path: Path):
+    path = tmp_path / "v4.duckdb"
+    with open_warehouse(path) as con:
+        con.execute("DROP TABLE ops.fhir_release_declarations")
+        con.execute("DELETE FROM ops.schema_version; INSERT INTO ops.schema_version VALUES (4, now())")
+    with open_warehouse(path) as con:
+        columns = [r[0] for r in con.execute("DESCRIBE ops.fhir_release_declarations").fetchall()]
+        assert columns == ["run_id", "file_sha256", "release", "declared_by", "format", "format_detail"]
+        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == SCHEMA_VERSION

@@ -131,6 +131,7 @@ def test_report_data_is_exact_and_its_digest_verifies(tmp_path, two_runs):
     assert (run["status"], run["exit_code"], run["blocked"]) == ("blocked", 7, True)
     assert run["config"] == {
         "batch_size": 10000,
+        "fhir_release": "auto",
         "progress": False,
         "run_id": second.run_id,
         "source_system": "default",

@@ -17,6 +17,8 @@ from pipelines.common.errors import ConfigError
 DEFAULT_DATA_DIR = Path("ehrlift-data")
 DEFAULT_SOURCE_SYSTEM = "default"
 _SOURCE_SYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# What --fhir-release accepts: "auto" tells each file's release from its content.
+FHIR_RELEASES = ("auto", "dstu2", "stu3", "r4")
 
 
 def ehrlift_version() -> str:
@@ -43,6 +45,7 @@ class RunConfig:
     batch_size: int = 10_000
     progress: bool = True
     run_id: str = field(default_factory=new_run_id)
+    fhir_release: str = "auto"  # the release FHIR sources speak, unless a .fhir-release.csv says otherwise
 
     def __post_init__(self) -> None:
         if not _SOURCE_SYSTEM.fullmatch(self.source_system):
@@ -52,6 +55,11 @@ class RunConfig:
             )
         if self.batch_size < 1:
             raise ConfigError("batch size must be at least 1")
+        if self.fhir_release not in FHIR_RELEASES:
+            raise ConfigError(
+                f"FHIR release {self.fhir_release!r} is not one ehrlift reads",
+                hint=f"use one of {', '.join(FHIR_RELEASES)}",
+            )
         object.__setattr__(self, "warehouse", Path(self.warehouse))
         if self.landing is None:
             object.__setattr__(self, "landing", Path(self.warehouse).parent / "landing")
@@ -83,11 +91,13 @@ class RunConfig:
 
     @classmethod
     def from_env(cls, sources: tuple[str, ...], **overrides: Any) -> RunConfig:
-        """Defaults from EHRLIFT_WAREHOUSE / EHRLIFT_SOURCE_SYSTEM, then explicit overrides."""
+        """Defaults from EHRLIFT_WAREHOUSE / EHRLIFT_SOURCE_SYSTEM / EHRLIFT_FHIR_RELEASE, then overrides."""
         kwargs: dict[str, Any] = {}
         if os.environ.get("EHRLIFT_WAREHOUSE"):
             kwargs["warehouse"] = Path(os.environ["EHRLIFT_WAREHOUSE"])
         if os.environ.get("EHRLIFT_SOURCE_SYSTEM"):
             kwargs["source_system"] = os.environ["EHRLIFT_SOURCE_SYSTEM"]
+        if os.environ.get("EHRLIFT_FHIR_RELEASE"):
+            kwargs["fhir_release"] = os.environ["EHRLIFT_FHIR_RELEASE"]
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(sources=tuple(sources), **kwargs)

@@ -28,6 +28,7 @@ class FileContext:
     format: str
     format_detail: str | None
     source_system: str
+    declared_release: str | None = None  # "1.0", "3.0" or "4.0" when the operator declared it
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ from pipelines.common.unit import (
     UnreadableFile,
 )
 from pipelines.convert.fhir.prepare import FHIR_ID, RESOURCE_TYPE, ResourcePreparer, warehouse_id
+from pipelines.convert.fhir.release import check_release, declared
 
 _IJSON_ERRORS = (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError)
 
@@ -53,6 +54,8 @@ class FhirBundleConverter(Converter):
         resource = entry.get("resource")
         if resource is None:
             raise Skip("bundle_entry_without_resource")
+        # The release was told from the first entries (or declared); a later one must agree too.
+        check_release(resource, "4.0", declared(ctx))
         return [self._preparer.prepare(dumps_exact(resource), resource, unit.position)]
 
     def entry_type(self, rtype: str | None) -> str | None:

@@ -12,12 +12,13 @@ from typing import Any
 
 import simplejson
 
-from pipelines import fhir_versions, formats
+from pipelines import formats
 from pipelines.common.unit import Converter, FileContext, Quarantine, Skip, StagedResource, Unit
 from pipelines.common.warehouse import RESOURCE_TYPE
 from pipelines.convert.fhir.bundle import FhirBundleConverter, dumps_exact
 from pipelines.convert.fhir.ndjson import _line_batches
 from pipelines.convert.fhir.prepare import ResourcePreparer
+from pipelines.convert.fhir.release import check_release, declared
 from pipelines.convert.fhir.resource import FhirResourceConverter
 from pipelines.convert.fhir.upgrade import renamed_type, upgrade
 from pipelines.convert.fhir.upgrade.base import resource_types
@@ -34,19 +35,14 @@ RELEASE_OF_FORMAT = {
 }
 
 
-def upgrade_unit(obj: Any, release: str, preparer: ResourcePreparer, position: int) -> list[StagedResource]:
+def upgrade_unit(
+    obj: Any, release: str, preparer: ResourcePreparer, position: int, declared: bool = False
+) -> list[StagedResource]:
     """Check a unit belongs to its file's release, upgrade it and prepare what results."""
     rtype = obj.get("resourceType") if isinstance(obj, dict) else None
     if not isinstance(rtype, str) or not RESOURCE_TYPE.fullmatch(rtype):
         return [preparer.prepare(b"", obj, position)]  # raises the same quarantine as for R4 input
-    found = fhir_versions.candidates(obj)
-    if release not in found:
-        shape = "contradicts itself" if not found else "belongs to another release"
-        raise Quarantine(
-            "fhir_version_mismatch",
-            f"{rtype} shape {shape}; its file is {fhir_versions.NAMES[release]}",
-            rtype,
-        )
+    check_release(obj, release, declared)
     return [preparer.prepare(dumps_exact(r), r, position) for r in upgrade(obj, release)]
 
 
@@ -72,7 +68,7 @@ class LegacyNdjsonConverter(Converter):
             obj = simplejson.loads(txt, use_decimal=True)
         except simplejson.JSONDecodeError as exc:
             raise Quarantine("invalid_json", f"JSON syntax error at character {exc.pos}") from None
-        return upgrade_unit(obj, RELEASE_OF_FORMAT[ctx.format], self._preparer, unit.position)
+        return upgrade_unit(obj, RELEASE_OF_FORMAT[ctx.format], self._preparer, unit.position, declared(ctx))
 
 
 class LegacyBundleConverter(FhirBundleConverter):
@@ -101,7 +97,9 @@ class LegacyBundleConverter(FhirBundleConverter):
             request = entry.get("request")
             deleting = isinstance(request, dict) and str(request.get("method", "")).upper() == "DELETE"
             if not deleting:
-                return upgrade_unit(entry["resource"], self._release, self._preparer, unit.position)
+                return upgrade_unit(
+                    entry["resource"], self._release, self._preparer, unit.position, declared(ctx)
+                )
         return super().convert(unit, ctx)
 
 
@@ -112,4 +110,4 @@ class LegacyResourceConverter(FhirResourceConverter):
     def convert(self, unit: Unit, ctx: FileContext) -> list[StagedResource]:
         obj = self.read_object(ctx)
         preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256)
-        return upgrade_unit(obj, RELEASE_OF_FORMAT[ctx.format], preparer, unit.position)
+        return upgrade_unit(obj, RELEASE_OF_FORMAT[ctx.format], preparer, unit.position, declared(ctx))

@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import formats
+from pipelines import fhir_versions, formats
 from pipelines.common.ledger import LedgerWriter
 from pipelines.common.unit import (
     BatchConverter,
@@ -28,6 +28,7 @@ from pipelines.common.unit import (
     convert_one,
 )
 from pipelines.convert.fhir.prepare import ResourcePreparer, parse_line
+from pipelines.convert.fhir.release import check_release, declared
 
 CHUNK_BYTES = 16 << 20
 _ASCII_WS = " \t\r\n\x0b\x0c"  # what bytes.strip() removes on the per-unit path
@@ -77,16 +78,41 @@ WITH src AS (
         early IS NULL AND k[2] IS NOT NULL
             AND NOT regexp_matches(txt, $head_rt_id) AND NOT regexp_matches(txt, $head_id) AS deep_id
     FROM keys
+), checked AS (
+    SELECT * EXCLUDE (deep_id),
+        -- invalid_json lines go to Python too: orjson names the byte where the syntax breaks; so do
+        -- lines whose text hints at another release, where candidates() decides on the parsed resource
+        lenient OR deep_id OR coalesce(problem = 'invalid_json', FALSE)
+            OR (problem IS NULL AND {not_r4}) AS needs_python
+    FROM classified
 )
-SELECT * EXCLUDE (deep_id),
-    -- invalid_json lines go to Python too: orjson names the byte where the syntax breaks
-    lenient OR deep_id OR coalesce(problem = 'invalid_json', FALSE) AS needs_python,
-    CASE WHEN problem IS NULL AND NOT lenient AND NOT deep_id
+SELECT *,
+    CASE WHEN problem IS NULL AND NOT needs_python
          THEN substr(sha256($system || chr(31) || rtype || chr(31)
                             || coalesce(sid, $sha || ':' || pos)), 1, 32)
     END AS new_id
-FROM classified
+FROM checked
 """
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _not_r4_sql() -> str:
+    """A SQL test true for every line that may not be R4 (see fhir_versions.not_in_release_patterns)."""
+    types, markers, per_type = fhir_versions.not_in_release_patterns("4.0")
+    cases = " ".join(
+        f"WHEN {_sql_text(t)} THEN regexp_matches(txt, {_sql_text(p)})" for t, p in sorted(per_type.items())
+    )
+    return (
+        f"(rtype IN ({', '.join(map(_sql_text, sorted(types)))})"
+        + "".join(f" OR regexp_matches(txt, {_sql_text(m)})" for m in markers)
+        + f" OR CASE rtype {cases} ELSE FALSE END)"
+    )
+
+
+_CLASSIFY = _CLASSIFY.replace("{not_r4}", _not_r4_sql())
 
 # References first (split around every "reference" member and rejoin), then the top-level id.
 _REWRITE = """
@@ -230,15 +256,19 @@ class FhirNdjsonConverter(BatchConverter):
         for pos, off, length, txt in fallback.fetchall():
             unit = Unit(pos, "ndjson_line", txt.encode("utf-8"), off, length)
             outcome, resources = convert_one(
-                lambda u: self.convert_unit(u, preparer), self.name, unit, ctx, writer
+                lambda u: self.convert_unit(u, preparer, declared(ctx)), self.name, unit, ctx, writer
             )
             result.add(outcome, 1, resources)
 
-    def convert_unit(self, unit: Unit, preparer: ResourcePreparer) -> list[StagedResource]:
+    def convert_unit(
+        self, unit: Unit, preparer: ResourcePreparer, declared: bool = False
+    ) -> list[StagedResource]:
         raw: bytes = unit.payload.strip()
         if not raw:
             raise Skip("blank_line")
-        return [preparer.prepare(raw, parse_line(raw), unit.position)]
+        obj = parse_line(raw)
+        check_release(obj, "4.0", declared)
+        return [preparer.prepare(raw, obj, unit.position)]
 
 
 def _line_batches(path: Path) -> Iterator[tuple[pa.Table, int]]:

@@ -10,6 +10,7 @@ from pipelines import formats
 from pipelines.common.unit import Converter, FileContext, Quarantine, StagedResource, Unit
 from pipelines.convert.fhir.bundle import dumps_exact
 from pipelines.convert.fhir.prepare import ResourcePreparer
+from pipelines.convert.fhir.release import check_release, declared
 
 
 class FhirResourceConverter(Converter):
@@ -21,6 +22,7 @@ class FhirResourceConverter(Converter):
 
     def convert(self, unit: Unit, ctx: FileContext) -> list[StagedResource]:
         obj = self.read_object(ctx)
+        check_release(obj, "4.0", declared(ctx))
         preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256)
         return [preparer.prepare(dumps_exact(obj), obj, unit.position)]
 
