@@ -54,9 +54,8 @@ class WaitForDownloads(list):
     def __call__(self, seconds: float) -> None:
         self.append(seconds)
         deadline = time.monotonic() + 20
-        while (
-            sum(file_gets(self.server).values()) < self.listed() - self.never and time.monotonic() < deadline
-        ):
+        while sum(file_gets(self.server).values()) < self.listed() - self.never:
+            assert time.monotonic() < deadline, "the listed files were not downloaded during the wait"
             time.sleep(0.01)
         if self.crash_at is not None and len(self) >= self.crash_at:
             raise Crash
