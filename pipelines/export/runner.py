@@ -102,6 +102,7 @@ class ExportResult:
     run_summary: RunSummary | None = None
     manifest_path: Path | None = None
     state_dir: Path | None = None
+    source_system: str | None = None  # the name the files are landed under (remembered per export)
 
 
 def run_export(
@@ -301,6 +302,7 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
             ),
         )
     _summarise(job, out_dir, result)
+    result.source_system = job["source_system"]
     result.manifest_path = _write_local_manifest(job, manifest, out_dir)
     if not job["deleted_on_server"]:
         job["deleted_on_server"] = client.delete(job["status_url"])
