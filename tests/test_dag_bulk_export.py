@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -204,3 +205,42 @@ def test_finish_refuses_a_job_that_was_not_downloaded(tmp_path):
     params = {"server": "https://fhir.example.org", "warehouse": str(tmp_path / "w.duckdb")}
     with pytest.raises(ConfigError, match="no downloaded export"):
         stages.finish_bulk_export({"export": {"transaction_time": "x"}, "run_id": "r"}, params)
+
+
+@pytest.mark.airflow
+def test_dag_test_exports_and_loads_end_to_end(tmp_path: Path):
+    warehouse = tmp_path / "wh" / "warehouse.duckdb"
+    env = _airflow_env(tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=600,
+    )
+    with BulkServer(generated_resources(2, T0), lifetime=600) as server:
+        conf = {"server": server.base, "warehouse": str(warehouse), "partial_manifests": True}
+        script = f"""
+import sys
+sys.path.insert(0, {str(REPO / "dags")!r})
+from bulk_export import bulk_export
+run = bulk_export().test(run_conf={conf!r})
+print("STATE", run.state)
+"""
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert "STATE success" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+        assert server.requests("GET", "/fhir/") == ["/fhir/$export"]
+        assert file_gets(server) == Counter(
+            {"Condition.ndjson": 1, "Encounter.ndjson": 1, "Observation.ndjson": 1, "Patient.ndjson": 1}
+            | {"errors.ndjson": 1}
+        )
+    import duckdb
+
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        assert con.execute('SELECT count(*) FROM fhir."Observation"').fetchone() == (4,)
+        assert con.execute("SELECT status FROM ops.runs").fetchall() == [("succeeded",)]
+    finally:
+        con.close()

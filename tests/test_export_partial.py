@@ -187,3 +187,12 @@ def test_the_pages_of_a_partial_manifest_are_bounded(tmp_path, data):
         run_export(
             options(server, tmp_path, partial_manifests=True, max_pages=2), sleep=WaitForDownloads(server)
         )
+
+
+def test_a_failed_partial_job_is_reported_and_forgotten(tmp_path, data):
+    with BulkServer(data, partial_release=1, faults=Faults(status_fatal=True)) as server:
+        with pytest.raises(RemoteError, match=r"job failed: HTTP 500, OperationOutcome error/exception"):
+            run_export(options(server, tmp_path, partial_manifests=True), sleep=WaitForDownloads(server))
+        assert len(server.requests("DELETE")) == 1
+        with ExportState(tmp_path / "data" / "exports", options(server, tmp_path).key()) as state:
+            assert state.job is None

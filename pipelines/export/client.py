@@ -670,7 +670,8 @@ def _progress_text(value: str | None) -> str | None:
 
 def _hint_for(code: int) -> str | None:
     return {
-        400: "check --type, --type-filter and --since; the server may not support them",
+        400: "check --type, --type-filter and --since; POST, --patient-id, --include-associated-data and "
+        "--partial-manifests are optional for servers",
         401: "the server wants a token: pass --client-id and --key",
         403: "the client's scopes do not allow this export",
         404: "check the server URL and group id",

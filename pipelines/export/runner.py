@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from rich.console import Console
@@ -264,20 +264,18 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
             from pipelines.export.partial import export_while_running
 
             result = ExportResult(out_dir, "", job["since"], resumed)
-            manifest = export_while_running(
-                options, state, client, _Fetcher(state, client, out_dir, result), display
-            )
+            try:
+                manifest = export_while_running(
+                    options, state, client, _Fetcher(state, client, out_dir, result), display
+                )
+            except JobFailed as exc:
+                _forget(client, state, exc)
             result.transaction_time = manifest.transaction_time
         elif job["manifest"] is None:
             try:
                 manifest = client.poll(job["status_url"], display.job_progress)
             except JobFailed as exc:
-                # A failed or vanished job cannot be resumed: forget it so the next run starts anew.
-                client.delete(job["status_url"])
-                state.drop_job()
-                raise RemoteError(
-                    exc.message, hint=exc.hint or "re-run the same command to start a new export"
-                ) from None
+                _forget(client, state, exc)
             job["manifest"] = manifest.raw
             job["files"] = plan_files(manifest)
             job["pages"] = 1
@@ -358,6 +356,14 @@ def finish_export(options: ExportOptions, transaction_time: str, run_id: str | N
         _summarise(job, out_dir, result)
         _finish(state, result, run_id)
         return state.since
+
+
+def _forget(client: BulkClient, state: ExportState, exc: JobFailed) -> NoReturn:
+    """A failed or vanished job cannot be resumed: forget it so the next run starts anew."""
+    if state.job and state.job.get("status_url"):
+        client.delete(state.job["status_url"])
+    state.drop_job()
+    raise RemoteError(exc.message, hint=exc.hint or "re-run the same command to start a new export") from None
 
 
 def _follow_pages(options: ExportOptions, state: ExportState, client: BulkClient, needs_token: bool) -> None:
