@@ -164,6 +164,31 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
         default=[],
         help="a _typeFilter query, e.g. 'Observation?status=final'",
     )
+    export.add_argument(
+        "--patient-id",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="limit a --patient or --group export to these patients (repeat or comma-separate; POST)",
+    )
+    export.add_argument(
+        "--method",
+        choices=("get", "post"),
+        default=None,
+        help="kick-off method (default: post with --patient-id, which GET cannot carry; else get)",
+    )
+    export.add_argument(
+        "--include-associated-data",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="includeAssociatedData, e.g. LatestProvenanceResources (repeat or comma-separate)",
+    )
+    export.add_argument(
+        "--partial-manifests",
+        action="store_true",
+        help="allowPartialManifests: download files the server lists while the job still runs",
+    )
     export.add_argument("--warehouse", type=Path, default=None, help="DuckDB warehouse file")
     export.add_argument(
         "--out", type=Path, default=None, help="download folder (default under the warehouse)"
@@ -191,6 +216,10 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     auth.add_argument("--token-url", default=None, help="default: from .well-known/smart-configuration")
     auth.add_argument("--scope", default="system/*.read", help="e.g. system/*.read or system/*.rs")
     export.set_defaults(func=_cmd_export)
+
+
+def _split_values(values: list[str]) -> tuple[str, ...]:
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -224,6 +253,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
             token_url=args.token_url,
             auth_scope=args.scope,
             timing=timing,
+            method=args.method,
+            patients=_split_values(args.patient_id),
+            include_associated=_split_values(args.include_associated_data),
+            partial_manifests=args.partial_manifests,
         )
     )
     files = result.files

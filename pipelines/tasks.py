@@ -66,3 +66,17 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     if result["blocked"]:
         raise gate_for(run).error()
     return result
+
+
+def bulk_export(params: dict[str, Any] | None) -> dict[str, Any]:
+    """Kick off or resume the scheduled bulk export, download it; the run config of its manifest."""
+    from pipelines.export.scheduled import download
+
+    return download(params)
+
+
+def finish_bulk_export(config: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
+    """After load: remember the export's transactionTime as the next scheduled run's `_since`."""
+    from pipelines.export.scheduled import finish
+
+    return finish(config, params)

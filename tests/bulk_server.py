@@ -51,6 +51,66 @@ def outcome(code: str, diagnostics: str, severity: str = "error") -> dict:
     }
 
 
+ASSOCIATED_DATA = {"LatestProvenanceResources", "RelevantProvenanceResources"}
+# Each kick-off parameter of a POST body: its value[x] and whether it may repeat (the IG's cardinality).
+POST_PARAMETERS = {
+    "_outputFormat": ("valueString", False),
+    "_since": ("valueInstant", False),
+    "_type": ("valueString", True),
+    "_typeFilter": ("valueString", True),
+    "patient": ("valueReference", True),
+    "includeAssociatedData": ("valueCode", True),
+    "allowPartialManifests": ("valueBoolean", False),
+}
+
+
+def parse_parameters(content_type: str | None, body: bytes) -> tuple[dict[str, list[str]], list[str]] | str:
+    """A POST kick-off's Parameters resource as query-like values plus its patient references, or the
+    diagnostics of why it is refused."""
+    if (content_type or "").split(";")[0].strip() not in ("application/fhir+json", "application/json"):
+        return "Content-Type must be application/fhir+json"
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "the request body is not JSON"
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Parameters":
+        return "the request body must be a Parameters resource"
+    entries = doc.get("parameter", [])
+    if not isinstance(entries, list):
+        return "Parameters.parameter must be an array"
+    params: dict[str, list[str]] = {}
+    patients: list[str] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            return f"Parameters.parameter[{i}] has no name"
+        name = entry["name"]
+        values = [k for k in entry if k.startswith("value") or k in ("resource", "part")]
+        if name == "_elements":
+            return "_elements is not supported"
+        if name not in POST_PARAMETERS:
+            return f"parameter {name} is not supported"
+        kind, repeats = POST_PARAMETERS[name]
+        if values != [kind]:
+            return f"Parameters.parameter[{i}] ({name}) needs exactly one {kind}"
+        if not repeats and name in params:
+            return f"parameter {name} may appear only once"
+        value = entry[kind]
+        if kind == "valueReference":
+            ref = value.get("reference") if isinstance(value, dict) else None
+            if not isinstance(ref, str) or not ref.startswith("Patient/") or len(ref) <= len("Patient/"):
+                return f"Parameters.parameter[{i}] (patient) must reference a Patient"
+            patients.append(ref)
+            continue
+        if kind == "valueBoolean":
+            if not isinstance(value, bool):
+                return f"Parameters.parameter[{i}] ({name}) is not a boolean"
+            value = "true" if value else "false"
+        elif not isinstance(value, str) or not value:
+            return f"Parameters.parameter[{i}] ({name}) is not a non-empty string"
+        params.setdefault(name, []).append(value)
+    return params, patients
+
+
 def generated_resources(patients: int, updated: datetime) -> dict[str, list[dict]]:
     """Small synthetic data (no corpus needed): patients, their encounters, observations and conditions."""
     stamp = {"lastUpdated": instant(updated)}
@@ -140,6 +200,10 @@ class Job:
     deleted: list[tuple[str, str]]
     polls: int = 0
     deleted_by_client: bool = False
+    method: str = "GET"
+    patients: list[str] | None = None  # the POST `patient` list the output was limited to
+    include_associated: list[str] = field(default_factory=list)
+    partial: bool = False  # allowPartialManifests asked for and supported: files released over polls
 
 
 class _Client(ClientMixin):
@@ -255,6 +319,8 @@ class BulkServer:
         groups: dict[str, set[str]] | None = None,
         require_auth: bool = False,
         requires_access_token: bool | None = None,
+        partial_release: int | None = None,
+        partial_delay: int = 0,
         token_lifetime: int = 300,
         lifetime: float = 120.0,
         faults: Faults | None = None,
@@ -264,6 +330,11 @@ class BulkServer:
         self.require_auth = require_auth
         self.requires_access_token = require_auth if requires_access_token is None else requires_access_token
         self.token_lifetime = token_lifetime
+        # allowPartialManifests: None ignores the parameter; else a job asking for it releases this many
+        # files per status (or page) request, after partial_delay requests that release nothing.
+        self.partial_release = partial_release
+        self.partial_delay = partial_delay
+        self.kickoff_bodies: list[dict] = []
         self.lifetime = lifetime
         self.faults = faults or Faults()
         self.lock = threading.Lock()
@@ -332,12 +403,32 @@ class BulkServer:
 
     # -- bulk data ---------------------------------------------------------------------------------
 
-    def kickoff(self, h: _Handler, path: str, query: str) -> None:
+    def kickoff(self, h: _Handler, path: str, query: str, body: bytes | None = None) -> None:
+        """GET with query parameters, or POST of a FHIR Parameters resource (Bulk Data 2.0+)."""
         if h.headers.get("Accept") != "application/fhir+json":
             return h.outcome(400, "invalid", "Accept must be application/fhir+json")
         if h.headers.get("Prefer") != "respond-async":
             return h.outcome(400, "invalid", "Prefer: respond-async is required")
-        params = parse_qs(query, keep_blank_values=True)
+        if body is None:
+            params = parse_qs(query, keep_blank_values=True)
+            if "patient" in params:
+                return h.outcome(400, "invalid", "patient is only allowed in a POST kick-off")
+            requested: list[str] = []
+        else:
+            parsed = parse_parameters(h.headers.get("Content-Type"), body)
+            if isinstance(parsed, str):
+                return h.outcome(400, "invalid" if "not supported" not in parsed else "not-supported", parsed)
+            params, requested = parsed
+            with self.lock:
+                self.kickoff_bodies.append(orjson.loads(body))
+        if requested and path == "/fhir/$export":
+            return h.outcome(400, "invalid", "patient does not apply to a system-level export")
+        associated = [c for v in params.get("includeAssociatedData", []) for c in v.split(",") if c]
+        if any(c not in ASSOCIATED_DATA for c in associated):
+            return h.outcome(400, "not-supported", "unsupported includeAssociatedData value")
+        partial = params.get("allowPartialManifests", ["false"])[0]
+        if partial not in ("true", "false"):
+            return h.outcome(400, "invalid", "allowPartialManifests must be true or false")
         fmt = params.get("_outputFormat", ["application/fhir+ndjson"])
         if fmt[0] not in ("application/fhir+ndjson", "application/ndjson", "ndjson"):
             return h.outcome(400, "not-supported", "unsupported _outputFormat")
@@ -372,6 +463,14 @@ class BulkServer:
                 return h.outcome(404, "not-found", "no such Group")
             scope_types = PATIENT_COMPARTMENT
             patients = self.groups[group]
+        if requested:
+            known = {r.get("id") for r in self.resources.get("Patient", [])} if patients is None else patients
+            for ref in requested:
+                if ref.removeprefix("Patient/") not in known:
+                    # As servers do, the diagnostics name the reference: the client must not show it.
+                    where = "on this server" if patients is None else "a member of the group"
+                    return h.outcome(400, "invalid", f"{ref} is not {where}")
+            patients = {ref.removeprefix("Patient/") for ref in requested}
         now = datetime.now(UTC)
         selected: dict[str, list[dict]] = {}
         for rtype, items in sorted(self.resources.items()):
@@ -392,6 +491,10 @@ class BulkServer:
             else []
         )
         job = Job(secrets.token_hex(6), h.full_url(), now, types, since, selected, deleted)
+        job.method = "POST" if body is not None else "GET"
+        job.patients = sorted(patients) if requested else None
+        job.include_associated = associated
+        job.partial = partial == "true" and self.partial_release is not None
         with self.lock:
             self.jobs[job.id] = job
         h.send_response(202)
@@ -426,6 +529,8 @@ class BulkServer:
                 return h.outcome(500, "exception", "the export failed on the server")
             job.polls += 1
             ready = job.polls > f.polls_before_ready
+        if job.partial:
+            return self.partial_answer(h, job, 1)
         if not ready:
             h.send_response(202)
             h.send_header("X-Progress", f"{100 * job.polls // (f.polls_before_ready + 1)}% done")
@@ -485,10 +590,64 @@ class BulkServer:
             out["link"] = [{"relation": "next", "url": f"{self.origin}/jobs/{job.id}/page/{number + 1}"}]
         return out
 
+    def released(self, job: Job) -> int:
+        """How many of a partial job's output and deleted files are ready (its requests so far)."""
+        flat = self.manifest(job)
+        total = len(flat["output"]) + len(flat.get("deleted", []))
+        steps = max(0, job.polls - self.partial_delay)
+        return min(total, steps * (self.partial_release or 1))
+
+    def partial_answer(self, h: _Handler, job: Job, number: int) -> None:
+        """The IG's partial manifests: page `number` lists `partial_release` files; a page appears once
+        its files are ready and never changes after, except for gaining its `next` link; each page
+        repeats the error array. 202 while files remain (or the job is slow), then 200."""
+        size = self.partial_release or 1
+        whole = self.manifest(job)
+        errors = "outcome" if self.faults.manifest_v3 else "error"
+        flat = [("output", e) for e in whole["output"]] + [("deleted", e) for e in whole.get("deleted", [])]
+        released = self.released(job)
+        running = released < len(flat) or job.polls <= self.faults.polls_before_ready
+        pages = max(1, -(-released // size)) if released or not running else 0
+        code = 202 if running else 200
+        if number > pages:
+            if number == 1:  # nothing ready yet: an in-progress answer without a manifest
+                h.send_response(202)
+                h.send_header("X-Progress", "preparing")
+                h.send_header("Retry-After", "1")
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+                h.status = 202
+                return None
+            return h.outcome(404, "not-found", "no such manifest page")
+        out = {k: v for k, v in whole.items() if k not in ("output", "deleted")}
+        out["output"] = []
+        if "deleted" in whole:
+            out["deleted"] = []
+        out[errors] = whole[errors]
+        for kind, entry in flat[(number - 1) * size : min(number * size, released)]:
+            out[kind].append(entry)
+        if number < pages:
+            out["link"] = [{"relation": "next", "url": f"{self.origin}/jobs/{job.id}/page/{number + 1}"}]
+        data = orjson.dumps(out)
+        h.status = code
+        h.send_response(code)
+        h.send_header("Content-Type", "application/json")
+        if running:
+            h.send_header("X-Progress", f"{released} of {len(flat)} files ready")
+            h.send_header("Retry-After", "1")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+        return None
+
     def serve_page(self, h: _Handler, job_id: str, number: int) -> None:
         job = self.jobs.get(job_id)
         if self.requires_access_token and not h.authorized(files=True):
             return None
+        if job is not None and job.partial and not job.deleted_by_client:
+            with self.lock:
+                job.polls += 1  # a page request is a status request too: the job moves on
+            return self.partial_answer(h, job, number)
         if job is None or job.deleted_by_client or job.polls <= self.faults.polls_before_ready:
             return h.outcome(404, "not-found", "no such manifest page")
         with self.lock:
@@ -708,7 +867,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self.outcome(404, "not-found", "unknown endpoint")
         if bulk.require_auth and not self.authorized():
             return None
-        if method == "GET" and (
+        if method in ("GET", "POST") and (
             path in ("/fhir/$export", "/fhir/Patient/$export")
             or (path.startswith("/fhir/Group/") and path.endswith("/$export"))
         ):
@@ -717,7 +876,7 @@ class _Handler(BaseHTTPRequestHandler):
                 bulk.faults.kickoff_429 -= throttled
             if throttled:
                 return self.outcome(429, "throttled", "too many requests", retry_after="0")
-            return bulk.kickoff(self, path, parts.query)
+            return bulk.kickoff(self, path, parts.query, body if method == "POST" else None)
         if path.startswith("/jobs/"):
             job_id = path.removeprefix("/jobs/")
             if method == "GET":

@@ -26,6 +26,7 @@ from pipelines.export.state import fsync_dir, write_durably
 from pipelines.export.web import (
     USER_AGENT,
     RemoteError,
+    outcome_diagnostics,
     outcome_is_transient,
     outcome_summary,
     require_secure,
@@ -80,6 +81,51 @@ class Manifest:
     deleted: list[dict[str, Any]]
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     next_url: str | None = None  # a partial manifest's `next` link: the page that lists more files
+
+
+@dataclass
+class StatusAnswer:
+    kind: str  # done (200 + manifest) | running (202, maybe with a partial manifest) | retry
+    retry_after: float | None
+    manifest: Manifest | None = None
+    progress: str | None = None
+
+
+class PollWaits:
+    """The waits between status requests: Retry-After within [poll_min, poll_max], else a growing backoff;
+    failures (429, transient 5xx) counted and bounded; the whole wait bounded by max_wait."""
+
+    def __init__(self, client: BulkClient) -> None:
+        self.client = client
+        self.timing = client.timing
+        self.started = client.clock()
+        self.waited = 0.0  # the waits asked for; counts even where the sleep function is not the clock's
+        self.wait = self.timing.poll_min
+        self.failures = 0
+
+    def sleep(self, answer: StatusAnswer, response: httpx.Response) -> None:
+        timing = self.timing
+        if answer.kind == "running":
+            self.failures = 0
+            asked = answer.retry_after
+            wait = asked if asked is not None else min(self.wait * 1.5, timing.poll_max)
+        else:
+            self.failures += 1
+            if self.failures >= timing.attempts:
+                raise RemoteError(
+                    f"the export status endpoint kept failing: HTTP {response.status_code}, "
+                    f"{outcome_summary(response)}"
+                )
+            asked = answer.retry_after
+            wait = asked if asked is not None else self.client.backoff(self.failures)
+        self.wait = wait = min(max(wait, timing.poll_min), timing.poll_max)
+        if max(self.client.clock() - self.started, self.waited) + wait > timing.max_wait:
+            raise RemoteError(
+                f"the export job was not done after {timing.max_wait:.0f} s",
+                hint="re-run the same command later: it resumes polling the same job",
+            )
+        self.client.sleep(wait)
+        self.waited += wait
 
 
 class DownloadFailed(Exception):
@@ -191,6 +237,7 @@ class BulkClient:
         *,
         retry_statuses: frozenset[int] = RETRY_STATUSES,
         files_need_token: bool | None = None,
+        content: bytes | None = None,
     ) -> httpx.Response:
         """One API request (not a download) with 401 → one refresh, and bounded retries.
 
@@ -205,7 +252,7 @@ class BulkClient:
                 sent["Authorization"] = f"Bearer {token[0]}"
             try:
                 self.requests += 1
-                response = self.http.request(method, url, headers=sent)
+                response = self.http.request(method, url, headers=sent, content=content)
             except httpx.TransportError as exc:
                 if attempt == self.timing.attempts:
                     raise RemoteError(
@@ -239,6 +286,9 @@ class BulkClient:
         since: str | None,
         types: tuple[str, ...],
         type_filters: tuple[str, ...],
+        *,
+        include_associated: tuple[str, ...] = (),
+        partial_manifests: bool = False,
     ) -> str:
         path = {"system": "$export", "patient": "Patient/$export"}.get(scope)
         if scope == "group":
@@ -254,21 +304,67 @@ class BulkClient:
             params.append(("_type", ",".join(types)))
         # Repeated _typeFilter parameters, as the IG allows: a filter can itself hold commas.
         params.extend(("_typeFilter", f) for f in type_filters)
+        if include_associated:
+            params.append(("includeAssociatedData", ",".join(include_associated)))
+        if partial_manifests:
+            params.append(("allowPartialManifests", "true"))
         return f"{self.server}/{path}?{urlencode(params)}"
 
-    def kickoff(self, url: str) -> str:
-        """Start the export; returns the absolute status URL from Content-Location."""
+    @staticmethod
+    def kickoff_parameters(
+        since: str | None,
+        types: tuple[str, ...],
+        type_filters: tuple[str, ...],
+        patients: tuple[str, ...] = (),
+        include_associated: tuple[str, ...] = (),
+        partial_manifests: bool = False,
+    ) -> dict[str, Any]:
+        """The Parameters resource of a POST kick-off (Bulk Data 2.0+): one entry per value.
+
+        Repeated `_type` entries rather than one comma list: 3.0 servers read both, and the 4.0 ballot
+        drops comma lists. `patient` exists only here: a GET kick-off cannot carry it.
+        """
+        entries: list[dict[str, Any]] = [{"name": "_outputFormat", "valueString": NDJSON}]
+        if since:
+            entries.append({"name": "_since", "valueInstant": since})
+        entries.extend({"name": "_type", "valueString": t} for t in types)
+        entries.extend({"name": "_typeFilter", "valueString": f} for f in type_filters)
+        entries.extend({"name": "patient", "valueReference": {"reference": p}} for p in patients)
+        entries.extend({"name": "includeAssociatedData", "valueCode": c} for c in include_associated)
+        if partial_manifests:
+            entries.append({"name": "allowPartialManifests", "valueBoolean": True})
+        return {"resourceType": "Parameters", "parameter": entries}
+
+    def kickoff_post(self, scope: str, group: str | None) -> str:
+        """The operation URL of a POST kick-off: its parameters travel in the body, not the query."""
+        return self.kickoff_url(scope, group, None, (), ()).split("?", 1)[0]
+
+    def kickoff(self, url: str, body: dict[str, Any] | None = None, sent_values: tuple[str, ...] = ()) -> str:
+        """Start the export (GET, or POST of a Parameters body); returns the absolute status URL.
+
+        sent_values: what the request carried that could identify someone (patient and group ids); they
+        are blanked from the server's diagnostics before these reach the operator.
+        """
+        headers = {"Accept": FHIR_JSON, "Prefer": "respond-async"}
+        content = None
+        if body is not None:
+            headers["Content-Type"] = FHIR_JSON
+            content = orjson.dumps(body)
         # A 500 answers this request itself; only throttling and gateways are worth asking again.
         response = self.request(
-            "GET",
+            "POST" if body is not None else "GET",
             url,
-            {"Accept": FHIR_JSON, "Prefer": "respond-async"},
+            headers,
             retry_statuses=frozenset({429, 502, 503, 504}),
+            content=content,
         )
         if response.status_code != 202:
+            # A 400 says what is wrong with the request's form, which the operator needs to fix it; other
+            # refusals (404 group, 403 scopes) say it with their codes alone.
+            said = outcome_diagnostics(response, sent_values) if response.status_code == 400 else None
             raise RemoteError(
                 f"the server refused the export request: HTTP {response.status_code}, "
-                f"{outcome_summary(response)}",
+                f"{outcome_summary(response)}" + (f": {said}" if said else ""),
                 hint=_hint_for(response.status_code),
             )
         location = response.headers.get("Content-Location")
@@ -278,56 +374,63 @@ class BulkClient:
 
     def poll(self, status_url: str, on_progress: Callable[[str | None], None] | None = None) -> Manifest:
         """Poll until the manifest is ready, honouring Retry-After and a bounded backoff."""
-        started = self.clock()
-        waited = 0.0  # the waits asked for; counts even where the sleep function is not the clock's
-        wait = self.timing.poll_min
-        failures = 0
+        waits = PollWaits(self)
         while True:
-            response = self.request(
-                "GET", status_url, {"Accept": "application/json"}, retry_statuses=frozenset()
+            response = self.status(status_url)
+            answer = self.read_status(response, status_url)
+            if answer.kind == "done":
+                assert answer.manifest is not None
+                return answer.manifest
+            if answer.kind == "running" and on_progress:
+                on_progress(answer.progress)
+            waits.sleep(answer, response)
+
+    def status(self, url: str, files_need_token: bool | None = None) -> httpx.Response:
+        """One GET of a status URL (or, with files_need_token, of a partial manifest's page)."""
+        return self.request(
+            "GET",
+            url,
+            {"Accept": "application/json"},
+            retry_statuses=frozenset(),
+            files_need_token=files_need_token,
+        )
+
+    def read_status(self, response: httpx.Response, url: str, page: bool = False) -> StatusAnswer:
+        """What a status (or manifest page) answer means: done, still running, worth retrying; else raises.
+
+        page: the URL is a partial manifest's `next` page, whose failure leaves the job to resume.
+        """
+        code = response.status_code
+        asked = retry_after_seconds(response.headers.get("Retry-After"))
+        if code == 200:
+            return StatusAnswer("done", asked, parse_manifest(response.content, url))
+        if code == 202:
+            # With allowPartialManifests a running job's answer may carry the files ready so far.
+            manifest = parse_manifest(response.content, url) if _has_manifest(response) else None
+            return StatusAnswer(
+                "running", asked, manifest, _progress_text(response.headers.get("X-Progress"))
             )
-            code = response.status_code
-            if code == 200:
-                return parse_manifest(response.content, status_url)
-            if code == 202:
-                failures = 0
-                if on_progress:
-                    on_progress(_progress_text(response.headers.get("X-Progress")))
-                asked = retry_after_seconds(response.headers.get("Retry-After"))
-                wait = asked if asked is not None else min(wait * 1.5, self.timing.poll_max)
-            elif code == 429 or (
-                code >= 500 and (outcome_is_transient(response) or not _has_outcome(response))
-            ):
-                # The IG: a 5xx with an OperationOutcome means the job failed, unless its issues say
-                # 'transient'; a 5xx without one comes from a proxy or gateway and is worth retrying.
-                failures += 1
-                if failures >= self.timing.attempts:
-                    raise RemoteError(
-                        f"the export status endpoint kept failing: HTTP {code}, {outcome_summary(response)}"
-                    )
-                asked = retry_after_seconds(response.headers.get("Retry-After"))
-                wait = asked if asked is not None else self.backoff(failures)
-            elif code in (404, 410):
-                raise JobFailed(f"the export job is gone on the server (HTTP {code})")
-            elif code in (401, 403):
-                # The client's credentials, not the job, are the problem: keep the job to resume.
-                raise RemoteError(
-                    f"the server refused the status request: HTTP {code}, {outcome_summary(response)}",
-                    hint=_hint_for(code),
-                )
-            else:
-                raise JobFailed(
-                    f"the export job failed: HTTP {code}, {outcome_summary(response)}",
-                    hint=_hint_for(code),
-                )
-            wait = min(max(wait, self.timing.poll_min), self.timing.poll_max)
-            if max(self.clock() - started, waited) + wait > self.timing.max_wait:
-                raise RemoteError(
-                    f"the export job was not done after {self.timing.max_wait:.0f} s",
-                    hint="re-run the same command later: it resumes polling the same job",
-                )
-            self.sleep(wait)
-            waited += wait
+        if code == 429 or (code >= 500 and (outcome_is_transient(response) or not _has_outcome(response))):
+            # The IG: a 5xx with an OperationOutcome means the job failed, unless its issues say
+            # 'transient'; a 5xx without one comes from a proxy or gateway and is worth retrying.
+            return StatusAnswer("retry", asked)
+        if page:
+            raise RemoteError(
+                f"a page of the export's manifest could not be fetched: HTTP {code}, "
+                f"{outcome_summary(response)}",
+                hint="re-run the same command: it resumes from the page that failed",
+            )
+        if code in (404, 410):
+            raise JobFailed(f"the export job is gone on the server (HTTP {code})")
+        if code in (401, 403):
+            # The client's credentials, not the job, are the problem: keep the job to resume.
+            raise RemoteError(
+                f"the server refused the status request: HTTP {code}, {outcome_summary(response)}",
+                hint=_hint_for(code),
+            )
+        raise JobFailed(
+            f"the export job failed: HTTP {code}, {outcome_summary(response)}", hint=_hint_for(code)
+        )
 
     def manifest_page(self, url: str, requires_token: bool) -> Manifest:
         """A further page of a partial manifest (its `next` link); the token goes as it would for files."""
@@ -547,6 +650,16 @@ def _has_outcome(response: httpx.Response) -> bool:
     return isinstance(body, dict) and body.get("resourceType") == "OperationOutcome"
 
 
+def _has_manifest(response: httpx.Response) -> bool:
+    if not response.content:
+        return False
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and "output" in body and body.get("resourceType") is None
+
+
 def _progress_text(value: str | None) -> str | None:
     # X-Progress is free text from the server; show a short printable slice of it, nothing more.
     if not value:
@@ -557,7 +670,8 @@ def _progress_text(value: str | None) -> str | None:
 
 def _hint_for(code: int) -> str | None:
     return {
-        400: "check --type, --type-filter and --since; the server may not support them",
+        400: "check --type, --type-filter and --since; POST, --patient-id, --include-associated-data and "
+        "--partial-manifests are optional for servers",
         401: "the server wants a token: pass --client-id and --key",
         403: "the client's scopes do not allow this export",
         404: "check the server URL and group id",

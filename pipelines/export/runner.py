@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from rich.console import Console
@@ -36,6 +36,8 @@ from pipelines.summary import RunSummary
 
 log = logging.getLogger(__name__)
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_ASSOCIATED = re.compile(r"_?[A-Za-z][A-Za-z0-9]{0,63}")
 KIND_DIRS = {"output": "", "error": "error/", "deleted": "deleted/"}
 MAX_MANIFEST_PAGES = 1000  # a partial manifest's `next` chain longer than this is a server loop
 
@@ -64,6 +66,11 @@ class ExportOptions:
     auth_scope: str = DEFAULT_SCOPE
     timing: Timing = field(default_factory=Timing)
     max_pages: int = MAX_MANIFEST_PAGES
+    method: str | None = None  # get | post; None: POST when patients are listed (GET cannot carry them)
+    patients: tuple[str, ...] = ()  # Patient ids or Patient/id references (POST `patient`)
+    include_associated: tuple[str, ...] = ()  # includeAssociatedData codes
+    partial_manifests: bool = False  # allowPartialManifests: download files while the job still runs
+    hold: bool = False  # keep the job open (no new `_since`) until finish_export: the DAG loads in between
 
     def key(self) -> ExportKey:
         return ExportKey(
@@ -72,7 +79,12 @@ class ExportOptions:
             group=self.group,
             types=tuple(sorted(set(self.types))),
             type_filters=tuple(sorted(set(self.type_filters))),
+            patients=tuple(sorted(set(patient_references(self.patients)))),
+            include_associated=tuple(sorted(set(self.include_associated))),
         )
+
+    def kickoff_method(self) -> str:
+        return self.method or ("post" if self.patients else "get")
 
 
 @dataclass
@@ -89,6 +101,8 @@ class ExportResult:
     deleted_on_server: bool = False
     run_summary: RunSummary | None = None
     manifest_path: Path | None = None
+    state_dir: Path | None = None
+    source_system: str | None = None  # the name the files are landed under (remembered per export)
 
 
 def run_export(
@@ -118,10 +132,44 @@ def _check_options(options: ExportOptions) -> None:
         raise ConfigError("--workers must be 1-32")
     if options.since and options.full:
         raise ConfigError("--since and --full contradict each other")
+    if options.method not in (None, "get", "post"):
+        raise ConfigError("--method must be get or post")
+    if options.patients:
+        if options.scope == "system":
+            raise ConfigError(
+                "--patient-id applies to Patient- and Group-level exports only",
+                hint="add --patient (all patients) or --group ID",
+            )
+        if options.kickoff_method() == "get":
+            raise ConfigError(
+                "a GET kick-off cannot carry patient ids (the IG allows `patient` only in POST)",
+                hint="drop --method get: --patient-id kicks off with POST",
+            )
+        patient_references(options.patients)  # checks each id before anything is sent
+    for code in options.include_associated:
+        if not _ASSOCIATED.fullmatch(code):
+            raise ConfigError(
+                f"--include-associated-data {code!r} is not a code",
+                hint="LatestProvenanceResources, RelevantProvenanceResources or a server's _custom code",
+            )
     if options.since and not re.fullmatch(
         r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", options.since
     ):
         raise ConfigError("--since must be a FHIR instant, for example 2024-01-31T00:00:00Z")
+
+
+def patient_references(values: tuple[str, ...]) -> list[str]:
+    """`Patient/<id>` references from ids or references; a malformed one stops before any request."""
+    out = []
+    for value in values:
+        rid = value.strip().removeprefix("Patient/")
+        if not _FHIR_ID.fullmatch(rid):
+            # The value itself is not shown: it may be an MRN or a name typed by mistake.
+            raise ConfigError(
+                "a --patient-id is not a FHIR id (1-64 letters, digits, '-' or '.') or Patient/<id>"
+            )
+        out.append(f"Patient/{rid}")
+    return out
 
 
 def _auth(options: ExportOptions) -> BackendAuth | None:
@@ -152,11 +200,35 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
     resumed = job is not None
     if job is None:
         since = options.since or (None if options.full else state.since)
-        kickoff = client.kickoff_url(options.scope, options.group, since, options.types, options.type_filters)
+        method = options.kickoff_method()
+        patients = patient_references(options.patients)
+        body = None
+        if method == "post":
+            kickoff = client.kickoff_post(options.scope, options.group)
+            body = client.kickoff_parameters(
+                since,
+                options.types,
+                options.type_filters,
+                tuple(patients),
+                options.include_associated,
+                options.partial_manifests,
+            )
+        else:
+            kickoff = client.kickoff_url(
+                options.scope,
+                options.group,
+                since,
+                options.types,
+                options.type_filters,
+                include_associated=options.include_associated,
+                partial_manifests=options.partial_manifests,
+            )
         started = datetime.now(UTC)
         out_dir = (options.out or state.dir / f"job-{started:%Y%m%dT%H%M%SZ}").resolve()
         job = {
             "kickoff_url": kickoff,
+            "kickoff_method": method,
+            "partial_manifests": options.partial_manifests,
             "since": since,
             "started_at": started.isoformat(),
             "out_dir": str(out_dir),
@@ -167,7 +239,8 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
             "deleted_on_server": False,
         }
         state.data["source_system"] = source_system
-        status_url = client.kickoff(kickoff)
+        sent = (*(p.removeprefix("Patient/") for p in patients), *([options.group] if options.group else []))
+        status_url = client.kickoff(kickoff, body, sent_values=sent)
         job["status_url"] = status_url
         state.start_job(job)
         log.info("export started; polling its status")
@@ -187,25 +260,32 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
     out_dir.mkdir(parents=True, exist_ok=True)
 
     with _Display(options.progress) as display:
-        if job["manifest"] is None:
+        if job.get("partial_manifests"):
+            from pipelines.export.partial import export_while_running
+
+            result = ExportResult(out_dir, "", job["since"], resumed)
+            try:
+                manifest = export_while_running(
+                    options, state, client, _Fetcher(state, client, out_dir, result), display
+                )
+            except JobFailed as exc:
+                _forget(client, state, exc)
+            result.transaction_time = manifest.transaction_time
+        elif job["manifest"] is None:
             try:
                 manifest = client.poll(job["status_url"], display.job_progress)
             except JobFailed as exc:
-                # A failed or vanished job cannot be resumed: forget it so the next run starts anew.
-                client.delete(job["status_url"])
-                state.drop_job()
-                raise RemoteError(
-                    exc.message, hint=exc.hint or "re-run the same command to start a new export"
-                ) from None
+                _forget(client, state, exc)
             job["manifest"] = manifest.raw
-            job["files"] = _plan(manifest)
+            job["files"] = plan_files(manifest)
             job["pages"] = 1
             job["next_page"] = manifest.next_url
             state.save()
-        manifest = parse_manifest(orjson.dumps(job["manifest"]), job["status_url"])
-        _follow_pages(options, state, client, manifest.requires_access_token)
-        result = ExportResult(out_dir, manifest.transaction_time, job["since"], resumed)
-        _download_all(options, state, client, manifest, out_dir, result, display)
+        if not job.get("partial_manifests"):
+            manifest = parse_manifest(orjson.dumps(job["manifest"]), job["status_url"])
+            _follow_pages(options, state, client, manifest.requires_access_token)
+            result = ExportResult(out_dir, manifest.transaction_time, job["since"], resumed)
+            _download_all(options, state, client, manifest, out_dir, result, display)
 
     failed = [f for f in job["files"] if f["status"] == "failed"]
     if failed:
@@ -220,6 +300,7 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
             ),
         )
     _summarise(job, out_dir, result)
+    result.source_system = job["source_system"]
     result.manifest_path = _write_local_manifest(job, manifest, out_dir)
     if not job["deleted_on_server"]:
         job["deleted_on_server"] = client.delete(job["status_url"])
@@ -227,19 +308,62 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
     result.deleted_on_server = job["deleted_on_server"]
     if options.run:
         result.run_summary = _run_pipeline(options, job, result.manifest_path, out_dir)
+    result.state_dir = state.dir
+    if options.hold:
+        # Downloaded, not yet loaded: the `_since` moves on only when finish_export says it was.
+        job["downloaded"] = True
+        state.save()
+        return result
+    _finish(state, result, result.run_summary.run_id if result.run_summary else None)
+    return result
+
+
+def _finish(state: ExportState, result: ExportResult, run_id: str | None) -> None:
+    job = state.job or {}
     state.finish_job(
-        manifest.transaction_time,
+        result.transaction_time,
         {
-            "transaction_time": manifest.transaction_time,
-            "since": job["since"],
+            "transaction_time": result.transaction_time,
+            "since": job.get("since"),
             "finished_at": datetime.now(UTC).isoformat(),
-            "out_dir": job["out_dir"],
+            "out_dir": job.get("out_dir"),
             "files": dict(result.files),
             "resources": sum(result.resources.values()),
-            "run_id": result.run_summary.run_id if result.run_summary else None,
+            "run_id": run_id,
         },
     )
-    return result
+
+
+def finish_export(options: ExportOptions, transaction_time: str, run_id: str | None) -> str | None:
+    """Close a job kept open by `hold` once its files are loaded: its transactionTime becomes `_since`.
+
+    Returns the `_since` now remembered. A job that is not the one downloaded (restarted in between) is
+    left alone.
+    """
+    with ExportState(options.warehouse.parent / "exports", options.key()) as state:
+        job = state.job
+        if (
+            not job
+            or not job.get("downloaded")
+            or (job.get("manifest") or {}).get("transactionTime") != (transaction_time)
+        ):
+            raise ConfigError(
+                "no downloaded export of this server and scope is waiting to be finished",
+                hint="the export task must run first, with the same settings",
+            )
+        out_dir = Path(job["out_dir"])
+        result = ExportResult(out_dir, transaction_time, job["since"], True)
+        _summarise(job, out_dir, result)
+        _finish(state, result, run_id)
+        return state.since
+
+
+def _forget(client: BulkClient, state: ExportState, exc: JobFailed) -> NoReturn:
+    """A failed or vanished job cannot be resumed: forget it so the next run starts anew."""
+    if state.job and state.job.get("status_url"):
+        client.delete(state.job["status_url"])
+    state.drop_job()
+    raise RemoteError(exc.message, hint=exc.hint or "re-run the same command to start a new export") from None
 
 
 def _follow_pages(options: ExportOptions, state: ExportState, client: BulkClient, needs_token: bool) -> None:
@@ -252,25 +376,29 @@ def _follow_pages(options: ExportOptions, state: ExportState, client: BulkClient
                 hint="the server's next links may loop; start a new export with --restart",
             )
         page = client.manifest_page(job["next_page"], needs_token)
-        job["files"] = _plan(page, job["files"])
+        job["files"] = plan_files(page, job["files"])
         job["pages"] += 1
         job["next_page"] = page.next_url
         state.save()  # a crash from here on resumes at the next page, with this page's files planned
 
 
-def _plan(manifest: Manifest, planned: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def plan_files(manifest: Manifest, planned: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One record per file the manifest lists, with its local name (type and a sequence number).
 
     planned: the files of earlier pages of a partial manifest, which this page's files follow.
     """
     files: list[dict[str, Any]] = list(planned or [])
     seen: Counter[str] = Counter(f["kind"] + f["type"] for f in files)
+    urls = {f["url"] for f in files}
     for kind, entries in (
         ("output", manifest.output),
         ("error", manifest.error),
         ("deleted", manifest.deleted),
     ):
         for entry in entries:
+            if entry["url"] in urls:
+                continue  # Bulk Data 3.0 repeats a manifest's error array on each of its pages
+            urls.add(entry["url"])
             rtype = entry.get("type") if isinstance(entry.get("type"), str) else ""
             rtype = rtype if _TYPE.fullmatch(rtype) else "Unknown"
             seen[kind + rtype] += 1
@@ -300,29 +428,58 @@ def _download_all(
     result: ExportResult,
     display: _Display,
 ) -> None:
+    fetcher = _Fetcher(state, client, out_dir, result)
     files = state.job["files"] if state.job else []
-    todo = []
-    for f in files:
-        path = out_dir / f["name"]
-        if f["status"] == "done" and path.is_file() and path.stat().st_size == f["bytes"]:
-            continue  # finished before a crash: never fetched again
-        f["status"] = "pending"
-        todo.append(f)
-    lock = threading.Lock()
-    advance_files, advance_bytes = display.downloads(len(files), len(files) - len(todo))
+    todo = fetcher.todo(files)
+    fetcher.requires_token = manifest.requires_access_token
+    fetcher.advance_files, fetcher.advance_bytes = display.downloads(len(files), len(files) - len(todo))
+    with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="export") as pool:
+        futures = [pool.submit(fetcher.fetch, f) for f in todo]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()  # Ctrl-C or a bug: stop queued files; finished ones are already saved
+            raise
 
-    def fetch(f: dict[str, Any]) -> None:
-        target = out_dir / f["name"]
+
+class _Fetcher:
+    """Downloads one planned file at a time (any thread); each finished file is saved in the state."""
+
+    def __init__(self, state: ExportState, client: BulkClient, out_dir: Path, result: ExportResult) -> None:
+        self.state = state
+        self.client = client
+        self.out_dir = out_dir
+        self.result = result
+        self.requires_token = False
+        self.advance_files: Callable[[], None] = lambda: None
+        self.advance_bytes: Callable[[int], None] = lambda _n: None
+
+    def todo(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The files still to fetch; finished ones whose bytes are on disk are never fetched again."""
+        out = []
+        with self.state.lock:
+            for f in files:
+                path = self.out_dir / f["name"]
+                if f["status"] == "done" and path.is_file() and path.stat().st_size == f["bytes"]:
+                    continue
+                f["status"] = "pending"
+                out.append(f)
+        return out
+
+    def fetch(self, f: dict[str, Any]) -> None:
+        target = self.out_dir / f["name"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        outcome = client.download(
+        outcome = self.client.download(
             f["url"],
             target,
-            manifest.requires_access_token,
+            self.requires_token,
             f["count"] if f.get("check_lines") else None,
-            on_bytes=advance_bytes,
+            on_bytes=self.advance_bytes,
             expected_size=f.get("file_size"),
         )
-        with lock:
+        with self.state.lock:
             f.update(
                 status=outcome.status,
                 sha256=outcome.sha256,
@@ -332,20 +489,10 @@ def _download_all(
                 detail=outcome.detail,  # HTTP status or transfer error class: no record values
                 reason=check_reason(outcome.reason, "quarantined") if outcome.reason else None,
             )
-            state.save()  # each finished file is durable before the next one counts
+            self.state.save()  # each finished file is durable before the next one counts
             if outcome.status == "done":
-                result.fetched_now += 1
-            advance_files()
-
-    with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="export") as pool:
-        futures = [pool.submit(fetch, f) for f in todo]
-        try:
-            for future in as_completed(futures):
-                future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()  # Ctrl-C or a bug: stop queued files; finished ones are already saved
-            raise
+                self.result.fetched_now += 1
+        self.advance_files()
 
 
 def _summarise(job: dict[str, Any], out_dir: Path, result: ExportResult) -> None:
@@ -435,6 +582,7 @@ class _Display:
             else None
         )
         self._job_task = None
+        self._files_task = None
 
     def __enter__(self) -> _Display:
         if self.progress:
@@ -453,6 +601,14 @@ class _Display:
             self._job_task = self.progress.add_task(description, total=None)
         self.progress.update(self._job_task, description=description)
 
+    def grow(self, more: int, done: int) -> None:
+        """More files listed (a partial manifest's page), of which `done` were finished before."""
+        if self.progress and self._files_task is not None and more:
+            task = next(t for t in self.progress.tasks if t.id == self._files_task)
+            self.progress.update(
+                self._files_task, total=(task.total or 0) + more, completed=task.completed + done
+            )
+
     def downloads(self, total: int, done: int) -> tuple[Callable[[], None], Callable[[int], None]]:
         if not self.progress:
             return (lambda: None), (lambda _n: None)
@@ -460,6 +616,7 @@ class _Display:
         if self._job_task is not None:
             progress.update(self._job_task, total=1, completed=1)
         files = progress.add_task("files", total=total, completed=done)
+        self._files_task = files
         received = [0]
         lock = threading.Lock()
 

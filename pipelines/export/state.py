@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,15 +34,23 @@ class ExportKey:
     group: str | None = None
     types: tuple[str, ...] = ()
     type_filters: tuple[str, ...] = ()
+    patients: tuple[str, ...] = ()  # a POST kick-off's `patient` list: its own `_since`
+    include_associated: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "server": self.server,
             "scope": self.scope,
             "group": self.group,
             "types": list(self.types),
             "type_filters": list(self.type_filters),
         }
+        # Only when set: the state files (and folder names) of exports without them stay as they were.
+        if self.patients:
+            out["patients"] = list(self.patients)
+        if self.include_associated:
+            out["include_associated"] = list(self.include_associated)
+        return out
 
     def folder_name(self) -> str:
         # The group id is hashed, not spelled out: a folder name shows up in listings and logs.
@@ -59,6 +68,8 @@ class ExportState:
         self.path = self.dir / "state.json"
         self._lock_fh = None
         self.data: dict[str, Any] = {}
+        # Download threads and the polling thread change the job at once (partial manifests).
+        self.lock = threading.RLock()
 
     def __enter__(self) -> ExportState:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +107,9 @@ class ExportState:
         return data
 
     def save(self) -> None:
-        write_durably(self.path, orjson.dumps(self.data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+        with self.lock:
+            content = orjson.dumps(self.data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+            write_durably(self.path, content)
 
     @property
     def since(self) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
@@ -107,3 +108,48 @@ def outcome_is_transient(response: httpx.Response) -> bool:
         return False
     issues = [i for i in body.get("issue") or [] if isinstance(i, dict)]
     return bool(issues) and all(i.get("code") == "transient" for i in issues)
+
+
+# What a diagnostics text may echo that could identify someone: references (Patient/123), quoted values,
+# dates, runs of digits (ids, MRNs) and e-mail addresses.
+_REFERENCE = re.compile(r"\b([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}")
+_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'|`[^`]*`")
+_DATE = re.compile(r"\d{4}-\d{2}(-\d{2})?(T[\d:.]+(Z|[+-]\d{2}:?\d{2})?)?|\d{1,2}/\d{1,2}/\d{2,4}")
+_DIGITS = re.compile(r"\d{3,}")
+_EMAIL = re.compile(r"[\w.+-]+@[\w.-]+")
+DIAGNOSTICS_MAX = 200
+
+
+def outcome_diagnostics(response: httpx.Response, sent_values: tuple[str, ...] = ()) -> str | None:
+    """The diagnostics of an OperationOutcome refusing a request, with anything identifying blanked out.
+
+    A refused kick-off says what was wrong with the request ("parameter[3] has no value"), which the
+    operator needs to fix it; servers also echo patient ids and values into it, so references, quoted
+    text, digit runs, e-mail addresses and the values the request itself sent are replaced by "…".
+    """
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return None
+    texts = []
+    for issue in body.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        text = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
+        if isinstance(text, str) and text.strip():
+            texts.append(text)
+    if not texts:
+        return None
+    said = " / ".join(texts)
+    for value in sorted({v for v in sent_values if v}, key=len, reverse=True):
+        said = said.replace(value, "…")
+    said = _REFERENCE.sub(lambda m: f"{m.group(1)}/…", said)
+    said = _QUOTED.sub("…", said)
+    said = _EMAIL.sub("…", said)
+    said = _DATE.sub("…", said)
+    said = _DIGITS.sub("…", said)
+    # Brackets become parentheses: terminals render messages with markup, and server text is untrusted.
+    said = "".join(ch for ch in said if ch.isprintable()).replace("[", "(").replace("]", ")")
+    return said[:DIAGNOSTICS_MAX] + ("…" if len(said) > DIAGNOSTICS_MAX else "")
