@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipelines.common.config import (
@@ -22,8 +23,9 @@ from pipelines.common.config import (
 from pipelines.common.errors import EhrliftError, ExitCode, InputNotFoundError
 from pipelines.summary import RunSummary
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Markup off: paths, server diagnostics and file names may hold "[...]", which must print as written.
+out = Console(highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except EhrliftError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted: re-run the same command to resume; nothing is duplicated")
@@ -451,7 +453,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if summary.validation.get("blocked"):
         from pipelines.validate import gate_for
 
-        err.print(f"[bold red]blocked:[/] {gate_for(config).error()}", markup=True, soft_wrap=True)
+        err.print(
+            f"[bold red]blocked:[/] {escape(str(gate_for(config).error()))}", markup=True, soft_wrap=True
+        )
         return int(ExitCode.GATE_BLOCKED)
     return int(ExitCode.OK)
 

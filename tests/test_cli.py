@@ -20,6 +20,14 @@ def test_missing_source_is_one_line_and_exit_3(tmp_path, capsys):
     assert len(err.splitlines()) <= 2  # rich may wrap a long path, never a traceback
 
 
+def test_brackets_in_paths_print_as_written(tmp_path, capsys):
+    # "[/x]" would be a closing markup tag to the terminal printer: it must be shown, not parsed.
+    missing = tmp_path / "[2024]" / "[/x]"
+    code = main(["run", str(missing), "--warehouse", str(tmp_path / "w.duckdb"), "--no-progress"])
+    assert code == ExitCode.INPUT_NOT_FOUND
+    assert "[2024]/[/x]" in capsys.readouterr().err.replace("\n", "")
+
+
 def test_bad_source_system_is_a_config_error(tmp_path, capsys):
     src = write_ndjson(tmp_path / "a.ndjson", resource("Patient", "1"))
     code = main(["run", str(src), "--warehouse", str(tmp_path / "w.duckdb"), "--source-system", "bad name!"])
