@@ -1,6 +1,6 @@
 """Terminology benchmark: normalization throughput vs a bare dict lookup; suggestion quality on gold pairs.
 
-    uv run python bench/terminology.py [--codings 1000000] [--skip-corpus]
+    uv run python bench/normalizer.py [--codings 1000000] [--skip-corpus]
 
 Throughput: laboratory Observations built from the demo generator's lab tests (a local code beside its
 LOINC code, a category, an interpretation and a unit: four codings and one unit each) until there are at
@@ -29,8 +29,6 @@ from pathlib import Path
 import orjson
 from _child import OUT, REPO, run_child  # bench/ is on sys.path when a benchmark runs as a script
 
-# This file's name would hide the `terminology` package: look it up from the project, not from bench/.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
