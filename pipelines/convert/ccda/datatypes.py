@@ -380,6 +380,18 @@ def value(el: Any, doc: Any) -> tuple[str, Any] | None:
 # --- people and places ----------------------------------------------------------------------------------
 
 
+_NAME_PARTS = {NS + "family": 0, NS + "given": 1, NS + "prefix": 2, NS + "suffix": 3}
+_ADDR_LINE = NS + "streetAddressLine"
+# The address parts read from each one's first element only, in FHIR's order.
+_ADDR_PARTS = {
+    NS + "city": "city",
+    NS + "county": "district",
+    NS + "state": "state",
+    NS + "postalCode": "postalCode",
+    NS + "country": "country",
+}
+
+
 def human_names(el: Any) -> list[dict[str, Any]]:
     out = []
     for name in children(el, "name"):
@@ -389,10 +401,15 @@ def human_names(el: Any) -> list[dict[str, Any]]:
         use = concept("name_use", (name.get("use") or "").split(" ")[0])
         if use:
             n["use"] = use
-        family = [clean(f.text) for f in children(name, "family") if clean(f.text)]
-        given = [clean(g.text) for g in children(name, "given") if clean(g.text)]
-        prefix = [clean(p.text) for p in children(name, "prefix") if clean(p.text)]
-        suffix = [clean(s.text) for s in children(name, "suffix") if clean(s.text)]
+        # One pass over the name's parts (each kind keeps its document order).
+        parts: tuple[list[str], ...] = ([], [], [], [])
+        for part in name:
+            i = _NAME_PARTS.get(part.tag)
+            if i is not None:
+                text = clean(part.text)
+                if text:
+                    parts[i].append(text)
+        family, given, prefix, suffix = parts
         if family:
             n["family"] = " ".join(family)
         if given:
@@ -419,17 +436,25 @@ def addresses(el: Any) -> list[dict[str, Any]]:
         use = concept("address_use", (addr.get("use") or "").split(" ")[0])
         if use:
             a["use"] = use
-        lines = [clean(x.text) for x in children(addr, "streetAddressLine") if clean(x.text)]
+        # One pass over the address's parts: every street line, the first of each other part.
+        lines = []
+        first: dict[str, Any] = {}
+        for part in addr:
+            t = part.tag
+            if t == _ADDR_LINE:
+                text = clean(part.text)
+                if text:
+                    lines.append(text)
+            elif t in _ADDR_PARTS and t not in first:
+                first[t] = part
         if lines:
             a["line"] = lines
-        for cda, fhir in (("city", "city"), ("county", "district"), ("state", "state")):
-            v = child(addr, cda)
-            if v is not None and clean(v.text):
-                a[fhir] = clean(v.text)
-        for cda, fhir in (("postalCode", "postalCode"), ("country", "country")):
-            v = child(addr, cda)
-            if v is not None and clean(v.text):
-                a[fhir] = clean(v.text)
+        for t, fhir in _ADDR_PARTS.items():
+            v = first.get(t)
+            if v is not None:
+                text = clean(v.text)
+                if text:
+                    a[fhir] = text
         if len(a) > (1 if "use" in a else 0):
             out.append(a)
     return out
