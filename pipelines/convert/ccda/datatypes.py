@@ -84,10 +84,11 @@ def system_uri(oid: str | None) -> str | None:
     return None
 
 
-def id_pairs(el: Any) -> list[tuple[str, str | None]]:
-    """(root, extension) of each usable <id> (nullFlavor ids and ids without root are left out)."""
+def id_pairs(el: Any, ids: Any = None) -> list[tuple[str, str | None]]:
+    """(root, extension) of each usable <id> (nullFlavor ids and ids without root are left out); ids are
+    el's <id> children when the caller already has them."""
     out = []
-    for i in el.iterchildren(_ID):
+    for i in el.iterchildren(_ID) if ids is None else ids:
         root = i.get("root")
         if root and not i.get("nullFlavor"):
             ext = i.get("extension")
