@@ -47,6 +47,7 @@ def local(el: Any) -> str:
 
 _TEMPLATE_ID, _ID, _TRANSLATION = NS + "templateId", NS + "id", NS + "translation"
 _ORIGINAL_TEXT = NS + "originalText"
+_LOW, _HIGH, _CENTER = NS + "low", NS + "high", NS + "center"
 
 
 def template_ids(el: Any) -> list[str]:
@@ -167,7 +168,7 @@ def codeable(el: Any, doc: Any, text_from_display: bool = False) -> dict[str, An
     out: dict[str, Any] = {}
     if codings:
         out["coding"] = codings
-    text = doc.text_of(original)
+    text = doc.text_of(original) if original is not None else None
     if text:
         out["text"] = text
     elif text_from_display and first is None:
@@ -230,10 +231,21 @@ def effective(el: Any) -> tuple[str, Any] | None:
     point = ts(el.get("value"))
     if point:
         return ("dateTime", point)
-    center = child(el, "center")
+    if not len(el):
+        return None
+    center = low = high = None
+    for part in el:  # one pass for the first center, low and high
+        t = part.tag
+        if t == _LOW:
+            if low is None:
+                low = part
+        elif t == _HIGH:
+            if high is None:
+                high = part
+        elif t == _CENTER and center is None:
+            center = part
     if center is not None and ts(center.get("value")):
         return ("dateTime", ts(center.get("value")))
-    low, high = child(el, "low"), child(el, "high")
     start = ts(low.get("value")) if low is not None else None
     end = ts(high.get("value")) if high is not None else None
     period: dict[str, str] = {}

@@ -191,7 +191,12 @@ def by_tag(el: Any) -> dict[str, list[Any]]:
     """An element's children grouped by tag, in document order."""
     out: dict[str, list[Any]] = {}
     for c in el:
-        out.setdefault(c.tag, []).append(c)
+        t = c.tag
+        group = out.get(t)
+        if group is None:
+            out[t] = [c]
+        else:
+            group.append(c)
     return out
 
 
