@@ -47,6 +47,7 @@ def local(el: Any) -> str:
 
 _TEMPLATE_ID, _ID, _TRANSLATION = NS + "templateId", NS + "id", NS + "translation"
 _ORIGINAL_TEXT = NS + "originalText"
+_LOW, _HIGH, _CENTER = NS + "low", NS + "high", NS + "center"
 
 
 def template_ids(el: Any) -> list[str]:
@@ -84,10 +85,11 @@ def system_uri(oid: str | None) -> str | None:
     return None
 
 
-def id_pairs(el: Any) -> list[tuple[str, str | None]]:
-    """(root, extension) of each usable <id> (nullFlavor ids and ids without root are left out)."""
+def id_pairs(el: Any, ids: Any = None) -> list[tuple[str, str | None]]:
+    """(root, extension) of each usable <id> (nullFlavor ids and ids without root are left out); ids are
+    el's <id> children when the caller already has them."""
     out = []
-    for i in el.iterchildren(_ID):
+    for i in el.iterchildren(_ID) if ids is None else ids:
         root = i.get("root")
         if root and not i.get("nullFlavor"):
             ext = i.get("extension")
@@ -166,7 +168,7 @@ def codeable(el: Any, doc: Any, text_from_display: bool = False) -> dict[str, An
     out: dict[str, Any] = {}
     if codings:
         out["coding"] = codings
-    text = doc.text_of(original)
+    text = doc.text_of(original) if original is not None else None
     if text:
         out["text"] = text
     elif text_from_display and first is None:
@@ -229,10 +231,21 @@ def effective(el: Any) -> tuple[str, Any] | None:
     point = ts(el.get("value"))
     if point:
         return ("dateTime", point)
-    center = child(el, "center")
+    if not len(el):
+        return None
+    center = low = high = None
+    for part in el:  # one pass for the first center, low and high
+        t = part.tag
+        if t == _LOW:
+            if low is None:
+                low = part
+        elif t == _HIGH:
+            if high is None:
+                high = part
+        elif t == _CENTER and center is None:
+            center = part
     if center is not None and ts(center.get("value")):
         return ("dateTime", ts(center.get("value")))
-    low, high = child(el, "low"), child(el, "high")
     start = ts(low.get("value")) if low is not None else None
     end = ts(high.get("value")) if high is not None else None
     period: dict[str, str] = {}
@@ -380,6 +393,18 @@ def value(el: Any, doc: Any) -> tuple[str, Any] | None:
 # --- people and places ----------------------------------------------------------------------------------
 
 
+_NAME_PARTS = {NS + "family": 0, NS + "given": 1, NS + "prefix": 2, NS + "suffix": 3}
+_ADDR_LINE = NS + "streetAddressLine"
+# The address parts read from each one's first element only, in FHIR's order.
+_ADDR_PARTS = {
+    NS + "city": "city",
+    NS + "county": "district",
+    NS + "state": "state",
+    NS + "postalCode": "postalCode",
+    NS + "country": "country",
+}
+
+
 def human_names(el: Any) -> list[dict[str, Any]]:
     out = []
     for name in children(el, "name"):
@@ -389,10 +414,15 @@ def human_names(el: Any) -> list[dict[str, Any]]:
         use = concept("name_use", (name.get("use") or "").split(" ")[0])
         if use:
             n["use"] = use
-        family = [clean(f.text) for f in children(name, "family") if clean(f.text)]
-        given = [clean(g.text) for g in children(name, "given") if clean(g.text)]
-        prefix = [clean(p.text) for p in children(name, "prefix") if clean(p.text)]
-        suffix = [clean(s.text) for s in children(name, "suffix") if clean(s.text)]
+        # One pass over the name's parts (each kind keeps its document order).
+        parts: tuple[list[str], ...] = ([], [], [], [])
+        for part in name:
+            i = _NAME_PARTS.get(part.tag)
+            if i is not None:
+                text = clean(part.text)
+                if text:
+                    parts[i].append(text)
+        family, given, prefix, suffix = parts
         if family:
             n["family"] = " ".join(family)
         if given:
@@ -419,17 +449,25 @@ def addresses(el: Any) -> list[dict[str, Any]]:
         use = concept("address_use", (addr.get("use") or "").split(" ")[0])
         if use:
             a["use"] = use
-        lines = [clean(x.text) for x in children(addr, "streetAddressLine") if clean(x.text)]
+        # One pass over the address's parts: every street line, the first of each other part.
+        lines = []
+        first: dict[str, Any] = {}
+        for part in addr:
+            t = part.tag
+            if t == _ADDR_LINE:
+                text = clean(part.text)
+                if text:
+                    lines.append(text)
+            elif t in _ADDR_PARTS and t not in first:
+                first[t] = part
         if lines:
             a["line"] = lines
-        for cda, fhir in (("city", "city"), ("county", "district"), ("state", "state")):
-            v = child(addr, cda)
-            if v is not None and clean(v.text):
-                a[fhir] = clean(v.text)
-        for cda, fhir in (("postalCode", "postalCode"), ("country", "country")):
-            v = child(addr, cda)
-            if v is not None and clean(v.text):
-                a[fhir] = clean(v.text)
+        for t, fhir in _ADDR_PARTS.items():
+            v = first.get(t)
+            if v is not None:
+                text = clean(v.text)
+                if text:
+                    a[fhir] = text
         if len(a) > (1 if "use" in a else 0):
             out.append(a)
     return out

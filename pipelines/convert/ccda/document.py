@@ -16,7 +16,7 @@ from pipelines.convert.fhir.prepare import warehouse_id
 log = logging.getLogger(__name__)
 
 CCDA_TEMPLATE_PREFIX = "2.16.840.1.113883.10.20."
-_WITH_ID = etree.XPath("descendant-or-self::*[@ID]")
+_WITH_ID = etree.XPath("descendant::h:text/descendant-or-self::*[@ID]", namespaces={"h": NS[1:-1]})
 
 
 class EntrySkipped(Exception):
@@ -75,11 +75,20 @@ class Doc:
 
     def emit(self, resource: dict[str, Any], el: Any = None) -> dict[str, str]:
         """Keep a resource; a reused <id> with different content (copy-paste ids) gets a positional id."""
+        rtype, rid = resource["resourceType"], resource["id"]
         if self.last_updated:
-            rtype, rid, *_ = resource.values()
-            meta = {"lastUpdated": self.last_updated, **resource.pop("meta", {})}
-            resource = {"resourceType": rtype, "id": rid, "meta": meta, **resource}
-        key = (resource["resourceType"], resource["id"])
+            # meta goes right after the type and id, lastUpdated first within it.
+            meta = resource.pop("meta", None)
+            stamped = {
+                "resourceType": rtype,
+                "id": rid,
+                "meta": {"lastUpdated": self.last_updated, **meta}
+                if meta
+                else {"lastUpdated": self.last_updated},
+            }
+            stamped.update(resource)
+            resource = stamped
+        key = (rtype, rid)
         held = self.out.get(key)
         if held is not None and held != resource:
             if el is None or resource["resourceType"] in ("Practitioner", "Organization", "Patient"):
@@ -96,15 +105,14 @@ class Doc:
 
     def narrative(self, ref: str) -> str | None:
         if self._narrative is None:
-            # Anchors live in section narratives: a tag-filtered walk to each <text>, then a compiled
-            # XPath over only its subtree, which hands back just the elements with an ID (an XPath over
-            # the whole tree costs three times as much); text is read when asked.
+            # Anchors live in narratives: one compiled XPath hands back just the elements with an ID at
+            # or under any <text>, in document order (the first of a repeated ID wins); text is read when
+            # asked.
             self._narrative = {}
-            for text in self.root.iter(NS + "text"):
-                for node in _WITH_ID(text):
-                    nid = node.get("ID")
-                    if nid:
-                        self._narrative.setdefault(nid, node)
+            for node in _WITH_ID(self.root):
+                nid = node.get("ID")
+                if nid:
+                    self._narrative.setdefault(nid, node)
         node = self._narrative.get(ref.lstrip("#"))
         if node is None:
             return None

@@ -205,17 +205,18 @@ def organization(doc: Doc, org: Any) -> dict[str, str] | None:
     return doc.emit(res, org)
 
 
-def author_refs(doc: Doc, el: Any) -> list[dict[str, str]]:
+def author_refs(doc: Doc, el: Any, authors: Any = None) -> list[dict[str, str]]:
+    """Practitioner references of el's authors (authors: its <author> children, when already found)."""
     refs = []
-    for author in children(el, "author"):
+    for author in children(el, "author") if authors is None else authors:
         ref = practitioner(doc, child(author, "assignedAuthor"))
         if ref and ref not in refs:
             refs.append(ref)
     return refs
 
 
-def author_time(el: Any) -> str | None:
-    for author in children(el, "author"):
+def author_time(el: Any, authors: Any = None) -> str | None:
+    for author in children(el, "author") if authors is None else authors:
         t = child(author, "time")
         if t is not None and ts(t.get("value")):
             return ts(t.get("value"))

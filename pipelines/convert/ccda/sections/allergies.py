@@ -8,7 +8,16 @@ from pipelines.convert.ccda.datatypes import child, children, codeable, template
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
 from pipelines.convert.ccda.header import author_refs, author_time
 from pipelines.convert.ccda.maps import concept
-from pipelines.convert.ccda.sections.common import base, negated, related, status_code
+from pipelines.convert.ccda.sections.common import (
+    AUTHOR,
+    RELATIONSHIP,
+    base,
+    by_tag,
+    first,
+    negated,
+    related,
+    status_code,
+)
 
 ALLERGY_OBS = "2.16.840.1.113883.10.20.22.4.7"
 STATUS_OBS = "2.16.840.1.113883.10.20.22.4.28"
@@ -23,7 +32,7 @@ SNOMED = "http://snomed.info/sct"
 def concern(doc: Doc, act: Any, section: Section) -> None:
     # Its allergy observations (under any relationship) or untemplated subjects; nothing else.
     observations = [
-        o for typed, o in _subjects(act) if ALLERGY_OBS in template_ids(o) or (typed and not template_ids(o))
+        o for typed, o in _subjects(act) if ALLERGY_OBS in (ids := template_ids(o)) or (typed and not ids)
     ]
     if not observations:
         raise EntrySkipped("no allergy observation")
@@ -41,10 +50,13 @@ def _value_code(obs: Any) -> str | None:
 
 
 def allergy(doc: Doc, obs: Any, act: Any | None) -> dict[str, str]:
-    res = base(doc, "AllergyIntolerance", obs, "patient")
-    type_code = _value_code(obs)
+    kids = by_tag(obs)  # one pass over the observation's children
+    rels = kids.get(RELATIONSHIP, ())
+    res = base(doc, "AllergyIntolerance", obs, "patient", kids)
+    v = first(kids, "value")
+    type_code = v.get("code") if v is not None else None
     status = None
-    for st in related(obs, STATUS_OBS):
+    for st in related(obs, STATUS_OBS, rels=rels):
         status = concept("allergy_status", _value_code(st))
     if status is None and act is not None:
         status = {
@@ -53,7 +65,7 @@ def allergy(doc: Doc, obs: Any, act: Any | None) -> dict[str, str]:
             "aborted": "inactive",
             "suspended": "inactive",
         }.get(status_code(act) or "")
-    substance = child(child(child(obs, "participant"), "participantRole"), "playingEntity")
+    substance = child(child(first(kids, "participant"), "participantRole"), "playingEntity")
     substance_code = (
         codeable(child(substance, "code"), doc, text_from_display=True) if substance is not None else None
     )
@@ -78,31 +90,32 @@ def allergy(doc: Doc, obs: Any, act: Any | None) -> dict[str, str]:
     cat = concept("allergy_category", type_code)
     if cat:
         res["category"] = [cat]
-    for crit in related(obs, CRITICALITY_OBS):
+    for crit in related(obs, CRITICALITY_OBS, rels=rels):
         c = concept("criticality", _value_code(crit))
         if c:
             res["criticality"] = c
     if substance_code is None:
-        text = doc.text_of(child(obs, "text"))
+        text = doc.text_of(first(kids, "text"))
         if not text:
             raise EntrySkipped("no allergen code")
         substance_code = {"text": text}
     res["code"] = substance_code
     patient = res.pop("patient")
     res["patient"] = patient
-    eff = child(obs, "effectiveTime")
+    eff = first(kids, "effectiveTime")
     low = child(eff, "low") if eff is not None else None
     onset = ts(low.get("value")) if low is not None else (ts(eff.get("value")) if eff is not None else None)
     if onset:
         res["onsetDateTime"] = onset
-    recorded = author_time(obs) or (author_time(act) if act is not None else None)
+    own = kids.get(AUTHOR, ())
+    recorded = author_time(obs, own) or (author_time(act) if act is not None else None)
     if recorded:
         res["recordedDate"] = recorded
-    authors = author_refs(doc, obs)
+    authors = author_refs(doc, obs, own)
     if authors:
         res["recorder"] = authors[0]
     reactions = []
-    for r in related(obs, REACTION_OBS):
+    for r in related(obs, REACTION_OBS, rels=rels):
         v = value(child(r, "value"), doc)
         if not v or v[0] != "valueCodeableConcept":
             continue
@@ -117,7 +130,7 @@ def allergy(doc: Doc, obs: Any, act: Any | None) -> dict[str, str]:
         reactions.append(reaction)
     if reactions:
         # R1.1 puts severity on the allergy itself: it applies to each reaction lacking its own.
-        for sev in related(obs, SEVERITY_OBS):
+        for sev in related(obs, SEVERITY_OBS, rels=rels):
             s = concept("severity", _value_code(sev))
             for reaction in reactions:
                 if s and "severity" not in reaction:

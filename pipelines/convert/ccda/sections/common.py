@@ -24,6 +24,7 @@ from pipelines.convert.ccda.maps import concept
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 US_CORE_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/us-core-category"
 CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+ID, AUTHOR, RELATIONSHIP = NS + "id", NS + "author", NS + "entryRelationship"
 
 
 def status_code(stmt: Any) -> str | None:
@@ -35,10 +36,11 @@ def negated(stmt: Any) -> bool:
     return stmt.get("negationInd") == "true"
 
 
-def related(stmt: Any, *templates: str, type_code: str | None = None) -> list[Any]:
-    """Statements under stmt's entryRelationships, optionally only those with one of the templateIds."""
+def related(stmt: Any, *templates: str, type_code: str | None = None, rels: Any = None) -> list[Any]:
+    """Statements under stmt's entryRelationships, optionally only those with one of the templateIds;
+    rels are stmt's entryRelationship children when the caller already has them."""
     out = []
-    for rel in children(stmt, "entryRelationship"):
+    for rel in children(stmt, "entryRelationship") if rels is None else rels:
         if type_code and rel.get("typeCode") != type_code:
             continue
         for el in rel:
@@ -79,10 +81,10 @@ def set_effective(
     return True
 
 
-def reason_codes(doc: Doc, stmt: Any, exclude: str | None = None) -> list[dict[str, Any]]:
+def reason_codes(doc: Doc, stmt: Any, exclude: str | None = None, rels: Any = None) -> list[dict[str, Any]]:
     """Indications (entryRelationship RSON observations) -> reasonCode from their values."""
     out = []
-    for obs in related(stmt, type_code="RSON"):
+    for obs in related(stmt, type_code="RSON", rels=rels):
         if exclude and exclude in template_ids(obs):
             continue  # a refusal reason is the statusReason, not an indication
         v = value(child(obs, "value"), doc)
@@ -92,8 +94,12 @@ def reason_codes(doc: Doc, stmt: Any, exclude: str | None = None) -> list[dict[s
     return out
 
 
-def base(doc: Doc, rtype: str, stmt: Any, subject_field: str = "subject") -> dict[str, Any]:
-    pairs = id_pairs(stmt)  # read once for both the resource id and its identifiers
+def base(
+    doc: Doc, rtype: str, stmt: Any, subject_field: str = "subject", kids: dict[str, list[Any]] | None = None
+) -> dict[str, Any]:
+    """The resource's type, id, identifiers and subject; kids is by_tag(stmt) when the caller has it."""
+    # The ids are read once for both the resource id and its identifiers.
+    pairs = id_pairs(stmt) if kids is None else id_pairs(stmt, kids.get(ID, ()))
     res: dict[str, Any] = {"resourceType": rtype, "id": doc.rid(rtype, stmt, pairs_key(pairs))}
     ids = [identifier(r, e) for r, e in pairs]
     if ids:
@@ -119,21 +125,22 @@ def observation(
 ) -> dict[str, Any]:
     """A CDA observation -> Observation: code, value (by xsi:type), interpretation, reference ranges."""
     kids = by_tag(stmt)  # one pass over the children instead of a scan per element looked up
-    res = base(doc, "Observation", stmt)
+    res = base(doc, "Observation", stmt, kids=kids)
     if profile:
         res["meta"] = {"profile": [profile]}
     # A missing or unknown statusCode is "unknown", not a guessed "final".
-    status = _first(kids, "statusCode")
+    status = first(kids, "statusCode")
     res["status"] = concept("result_status", status.get("code") if status is not None else None) or "unknown"
     res["category"] = categories
-    code_el = _first(kids, "code")
+    code_el = first(kids, "code")
     code = codeable(code_el, doc, text_from_display=True)
     res["code"] = code or absent(code_el.get("nullFlavor") if code_el is not None else None)
-    set_effective(res, "effective", _first(kids, "effectiveTime"))
-    issued = author_time(stmt)
+    set_effective(res, "effective", first(kids, "effectiveTime"))
+    authors = kids.get(AUTHOR, ())
+    issued = author_time(stmt, authors)
     if issued and "T" in issued:
         res["issued"] = issued
-    performers = author_refs(doc, stmt)
+    performers = author_refs(doc, stmt, authors)
     if performers:
         res["performer"] = performers
     values = kids.get(NS + "value")
@@ -146,10 +153,10 @@ def observation(
     interp = [cc for el in kids.get(NS + "interpretationCode", ()) if (cc := codeable(el, doc))]
     if interp:
         res["interpretation"] = interp
-    method = codeable(_first(kids, "methodCode"), doc)
+    method = codeable(first(kids, "methodCode"), doc)
     if method:
         res["method"] = method
-    site = codeable(_first(kids, "targetSiteCode"), doc)
+    site = codeable(first(kids, "targetSiteCode"), doc)
     if site:
         res["bodySite"] = site
     ranges = []
@@ -174,7 +181,7 @@ def observation(
         res["referenceRange"] = ranges
     if members:
         res["hasMember"] = members
-    text = doc.text_of(_first(kids, "text"))
+    text = doc.text_of(first(kids, "text"))
     if text:
         res["note"] = [{"text": text}]
     return res
@@ -184,11 +191,17 @@ def by_tag(el: Any) -> dict[str, list[Any]]:
     """An element's children grouped by tag, in document order."""
     out: dict[str, list[Any]] = {}
     for c in el:
-        out.setdefault(c.tag, []).append(c)
+        t = c.tag
+        group = out.get(t)
+        if group is None:
+            out[t] = [c]
+        else:
+            group.append(c)
     return out
 
 
-def _first(kids: dict[str, list[Any]], name: str) -> Any:
+def first(kids: dict[str, list[Any]], name: str) -> Any:
+    """The first child named name (None when there is none) from by_tag's grouping."""
     found = kids.get(NS + name)
     return found[0] if found else None
 

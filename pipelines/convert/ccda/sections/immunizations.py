@@ -4,35 +4,41 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.convert.ccda.datatypes import absent, child, children, clean, codeable, quantity
+from pipelines.convert.ccda.datatypes import NS, absent, child, clean, codeable, quantity
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
 from pipelines.convert.ccda.header import organization, practitioner
 from pipelines.convert.ccda.maps import concept
 from pipelines.convert.ccda.sections.common import (
+    RELATIONSHIP,
     base,
+    by_tag,
+    first,
     negated,
     reason_codes,
     related,
     set_effective,
-    status_code,
 )
 
 REFUSAL = "2.16.840.1.113883.10.20.22.4.53"
 
 
 def immunization(doc: Doc, sa: Any, section: Section) -> None:
-    product = child(child(sa, "consumable"), "manufacturedProduct")
+    kids = by_tag(sa)  # one pass over the activity's children
+    product = child(first(kids, "consumable"), "manufacturedProduct")
     material = child(product, "manufacturedMaterial")
     vaccine = codeable(child(material, "code"), doc, text_from_display=True) if material is not None else None
     if vaccine is None:
         raise EntrySkipped("no vaccine code")
     if sa.get("moodCode") not in (None, "EVN"):
         raise EntrySkipped("planned immunization")
-    res = base(doc, "Immunization", sa, "patient")
+    res = base(doc, "Immunization", sa, "patient", kids)
     refused = negated(sa)
-    res["status"] = "not-done" if refused else concept("immunization_status", status_code(sa)) or "completed"
+    status_el = first(kids, "statusCode")
+    status = status_el.get("code") if status_el is not None else None
+    res["status"] = "not-done" if refused else concept("immunization_status", status) or "completed"
     reasons = []
-    for refusal in related(sa, REFUSAL):
+    rels = kids.get(RELATIONSHIP, ())
+    for refusal in related(sa, REFUSAL, rels=rels):
         cc = codeable(child(refusal, "code"), doc)
         if cc:
             reasons.append(cc)
@@ -40,7 +46,7 @@ def immunization(doc: Doc, sa: Any, section: Section) -> None:
         res["statusReason"] = reasons[0]
     res["vaccineCode"] = vaccine
     res["patient"] = res.pop("patient")
-    if not set_effective(res, "occurrence", child(sa, "effectiveTime"), ("dateTime",)):
+    if not set_effective(res, "occurrence", first(kids, "effectiveTime"), ("dateTime",)):
         res["_occurrenceDateTime"] = absent(None)
     lot = child(material, "lotNumberText") if material is not None else None
     manufacturer = organization(doc, child(product, "manufacturerOrganization"))
@@ -48,23 +54,23 @@ def immunization(doc: Doc, sa: Any, section: Section) -> None:
         res["manufacturer"] = manufacturer
     if lot is not None and clean(lot.text):
         res["lotNumber"] = clean(lot.text)
-    site = codeable(child(sa, "approachSiteCode"), doc)
+    site = codeable(first(kids, "approachSiteCode"), doc)
     if site:
         res["site"] = site
-    route = codeable(child(sa, "routeCode"), doc)
+    route = codeable(first(kids, "routeCode"), doc)
     if route:
         res["route"] = route
-    dose = quantity(child(sa, "doseQuantity"))
+    dose = quantity(first(kids, "doseQuantity"))
     if dose:
         res["doseQuantity"] = dose
     performers = []
-    for p in children(sa, "performer"):
+    for p in kids.get(NS + "performer", ()):
         ref = practitioner(doc, child(p, "assignedEntity"))
         if ref:
             performers.append({"actor": ref})
     if performers:
         res["performer"] = performers
-    indications = reason_codes(doc, sa, exclude=REFUSAL)
+    indications = reason_codes(doc, sa, exclude=REFUSAL, rels=rels)
     if indications:
         res["reasonCode"] = indications
     doc.emit(res, sa)

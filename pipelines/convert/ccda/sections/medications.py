@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.convert.ccda.datatypes import child, children, codeable, quantity, timing, xsi_type
+from pipelines.convert.ccda.datatypes import NS, child, codeable, quantity, timing, xsi_type
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
 from pipelines.convert.ccda.header import author_refs, author_time
 from pipelines.convert.ccda.maps import concept
 from pipelines.convert.ccda.sections.common import (
+    AUTHOR,
+    RELATIONSHIP,
     base,
+    by_tag,
+    first,
     negated,
     reason_codes,
     related,
     set_effective,
-    status_code,
 )
 
 MEDICATION_ACTIVITY = "2.16.840.1.113883.10.20.22.4.16"
 INSTRUCTION = "2.16.840.1.113883.10.20.22.4.20"
+EFFECTIVE_TIME = NS + "effectiveTime"
 
 
 def wrapper(doc: Doc, act: Any, section: Section) -> None:
@@ -34,8 +38,9 @@ def planned(doc: Doc, sa: Any, section: Section) -> None:
     activity(doc, sa, section, force_request=True)
 
 
-def drug(doc: Doc, sa: Any) -> dict[str, Any] | None:
-    material = child(child(child(sa, "consumable"), "manufacturedProduct"), "manufacturedMaterial")
+def drug(doc: Doc, sa: Any, kids: dict[str, list[Any]] | None = None) -> dict[str, Any] | None:
+    consumable = child(sa, "consumable") if kids is None else first(kids, "consumable")
+    material = child(child(consumable, "manufacturedProduct"), "manufacturedMaterial")
     if material is None:
         return None
     cc = codeable(child(material, "code"), doc, text_from_display=True)
@@ -46,28 +51,31 @@ def drug(doc: Doc, sa: Any) -> dict[str, Any] | None:
     return cc
 
 
-def dosage(doc: Doc, sa: Any) -> dict[str, Any] | None:
+def dosage(doc: Doc, sa: Any, kids: dict[str, list[Any]] | None = None) -> dict[str, Any] | None:
+    """The activity's dosage; kids is by_tag(sa) when the caller has it."""
+    kids = by_tag(sa) if kids is None else kids
     d: dict[str, Any] = {}
-    text = doc.text_of(child(sa, "text"))
+    text = doc.text_of(first(kids, "text"))
     if text:
         d["text"] = text
-    instructions = [doc.text_of(child(i, "text")) for i in related(sa, INSTRUCTION)]
+    rels = kids.get(RELATIONSHIP, ())
+    instructions = [doc.text_of(child(i, "text")) for i in related(sa, INSTRUCTION, rels=rels)]
     instructions = [i for i in instructions if i]
     if instructions:
         d["patientInstruction"] = "; ".join(instructions)
-    times = [e for e in children(sa, "effectiveTime") if xsi_type(e) in ("PIVL_TS", "EIVL_TS")]
+    times = [e for e in kids.get(EFFECTIVE_TIME, ()) if xsi_type(e) in ("PIVL_TS", "EIVL_TS")]
     t = timing(times)
     if t:
         d["timing"] = t
-    if child(sa, "precondition") is not None:
+    if first(kids, "precondition") is not None:
         d["asNeededBoolean"] = True
-    site = codeable(child(sa, "approachSiteCode"), doc)
+    site = codeable(first(kids, "approachSiteCode"), doc)
     if site:
         d["site"] = site
-    route = codeable(child(sa, "routeCode"), doc)
+    route = codeable(first(kids, "routeCode"), doc)
     if route:
         d["route"] = route
-    dose_el = child(sa, "doseQuantity")
+    dose_el = first(kids, "doseQuantity")
     dose = quantity(dose_el)
     if dose is None and dose_el is not None:
         low, high = quantity(child(dose_el, "low")), quantity(child(dose_el, "high"))
@@ -75,10 +83,10 @@ def dosage(doc: Doc, sa: Any) -> dict[str, Any] | None:
             d["doseAndRate"] = [{"doseRange": {k: v for k, v in (("low", low), ("high", high)) if v}}]
     if dose:
         d["doseAndRate"] = [{"doseQuantity": dose}]
-    rate = quantity(child(sa, "rateQuantity"))
+    rate = quantity(first(kids, "rateQuantity"))
     if rate:
         d.setdefault("doseAndRate", [{}])[0]["rateQuantity"] = rate
-    max_dose = child(sa, "maxDoseQuantity")
+    max_dose = first(kids, "maxDoseQuantity")
     if max_dose is not None:
         n, den = quantity(child(max_dose, "numerator")), quantity(child(max_dose, "denominator"))
         if n and den:
@@ -87,13 +95,15 @@ def dosage(doc: Doc, sa: Any) -> dict[str, Any] | None:
 
 
 def activity(doc: Doc, sa: Any, section: Section, force_request: bool = False) -> None:
-    med = drug(doc, sa)
+    kids = by_tag(sa)  # one pass over the activity's children
+    med = drug(doc, sa, kids)
     if med is None:
         raise EntrySkipped("no medication code")
     request = force_request or sa.get("moodCode") in ("INT", "RQO", "PRMS", "PRP")
     rtype = "MedicationRequest" if request else "MedicationStatement"
-    res = base(doc, rtype, sa)
-    status = status_code(sa)
+    res = base(doc, rtype, sa, kids=kids)
+    status_el = first(kids, "statusCode")
+    status = status_el.get("code") if status_el is not None else None
     if request:
         res["status"] = concept("medication_request_status", status) or "unknown"
         res["intent"] = "plan" if force_request or sa.get("moodCode") == "INT" else "order"
@@ -104,10 +114,10 @@ def activity(doc: Doc, sa: Any, section: Section, force_request: bool = False) -
     res["medicationCodeableConcept"] = med
     res["subject"] = res.pop("subject")
     period_el = next(
-        (e for e in children(sa, "effectiveTime") if xsi_type(e) not in ("PIVL_TS", "EIVL_TS")), None
+        (e for e in kids.get(EFFECTIVE_TIME, ()) if xsi_type(e) not in ("PIVL_TS", "EIVL_TS")), None
     )
-    authored = author_time(sa)
-    authors = author_refs(doc, sa)
+    authored = author_time(sa, kids.get(AUTHOR, ()))
+    authors = author_refs(doc, sa, kids.get(AUTHOR, ()))
     if request:
         if authored:
             res["authoredOn"] = authored
@@ -119,10 +129,11 @@ def activity(doc: Doc, sa: Any, section: Section, force_request: bool = False) -
             res["dateAsserted"] = authored
         if authors:
             res["informationSource"] = authors[0]
-    reasons = reason_codes(doc, sa)
+    rels = kids.get(RELATIONSHIP, ())
+    reasons = reason_codes(doc, sa, rels=rels)
     if reasons:
         res["reasonCode"] = reasons
-    d = dosage(doc, sa)
+    d = dosage(doc, sa, kids)
     if request and period_el is not None:
         bounds: dict[str, Any] = {}
         if set_effective(bounds, "bounds", period_el, ("Period",)):
@@ -135,7 +146,7 @@ def activity(doc: Doc, sa: Any, section: Section, force_request: bool = False) -
     if d:
         res["dosageInstruction" if request else "dosage"] = [d]
     if request:
-        supply = next((s for s in related(sa) if s.tag.endswith("}supply")), None)
+        supply = next((s for s in related(sa, rels=rels) if s.tag.endswith("}supply")), None)
         if supply is not None:
             disp: dict[str, Any] = {}
             repeat = child(supply, "repeatNumber")

@@ -9,10 +9,14 @@ from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
 from pipelines.convert.ccda.header import author_refs, author_time
 from pipelines.convert.ccda.maps import concept
 from pipelines.convert.ccda.sections.common import (
+    AUTHOR,
     CONDITION_CATEGORY,
+    RELATIONSHIP,
     US_CORE_CATEGORY,
     base,
+    by_tag,
     category,
+    first,
     negated,
     related,
     status_code,
@@ -44,7 +48,7 @@ def concern(doc: Doc, act: Any, section: Section) -> None:
     # Its problem observations (under any relationship) or untemplated subjects; priority, comment and
     # reference entries beside them are not problems.
     observations = [
-        o for typed, o in _subjects(act) if PROBLEM_OBS in template_ids(o) or (typed and not template_ids(o))
+        o for typed, o in _subjects(act) if PROBLEM_OBS in (ids := template_ids(o)) or (typed and not ids)
     ]
     if not observations:
         raise EntrySkipped("no problem observation")
@@ -64,13 +68,15 @@ def problem_observation(doc: Doc, obs: Any, section: Section) -> None:
 
 def condition(doc: Doc, obs: Any, kind: str, act: Any | None) -> dict[str, str] | None:
     """Problem Observation -> Condition; None when neither value nor narrative names the problem."""
-    res = base(doc, "Condition", obs)
+    kids = by_tag(obs)  # one pass over the observation's children
+    res = base(doc, "Condition", obs, kids=kids)
     status = None
-    for st in related(obs, *PROBLEM_STATUS):
+    for st in related(obs, *PROBLEM_STATUS, rels=kids.get(RELATIONSHIP, ())):
         v = child(st, "value")
         status = concept("problem_status", v.get("code") if v is not None else None)
+    eff = first(kids, "effectiveTime")
     if status is None:
-        high = child(child(obs, "effectiveTime"), "high")
+        high = child(eff, "high")
         resolved = high is not None and high.get("value")
         act_status = concept("act_status_condition", status_code(act)) if act is not None else None
         status = "resolved" if resolved else act_status or ("active" if not negated(obs) else None)
@@ -80,21 +86,20 @@ def condition(doc: Doc, obs: Any, kind: str, act: Any | None) -> dict[str, str] 
         res["verificationStatus"] = {"coding": [{"system": VERIFICATION, "code": "refuted"}]}
     system, code, display = CATEGORY_OF[kind]
     res["category"] = category(system, code, display)
-    v = value(child(obs, "value"), doc)
+    v = value(first(kids, "value"), doc)
     cc = v[1] if v and v[0] == "valueCodeableConcept" else None
     if cc is None:
-        text = doc.text_of(child(obs, "text"))
+        text = doc.text_of(first(kids, "text"))
         cc = {"text": text} if text else None
     if cc is None:
         return None
     res["code"] = cc
-    site = codeable(child(obs, "targetSiteCode"), doc)
+    site = codeable(first(kids, "targetSiteCode"), doc)
     if site:
         res["bodySite"] = [site]
     res["subject"] = res.pop("subject")
     if doc.encounter_ref and kind == "encounter":
         res["encounter"] = doc.encounter_ref
-    eff = child(obs, "effectiveTime")
     low = child(eff, "low") if eff is not None else None
     high = child(eff, "high") if eff is not None else None
     onset = ts(low.get("value")) if low is not None else (ts(eff.get("value")) if eff is not None else None)
@@ -103,10 +108,11 @@ def condition(doc: Doc, obs: Any, kind: str, act: Any | None) -> dict[str, str] 
     end = ts(high.get("value")) if high is not None else None
     if end:
         res["abatementDateTime"] = end
-    recorded = author_time(obs) or (author_time(act) if act is not None else None)
+    own = kids.get(AUTHOR, ())
+    recorded = author_time(obs, own) or (author_time(act) if act is not None else None)
     if recorded:
         res["recordedDate"] = recorded
-    authors = author_refs(doc, obs) or (author_refs(doc, act) if act is not None else [])
+    authors = author_refs(doc, obs, own) or (author_refs(doc, act) if act is not None else [])
     if authors:
         res["recorder"] = authors[0]
     return doc.emit(res, obs)
