@@ -61,6 +61,8 @@ class Doc:
         self.patient_ref: dict[str, str] = {}
         self.patient: dict[str, Any] | None = None
         self.encounter_ref: dict[str, str] | None = None
+        # Every (type, id) kept, in order: the Composition's sections list what their entries made.
+        self.emitted: list[tuple[str, str]] = []
 
     # --- ids and emitting ---------------------------------------------------------------------------
 
@@ -90,6 +92,7 @@ class Doc:
             resource["id"] = warehouse_id(self.source_system, key[0], self.position_key(el))
             key = (key[0], resource["id"])
         self.out[key] = resource
+        self.emitted.append(key)
         return {"reference": f"{key[0]}/{key[1]}"}
 
     # --- narrative -----------------------------------------------------------------------------------
