@@ -31,6 +31,7 @@ NOT_ENTRIES = frozenset(
 )
 EMPTY_REASON = {"NASK": "notasked", "MSK": "withheld"}  # any other nullFlavor: unavailable
 INTERVENTIONS = "2.16.840.1.113883.10.20.21.2.3"
+OUTCOMES = "2.16.840.1.113883.10.20.22.2.61"
 REQUESTS = frozenset({"ServiceRequest", "MedicationRequest", "NutritionOrder", "DeviceRequest"})
 NO_TEXT = f"{XHTML_DIV}No human-readable text provided in this section</div>"
 
@@ -229,17 +230,25 @@ def care_plan(
         res["author"] = authors[0]
         if len(authors) > 1:
             res["contributor"] = authors[1:]
-    addresses, goals, activities = [], [], []
+    addresses, goals, activities, outcomes = [], [], [], []
     for s in _walk(sections):
-        is_plan = s.section.family == "plan_of_treatment" or INTERVENTIONS in _templates(s.section.element)
+        templates = _templates(s.section.element)
+        planning = s.section.family == "plan_of_treatment" or INTERVENTIONS in templates
         for rtype, rid in s.made:
             ref = {"reference": f"{rtype}/{rid}"}
             if rtype == "Condition" and s.section.family == "health_concerns" and ref not in addresses:
                 addresses.append(ref)
             elif rtype == "Goal" and ref not in goals:
                 goals.append(ref)
-            elif rtype in REQUESTS and is_plan and {"reference": ref} not in activities:
+            elif rtype in REQUESTS and planning and {"reference": ref} not in activities:
                 activities.append({"reference": ref})
+            elif (
+                (rtype == "Procedure" and planning) or (rtype == "Observation" and OUTCOMES in templates)
+            ) and ref not in outcomes:
+                # Interventions done and outcomes observed are what the plan's activities came to.
+                outcomes.append(ref)
+    if outcomes:
+        activities.append({"outcomeReference": outcomes})
     if addresses:
         res["addresses"] = addresses
     if goals:

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 CCDA_TEMPLATE_PREFIX = "2.16.840.1.113883.10.20."
 _WITH_ID = etree.XPath("descendant-or-self::*[@ID]")
+_PARTIES = frozenset({"Practitioner", "Organization", "Patient", "Location", "Device"})
 
 
 class EntrySkipped(Exception):
@@ -84,8 +85,8 @@ class Doc:
         key = (resource["resourceType"], resource["id"])
         held = self.out.get(key)
         if held is not None and held != resource:
-            if el is None or resource["resourceType"] in ("Practitioner", "Organization", "Patient"):
-                # Header parties recur across the document with more or less detail: the fuller stays.
+            if el is None or resource["resourceType"] in _PARTIES:
+                # Parties and places recur across the document with more or less detail: the fuller stays.
                 if len(resource) > len(held):
                     self.out[key] = resource
                 return {"reference": f"{key[0]}/{key[1]}"}

@@ -17,6 +17,9 @@ XHTML_DIV = '<div xmlns="http://www.w3.org/1999/xhtml">'
 # CDA NarrativeBlock element -> its XHTML element (list, caption, footnotes and multimedia are handled apart).
 RENAMED = {
     NS + "content": "span",
+    NS + "span": "span",
+    NS + "p": "p",
+    NS + "li": "li",
     NS + "paragraph": "p",
     NS + "item": "li",
     NS + "linkHtml": "a",
@@ -99,32 +102,28 @@ KEPT = frozenset(
     ]
 )
 FAST_ATTRIBUTES = KEPT | {"ID", "styleCode"}
+# Read backwards, an attribute is `"=` then its reversed name then a space: one scan from a literal finds
+# any attribute outside the allowed set (or a `name="` in the text, which then takes the walk).
+_OTHER_ATTRIBUTE = re.compile(
+    rb'"=(?!(?:' + b"|".join(re.escape(a[::-1].encode()) for a in sorted(FAST_ATTRIBUTES)) + rb") )"
+)
 SAFE_HREF = re.compile(r"(?i)(https?:|mailto:|ftp:|tel:|#)")
 NCNAME = re.compile(r"[A-Za-z_][\w.\-]*")
 DATA_IMAGE = re.compile(r"image/(png|jpeg|gif)")
 PLAIN = ("text/plain",)
-# The fast path: lxml serializes the narrative, and when it holds only table, list, paragraph and content
-# markup with layout attributes (nearly every section), renaming tags and attributes in that text is the
-# whole conversion; anything else takes the element walk below.
+# The fast path (nearly every section): tables, lists, paragraphs and content with layout attributes only.
+# Their elements are renamed in the tree (a tag-filtered walk touches only those), lxml serializes the
+# narrative, and a few byte-level checks confirm nothing else is in it; anything else takes the walk below.
 _FAST_TAGS = re.compile(
-    r"<(?!/?(?:td|tr|th|tbody|thead|tfoot|table|br|sub|sup|col|colgroup|content|paragraph|item|list|caption)"
-    r"[\s/>])"
+    rb"<(?!/?(?:td|tr|th|tbody|thead|tfoot|table|br|sub|sup|col|colgroup|span|p|li|ul|ol|caption)[\s/>])"
 )
-_ATTR_NAME = re.compile(r'\s([^\s=<>"]+)="')
-_ID_VALUE = re.compile(r' ID="([^"]*)"')
-_TABLE_CAPTION = re.compile(r"<table[^>]*>\s*<caption")
-_PREFIXES = re.compile(r"xmlns:([\w.-]+)=")
+_ID_VALUE = re.compile(rb' ID="([^"]*)"')
+_TABLE_CAPTION = re.compile(rb"<table[^>]*>\s*<caption")
+_PREFIXES = re.compile(rb"xmlns:([\w.-]+)=")
 _CLASS_VALUE = re.compile(r' class="([^"]*)"')
-_FAST_RENAMES = (
-    ("<content", "<span"),
-    ("</content>", "</span>"),
-    ("<paragraph", "<p"),
-    ("</paragraph>", "</p>"),
-    ("<item", "<li"),
-    ("</item>", "</li>"),
-    ("<list", "<ul"),
-    ("</list>", "</ul>"),
-)
+_SPAN, _P, _LI, _UL, _OL = NS + "span", NS + "p", NS + "li", NS + "ul", NS + "ol"
+_IN_TREE = {NS + "content": _SPAN, NS + "paragraph": _P, NS + "item": _LI}
+_INLINE_PARENTS = frozenset({NS + "paragraph", NS + "item", _P, _LI})
 _ESCAPE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 _ESCAPE_ATTR = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})
 
@@ -196,35 +195,49 @@ class Narrative:
         return "".join(out) if has_text or self.has_image else None
 
     def _fast(self, text: Any) -> str | None:
-        """The serialized narrative with tags and attributes renamed, or None when it needs the walk."""
-        s = etree.tostring(text, encoding="unicode", with_tail=False)
-        end = s.find(">")
-        if not s.startswith("<text") or s[end - 1] == "/" or not s.endswith("</text>"):
+        """The serialized narrative with tags and attributes renamed, or None when it needs the walk.
+
+        It renames elements in the source tree (content -> span and so on): the document's entries are
+        converted by then, and the walk reads the renamed elements as their XHTML selves.
+        """
+        for el in text.iter(NS + "content", NS + "paragraph", NS + "item", NS + "list", NS + "caption"):
+            tag = el.tag
+            new = _IN_TREE.get(tag)
+            if new is not None:
+                el.tag = new
+            elif tag == NS + "list":
+                el.tag = _OL if el.get("listType") == "ordered" else _UL
+                el.attrib.pop("listType", None)
+            elif el.getparent().tag in _INLINE_PARENTS:  # a paragraph's or item's caption: a labelled span
+                el.tag = _SPAN
+                el.set("styleCode", f"{el.get('styleCode', '')} caption".strip())
+        s = etree.tostring(text, encoding="utf-8", with_tail=False)
+        end = s.find(b">")
+        if not s.startswith(b"<text") or s[end - 1] == 47 or not s.endswith(b"</text>"):
             return None
         body = s[end + 1 : -7]
-        if "xmlns" in body or _FAST_TAGS.search(body):
+        if b"xmlns" in body or _FAST_TAGS.search(body):
             return None  # markup beyond tables, lists and spans, or elements of another namespace
         for prefix in _PREFIXES.findall(s[:end]):
-            if f"<{prefix}:" in body or f" {prefix}:" in body:
+            if b"<" + prefix + b":" in body or b" " + prefix + b":" in body:
                 return None
-        if "<caption" in body and body.count("<caption") != len(_TABLE_CAPTION.findall(body)):
+        if b"<caption" in body and body.count(b"<caption") != len(_TABLE_CAPTION.findall(body)):
             return None  # a caption outside a table
-        names = _ATTR_NAME.findall(body)
-        if names and not FAST_ATTRIBUTES.issuperset(names):
-            return None
-        if "ID" in names:
-            ids = _ID_VALUE.findall(body)
-            if len(set(ids)) != len(ids) or any(i in self.ids or not NCNAME.fullmatch(i) for i in ids):
-                return None  # a repeated or malformed ID: the walk drops the ones XHTML cannot keep
-            self.ids.update(ids)
-            body = body.replace(' ID="', ' id="')
-        for old, new in _FAST_RENAMES:
-            body = body.replace(old, new)
-        if "styleCode" in names:
-            body = body.replace(' styleCode="', ' class="')
-            if _style_hint().search(body):
-                body = _CLASS_VALUE.sub(lambda m: f' class="{_classes(m.group(1))}"', body)
-        return f"{XHTML_DIV}{body}</div>"
+        if b'="' in body:
+            if _OTHER_ATTRIBUTE.search(body[::-1]):
+                return None
+            if b' ID="' in body:
+                ids = [i.decode() for i in _ID_VALUE.findall(body)]
+                if len(set(ids)) != len(ids) or any(i in self.ids or not NCNAME.fullmatch(i) for i in ids):
+                    return None  # a repeated or malformed ID: the walk drops the ones XHTML cannot keep
+                self.ids.update(ids)
+                body = body.replace(b' ID="', b' id="')
+        html = body.decode()
+        if ' styleCode="' in html:
+            html = html.replace(' styleCode="', ' class="')
+            if _style_hint().search(html):
+                html = _CLASS_VALUE.sub(lambda m: f' class="{_classes(m.group(1))}"', html)
+        return f"{XHTML_DIV}{html}</div>"
 
     # --- elements -----------------------------------------------------------------------------------
 
@@ -233,7 +246,7 @@ class Narrative:
         name = RENAMED.get(tag)
         if name is not None:
             self._element(el, name, out)
-        elif tag == NS + "list":
+        elif tag in (NS + "list", _UL, _OL):
             self._list(el, out)
         elif tag == NS + "caption":
             parent = el.getparent()
@@ -310,7 +323,7 @@ class Narrative:
         return "".join(parts)
 
     def _list(self, el: Any, out: list[str]) -> None:
-        name = "ol" if el.get("listType") == "ordered" else "ul"
+        name = "ol" if el.get("listType") == "ordered" or el.tag == _OL else "ul"
         caption = next(el.iterchildren(NS + "caption"), None)
         if caption is not None:  # a list's caption heads it (XHTML has no caption inside a list)
             self._element(caption, "p", out, extra_class="caption")

@@ -73,6 +73,9 @@ TEMPLATES: dict[str, Mapper] = {
     T + "130": procedures.planned,  # Nutrition Recommendation
     T + "120": medications.planned,  # Planned Immunization Activity
     T + "45": family.family_history,  # Family History Organizer
+    T + "131": procedures.procedure,  # Intervention Act (Care Plan)
+    T + "146": procedures.planned,  # Planned Intervention Act (Care Plan)
+    T + "144": care.outcome,  # Outcome Observation (Care Plan)
 }
 
 # When an entry lacks its templateId (or carries a wrong one), its section and element decide.
