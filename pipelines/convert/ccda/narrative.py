@@ -175,6 +175,10 @@ class Narrative:
         fast = self._fast(text)
         if fast is not None:
             return fast if has_text else None
+        return self.walk(text, has_text)
+
+    def walk(self, text: Any, has_text: bool = True) -> str | None:
+        """Any narrative, element by element: footnotes, multimedia, links and unknown markup included."""
         self.has_image = False
         self.footnotes: list[Any] = []
         self.numbers: dict[str, int] = {}  # footnote ID -> its number (footnoteRefs point at it)
