@@ -23,6 +23,7 @@ RENAMED = {
     NS + "paragraph": "p",
     NS + "item": "li",
     NS + "linkHtml": "a",
+    NS + "a": "a",
     NS + "sub": "sub",
     NS + "sup": "sup",
     NS + "br": "br",
@@ -97,11 +98,12 @@ KEPT = frozenset(
         "scope",
         "span",
         "summary",
+        "title",
         "valign",
         "width",
     ]
 )
-FAST_ATTRIBUTES = KEPT | {"ID", "styleCode"}
+FAST_ATTRIBUTES = KEPT | {"ID", "styleCode", "href", "name"}
 # Read backwards, an attribute is `"=` then its reversed name then a space: one scan from a literal finds
 # any attribute outside the allowed set (or a `name="` in the text, which then takes the walk).
 _OTHER_ATTRIBUTE = re.compile(
@@ -115,15 +117,15 @@ PLAIN = ("text/plain",)
 # Their elements are renamed in the tree (a tag-filtered walk touches only those), lxml serializes the
 # narrative, and a few byte-level checks confirm nothing else is in it; anything else takes the walk below.
 _FAST_TAGS = re.compile(
-    rb"<(?!/?(?:td|tr|th|tbody|thead|tfoot|table|br|sub|sup|col|colgroup|span|p|li|ul|ol|caption)[\s/>])"
+    rb"<(?!/?(?:td|tr|th|tbody|thead|tfoot|table|br|sub|sup|col|colgroup|span|p|li|ul|ol|a|caption)[\s/>])"
 )
 _ID_VALUE = re.compile(rb' ID="([^"]*)"')
 _TABLE_CAPTION = re.compile(rb"<table[^>]*>\s*<caption")
 _PREFIXES = re.compile(rb"xmlns:([\w.-]+)=")
-_CLASS_VALUE = re.compile(r' class="([^"]*)"')
-_SPAN, _P, _LI, _UL, _OL = NS + "span", NS + "p", NS + "li", NS + "ul", NS + "ol"
+_SPAN, _P, _LI, _UL, _OL, _A = NS + "span", NS + "p", NS + "li", NS + "ul", NS + "ol", NS + "a"
 _IN_TREE = {NS + "content": _SPAN, NS + "paragraph": _P, NS + "item": _LI}
 _INLINE_PARENTS = frozenset({NS + "paragraph", NS + "item", _P, _LI})
+_LISTS = frozenset({NS + "list", _UL, _OL})
 _ESCAPE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 _ESCAPE_ATTR = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})
 
@@ -137,8 +139,10 @@ def style_classes() -> dict[str, str]:
 
 
 @cache
-def _style_hint() -> re.Pattern[str]:
-    return re.compile(r' class="[^"]*\b(?:' + "|".join(map(re.escape, style_classes())) + r")\b")
+def _styled() -> re.Pattern[str]:
+    """A class attribute holding a CDA style code FHIR has a class for (the rest stay as written)."""
+    codes = "|".join(map(re.escape, style_classes()))
+    return re.compile(r' class="([^"]*\b(?:' + codes + r')\b[^"]*)"')
 
 
 def _classes(value: str) -> str:
@@ -204,17 +208,35 @@ class Narrative:
         It renames elements in the source tree (content -> span and so on): the document's entries are
         converted by then, and the walk reads the renamed elements as their XHTML selves.
         """
-        for el in text.iter(NS + "content", NS + "paragraph", NS + "item", NS + "list", NS + "caption"):
+        links = 0  # attributes of links: href and name may stand on no other element
+        list_captions = []
+        for el in text.iter(
+            NS + "content", NS + "paragraph", NS + "item", NS + "list", NS + "caption", NS + "linkHtml"
+        ):
             tag = el.tag
             new = _IN_TREE.get(tag)
             if new is not None:
                 el.tag = new
+            elif tag == NS + "linkHtml":
+                el.tag = _A
+                links += ("name" in el.attrib) + ("href" in el.attrib)
+                href = el.get("href")
+                if href is not None and not SAFE_HREF.match(href.strip()):
+                    del el.attrib["href"]
+                    links -= 1
+                    self.notes["section narrative: link with an unsafe or relative href (kept as text)"] += 1
             elif tag == NS + "list":
                 el.tag = _OL if el.get("listType") == "ordered" else _UL
                 el.attrib.pop("listType", None)
             elif el.getparent().tag in _INLINE_PARENTS:  # a paragraph's or item's caption: a labelled span
                 el.tag = _SPAN
                 el.set("styleCode", f"{el.get('styleCode', '')} caption".strip())
+            elif el.getparent().tag in _LISTS:
+                list_captions.append(el)
+        for el in list_captions:  # a list's caption heads it as a paragraph (XHTML lists hold items only)
+            el.tag = _P
+            el.set("styleCode", f"{el.get('styleCode', '')} caption".strip())
+            el.getparent().addprevious(el)
         s = etree.tostring(text, encoding="utf-8", with_tail=False)
         end = s.find(b">")
         if not s.startswith(b"<text") or s[end - 1] == 47 or not s.endswith(b"</text>"):
@@ -230,6 +252,8 @@ class Narrative:
         if b'="' in body:
             if _OTHER_ATTRIBUTE.search(body[::-1]):
                 return None
+            if body.count(b' href="') + body.count(b' name="') != links:
+                return None  # a link attribute on something other than a link
             if b' ID="' in body:
                 ids = [i.decode() for i in _ID_VALUE.findall(body)]
                 if len(set(ids)) != len(ids) or any(i in self.ids or not NCNAME.fullmatch(i) for i in ids):
@@ -239,8 +263,7 @@ class Narrative:
         html = body.decode()
         if ' styleCode="' in html:
             html = html.replace(' styleCode="', ' class="')
-            if _style_hint().search(html):
-                html = _CLASS_VALUE.sub(lambda m: f' class="{_classes(m.group(1))}"', html)
+            html = _styled().sub(lambda m: f' class="{_classes(m.group(1))}"', html)
         return f"{XHTML_DIV}{html}</div>"
 
     # --- elements -----------------------------------------------------------------------------------
@@ -287,8 +310,6 @@ class Narrative:
         for c in el:
             if c is not skip:
                 self._node(c, out)
-            elif c.tail:
-                out.append(_esc(c.tail))
 
     def _element(self, el: Any, name: str, out: list[str], extra_class: str | None = None) -> None:
         attrs = self._attrs(el, name, extra_class) if el.attrib or extra_class else ""
@@ -301,7 +322,7 @@ class Narrative:
 
     def _attrs(self, el: Any, name: str, extra_class: str | None = None) -> str:
         parts = []
-        classes = [extra_class] if extra_class else []
+        classes = []
         for key, val in el.attrib.items():
             if key in KEPT:
                 parts.append(f' {key}="{val.translate(_ESCAPE_ATTR)}"')
@@ -320,8 +341,10 @@ class Narrative:
                     parts.append(f' href="{val.strip().translate(_ESCAPE_ATTR)}"')
                 else:
                     self.notes["section narrative: link with an unsafe or relative href (kept as text)"] += 1
-            elif name == "a" and key in ("name", "title"):
+            elif name == "a" and key == "name":
                 parts.append(f' {key}="{val.translate(_ESCAPE_ATTR)}"')
+        if extra_class:
+            classes.append(extra_class)
         if classes:
             parts.append(f' class="{" ".join(classes).translate(_ESCAPE_ATTR)}"')
         return "".join(parts)
@@ -331,6 +354,8 @@ class Narrative:
         caption = next(el.iterchildren(NS + "caption"), None)
         if caption is not None:  # a list's caption heads it (XHTML has no caption inside a list)
             self._element(caption, "p", out, extra_class="caption")
+            if caption.tail:
+                out.append(_esc(caption.tail))
         attrs = self._attrs(el, name) if el.attrib else ""
         out.append(f"<{name}{attrs}>")
         self._children(el, out, skip=caption)
