@@ -259,6 +259,7 @@ class Narrative:
                 if len(set(ids)) != len(ids) or any(i in self.ids or not NCNAME.fullmatch(i) for i in ids):
                     return None  # a repeated or malformed ID: the walk drops the ones XHTML cannot keep
                 self.ids.update(ids)
+                # Byte-level: a text reading ` ID="` literally would be lower-cased too (none in the corpus).
                 body = body.replace(b' ID="', b' id="')
         html = body.decode()
         if ' styleCode="' in html:
