@@ -108,7 +108,7 @@ def test_entities_are_never_resolved():
 def test_a_document_stripped_of_its_namespace_still_converts_and_says_so():
     data = document("").replace(HEAD.encode(), b"<ClinicalDocument>").replace(b"sdtc:raceCode", b"raceCode")
     resources, out, _ = convert(data)
-    assert [r["resourceType"] for r in resources] == ["DocumentReference", "Patient"]
+    assert [r["resourceType"] for r in resources] == ["DocumentReference", "Composition", "Patient"]
     assert out.unconsumed == {"ClinicalDocument without the urn:hl7-org:v3 namespace (adopted)": 1}
 
 

@@ -78,6 +78,7 @@ def _header(
     gender = _GENDER.get(p.gender, "UN")
     d.add("Patient", f"{ROOT}|{p.mrn}")
     d.add("DocumentReference", f"{ROOT}|{doc_id}")
+    d.add("Composition", f"{ROOT}|{doc_id}")
     d.add("Practitioner", f"{ROOT}|author-1")
     d.add("Organization", f"{ROOT}|org-1")
     org = (

@@ -9,7 +9,7 @@ from typing import Any
 
 from pipelines import formats
 from pipelines.common.unit import Converted, Converter, FileContext, Quarantine, Skip, Unit
-from pipelines.convert.ccda import header
+from pipelines.convert.ccda import composition, header, places
 from pipelines.convert.ccda.document import Doc
 from pipelines.convert.ccda.parse import CcdaRejected, check_document, document_type, parse_xml
 from pipelines.convert.ccda.sections import convert_sections
@@ -33,13 +33,14 @@ def convert_document(
             "ccda_missing_record_target", "document has no recordTarget/patientRole", "Patient"
         ) from None
     header.encounter(doc)
+    places.encompassing_location(doc)
     attachment: dict[str, Any] = {"contentType": "application/xml"}
     if url:
         attachment["url"] = url
     attachment["size"] = len(data)
     attachment["hash"] = base64.b64encode(hashlib.sha1(data).digest()).decode()  # noqa: S324 - FHIR's hash is SHA-1
     header.document_reference(doc, attachment, header.format_code(doc_type, root))
-    convert_sections(doc)
+    composition.composition(doc, convert_sections(doc))
     assert doc.patient is not None
     doc.emit(doc.patient)
     return doc.finish(), doc

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 CCDA_TEMPLATE_PREFIX = "2.16.840.1.113883.10.20."
 _WITH_ID = etree.XPath("descendant::h:text/descendant-or-self::*[@ID]", namespaces={"h": NS[1:-1]})
+_PARTIES = frozenset({"Practitioner", "Organization", "Patient", "Location", "Device"})
 
 
 class EntrySkipped(Exception):
@@ -61,6 +62,8 @@ class Doc:
         self.patient_ref: dict[str, str] = {}
         self.patient: dict[str, Any] | None = None
         self.encounter_ref: dict[str, str] | None = None
+        # Every (type, id) kept, in order: the Composition's sections list what their entries made.
+        self.emitted: list[tuple[str, str]] = []
 
     # --- ids and emitting ---------------------------------------------------------------------------
 
@@ -91,14 +94,15 @@ class Doc:
         key = (rtype, rid)
         held = self.out.get(key)
         if held is not None and held != resource:
-            if el is None or resource["resourceType"] in ("Practitioner", "Organization", "Patient"):
-                # Header parties recur across the document with more or less detail: the fuller stays.
+            if el is None or resource["resourceType"] in _PARTIES:
+                # Parties and places recur across the document with more or less detail: the fuller stays.
                 if len(resource) > len(held):
                     self.out[key] = resource
                 return {"reference": f"{key[0]}/{key[1]}"}
             resource["id"] = warehouse_id(self.source_system, key[0], self.position_key(el))
             key = (key[0], resource["id"])
         self.out[key] = resource
+        self.emitted.append(key)
         return {"reference": f"{key[0]}/{key[1]}"}
 
     # --- narrative -----------------------------------------------------------------------------------

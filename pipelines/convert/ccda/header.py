@@ -7,6 +7,7 @@ from typing import Any
 
 from lxml import etree
 
+from pipelines.convert.ccda import places
 from pipelines.convert.ccda.datatypes import (
     SDTC,
     absent,
@@ -205,11 +206,14 @@ def organization(doc: Doc, org: Any) -> dict[str, str] | None:
     return doc.emit(res, org)
 
 
-def author_refs(doc: Doc, el: Any, authors: Any = None) -> list[dict[str, str]]:
-    """Practitioner references of el's authors (authors: its <author> children, when already found)."""
+def author_refs(doc: Doc, el: Any, authors: Any = None, devices: bool = False) -> list[dict[str, str]]:
+    """Authors -> Practitioner / Organization references (authors: el's <author> children, when already
+    found); with devices, an authoring system -> Device (only where the FHIR element may reference one)."""
     refs = []
     for author in children(el, "author") if authors is None else authors:
-        ref = practitioner(doc, child(author, "assignedAuthor"))
+        assigned = child(author, "assignedAuthor")
+        ref = places.authoring_device(doc, assigned) if devices and assigned is not None else None
+        ref = ref or practitioner(doc, assigned)
         if ref and ref not in refs:
             refs.append(ref)
     return refs
@@ -294,7 +298,7 @@ def document_reference(doc: Doc, attachment: dict[str, Any], format_code: str | 
     res["subject"] = doc.patient_ref
     if doc.last_updated:
         res["date"] = doc.last_updated
-    authors = author_refs(doc, root)
+    authors = author_refs(doc, root, devices=True)
     if authors:
         res["author"] = authors
     legal = child(root, "legalAuthenticator")

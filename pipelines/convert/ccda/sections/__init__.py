@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pipelines.convert.ccda.datatypes import NS, child, children, local, template_ids
@@ -72,6 +73,9 @@ TEMPLATES: dict[str, Mapper] = {
     T + "130": procedures.planned,  # Nutrition Recommendation
     T + "120": medications.planned,  # Planned Immunization Activity
     T + "45": family.family_history,  # Family History Organizer
+    T + "131": procedures.procedure,  # Intervention Act (Care Plan)
+    T + "146": procedures.planned,  # Planned Intervention Act (Care Plan)
+    T + "144": care.outcome,  # Outcome Observation (Care Plan)
 }
 
 # When an entry lacks its templateId (or carries a wrong one), its section and element decide.
@@ -133,18 +137,30 @@ def identify(section_el: Any) -> Section:
     return Section("other", "Other", section_el)
 
 
-def convert_sections(doc: Doc) -> None:
+@dataclass(slots=True)
+class ConvertedSection:
+    """One section as converted: what it is, the (type, id) of what its entries made, its subsections."""
+
+    section: Section
+    made: list[tuple[str, str]]
+    subsections: list[ConvertedSection]
+
+
+def convert_sections(doc: Doc) -> list[ConvertedSection]:
     body = child(child(doc.root, "component"), "structuredBody")
     if body is None:
-        return
+        return []
+    out = []
     for comp in children(body, "component"):
         section_el = child(comp, "section")
         if section_el is not None:
-            _section(doc, section_el)
+            out.append(_section(doc, section_el))
+    return out
 
 
-def _section(doc: Doc, section_el: Any) -> None:
+def _section(doc: Doc, section_el: Any) -> ConvertedSection:
     section = identify(section_el)
+    start = len(doc.emitted)
     label = None  # the section's label, worked out once for all its entries
     for entry in section_el.iterchildren(NS + "entry"):
         stmt = statement_of(entry)
@@ -154,7 +170,10 @@ def _section(doc: Doc, section_el: Any) -> None:
             label = section_label(section_el)
         ids = template_ids(stmt)
         doc.run_entry(mapper_for(stmt, section, ids), stmt, section, entry_label(stmt, ids), label)
+    made = doc.emitted[start:]
+    subsections = []
     for comp in children(section_el, "component"):
         sub = child(comp, "section")
         if sub is not None:
-            _section(doc, sub)
+            subsections.append(_section(doc, sub))
+    return ConvertedSection(section, made, subsections)

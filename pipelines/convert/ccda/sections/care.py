@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from pipelines.convert.ccda.datatypes import child, codeable, value
+from pipelines.convert.ccda.datatypes import child, codeable, id_pairs, pairs_key, value
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
 from pipelines.convert.ccda.header import author_refs, author_time
 from pipelines.convert.ccda.maps import concept
@@ -16,6 +16,7 @@ from pipelines.convert.ccda.sections.common import (
     category,
     components,
     observation,
+    related,
     set_effective,
     status_code,
 )
@@ -41,6 +42,14 @@ def status_organizer(doc: Doc, org: Any, section: Section) -> None:
     if not members:
         raise EntrySkipped("empty organizer")
     doc.emit(observation(doc, org, cats, members=members), org)
+
+
+def outcome(doc: Doc, obs: Any, section: Section) -> None:
+    """Outcome Observation (a Care Plan's health status evaluation) -> Observation, with no category: C-CDA
+    gives it none, and the CarePlan lists it as an activity's outcome."""
+    res = observation(doc, obs, [])
+    del res["category"]
+    doc.emit(res, obs)
 
 
 def goal(doc: Doc, obs: Any, section: Section) -> None:
@@ -113,4 +122,18 @@ def note(doc: Doc, act: Any, section: Section) -> None:
     res["content"] = [
         {"attachment": {"contentType": "text/plain", "data": base64.b64encode(text.encode()).decode()}}
     ]
+    # C-CDA on FHIR (Notes): the note's own encounter, else the document's encompassingEncounter.
+    encounter = _note_encounter(doc, act)
+    if encounter:
+        res["context"] = {"encounter": [encounter]}
     doc.emit(res, act)
+
+
+def _note_encounter(doc: Doc, act: Any) -> dict[str, str] | None:
+    """An encounter the note names by id (entryRelationship COMP) that is converted, else the document's."""
+    for enc in related(act, type_code="COMP"):
+        if enc.tag.endswith("}encounter") and id_pairs(enc):
+            rid = doc.rid("Encounter", enc, pairs_key(id_pairs(enc)))
+            if ("Encounter", rid) in doc.out:  # converted already (the header's, or an earlier entry)
+                return {"reference": f"Encounter/{rid}"}
+    return doc.encounter_ref

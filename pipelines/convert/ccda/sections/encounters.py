@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.convert.ccda import places
 from pipelines.convert.ccda.datatypes import absent, child, children, codeable, coding
 from pipelines.convert.ccda.document import Doc, Section
 from pipelines.convert.ccda.header import ACT_CODE, practitioner
@@ -41,6 +42,9 @@ def encounter(doc: Doc, enc: Any, section: Section) -> None:
     reasons = reason_codes(doc, enc)
     if reasons:
         res["reasonCode"] = reasons
+    locations = places.entry_locations(doc, enc)
+    if locations:
+        res["location"] = [{"location": loc} for loc in locations]
     ref = {"reference": f"Encounter/{res['id']}"}
     diagnoses = []
     for act in related(enc, ENCOUNTER_DIAGNOSIS):

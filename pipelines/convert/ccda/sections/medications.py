@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.convert.ccda.datatypes import NS, child, codeable, quantity, timing, xsi_type
+from pipelines.convert.ccda.datatypes import (
+    NS,
+    child,
+    children,
+    clean,
+    codeable,
+    identifiers,
+    quantity,
+    timing,
+    xsi_type,
+)
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
-from pipelines.convert.ccda.header import author_refs, author_time
+from pipelines.convert.ccda.header import author_refs, author_time, organization
 from pipelines.convert.ccda.maps import concept
 from pipelines.convert.ccda.sections.common import (
     AUTHOR,
@@ -49,6 +59,40 @@ def drug(doc: Doc, sa: Any, kids: dict[str, list[Any]] | None = None) -> dict[st
         if name is not None and (name.text or "").strip():
             cc = {"text": " ".join(name.text.split())}
     return cc
+
+
+def medication(doc: Doc, sa: Any, code: dict[str, Any]) -> dict[str, str] | None:
+    """A Medication resource when the entry says more than the drug's code (C-CDA on FHIR): its maker,
+    lot, dose form (administrationUnitCode) or drug vehicle; None when the code alone says it all."""
+    product = child(child(sa, "consumable"), "manufacturedProduct")
+    material = child(product, "manufacturedMaterial")
+    maker_el = child(product, "manufacturerOrganization")
+    lot_el = child(material, "lotNumberText")
+    lot = clean(lot_el.text) if lot_el is not None else None
+    form = codeable(child(sa, "administrationUnitCode"), doc)
+    vehicles = [
+        cc
+        for p in children(sa, "participant")
+        if p.get("typeCode") == "CSM"
+        and (cc := codeable(child(child(child(p, "participantRole"), "playingEntity"), "code"), doc))
+    ]
+    if (maker_el is None or maker_el.get("nullFlavor")) and not lot and form is None and not vehicles:
+        return None
+    res: dict[str, Any] = {"resourceType": "Medication", "id": doc.rid("Medication", product)}
+    ids = identifiers(product)
+    if ids:
+        res["identifier"] = ids
+    res["code"] = code
+    maker = organization(doc, maker_el)
+    if maker:
+        res["manufacturer"] = maker
+    if form:
+        res["form"] = form
+    if vehicles:  # a drug vehicle is an inactive ingredient
+        res["ingredient"] = [{"itemCodeableConcept": cc, "isActive": False} for cc in vehicles]
+    if lot:
+        res["batch"] = {"lotNumber": lot}
+    return doc.emit(res, product)
 
 
 def dosage(doc: Doc, sa: Any, kids: dict[str, list[Any]] | None = None) -> dict[str, Any] | None:
@@ -111,7 +155,11 @@ def activity(doc: Doc, sa: Any, section: Section, force_request: bool = False) -
             res["doNotPerform"] = True
     else:
         res["status"] = "not-taken" if negated(sa) else concept("medication_status", status) or "unknown"
-    res["medicationCodeableConcept"] = med
+    med_ref = medication(doc, sa, med)
+    if med_ref:
+        res["medicationReference"] = med_ref
+    else:
+        res["medicationCodeableConcept"] = med
     res["subject"] = res.pop("subject")
     period_el = next(
         (e for e in kids.get(EFFECTIVE_TIME, ()) if xsi_type(e) not in ("PIVL_TS", "EIVL_TS")), None

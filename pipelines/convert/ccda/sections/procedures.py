@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.convert.ccda import places
 from pipelines.convert.ccda.datatypes import NS, child, codeable
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
 from pipelines.convert.ccda.header import author_refs, author_time, practitioner
@@ -57,6 +58,12 @@ def procedure(doc: Doc, stmt: Any, section: Section) -> None:
     sites = [cc for el in kids.get(NS + "targetSiteCode", ()) if (cc := codeable(el, doc))]
     if sites:
         res["bodySite"] = sites
+    locations = places.entry_locations(doc, stmt)
+    if locations:
+        res["location"] = locations[0]  # Procedure.location is one place
+    devices = places.product_instances(doc, stmt)
+    if devices:
+        res["focalDevice"] = [{"manipulated": d} for d in devices]
     if text and "text" not in code:
         res["note"] = [{"text": text}]
     doc.emit(res, stmt)
