@@ -38,6 +38,9 @@ from pipelines import tasks as stages
         "key_file": Param(None, type=["null", "string"], description="path of the private key file"),
         "warehouse": Param(None, type=["null", "string"], description="DuckDB warehouse file"),
         "source_system": Param(None, type=["null", "string"], description="source system name"),
+        "fhir_release": Param(
+            None, type=["null", "string"], description="auto (the server's metadata), dstu2, stu3 or r4"
+        ),
     },
     tags=["ehrlift"],
     doc_md=__doc__,

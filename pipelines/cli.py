@@ -196,6 +196,12 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=None, help="download folder (default under the warehouse)"
     )
     export.add_argument("--source-system", default=None, help="source system name for the landed files")
+    export.add_argument(
+        "--fhir-release",
+        choices=FHIR_RELEASES,
+        default="auto",
+        help="the release the server's files are in (default auto: its CapabilityStatement's fhirVersion)",
+    )
     export.add_argument("--no-run", action="store_true", help="download only; do not land, convert and load")
     export.add_argument("--no-progress", action="store_true", help="no progress bars")
     export.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
@@ -259,6 +265,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             patients=_split_values(args.patient_id),
             include_associated=_split_values(args.include_associated_data),
             partial_manifests=args.partial_manifests,
+            fhir_release=args.fhir_release,
         )
     )
     files = result.files
@@ -277,6 +284,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         out.print(
             "  server error issues: " + ", ".join(f"{c} {n}" for c, n in sorted(result.error_issues.items()))
         )
+    out.print(
+        f"  FHIR release: {result.fhir_release}"
+        + (" (told from each file's content)" if result.fhir_release == "unknown" else "")
+    )
     out.print(f"  downloaded to: {result.out_dir}", soft_wrap=True)
     if result.run_summary is not None:
         print_summary(

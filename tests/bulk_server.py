@@ -324,8 +324,14 @@ class BulkServer:
         token_lifetime: int = 300,
         lifetime: float = 120.0,
         faults: Faults | None = None,
+        fhir_version: str | None = "4.0.1",
+        metadata_status: int = 200,
     ) -> None:
         self.resources = resources
+        # GET [base]/metadata: a CapabilityStatement (DSTU2: Conformance) naming fhir_version (None: no
+        # fhirVersion element), or an OperationOutcome with metadata_status when that is not 200.
+        self.fhir_version = fhir_version
+        self.metadata_status = metadata_status
         self.groups = groups or {}
         self.require_auth = require_auth
         self.requires_access_token = require_auth if requires_access_token is None else requires_access_token
@@ -397,11 +403,27 @@ class BulkServer:
                 p for m, p, _s, _a in self.log if (method is None or m == method) and p.startswith(prefix)
             ]
 
+    def kickoffs(self, method: str | None = None) -> list[str]:
+        """The paths of $export requests (a client also reads /metadata and the SMART configuration)."""
+        return [p for p in self.requests(method, "/fhir/") if p.endswith("/$export")]
+
     def with_token(self, prefix: str) -> list[bool]:
         with self.lock:
             return [a for _m, p, _s, a in self.log if p.startswith(prefix)]
 
     # -- bulk data ---------------------------------------------------------------------------------
+
+    def metadata(self, h: _Handler) -> None:
+        if h.headers.get("Accept") != "application/fhir+json":
+            return h.outcome(406, "not-supported", "Accept must be application/fhir+json")
+        if self.metadata_status != 200:
+            return h.outcome(self.metadata_status, "forbidden", "metadata is not available")
+        kind = "Conformance" if (self.fhir_version or "").startswith("1.") else "CapabilityStatement"
+        statement: dict[str, Any] = {"resourceType": kind, "status": "active", "kind": "instance"}
+        if self.fhir_version is not None:
+            statement["fhirVersion"] = self.fhir_version
+        statement["format"] = ["application/fhir+json"]
+        return h.json(200, statement)
 
     def kickoff(self, h: _Handler, path: str, query: str, body: bytes | None = None) -> None:
         """GET with query parameters, or POST of a FHIR Parameters resource (Bulk Data 2.0+)."""
@@ -867,6 +889,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self.outcome(404, "not-found", "unknown endpoint")
         if bulk.require_auth and not self.authorized():
             return None
+        if method == "GET" and path == "/fhir/metadata":
+            return bulk.metadata(self)
         if method in ("GET", "POST") and (
             path in ("/fhir/$export", "/fhir/Patient/$export")
             or (path.startswith("/fhir/Group/") and path.endswith("/$export"))

@@ -73,6 +73,7 @@ print(json.dumps({
         "max_active_runs": 1,
         "params": [
             "client_id",
+            "fhir_release",
             "group",
             "key_file",
             "method",
@@ -118,7 +119,7 @@ def test_scheduled_runs_are_incremental_and_load_the_warehouse(tmp_path, warehou
         server.touch("Patient", "p1", later, gender="male")
         server.delete_resource("Condition", "c2", later)
         second = scheduled_run(params)
-        kickoffs = server.requests("GET", "/fhir/")
+        kickoffs = server.kickoffs("GET")
     assert kickoffs == ["/fhir/$export", "/fhir/$export"]
     assert first["export"]["since_used"] is None
     assert second["export"]["since_used"] == first["export"]["transaction_time"]
@@ -151,7 +152,7 @@ def test_a_run_whose_stages_failed_is_resumed_not_skipped(tmp_path, warehouse):
             assert state.since is None and state.job["downloaded"]  # `_since` did not move on
         fetched = file_gets(server)
         again = scheduled_run(params)
-        assert server.requests("GET", "/fhir/") == ["/fhir/$export"]  # the same job, not a new export
+        assert server.kickoffs("GET") == ["/fhir/$export"]  # the same job, not a new export
         assert file_gets(server) == fetched  # nothing downloaded twice
     assert again["export"]["resumed"] and again["export"]["fetched_now"] == 0
     assert again["export"]["transaction_time"] == failed["export"]["transaction_time"]
@@ -231,7 +232,7 @@ print("STATE", run.state)
             [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
         )
         assert "STATE success" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
-        assert server.requests("GET", "/fhir/") == ["/fhir/$export"]
+        assert server.kickoffs("GET") == ["/fhir/$export"]
         assert file_gets(server) == Counter(
             {"Condition.ndjson": 1, "Encounter.ndjson": 1, "Observation.ndjson": 1, "Patient.ndjson": 1}
             | {"errors.ndjson": 1}

@@ -53,7 +53,7 @@ def test_system_export_downloads_every_file_and_deletes_the_job(tmp_path, data):
     with BulkServer(data) as server:
         sleeps = Sleeps()
         result = run_export(options(server, tmp_path), sleep=sleeps)
-        assert server.requests("GET", "/fhir/") == ["/fhir/$export"]
+        assert server.requests("GET", "/fhir/") == ["/fhir/metadata", "/fhir/$export"]
         assert len(server.requests("GET", "/jobs/")) == 2  # one 202, then the manifest
         assert server.requests("DELETE") == server.requests("GET", "/jobs/")[:1]
         assert file_gets(server) == Counter(
@@ -91,7 +91,7 @@ def test_group_export_with_type_and_type_filter(tmp_path, data):
             type_filters=("Observation?status=final",),
         )
         result = run_export(opts, sleep=Sleeps())
-        kickoff = server.requests("GET", "/fhir/")
+        kickoff = server.kickoffs("GET")
     assert kickoff == ["/fhir/Group/g1/$export"]
     assert result.resources == Counter({"Observation": 2, "Patient": 2})
     lines = (result.out_dir / "Observation.001.ndjson").read_bytes().splitlines()
@@ -178,7 +178,7 @@ def test_throttling_and_server_errors_are_retried(tmp_path, data, fault, kickoff
     with BulkServer(data, faults=Faults(**{fault: 2})) as server:
         sleeps = Sleeps()
         result = run_export(options(server, tmp_path), sleep=sleeps)
-        assert len(server.requests("GET", "/fhir/")) == kickoffs
+        assert len(server.kickoffs("GET")) == kickoffs
         assert len(server.requests("GET", "/jobs/")) == polls
     assert sleeps == [0.0, 0.0, 1.0]  # Retry-After: 0 twice, then the job's Retry-After: 1
     assert sum(result.resources.values()) == 25
@@ -262,7 +262,7 @@ def test_a_file_that_keeps_failing_stops_the_export_and_a_rerun_fetches_only_it(
             {"Condition.ndjson": 1, "Encounter.ndjson": 2, "Observation.ndjson": 1, "Patient.ndjson": 1}
             | {"errors.ndjson": 1}
         )
-        assert len(server.requests("GET", "/fhir/")) == 1  # the same job, not a new kick-off
+        assert len(server.kickoffs("GET")) == 1  # the same job, not a new kick-off
 
 
 class Crash(BaseException):
@@ -291,7 +291,7 @@ def test_resume_after_a_crash_mid_download_refetches_nothing_finished(tmp_path, 
         assert sum(before.values()) == 2
         result = run_export(options(server, tmp_path, workers=1), sleep=Sleeps())
         after = file_gets(server)
-        assert len(server.requests("GET", "/fhir/")) == 1
+        assert len(server.kickoffs("GET")) == 1
         assert len(server.requests("GET", "/jobs/")) == 2  # the manifest was kept: no polling again
     assert all(after[name] == 1 for name in after)  # every file fetched exactly once over both runs
     assert result.fetched_now == 3 and result.resumed
@@ -306,7 +306,7 @@ def test_resume_after_a_crash_while_polling_keeps_the_job(tmp_path, data):
         with pytest.raises(Crash):
             run_export(options(server, tmp_path), sleep=dying)
         result = run_export(options(server, tmp_path), sleep=Sleeps())
-        assert len(server.requests("GET", "/fhir/")) == 1
+        assert len(server.kickoffs("GET")) == 1
     assert result.resumed and sum(result.resources.values()) == 25
 
 
@@ -318,7 +318,7 @@ def test_incremental_export_uses_the_last_transaction_time(tmp_path, data):
         server.touch("Observation", "o9-1", later, status="final", subject={"reference": "Patient/p1"})
         server.delete_resource("Condition", "c2", later)
         second = run_export(options(server, tmp_path), sleep=Sleeps())
-        kickoffs = [p for m, p, _s, _a in server.log if m == "GET" and p.startswith("/fhir/")]
+        kickoffs = [p for m, p, _s, _a in server.log if m == "GET" and p.endswith("/$export")]
         assert len(kickoffs) == 2
     assert second.since_used == first.transaction_time
     assert second.resources == Counter({"Observation": 1, "Patient": 1})
@@ -476,7 +476,7 @@ def test_state_rules_on_resume(tmp_path, data):
             run_export(options(server, tmp_path), sleep=Sleeps())
         server.faults.polls_before_ready = 0
         result = run_export(options(server, tmp_path, restart=True), sleep=Sleeps())
-        assert len(server.requests("GET", "/fhir/")) == 2  # --restart: the old job dropped, a new kick-off
+        assert len(server.kickoffs("GET")) == 2  # --restart: the old job dropped, a new kick-off
         assert len(server.requests("DELETE")) == 2  # the dropped job and the finished one
     assert not result.resumed and sum(result.resources.values()) == 25
 

@@ -67,7 +67,8 @@ def test_authenticated_export_reuses_one_token(tmp_path, data, keys, alg):
         assert server.requests("POST", "/auth/token") == ["/auth/token"]  # one token for the whole export
         assert all(server.with_token("/files/")) and all(server.with_token("/jobs/"))
         assert not any(server.with_token("/auth/"))
-    assert sum(result.resources.values()) == 25
+        assert server.with_token("/fhir/metadata") == [True]  # the server asks for a token there too
+    assert sum(result.resources.values()) == 25 and result.fhir_release == "r4"
 
 
 def test_files_get_no_token_when_the_manifest_does_not_require_one(tmp_path, data, keys):

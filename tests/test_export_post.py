@@ -41,7 +41,7 @@ def test_post_kickoff_of_a_group_export_end_to_end(tmp_path, data):
         )
         result = run_export(opts, sleep=Sleeps())
         assert server.requests("POST", "/fhir/") == ["/fhir/Group/g1/$export"]
-        assert server.requests("GET", "/fhir/") == []
+        assert server.kickoffs("GET") == []
         assert server.kickoff_bodies == [
             {
                 "resourceType": "Parameters",
@@ -71,7 +71,7 @@ def test_patient_ids_choose_post_and_limit_the_output(tmp_path, data):
         assert refs == [{"reference": "Patient/p2"}, {"reference": "Patient/p4"}]
         # The patient list is its own selection: an export of all patients has no `_since` yet.
         everyone = run_export(options(server, tmp_path, scope="patient"), sleep=Sleeps())
-        assert server.requests("GET", "/fhir/") == ["/fhir/Patient/$export"]
+        assert server.kickoffs("GET") == ["/fhir/Patient/$export"]
     assert result.resources == Counter({"Condition": 2, "Encounter": 2, "Observation": 4, "Patient": 2})
     subjects = {
         r.get("id") if r["resourceType"] == "Patient" else r["subject"]["reference"]

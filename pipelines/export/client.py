@@ -335,6 +335,30 @@ class BulkClient:
             entries.append({"name": "allowPartialManifests", "valueBoolean": True})
         return {"resourceType": "Parameters", "parameter": entries}
 
+    def server_fhir_version(self) -> str | None:
+        """The fhirVersion the server's CapabilityStatement (DSTU2: Conformance) declares, or None when
+        the server will not say (refused, unreachable, not a capability statement, no fhirVersion)."""
+        try:
+            # A 500 answers this request itself; only throttling and gateways are worth asking again.
+            response = self.request(
+                "GET",
+                f"{self.server}/metadata",
+                {"Accept": FHIR_JSON},
+                retry_statuses=frozenset({429, 502, 503, 504}),
+            )
+        except RemoteError:
+            return None
+        if response.status_code != 200:
+            return None
+        try:
+            doc = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(doc, dict) or doc.get("resourceType") not in ("CapabilityStatement", "Conformance"):
+            return None
+        version = doc.get("fhirVersion")
+        return version.strip() if isinstance(version, str) and version.strip() else None
+
     def kickoff_post(self, scope: str, group: str | None) -> str:
         """The operation URL of a POST kick-off: its parameters travel in the body, not the query."""
         return self.kickoff_url(scope, group, None, (), ()).split("?", 1)[0]

@@ -25,9 +25,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from pipelines.common.config import DEFAULT_SOURCE_SYSTEM, RunConfig
+from pipelines.common.config import DEFAULT_SOURCE_SYSTEM, FHIR_RELEASES, RunConfig
 from pipelines.common.errors import ConfigError
 from pipelines.common.reasons import check_reason
+from pipelines.export import release
 from pipelines.export.auth import DEFAULT_SCOPE, BackendAuth, load_signing_key
 from pipelines.export.client import BulkClient, JobFailed, Manifest, Timing, parse_manifest
 from pipelines.export.state import ExportKey, ExportState, write_durably
@@ -71,6 +72,7 @@ class ExportOptions:
     include_associated: tuple[str, ...] = ()  # includeAssociatedData codes
     partial_manifests: bool = False  # allowPartialManifests: download files while the job still runs
     hold: bool = False  # keep the job open (no new `_since`) until finish_export: the DAG loads in between
+    fhir_release: str = "auto"  # auto: the release the server's CapabilityStatement declares
 
     def key(self) -> ExportKey:
         return ExportKey(
@@ -103,6 +105,7 @@ class ExportResult:
     manifest_path: Path | None = None
     state_dir: Path | None = None
     source_system: str | None = None  # the name the files are landed under (remembered per export)
+    fhir_release: str | None = None  # dstu2 | stu3 | r4 | unknown (content detection)
 
 
 def run_export(
@@ -128,6 +131,8 @@ def _check_options(options: ExportOptions) -> None:
             raise ConfigError(f"--type {t!r} is not a FHIR resource type name")
     if options.source_system:
         RunConfig((), source_system=options.source_system)  # checks the name before anything is fetched
+    if options.fhir_release not in FHIR_RELEASES:
+        raise ConfigError(f"--fhir-release must be one of {', '.join(FHIR_RELEASES)}")
     if options.workers < 1 or options.workers > 32:
         raise ConfigError("--workers must be 1-32")
     if options.since and options.full:
@@ -199,6 +204,8 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
         )
     resumed = job is not None
     if job is None:
+        # Before kick-off: a server speaking a release ehrlift cannot read is refused before any job.
+        declared = release.decide(client, options.fhir_release)
         since = options.since or (None if options.full else state.since)
         method = options.kickoff_method()
         patients = patient_references(options.patients)
@@ -237,6 +244,7 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
             "manifest": None,
             "files": [],
             "deleted_on_server": False,
+            **declared,
         }
         state.data["source_system"] = source_system
         sent = (*(p.removeprefix("Patient/") for p in patients), *([options.group] if options.group else []))
@@ -255,6 +263,8 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
                 "an unfinished export of this server and scope writes to another folder",
                 hint=f"re-run with --out {job['out_dir']} or pass --restart",
             )
+        if release.keep_on_resume(job, options.fhir_release, client):
+            state.save()
         log.info("resuming the unfinished export of this server and scope")
     out_dir = Path(job["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -302,6 +312,8 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
     _summarise(job, out_dir, result)
     result.source_system = job["source_system"]
     result.manifest_path = _write_local_manifest(job, manifest, out_dir)
+    release.write_declarations(job, out_dir)
+    result.fhir_release = job["fhir_release"]
     if not job["deleted_on_server"]:
         job["deleted_on_server"] = client.delete(job["status_url"])
         state.save()

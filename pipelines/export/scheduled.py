@@ -23,6 +23,7 @@ ENVIRONMENT = {
     "kid": "EHRLIFT_EXPORT_KID",
     "token_url": "EHRLIFT_EXPORT_TOKEN_URL",
     "auth_scope": "EHRLIFT_EXPORT_AUTH_SCOPE",
+    "fhir_release": "EHRLIFT_EXPORT_FHIR_RELEASE",
 }
 SCOPES = ("system", "patient", "group")
 
@@ -70,6 +71,7 @@ def export_options(settings: dict[str, Any] | None) -> ExportOptions:
         run=False,
         progress=False,
         hold=True,
+        fhir_release=pick("fhir_release") or "auto",
     )
 
 
@@ -98,6 +100,7 @@ def download(settings: dict[str, Any] | None) -> dict[str, Any]:
             "files": dict(result.files),
             "fetched_now": result.fetched_now,
             "resources": sum(result.resources.values()),
+            "fhir_release": result.fhir_release,
         },
     }
 

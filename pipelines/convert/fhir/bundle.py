@@ -19,7 +19,7 @@ from pipelines.common.unit import (
     UnreadableFile,
 )
 from pipelines.convert.fhir.prepare import FHIR_ID, RESOURCE_TYPE, ResourcePreparer, warehouse_id
-from pipelines.convert.fhir.release import check_release, declared
+from pipelines.convert.fhir.release import check_bundle_release, check_release, declared
 
 _IJSON_ERRORS = (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError)
 
@@ -36,7 +36,9 @@ class FhirBundleConverter(Converter):
     def units(self, ctx: FileContext) -> Iterator[Unit]:
         # Pass 1 maps every entry's fullUrl to its warehouse reference, so urn:uuid references between
         # entries of a transaction Bundle resolve; pass 2 streams the entries themselves.
+        self._top: dict[str, Any] = {"profile": []}  # the Bundle's own fhirVersion and meta.profile
         self._preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256, self._urn_map(ctx))
+        check_bundle_release("Bundle", self._top.get("fhirVersion"), self._top["profile"], ctx)
         try:
             with formats.open_json(ctx.path) as fh:
                 for position, entry in enumerate(ijson.items(fh, "entry.item", use_float=False), 1):
@@ -78,6 +80,10 @@ class FhirBundleConverter(Converter):
                         rtype = value
                     elif prefix == "entry.item.resource.id" and event == "string":
                         rid = value
+                    elif prefix == "fhirVersion" and event == "string":
+                        self._top["fhirVersion"] = value
+                    elif prefix == "meta.profile.item" and event == "string":
+                        self._top["profile"].append(value)
                     elif prefix == "entry.item" and event == "end_map":
                         ref = _entry_reference(ctx, position, self.entry_type(rtype), rid)
                         if full_url and ref:
