@@ -299,3 +299,20 @@ def test_a_refused_status_request_keeps_the_job(tmp_path, data, keys):
         with ExportState(tmp_path / "data" / "exports", opts.key()) as state:
             assert state.job is not None and state.job["status_url"]
         assert server.requests("DELETE") == []
+
+
+def test_a_refused_client_fails_as_auth_before_any_release_fallback(tmp_path, data, keys, caplog):
+    import logging
+
+    key_file = tmp_path / "private.jwks.json"
+    key_file.write_bytes(orjson.dumps(_jwks(keys["other"], "k-rsa", "RS384", True)))  # not the registered key
+    with _auth_server(data, keys) as server:
+        opts = options(server, tmp_path, client_id="client-1", key_file=key_file)
+        with (
+            caplog.at_level(logging.WARNING, logger="pipelines.export"),
+            pytest.raises(RemoteError, match="token endpoint"),
+        ):
+            run_export(opts, sleep=Sleeps())
+        assert server.requests("GET", "/fhir/metadata") == [] and server.kickoffs() == []
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [m for m in warned if "CapabilityStatement" in m]

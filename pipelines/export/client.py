@@ -338,6 +338,9 @@ class BulkClient:
     def server_fhir_version(self) -> str | None:
         """The fhirVersion the server's CapabilityStatement (DSTU2: Conformance) declares, or None when
         the server will not say (refused, unreachable, not a capability statement, no fhirVersion)."""
+        # The token first, outside the fallback: a token endpoint that refuses us is an auth failure to
+        # report as such, not a server that keeps its release to itself.
+        self._token_for(f"{self.server}/metadata", None)
         try:
             # A 500 answers this request itself; only throttling and gateways are worth asking again.
             response = self.request(
