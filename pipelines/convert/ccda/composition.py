@@ -6,7 +6,6 @@ from typing import Any
 
 from pipelines.convert.ccda.datatypes import (
     DAR,
-    NS,
     absent,
     child,
     children,
@@ -35,7 +34,6 @@ INTERVENTIONS = "2.16.840.1.113883.10.20.21.2.3"
 OUTCOMES = "2.16.840.1.113883.10.20.22.2.61"
 REQUESTS = frozenset({"ServiceRequest", "MedicationRequest", "NutritionOrder", "DeviceRequest"})
 NO_TEXT = f"{XHTML_DIV}No human-readable text provided in this section</div>"
-_TITLE, _CODE, _TEXT, _AUTHOR = NS + "title", NS + "code", NS + "text", NS + "author"
 
 
 def composition(doc: Doc, sections: list[ConvertedSection]) -> None:
@@ -168,25 +166,17 @@ def _entries(made: list[tuple[str, str]]) -> list[dict[str, str]]:
 def _section(doc: Doc, converted: ConvertedSection, narrative: Narrative) -> dict[str, Any]:
     el = converted.section.element
     out: dict[str, Any] = {}
-    # One C-level pass over the section's children (entries included) finds the four it reads.
-    parts: dict[str, Any] = {}
-    authors_els = []
-    for part in el.iterchildren(_TITLE, _CODE, _TEXT, _AUTHOR):
-        if part.tag == _AUTHOR:
-            authors_els.append(part)
-        else:
-            parts.setdefault(part.tag, part)
-    title = parts.get(_TITLE)
+    title = child(el, "title")
     text = clean("".join(title.itertext())) if title is not None else None
     if text:
         out["title"] = text
-    code = codeable(parts.get(_CODE), doc, text_from_display=True)
+    code = codeable(child(el, "code"), doc, text_from_display=True)
     if code:
         out["code"] = code
-    authors = author_refs(doc, el, authors_els, devices=True)
+    authors = author_refs(doc, el, devices=True)
     if authors:
         out["author"] = authors
-    div = narrative.section_div(parts.get(_TEXT))
+    div = narrative.section_div(child(el, "text"))
     entries = _entries(converted.made)
     subsections = [_section(doc, s, narrative) for s in converted.subsections]
     if div:
