@@ -114,8 +114,9 @@ NCNAME = re.compile(r"[A-Za-z_][\w.\-]*")
 DATA_IMAGE = re.compile(r"image/(png|jpeg|gif)")
 PLAIN = ("text/plain",)
 # The fast path (nearly every section): tables, lists, paragraphs and content with layout attributes only.
-# Their elements are renamed in the tree (a tag-filtered walk touches only those), lxml serializes the
-# narrative, and a few byte-level checks confirm nothing else is in it; anything else takes the walk below.
+# Lists, captions and links are renamed in the tree (a tag-filtered walk touches only those), lxml
+# serializes the narrative, content, paragraph and item are renamed in its bytes, and a few byte-level
+# checks confirm nothing else is in it; anything else takes the walk below.
 _FAST_TAGS = re.compile(
     rb"<(?!/?(?:td|tr|th|tbody|thead|tfoot|table|br|sub|sup|col|colgroup|span|p|li|ul|ol|a|caption)[\s/>])"
 )
