@@ -114,8 +114,9 @@ NCNAME = re.compile(r"[A-Za-z_][\w.\-]*")
 DATA_IMAGE = re.compile(r"image/(png|jpeg|gif)")
 PLAIN = ("text/plain",)
 # The fast path (nearly every section): tables, lists, paragraphs and content with layout attributes only.
-# Their elements are renamed in the tree (a tag-filtered walk touches only those), lxml serializes the
-# narrative, and a few byte-level checks confirm nothing else is in it; anything else takes the walk below.
+# Lists, captions and links are renamed in the tree (a tag-filtered walk touches only those), lxml
+# serializes the narrative, content, paragraph and item are renamed in its bytes, and a few byte-level
+# checks confirm nothing else is in it; anything else takes the walk below.
 _FAST_TAGS = re.compile(
     rb"<(?!/?(?:td|tr|th|tbody|thead|tfoot|table|br|sub|sup|col|colgroup|span|p|li|ul|ol|a|caption)[\s/>])"
 )
@@ -123,7 +124,16 @@ _ID_VALUE = re.compile(rb' ID="([^"]*)"')
 _TABLE_CAPTION = re.compile(rb"<table[^>]*>\s*<caption")
 _PREFIXES = re.compile(rb"xmlns:([\w.-]+)=")
 _SPAN, _P, _LI, _UL, _OL, _A = NS + "span", NS + "p", NS + "li", NS + "ul", NS + "ol", NS + "a"
-_IN_TREE = {NS + "content": _SPAN, NS + "paragraph": _P, NS + "item": _LI}
+# content, paragraph and item are renamed in the serialized bytes, where a `<` is markup (text and attribute
+# values escape theirs) and a tag name ends at a space, `>` or `/>`: setting an lxml tag costs far more.
+_BYTE_RENAMES = [
+    (
+        b"<" + cda,
+        [(b"<" + cda + end, b"<" + xhtml + end) for end in (b" ", b">", b"/>")]
+        + [(b"</" + cda + b">", b"</" + xhtml + b">")],
+    )
+    for cda, xhtml in ((b"content", b"span"), (b"paragraph", b"p"), (b"item", b"li"))
+]
 _INLINE_PARENTS = frozenset({NS + "paragraph", NS + "item", _P, _LI})
 _LISTS = frozenset({NS + "list", _UL, _OL})
 _ESCAPE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
@@ -205,19 +215,15 @@ class Narrative:
     def _fast(self, text: Any) -> str | None:
         """The serialized narrative with tags and attributes renamed, or None when it needs the walk.
 
-        It renames elements in the source tree (content -> span and so on): the document's entries are
-        converted by then, and the walk reads the renamed elements as their XHTML selves.
+        It renames lists, captions and links in the source tree (the document's entries are converted by
+        then, and the walk reads the renamed elements as their XHTML selves), and content, paragraph and
+        item in the serialized bytes.
         """
         links = 0  # attributes of links: href and name may stand on no other element
         list_captions = []
-        for el in text.iter(
-            NS + "content", NS + "paragraph", NS + "item", NS + "list", NS + "caption", NS + "linkHtml"
-        ):
+        for el in text.iter(NS + "list", NS + "caption", NS + "linkHtml"):
             tag = el.tag
-            new = _IN_TREE.get(tag)
-            if new is not None:
-                el.tag = new
-            elif tag == NS + "linkHtml":
+            if tag == NS + "linkHtml":
                 el.tag = _A
                 links += ("name" in el.attrib) + ("href" in el.attrib)
                 href = el.get("href")
@@ -242,6 +248,10 @@ class Narrative:
         if not s.startswith(b"<text") or s[end - 1] == 47 or not s.endswith(b"</text>"):
             return None
         body = s[end + 1 : -7]
+        for start, renames in _BYTE_RENAMES:
+            if start in body:
+                for old, new in renames:
+                    body = body.replace(old, new)
         if b"xmlns" in body or _FAST_TAGS.search(body):
             return None  # markup beyond tables, lists and spans, or elements of another namespace
         for prefix in _PREFIXES.findall(s[:end]):
