@@ -17,7 +17,7 @@ from pipelines.convert.ccda.datatypes import (
 )
 from pipelines.convert.ccda.datatypes import identifier as make_identifier
 from pipelines.convert.ccda.document import Doc
-from pipelines.convert.ccda.header import RELATION, author_refs, practitioner
+from pipelines.convert.ccda.header import author_refs, practitioner
 from pipelines.convert.ccda.narrative import XHTML_DIV, Narrative
 from pipelines.convert.ccda.sections import ConvertedSection
 
@@ -83,15 +83,11 @@ def composition(doc: Doc, sections: list[ConvertedSection]) -> None:
         res["attester"] = attesters
     if docref.get("custodian"):
         res["custodian"] = docref["custodian"]
-    relates = []
-    for rel in children(root, "relatedDocument"):
-        parent = child(rel, "parentDocument")
-        rcode = RELATION.get(rel.get("typeCode") or "")
-        ids = id_pairs(parent) if parent is not None else []
-        if rcode and ids:
-            relates.append({"code": rcode, "targetIdentifier": make_identifier(*ids[0])})
-    if relates:
-        res["relatesTo"] = relates
+    if docref.get("relatesTo"):
+        # The DocumentReference read the relatedDocuments; the Composition names the same targets.
+        res["relatesTo"] = [
+            {"code": r["code"], "targetIdentifier": r["target"]["identifier"]} for r in docref["relatesTo"]
+        ]
     events = _events(doc, root)
     narrative = Narrative(root, doc.unconsumed)
     res_sections = [_section(doc, s, narrative) for s in sections]
