@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.convert.ccda.datatypes import child, children, codeable, template_ids, ts, value
+from pipelines.convert.ccda.datatypes import child, codeable, template_ids, ts, value
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
 from pipelines.convert.ccda.header import author_refs, author_time
 from pipelines.convert.ccda.maps import concept
@@ -13,6 +13,7 @@ from pipelines.convert.ccda.sections.common import (
     RELATIONSHIP,
     base,
     by_tag,
+    concern_observations,
     first,
     negated,
     related,
@@ -32,7 +33,9 @@ SNOMED = "http://snomed.info/sct"
 def concern(doc: Doc, act: Any, section: Section) -> None:
     # Its allergy observations (under any relationship) or untemplated subjects; nothing else.
     observations = [
-        o for typed, o in _subjects(act) if ALLERGY_OBS in (ids := template_ids(o)) or (typed and not ids)
+        o
+        for typed, o in concern_observations(act)
+        if ALLERGY_OBS in (ids := template_ids(o)) or (typed and not ids)
     ]
     if not observations:
         raise EntrySkipped("no allergy observation")
@@ -137,13 +140,3 @@ def allergy(doc: Doc, obs: Any, act: Any | None) -> dict[str, str]:
                     reaction["severity"] = s
         res["reaction"] = reactions
     return doc.emit(res, obs)
-
-
-def _subjects(act: Any) -> list[tuple[bool, Any]]:
-    """(is it the act's SUBJ?, observation) for each observation under the act."""
-    return [
-        (rel.get("typeCode") == "SUBJ", o)
-        for rel in children(act, "entryRelationship")
-        for o in rel
-        if isinstance(o.tag, str) and o.tag.endswith("}observation")
-    ]

@@ -18,7 +18,7 @@ from pipelines.convert.ccda.datatypes import (
     value,
 )
 from pipelines.convert.ccda.document import Doc
-from pipelines.convert.ccda.header import author_refs, author_time
+from pipelines.convert.ccda.header import author_refs, author_time, practitioner
 from pipelines.convert.ccda.maps import concept
 
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -220,3 +220,23 @@ def _dar(null_flavor: str | None) -> dict[str, Any]:
 
 def data_absent(null_flavor: str | None) -> dict[str, Any]:
     return _dar(null_flavor)
+
+
+def concern_observations(act: Any) -> list[tuple[bool, Any]]:
+    """(is it the act's SUBJ?, observation) for each observation under a concern act."""
+    return [
+        (rel.get("typeCode") == "SUBJ", o)
+        for rel in children(act, "entryRelationship")
+        for o in rel
+        if isinstance(o.tag, str) and o.tag.endswith("}observation")
+    ]
+
+
+def performer_actors(doc: Doc, performers: Any) -> list[dict[str, Any]]:
+    """<performer> elements -> performer entries ({"actor": Practitioner reference})."""
+    out = []
+    for p in performers:
+        ref = practitioner(doc, child(p, "assignedEntity"))
+        if ref:
+            out.append({"actor": ref})
+    return out

@@ -6,7 +6,7 @@ from typing import Any
 
 from pipelines.convert.ccda.datatypes import NS, absent, child, clean, codeable, quantity
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
-from pipelines.convert.ccda.header import organization, practitioner
+from pipelines.convert.ccda.header import organization
 from pipelines.convert.ccda.maps import concept
 from pipelines.convert.ccda.sections.common import (
     RELATIONSHIP,
@@ -14,6 +14,7 @@ from pipelines.convert.ccda.sections.common import (
     by_tag,
     first,
     negated,
+    performer_actors,
     reason_codes,
     related,
     set_effective,
@@ -63,11 +64,7 @@ def immunization(doc: Doc, sa: Any, section: Section) -> None:
     dose = quantity(first(kids, "doseQuantity"))
     if dose:
         res["doseQuantity"] = dose
-    performers = []
-    for p in kids.get(NS + "performer", ()):
-        ref = practitioner(doc, child(p, "assignedEntity"))
-        if ref:
-            performers.append({"actor": ref})
+    performers = performer_actors(doc, kids.get(NS + "performer", ()))
     if performers:
         res["performer"] = performers
     indications = reason_codes(doc, sa, exclude=REFUSAL, rels=rels)

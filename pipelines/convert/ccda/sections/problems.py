@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.convert.ccda.datatypes import child, children, codeable, template_ids, ts, value
+from pipelines.convert.ccda.datatypes import child, codeable, template_ids, ts, value
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
 from pipelines.convert.ccda.header import author_refs, author_time
 from pipelines.convert.ccda.maps import concept
@@ -16,6 +16,7 @@ from pipelines.convert.ccda.sections.common import (
     base,
     by_tag,
     category,
+    concern_observations,
     first,
     negated,
     related,
@@ -48,7 +49,9 @@ def concern(doc: Doc, act: Any, section: Section) -> None:
     # Its problem observations (under any relationship) or untemplated subjects; priority, comment and
     # reference entries beside them are not problems.
     observations = [
-        o for typed, o in _subjects(act) if PROBLEM_OBS in (ids := template_ids(o)) or (typed and not ids)
+        o
+        for typed, o in concern_observations(act)
+        if PROBLEM_OBS in (ids := template_ids(o)) or (typed and not ids)
     ]
     if not observations:
         raise EntrySkipped("no problem observation")
@@ -116,13 +119,3 @@ def condition(doc: Doc, obs: Any, kind: str, act: Any | None) -> dict[str, str] 
     if authors:
         res["recorder"] = authors[0]
     return doc.emit(res, obs)
-
-
-def _subjects(act: Any) -> list[tuple[bool, Any]]:
-    """(is it the act's SUBJ?, observation) for each observation under the act."""
-    return [
-        (rel.get("typeCode") == "SUBJ", o)
-        for rel in children(act, "entryRelationship")
-        for o in rel
-        if isinstance(o.tag, str) and o.tag.endswith("}observation")
-    ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.convert.ccda import places
-from pipelines.convert.ccda.datatypes import NS, child, codeable
+from pipelines.convert.ccda.datatypes import NS, codeable
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
-from pipelines.convert.ccda.header import author_refs, author_time, practitioner
+from pipelines.convert.ccda.header import author_refs, author_time
 from pipelines.convert.ccda.maps import concept
 from pipelines.convert.ccda.sections.common import (
     AUTHOR,
@@ -16,6 +16,7 @@ from pipelines.convert.ccda.sections.common import (
     by_tag,
     first,
     negated,
+    performer_actors,
     reason_codes,
     set_effective,
 )
@@ -42,11 +43,7 @@ def procedure(doc: Doc, stmt: Any, section: Section) -> None:
     res["code"] = code
     res["subject"] = res.pop("subject")
     set_effective(res, "performed", first(kids, "effectiveTime"))
-    performers = []
-    for p in kids.get(NS + "performer", ()):
-        ref = practitioner(doc, child(p, "assignedEntity"))
-        if ref:
-            performers.append({"actor": ref})
+    performers = performer_actors(doc, kids.get(NS + "performer", ()))
     if performers:
         res["performer"] = performers
     authors = author_refs(doc, stmt, kids.get(AUTHOR, ()))
