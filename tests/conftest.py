@@ -78,6 +78,11 @@ def write_ndjson(path: Path, *lines: dict | bytes | str) -> Path:
     return path
 
 
+def read_ndjson(path: Path) -> list[dict]:
+    """Every line of an NDJSON file, parsed."""
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
 def write_json(path: Path, obj: object, indent: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2 if indent else 0))

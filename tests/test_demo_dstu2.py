@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-import orjson
-
 from pipelines.demo import generate_demo_data
 from pipelines.demo.dstu2 import DSTU2_DIR, dstu2_patients
 from pipelines.fhir_versions import candidates
 from pipelines.run import run_pipeline
-
-
-def _lines(path):
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+from tests.conftest import read_ndjson
 
 
 def test_dstu2_export_has_dstu2_shapes_and_is_deterministic(tmp_path):
@@ -25,15 +20,15 @@ def test_dstu2_export_has_dstu2_shapes_and_is_deterministic(tmp_path):
     defects = {(d.file, d.position) for d in a.defects}
     patients = 0
     for path in files:
-        for number, res in enumerate(_lines(path), 1):
+        for number, res in enumerate(read_ndjson(path), 1):
             if (f"{DSTU2_DIR}/{path.name}", number) in defects:
                 continue
             assert "1.0" in candidates(res), path.name
             patients += res["resourceType"] == "Patient"
     assert patients == dstu2_patients(30) == 3
-    condition = _lines(tmp_path / "a" / DSTU2_DIR / "Condition.dstu2.ndjson")[0]
+    condition = read_ndjson(tmp_path / "a" / DSTU2_DIR / "Condition.dstu2.ndjson")[0]
     assert isinstance(condition["clinicalStatus"], str) and "patient" in condition
-    encounter = _lines(tmp_path / "a" / DSTU2_DIR / "Encounter.dstu2.ndjson")[0]
+    encounter = read_ndjson(tmp_path / "a" / DSTU2_DIR / "Encounter.dstu2.ndjson")[0]
     assert encounter["class"] in ("ambulatory", "emergency", "inpatient") and "patient" in encounter
 
 

@@ -15,16 +15,13 @@ from pipelines.export.runner import run_export
 from pipelines.export.state import ExportState
 from pipelines.export.web import RemoteError, outcome_diagnostics
 from tests.bulk_server import BulkServer, generated_resources
+from tests.conftest import read_ndjson
 from tests.test_export import T0, Sleeps, options
 
 
 @pytest.fixture
 def data() -> dict[str, list[dict]]:
     return generated_resources(5, T0)
-
-
-def lines(path) -> list[dict]:
-    return [orjson.loads(x) for x in path.read_bytes().splitlines()]
 
 
 def test_post_kickoff_of_a_group_export_end_to_end(tmp_path, data):
@@ -57,7 +54,7 @@ def test_post_kickoff_of_a_group_export_end_to_end(tmp_path, data):
         (job,) = server.jobs.values()
         assert job.method == "POST" and job.request == server.base + "/Group/g1/$export"
     assert result.resources == Counter({"Observation": 2, "Patient": 2})
-    assert {r["status"] for r in lines(result.out_dir / "Observation.001.ndjson")} == {"final"}
+    assert {r["status"] for r in read_ndjson(result.out_dir / "Observation.001.ndjson")} == {"final"}
     local = orjson.loads((result.out_dir / "manifest.json").read_bytes())
     assert local["request"] == server.base + "/Group/g1/$export"  # a POST's request URL has no parameters
 
@@ -76,7 +73,7 @@ def test_patient_ids_choose_post_and_limit_the_output(tmp_path, data):
     subjects = {
         r.get("id") if r["resourceType"] == "Patient" else r["subject"]["reference"]
         for name in ("Patient", "Observation", "Encounter", "Condition")
-        for r in lines(result.out_dir / f"{name}.001.ndjson")
+        for r in read_ndjson(result.out_dir / f"{name}.001.ndjson")
     }
     assert subjects == {"p2", "p4", "Patient/p2", "Patient/p4"}
     assert everyone.since_used is None and sum(everyone.resources.values()) == 25
