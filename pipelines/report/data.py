@@ -193,9 +193,10 @@ def _terminology(con: duckdb.DuckDBPyConnection, run_id: str, notes: list[str]) 
 
 def _reconciliation(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     files = []
-    for sha, name, fmt, system, landing, handler, status, units, conv, quar, skip, res in con.execute(
+    # Files are named by sha256 prefix only: operators' file names often carry an MRN or a patient name.
+    for sha, fmt, system, landing, handler, status, units, conv, quar, skip, res in con.execute(
         """
-        SELECT rf.file_sha256, f.original_name, f.format, f.source_system, rf.landing, rf.handler, rf.status,
+        SELECT rf.file_sha256, f.format, f.source_system, rf.landing, rf.handler, rf.status,
                count(l.unit_position),
                count(*) FILTER (WHERE l.outcome = 'converted'),
                count(*) FILTER (WHERE l.outcome = 'quarantined'),
@@ -204,14 +205,13 @@ def _reconciliation(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, An
         FROM ops.run_files rf JOIN ops.files f USING (file_sha256)
         LEFT JOIN ops.ledger l ON l.run_id = rf.run_id AND l.file_sha256 = rf.file_sha256
         WHERE rf.run_id = ?
-        GROUP BY ALL ORDER BY f.format, f.original_name, rf.file_sha256
+        GROUP BY ALL ORDER BY f.format, rf.file_sha256
         """,
         [run_id],
     ).fetchall():
         files.append(
             {
                 "sha256_prefix": sha[:SHA_PREFIX],
-                "name": base_name(name),
                 "format": fmt,
                 "source_system": system,
                 "landing": landing,
