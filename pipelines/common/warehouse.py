@@ -14,6 +14,7 @@ from pipelines.common.errors import WarehouseError
 from pipelines.common.paths import shipped
 
 SCHEMA_VERSION = 5
+STORAGE_VERSION = "v1.0.0"  # DuckDB's storage format for new files: readable by DuckDB 1.0 and later
 RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # also guards table names
 
 RESOURCE_TABLE_DDL = """
@@ -40,7 +41,7 @@ def open_warehouse(path: Path | str, *, read_only: bool = False) -> duckdb.DuckD
     try:
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(path), read_only=read_only, config=_duckdb_settings())
+        con = duckdb.connect(str(path), read_only=read_only, config=duckdb_settings())
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise WarehouseError(
@@ -57,9 +58,16 @@ def open_warehouse(path: Path | str, *, read_only: bool = False) -> duckdb.DuckD
     return con
 
 
-def _duckdb_settings() -> dict[str, str]:
-    # Bounded by default so a migration shares an Airflow worker politely; DuckDB spills beyond it.
-    return {"memory_limit": os.environ.get("EHRLIFT_DUCKDB_MEMORY_LIMIT", "4GB")}
+def duckdb_settings() -> dict[str, str]:
+    """Settings for every DuckDB file ehrlift creates or opens (the warehouse, the analyst file)."""
+    return {
+        # Bounded by default so a migration shares an Airflow worker politely; DuckDB spills beyond it.
+        "memory_limit": os.environ.get("EHRLIFT_DUCKDB_MEMORY_LIMIT", "4GB"),
+        # A new file is written in a storage format that released DuckDB tools (the CLI, DBeaver, R and
+        # BI connectors embedding an older DuckDB) open; the newest format would lock analysts out. It
+        # only decides the format of a file being created: an existing file keeps the one it has.
+        "storage_compatibility_version": os.environ.get("EHRLIFT_DUCKDB_STORAGE_VERSION", STORAGE_VERSION),
+    }
 
 
 def apply_contract(con: duckdb.DuckDBPyConnection) -> None:

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from pipelines.common.config import ehrlift_version
 from pipelines.common.errors import ConfigError
-from pipelines.common.warehouse import open_warehouse
+from pipelines.common.warehouse import duckdb_settings, open_warehouse
 from pipelines.deid.audit import record_access
 from pipelines.deid.rules import Deidentifier, Rules, ViewRules, load_rules
 
@@ -72,7 +72,7 @@ def deidentify(
         for view in todo:
             _check_columns(con, view, rules.views[view])
         try:
-            with duckdb.connect(str(tmp)) as dst:
+            with duckdb.connect(str(tmp), config=duckdb_settings()) as dst:
                 for view in todo:
                     result.tables[view] = _copy_view(con, dst, view, rules.views[view], deid)
                 _write_manifest(dst, rules, deid, result)
