@@ -10,7 +10,7 @@ PATIENTS ?= 200
 RUN := $(UV) run --frozen --no-sync
 export EHRLIFT_CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: run test setup lint format bench golden clean browser terminology-default data-docs-assets
+.PHONY: run test setup lint format bench golden clean browser terminology-default data-docs-assets docs
 
 setup: .venv/.synced
 
@@ -54,6 +54,11 @@ bench: setup
 data-docs-assets:
 	./scripts/vendor-data-docs-assets.sh
 
+# The documentation site: reference pages regenerated from the code, then built offline and strict.
+docs: setup
+	$(RUN) python scripts/docs_reference.py
+	NO_MKDOCS_2_WARNING=1 $(RUN) mkdocs build --strict
+
 golden: setup
 	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py tests/test_ccda_golden.py tests/test_upgrade_golden.py
 
@@ -62,4 +67,4 @@ terminology-default: setup
 	$(RUN) python terminology/build_default.py
 
 clean:
-	rm -rf $(DATA) .pytest_cache .ruff_cache
+	rm -rf $(DATA) site .pytest_cache .ruff_cache

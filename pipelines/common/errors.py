@@ -21,6 +21,47 @@ class ExitCode(IntEnum):
     INTERNAL = 70  # a bug in ehrlift: please report it with the run id
 
 
+# What each status means and what the operator does next; the docs' exit-status page is generated from this.
+EXIT_STATUS_DOCS: dict[ExitCode, tuple[str, str]] = {
+    ExitCode.OK: (
+        "success (quarantined units do not fail a run; they are in `ops.quarantine`)",
+        "review the quarantine",
+    ),
+    ExitCode.USAGE: ("the command line is wrong", "see `ehrlift --help`"),
+    ExitCode.INPUT_NOT_FOUND: (
+        "a source path does not exist or cannot be read",
+        "fix the path; nothing was landed",
+    ),
+    ExitCode.WAREHOUSE: (
+        "the warehouse cannot be opened, is locked by another process, or is newer than this ehrlift",
+        "close the other process, or upgrade",
+    ),
+    ExitCode.CONFIG: (
+        "an invalid setting or project data file (for example a `--source-system` name)",
+        "fix the setting",
+    ),
+    ExitCode.TERMINOLOGY: (
+        "required terminology content is missing, or a release file could not be loaded (file and line "
+        "named; nothing was loaded)",
+        "load it (`ehrlift terminology load`), or fix or re-download the release",
+    ),
+    ExitCode.GATE_BLOCKED: (
+        "a critical data-quality expectation failed: back-load is blocked",
+        "read the compliance report's validation section",
+    ),
+    ExitCode.TESTS_FAILED: ("`ehrlift views test` ran and some cases failed", "see the FAIL lines"),
+    ExitCode.REMOTE: (
+        "a FHIR server or its token endpoint refused, failed or could not be reached",
+        "read the message (HTTP status and OperationOutcome codes); re-run to resume",
+    ),
+    ExitCode.INTERNAL: ("a bug in ehrlift", "report it with the run id from `ops.runs`"),
+    ExitCode.INTERRUPTED: (
+        "interrupted (Ctrl-C)",
+        "run the same command again: it resumes without duplicates",
+    ),
+}
+
+
 class EhrliftError(Exception):
     """A whole-run error: one clear line for the operator, and the exit status to leave with."""
 
