@@ -30,6 +30,7 @@ err = Console(stderr=True, highlight=False, markup=False)
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    _add_global_options(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -44,6 +45,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted: re-run the same command to resume; nothing is duplicated")
         return int(ExitCode.INTERRUPTED)
+
+
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
+    """-v works after any subcommand too (`ehrlift run SRC -v`), not only before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                # SUPPRESS: a subcommand that was not given -v leaves the top-level value as it is.
+                sub.add_argument(
+                    "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+                )
+                _add_global_options(sub)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
         "--dates", choices=("year", "shift"), default=None, help="date rule (default from rules)"
     )
     deid.set_defaults(func=_cmd_deidentify)
+
+    runs = sub.add_parser("runs", help="list the latest runs: id, status, exit status and ledger counts")
+    runs.add_argument("--warehouse", type=Path, default=None, help="DuckDB warehouse file")
+    runs.add_argument("--limit", type=int, default=20, help="how many runs, newest first (default 20)")
+    runs.set_defaults(func=_cmd_runs)
     _export_parser(sub)
     _add_terminology(sub)
     _mapping_parsers(sub)
@@ -541,6 +559,36 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out.print(f"data: {files.data.resolve()}", soft_wrap=True)
     out.print(f"sha256 of the data: {files.digest}", soft_wrap=True)
     return int(ExitCode.OK)
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from pipelines.common.warehouse import open_warehouse
+    from pipelines.summary import list_runs
+
+    if args.limit < 1:
+        raise EhrliftError("--limit must be at least 1")
+    with open_warehouse(_warehouse_arg(args.warehouse), read_only=True) as con:
+        runs = list_runs(con, args.limit)
+    if not runs:
+        out.print("no run is recorded in this warehouse yet: `ehrlift run SOURCE...` starts one")
+        return int(ExitCode.OK)
+    # Plain columns, never truncated: run ids are copied from here into `ehrlift report --run`.
+    header = ("run", "started (UTC)", "status", "exit", "files", "units in", "converted", "quarantined",
+              "skipped", "resources")  # fmt: skip
+    counts = ("files", "units", "converted", "quarantined", "skipped", "resources")
+    rows = [
+        (r["run_id"], r["started_at"], r["status"], _text(r["exit_code"]), *(str(r[k]) for k in counts))
+        for r in runs
+    ]
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        line = "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True))
+        out.print(line.rstrip(), soft_wrap=True)
+    return int(ExitCode.OK)
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
 
 
 def _cmd_deidentify(args: argparse.Namespace) -> int:

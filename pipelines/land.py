@@ -231,3 +231,10 @@ def _manifest_entries(manifest: object) -> list:
         if isinstance(items, list):
             entries.extend(items)
     return entries
+
+
+def check_sources(sources: Iterable[str | Path]) -> None:
+    """Refuse a missing source before the run is recorded: a mistyped path is not a failed run."""
+    for source in sources:
+        if not Path(source).exists():
+            raise InputNotFoundError(f"source not found: {source}", hint="check the path; nothing was landed")

@@ -19,7 +19,7 @@ from pipelines.common.unit import BatchConverter, FileContext, Unit, UnreadableF
 from pipelines.common.warehouse import open_warehouse, transaction
 from pipelines.convert import handler_for
 from pipelines.fhir_release import committed_position, conversion_done
-from pipelines.land import land_sources, landed_path
+from pipelines.land import check_sources, land_sources, landed_path
 from pipelines.load import create_stage, merge_stage
 from pipelines.normalize import normalize_stage
 from pipelines.summary import RunSummary, build_summary
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 def land_stage(config: RunConfig) -> dict[str, Any]:
     """Start the run (ops.runs) and land its sources; returns the landing counts."""
+    check_sources(config.sources)
     with open_warehouse(config.warehouse) as con:
         _start_run(con, config)
         result = land_sources(con, config)
@@ -275,6 +276,8 @@ def _finish_run(
 
 
 def _mark_failed(config: RunConfig, code: int) -> None:
+    if not config.warehouse.exists():
+        return  # the run stopped before it was recorded (a mistyped source): create nothing
     try:
         with open_warehouse(config.warehouse) as con:
             _finish_run(con, config.run_id, "failed", code, None)

@@ -122,3 +122,29 @@ def build_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> RunSummary:
             "warnings_failed": failed["warning"],
         }
     return summary
+
+
+def list_runs(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, Any]]:
+    """The latest runs, newest first: id, UTC times, status, exit status, ledger units and resources."""
+    rows = con.execute(
+        """
+        SELECT r.run_id,
+               strftime(r.started_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S'),
+               strftime(r.finished_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S'),
+               r.status, r.exit_code,
+               count(DISTINCT l.file_sha256), count(l.unit_position),
+               count(*) FILTER (WHERE l.outcome = 'converted'),
+               count(*) FILTER (WHERE l.outcome = 'quarantined'),
+               count(*) FILTER (WHERE l.outcome = 'skipped'),
+               coalesce(sum(l.resource_count) FILTER (WHERE l.outcome = 'converted'), 0)
+        FROM ops.runs r LEFT JOIN ops.ledger l USING (run_id)
+        GROUP BY r.run_id, r.started_at, r.finished_at, r.status, r.exit_code
+        ORDER BY r.started_at DESC, r.run_id DESC LIMIT ?
+        """,
+        [limit],
+    ).fetchall()
+    keys = (
+        "run_id", "started_at", "finished_at", "status", "exit_code", "files", "units",
+        "converted", "quarantined", "skipped", "resources",
+    )  # fmt: skip
+    return [dict(zip(keys, row, strict=True)) for row in rows]

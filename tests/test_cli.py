@@ -80,3 +80,71 @@ def test_run_prints_summary_and_warehouse_path(tmp_path, capsys):
         "skipped": 0,
     }
     assert report["config"]["source_system"] == "default"
+
+
+def test_a_mistyped_source_records_no_run(tmp_path, capsys):
+    src = write_ndjson(tmp_path / "a.ndjson", resource("Patient", "1"))
+    wh = tmp_path / "w.duckdb"
+    assert main(["run", str(tmp_path / "nope"), "--warehouse", str(wh), "--no-progress"]) == 3
+    assert not wh.exists()  # nothing was opened, so nothing was recorded
+    assert main(["run", str(src), "--warehouse", str(wh), "--no-progress"]) == 0
+    assert main(["run", str(tmp_path / "nope"), "--warehouse", str(wh), "--no-progress"]) == 3
+    capsys.readouterr()
+    assert main(["runs", "--warehouse", str(wh)]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count("run-") == 1 and "succeeded" in listing and "failed" not in listing
+
+
+def test_runs_lists_newest_first_with_unit_counts(tmp_path, capsys):
+    wh = tmp_path / "w.duckdb"
+    first = write_ndjson(tmp_path / "a.ndjson", resource("Patient", "1"), b"{oops")
+    second = write_ndjson(tmp_path / "b.ndjson", resource("Patient", "2"))
+    assert main(["run", str(first), "--warehouse", str(wh), "--no-progress"]) == 0
+    assert main(["run", str(second), "--warehouse", str(wh), "--no-progress"]) == 0
+    reports = sorted((tmp_path / "runs").glob("run-*.json"), key=lambda p: p.stat().st_mtime)
+    ids = [p.stem for p in reports]
+    capsys.readouterr()
+    assert main(["runs", "--warehouse", str(wh), "--limit", "5"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "run-" in line]
+    assert all(row.split()[4] == "0" for row in rows)  # date, time, status, then the exit status
+    assert [next(i for i in ids if i in row) for row in rows] == ids[::-1]
+    # files, units in, converted, quarantined, skipped, resources of the first run
+    assert rows[1].split()[-6:] == ["1", "2", "1", "1", "0", "1"]
+
+
+def test_runs_on_a_warehouse_without_runs(tmp_path, capsys):
+    from pipelines.common.warehouse import open_warehouse
+
+    open_warehouse(tmp_path / "w.duckdb").close()
+    assert main(["runs", "--warehouse", str(tmp_path / "w.duckdb")]) == 0
+    assert "no run is recorded" in capsys.readouterr().out
+
+
+def test_verbose_after_the_subcommand(tmp_path):
+    src = write_ndjson(tmp_path / "a.ndjson", resource("Patient", "1"))
+    wh = tmp_path / "w.duckdb"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "run",
+            str(src),
+            "--warehouse",
+            str(wh),
+            "--no-progress",
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert " INFO pipelines." in proc.stderr
+    quiet = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "runs", "--warehouse", str(wh)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert quiet.returncode == 0 and " INFO " not in quiet.stderr
