@@ -27,7 +27,7 @@ from pipelines.cds.config import CdsConfig
 from pipelines.cds.page import Links, render
 from pipelines.cds.resolve import resolve
 from pipelines.cds.rules import Rules
-from pipelines.cds.snapshot import Snapshot, build
+from pipelines.cds.snapshot import Snapshot, build, file_state
 from pipelines.common.errors import EhrliftError
 from pipelines.common.paths import shipped
 
@@ -94,17 +94,17 @@ class State:
     def refresh(self) -> None:
         """Merge queued audit rows, then snapshot again if the warehouse changed (else keep the old one)."""
         wh = self.config.warehouse
-        before = wh.stat().st_mtime if wh.exists() else None
+        before = file_state(wh)
         try:
             if (
                 merge(self.config.spool_path, wh)
                 and self.snapshot
-                and self.snapshot.warehouse_mtime == before
+                and self.snapshot.warehouse_state == before
             ):
-                self.snapshot.warehouse_mtime = wh.stat().st_mtime  # only our own audit rows were written
+                self.snapshot.warehouse_state = file_state(wh)  # only our own audit rows were written
         except EhrliftError as exc:
             log.warning("audit spool not merged yet: %s", exc.message)
-        if self.snapshot is not None and wh.exists() and wh.stat().st_mtime == self.snapshot.warehouse_mtime:
+        if self.snapshot is not None and self.snapshot.warehouse_state == file_state(wh):
             return
         try:
             snap = build(wh, self.rules.data, (self.snapshot.generation + 1) if self.snapshot else 1)

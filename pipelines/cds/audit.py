@@ -51,31 +51,18 @@ def merge(spool: Path, warehouse: Path) -> int:
     Raises WarehouseError when the warehouse is busy: the spool then stays, for the next attempt.
     """
     pending = spool.with_name(spool.name + ".merging")
-    if not warehouse.exists():
-        return 0  # nothing to audit into yet; never create a warehouse from here
-    if not pending.exists():
-        if not spool.exists():
-            return 0
-        os.replace(spool, pending)  # new events go to a fresh spool while this one is merged
-    events = [orjson.loads(line) for line in pending.read_bytes().splitlines() if line.strip()]
-    with open_warehouse(warehouse) as con, transaction(con):
-        known = {
-            r[0]
-            for r in con.execute(
-                "SELECT detail->>'$.event' FROM ops.phi_access WHERE command = ? "
-                "UNION ALL SELECT event_id FROM ops.cds_feedback",
-                [COMMAND],
-            ).fetchall()
-        }
+    if not warehouse.exists() or not (pending.exists() or spool.exists()):
+        return 0  # nothing queued, or nothing to audit into yet: never create a warehouse from here
+    with open_warehouse(warehouse) as con:  # raises while a run holds the warehouse: the spool stays
+        if not pending.exists():
+            os.replace(spool, pending)  # new events go to a fresh spool while this one is merged
+        events = [orjson.loads(line) for line in pending.read_bytes().splitlines() if line.strip()]
         user = os_user()
+        access, cards, feedback = [], [], []
         for ev in events:
-            if ev["event"] in known:
-                continue
             if ev["kind"] == "feedback":
-                con.execute(
-                    "INSERT INTO ops.cds_feedback "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, TRY_CAST(? AS TIMESTAMPTZ), ?)",
-                    [
+                feedback.append(
+                    (
                         ev["event"],
                         ev["service"],
                         ev["card"],
@@ -85,46 +72,71 @@ def merge(spool: Path, warehouse: Path) -> int:
                         ev.get("reason_code"),
                         ev.get("outcome_at"),
                         ev["at"],
-                    ],
+                    )
                 )
                 continue
-            detail = {
-                k: ev.get(k)
-                for k in (
-                    "event",
-                    "kind",
-                    "issuer",
-                    "hook",
-                    "service",
-                    "hook_instance",
-                    "patient_resolved",
-                    "resolved_by",
-                    "cards",
-                )
-            }
-            con.execute(
-                "INSERT INTO ops.phi_access VALUES (?, ?, ?, 'read', ?, ?, ?)",
-                [
+            detail = {k: ev.get(k) for k in _DETAIL}
+            access.append(
+                (
+                    ev["event"],
                     ev["at"],
                     user,
-                    COMMAND,
                     ev.get("run_id"),
                     orjson.dumps(ev.get("tables", [])).decode(),
                     orjson.dumps(detail).decode(),
-                ],
-            )
-            for card in ev.get("issued", []):
-                con.execute(
-                    "INSERT INTO ops.cds_cards VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        ev["event"],
-                        card["uuid"],
-                        ev["service"],
-                        ev["hook"],
-                        card["type"],
-                        card["indicator"],
-                        ev["at"],
-                    ],
                 )
+            )
+            cards += [
+                (ev["event"], c["uuid"], ev["service"], ev["hook"], c["type"], c["indicator"], ev["at"])
+                for c in ev.get("issued", [])
+            ]
+        with transaction(con):
+            _insert(con, access, cards, feedback)
     pending.unlink()
     return len(events)
+
+
+_DETAIL = (
+    "event",
+    "kind",
+    "issuer",
+    "hook",
+    "service",
+    "hook_instance",
+    "patient_resolved",
+    "resolved_by",
+    "cards",
+)
+
+
+def _insert(con: Any, access: list[tuple], cards: list[tuple], feedback: list[tuple]) -> None:
+    """Stage the queued rows, then insert only events the warehouse does not hold yet."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _cds_access (event VARCHAR, accessed_at TIMESTAMPTZ, os_user VARCHAR, "
+        "run_id VARCHAR, tables VARCHAR, detail VARCHAR)"
+    )
+    con.execute("CREATE OR REPLACE TEMP TABLE _cds_cards AS SELECT * FROM ops.cds_cards LIMIT 0")
+    con.execute("CREATE OR REPLACE TEMP TABLE _cds_feedback AS SELECT * FROM ops.cds_feedback LIMIT 0")
+    if access:
+        con.executemany("INSERT INTO _cds_access VALUES (?, ?, ?, ?, ?, ?)", access)
+    if cards:
+        con.executemany("INSERT INTO _cds_cards VALUES (?, ?, ?, ?, ?, ?, ?)", cards)
+    if feedback:
+        con.executemany(
+            "INSERT INTO _cds_feedback VALUES (?, ?, ?, ?, ?, ?, ?, TRY_CAST(? AS TIMESTAMPTZ), ?)", feedback
+        )
+    con.execute(f"""
+        INSERT INTO ops.phi_access
+        SELECT a.accessed_at, a.os_user, '{COMMAND}', 'read', a.run_id, a.tables, a.detail FROM _cds_access a
+        WHERE a.event NOT IN (SELECT detail->>'$.event' FROM ops.phi_access
+                              WHERE command = '{COMMAND}' AND detail IS NOT NULL)
+    """)
+    con.execute("""
+        INSERT INTO ops.cds_cards SELECT * FROM _cds_cards n
+        WHERE NOT EXISTS (SELECT 1 FROM ops.cds_cards c
+                          WHERE c.event_id = n.event_id AND c.card_uuid = n.card_uuid)
+    """)
+    con.execute("""
+        INSERT INTO ops.cds_feedback SELECT * FROM _cds_feedback n
+        WHERE n.event_id NOT IN (SELECT event_id FROM ops.cds_feedback)
+    """)

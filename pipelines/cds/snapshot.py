@@ -77,7 +77,7 @@ class Snapshot:
 
     con: duckdb.DuckDBPyConnection
     taken_at: float
-    warehouse_mtime: float
+    warehouse_state: tuple[float | None, float | None]
     persons: int
     generation: int
     _local: threading.local = field(default_factory=threading.local)
@@ -151,7 +151,7 @@ def build(warehouse: Path, rules: dict[str, Any], generation: int = 1) -> Snapsh
         raise WarehouseError(
             f"no warehouse at {warehouse}", hint="run `ehrlift run` first or pass --warehouse"
         )
-    mtime = warehouse.stat().st_mtime
+    state = file_state(warehouse)
     con = duckdb.connect(":memory:")
     try:
         con.execute("ATTACH ? AS wh (READ_ONLY)", [str(warehouse)])
@@ -168,7 +168,19 @@ def build(warehouse: Path, rules: dict[str, Any], generation: int = 1) -> Snapsh
     finally:
         con.execute("DETACH wh")
     persons = con.execute("SELECT count(DISTINCT person_id) FROM chart").fetchone()[0]
-    return Snapshot(con, time.time(), mtime, persons, generation)
+    return Snapshot(con, time.time(), state, persons, generation)
+
+
+def file_state(warehouse: Path) -> tuple[float | None, float | None]:
+    """When the warehouse file and its write-ahead log last changed: what tells a refresh to copy again."""
+
+    def mtime(path: Path) -> float | None:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    return mtime(warehouse), mtime(warehouse.with_name(warehouse.name + ".wal"))
 
 
 def _check_version(con: duckdb.DuckDBPyConnection, tables: dict[tuple[str, str], list[str]]) -> None:
