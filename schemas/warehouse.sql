@@ -1,6 +1,7 @@
 -- ehrlift warehouse contract, version 10 (additive: 10 added ops.cds_cards and ops.cds_feedback;
--- 4 added ops.unit_items; 3 the terminology schema; 2 ops.unconsumed and fhir.*.reference_only). Later stages rely on these names: change them only with a
--- migration in pipelines/common/warehouse.py and a note in the README.
+-- 4 added ops.unit_items; 3 the terminology schema; 2 ops.unconsumed and fhir.*.reference_only).
+-- Later stages rely on these names: change them only with a migration in pipelines/common/warehouse.py
+-- and a note in the README.
 
 CREATE SCHEMA IF NOT EXISTS ops;
 CREATE SCHEMA IF NOT EXISTS fhir;
