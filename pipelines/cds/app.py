@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -111,7 +112,7 @@ class State:
         except EhrliftError as exc:
             log.warning("snapshot not refreshed: %s", exc.message)
             return
-        rows = snap.con.execute("SELECT count(*) FROM chart").fetchone()[0]
+        rows = snap.con.execute("SELECT coalesce(sum(n), 0) FROM summary").fetchone()[0]
         self.spool.append("snapshot", service="snapshot", tables=[{"table": "fhir.*", "rows": rows}])
         old, self.snapshot = self.snapshot, snap
         log.info("snapshot %d taken: %d persons", snap.generation, snap.persons)
@@ -119,8 +120,12 @@ class State:
 
     def loop(self) -> None:
         assert self.stop is not None
-        while not self.stop.wait(self.config.refresh_seconds):
-            self.refresh()
+        due = time.monotonic() + self.config.refresh_seconds
+        while not self.stop.wait(1.0):
+            self.spool.sync()
+            if time.monotonic() >= due:
+                self.refresh()
+                due = time.monotonic() + self.config.refresh_seconds
 
 
 def create_app(config: CdsConfig, rules: Rules | None = None) -> Starlette:
@@ -148,6 +153,7 @@ def create_app(config: CdsConfig, rules: Rules | None = None) -> Starlette:
         yield
         state.stop.set()
         thread.join(timeout=30)
+        state.spool.sync()
         try:
             await run_in_threadpool(merge, config.spool_path, config.warehouse)
         except EhrliftError as exc:

@@ -2,10 +2,11 @@
 
 The service never holds the warehouse open (see snapshot.py) and a migration run may hold the only write
 lock for an hour, so an invocation cannot insert its ops.phi_access row directly without either failing
-or making the clinician wait. Each row is instead appended (one JSON line, flushed and fsynced) to a spool
-file beside the warehouse; the service merges the spool with a short write connection at each refresh and
-at shutdown, and `ehrlift cds-hooks merge-audit` does it on demand. Every row carries an event id and the
-merge inserts only ids the warehouse lacks, so a merge interrupted after its commit repeats harmlessly.
+or making the clinician wait. Each row is instead appended (one JSON line, flushed, fsynced within a
+second) to a spool file beside the warehouse; the service merges the spool with a short write connection
+at each refresh and at shutdown, and `ehrlift cds-hooks merge-audit` does it on demand. Every row carries
+an event id and the merge inserts only ids the warehouse lacks, so a merge interrupted after its commit
+repeats harmlessly.
 The spool holds no record values: issuer, hook, service, whether a patient was resolved, card types.
 """
 
@@ -27,11 +28,14 @@ COMMAND = "cds-hooks"
 
 
 class Spool:
-    """Append-only JSON lines; one lock per process, one write + fsync per event."""
+    """Append-only JSON lines. Each event is written and flushed to the OS before the response (so a
+    crash of the service loses none); `sync` (every second, off the request path) fsyncs them to disk,
+    so a power loss can lose at most the last second of audit rows."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._dirty = False
 
     def append(self, kind: str, **fields: Any) -> str:
         event = str(uuid.uuid4())
@@ -40,9 +44,22 @@ class Spool:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("ab") as fh:
                 fh.write(line + b"\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            self._dirty = True
         return event
+
+    def sync(self) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            self._dirty = False
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return  # merged away meanwhile: the warehouse holds the rows
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def merge(spool: Path, warehouse: Path) -> int:

@@ -26,9 +26,10 @@ def resolve(snap: Snapshot, request: dict[str, Any], fhir_timeout: float) -> Res
     patient_id = (request.get("context") or {}).get("patientId")
     if not isinstance(patient_id, str) or not patient_id:
         return Resolution(None, "no_patient_id")
-    rows = snap.rows("SELECT DISTINCT person_id FROM backload WHERE server_id = ?", [patient_id])
-    if len(rows) == 1:
-        return Resolution(rows[0][0], "backload_ids")
+    if snap.has_backload:
+        rows = snap.rows("SELECT DISTINCT person_id FROM backload WHERE server_id = ?", [patient_id])
+        if len(rows) == 1:
+            return Resolution(rows[0][0], "backload_ids")
     patient = (request.get("prefetch") or {}).get("patient")
     how = "identifier"
     if not isinstance(patient, dict):
@@ -47,22 +48,29 @@ def _by_identifier(snap: Snapshot, patient: dict[str, Any], how: str) -> Resolut
     if not usable:
         return Resolution(None, "no_identifier_with_system")
     # An MRN decides when there is one; other identifiers (with their systems) are the fallback.
-    mrns = [i for i in usable if any(c.get("code") == MR for c in (i.get("type") or {}).get("coding") or [])]
+    mrns = [i for i in usable if _is_mrn(i)]
+    values = sorted({i["value"] for i in usable})
+    if len(values) == 1:  # the usual case, and an indexed lookup
+        found = snap.rows("SELECT DISTINCT system, value, person_id FROM pid WHERE value = ?", values)
+    else:
+        found = snap.rows(
+            "SELECT DISTINCT system, value, person_id FROM pid WHERE list_contains(?::VARCHAR[], value)",
+            [values],
+        )
     for group in (mrns, usable):
-        if not group:
-            continue
-        persons: set[str] = set()
-        for ident in group:
-            rows = snap.rows(
-                "SELECT DISTINCT person_id FROM pid WHERE value = ? AND system = ?",
-                [ident["value"], ident["system"]],
-            )
-            persons.update(r[0] for r in rows)
+        wanted = {(i["system"], i["value"]) for i in group}
+        persons = {person for system, value, person in found if (system, value) in wanted}
         if len(persons) == 1:
             return Resolution(persons.pop(), how)
         if len(persons) > 1:
             return Resolution(None, "ambiguous_identifier")
     return Resolution(None, "unmatched_identifier")
+
+
+def _is_mrn(ident: dict[str, Any]) -> bool:
+    kind = ident.get("type")
+    codings = kind.get("coding") if isinstance(kind, dict) else None
+    return isinstance(codings, list) and any(isinstance(c, dict) and c.get("code") == MR for c in codings)
 
 
 def _fetch_patient(request: dict[str, Any], patient_id: str, timeout: float) -> tuple[dict | None, str]:

@@ -6,15 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.cds.rules import Rules
-from pipelines.cds.snapshot import STANDARD_METHODS, Snapshot
-
-REVIEWED_TYPES = ("Condition", "AllergyIntolerance", "MedicationRequest", "MedicationStatement")
-_TYPE_WORDS = {
-    "Condition": "problem",
-    "AllergyIntolerance": "allergy",
-    "MedicationRequest": "medication order",
-    "MedicationStatement": "medication",
-}
+from pipelines.cds.snapshot import Snapshot
 
 
 @dataclass
@@ -45,67 +37,34 @@ class Findings:
         self.items.setdefault(item.card_type, []).append(item)
 
 
-_SUMMARY = """
-SELECT resource_type, count(*), list(DISTINCT source_system ORDER BY source_system), min(day)::VARCHAR,
-       max(day)::VARCHAR, max(run_id)
-FROM chart WHERE person_id = ? GROUP BY resource_type ORDER BY resource_type
-"""
-_CODED_ITEMS = f"""
-SELECT resource_type, id, any_value(label ORDER BY method NULLS LAST), bool_or(method = 'unmapped'),
-       bool_or(method IN {STANDARD_METHODS}),
-       list(DISTINCT method ORDER BY method) FILTER (WHERE method IS NOT NULL)
-FROM coded WHERE person_id = ? AND active AND resource_type IN {REVIEWED_TYPES}
-GROUP BY resource_type, id ORDER BY resource_type, any_value(label)
-"""
-_QUARANTINE = """
-SELECT reason_code, resource_type, pointer FROM quarantine
-WHERE person_id = ? AND coalesce(resource_type, '') NOT IN (SELECT unnest(?::VARCHAR[]))
-ORDER BY reason_code, pointer, resource_type
-"""
-_IDENTITY = "SELECT patient_id, other_id, score, method FROM identity_review WHERE person_id = ? ORDER BY ALL"
-_DUPLICATES = """
-SELECT resource_type, resource_id, survivor_id, rule FROM duplicates WHERE person_id = ? ORDER BY ALL
+# One indexed lookup per call: the snapshot holds each person's summary and items precomputed.
+_FIND = """
+SELECT 0 AS part, resource_type, n, sources, first_day, last_day, run_id FROM summary WHERE person_id = $p
+UNION ALL
+SELECT 1, card_type, NULL, [resource_type, label, detail], NULL, NULL, NULL FROM items WHERE person_id = $p
 """
 
 
 def find(snap: Snapshot, person_id: str, rules: Rules) -> Findings:
-    """Read one person's review from the snapshot: five parameterized queries on person_id."""
+    """Read one person's review from the snapshot."""
     f = Findings(person_id)
     sources: set[str] = set()
     days: list[str] = []
     runs: list[str] = []
-    for rtype, n, srcs, first, last, run in snap.rows(_SUMMARY, [person_id]):
-        f.counts[rtype] = n
-        f.total += n
-        sources.update(s for s in srcs if s)
-        days += [d for d in (first, last) if d]
-        runs += [run] if run else []
+    rows = snap.cursor().execute(_FIND, {"p": person_id}).fetchall()
+    for part, rtype, n, values, first, last, run in sorted(rows, key=lambda r: (r[0], r[1], str(r[3]))):
+        if part == 0:
+            f.counts[rtype] = n
+            f.total += n
+            sources.update(s for s in values if s)
+            days += [d for d in (first, last) if d]
+            runs += [run] if run else []
+        else:
+            item_type, label, detail = values
+            f.add(Item(rtype, item_type, label, detail or "", rules.indicator(rtype, item_type)))
     f.sources = sorted(sources)
     f.first_day, f.last_day = (min(days), max(days)) if days else (None, None)
     f.run_id = max(runs) if runs else None
-    if not f.total:
-        return f
-    remapped = set(rules.remapped_methods)
-    for rtype, _rid, label, unmapped, standard, methods in snap.rows(_CODED_ITEMS, [person_id]):
-        word = _TYPE_WORDS.get(rtype, rtype)
-        if unmapped and not standard:
-            f.add(Item("unmapped_code", rtype, label or f"({word} without a display)", f"active {word}"))
-        elif remapped.intersection(methods or ()):
-            how = ", ".join(m for m in methods if m in remapped)
-            f.add(
-                Item("remapped_code", rtype, label or f"({word} without a display)", f"active {word}; {how}")
-            )
-    for reason, rtype, pointer in snap.rows(_QUARANTINE, [person_id, rules.quarantine_ignored_types]):
-        kind = "conflicting_duplicate" if reason == "conflicting_duplicate" else "quarantined"
-        f.add(Item(kind, rtype, f"{rtype or 'record'}: {reason}", pointer))
-    for _patient, _other, score, method in snap.rows(_IDENTITY, [person_id]):
-        how = f"{method or 'match'}" + (f", score {score:.2f}" if score is not None else "")
-        f.add(Item("identity_review", "Patient", "another source patient may be this person", how))
-    for rtype, _rid, _survivor, rule in snap.rows(_DUPLICATES, [person_id]):
-        f.add(Item("duplicate_fact", rtype, f"{rtype} recorded twice", rule or ""))
-    for items in f.items.values():
-        for item in items:
-            item.indicator = rules.indicator(item.card_type, item.resource_type)
     return f
 
 

@@ -80,6 +80,7 @@ class Snapshot:
     warehouse_state: tuple[float | None, float | None]
     persons: int
     generation: int
+    has_backload: bool = False
     _local: threading.local = field(default_factory=threading.local)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -167,8 +168,10 @@ def build(warehouse: Path, rules: dict[str, Any], generation: int = 1) -> Snapsh
         _copy(con, rules)
     finally:
         con.execute("DETACH wh")
-    persons = con.execute("SELECT count(DISTINCT person_id) FROM chart").fetchone()[0]
-    return Snapshot(con, time.time(), state, persons, generation)
+    _summarize(con, rules)
+    persons = con.execute("SELECT count(DISTINCT person_id) FROM summary").fetchone()[0]
+    backload = con.execute("SELECT count(*) > 0 FROM backload").fetchone()[0]
+    return Snapshot(con, time.time(), state, persons, generation, backload)
 
 
 def file_state(warehouse: Path) -> tuple[float | None, float | None]:
@@ -355,3 +358,74 @@ def _copy_ops(con: duckdb.DuckDBPyConnection, tables: dict) -> None:
             "CREATE TABLE duplicates (person_id VARCHAR, resource_type VARCHAR, resource_id VARCHAR, "
             "survivor_id VARCHAR, rule VARCHAR)"
         )
+
+
+REVIEWED_TYPES = ("Condition", "AllergyIntolerance", "MedicationRequest", "MedicationStatement")
+_TYPE_WORDS = (
+    ("Condition", "problem"),
+    ("AllergyIntolerance", "allergy"),
+    ("MedicationRequest", "medication order"),
+    ("MedicationStatement", "medication"),
+)
+
+
+def _summarize(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> None:
+    """Per person, what a patient-view shows, computed set-based once so a call is one indexed lookup.
+
+    summary: record counts, sources, date range and latest run per resource type; items: each thing that
+    needs a clinician's eye, with its card type. The chart table is dropped afterwards (only the order
+    check's coded rows are kept): a request never scans.
+    """
+    words = "CASE " + " ".join(f"WHEN resource_type = '{t}' THEN '{w}'" for t, w in _TYPE_WORDS) + " END"
+    remapped = [m for m in rules.get("remapped_methods", []) if m.replace("-", "").isalpha()]
+    remapped_sql = "(" + ", ".join(f"'{m}'" for m in remapped) + ")" if remapped else "(NULL)"
+    ignored = [t for t in rules.get("quarantine_ignored_types", []) if RESOURCE_TYPE.fullmatch(t)]
+    ignored_sql = "(" + ", ".join(f"'{t}'" for t in ignored) + ")" if ignored else "('')"
+    con.execute("""
+        CREATE TABLE summary AS
+        SELECT person_id, resource_type, count(*) AS n,
+               list(DISTINCT source_system ORDER BY source_system) AS sources,
+               min(day)::VARCHAR AS first_day, max(day)::VARCHAR AS last_day, max(run_id) AS run_id
+        FROM chart GROUP BY person_id, resource_type ORDER BY person_id, resource_type
+    """)
+    con.execute(f"""
+        CREATE TABLE items AS
+        WITH coded_items AS (
+            SELECT person_id, resource_type, id,
+                   any_value(label ORDER BY method NULLS LAST) AS label,
+                   bool_or(method = 'unmapped') AS unmapped,
+                   bool_or(method IN {STANDARD_METHODS}) AS standard,
+                   list(DISTINCT method ORDER BY method) FILTER (WHERE method IN {remapped_sql}) AS remapped
+            FROM coded WHERE active AND resource_type IN {REVIEWED_TYPES} GROUP BY ALL
+        )
+        SELECT person_id, 'unmapped_code' AS card_type, resource_type,
+               coalesce(label, '(' || {words} || ' without a display)') AS label,
+               'active ' || {words} AS detail
+        FROM coded_items WHERE unmapped AND NOT standard
+        UNION ALL
+        SELECT person_id, 'remapped_code', resource_type,
+               coalesce(label, '(' || {words} || ' without a display)'),
+               'active ' || {words} || '; ' || array_to_string(remapped, ', ')
+        FROM coded_items WHERE NOT (unmapped AND NOT standard) AND len(remapped) > 0
+        UNION ALL
+        SELECT person_id, CASE WHEN reason_code = 'conflicting_duplicate' THEN 'conflicting_duplicate'
+                               ELSE 'quarantined' END,
+               resource_type, coalesce(resource_type, 'record') || ': ' || reason_code, pointer
+        FROM quarantine WHERE coalesce(resource_type, '') NOT IN {ignored_sql}
+        UNION ALL
+        SELECT person_id, 'identity_review', 'Patient', 'another source patient may be this person',
+               coalesce(method, 'match') || coalesce(', score ' || printf('%.2f', score), '')
+        FROM identity_review
+        UNION ALL
+        SELECT person_id, 'duplicate_fact', resource_type, resource_type || ' recorded twice',
+               coalesce(rule, '')
+        FROM duplicates
+        ORDER BY ALL
+    """)
+    con.execute("CREATE INDEX summary_person ON summary (person_id)")
+    con.execute("CREATE INDEX items_person ON items (person_id)")
+    con.execute("DROP TABLE chart")
+    con.execute(
+        "DELETE FROM coded WHERE resource_type NOT IN ('MedicationRequest', 'MedicationStatement', "
+        "'AllergyIntolerance', 'Observation')"
+    )
