@@ -260,3 +260,28 @@ def test_serve_command_answers_over_loopback(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_rules_are_checked_and_unresolved_calls_log_no_values(tmp_path, caplog):
+    from pipelines.cds.rules import Rules
+    from pipelines.common.errors import ConfigError
+
+    bad = tmp_path / "rules.json"
+    rules = Rules.load()
+    data = dict(rules.data, rules=[*rules.data["rules"], {"card_type": "no_such_card", "indicator": "info"}])
+    bad.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="unknown card type"):
+        Rules.load(bad)
+    assert rules.indicator("unmapped_code", "AllergyIntolerance") == "critical"
+    assert rules.indicator("unmapped_code", "Condition") == "warning"
+    wh = tmp_path / "wh.duckdb"
+    issues_warehouse(wh)
+    client = Client.rsa()
+    with caplog.at_level("INFO", logger="pipelines.cds"), service(tmp_path, wh, client) as base:
+        mrn = {
+            "patient": {"resourceType": "Patient", "identifier": [{"system": MRN_SYSTEM, "value": "424242"}]}
+        }
+        assert call(base, client, view("EHR-SECRET-ID", prefetch=mrn)) == []
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "patient-view: no cards, the patient was not resolved (unmatched_identifier)" in logged
+    assert "424242" not in logged and "EHR-SECRET-ID" not in logged
