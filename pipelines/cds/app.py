@@ -173,22 +173,26 @@ def create_app(config: CdsConfig, rules: Rules | None = None) -> Starlette:
         service_id = request.path_params["service_id"]
         if service_id not in HOOKS:
             return _outcome(404, "not-found", "no such CDS service")
+        raw = await request.body()
+        # One hop to a worker thread for the whole call: verifying, reading the snapshot, queueing audit.
+        return await run_in_threadpool(answer, service_id, request, raw)
+
+    def answer(service_id: str, request: Request, raw: bytes) -> Response:
         try:
-            issuer = await run_in_threadpool(authorize, request)
+            issuer = authorize(request)
         except Unauthorized as exc:
             return _unauthorized(exc)
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return _outcome(400, "invalid", "the request body is not JSON")
-        errors = sorted(validator("request").iter_errors(body), key=str) if isinstance(body, dict) else [None]
-        if errors:
+        if not isinstance(body, dict) or any(True for _ in validator("request").iter_errors(body)):
             return _outcome(400, "invalid", "the request does not follow the CDS Hooks request schema")
         if body["hook"] not in HOOKS[service_id]:
             return _outcome(400, "not-supported", f"this service answers {', '.join(HOOKS[service_id])}")
         if state.snapshot is None:
             return _outcome(503, "transient", "the service has no warehouse snapshot yet")
-        return _json(await run_in_threadpool(invoke, state, service_id, body, issuer))
+        return _json(invoke(state, service_id, body, issuer))
 
     async def feedback(request: Request) -> Response:
         service_id = request.path_params["service_id"]

@@ -169,6 +169,8 @@ def build(warehouse: Path, rules: dict[str, Any], generation: int = 1) -> Snapsh
     finally:
         con.execute("DETACH wh")
     _summarize(con, rules)
+    # Calls are point lookups, many at once: each runs on its caller's thread alone, with no pool to wake.
+    con.execute("SET threads = 1")
     persons = con.execute("SELECT count(DISTINCT person_id) FROM summary").fetchone()[0]
     backload = con.execute("SELECT count(*) > 0 FROM backload").fetchone()[0]
     return Snapshot(con, time.time(), state, persons, generation, backload)
