@@ -112,7 +112,7 @@ class State:
         except EhrliftError as exc:
             log.warning("snapshot not refreshed: %s", exc.message)
             return
-        rows = snap.con.execute("SELECT coalesce(sum(n), 0) FROM summary").fetchone()[0]
+        rows = snap.records
         self.spool.append("snapshot", service="snapshot", tables=[{"table": "fhir.*", "rows": rows}])
         old, self.snapshot = self.snapshot, snap
         log.info("snapshot %d taken: %d persons", snap.generation, snap.persons)
@@ -256,7 +256,7 @@ def invoke(state: State, service_id: str, body: dict[str, Any], issuer: str) -> 
     if found.person_id is None:
         log.info("%s: no cards, the patient was not resolved (%s)", hook, found.how)
     else:
-        f = review.find(snap, found.person_id, rules)
+        f = review.find(snap, found.person_id, rules, found.doc)
         rows_read, run_id = f.total, f.run_id
         if f.total:
             source = {"label": f"ehrlift migration review (run {f.run_id})"}

@@ -19,52 +19,73 @@ MR = "MR"  # HL7 v2 table 0203 identifier type: medical record number
 class Resolution:
     person_id: str | None
     how: str  # backload_ids, identifier, identifier_fhir, or why not: no_patient, unmatched, ambiguous, ...
+    doc: str | None = None  # the person's review document (JSON), read in the same query
+
+
+# Candidates, each with its person's review document, in one filter per table: a call's cost is the
+# per-query overhead, so there is one query.
+_RESOLVE = """
+SELECT 'backload', NULL, NULL, person_id, doc FROM backload WHERE server_id = $sid
+UNION ALL
+SELECT 'identifier', system, value, person_id, doc FROM pid WHERE list_contains($values::VARCHAR[], value)
+"""
 
 
 def resolve(snap: Snapshot, request: dict[str, Any], fhir_timeout: float) -> Resolution:
-    """The person, or None with the reason; never raises on what a client sent."""
+    """The person (with its review document), or None with the reason; never raises on client input."""
     patient_id = (request.get("context") or {}).get("patientId")
     if not isinstance(patient_id, str) or not patient_id:
         return Resolution(None, "no_patient_id")
-    if snap.has_backload:
-        rows = snap.rows("SELECT DISTINCT person_id FROM backload WHERE server_id = ?", [patient_id])
-        if len(rows) == 1:
-            return Resolution(rows[0][0], "backload_ids")
     patient = (request.get("prefetch") or {}).get("patient")
+    idents = (
+        _identifiers(patient)
+        if isinstance(patient, dict) and patient.get("resourceType") == "Patient"
+        else []
+    )
+    rows = snap.rows(_RESOLVE, {"sid": patient_id, "values": sorted({i["value"] for i in idents})})
+    by_backload = {(r[3], r[4]) for r in rows if r[0] == "backload"}
+    if len(by_backload) == 1:
+        person, doc = by_backload.pop()
+        return Resolution(person, "backload_ids", doc)
     how = "identifier"
     if not isinstance(patient, dict):
         patient, why = _fetch_patient(request, patient_id, fhir_timeout)
         if patient is None:
             return Resolution(None, why)
         how = "identifier_fhir"
+        idents = _identifiers(patient) if patient.get("resourceType") == "Patient" else []
+        rows = snap.rows(_RESOLVE, {"sid": "", "values": sorted({i["value"] for i in idents})})
     if patient.get("resourceType") != "Patient":
         return Resolution(None, "prefetch_not_a_patient")
-    return _by_identifier(snap, patient, how)
-
-
-def _by_identifier(snap: Snapshot, patient: dict[str, Any], how: str) -> Resolution:
-    idents = [i for i in patient.get("identifier") or [] if isinstance(i, dict)]
-    usable = [i for i in idents if isinstance(i.get("system"), str) and isinstance(i.get("value"), str)]
-    if not usable:
+    if not idents:
         return Resolution(None, "no_identifier_with_system")
+    found = [(r[1], r[2], r[3]) for r in rows if r[0] == "identifier"]
+    person, why = _by_identifier(idents, found)
+    if person is None:
+        return Resolution(None, why)
+    return Resolution(person, how, next(r[4] for r in rows if r[0] == "identifier" and r[3] == person))
+
+
+def _identifiers(patient: dict[str, Any]) -> list[dict[str, Any]]:
+    idents = patient.get("identifier")
+    return [
+        i
+        for i in (idents if isinstance(idents, list) else [])
+        if isinstance(i, dict) and isinstance(i.get("system"), str) and isinstance(i.get("value"), str)
+    ]
+
+
+def _by_identifier(usable: list[dict[str, Any]], found: list[tuple[str, str, str]]) -> tuple[str | None, str]:
     # An MRN decides when there is one; other identifiers (with their systems) are the fallback.
     mrns = [i for i in usable if _is_mrn(i)]
-    values = sorted({i["value"] for i in usable})
-    if len(values) == 1:  # the usual case, and an indexed lookup
-        found = snap.rows("SELECT DISTINCT system, value, person_id FROM pid WHERE value = ?", values)
-    else:
-        found = snap.rows(
-            "SELECT DISTINCT system, value, person_id FROM pid WHERE list_contains(?::VARCHAR[], value)",
-            [values],
-        )
     for group in (mrns, usable):
         wanted = {(i["system"], i["value"]) for i in group}
         persons = {person for system, value, person in found if (system, value) in wanted}
         if len(persons) == 1:
-            return Resolution(persons.pop(), how)
+            return persons.pop(), ""
         if len(persons) > 1:
-            return Resolution(None, "ambiguous_identifier")
-    return Resolution(None, "unmatched_identifier")
+            return None, "ambiguous_identifier"
+    return None, "unmatched_identifier"
 
 
 def _is_mrn(ident: dict[str, Any]) -> bool:

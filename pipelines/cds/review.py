@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from pipelines.cds.rules import Rules
 from pipelines.cds.snapshot import Snapshot
 
@@ -37,31 +39,37 @@ class Findings:
         self.items.setdefault(item.card_type, []).append(item)
 
 
-# One indexed lookup per call: the snapshot holds each person's summary and items precomputed.
-_FIND = """
-SELECT 0 AS part, resource_type, n, sources, first_day, last_day, run_id FROM summary WHERE person_id = $p
-UNION ALL
-SELECT 1, card_type, NULL, [resource_type, label, detail], NULL, NULL, NULL FROM items WHERE person_id = $p
-"""
+_DOC = "SELECT doc FROM docs WHERE person_id = ?"
 
 
-def find(snap: Snapshot, person_id: str, rules: Rules) -> Findings:
-    """Read one person's review from the snapshot."""
+def find(snap: Snapshot, person_id: str, rules: Rules, doc: str | None = None) -> Findings:
+    """One person's review, from the document the snapshot computed for it (read now unless given)."""
     f = Findings(person_id)
+    if doc is None:
+        row = snap.rows(_DOC, [person_id])
+        doc = row[0][0] if row else None
+    if doc is None:
+        return f
+    data = orjson.loads(doc)
     sources: set[str] = set()
     days: list[str] = []
     runs: list[str] = []
-    rows = snap.cursor().execute(_FIND, {"p": person_id}).fetchall()
-    for part, rtype, n, values, first, last, run in sorted(rows, key=lambda r: (r[0], r[1], str(r[3]))):
-        if part == 0:
-            f.counts[rtype] = n
-            f.total += n
-            sources.update(s for s in values if s)
-            days += [d for d in (first, last) if d]
-            runs += [run] if run else []
-        else:
-            item_type, label, detail = values
-            f.add(Item(rtype, item_type, label, detail or "", rules.indicator(rtype, item_type)))
+    for part in data["summary"]:
+        f.counts[part["t"]] = part["n"]
+        f.total += part["n"]
+        sources.update(s for s in part["s"] if s)
+        days += [d for d in (part["f"], part["l"]) if d]
+        runs += [part["r"]] if part["r"] else []
+    for item in data["items"]:
+        f.add(
+            Item(
+                item["c"],
+                item["t"],
+                item["label"],
+                item["detail"] or "",
+                rules.indicator(item["c"], item["t"]),
+            )
+        )
     f.sources = sorted(sources)
     f.first_day, f.last_day = (min(days), max(days)) if days else (None, None)
     f.run_id = max(runs) if runs else None
