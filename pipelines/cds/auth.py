@@ -82,6 +82,7 @@ class Verifier:
         self.leeway, self.max_lifetime = leeway, max_lifetime
         self.jwks = JwksCache(jwks_ttl, timeout)
         self._seen: dict[tuple[str, str], float] = {}
+        self._parsed: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 
     def verify(self, authorization: str | None, audience: str) -> str:
@@ -90,10 +91,10 @@ class Verifier:
             raise Unauthorized("no bearer token")
         token = authorization[len("Bearer ") :].strip()
         try:
-            header = jwt.get_unverified_header(token)
-            claims = jwt.decode(token, options={"verify_signature": False})
+            unverified = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise Unauthorized("the token is not a JWT") from None
+        header, claims = unverified["header"], unverified["payload"]
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in ALGORITHMS:
             raise Unauthorized("the token's algorithm is not an allowed asymmetric one")
@@ -104,7 +105,7 @@ class Verifier:
             raise Unauthorized("unknown issuer")
         jwk = self._key(issuer, header.get("jku"), kid)
         try:
-            key = jwt.PyJWK(jwk, algorithm=alg).key
+            key = self._public_key(jwk, alg)
             claims = jwt.decode(
                 token,
                 key,
@@ -133,6 +134,18 @@ class Verifier:
             raise Unauthorized("the token lives longer than allowed")
         self._once(issuer.iss, str(claims["jti"]), float(claims["exp"]))
         return issuer.iss
+
+    def _public_key(self, jwk: dict[str, Any], alg: str) -> Any:
+        # Parsing a JWK into a key object costs more than verifying with it: keep each one parsed.
+        cache_key = (json.dumps(jwk, sort_keys=True), alg)
+        key = self._parsed.get(cache_key)
+        if key is None:
+            key = jwt.PyJWK(jwk, algorithm=alg).key
+            with self._lock:
+                if len(self._parsed) > 256:
+                    self._parsed.clear()
+                self._parsed[cache_key] = key
+        return key
 
     def _key(self, issuer: Issuer, jku: Any, kid: str) -> dict[str, Any]:
         if jku is not None:
