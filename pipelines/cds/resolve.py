@@ -22,13 +22,24 @@ class Resolution:
     doc: str | None = None  # the person's review document (JSON), read in the same query
 
 
-# Candidates, each with its person's review document, in one filter per table: a call's cost is the
-# per-query overhead, so there is one query.
-_RESOLVE = """
-SELECT 'backload', NULL, NULL, person_id, doc FROM backload WHERE server_id = $sid
-UNION ALL
-SELECT 'identifier', system, value, person_id, doc FROM pid WHERE list_contains($values::VARCHAR[], value)
-"""
+# Candidates, each with its person's review document, from one table keyed by back-load server id or
+# identifier value. A call's cost is per-query overhead, and an equality filter is the cheapest query.
+_LOOKUP = "SELECT kind, system, key, person_id, doc FROM lookup WHERE key = ?"
+_LOOKUP_ANY = "SELECT kind, system, key, person_id, doc FROM lookup WHERE list_contains(?::VARCHAR[], key)"
+
+
+def _by_backload(snap: Snapshot, server_id: str) -> list[tuple]:
+    if not snap.has_backload:
+        return []
+    return [r for r in snap.rows(_LOOKUP, [server_id]) if r[0] == "backload"]
+
+
+def _by_values(snap: Snapshot, idents: list[dict[str, Any]]) -> list[tuple]:
+    values = sorted({i["value"] for i in idents})
+    if not values:
+        return []
+    rows = snap.rows(_LOOKUP, values) if len(values) == 1 else snap.rows(_LOOKUP_ANY, [values])
+    return [r for r in rows if r[0] == "identifier"]
 
 
 def resolve(snap: Snapshot, request: dict[str, Any], fhir_timeout: float) -> Resolution:
@@ -42,8 +53,7 @@ def resolve(snap: Snapshot, request: dict[str, Any], fhir_timeout: float) -> Res
         if isinstance(patient, dict) and patient.get("resourceType") == "Patient"
         else []
     )
-    rows = snap.rows(_RESOLVE, {"sid": patient_id, "values": sorted({i["value"] for i in idents})})
-    by_backload = {(r[3], r[4]) for r in rows if r[0] == "backload"}
+    by_backload = {(r[3], r[4]) for r in _by_backload(snap, patient_id)}
     if len(by_backload) == 1:
         person, doc = by_backload.pop()
         return Resolution(person, "backload_ids", doc)
@@ -54,16 +64,16 @@ def resolve(snap: Snapshot, request: dict[str, Any], fhir_timeout: float) -> Res
             return Resolution(None, why)
         how = "identifier_fhir"
         idents = _identifiers(patient) if patient.get("resourceType") == "Patient" else []
-        rows = snap.rows(_RESOLVE, {"sid": "", "values": sorted({i["value"] for i in idents})})
     if patient.get("resourceType") != "Patient":
         return Resolution(None, "prefetch_not_a_patient")
     if not idents:
         return Resolution(None, "no_identifier_with_system")
-    found = [(r[1], r[2], r[3]) for r in rows if r[0] == "identifier"]
+    rows = _by_values(snap, idents)
+    found = [(r[1], r[2], r[3]) for r in rows]
     person, why = _by_identifier(idents, found)
     if person is None:
         return Resolution(None, why)
-    return Resolution(person, how, next(r[4] for r in rows if r[0] == "identifier" and r[3] == person))
+    return Resolution(person, how, next(r[4] for r in rows if r[3] == person))
 
 
 def _identifiers(patient: dict[str, Any]) -> list[dict[str, Any]]:

@@ -81,6 +81,7 @@ class Snapshot:
     persons: int
     generation: int
     records: int = 0
+    has_backload: bool = False
     _local: threading.local = field(default_factory=threading.local)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -172,7 +173,8 @@ def build(warehouse: Path, rules: dict[str, Any], generation: int = 1) -> Snapsh
     # Calls are point lookups, many at once: each runs on its caller's thread alone, with no pool to wake.
     con.execute("SET threads = 1")
     persons = con.execute("SELECT count(*) FROM docs").fetchone()[0]
-    return Snapshot(con, time.time(), state, persons, generation, records)
+    backload = con.execute("SELECT count(*) > 0 FROM lookup WHERE kind = 'backload'").fetchone()[0]
+    return Snapshot(con, time.time(), state, persons, generation, records, bool(backload))
 
 
 def file_state(warehouse: Path) -> tuple[float | None, float | None]:
@@ -421,8 +423,8 @@ def _summarize(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> int:
         FROM duplicates
         ORDER BY ALL
     """)
-    # One JSON document per person, and a copy on each of its identifier and back-load rows: a call is
-    # then a single filter on one narrow table (per-query overhead, not data, is what a call costs).
+    # One JSON document per person, and a copy on each of its identifier and back-load rows (lookup), so
+    # a call is one filter on one table: per-query overhead, not data, is what a call costs.
     con.execute("""
         CREATE TABLE docs AS
         SELECT person_id, to_json({'summary': s.summary, 'items': coalesce(i.items, [])})::VARCHAR AS doc
@@ -435,16 +437,17 @@ def _summarize(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> int:
                    FROM items GROUP BY person_id) i USING (person_id)
         ORDER BY person_id
     """)
-    con.execute("ALTER TABLE pid RENAME TO pid_ids")
-    con.execute("CREATE TABLE pid AS SELECT p.*, d.doc FROM pid_ids p LEFT JOIN docs d USING (person_id)")
-    con.execute("ALTER TABLE backload RENAME TO backload_ids")
-    con.execute(
-        "CREATE TABLE backload AS SELECT b.*, d.doc FROM backload_ids b LEFT JOIN docs d USING (person_id)"
-    )
+    con.execute("""
+        CREATE TABLE lookup AS
+        SELECT 'identifier' AS kind, p.value AS key, p.system, p.person_id, d.doc
+        FROM pid p LEFT JOIN docs d USING (person_id)
+        UNION ALL
+        SELECT 'backload', b.server_id, NULL, b.person_id, d.doc
+        FROM backload b LEFT JOIN docs d USING (person_id)
+        ORDER BY key
+    """)
     records = con.execute("SELECT coalesce(sum(n), 0) FROM summary").fetchone()[0]
-    con.execute(
-        "DROP TABLE pid_ids; DROP TABLE backload_ids; DROP TABLE summary; DROP TABLE items; DROP TABLE chart"
-    )
+    con.execute("DROP TABLE pid; DROP TABLE backload; DROP TABLE summary; DROP TABLE items; DROP TABLE chart")
     con.execute(
         "DELETE FROM coded WHERE resource_type NOT IN ('MedicationRequest', 'MedicationStatement', "
         "'AllergyIntolerance', 'Observation')"
