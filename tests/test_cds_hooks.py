@@ -134,10 +134,11 @@ def test_clean_patient_gets_only_the_summary_and_unknown_patient_none(tmp_path, 
     with service(tmp_path, wh, client) as base:
         clean = cards_of(call(base, client, REVIEW, patient_view("ehr-2", "1002")))
         unknown = cards_of(call(base, client, REVIEW, patient_view("ehr-9", "99999")))
-        no_prefetch = cards_of(call(base, client, REVIEW, patient_view("ehr-9")))
+        no_prefetch = call(base, client, REVIEW, patient_view("ehr-9"))
     assert [c["source"]["topic"]["code"] for c in clean] == ["migration_summary"]
     assert "Condition 1, Patient 1" in clean[0]["detail"]
-    assert unknown == [] and no_prefetch == []
+    assert unknown == []
+    assert no_prefetch.status_code == 412 and no_prefetch.json()["resourceType"] == "OperationOutcome"
 
 
 def test_review_page_lists_items_and_needs_its_token(tmp_path, wh, client):

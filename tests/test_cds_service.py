@@ -98,9 +98,16 @@ def test_fhir_server_fallback_only_without_prefetch_and_with_a_timeout(tmp_path,
             ),
         )
         handler.delay = 2.0
-        slow = call(base, client, view("ehr-5", fhirServer=fhir, fhirAuthorization=auth))
+        url = f"{base}/cds-services/{REVIEW}"
+        slow = httpx.post(
+            url,
+            json=view("ehr-5", fhirServer=fhir, fhirAuthorization=auth),
+            timeout=10,
+            headers={"Authorization": f"Bearer {client.token(url)}"},
+        )
     assert {c["source"]["topic"]["code"] for c in fetched} >= {"unmapped_code", "migration_summary"}
-    assert prefetched == [] and slow == []  # a prefetched Patient without identifiers; a server too slow
+    assert prefetched == []  # a prefetched Patient without identifiers: nobody to match
+    assert slow.status_code == 412  # a server too slow: the data needed could not be had
     assert handler.seen[0] == ("/fhir/Patient/ehr-5", "Bearer fhir-token") and len(handler.seen) == 2
 
 
@@ -110,7 +117,10 @@ def test_works_without_identity_and_backload_tables(tmp_path):
     client = Client.rsa()
     mrn = {"patient": {"resourceType": "Patient", "identifier": [{"system": MRN_SYSTEM, "value": "1001"}]}}
     with service(tmp_path, wh, client) as base:
-        by_backload_id = call(base, client, view("EHR-77"))
+        url = f"{base}/cds-services/{REVIEW}"
+        by_backload_id = httpx.post(
+            url, json=view("EHR-77"), timeout=10, headers={"Authorization": f"Bearer {client.token(url)}"}
+        )
         by_mrn = call(base, client, view("EHR-77", prefetch=mrn))
         wrong_system = call(
             base,
@@ -125,7 +135,8 @@ def test_works_without_identity_and_backload_tables(tmp_path):
                 },
             ),
         )
-    assert by_backload_id == [] and wrong_system == []
+    assert by_backload_id.status_code == 412  # no back-load map, no prefetch, no FHIR server
+    assert wrong_system == []
     codes = [c["source"]["topic"]["code"] for c in by_mrn]
     assert "identity_review" not in codes and "duplicate_fact" not in codes and "unmapped_code" in codes
 

@@ -61,6 +61,7 @@ SERVICES: list[dict[str, Any]] = [
     }
     for hook in ("order-select", "order-sign")
 ]
+UNAVAILABLE = ("no_prefetch_no_fhir_access", "bad_patient_id")
 HOOKS = {REVIEW: ("patient-view",), ORDER_CHECK: ("order-select", "order-sign")}
 
 
@@ -192,7 +193,13 @@ def create_app(config: CdsConfig, rules: Rules | None = None) -> Starlette:
             return _outcome(400, "not-supported", f"this service answers {', '.join(HOOKS[service_id])}")
         if state.snapshot is None:
             return _outcome(503, "transient", "the service has no warehouse snapshot yet")
-        return _json(invoke(state, service_id, body, issuer))
+        result = invoke(state, service_id, body, issuer)
+        if result is None:
+            # The specification's answer when neither prefetch nor the client's FHIR server gave the data.
+            return _outcome(
+                412, "not-found", "no patient prefetch, and the client's FHIR server could not be read"
+            )
+        return _json(result)
 
     async def feedback(request: Request) -> Response:
         service_id = request.path_params["service_id"]
@@ -245,14 +252,19 @@ def _unauthorized(exc: Unauthorized) -> Response:
     return _outcome(401, "login", str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
-def invoke(state: State, service_id: str, body: dict[str, Any], issuer: str) -> dict[str, Any]:
-    """Answer one hook call and queue its audit row; the response is cards only (no systemActions)."""
+def invoke(state: State, service_id: str, body: dict[str, Any], issuer: str) -> dict[str, Any] | None:
+    """Answer one hook call and queue its audit row; the response is cards only (no systemActions).
+
+    None when the Patient could not be obtained at all (no prefetch, FHIR server absent or failing): the
+    caller answers 412. A Patient that matches nobody here gets an empty card list.
+    """
     snap = state.snapshot
     assert snap is not None
     rules, hook = state.rules, body["hook"]
     found = resolve(snap, body, state.config.fhir_timeout)
     pairs: list[tuple[str, dict[str, Any]]] = []
     rows_read, run_id = 0, None
+    unavailable = found.how in UNAVAILABLE or found.how.startswith("fhir_server_")
     if found.person_id is None:
         log.info("%s: no cards, the patient was not resolved (%s)", hook, found.how)
     else:
@@ -286,7 +298,7 @@ def invoke(state: State, service_id: str, body: dict[str, Any], issuer: str) -> 
         tables=[{"table": "fhir.*", "rows": rows_read}],
         issued=[{"uuid": c["uuid"], "type": t, "indicator": c["indicator"]} for t, c in pairs],
     )
-    return {"cards": cards}
+    return None if unavailable else {"cards": cards}
 
 
 def record_feedback(state: State, service_id: str, entries: list[dict[str, Any]]) -> None:
