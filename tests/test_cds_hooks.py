@@ -279,3 +279,37 @@ def test_feedback_and_invocations_are_audited_without_values(tmp_path, wh, clien
         (cards[0]["source"]["topic"]["code"], "overridden", 0, "r1"),
     ]
     assert not (tmp_path / "wh.duckdb.cds-spool.jsonl").exists()
+
+
+def test_order_with_a_contained_medication_and_orders_without_codes(tmp_path, wh, client):
+    contained = {
+        "resourceType": "MedicationRequest",
+        "id": "d5",
+        "status": "draft",
+        "intent": "order",
+        "contained": [
+            {
+                "resourceType": "Medication",
+                "id": "med",
+                "code": {"coding": [{"system": RXNORM, "code": "860975", "display": "metformin 500 MG"}]},
+            }
+        ],
+        "medicationReference": {"reference": "#med"},
+    }
+    uncoded = {
+        "resourceType": "MedicationRequest",
+        "id": "d6",
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": {"text": "free text only"},
+    }
+    body = order("order-sign", contained)
+    body["context"]["draftOrders"]["entry"].append({"resource": uncoded})
+    body["context"]["draftOrders"]["entry"].append(
+        {"resource": {"resourceType": "NutritionOrder", "id": "n1"}}
+    )
+    with service(tmp_path, wh, client) as base:
+        cards = cards_of(call(base, client, ORDERS, body))
+    assert [c["source"]["topic"]["code"] for c in cards] == ["order_duplicate_medication"]
+    assert cards[0]["suggestions"][0]["actions"][0]["resourceId"] == "MedicationRequest/d5"
+    assert "metformin 500 MG" in cards[0]["detail"]

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import duckdb
 import httpx
@@ -296,3 +297,38 @@ def test_rules_are_checked_and_unresolved_calls_log_no_values(tmp_path, caplog):
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "patient-view: no cards, the patient was not resolved (unmatched_identifier)" in logged
     assert "424242" not in logged and "EHR-SECRET-ID" not in logged
+
+
+def test_merge_audit_command_and_ambiguous_identifiers(tmp_path):
+    from pipelines.cli import main
+
+    wh = tmp_path / "wh.duckdb"
+    issues_warehouse(wh)
+    con = duckdb.connect(str(wh))
+    # A second source Patient with p1's MRN value under the same system: which person is meant is unclear.
+    con.execute(
+        "INSERT INTO fhir.\"Patient\" VALUES ('p4', ?, 'legacy', NULL, 'adt-p4', 1, 'r', 'h', NULL, FALSE)",
+        [
+            json.dumps(
+                {
+                    "resourceType": "Patient",
+                    "id": "p4",
+                    "identifier": [{"system": MRN_SYSTEM, "value": "1001"}],
+                }
+            )
+        ],
+    )
+    con.close()
+    client = Client.rsa()
+    both = {"patient": {"resourceType": "Patient", "identifier": [{"system": MRN_SYSTEM, "value": "1001"}]}}
+    with service(tmp_path, wh, client) as base:
+        assert call(base, client, view("x", prefetch=both)) == []
+    spool = Spool(Path(f"{wh}.cds-spool.jsonl"))
+    spool.append("feedback", service=REVIEW, card="u9", outcome="overridden", accepted=0, reason_code="r")
+    assert main(["cds-hooks", "merge-audit", "--warehouse", str(wh)]) == 0
+    con = duckdb.connect(str(wh), read_only=True)
+    resolved = con.execute(
+        "SELECT detail->>'$.resolved_by' FROM ops.phi_access WHERE detail->>'$.kind' = 'invocation'"
+    ).fetchall()
+    assert resolved == [("ambiguous_identifier",)]
+    assert con.execute("SELECT card_uuid, outcome FROM ops.cds_feedback").fetchall() == [("u9", "overridden")]
