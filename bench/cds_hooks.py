@@ -202,6 +202,15 @@ async def drive(url: str, toks: list[str], patients: int, clients: int) -> list[
     return latencies
 
 
+def measure(url: str, key, args: argparse.Namespace, levels: list[int]) -> dict[int, dict[str, float]]:
+    asyncio.run(drive(url, tokens(key, url, 50), args.patients, 4))  # warm-up
+    out = {}
+    for clients in levels:
+        lat = asyncio.run(drive(url, tokens(key, url, args.requests), args.patients, clients))
+        out[clients] = {f"p{q}": round(pct(lat, q), 2) for q in (50, 95, 99)}
+    return out
+
+
 def pct(values: list[float], q: float) -> float:
     return (
         statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
@@ -269,11 +278,11 @@ def main() -> None:
             print(f"ehrlift service up (snapshot taken) in {time.perf_counter() - t0:.1f} s")
         url = f"{base}/cds-services/{SERVICE}"
         try:
-            asyncio.run(drive(url, tokens(key, url, 50), args.patients, 4))  # warm-up
-            results[name] = {}
-            for clients in levels:
-                lat = asyncio.run(drive(url, tokens(key, url, args.requests), args.patients, clients))
-                results[name][clients] = {f"p{q}": round(pct(lat, q), 2) for q in (50, 95, 99)}
+            results[name] = measure(url, key, args, levels)
+        except Exception:
+            # Say whether the server itself went away (a crash) or only the connection did.
+            print(f"{name} server exit status while measuring: {proc.poll()}", file=sys.stderr)
+            raise
         finally:
             proc.terminate()
             proc.wait(timeout=60)
