@@ -285,6 +285,17 @@ def test_rules_are_checked_and_unresolved_calls_log_no_values(tmp_path, caplog):
     with pytest.raises(ConfigError, match="unknown card type"):
         Rules.load(bad)
     assert rules.indicator("unmapped_code", "AllergyIntolerance") == "critical"
+    from pipelines.cds.review import Findings, Item, cards
+
+    quiet = Rules(dict(rules.data, summary_without_findings=False))
+    clean = Findings("p", run_id="r", total=3, sources=["legacy"], counts={"Condition": 3})
+    assert cards(clean, quiet, None, {"label": "x"}) == []
+    assert [t for t, _ in cards(clean, rules, None, {"label": "x"})] == ["migration_summary"]
+    clean.add(Item("duplicate_fact", "Observation", "Observation recorded twice", "rule", "info"))
+    assert [t for t, _ in cards(clean, quiet, None, {"label": "x"})] == [
+        "migration_summary",
+        "duplicate_fact",
+    ]
     assert rules.indicator("unmapped_code", "Condition") == "warning"
     wh = tmp_path / "wh.duckdb"
     issues_warehouse(wh)

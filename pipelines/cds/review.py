@@ -77,8 +77,9 @@ def find(snap: Snapshot, person_id: str, rules: Rules, doc: str | None = None) -
 
 
 def cards(f: Findings, rules: Rules, page_url: str | None, source: dict[str, Any]) -> list[tuple[str, dict]]:
-    """(card type, card) pairs, most urgent first; none when the person has no migrated records."""
-    if not f.total:
+    """(card type, card) pairs, most urgent first; none when the person has no migrated records, and none
+    when nothing needs a look and the rules say a migrated chart alone is not worth a card."""
+    if not f.total or (not f.items and not rules.summary_without_findings):
         return []
     out: list[tuple[str, dict]] = []
     links = [{"label": "Review migrated items", "url": page_url, "type": "absolute"}] if page_url else []

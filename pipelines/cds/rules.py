@@ -81,6 +81,10 @@ class Rules:
         return list(self.data.get("quarantine_ignored_types", []))
 
     @property
+    def summary_without_findings(self) -> bool:
+        return bool(self.data.get("summary_without_findings", True))
+
+    @property
     def recent_lab_days(self) -> int:
         return int(self.data.get("recent_lab_days", 90))
 
