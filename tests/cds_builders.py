@@ -58,12 +58,13 @@ def _coding(system: str, code: str, display: str, method: str | None = None) -> 
 class WarehouseBuilder:
     """Rows go in as a migration would leave them: resources with lineage, mapping log, quarantine."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, new_run: bool = True) -> None:
         self.path = path
         self.con = open_warehouse(path)
-        self.con.execute(
-            "INSERT INTO ops.runs VALUES (?, now(), now(), 'succeeded', 0, 'test', '{}', NULL)", [RUN]
-        )
+        if new_run:
+            self.con.execute(
+                "INSERT INTO ops.runs VALUES (?, now(), now(), 'succeeded', 0, 'test', '{}', NULL)", [RUN]
+            )
 
     def add(
         self, resource: dict[str, Any], *, file: str = "f1", unit: int = 1, source: str = "legacy"

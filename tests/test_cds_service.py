@@ -343,3 +343,33 @@ def test_merge_audit_command_and_ambiguous_identifiers(tmp_path):
     ).fetchall()
     assert resolved == [("ambiguous_identifier",)]
     assert con.execute("SELECT card_uuid, outcome FROM ops.cds_feedback").fetchall() == [("u9", "overridden")]
+
+
+def test_refresh_sees_a_new_run_and_skips_an_unchanged_warehouse(tmp_path):
+    from pipelines.cds.app import invoke
+    from tests.cds_builders import WarehouseBuilder
+
+    wh = tmp_path / "wh.duckdb"
+    issues_warehouse(wh)
+    cfg = cds_config.load(
+        write_config(tmp_path, "http://127.0.0.1:1", Client.rsa()), warehouse=wh, host=None, port=None
+    )
+    state = create_app(cfg).state.cds
+    state.refresh()
+    first = state.snapshot
+    body = view(
+        "x",
+        prefetch={
+            "patient": {"resourceType": "Patient", "identifier": [{"system": MRN_SYSTEM, "value": "2001"}]}
+        },
+    )
+    assert invoke(state, REVIEW, body, "iss") == {"cards": []}
+    state.refresh()
+    assert state.snapshot is first  # only its own audit rows were merged: no new copy
+    w = WarehouseBuilder(wh, new_run=False)  # a later run adds a patient
+    w.patient("p7", "2001")
+    w.close()
+    state.refresh()
+    assert state.snapshot is not first
+    cards = invoke(state, REVIEW, body, "iss")["cards"]
+    assert [c["source"]["topic"]["code"] for c in cards] == ["migration_summary"]
