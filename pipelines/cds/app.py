@@ -281,6 +281,8 @@ def invoke(state: State, service_id: str, body: dict[str, Any], issuer: str) -> 
                 pairs = orders.check(
                     snap, found.person_id, orders.draft_orders(body["context"], hook), rules, source, links
                 )
+            if not pairs:
+                state.links.revoke(token)  # no card carries the link
     cards = []
     for _card_type, card in pairs:
         card["uuid"] = str(uuid.uuid4())

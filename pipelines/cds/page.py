@@ -43,6 +43,10 @@ class Links:
             self._tokens[token] = (person_id, now + self.ttl)
         return token
 
+    def revoke(self, token: str) -> None:
+        with self._lock:
+            self._tokens.pop(token, None)
+
     def person(self, token: str) -> str | None:
         with self._lock:
             found = self._tokens.get(token)
