@@ -105,3 +105,30 @@ def test_jku_from_the_allow_list_is_fetched_and_es384_verifies(tmp_path, wh):
         thread.join(timeout=10)
     assert resp.status_code == 200 and resp.json()["cards"]
     refused(without_jku, "no key with the token's kid")
+
+
+def test_cors_only_for_allow_listed_origins(tmp_path, wh):
+    client = Client.rsa()
+    with service(tmp_path, wh, client, cors_origins=["https://ehr-ui.example.org"]) as base:
+        url = f"{base}/cds-services/{REVIEW}"
+        preflight = {
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        }
+        allowed = httpx.options(
+            url, headers={"Origin": "https://ehr-ui.example.org", **preflight}, timeout=10
+        )
+        other = httpx.options(url, headers={"Origin": "https://evil.example.org", **preflight}, timeout=10)
+        call = httpx.post(
+            url,
+            json=BODY,
+            timeout=10,
+            headers={"Origin": "https://ehr-ui.example.org", "Authorization": f"Bearer {client.token(url)}"},
+        )
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://ehr-ui.example.org"
+    assert "access-control-allow-origin" not in other.headers
+    assert (
+        call.status_code == 200
+        and call.headers["access-control-allow-origin"] == "https://ehr-ui.example.org"
+    )

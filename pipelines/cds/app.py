@@ -17,6 +17,8 @@ import orjson
 from jsonschema import Draft202012Validator, FormatChecker
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -234,7 +236,20 @@ def create_app(config: CdsConfig, rules: Rules | None = None) -> Starlette:
         Route("/cds-services/{service_id}/feedback", feedback, methods=["POST"]),
         Route(f"/cds-services/{REVIEW}/review/{{token}}", page, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    middleware = []
+    if config.cors_origins:
+        # Browser-based CDS clients only: an exact allow-list, never "*", no cookies; the JWT authenticates.
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+                allow_credentials=False,
+                max_age=600,
+            )
+        )
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.cds = state
     return app
 

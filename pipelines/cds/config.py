@@ -29,6 +29,9 @@ class CdsConfig:
     leeway_seconds: float = 30.0
     max_token_lifetime: float = 300.0
     jwks_ttl_seconds: float = 300.0
+    cors_origins: tuple[
+        str, ...
+    ] = ()  # browser-based CDS clients allowed to call (exact origins); none by default
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -71,4 +74,5 @@ def load(path: Path | None, *, warehouse: Path | None, host: str | None, port: i
         leeway_seconds=float(data.get("leeway_seconds", 30.0)),
         max_token_lifetime=float(data.get("max_token_lifetime_seconds", 300.0)),
         jwks_ttl_seconds=float(data.get("jwks_ttl_seconds", 300.0)),
+        cors_origins=tuple(str(o) for o in data.get("cors_origins", [])),
     )
