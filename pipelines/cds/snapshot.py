@@ -121,8 +121,8 @@ def _chart_sql(types: list[str]) -> str:
     ]
     for rtype in types:
         parts.append(
-            f"SELECT '{rtype}', r.id, regexp_extract(coalesce(r.resource->>'$.subject.reference', "
-            f"r.resource->>'$.patient.reference'), '^Patient/(.+)$', 1), r.source_system, r.run_id, "
+            f"SELECT '{rtype}', r.id, nullif(regexp_extract(coalesce(r.resource->>'$.subject.reference', "
+            f"r.resource->>'$.patient.reference'), '^Patient/(.+)$', 1), ''), r.source_system, r.run_id, "
             f"r.file_sha256, r.unit_position, TRY_CAST(left({date}, 10) AS DATE) "
             f'FROM wh.fhir."{rtype}" r WHERE NOT r.reference_only'
         )
