@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipelines.cds import cli as cds_cli
 from pipelines.common.config import (
     DEFAULT_DATA_DIR,
     DEFAULT_SOURCE_SYSTEM,
@@ -151,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     runs.set_defaults(func=_cmd_runs)
     _export_parser(sub)
     _add_terminology(sub)
+    cds_cli.add_commands(sub)
     _mapping_parsers(sub)
 
     views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")

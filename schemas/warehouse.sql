@@ -1,6 +1,7 @@
--- ehrlift warehouse contract, version 4 (additive: 4 added ops.unit_items; 3 the terminology schema;
--- 2 ops.unconsumed and fhir.*.reference_only). Later stages rely on these names: change them only with a
--- migration in pipelines/common/warehouse.py and a note in the README.
+-- ehrlift warehouse contract, version 10 (additive: 10 added ops.cds_cards and ops.cds_feedback;
+-- 4 added ops.unit_items; 3 the terminology schema; 2 ops.unconsumed and fhir.*.reference_only).
+-- Later stages rely on these names: change them only with a migration in pipelines/common/warehouse.py
+-- and a note in the README.
 
 CREATE SCHEMA IF NOT EXISTS ops;
 CREATE SCHEMA IF NOT EXISTS fhir;
@@ -236,4 +237,30 @@ CREATE TABLE IF NOT EXISTS ops.fhir_release_declarations (
     declared_by    VARCHAR NOT NULL,       -- run (--fhir-release) or folder (.fhir-release.csv)
     format         VARCHAR NOT NULL,       -- the format under the declared release, e.g. fhir-ndjson-dstu2
     format_detail  VARCHAR
+);
+
+-- CDS Hooks service (`ehrlift cds-hooks serve`): the cards it issued, by type (never their text), and the
+-- clinicians' feedback on them (accepted / overridden, the override reason's code; never a user comment).
+-- The service reads a snapshot and queues these rows (and its ops.phi_access rows) in a spool file that it
+-- merges when the warehouse is free; event_id makes a merge repeatable without doubles.
+CREATE TABLE IF NOT EXISTS ops.cds_cards (
+    event_id         VARCHAR NOT NULL,      -- the invocation that issued the card
+    card_uuid        VARCHAR NOT NULL,
+    service_id       VARCHAR NOT NULL,
+    hook             VARCHAR NOT NULL,
+    card_type        VARCHAR NOT NULL,      -- a card type of schemas/cds/rules.json
+    indicator        VARCHAR NOT NULL,
+    issued_at        TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS ops.cds_feedback (
+    event_id              VARCHAR NOT NULL,  -- one feedback entry as received
+    service_id            VARCHAR NOT NULL,
+    card_uuid             VARCHAR NOT NULL,
+    outcome               VARCHAR NOT NULL CHECK (outcome IN ('accepted', 'overridden')),
+    accepted_suggestions  INTEGER NOT NULL,
+    override_system       VARCHAR,
+    override_code         VARCHAR,
+    outcome_at            TIMESTAMPTZ,
+    received_at           TIMESTAMPTZ NOT NULL
 );

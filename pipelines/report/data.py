@@ -88,6 +88,7 @@ def collect(con: duckdb.DuckDBPyConnection, run_id: str, data_docs: str | None =
         "quarantine": _quarantine(con, run_id, notes),
         "mapping": _mapping(con, run_id, notes),
         "validation": _validation(con, run_id, notes),
+        "cds_feedback": _cds_feedback(con),
         "data_docs": data_docs,
     }
     data["notes"] = notes
@@ -449,3 +450,29 @@ def _validation(con: duckdb.DuckDBPyConnection, run_id: str, notes: list[str]) -
             }
         )
     return {"suites": suites, "results": results, "trends": trends}
+
+
+def _cds_feedback(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """CDS Hooks cards issued and clinicians' accept/override counts per card type, all runs to date."""
+    if not relation_exists(con, "ops", "cds_cards") or not relation_exists(con, "ops", "cds_feedback"):
+        return []
+    rows = con.execute("""
+        WITH issued AS (
+            SELECT service_id, card_type, count(*) AS issued FROM ops.cds_cards GROUP BY ALL
+        ), fb AS (
+            SELECT f.service_id, coalesce(c.card_type, '(card not issued here)') AS card_type,
+                   count(*) FILTER (WHERE f.outcome = 'accepted') AS accepted,
+                   count(*) FILTER (WHERE f.outcome = 'overridden') AS overridden,
+                   count(*) FILTER (WHERE f.outcome = 'overridden' AND f.override_code IS NOT NULL)
+                       AS with_reason
+            FROM ops.cds_feedback f
+            LEFT JOIN (SELECT DISTINCT card_uuid, card_type FROM ops.cds_cards) c USING (card_uuid)
+            GROUP BY ALL
+        )
+        SELECT service_id, card_type, coalesce(i.issued, 0), coalesce(fb.accepted, 0),
+               coalesce(fb.overridden, 0), coalesce(fb.with_reason, 0)
+        FROM issued i FULL JOIN fb USING (service_id, card_type)
+        ORDER BY service_id, card_type
+    """).fetchall()
+    keys = ("service", "card_type", "issued", "accepted", "overridden", "overridden_with_reason")
+    return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -1,0 +1,310 @@
+"""CDS Hooks benchmark: patient-view latency of ehrlift's service vs a bare Starlette endpoint, same settings.
+
+    uv run python bench/cds_hooks.py [--patients 10000] [--requests 400] [--clients 1,8,32]
+
+Generates a warehouse of N patients in DuckDB (each with a Patient and its MRN, ~5 problems (one in ten
+with an unmapped local code), 3 medications, an allergy for every third, 40 observations, quarantined
+units for one in twenty, identity links awaiting review for one in fifty), cached under bench/out/. Then,
+for each server in turn, starts it as its own process under uvicorn (one worker, loopback, access log
+off) and drives patient-view calls from 1, 8 and 32 concurrent clients (asyncio + httpx, keep-alive);
+each call carries a freshly signed RS384 JWT (signed before timing) and a `patient` prefetch with a
+random patient's MRN. The bare endpoint returns one fixed card and checks nothing: it is the floor of
+HTTP + JSON under the same server settings. Prints p50/p95/p99 per server and concurrency and the ratio
+of p95s (targets: ehrlift p95 <= 2x bare and <= 100 ms at 8 clients). Writes bench/out/cds_hooks.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+MRN = "urn:oid:2.16.840.1.113883.3.7207"
+ISSUER = "https://bench-ehr.example.org"
+SERVICE = "ehrlift-migration-review"
+
+_BUILD = """
+INSERT INTO ops.runs VALUES ('run-bench', now(), now(), 'succeeded', 0, 'bench', '{}', NULL);
+CREATE TABLE fhir."Patient" AS SELECT * FROM fhir_template LIMIT 0;
+INSERT INTO fhir."Patient"
+SELECT 'p' || i, json_object('resourceType', 'Patient', 'id', 'p' || i,
+        'identifier', json_array(json_object('system', '{mrn}', 'value', (100000 + i)::VARCHAR))),
+       'legacy', NULL, 'adt', i, 'run-bench', md5('p' || i), NULL, FALSE
+FROM range($patients) t(i);
+CREATE TABLE fhir."Condition" AS SELECT * FROM fhir_template LIMIT 0;
+INSERT INTO fhir."Condition"
+SELECT 'c' || i, json_object('resourceType', 'Condition', 'id', 'c' || i,
+        'subject', json_object('reference', 'Patient/p' || (i // 5)),
+        'clinicalStatus', json_object('coding', json_array(json_object('code',
+            CASE WHEN i % 3 = 0 THEN 'resolved' ELSE 'active' END))),
+        'onsetDateTime', strftime(DATE '2005-01-01' + INTERVAL (i % 6000) DAY, '%Y-%m-%d'),
+        'code', json_object('coding', json_array(CASE WHEN i % 10 = 0
+            THEN json_object('system', 'urn:ehrlift:hl7v2:legacy:99DX', 'code', 'L' || (i % 50),
+                             'display', 'LOCAL DX ' || (i % 50))
+            ELSE json_object('system', 'http://snomed.info/sct', 'code', (40000000 + i % 300)::VARCHAR,
+                             'display', 'Problem ' || (i % 300)) END))),
+       'legacy', NULL, 'ccd', i // 5, 'run-bench', md5('c' || i), NULL, FALSE
+FROM range($patients * 5) t(i);
+CREATE TABLE fhir."MedicationRequest" AS SELECT * FROM fhir_template LIMIT 0;
+INSERT INTO fhir."MedicationRequest"
+SELECT 'm' || i, json_object('resourceType', 'MedicationRequest', 'id', 'm' || i,
+        'status', CASE WHEN i % 2 = 0 THEN 'active' ELSE 'completed' END,
+        'subject', json_object('reference', 'Patient/p' || (i // 3)),
+        'authoredOn', strftime(DATE '2015-01-01' + INTERVAL (i % 3000) DAY, '%Y-%m-%d'),
+        'medicationCodeableConcept', json_object('coding', json_array(json_object(
+            'system', 'http://www.nlm.nih.gov/research/umls/rxnorm', 'code', (300000 + i % 80)::VARCHAR,
+            'display', 'Drug ' || (i % 80))))),
+       'legacy', NULL, 'rx', i // 3, 'run-bench', md5('m' || i), NULL, FALSE
+FROM range($patients * 3) t(i);
+CREATE TABLE fhir."AllergyIntolerance" AS SELECT * FROM fhir_template LIMIT 0;
+INSERT INTO fhir."AllergyIntolerance"
+SELECT 'a' || i, json_object('resourceType', 'AllergyIntolerance', 'id', 'a' || i,
+        'patient', json_object('reference', 'Patient/p' || (i * 3)),
+        'clinicalStatus', json_object('coding', json_array(json_object('code', 'active'))),
+        'code', json_object('coding', json_array(json_object(
+            'system', 'http://www.nlm.nih.gov/research/umls/rxnorm', 'code', (7980 + i % 10)::VARCHAR,
+            'display', 'Allergen ' || (i % 10))))),
+       'legacy', NULL, 'ccd', i * 3, 'run-bench', md5('a' || i), NULL, FALSE
+FROM range($patients // 3) t(i);
+CREATE TABLE fhir."Observation" AS SELECT * FROM fhir_template LIMIT 0;
+INSERT INTO fhir."Observation"
+SELECT 'o' || i, json_object('resourceType', 'Observation', 'id', 'o' || i, 'status', 'final',
+        'subject', json_object('reference', 'Patient/p' || (i // 40)),
+        'category', json_array(json_object('coding', json_array(json_object('code', 'laboratory')))),
+        'effectiveDateTime', strftime(TIMESTAMP '2010-01-01' + INTERVAL (i % 5000) DAY, '%Y-%m-%dT%H:%M:%SZ'),
+        'code', json_object('coding', json_array(json_object('system', 'http://loinc.org',
+            'code', (2000 + i % 60)::VARCHAR || '-1', 'display', 'Test ' || (i % 60))))),
+       'legacy', NULL, 'oru', i // 40, 'run-bench', md5('o' || i), NULL, FALSE
+FROM range($patients * 40) t(i);
+INSERT INTO ops.mapping_log (run_id, source_system, source_code, method, data_source, kind)
+SELECT 'run-bench', 'urn:ehrlift:hl7v2:legacy:99DX', 'L' || i, 'unmapped', 'legacy', 'coding'
+FROM range(50) t(i)
+UNION ALL SELECT 'run-bench', 'http://snomed.info/sct', (40000000 + i)::VARCHAR, 'exact', 'legacy', 'coding'
+FROM range(300) t(i)
+UNION ALL SELECT 'run-bench', 'http://loinc.org', (2000 + i)::VARCHAR || '-1', 'exact', 'legacy', 'coding'
+FROM range(60) t(i);
+INSERT INTO ops.quarantine
+SELECT 'run-bench', 'oru', i * 20, 'hl7_bad_value_type', 'landing/oru#hl7_message=' || (i * 20),
+       'structure only', 'Observation', now()
+FROM range($patients // 20) t(i);
+CREATE TABLE ops.identity_links (left_patient_id VARCHAR, right_patient_id VARCHAR, method VARCHAR,
+    rule VARCHAR, model_version VARCHAR, score DOUBLE, decision VARCHAR, reviewer VARCHAR, run_id VARCHAR,
+    decided_at TIMESTAMPTZ);
+INSERT INTO ops.identity_links
+SELECT 'p' || (i * 50), 'p' || (i * 50 + 1), 'model', NULL, 'm', 0.7, 'review', NULL, 'run-bench', now()
+FROM range($patients // 50) t(i);
+"""
+
+_BARE = """
+import sys, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+CARD = {"cards": [{"uuid": "0b1f6a4e-9d0e-4a53-a5f4-2f8f4c1f0c11", "summary": "Migrated chart",
+                   "indicator": "info", "source": {"label": "bare"}}]}
+async def service(request):
+    await request.body()
+    return JSONResponse(CARD)
+app = Starlette(routes=[Route("/cds-services/{sid}", service, methods=["POST"])])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=False, log_level="warning",
+            workers=1, server_header=False)
+"""
+
+
+def build(path: Path, patients: int) -> None:
+    from pipelines.common.warehouse import RESOURCE_TABLE_DDL, open_warehouse
+
+    con = open_warehouse(path)
+    con.execute(RESOURCE_TABLE_DDL.replace('fhir."{rtype}"', "fhir_template"))
+    for statement in filter(str.strip, _BUILD.replace("{mrn}", MRN).split(";\n")):
+        con.execute(statement, {"patients": patients} if "$patients" in statement else None)
+    con.execute("DROP TABLE fhir_template")
+    con.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)})
+    for _ in range(1200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("a server did not start")
+
+
+def tokens(key, url: str, n: int) -> list[str]:
+    import jwt
+
+    now = int(time.time())
+    return [
+        jwt.encode(
+            {"iss": ISSUER, "aud": url, "iat": now, "exp": now + 290, "jti": uuid.uuid4().hex},
+            key,
+            algorithm="RS384",
+            headers={"kid": "bench", "typ": "JWT"},
+        )
+        for _ in range(n)
+    ]
+
+
+async def drive(url: str, toks: list[str], patients: int, clients: int) -> list[float]:
+    import httpx
+
+    rng = random.Random(7)
+    bodies = [
+        {
+            "hook": "patient-view",
+            "hookInstance": str(uuid.uuid4()),
+            "context": {"patientId": f"ehr-{i}"},
+            "prefetch": {
+                "patient": {
+                    "resourceType": "Patient",
+                    "identifier": [{"system": MRN, "value": str(100000 + rng.randrange(patients))}],
+                }
+            },
+        }
+        for i in range(len(toks))
+    ]
+    queue = list(zip(toks, bodies, strict=True))
+    latencies: list[float] = []
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while queue:
+            tok, body = queue.pop()
+            t0 = time.perf_counter()
+            resp = await http.post(url, json=body, headers={"Authorization": f"Bearer {tok}"})
+            latencies.append(time.perf_counter() - t0)
+            if resp.status_code != 200:
+                raise SystemExit(f"HTTP {resp.status_code}: {resp.text[:200]}")
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+    return latencies
+
+
+def measure(url: str, key, args: argparse.Namespace, levels: list[int]) -> dict[int, dict[str, float]]:
+    asyncio.run(drive(url, tokens(key, url, 50), args.patients, 4))  # warm-up
+    out = {}
+    for clients in levels:
+        lat = asyncio.run(drive(url, tokens(key, url, args.requests), args.patients, clients))
+        out[clients] = {f"p{q}": round(pct(lat, q), 2) for q in (50, 95, 99)}
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
+        if len(values) > 1
+        else values[0]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--patients", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=400, help="timed requests per concurrency level")
+    parser.add_argument("--clients", default="1,8,32")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    work = OUT / "cds_hooks"
+    work.mkdir(parents=True, exist_ok=True)
+    wh = work / f"warehouse-{args.patients}.duckdb"
+    if not wh.exists():
+        t0 = time.perf_counter()
+        build(wh, args.patients)
+        print(f"built a {args.patients}-patient warehouse in {time.perf_counter() - t0:.1f} s")
+    for leftover in work.glob("*.cds-spool.jsonl*"):
+        leftover.unlink()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**json.loads(RSAAlgorithm.to_jwk(key.public_key())), "kid": "bench", "alg": "RS384"}
+    (work / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    levels = [int(c) for c in args.clients.split(",")]
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for name in ("bare", "ehrlift"):
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        if name == "ehrlift":
+            cfg = work / "cds.json"
+            cfg.write_text(
+                json.dumps(
+                    {
+                        "base_url": base,
+                        "issuers": [{"iss": ISSUER, "jwks_file": "jwks.json"}],
+                        "refresh_seconds": 3600,
+                    }
+                )
+            )
+            cmd = [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "cds-hooks",
+                "serve",
+                "--port",
+                str(port),
+                "--warehouse",
+                str(wh),
+                "--config",
+                str(cfg),
+            ]
+        else:
+            cmd = [sys.executable, "-c", _BARE, str(port)]
+        t0 = time.perf_counter()
+        proc = start(cmd, port)
+        if name == "ehrlift":
+            print(f"ehrlift service up (snapshot taken) in {time.perf_counter() - t0:.1f} s")
+        url = f"{base}/cds-services/{SERVICE}"
+        try:
+            results[name] = measure(url, key, args, levels)
+        except Exception:
+            # Say whether the server itself went away (a crash) or only the connection did.
+            print(f"{name} server exit status while measuring: {proc.poll()}", file=sys.stderr)
+            raise
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    print(f"\npatient-view latency, ms ({args.patients} patients, {args.requests} requests per level)")
+    print(f"{'clients':>7} {'server':>8} {'p50':>8} {'p95':>8} {'p99':>8}")
+    for clients in levels:
+        for name in ("bare", "ehrlift"):
+            r = results[name][clients]
+            print(f"{clients:>7} {name:>8} {r['p50']:>8.2f} {r['p95']:>8.2f} {r['p99']:>8.2f}")
+        ratio = results["ehrlift"][clients]["p95"] / results["bare"][clients]["p95"]
+        print(f"{clients:>7} {'ratio':>8} p95 ehrlift / bare = {ratio:.2f}x")
+    eight = results["ehrlift"].get(8)
+    if eight:
+        ratio8 = eight["p95"] / results["bare"][8]["p95"]
+        print(
+            f"targets at 8 clients: p95 {eight['p95']:.1f} ms <= 100 ms: {eight['p95'] <= 100}; "
+            f"<= 2x bare: {ratio8 <= 2}"
+        )
+    (OUT / "cds_hooks.json").write_text(
+        json.dumps({"patients": args.patients, "requests": args.requests, "results": results}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Finding the warehouse person behind the EHR's context.patientId (back-load ids, then identifiers)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from pipelines.cds.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+MR = "MR"  # HL7 v2 table 0203 identifier type: medical record number
+
+
+@dataclass(frozen=True)
+class Resolution:
+    person_id: str | None
+    how: str  # backload_ids, identifier, identifier_fhir, or why not: no_patient, unmatched, ambiguous, ...
+    doc: str | None = None  # the person's review document (JSON), read in the same query
+
+
+# Candidates, each with its person's review document, from one table keyed by back-load server id or
+# identifier value. A call's cost is per-query overhead, and an equality filter is the cheapest query.
+_LOOKUP = "SELECT kind, system, key, person_id, doc FROM lookup WHERE key = ?"
+_LOOKUP_ANY = "SELECT kind, system, key, person_id, doc FROM lookup WHERE list_contains(?::VARCHAR[], key)"
+
+
+def _by_backload(snap: Snapshot, server_id: str) -> list[tuple]:
+    if not snap.has_backload:
+        return []
+    return [r for r in snap.rows(_LOOKUP, [server_id]) if r[0] == "backload"]
+
+
+def _by_values(snap: Snapshot, idents: list[dict[str, Any]]) -> list[tuple]:
+    values = sorted({i["value"] for i in idents})
+    if not values:
+        return []
+    rows = snap.rows(_LOOKUP, values) if len(values) == 1 else snap.rows(_LOOKUP_ANY, [values])
+    return [r for r in rows if r[0] == "identifier"]
+
+
+def resolve(snap: Snapshot, request: dict[str, Any], fhir_timeout: float) -> Resolution:
+    """The person (with its review document), or None with the reason; never raises on client input."""
+    patient_id = (request.get("context") or {}).get("patientId")
+    if not isinstance(patient_id, str) or not patient_id:
+        return Resolution(None, "no_patient_id")
+    patient = (request.get("prefetch") or {}).get("patient")
+    idents = (
+        _identifiers(patient)
+        if isinstance(patient, dict) and patient.get("resourceType") == "Patient"
+        else []
+    )
+    by_backload = {(r[3], r[4]) for r in _by_backload(snap, patient_id)}
+    if len(by_backload) == 1:
+        person, doc = by_backload.pop()
+        return Resolution(person, "backload_ids", doc)
+    how = "identifier"
+    if not isinstance(patient, dict):
+        patient, why = _fetch_patient(request, patient_id, fhir_timeout)
+        if patient is None:
+            return Resolution(None, why)
+        how = "identifier_fhir"
+        idents = _identifiers(patient) if patient.get("resourceType") == "Patient" else []
+    if patient.get("resourceType") != "Patient":
+        return Resolution(None, "prefetch_not_a_patient")
+    if not idents:
+        return Resolution(None, "no_identifier_with_system")
+    rows = _by_values(snap, idents)
+    found = [(r[1], r[2], r[3]) for r in rows]
+    person, why = _by_identifier(idents, found)
+    if person is None:
+        return Resolution(None, why)
+    return Resolution(person, how, next(r[4] for r in rows if r[3] == person))
+
+
+def _identifiers(patient: dict[str, Any]) -> list[dict[str, Any]]:
+    idents = patient.get("identifier")
+    return [
+        i
+        for i in (idents if isinstance(idents, list) else [])
+        if isinstance(i, dict) and isinstance(i.get("system"), str) and isinstance(i.get("value"), str)
+    ]
+
+
+def _by_identifier(usable: list[dict[str, Any]], found: list[tuple[str, str, str]]) -> tuple[str | None, str]:
+    # An MRN decides when there is one; other identifiers (with their systems) are the fallback.
+    mrns = [i for i in usable if _is_mrn(i)]
+    for group in (mrns, usable):
+        wanted = {(i["system"], i["value"]) for i in group}
+        persons = {person for system, value, person in found if (system, value) in wanted}
+        if len(persons) == 1:
+            return persons.pop(), ""
+        if len(persons) > 1:
+            return None, "ambiguous_identifier"
+    return None, "unmatched_identifier"
+
+
+def _is_mrn(ident: dict[str, Any]) -> bool:
+    kind = ident.get("type")
+    codings = kind.get("coding") if isinstance(kind, dict) else None
+    return isinstance(codings, list) and any(isinstance(c, dict) and c.get("code") == MR for c in codings)
+
+
+def _fetch_patient(request: dict[str, Any], patient_id: str, timeout: float) -> tuple[dict | None, str]:
+    """Read Patient/{id} from the client's FHIR server with the token it gave, only without prefetch."""
+    server = request.get("fhirServer")
+    auth = request.get("fhirAuthorization")
+    if not isinstance(server, str) or not isinstance(auth, dict) or not auth.get("access_token"):
+        return None, "no_prefetch_no_fhir_access"
+    if "/" in patient_id or "?" in patient_id:
+        return None, "bad_patient_id"
+    try:
+        resp = httpx.get(
+            f"{server.rstrip('/')}/Patient/{patient_id}",
+            headers={"Authorization": f"Bearer {auth['access_token']}", "Accept": "application/fhir+json"},
+            timeout=timeout,
+            follow_redirects=False,
+        )
+    except httpx.TimeoutException:
+        return None, "fhir_server_timeout"
+    except httpx.HTTPError:
+        return None, "fhir_server_unreachable"
+    if resp.status_code != 200:
+        return None, f"fhir_server_status_{resp.status_code}"
+    try:
+        body = resp.json()
+    except ValueError:
+        return None, "fhir_server_not_json"
+    return (body, "") if isinstance(body, dict) else (None, "fhir_server_not_json")
