@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write a deliberately corrupted batch (sources/corrupt/) that the data-quality gate blocks",
     )
+    demo.add_argument(
+        "--identity-noise",
+        action="store_true",
+        help="record people differently per source, add look-alikes, write identity-truth.csv",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     listen = sub.add_parser(
@@ -483,6 +488,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         hl7v2=not args.no_hl7v2,
         ccda=not args.no_ccda,
         dstu2=not args.no_dstu2,
+        identity=args.identity_noise,
     )
     data = summary.to_dict()
     out.print(f"wrote synthetic demo data for {args.patients} patients (seed {args.seed}) to {args.dir}")
