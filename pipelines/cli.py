@@ -139,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _add_terminology(sub)
     _mapping_parsers(sub)
+    __import__("pipelines.identity.cli", fromlist=["add_commands"]).add_commands(sub)
 
     views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")
     views_sub = views.add_subparsers(dest="views_command", required=True)
