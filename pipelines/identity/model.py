@@ -28,7 +28,7 @@ class ScoredPairs:
     pairs: list[tuple[str, str, float, str | None]]
     model_version: str
     model: dict[str, Any]
-    trained: str  # 'em' when m was estimated from this data, 'priors' when the data was too small
+    trained: str  # em (u sampled, m by EM), u (u sampled only) or priors (model.json as it is)
     compared: int
 
 
@@ -53,10 +53,11 @@ def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: in
             db_api = DuckDBAPI(sp)
             linker = Linker(db_api.register(features, table_name="id_features"), settings, log_level=None)
             trained = "priors"
-            if records >= 2:
+            if records >= int(t.get("min_records_for_u", 200)):
                 linker.training.estimate_u_using_random_sampling(
                     max_pairs=float(t.get("u_max_pairs", 1e6)), seed=1
                 )
+                trained = "u"
             if records >= int(t.get("min_records_for_em", 1000)):
                 linker.training.estimate_probability_two_random_records_match(
                     t["prior_blocking_rules"], recall=float(t.get("prior_recall", 0.7))

@@ -121,7 +121,8 @@ def import_decisions(con: duckdb.DuckDBPyConnection, path: Path, reviewer: str |
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("DELETE FROM ops.identity_decisions WHERE imported_from = ?", [digest])
-        con.executemany("INSERT INTO ops.identity_decisions VALUES (?, ?, ?, ?, now(), ?)", good)
+        if good:
+            con.executemany("INSERT INTO ops.identity_decisions VALUES (?, ?, ?, ?, now(), ?)", good)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
