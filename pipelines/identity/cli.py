@@ -55,11 +55,12 @@ def _print(text: str) -> None:
 
 def _cmd_link(args: argparse.Namespace) -> int:
     from pipelines.common.warehouse import open_warehouse
-    from pipelines.identity.stage import identify, refresh_views
+    from pipelines.identity.stage import audit_link, identify, refresh_views
 
     run_id = new_run_id()
     with open_warehouse(_warehouse(args.warehouse)) as con:
         result = identify(con, run_id, args.rules)
+        audit_link(con, run_id, result)
         views = refresh_views(con)
     link = result["link"]
     _print(f"identity {run_id}: {link['source_patients']} source patients -> {link['persons']} persons")

@@ -85,11 +85,14 @@ class _Clusters:
             i = self.parent[i]
         return i
 
-    def union(self, a: str, b: str) -> bool:
+    def union(self, a: str, b: str, reviewed: bool = False) -> bool:
+        """Merge a's and b's clusters; a reviewer's link may cross a conflict, never a reviewer's no-link."""
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return True
-        if conflicts(self.trusted[ra], self.trusted[rb]) or self.forbidden[ra] & set(self.members[rb]):
+        if self.forbidden[ra] & set(self.members[rb]):
+            return False
+        if not reviewed and conflicts(self.trusted[ra], self.trusted[rb]):
             return False
         if len(self.members[ra]) < len(self.members[rb]):
             ra, rb = rb, ra
@@ -113,6 +116,6 @@ def cluster(ids: list[str], decisions: list[PairDecision], trusted: Trusted) -> 
     ]
     links.sort(key=lambda d: (strength[d.method], -(d.score or 0.0), d.left, d.right))
     for d in links:
-        if not clusters.union(d.left, d.right):
+        if not clusters.union(d.left, d.right, reviewed=d.method == "review"):
             d.decision, d.rule = "review", f"{d.rule or d.method}+cluster_conflict"
     return {root: sorted(m) for root, m in clusters.members.items()}

@@ -21,24 +21,26 @@ log = logging.getLogger(__name__)
 
 def identify(con: duckdb.DuckDBPyConnection, run_id: str, rules_dir: Path | None = None) -> dict[str, Any]:
     """Link source Patients into persons and mark duplicate facts; returns counts (never record values)."""
-    from pipelines.deid.audit import record_access
-
     cfg = load_config(rules_dir)
     linked = link_patients(con, run_id, cfg)
     facts = mark_duplicates(con, cfg, run_id)
-    record_access(
-        con,
-        "identity",
-        "write",
-        {
-            "ops.identity_links": sum(linked.pairs.values()),
-            "ops.person_map": linked.source_patients,
-            "ops.person_records": linked.persons,
-            "ops.fact_duplicates": sum(c["duplicates"] for c in facts.values()),
-        },
-        run_id,
-    )
     return {"link": linked.to_dict(), "facts": facts, "_model": linked}
+
+
+def audit_link(con: duckdb.DuckDBPyConnection, run_id: str, result: dict[str, Any]) -> None:
+    """A stand-alone link reads fhir.Patient and writes the person tables: one ops.phi_access row.
+
+    Inside a run, the run's own audit row covers the stage.
+    """
+    from pipelines.deid.audit import record_access
+
+    link = result["link"]
+    tables = {
+        "fhir.Patient": link["source_patients"],
+        "ops.person_records": link["persons"],
+        "ops.fact_duplicates": sum(c["duplicates"] for c in result["facts"].values()),
+    }
+    record_access(con, "identity link", "write", tables, run_id)
 
 
 def identify_stage(config: RunConfig, rules_dir: Path | None = None) -> dict[str, Any]:

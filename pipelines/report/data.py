@@ -11,6 +11,7 @@ import orjson
 
 from pipelines.common.config import ehrlift_version
 from pipelines.common.reasons import reason_codes
+from pipelines.identity.status import identity_status
 
 REPORT_FORMAT_VERSION = 1
 POINTERS_PER_ROW = 20  # record pointers listed per reason or expectation; the count is always complete
@@ -88,6 +89,7 @@ def collect(con: duckdb.DuckDBPyConnection, run_id: str, data_docs: str | None =
         "quarantine": _quarantine(con, run_id, notes),
         "mapping": _mapping(con, run_id, notes),
         "validation": _validation(con, run_id, notes),
+        "identity": identity_status(con),
         "data_docs": data_docs,
     }
     data["notes"] = notes
