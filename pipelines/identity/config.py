@@ -28,6 +28,7 @@ class IdentityConfig:
     survivorship: dict[str, Any]
     facts: dict[str, Any]
     nicknames: list[tuple[str, str]]
+    given_names: list[str]
 
     @property
     def aliases(self) -> dict[str, str]:
@@ -36,8 +37,8 @@ class IdentityConfig:
     def version(self) -> str:
         """A digest of every data file, so a run records which rules and priors it used."""
         h = hashlib.sha256()
-        for name in (*_FILES, "nicknames"):
-            path = self.folder / (f"{name}.csv" if name == "nicknames" else f"{name}.json")
+        for name in (*_FILES, "nicknames", "given_names"):
+            path = self.folder / (f"{name}.csv" if name in ("nicknames", "given_names") else f"{name}.json")
             h.update(path.read_bytes())
         return h.hexdigest()[:16]
 
@@ -63,6 +64,11 @@ def load_config(folder: Path | None = None) -> IdentityConfig:
         nicknames = [(r["nickname"].upper(), r["given"].upper()) for r in csv.DictReader(io.StringIO(text))]
     except (FileNotFoundError, KeyError):
         raise ConfigError("identity data file nicknames.csv is missing or lacks nickname,given") from None
+    try:
+        text = (folder / "given_names.csv").read_text(encoding="utf-8")
+        given_names = [r["given"] for r in csv.DictReader(io.StringIO(text))]
+    except (FileNotFoundError, KeyError):
+        raise ConfigError("identity data file given_names.csv is missing or lacks a given column") from None
     t = data["thresholds"]
     if not 0 <= t.get("record_floor", -1) <= t.get("review", -1) <= t.get("link", -1) <= 1:
         raise ConfigError("thresholds.json: need 0 <= record_floor <= review <= link <= 1")
@@ -83,4 +89,5 @@ def load_config(folder: Path | None = None) -> IdentityConfig:
         survivorship=data["survivorship"],
         facts=data["facts"],
         nicknames=nicknames,
+        given_names=given_names,
     )

@@ -29,6 +29,12 @@ def build_features(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> int:
     table = patient_table(con)
     con.execute("CREATE OR REPLACE TEMP TABLE id_nicknames (nickname VARCHAR, given VARCHAR)")
     con.executemany("INSERT INTO id_nicknames VALUES (?, ?)", cfg.nicknames)
+    con.execute("CREATE OR REPLACE TEMP TABLE id_given_raw (name VARCHAR)")
+    con.executemany("INSERT INTO id_given_raw VALUES (?)", [(n,) for n in cfg.given_names])
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE id_given AS "
+        f"SELECT DISTINCT {_CLEAN.format('name')} AS name FROM id_given_raw"
+    )
     con.execute("CREATE OR REPLACE TEMP TABLE id_aliases (system VARCHAR, canonical VARCHAR)")
     if cfg.aliases:
         con.executemany("INSERT INTO id_aliases VALUES (?, ?)", list(cfg.aliases.items()))
@@ -54,8 +60,21 @@ def build_features(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> int:
         FROM id_source s, unnest(CAST(json_extract(s.r, '$.link[*]') AS JSON[])) AS t(l)
         WHERE l ->> '$.other.reference' IS NOT NULL;
         CREATE OR REPLACE TEMP TABLE id_features AS
-        WITH base AS (
-            SELECT id AS unique_id, source_system, format, {given} AS given, {family} AS family,
+        WITH raw AS (
+            SELECT *, {given} AS given0, {family} AS family0 FROM id_source
+        ),
+        oriented AS (
+            -- Given and family entered in each other's fields: the family field holds a known given name
+            -- and the given field does not. Reading them back the right way round keeps twins apart.
+            SELECT raw.*,
+                (family0 IN (SELECT name FROM id_given)
+                    AND given0 NOT IN (SELECT name FROM id_given)) AS swapped
+            FROM raw
+        ),
+        base AS (
+            SELECT id AS unique_id, source_system, format,
+                CASE WHEN swapped THEN family0 ELSE given0 END AS given,
+                CASE WHEN swapped THEN given0 ELSE family0 END AS family,
                 CASE WHEN regexp_full_match(r ->> '$.birthDate', '\\d{{4}}-\\d{{2}}-\\d{{2}}')
                     THEN r ->> '$.birthDate' END AS birth_date,
                 nullif(r ->> '$.gender', 'unknown') AS sex,
@@ -64,7 +83,7 @@ def build_features(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> int:
                     '[^A-Z0-9]', '', 'g'), '') AS street,
                 nullif(right(regexp_replace(coalesce(r ->> '$.telecom[0].value', ''),
                     '[^0-9]', '', 'g'), 10), '') AS phone
-            FROM id_source
+            FROM oriented
         )
         SELECT b.*, coalesce(n.given, b.given) AS given_nick,
             TRY_CAST(left(b.birth_date, 4) AS INTEGER) AS birth_year,
