@@ -74,9 +74,10 @@ def link_patients(
         )
         result.model = scored.model
     decisions = decide_pairs(cfg, rules, scored, reviewed, trusted)
+    scored = None  # the decisions carry the scores; the pair list can go
     members = load_members(con)
     clusters = cluster(sorted(members), decisions, trusted)
-    mapping, records = build_persons(cfg.survivorship, members, clusters, decisions)
+    mapping, records = build_persons(con, cfg.survivorship, members, clusters, decisions)
     result.persons = len(records)
     result.pairs = dict(sorted(Counter(d.decision for d in decisions).items()))
     result.methods = dict(sorted(Counter(d.method for d in decisions if d.decision == "link").items()))

@@ -16,17 +16,27 @@ class Member:
     id: str
     format: str
     updated: float  # epoch seconds of meta.lastUpdated (0 when absent)
-    resource: dict[str, Any]
+    resource: dict[str, Any] | None = None  # read only while its person record is built
+
+
+_CHUNK = 5_000  # persons whose source Patients are read at once: memory stays bounded
 
 
 def load_members(con: duckdb.DuckDBPyConnection) -> dict[str, Member]:
     rows = con.execute(
-        """
-        SELECT id, format, coalesce(epoch(TRY_CAST(last_updated AS TIMESTAMPTZ)), 0), CAST(r AS VARCHAR)
-        FROM id_source ORDER BY id
-        """
+        "SELECT id, format, coalesce(epoch(TRY_CAST(last_updated AS TIMESTAMPTZ)), 0) "
+        "FROM id_source ORDER BY id"
     ).fetchall()
-    return {i: Member(i, fmt, float(t), orjson.loads(r)) for i, fmt, t, r in rows}
+    return {i: Member(i, fmt, float(t)) for i, fmt, t in rows}
+
+
+def _read_resources(con: duckdb.DuckDBPyConnection, members: list[Member]) -> None:
+    by_id = {m.id: m for m in members}
+    rows = con.execute(
+        "SELECT id, CAST(r AS VARCHAR) FROM id_source WHERE id IN (SELECT unnest(?))", [list(by_id)]
+    ).fetchall()
+    for i, text in rows:
+        by_id[i].resource = orjson.loads(text)
 
 
 def _rank(rules: dict[str, Any], m: Member) -> tuple[int, float, str]:
@@ -80,6 +90,7 @@ def person_record(rules: dict[str, Any], members: list[Member], see_also: list[s
 
 
 def build_persons(
+    con: duckdb.DuckDBPyConnection,
     rules: dict[str, Any],
     members: dict[str, Member],
     clusters: dict[str, list[str]],
@@ -101,8 +112,16 @@ def build_persons(
             review.setdefault(person_of[d.left], []).append(d.right)
             review.setdefault(person_of[d.right], []).append(d.left)
     mapping = [(i, p, i == p) for i, p in sorted(person_of.items())]
-    records = [
-        (head, orjson.dumps(person_record(rules, group, review.get(head, []))).decode(), len(group))
-        for head, group in sorted(chosen.items())
-    ]
+    records: list[tuple[str, str, int]] = []
+    heads = sorted(chosen)
+    for start in range(0, len(heads), _CHUNK):
+        batch = heads[start : start + _CHUNK]
+        _read_resources(con, [m for head in batch for m in chosen[head]])
+        for head in batch:
+            group = chosen[head]
+            records.append(
+                (head, orjson.dumps(person_record(rules, group, review.get(head, []))).decode(), len(group))
+            )
+            for m in group:
+                m.resource = None
     return mapping, records
