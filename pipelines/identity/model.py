@@ -46,7 +46,7 @@ def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: in
     with tempfile.TemporaryDirectory(prefix="ehrlift-identity-") as spill:
         sp = duckdb.connect(
             ":memory:",
-            config={"temp_directory": spill, "threads": 2, "memory_limit": t.get("memory_limit", "2GB")},
+            config={"temp_directory": spill, "threads": 2, "memory_limit": t.get("memory_limit", "1GB")},
         )
         try:
             sp.execute("SET preserve_insertion_order = false")
