@@ -23,12 +23,15 @@ def demo_run(tmp_path_factory):
         sources=(str(root / "demo" / "sources"),), warehouse=root / "wh.duckdb", progress=False
     )
     handler = _Capture()
-    logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.DEBUG)
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.addHandler(handler)
+    root_logger.setLevel(logging.DEBUG)
     try:
         run_pipeline(config)
     finally:
-        logging.getLogger().removeHandler(handler)
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(level)
     return root, config, handler.lines
 
 

@@ -34,7 +34,6 @@ class ScoredPairs:
 
 def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: int) -> ScoredPairs:
     """Train (u by sampling; m by EM when the data is large enough) and predict over the blocked pairs."""
-    import splink.internals.logging_messages  # noqa: F401 - splink's loggers exist before we quiet them
     from splink import DuckDBAPI, Linker
 
     # splink logs training progress (comparison names and counts only); our own summary lines suffice.
