@@ -356,3 +356,18 @@ def test_bad_rules_stop_with_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="thresholds"):
         load_config(rules_folder(tmp_path, thresholds={"link": 0.5, "review": 0.9}))
+
+
+def test_placeholder_identifiers_neither_link_nor_conflict(con, tmp_path):
+    load(
+        con,
+        ("hl7v2", patient("a", "Ann", "Lee", "1970-05-05", ids=[(SSN, "999-99-9999")], zip="10001")),
+        ("ccda", patient("b", "Zoe", "Park", "1980-06-06", ids=[(SSN, "999999999")], zip="20002")),
+        ("hl7v2", patient("c", "Omar", "Ali", "1990-07-07", ids=[(MRN, "77")], zip="30003")),
+        ("ccda", patient("d", "Hana", "Kim", "2000-08-08", ids=[(MRN_ALIAS, "77")], zip="40004")),
+    )
+    identify(con, "r1", rules_folder(tmp_path, rules={"max_patients_per_identifier": 1}))
+    assert len(set(persons(con).values())) == 4  # the shared MRN is held by more than one: a placeholder
+    shutil.rmtree(tmp_path / "identity-rules")
+    identify(con, "r2")
+    assert len(set(persons(con).values())) == 3  # the default allows it; the all-nines SSN never links

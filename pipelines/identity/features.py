@@ -38,6 +38,16 @@ def build_features(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> int:
     con.execute("CREATE OR REPLACE TEMP TABLE id_aliases (system VARCHAR, canonical VARCHAR)")
     if cfg.aliases:
         con.executemany("INSERT INTO id_aliases VALUES (?, ?)", list(cfg.aliases.items()))
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE id_settings AS "
+        "SELECT CAST(? AS VARCHAR) AS placeholder, CAST(? AS INTEGER) AS max_group, "
+        "CAST(? AS VARCHAR) AS tail_system",
+        [
+            cfg.rules.get("placeholder_identifier_values", "^$"),
+            int(cfg.rules.get("max_patients_per_identifier", 25)),
+            cfg.rules.get("id_tail_system", ""),
+        ],
+    )
     given = _CLEAN.format("r ->> '$.name[0].given[0]'")
     family = _CLEAN.format("r ->> '$.name[0].family'")
     tail = int(cfg.rules.get("id_tail_digits", 4))
@@ -53,7 +63,14 @@ def build_features(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> int:
             i ->> '$.value' AS value
         FROM id_source s, unnest(CAST(json_extract(s.r, '$.identifier[*]') AS JSON[])) AS t(i)
         LEFT JOIN id_aliases a ON a.system = i ->> '$.system'
-        WHERE i ->> '$.system' IS NOT NULL AND i ->> '$.value' IS NOT NULL;
+        WHERE i ->> '$.system' IS NOT NULL AND i ->> '$.value' IS NOT NULL
+            AND NOT regexp_full_match(lower(regexp_replace(i ->> '$.value', '[\\s.-]', '', 'g')),
+                (SELECT placeholder FROM id_settings));
+        -- A value shared by too many records is a placeholder (a default SSN, a test MRN), not a person.
+        DELETE FROM id_identifiers WHERE (system, value) IN (
+            SELECT system, value FROM id_identifiers GROUP BY ALL
+            HAVING count(DISTINCT patient_id) > (SELECT max_group FROM id_settings)
+        );
         CREATE OR REPLACE TEMP TABLE id_links AS
         SELECT s.id AS patient_id, regexp_replace(l ->> '$.other.reference', '^.*Patient/', '') AS other_id,
             l ->> '$.type' AS link_type, s.format
@@ -91,10 +108,10 @@ def build_features(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> int:
                 THEN left(b.birth_date, 5) || substr(b.birth_date, 9, 2) || '-' || substr(b.birth_date, 6, 2)
             END AS birth_date_swapped,
             (SELECT nullif(right(regexp_replace(min(i.value), '[^0-9]', '', 'g'), {tail}), '')
-             FROM id_identifiers i WHERE i.patient_id = b.unique_id AND i.system = ?) AS id_tail
+             FROM id_identifiers i WHERE i.patient_id = b.unique_id
+                AND i.system = (SELECT tail_system FROM id_settings)) AS id_tail
         FROM base b LEFT JOIN id_nicknames n ON n.nickname = b.given
         ORDER BY b.unique_id
-        """,
-        [cfg.rules.get("id_tail_system", "")],
+        """
     )
     return int(con.execute("SELECT count(*) FROM id_features").fetchall()[0][0])
