@@ -1,4 +1,4 @@
-"""Airflow DAG for one migration run: configure → land → convert → normalize → load → validate (wiring only).
+"""Airflow DAG for one migration run: configure → land → convert → normalize → identify → load → validate.
 
 Trigger with a config such as {"sources": ["/data/legacy/export"], "source_system": "legacy-lab"}.
 Each task is safe to retry: landing is keyed by sha256, each file converts in one transaction,
@@ -57,6 +57,10 @@ def ehr_migration():
         return stages.normalize(config)
 
     @task
+    def identify(config: dict) -> dict:
+        return stages.identify(config)
+
+    @task
     def load(config: dict) -> dict:
         return stages.load(config)
 
@@ -65,7 +69,14 @@ def ehr_migration():
         return stages.validate(config)
 
     config = configure()
-    land(config) >> convert(config) >> normalize(config) >> load(config) >> validate(config)
+    (
+        land(config)
+        >> convert(config)
+        >> normalize(config)
+        >> identify(config)
+        >> load(config)
+        >> validate(config)
+    )
 
 
 ehr_migration()

@@ -109,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write a deliberately corrupted batch (sources/corrupt/) that the data-quality gate blocks",
     )
+    demo.add_argument(
+        "--identity-noise",
+        action="store_true",
+        help="record people differently per source, add look-alikes, write identity-truth.csv",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     listen = sub.add_parser(
@@ -154,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_terminology(sub)
     cds_cli.add_commands(sub)
     _mapping_parsers(sub)
+    __import__("pipelines.identity.cli", fromlist=["add_commands"]).add_commands(sub)
 
     views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")
     views_sub = views.add_subparsers(dest="views_command", required=True)
@@ -503,6 +509,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         hl7v2=not args.no_hl7v2,
         ccda=not args.no_ccda,
         dstu2=not args.no_dstu2,
+        identity=args.identity_noise,
     )
     data = summary.to_dict()
     out.print(f"wrote synthetic demo data for {args.patients} patients (seed {args.seed}) to {args.dir}")

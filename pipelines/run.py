@@ -19,6 +19,7 @@ from pipelines.common.unit import BatchConverter, FileContext, Unit, UnreadableF
 from pipelines.common.warehouse import open_warehouse, transaction
 from pipelines.convert import handler_for
 from pipelines.fhir_release import committed_position, conversion_done
+from pipelines.identity import identify_stage
 from pipelines.land import check_sources, land_sources, landed_path
 from pipelines.load import create_stage, merge_stage
 from pipelines.normalize import normalize_stage
@@ -90,10 +91,12 @@ def load_stage(config: RunConfig) -> dict[str, Any]:
     """Rebuild the analyst views over fhir.*; the validate stage then checks them and finishes the run."""
     from pipelines.common.paths import shipped
     from pipelines.deid.audit import record_access
+    from pipelines.identity.views import resolve_person_views
     from pipelines.views.materialize import materialize_views
 
     with open_warehouse(config.warehouse) as con:
         views = materialize_views(con, shipped("schemas") / "views")
+        views |= resolve_person_views(con, shipped("schemas") / "views")
         written = {f"fhir.{t}": n for t, n in build_summary(con, config.run_id).resources_by_type.items()}
         record_access(
             con, "run", "write", written | {f"views.{v}": n for v, n in views.items()}, config.run_id
@@ -136,7 +139,7 @@ def write_run_report(
 
 
 def run_pipeline(config: RunConfig) -> RunSummary:
-    """land → convert → normalize → load → validate in one process, as `ehrlift run` does.
+    """land → convert → normalize → identify → load → validate in one process, as `ehrlift run` does.
 
     A run the gate blocks returns normally with status 'blocked' in its summary: the caller decides.
     """
@@ -148,6 +151,7 @@ def run_pipeline(config: RunConfig) -> RunSummary:
             land_stage(config)
             convert_stage(config, bars)
             normalize_stage(config)
+            identify_stage(config)
             load_stage(config)
             validate_stage(config)
     except (EhrliftError, KeyboardInterrupt) as exc:

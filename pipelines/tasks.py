@@ -49,6 +49,13 @@ def normalize(config: dict[str, Any]) -> dict[str, Any]:
     return normalize_stage(RunConfig.from_dict(config))
 
 
+def identify(config: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.common.config import RunConfig
+    from pipelines.identity import identify_stage
+
+    return identify_stage(RunConfig.from_dict(config))
+
+
 def load(config: dict[str, Any]) -> dict[str, Any]:
     from pipelines.common.config import RunConfig
     from pipelines.run import load_stage

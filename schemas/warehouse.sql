@@ -1,7 +1,8 @@
--- ehrlift warehouse contract, version 10 (additive: 10 added ops.cds_cards and ops.cds_feedback;
--- 4 added ops.unit_items; 3 the terminology schema; 2 ops.unconsumed and fhir.*.reference_only).
--- Later stages rely on these names: change them only with a migration in pipelines/common/warehouse.py
--- and a note in the README.
+-- ehrlift warehouse contract, version 10 (additive: 10 added ops.cds_cards and ops.cds_feedback; 8 the
+-- identity tables ops.identity_links, ops.identity_decisions, ops.identity_models, ops.person_map,
+-- ops.person_records, ops.fact_duplicates; 4 ops.unit_items; 3 the terminology schema; 2 ops.unconsumed
+-- and fhir.*.reference_only). Later stages rely on these names: change them only with a migration in
+-- pipelines/common/warehouse.py and a note in docs/concepts/warehouse.md.
 
 CREATE SCHEMA IF NOT EXISTS ops;
 CREATE SCHEMA IF NOT EXISTS fhir;
@@ -263,4 +264,60 @@ CREATE TABLE IF NOT EXISTS ops.cds_feedback (
     override_code         VARCHAR,
     outcome_at            TIMESTAMPTZ,
     received_at           TIMESTAMPTZ NOT NULL
+
+);
+
+-- Patient identity. identity_links holds the current decision for every candidate pair of source
+-- Patients (replaced whole by each linking run, so a re-run adds nothing); identity_decisions holds the
+-- reviewers' decisions, durable across runs, which win over rules and the model.
+CREATE TABLE IF NOT EXISTS ops.identity_links (
+    left_patient_id   VARCHAR NOT NULL,       -- warehouse Patient ids, left < right
+    right_patient_id  VARCHAR NOT NULL,
+    method            VARCHAR NOT NULL,       -- rule, model or review
+    rule              VARCHAR,                -- the rule, guard or conflict that decided, if any
+    model_version     VARCHAR,
+    score             DOUBLE,                 -- the model's match probability, when it scored the pair
+    decision          VARCHAR NOT NULL,       -- link, no_link or review
+    reviewer          VARCHAR,
+    run_id            VARCHAR NOT NULL,
+    decided_at        TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ops.identity_decisions (
+    left_patient_id   VARCHAR NOT NULL,
+    right_patient_id  VARCHAR NOT NULL,
+    decision          VARCHAR NOT NULL,       -- link or no_link
+    reviewer          VARCHAR NOT NULL,
+    decided_at        TIMESTAMPTZ NOT NULL,
+    imported_from     VARCHAR                 -- sha256 of the imported review file
+);
+CREATE TABLE IF NOT EXISTS ops.identity_models (
+    run_id            VARCHAR NOT NULL,
+    model_version     VARCHAR NOT NULL,
+    trained           VARCHAR NOT NULL,       -- em (m estimated from the run's data) or priors
+    rules_version     VARCHAR NOT NULL,       -- digest of schemas/identity/*
+    records           BIGINT NOT NULL,
+    pairs_scored      BIGINT NOT NULL,
+    model             JSON NOT NULL,          -- the trained splink model (settings and parameters)
+    created_at        TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ops.person_map (
+    patient_id        VARCHAR NOT NULL,       -- a source Patient's warehouse id
+    person_id         VARCHAR NOT NULL,       -- the survivor's id: the person record's id
+    survivor          BOOLEAN NOT NULL,
+    run_id            VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ops.person_records (
+    person_id         VARCHAR NOT NULL,
+    resource          JSON NOT NULL,          -- the surviving Patient, assembled by survivorship rules
+    members           INTEGER NOT NULL,
+    run_id            VARCHAR NOT NULL
+);
+-- The same fact arriving by several paths: every copy but the survivor, never deleted from fhir.*.
+CREATE TABLE IF NOT EXISTS ops.fact_duplicates (
+    resource_type     VARCHAR NOT NULL,
+    resource_id       VARCHAR NOT NULL,
+    survivor_id       VARCHAR NOT NULL,
+    dedup_key         VARCHAR NOT NULL,       -- a digest of person, code, time and value, never the values
+    rule              VARCHAR NOT NULL,
+    run_id            VARCHAR NOT NULL
 );

@@ -101,7 +101,9 @@ def test_runs_lists_newest_first_with_unit_counts(tmp_path, capsys):
     second = write_ndjson(tmp_path / "b.ndjson", resource("Patient", "2"))
     assert main(["run", str(first), "--warehouse", str(wh), "--no-progress"]) == 0
     assert main(["run", str(second), "--warehouse", str(wh), "--no-progress"]) == 0
+    # runs/<id>.json per run (the identity stage may write runs/<id>.identity-model.json beside it)
     reports = sorted((tmp_path / "runs").glob("run-*.json"), key=lambda p: p.stat().st_mtime)
+    reports = [p for p in reports if "." not in p.stem]
     ids = [p.stem for p in reports]
     capsys.readouterr()
     assert main(["runs", "--warehouse", str(wh), "--limit", "5"]) == 0

@@ -92,10 +92,10 @@ print(json.dumps({
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {
         "errors": {},
-        "tasks": ["configure", "convert", "land", "load", "normalize", "validate"],
+        "tasks": ["configure", "convert", "identify", "land", "load", "normalize", "validate"],
         "retries": [0, 2],
         "max_active_runs": 1,
-        "upstream_of_load": ["configure", "normalize"],
+        "upstream_of_load": ["configure", "identify"],
         "upstream_of_validate": ["configure", "load"],
         "validate_retries": 0,
     }

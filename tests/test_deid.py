@@ -48,7 +48,9 @@ def test_rules_cover_exactly_the_shipped_views(rules):
     from pipelines.common.paths import shipped
 
     shipped_views = {p.stem for p in (shipped("schemas") / "views").glob("*.json")}
-    assert set(rules.views) == shipped_views
+    # views.patient_source is derived by the identity stage (one row per source Patient, with its person)
+    assert set(rules.views) == shipped_views | {"patient_source"}
+    assert rules.views["patient_source"].columns["person_id"].action == "hash"
     assert sorted(rules.restricted_zip3) == RESTRICTED
     patient = rules.views["patient"].columns
     for direct in ("family", "given", "address_city", "marital_status_text"):

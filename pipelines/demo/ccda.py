@@ -47,8 +47,8 @@ def _code(tag: str, code: str, system: str, display: str | None, extra: str = ""
     return f"<{tag} code={_a(code)} codeSystem={_a(system)}{disp}{extra}>{inner}</{tag}>"
 
 
-def _id(ext: str) -> str:
-    return f'<id root="{ROOT}" extension={_a(ext)}/>'
+def _id(ext: str, root: str | None = None) -> str:
+    return f'<id root="{root or ROOT}" extension={_a(ext)}/>'
 
 
 def _tpl(*roots: str) -> str:
@@ -76,7 +76,7 @@ def _header(
     given = "".join(f"<given>{escape(g)}</given>" for g in p.given)
     addr = "".join(f"<streetAddressLine>{escape(x)}</streetAddressLine>" for x in p.address.line)
     gender = _GENDER.get(p.gender, "UN")
-    d.add("Patient", f"{ROOT}|{p.mrn}")
+    d.add("Patient", f"{p.mrn_root or ROOT}|{p.mrn}")
     d.add("DocumentReference", f"{ROOT}|{doc_id}")
     d.add("Composition", f"{ROOT}|{doc_id}")
     d.add("Practitioner", f"{ROOT}|author-1")
@@ -95,7 +95,7 @@ def _header(
         f"{_code('code', code, LOINC, title)}<title>{escape(title)}</title>"
         f'<effectiveTime value="{d.ts(when)}"/>'
         '<confidentialityCode code="N" codeSystem="2.16.840.1.113883.5.25"/><languageCode code="en-US"/>'
-        f"<recordTarget><patientRole>{_id(p.mrn)}"
+        f"<recordTarget><patientRole>{_id(p.mrn, p.mrn_root)}"
         f'<addr use="H">{addr}<city>{escape(p.address.city)}</city><state>{escape(p.address.state)}</state>'
         f"<postalCode>{escape(p.address.postal_code)}</postalCode><country>{p.address.country}</country></addr>"
         f'<telecom use="HP" value={_a("tel:" + p.phone)}/>'

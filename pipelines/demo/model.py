@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import date
 
 from pipelines.demo.clinical import add_clinical_history
+from pipelines.demo.identity import lookalike_role, make_lookalike
 from pipelines.demo.records import (
     CODES,
     COHORT_SLOT_BASE,
@@ -32,14 +33,20 @@ def patient_key(seed: int, index: int, cohort: str = "main") -> str:
     return f"{seed}:{index}" if cohort == "main" else f"{seed}:{cohort}:{index}"
 
 
-def iter_patients(seed: int, count: int, cohort: str = "main") -> Iterator[PatientRecord]:
+def iter_patients(
+    seed: int, count: int, cohort: str = "main", identity: bool = False
+) -> Iterator[PatientRecord]:
     """Patients 0..count-1 of a cohort, built lazily so memory stays flat however many there are."""
     for index in range(count):
-        yield build_patient(seed, index, cohort)
+        yield build_patient(seed, index, cohort, identity)
 
 
-def build_patient(seed: int, index: int, cohort: str = "main") -> PatientRecord:
-    """Build one synthetic patient; only (seed, cohort, index) decide its content."""
+def build_patient(seed: int, index: int, cohort: str = "main", identity: bool = False) -> PatientRecord:
+    """Build one synthetic patient; only (seed, cohort, index, identity) decide its content.
+
+    With identity, some main-cohort patients are look-alikes of the patient before them (twins, a
+    same-named parent or child): their demographics are set before their history, which depends on age.
+    """
     if cohort not in COHORTS:
         raise ValueError(f"unknown cohort {cohort!r}")
     key = patient_key(seed, index, cohort)
@@ -82,5 +89,7 @@ def build_patient(seed: int, index: int, cohort: str = "main") -> PatientRecord:
         language={"code": language["code"], "display": language["display"]},
         last_updated=0,
     )
+    if identity and cohort == "main" and index > 0 and lookalike_role(index):
+        make_lookalike(patient, build_patient(seed, index - 1, cohort, identity), rng)
     add_clinical_history(patient, rng, as_of)
     return patient

@@ -195,6 +195,7 @@ class PatientRecord:
     allergies: list[Allergy] = field(default_factory=list)
     immunizations: list[Immunization] = field(default_factory=list)
     procedures: list[Procedure] = field(default_factory=list)
+    mrn_root: str | None = None  # another assigning authority's number in place of the MRN (identity noise)
 
 
 def normal(rng: random.Random, mu: float, sigma: float) -> float:

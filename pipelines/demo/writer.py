@@ -18,6 +18,7 @@ from pipelines.demo.dstu2 import OWNED as DSTU2_OWNED
 from pipelines.demo.fhir_r4 import instant_utc, render_patient
 from pipelines.demo.hl7v2 import HL7_DIR, Hl7v2Export
 from pipelines.demo.hl7v2 import OWNED as HL7_OWNED
+from pipelines.demo.identity import TRUTH_NAME, noisy_variant, truth_csv, truth_rows
 from pipelines.demo.model import build_patient, iter_patients
 from pipelines.demo.ndjson import NdjsonExport
 from pipelines.demo.records import CODES, export_time, make_uid
@@ -57,6 +58,7 @@ def generate_demo_data(
     hl7v2: bool = False,
     ccda: bool = False,
     dstu2: bool = False,
+    identity: bool = False,
 ) -> DemoSummary:
     """Write a deterministic synthetic legacy export under out_dir and return (and save) its summary.
 
@@ -67,7 +69,10 @@ def generate_demo_data(
     same patients as HL7 v2 archives (pipelines/demo/hl7v2.py); with ccda, sources/ccda/ holds a CCD per
     patient and a Discharge Summary after an inpatient stay (pipelines/demo/ccda.py). The FHIR files do
     not change. With dstu2, sources/fhir-dstu2/ holds a DSTU2 export of other patients
-    (pipelines/demo/dstu2.py).
+    (pipelines/demo/dstu2.py). With identity, the HL7 v2 and C-CDA sources record each person's
+    demographics with realistic drift, some patients are look-alikes of another (twins, namesakes), and
+    identity-truth.csv beside sources/ maps every source's patient identifier to the true person
+    (pipelines/demo/identity.py).
     """
     if patients < 1:
         raise ValueError("patients must be at least 1")
@@ -79,14 +84,22 @@ def generate_demo_data(
 
     hl7 = Hl7v2Export(out, seed) if hl7v2 else None
     cda = CcdaExport(out, seed) if ccda else None
+    truth: list[tuple[str, ...]] = []
     with NdjsonExport(out / FHIR_DIR, FHIR_DIR, seed, plan_defects(seed, patients), TRUNCATED_TYPE) as export:
-        for patient in iter_patients(seed, patients):
+        for patient in iter_patients(seed, patients, identity=identity):
             for rtype, resource in render_patient(patient):
                 export.write(rtype, resource)
+            variants = {}
             if hl7 is not None:
-                hl7.write(patient)
+                variants["hl7v2"] = noisy_variant(patient, "hl7v2", seed) if identity else patient
+                hl7.write(variants["hl7v2"])
             if cda is not None:
-                cda.write(patient)
+                variants["ccda"] = (
+                    noisy_variant(patient, "ccda", seed, outside_ids=True) if identity else patient
+                )
+                cda.write(variants["ccda"])
+            if identity:
+                truth.extend(truth_rows(patient, variants))
         ndjson_files, defects = export.close()
     hl7_files, hl7_defects = hl7.close() if hl7 is not None else ([], [])
 
@@ -123,6 +136,8 @@ def generate_demo_data(
         messages=dict(sorted(sum((Counter(f.messages) for f in hl7_files), Counter()).items())),
     )
     (out / SUMMARY_NAME).write_bytes(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    if identity:
+        (out / TRUTH_NAME).write_bytes(truth_csv(truth))
     return summary
 
 
@@ -134,6 +149,7 @@ def _remove_previous_output(out: Path) -> None:
                 if path.is_file() and pattern.fullmatch(path.name):
                     path.unlink()
     (out / SUMMARY_NAME).unlink(missing_ok=True)
+    (out / TRUTH_NAME).unlink(missing_ok=True)
 
 
 def _write(out: Path, rel: str, data: bytes, **fields: Any) -> FileSummary:

@@ -11,6 +11,7 @@ import orjson
 
 from pipelines.common.config import ehrlift_version
 from pipelines.common.reasons import reason_codes
+from pipelines.identity.status import identity_status
 
 REPORT_FORMAT_VERSION = 1
 POINTERS_PER_ROW = 20  # record pointers listed per reason or expectation; the count is always complete
@@ -89,6 +90,7 @@ def collect(con: duckdb.DuckDBPyConnection, run_id: str, data_docs: str | None =
         "mapping": _mapping(con, run_id, notes),
         "validation": _validation(con, run_id, notes),
         "cds_feedback": _cds_feedback(con),
+        "identity": identity_status(con),
         "data_docs": data_docs,
     }
     data["notes"] = notes
