@@ -1,4 +1,4 @@
--- ehrlift warehouse contract, version 4 (additive: 4 added ops.unit_items; 3 the terminology schema;
+-- ehrlift warehouse contract, version 9 (additive: 9 added the ops.backload_* tables; 4 ops.unit_items; 3 the terminology schema;
 -- 2 ops.unconsumed and fhir.*.reference_only). Later stages rely on these names: change them only with a
 -- migration in pipelines/common/warehouse.py and a note in the README.
 
@@ -236,4 +236,57 @@ CREATE TABLE IF NOT EXISTS ops.fhir_release_declarations (
     declared_by    VARCHAR NOT NULL,       -- run (--fhir-release) or folder (.fhir-release.csv)
     format         VARCHAR NOT NULL,       -- the format under the declared release, e.g. fhir-ndjson-dstu2
     format_detail  VARCHAR
+);
+
+-- Back-load (version 9): one row per plan, its entries, the server ids written, and every write's outcome.
+CREATE TABLE IF NOT EXISTS ops.backload_plans (
+    plan_id          VARCHAR PRIMARY KEY,   -- hash of the plan's entries: same warehouse, same plan
+    target           VARCHAR NOT NULL,      -- the profile name (terminology/targets/<name>.json)
+    profile_sha256   VARCHAR NOT NULL,
+    run_id           VARCHAR NOT NULL,      -- the run whose warehouse state the plan was built from
+    override_reason  VARCHAR,               -- set when --override-gate planned a blocked run
+    planned_at       TIMESTAMPTZ NOT NULL,
+    summary          JSON NOT NULL          -- counts per type, status and reason
+);
+
+CREATE TABLE IF NOT EXISTS ops.backload_plan (
+    plan_id          VARCHAR NOT NULL,
+    seq              INTEGER NOT NULL,      -- send order: dependencies first
+    resource_type    VARCHAR NOT NULL,
+    warehouse_id     VARCHAR NOT NULL,
+    status           VARCHAR NOT NULL,      -- send, not_sendable, unchanged
+    step             VARCHAR NOT NULL,      -- create, update, none
+    reason           VARCHAR,               -- schemas/reason_codes.json (not_sendable)
+    detail           VARCHAR,               -- element names, never values
+    content_sha256   VARCHAR,
+    body             JSON,                  -- the request body, references still to warehouse ids
+    deferred         JSON                   -- elements left out of a create and sent by the later update
+);
+
+-- warehouse id -> server id per target; read by whatever needs the target's id of a resource.
+CREATE TABLE IF NOT EXISTS ops.backload_ids (
+    target           VARCHAR NOT NULL,
+    resource_type    VARCHAR NOT NULL,
+    warehouse_id     VARCHAR NOT NULL,
+    server_id        VARCHAR NOT NULL,
+    version_id       VARCHAR,
+    recorded_at      TIMESTAMPTZ NOT NULL,
+    server           VARCHAR,               -- the base URL written to
+    content_sha256   VARCHAR                -- the body last written, for `unchanged`
+);
+
+-- One row per write attempt outcome: an 'intent' row is written before the request, its outcome after.
+CREATE TABLE IF NOT EXISTS ops.backload_results (
+    plan_id          VARCHAR NOT NULL,
+    seq              INTEGER NOT NULL,
+    target           VARCHAR NOT NULL,
+    resource_type    VARCHAR NOT NULL,
+    warehouse_id     VARCHAR NOT NULL,
+    step             VARCHAR NOT NULL,
+    state            VARCHAR NOT NULL,      -- intent, created, updated, resolved, failed
+    http_status      INTEGER,
+    issue_codes      VARCHAR,               -- OperationOutcome issue codes, never diagnostics
+    attempts         INTEGER,
+    server_id        VARCHAR,
+    recorded_at      TIMESTAMPTZ NOT NULL
 );

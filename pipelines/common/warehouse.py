@@ -13,7 +13,8 @@ import duckdb
 from pipelines.common.errors import WarehouseError
 from pipelines.common.paths import shipped
 
-SCHEMA_VERSION = 5
+# 9: ops.backload_plans, ops.backload_plan, ops.backload_ids, ops.backload_results (back-load).
+SCHEMA_VERSION = 9
 RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # also guards table names
 
 RESOURCE_TABLE_DDL = """
