@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipelines.backload import cli as backload_cli
 from pipelines.common.config import (
     DEFAULT_DATA_DIR,
     DEFAULT_SOURCE_SYSTEM,
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log stage progress (never record values)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    backload_cli.add_commands(sub)
 
     run = sub.add_parser("run", help="land, convert and load source files and folders")
     run.add_argument("sources", nargs="+", metavar="SOURCE", help="files or folders to migrate")

@@ -50,9 +50,7 @@ class Entry:
 def stored_resources(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[str, str, dict[str, Any], bool]]:
     """(type, warehouse id, resource, stand-in?) for every stored resource, in a stable order."""
     for table in resource_tables(con):
-        rows = con.execute(
-            f'SELECT id, resource, reference_only FROM fhir."{table}" ORDER BY id'
-        ).fetchall()
+        rows = con.execute(f'SELECT id, resource, reference_only FROM fhir."{table}" ORDER BY id').fetchall()
         for rid, resource, reference_only in rows:
             yield table, rid, orjson.loads(resource), bool(reference_only)
 
@@ -110,12 +108,17 @@ def _refuse_broken_references(entries: dict[str, Entry], refs: dict[str, list[tu
             entry = entries[key]
             if entry.status == NOT_SENDABLE:
                 continue
-            bad = sorted(
-                {path for path, ref in pointers if ref not in entries or entries[ref].status == NOT_SENDABLE}
-            )
+            bad = sorted({path for path, ref in pointers if not _on_server(entries.get(ref))})
             if bad:
                 entry.refuse("backload_reference_not_sendable", ", ".join(bad))
                 changed = True
+
+
+def _on_server(entry: Entry | None) -> bool:
+    """Will the target have this resource (sent now, or already there from an earlier send)?"""
+    if entry is None:
+        return False
+    return entry.status != NOT_SENDABLE or entry.reason == "backload_update_not_supported"
 
 
 def _order(
