@@ -77,12 +77,12 @@ def load_items(con: duckdb.DuckDBPyConnection, plan_id: str) -> list[Item]:
 
 def last_states(con: duckdb.DuckDBPyConnection, plan_id: str) -> dict[int, tuple[str, datetime]]:
     rows = con.execute(
-        "SELECT seq, state, recorded_at FROM ops.backload_results WHERE plan_id = ? "
+        "SELECT seq, state, epoch(recorded_at) FROM ops.backload_results WHERE plan_id = ? "
         "QUALIFY row_number() OVER (PARTITION BY seq ORDER BY recorded_at DESC, "
         "CASE state WHEN 'intent' THEN 1 ELSE 0 END) = 1",
         [plan_id],
     ).fetchall()
-    return {seq: (state, at) for seq, state, at in rows}
+    return {seq: (state, datetime.fromtimestamp(at, UTC)) for seq, state, at in rows}
 
 
 def server_ids(con: duckdb.DuckDBPyConnection, target: str) -> dict[str, tuple[str, str | None]]:

@@ -137,16 +137,16 @@ async function handle(req, res, raw) {
     return send(res, 200, { faults, writes: counts.writes });
   }
   if (path === '/__stats') return send(res, 200, { writes: counts.writes });
+  if (faults.garbage > 0) {
+    faults.garbage -= 1;
+    res.writeHead(200, { 'content-type': 'text/html' });
+    return res.end('<html>maintenance</html>');
+  }
   if (path === '/metadata' && req.method === 'GET') return send(res, 200, capability());
   if (!(await authorized(req))) return send(res, 401, outcome(401, 'login', 'token')[1]);
   const write = req.method === 'POST' || req.method === 'PUT' || req.method === 'PATCH';
   if (write) {
     if (faults.delayMs) await new Promise((r) => setTimeout(r, faults.delayMs));
-    if (faults.garbage > 0) {
-      faults.garbage -= 1;
-      res.writeHead(200, { 'content-type': 'text/html' });
-      return res.end('<html>maintenance</html>');
-    }
     if (faults.count > 0) {
       faults.count -= 1;
       const h = faults.retryAfter === null ? {} : { 'retry-after': String(faults.retryAfter) };
@@ -160,6 +160,8 @@ async function handle(req, res, raw) {
     return send(res, 400, outcome(400, 'structure', 'body is not JSON')[1]);
   }
   const parts = path.split('/').filter(Boolean);
+  // A create's id is the server's to assign (FHIR R4 http.html#create); the in-memory repository would keep it.
+  if (req.method === 'POST' && parts.length === 1 && body && typeof body === 'object') delete body.id;
   if (mode === 'millennium' && write) {
     if (parts.length === 0) return send(res, 422, outcome(422, 'not-supported', 'Bundle interactions')[1]);
     if (req.headers['if-none-exist']) return send(res, 422, outcome(422, 'not-supported', 'If-None-Exist')[1]);
