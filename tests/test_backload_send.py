@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import httpx
 import orjson
@@ -10,7 +15,7 @@ import pytest
 
 from pipelines.backload.client import RetryPolicy, Target
 from pipelines.backload.runner import AuthOptions, backload_status, plan_backload, send_backload
-from pipelines.backload.send import CapabilityMismatch, SendOptions
+from pipelines.backload.send import CapabilityMismatch, SendOptions, last_states
 from pipelines.cli import main
 from pipelines.common.errors import ExitCode
 from pipelines.common.warehouse import open_warehouse
@@ -20,6 +25,7 @@ from tests.backload_server import FhirServer
 
 FAST = RetryPolicy(tries=4, initial=0.01, max_wait=0.05, timeout=10)
 NO_AUTH = AuthOptions(no_auth=True)
+ROOT = Path(__file__).parent.parent
 
 
 def clinic(patients: int = 3) -> list[dict]:
@@ -210,3 +216,60 @@ def test_smart_backend_services_auth(tmp_path, capsys):
             assert main([*base, "--key", str(key_file)]) == 0
             assert server.writes() == 6 and "created 6" in capsys.readouterr().out
             assert httpx.get(server.base + "/Patient").status_code == 401  # the server does check tokens
+
+
+def _sender(wh, server: FhirServer) -> subprocess.Popen:
+    code = "import sys; from pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = ["backload", "send", "--warehouse", str(wh), "--server", server.base, "--no-auth", "--no-progress"]
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args, "--concurrency", "4"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_for_writes(server: FhirServer, proc: subprocess.Popen, at_least: int) -> None:
+    for _ in range(600):  # bounded: 60 s
+        if proc.poll() is not None or server.writes() >= at_least:
+            return
+        time.sleep(0.1)
+
+
+def test_killed_sender_resumes_with_exactly_one_resource_per_create(tmp_path):
+    patients = 20
+    planned = 2 + 4 * patients
+    wh = build_warehouse(tmp_path / "w.duckdb", clinic(patients))
+    plan_id = plan_backload(wh, "millennium-r4", tmp_path / "out").plan_id
+    with FhirServer("millennium") as server:
+        server.faults(delayMs=60)  # slow writes, so each kill lands with requests in flight
+        for _ in range(3):
+            proc = _sender(wh, server)
+            _wait_for_writes(server, proc, server.writes() + 5)
+            proc.kill()  # SIGKILL: no clean-up of any kind
+            proc.wait(timeout=30)
+        proc = _sender(wh, server)
+        _wait_for_writes(server, proc, server.writes() + 3)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: in-flight writes finish and are recorded
+        assert proc.wait(timeout=60) == ExitCode.INTERRUPTED
+        assert b"resume" in proc.stderr.read()
+        assert server.writes() < planned  # stopped part-way
+        with open_warehouse(wh, read_only=True) as con:
+            states = last_states(con, plan_id)
+        server.faults(delayMs=0)
+        _send(wh, server)
+        counts = {t: len(server.search(t)) for t in ("Organization", "Practitioner", "Patient", "Condition")}
+        assert counts == {"Organization": 1, "Practitioner": 1, "Patient": patients, "Condition": patients}
+        assert len(server.search("Observation")) == 2 * patients
+        checked = _references_resolve(server, server.search("Observation") + server.search("Condition"))
+        assert checked == 3 * patients
+        assert server.writes() == planned  # no write went twice
+    status = backload_status(wh, "millennium-r4")
+    assert status["totals"]["created"] == planned and status["complete"] and status["reconciles"]
+    with open_warehouse(wh, read_only=True) as con:
+        resolved = con.execute(
+            "SELECT count(*) FROM ops.backload_results WHERE state = 'resolved'"
+        ).fetchone()[0]
+    assert resolved >= 1  # a kill left creates in doubt that were found on the server, not sent again
+    # Ctrl-C let the writes in flight finish and recorded them: nothing was left in doubt by it.
+    assert "intent" not in {state for state, _at in states.values()}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -264,23 +266,36 @@ class Scheduler:
                 self.ready.append(i)
 
     def run(self) -> None:
+        # Ctrl-C only sets a flag: the loop stops taking writes, records those in flight, then re-raises.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._interrupt) if main else None
+        try:
+            self._loop()
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+        if self.result.interrupted:
+            raise KeyboardInterrupt
+
+    def _interrupt(self, _signum: int, _frame: object) -> None:
+        self.result.interrupted = True
+
+    def _loop(self) -> None:
         inflight: dict[Future, list[Item]] = {}
-        stop = False
         with ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="backload") as pool:
-            while (self.ready and not stop) or inflight:
-                try:
-                    jobs = []
-                    while self.ready and not stop and len(inflight) + len(jobs) < self.options.concurrency:
-                        jobs.append(self._take())
-                    if jobs:
-                        self.recorder.intents([i for b in jobs for i in b])
-                        for b in jobs:
-                            inflight[self._submit(pool, b)] = b
-                    finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-                except KeyboardInterrupt:
-                    stop = True  # let the requests in flight finish and record them, then stop
-                    self.result.interrupted = True
-                    continue
+            while (self.ready and not self.result.interrupted) or inflight:
+                jobs = []
+                while (
+                    self.ready
+                    and not self.result.interrupted
+                    and len(inflight) + len(jobs) < self.options.concurrency
+                ):
+                    jobs.append(self._take())
+                if jobs:
+                    self.recorder.intents([i for b in jobs for i in b])
+                    for b in jobs:
+                        inflight[self._submit(pool, b)] = b
+                finished, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     inflight.pop(fut)
                     got = fut.result()
@@ -289,8 +304,6 @@ class Scheduler:
                 self.recorder.flush()
                 if self.options.progress:
                     self.options.progress(self.progressed, self.total)
-        if self.result.interrupted:
-            raise KeyboardInterrupt
 
     def _submit(self, pool: ThreadPoolExecutor, batch: list[Item]) -> Future:
         if self.profile.transaction_chunk:
