@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pipelines.backload.plan import build_plan
 from pipelines.backload.profiles import target_profile
 from pipelines.backload.send import SendOptions, SendResult, send_plan
 from pipelines.backload.store import latest_plan, save_plan, sent_hashes, source_run, write_plan_files
+from pipelines.common.config import DEFAULT_DATA_DIR
 from pipelines.common.errors import ConfigError
 from pipelines.common.warehouse import open_warehouse
 from pipelines.export.auth import BackendAuth, load_signing_key
@@ -138,3 +140,41 @@ def plan_status(con: duckdb.DuckDBPyConnection, plan_id: str) -> dict[str, Any]:
         "reconciles": reconciles,
         "complete": totals["pending"] == 0,
     }
+
+
+# --- orchestrators (pipelines/tasks.py): JSON-able params in and out --------------------------------------
+
+
+def _param(params: dict[str, Any] | None, name: str, env: str, default: Any = None) -> Any:
+    value = (params or {}).get(name)
+    return value if value not in (None, "") else os.environ.get(env) or default
+
+
+def plan_from_params(params: dict[str, Any] | None) -> dict[str, Any]:
+    warehouse = Path(_param(params, "warehouse", "EHRLIFT_WAREHOUSE", DEFAULT_DATA_DIR / "warehouse.duckdb"))
+    profile = _param(params, "profile", "EHRLIFT_BACKLOAD_PROFILE", "millennium-r4")
+    result = plan_backload(warehouse, profile, None, (params or {}).get("override_reason") or None)
+    return {
+        "warehouse": str(warehouse),
+        "profile": profile,
+        "plan_id": result.plan_id,
+        **result.summary["totals"],
+    }
+
+
+def send_from_params(plan: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
+    """Send the plan the plan task made; credentials come from the environment, never from params."""
+    server = _param(params, "server", "EHRLIFT_BACKLOAD_SERVER")
+    if not server:
+        raise ConfigError("no target server", hint="set the DAG param server or EHRLIFT_BACKLOAD_SERVER")
+    auth = AuthOptions(
+        client_id=os.environ.get("EHRLIFT_BACKLOAD_CLIENT_ID"),
+        key_file=Path(os.environ["EHRLIFT_BACKLOAD_KEY"]) if os.environ.get("EHRLIFT_BACKLOAD_KEY") else None,
+        kid=os.environ.get("EHRLIFT_BACKLOAD_KID"),
+        token_url=os.environ.get("EHRLIFT_BACKLOAD_TOKEN_URL"),
+        no_auth=bool((params or {}).get("no_auth")),
+    )
+    concurrency = int(_param(params, "concurrency", "EHRLIFT_BACKLOAD_CONCURRENCY", 4))
+    options = SendOptions(concurrency=concurrency, dry_run=bool((params or {}).get("dry_run")))
+    result = send_backload(Path(plan["warehouse"]), plan["profile"], server, auth, options)
+    return result.to_dict()
