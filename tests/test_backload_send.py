@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from pipelines.backload.client import RetryPolicy, Target
+from pipelines.backload.client import RetryPolicy, Target, Transient
 from pipelines.backload.runner import AuthOptions, backload_status, plan_backload, send_backload
 from pipelines.backload.send import CapabilityMismatch, SendOptions, last_states
 from pipelines.cli import main
@@ -112,8 +112,8 @@ def test_transient_failures_are_retried_and_a_refused_write_is_resent_alone(tmp_
     wh = build_warehouse(tmp_path / "w.duckdb", clinic(1))
     plan_backload(wh, "millennium-r4", tmp_path / "out")
     with FhirServer("millennium") as server:
-        server.faults(status=503, count=2, retryAfter=0)
-        # Organization first: two 503s, then created on the third try; then a 400 that is not retried.
+        server.faults(status=429, count=2, retryAfter=0)
+        # Organization first: two 429s (Retry-After honoured), then created on the third try.
         counts = send_backload(
             wh, "millennium-r4", server.base, NO_AUTH, SendOptions(concurrency=1), FAST
         ).counts
@@ -165,6 +165,13 @@ def test_millennium_server_refuses_what_the_profile_says(tmp_path):
             "POST", "Patient", patient("p", "M"), {"If-None-Exist": "identifier=a|b"}
         )
         assert conditional.status == 422
+        server.faults(status=503, count=2)
+        org = {"resourceType": "Organization", "name": "O"}
+        assert target.request("POST", "Organization", org).attempts == 3  # 5xx retried
+        server.faults(status=500, count=10)
+        with pytest.raises(Transient) as gave_up:
+            target.request("POST", "Organization", org)
+        assert gave_up.value.status == 500 and server.faults(count=0)["writes"] == 1  # 4 tries, then stop
         created = target.request("POST", "Patient", patient("given-id", "M"))
         assert (
             created.status == 201 and created.body is None and "given-id" not in created.headers["location"]
@@ -291,3 +298,24 @@ def test_generic_in_doubt_creates_are_found_by_their_tag(tmp_path, capsys):
     assert main(["backload", "status", "--warehouse", str(wh), "--profile", "generic-r4"]) == 0
     out = capsys.readouterr().out
     assert "reconciles: yes" in out and "total" in out
+
+
+def test_a_timed_out_create_is_never_sent_twice(tmp_path):
+    """A plain create that timed out may still be made by the server: it is in doubt, not retried, and
+    the next run finds it by search instead of creating a second copy."""
+    wh = build_warehouse(tmp_path / "w.duckdb", clinic(1))
+    plan_backload(wh, "millennium-r4", tmp_path / "out")
+    slow = RetryPolicy(tries=4, initial=0.01, max_wait=0.05, timeout=0.3)
+    with FhirServer("millennium") as server:
+        server.faults(delayMs=900, delayCount=1)  # the Organization's create outlives the client's timeout
+        opts = SendOptions(concurrency=1)
+        counts = send_backload(wh, "millennium-r4", server.base, NO_AUTH, opts, slow).counts
+        assert counts == {"created": 5, "in_doubt": 1}
+        assert backload_status(wh, "millennium-r4")["totals"]["pending"] == 1
+        for _ in range(50):  # bounded: the server finishes the slow create
+            if server.search("Organization"):
+                break
+            time.sleep(0.1)
+        assert _send(wh, server) == {"resolved": 1}
+        assert len(server.search("Organization")) == 1 and server.writes() == 6
+    assert backload_status(wh, "millennium-r4")["complete"]

@@ -15,6 +15,7 @@ from pipelines.export.auth import BackendAuth
 from pipelines.export.web import RemoteError, is_loopback, require_secure, retry_after_seconds
 
 FHIR_JSON = "application/fhir+json"
+AMBIGUOUS, NOT_SENT = 0, -1  # Transient.status for transport failures (else the HTTP status)
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,23 @@ class Target:
         return {**headers, **(extra or {})}, generation
 
     def request(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        *,
+        idempotent: bool = True,
     ) -> Answer:
-        """The answer after retries; Transient is raised only when the tries ran out."""
+        """The answer after retries; Transient is raised when the tries ran out, or at once when a request
+        that is not idempotent (a plain create) may have reached the server: sending it again could
+        create a second copy, so the caller looks for the first one instead."""
+
+        def worth_retrying(exc: BaseException) -> bool:
+            return isinstance(exc, Transient) and (idempotent or exc.status != AMBIGUOUS)
+
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(Transient),
+            retry=tenacity.retry_if_exception(worth_retrying),
             stop=tenacity.stop_after_attempt(self.policy.tries),
             wait=_wait(self.policy),
             reraise=True,
@@ -113,10 +126,11 @@ class Target:
                     self.client, self.base, generation
                 )
                 response = self.client.request(method, url, content=content, headers=headers)
-        except httpx.TimeoutException:
-            raise Transient(0, None, None) from None
-        except httpx.TransportError as exc:
-            raise Transient(-1, None, Answer(-1, type(exc).__name__, {}, 0)) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise Transient(NOT_SENT, None, None) from None  # never reached the server: safe to retry
+        except httpx.TransportError:
+            # A timeout or a connection lost after the request went: the server may have acted on it.
+            raise Transient(AMBIGUOUS, None, None) from None
         answer = _answer(response)
         if response.status_code == 429 or response.status_code >= 500:
             raise Transient(
@@ -160,7 +174,7 @@ def capability(target: Target) -> dict[str, Any]:
     try:
         answer = target.request("GET", "metadata")
     except Transient as exc:
-        if exc.status in (0, -1):
+        if exc.status in (AMBIGUOUS, NOT_SENT):
             raise RemoteError(
                 "the target server cannot be reached", hint="check --server and the network"
             ) from None

@@ -25,6 +25,7 @@ from pipelines.common.errors import EhrliftError, ExitCode
 
 log = logging.getLogger(__name__)
 DONE = ("created", "updated", "resolved")
+IN_DOUBT = ("intent", "in_doubt")  # a create that may be on the server: searched for before a resend
 WINDOW = 64  # writes announced (intent rows) per statement
 FLUSH_SECONDS = 0.25
 
@@ -82,8 +83,10 @@ def load_items(con: duckdb.DuckDBPyConnection, plan_id: str) -> list[Item]:
 
 
 def last_states(con: duckdb.DuckDBPyConnection, plan_id: str) -> dict[int, tuple[str, datetime]]:
+    """seq -> (last state, when); a write failed only because what it refers to failed is 'unsent'."""
     rows = con.execute(
-        "SELECT seq, state, epoch(recorded_at) FROM ops.backload_results WHERE plan_id = ? "
+        "SELECT seq, CASE WHEN state = 'failed' AND issue_codes LIKE 'dependency-%' THEN 'unsent' "
+        "ELSE state END, epoch(recorded_at) FROM ops.backload_results WHERE plan_id = ? "
         "QUALIFY row_number() OVER (PARTITION BY seq ORDER BY recorded_at DESC, "
         "CASE state WHEN 'intent' THEN 1 ELSE 0 END) = 1",
         [plan_id],
@@ -221,7 +224,7 @@ def _resolve_in_doubt(
     undecided: set[int] = set()
     for item in todo:
         state, at = states.get(item.seq, ("", None))
-        if state != "intent" or item.step != "create" or at is None or item.key in ids:
+        if state not in IN_DOUBT or item.step != "create" or at is None or item.key in ids:
             continue
         if any(dep not in ids for dep in item.deps):
             continue  # its references never got server ids, so it was never sent
@@ -371,7 +374,7 @@ class Scheduler:
                 self.waiting[u.seq].discard(key)
                 if not self.waiting[u.seq] and u.seq not in self.taken:
                     heapq.heappush(self.ready, (u.seq, u))
-        elif o.state == "failed":
+        elif o.state in ("failed", "in_doubt"):
             stack = [key]
             while stack:
                 for u in self.blocked.pop(stack.pop(), []):

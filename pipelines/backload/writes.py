@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from pipelines.backload.checks import rewrite_references
-from pipelines.backload.client import Answer, Target, Transient
+from pipelines.backload.client import AMBIGUOUS, NOT_SENT, Answer, Target, Transient
 from pipelines.backload.profiles import TargetProfile
 
 TAG_SYSTEM = "urn:ehrlift:backload"  # generic targets: an opaque tag makes every create conditional
@@ -38,7 +38,7 @@ class Item:
 @dataclass
 class Outcome:
     item: Item
-    state: str  # created, updated, resolved, failed
+    state: str  # created, updated, resolved, failed, in_doubt (a create that may have reached the server)
     http_status: int | None
     issue_codes: list[str]
     attempts: int
@@ -80,8 +80,11 @@ def send_one(
         if item.step == "update" and server_id:
             answer = target.request("PUT", f"{item.resource_type}/{server_id}", body)
         else:
-            answer = target.request("POST", item.resource_type, body, headers)
+            answer = target.request("POST", item.resource_type, body, headers, idempotent=headers is not None)
     except Transient as exc:
+        if exc.status == AMBIGUOUS and item.step == "create":
+            # The server may have created it: a later run finds it by search before writing again.
+            return Outcome(item, "in_doubt", None, ["timeout"], 0)
         return _exhausted(item, exc)
     return _outcome(item, answer.status, answer, answer.headers.get("location"), answer.body)
 
@@ -173,9 +176,9 @@ def _outcome(item: Item, status: int, answer: Answer, location: str | None, body
 
 def _exhausted(item: Item, exc: Transient) -> Outcome:
     codes = exc.answer.issue_codes if exc.answer else []
-    if exc.status == 0:
+    if exc.status == AMBIGUOUS:
         codes = ["timeout"]
-    elif exc.status == -1:
+    elif exc.status == NOT_SENT:
         codes = ["connection"]
     return Outcome(item, "failed", exc.status if exc.status > 0 else None, codes, 0)
 

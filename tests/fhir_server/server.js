@@ -28,7 +28,7 @@ for (const f of SEARCH_PARAMETER_BUNDLE_FILES) indexSearchParameterBundle(readJs
 
 const router = new FhirRouter();
 const repo = new MemoryRepository();
-const faults = { status: 0, count: 0, retryAfter: null, delayMs: 0, garbage: 0 };
+const faults = { status: 0, count: 0, retryAfter: null, delayMs: 0, delayCount: -1, garbage: 0 };
 const counts = { writes: 0 };
 
 function outcome(status, code, diagnostics) {
@@ -146,7 +146,10 @@ async function handle(req, res, raw) {
   if (!(await authorized(req))) return send(res, 401, outcome(401, 'login', 'token')[1]);
   const write = req.method === 'POST' || req.method === 'PUT' || req.method === 'PATCH';
   if (write) {
-    if (faults.delayMs) await new Promise((r) => setTimeout(r, faults.delayMs));
+    if (faults.delayMs && faults.delayCount !== 0) {
+      if (faults.delayCount > 0) faults.delayCount -= 1;
+      await new Promise((r) => setTimeout(r, faults.delayMs));
+    }
     if (faults.count > 0) {
       faults.count -= 1;
       const h = faults.retryAfter === null ? {} : { 'retry-after': String(faults.retryAfter) };
