@@ -343,8 +343,18 @@ class Scheduler:
 
     def _submit(self, pool: ThreadPoolExecutor, batch: list[Item]) -> Future:
         if self.profile.transaction_chunk:
-            return pool.submit(send_chunk, self.target, self.profile, batch, self.ids)
-        return pool.submit(send_one, self.target, self.profile, batch[0], self.ids)
+            call: tuple = (send_chunk, self.target, self.profile, batch, self.ids)
+        else:
+            call = (send_one, self.target, self.profile, batch[0], self.ids)
+        if self.options.concurrency > 1:
+            return pool.submit(*call)
+        # One at a time: in this thread, sparing a hand-off per request (Ctrl-C only sets a flag here).
+        done: Future = Future()
+        try:
+            done.set_result(call[0](*call[1:]))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
 
     def _take(self) -> list[Item]:
         batch = [heapq.heappop(self.ready)[1]]
