@@ -30,6 +30,9 @@ from pipelines import tasks as stages
         "concurrency": Param(4, type="integer", minimum=1, maximum=64, description="requests in flight"),
         "warehouse": Param(None, type=["null", "string"], description="DuckDB warehouse file"),
         "dry_run": Param(False, type="boolean", description="check capabilities and count; write nothing"),
+        "override_reason": Param(
+            None, type=["null", "string"], description="plan a run the gate blocked; recorded with the plan"
+        ),
     },
     tags=["ehrlift"],
     doc_md=__doc__,

@@ -47,7 +47,7 @@ print(json.dumps({
         "upstream_of_send": ["plan"],
         "pool": "ehrlift_backload",
         "plan_retries": 0,
-        "params": ["concurrency", "dry_run", "profile", "server", "warehouse"],
+        "params": ["concurrency", "dry_run", "override_reason", "profile", "server", "warehouse"],
         "max_active_runs": 1,
     }
 
