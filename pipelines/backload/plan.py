@@ -71,7 +71,7 @@ def build_plan(
     for rtype, rid, resource, stand_in in stored_resources(con):
         entry = Entry(rtype, rid)
         entries[entry.key] = entry
-        if stand_in:
+        if stand_in and not target.send_stand_ins:
             entry.refuse("backload_stand_in")
             continue
         body = {k: v for k, v in resource.items() if k not in target.server_managed}

@@ -39,6 +39,7 @@ class TargetProfile:
     order: tuple[str, ...]
     types: dict[str, TypeRule] | None  # None: every type, with default_interactions
     default_interactions: tuple[str, ...]
+    send_stand_ins: bool  # reference-only stand-ins written as they are (else not_sendable)
     sha256: str
 
     def rule(self, resource_type: str) -> TypeRule | None:
@@ -96,5 +97,6 @@ def target_profile(name: str) -> TargetProfile:
         order=tuple(data.get("order", ())),
         types=types,
         default_interactions=tuple(data.get("default_interactions", ("create", "update"))),
+        send_stand_ins=bool(data.get("send_stand_ins")),
         sha256=hashlib.sha256(raw).hexdigest(),
     )

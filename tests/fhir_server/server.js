@@ -98,7 +98,9 @@ function capability() {
       'Encounter', 'Condition', 'Observation', 'DiagnosticReport', 'Procedure', 'Immunization', 'AllergyIntolerance',
       'MedicationRequest', 'MedicationStatement', 'Medication', 'DocumentReference', 'CarePlan', 'Goal', 'Coverage',
       'ServiceRequest', 'Specimen', 'Device', 'Composition', 'Provenance', 'MedicationAdministration', 'CareTeam',
-      'FamilyMemberHistory', 'Communication', 'Appointment', 'EpisodeOfCare', 'Claim', 'ExplanationOfBenefit'];
+      'FamilyMemberHistory', 'Communication', 'Appointment', 'EpisodeOfCare', 'Claim', 'ExplanationOfBenefit',
+      'ChargeItem', 'Account', 'Schedule', 'Slot', 'Basic', 'Media', 'ImagingStudy', 'NutritionOrder',
+      'Questionnaire', 'QuestionnaireResponse', 'Consent', 'List', 'Flag', 'Task', 'DeviceRequest', 'Invoice'];
     for (const type of names) {
       const inter = ['read', 'search-type', 'create', 'update'].filter((i) => !omitted.has(type + ':' + i));
       types.push({ type, interaction: inter.map((code) => ({ code })), conditionalCreate: true });
