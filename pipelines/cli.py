@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipelines.backload import cli as backload_cli
 from pipelines.cds import cli as cds_cli
 from pipelines.common.config import (
     DEFAULT_DATA_DIR,
@@ -22,6 +23,7 @@ from pipelines.common.config import (
     ehrlift_version,
 )
 from pipelines.common.errors import EhrliftError, ExitCode, InputNotFoundError
+from pipelines.identity import cli as identity_cli
 from pipelines.summary import RunSummary
 
 # Markup off: paths, server diagnostics and file names may hold "[...]", which must print as written.
@@ -71,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log stage progress (never record values)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    backload_cli.add_commands(sub)
 
     run = sub.add_parser("run", help="land, convert and load source files and folders")
     run.add_argument("sources", nargs="+", metavar="SOURCE", help="files or folders to migrate")
@@ -159,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_terminology(sub)
     cds_cli.add_commands(sub)
     _mapping_parsers(sub)
-    __import__("pipelines.identity.cli", fromlist=["add_commands"]).add_commands(sub)
+    identity_cli.add_commands(sub)
 
     views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")
     views_sub = views.add_subparsers(dest="views_command", required=True)

@@ -87,3 +87,17 @@ def finish_bulk_export(config: dict[str, Any], params: dict[str, Any] | None) ->
     from pipelines.export.scheduled import finish
 
     return finish(config, params)
+
+
+def backload_plan(params: dict[str, Any] | None) -> dict[str, Any]:
+    """Plan the back-load of the latest succeeded run (refused with exit status 7 for a blocked run)."""
+    from pipelines.backload.runner import plan_from_params
+
+    return plan_from_params(params)
+
+
+def backload_send(plan: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
+    """Send that plan to the target server; a re-run resumes and never creates twice."""
+    from pipelines.backload.runner import send_from_params
+
+    return send_from_params(plan, params)

@@ -1,4 +1,5 @@
--- ehrlift warehouse contract, version 10 (additive: 10 added ops.cds_cards and ops.cds_feedback; 8 the
+-- ehrlift warehouse contract, version 10 (additive: 10 added ops.cds_cards and ops.cds_feedback; 9 the
+-- ops.backload_* tables; 8 the
 -- identity tables ops.identity_links, ops.identity_decisions, ops.identity_models, ops.person_map,
 -- ops.person_records, ops.fact_duplicates; 4 ops.unit_items; 3 the terminology schema; 2 ops.unconsumed
 -- and fhir.*.reference_only). Later stages rely on these names: change them only with a migration in
@@ -320,4 +321,57 @@ CREATE TABLE IF NOT EXISTS ops.fact_duplicates (
     dedup_key         VARCHAR NOT NULL,       -- a digest of person, code, time and value, never the values
     rule              VARCHAR NOT NULL,
     run_id            VARCHAR NOT NULL
+);
+
+-- Back-load (version 9): one row per plan, its entries, the server ids written, and every write's outcome.
+CREATE TABLE IF NOT EXISTS ops.backload_plans (
+    plan_id          VARCHAR PRIMARY KEY,   -- hash of the plan's entries: same warehouse, same plan
+    target           VARCHAR NOT NULL,      -- the profile name (terminology/targets/<name>.json)
+    profile_sha256   VARCHAR NOT NULL,
+    run_id           VARCHAR NOT NULL,      -- the run whose warehouse state the plan was built from
+    override_reason  VARCHAR,               -- set when --override-gate planned a blocked run
+    planned_at       TIMESTAMPTZ NOT NULL,
+    summary          JSON NOT NULL          -- counts per type, status and reason
+);
+
+CREATE TABLE IF NOT EXISTS ops.backload_plan (
+    plan_id          VARCHAR NOT NULL,
+    seq              INTEGER NOT NULL,      -- send order: dependencies first
+    resource_type    VARCHAR NOT NULL,
+    warehouse_id     VARCHAR NOT NULL,
+    status           VARCHAR NOT NULL,      -- send, not_sendable, unchanged
+    step             VARCHAR NOT NULL,      -- create, update, none
+    reason           VARCHAR,               -- schemas/reason_codes.json (not_sendable)
+    detail           VARCHAR,               -- element names, never values
+    content_sha256   VARCHAR,
+    body             JSON,                  -- the request body, references still to warehouse ids
+    deferred         JSON                   -- elements left out of a create and sent by the later update
+);
+
+-- warehouse id -> server id per target; read by whatever needs the target's id of a resource.
+CREATE TABLE IF NOT EXISTS ops.backload_ids (
+    target           VARCHAR NOT NULL,
+    resource_type    VARCHAR NOT NULL,
+    warehouse_id     VARCHAR NOT NULL,
+    server_id        VARCHAR NOT NULL,
+    version_id       VARCHAR,
+    recorded_at      TIMESTAMPTZ NOT NULL,
+    server           VARCHAR,               -- the base URL written to
+    content_sha256   VARCHAR                -- the body last written, for `unchanged`
+);
+
+-- One row per write attempt outcome: an 'intent' row is written before the request, its outcome after.
+CREATE TABLE IF NOT EXISTS ops.backload_results (
+    plan_id          VARCHAR NOT NULL,
+    seq              INTEGER NOT NULL,
+    target           VARCHAR NOT NULL,
+    resource_type    VARCHAR NOT NULL,
+    warehouse_id     VARCHAR NOT NULL,
+    step             VARCHAR NOT NULL,
+    state            VARCHAR NOT NULL,      -- intent, created, updated, resolved, failed
+    http_status      INTEGER,
+    issue_codes      VARCHAR,               -- OperationOutcome issue codes, never diagnostics
+    attempts         INTEGER,
+    server_id        VARCHAR,
+    recorded_at      TIMESTAMPTZ NOT NULL
 );

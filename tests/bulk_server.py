@@ -33,7 +33,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 PATIENT_COMPARTMENT = {"Patient", "Observation", "Condition", "Encounter", "Procedure", "Immunization"}
-SYSTEM_SCOPES = {"system/*.read", "system/*.rs"}
+SYSTEM_SCOPES = {"system/*.read", "system/*.rs", "system/*.write", "system/*.cud"}  # write: back-load tests
 
 
 def instant(dt: datetime) -> str:
@@ -878,6 +878,12 @@ class _Handler(BaseHTTPRequestHandler):
             if status != 200:
                 bulk.token_errors.append(payload.get("error_description") or payload.get("error", ""))
             return self.json(status, payload)
+        # RFC 7662 introspection: lets another loopback test server check the tokens issued here.
+        if method == "POST" and path == "/auth/introspect":
+            token = dict(parse_qsl(body.decode())).get("token", "")
+            with bulk.lock:
+                expiry = bulk.tokens.get(token)
+            return self.json(200, {"active": expiry is not None and expiry > time.time()})
         if path.startswith("/files/") and method == "GET":
             _, _, job_id, name = path.split("/", 3)
             return bulk.serve_file(self, job_id, name)

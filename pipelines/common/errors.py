@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     GATE_BLOCKED = 7  # a critical data-quality expectation failed: back-load is blocked
     TESTS_FAILED = 8  # `ehrlift views test` ran and some cases failed
     REMOTE = 9  # a FHIR server or token endpoint refused, failed or could not be reached
+    BACKLOAD_CAPABILITY = 11  # the target's CapabilityStatement lacks a type/interaction the plan needs
     INTERRUPTED = 130  # stopped by the operator (Ctrl-C); a re-run resumes cleanly
     INTERNAL = 70  # a bug in ehrlift: please report it with the run id
 
@@ -53,6 +54,11 @@ EXIT_STATUS_DOCS: dict[ExitCode, tuple[str, str]] = {
     ExitCode.REMOTE: (
         "a FHIR server or its token endpoint refused, failed or could not be reached",
         "read the message (HTTP status and OperationOutcome codes); re-run to resume",
+    ),
+    ExitCode.BACKLOAD_CAPABILITY: (
+        "`ehrlift backload send`: the target's CapabilityStatement does not declare a type/interaction the "
+        "plan needs; nothing was written",
+        "read the table printed above the message; use a profile that fits the server",
     ),
     ExitCode.INTERNAL: ("a bug in ehrlift", "report it with the run id from `ops.runs`"),
     ExitCode.INTERRUPTED: (

@@ -93,8 +93,36 @@ def collect(con: duckdb.DuckDBPyConnection, run_id: str, data_docs: str | None =
         "identity": identity_status(con),
         "data_docs": data_docs,
     }
+    backload = _backload(con, run_id)
+    if backload:  # present only once a plan exists, so earlier reports keep their exact data
+        data["backload"] = backload
     data["notes"] = notes
     return data
+
+
+def _backload(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
+    """Per target, the latest plan built from this run: counts per type and reason, and what was sent."""
+    if not relation_exists(con, "ops", "backload_plans"):
+        return []
+    from pipelines.backload.runner import plan_status
+
+    out = []
+    for plan_id, target, override, summary in con.execute(
+        "SELECT plan_id, target, override_reason, summary FROM ops.backload_plans WHERE run_id = ? "
+        "QUALIFY row_number() OVER (PARTITION BY target ORDER BY planned_at DESC, plan_id) = 1 "
+        "ORDER BY target",
+        [run_id],
+    ).fetchall():
+        out.append(
+            {
+                "target": target,
+                "plan_id": plan_id,
+                "gate_overridden": override is not None,
+                "plan": orjson.loads(summary)["rows"],
+                "status": plan_status(con, plan_id),
+            }
+        )
+    return out
 
 
 def _run(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:

@@ -1,0 +1,201 @@
+"""The back-load plan: every stored resource as send (with its body), not_sendable (a reason) or unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import orjson
+
+from pipelines.backload.checks import check_resource, references
+from pipelines.backload.profiles import TargetProfile
+from pipelines.common.reasons import check_reason
+from pipelines.common.warehouse import resource_tables
+from terminology.target_codings import codings_for_target
+
+SEND, NOT_SENDABLE, UNCHANGED = "send", "not_sendable", "unchanged"
+
+
+@dataclass
+class Entry:
+    resource_type: str
+    warehouse_id: str
+    status: str = SEND
+    step: str = "create"  # create, update (content changed since sent, or a cycle's second write), none
+    reason: str | None = None
+    detail: str | None = None  # element names only, never values
+    body: dict[str, Any] | None = None
+    content_sha256: str | None = None
+    deferred: list[str] = field(default_factory=list)  # references left out of the create, sent by an update
+    seq: int = 0
+    followup: bool = False  # the update that completes a create made without its cycle-closing references
+
+    @property
+    def key(self) -> str:
+        return f"{self.resource_type}/{self.warehouse_id}"
+
+    def refuse(self, reason: str, detail: str | None = None) -> None:
+        self.status, self.step, self.reason, self.detail = (
+            NOT_SENDABLE,
+            "none",
+            check_reason(reason, "not_sendable"),
+            detail,
+        )
+
+
+def stored_resources(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[str, str, dict[str, Any], bool]]:
+    """(type, warehouse id, resource, stand-in?) for every stored resource, in a stable order."""
+    for table in resource_tables(con):
+        rows = con.execute(f'SELECT id, resource, reference_only FROM fhir."{table}" ORDER BY id').fetchall()
+        for rid, resource, reference_only in rows:
+            yield table, rid, orjson.loads(resource), bool(reference_only)
+
+
+def content_sha(body: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def build_plan(
+    con: duckdb.DuckDBPyConnection, target: TargetProfile, sent: dict[str, str] | None = None
+) -> list[Entry]:
+    """The writes in dependency order, then not_sendable and unchanged entries (same warehouse, same plan).
+
+    sent maps "Type/warehouse id" to the content hash already on the server (ops.backload_ids)."""
+    sent = sent or {}
+    entries: dict[str, Entry] = {}
+    refs: dict[str, list[tuple[str, str]]] = {}  # key -> [(element path, "Type/id")]
+    for rtype, rid, resource, stand_in in stored_resources(con):
+        entry = Entry(rtype, rid)
+        entries[entry.key] = entry
+        if stand_in and not target.send_stand_ins:
+            entry.refuse("backload_stand_in")
+            continue
+        body = {k: v for k, v in resource.items() if k not in target.server_managed}
+        body, _text_only = codings_for_target(body, target.codings)
+        problem = check_resource(rtype, resource, body, target)
+        if problem:
+            entry.refuse(*problem)
+            continue
+        entry.body = body
+        entry.content_sha256 = content_sha(body)
+        refs[entry.key] = references(body)
+        previous = sent.get(entry.key)
+        if previous == entry.content_sha256:
+            entry.status, entry.step = UNCHANGED, "none"
+        elif previous is not None:
+            rule = target.rule(rtype)
+            if rule is None or "update" not in rule.interactions:
+                entry.refuse("backload_update_not_supported", "update")
+            else:
+                entry.step = "update"
+    while True:
+        _refuse_broken_references(entries, refs)
+        ordered = _order(entries, refs, target)
+        if ordered is not None:
+            return ordered
+
+
+def _refuse_broken_references(entries: dict[str, Entry], refs: dict[str, list[tuple[str, str]]]) -> None:
+    # To a fixpoint: refusing one resource can leave another pointing at something that will not exist.
+    changed = True
+    while changed:
+        changed = False
+        for key, pointers in refs.items():
+            entry = entries[key]
+            if entry.status == NOT_SENDABLE:
+                continue
+            bad = sorted({path for path, ref in pointers if not _on_server(entries.get(ref))})
+            if bad:
+                entry.refuse("backload_reference_not_sendable", ", ".join(bad))
+                changed = True
+
+
+def _on_server(entry: Entry | None) -> bool:
+    """Will the target have this resource (sent now, or already there from an earlier send)?"""
+    if entry is None:
+        return False
+    return entry.status != NOT_SENDABLE or entry.reason == "backload_update_not_supported"
+
+
+def _order(
+    entries: dict[str, Entry], refs: dict[str, list[tuple[str, str]]], target: TargetProfile
+) -> list[Entry] | None:
+    """Kahn's order by (type rank, type, id); a cycle is broken by creating without the references closing it
+    and sending them in an update afterwards, when the type can be updated and the reference is optional.
+    None when a cycle had to be refused instead: the caller refuses what pointed at it and orders again."""
+    sending = {k: e for k, e in entries.items() if e.status == SEND}
+    deps = {k: {ref for _p, ref in refs[k] if ref in sending and ref != k} for k in sending}
+    users: dict[str, set[str]] = {k: set() for k in sending}
+    for k, ds in deps.items():
+        for d in ds:
+            users[d].add(k)
+
+    def prio(k: str) -> tuple[int, str, str]:
+        e = sending[k]
+        return (target.rank(e.resource_type), e.resource_type, e.warehouse_id)
+
+    waiting = {k: len(ds) for k, ds in deps.items()}
+    heap = [prio(k) for k, n in waiting.items() if n == 0]
+    heapq.heapify(heap)
+    done: list[Entry] = []
+    followups: list[Entry] = []
+    placed: set[str] = set()
+    while len(placed) < len(sending):
+        if not heap:  # only cycles remain: break the first one in order
+            k = min((k for k in sending if k not in placed), key=prio)
+            if not _defer(sending[k], deps[k] - placed, refs[k], target, followups):
+                for f in followups:  # undo, so the next attempt starts from the full bodies
+                    entries[f.key].body, entries[f.key].deferred = f.body, []
+                return None
+            heap.append(prio(k))
+        _rank, rtype, rid = heapq.heappop(heap)
+        k = f"{rtype}/{rid}"
+        if k in placed:
+            continue
+        placed.add(k)
+        done.append(sending[k])
+        for u in sorted(users[k]):
+            waiting[u] -= 1
+            if waiting[u] == 0 and u not in placed:
+                heapq.heappush(heap, prio(u))
+    rest = sorted(
+        (e for e in entries.values() if e.status != SEND),
+        key=lambda e: (e.status, target.rank(e.resource_type), e.resource_type, e.warehouse_id),
+    )
+    out = done + followups + rest
+    for i, e in enumerate(out, start=1):
+        e.seq = i
+    return out
+
+
+def _defer(
+    entry: Entry,
+    open_refs: set[str],
+    pointers: list[tuple[str, str]],
+    target: TargetProfile,
+    out: list[Entry],
+) -> bool:
+    rule = target.rule(entry.resource_type)
+    paths = sorted({p for p, ref in pointers if ref in open_refs})
+    tops = {p.split(".")[0].split("[")[0] for p in paths}
+    updatable = rule is not None and "update" in rule.interactions and entry.step == "create"
+    if not updatable or any(t in rule.required for t in tops):  # type: ignore[union-attr]
+        entry.refuse("backload_reference_cycle", ", ".join(paths))
+        return False
+    assert entry.body is not None
+    follow = Entry(
+        entry.resource_type,
+        entry.warehouse_id,
+        step="update",
+        body=entry.body,
+        content_sha256=entry.content_sha256,
+        followup=True,
+    )
+    entry.body = {k: v for k, v in entry.body.items() if k not in tops}
+    entry.deferred = sorted(tops)
+    out.append(follow)
+    return True

@@ -1,0 +1,404 @@
+"""Sending a plan: capability check, in-doubt resolution, then dependency-ordered writes N at a time."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import orjson
+
+from pipelines.backload.checks import references
+from pipelines.backload.client import Target
+from pipelines.backload.profiles import TargetProfile
+from pipelines.backload.writes import Item, Outcome, find_created, send_chunk, send_one
+from pipelines.common.errors import EhrliftError, ExitCode
+
+log = logging.getLogger(__name__)
+DONE = ("created", "updated", "resolved")
+IN_DOUBT = ("intent", "in_doubt")  # a create that may be on the server: searched for before a resend
+WINDOW = 256  # writes announced (intent rows) per statement: at most this many in doubt after a kill
+FLUSH_SECONDS = 1.0
+
+
+class CapabilityMismatch(EhrliftError):
+    """The server does not declare an interaction the plan needs: nothing was written."""
+
+    exit_code = ExitCode.BACKLOAD_CAPABILITY
+
+    def __init__(self, missing: list[tuple[str, str]]) -> None:
+        super().__init__(
+            f"the target server does not declare {len(missing)} type/interaction(s) the plan needs; "
+            "nothing was written",
+            hint="see the table above, or re-plan with a profile that fits the server",
+        )
+        self.missing = missing
+
+
+@dataclass
+class SendOptions:
+    concurrency: int = 4
+    dry_run: bool = False
+    failed_only: bool = False  # re-send only the writes that failed before
+    progress: Callable[[int, int], None] | None = None  # (done, total)
+
+
+@dataclass
+class SendResult:
+    plan_id: str
+    planned_writes: int
+    counts: Counter[str] = field(default_factory=Counter)  # state -> writes this call
+    missing: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan_id": self.plan_id,
+            "planned_writes": self.planned_writes,
+            **dict(sorted(self.counts.items())),
+        }
+
+
+def load_items(con: duckdb.DuckDBPyConnection, plan_id: str) -> list[Item]:
+    rows = con.execute(
+        "SELECT seq, resource_type, warehouse_id, step, body, content_sha256 FROM ops.backload_plan "
+        "WHERE plan_id = ? AND status = 'send' ORDER BY seq",
+        [plan_id],
+    ).fetchall()
+    out = []
+    for seq, rtype, wid, step, body, sha in rows:
+        parsed = orjson.loads(body)
+        deps = frozenset(ref for _p, ref in references(parsed) if ref != f"{rtype}/{wid}")
+        out.append(Item(seq, rtype, wid, step, parsed, sha, deps))
+    return out
+
+
+def last_states(con: duckdb.DuckDBPyConnection, plan_id: str) -> dict[int, tuple[str, datetime]]:
+    """seq -> (last state, when); a write failed only because what it refers to failed is 'unsent'."""
+    rows = con.execute(
+        "SELECT seq, CASE WHEN state = 'failed' AND issue_codes LIKE 'dependency-%' THEN 'unsent' "
+        "ELSE state END, epoch(recorded_at) FROM ops.backload_results WHERE plan_id = ? "
+        "QUALIFY row_number() OVER (PARTITION BY seq ORDER BY recorded_at DESC, "
+        "CASE state WHEN 'intent' THEN 1 ELSE 0 END) = 1",
+        [plan_id],
+    ).fetchall()
+    return {seq: (state, datetime.fromtimestamp(at, UTC)) for seq, state, at in rows}
+
+
+def server_ids(con: duckdb.DuckDBPyConnection, target: str) -> dict[str, tuple[str, str | None]]:
+    rows = con.execute(
+        "SELECT resource_type, warehouse_id, server_id, version_id FROM ops.backload_ids WHERE target = ? "
+        "QUALIFY row_number() OVER (PARTITION BY resource_type, warehouse_id ORDER BY recorded_at DESC) = 1",
+        [target],
+    ).fetchall()
+    return {f"{t}/{w}": (s, v) for t, w, s, v in rows}
+
+
+def missing_interactions(
+    statement: dict[str, Any], items: list[Item], profile: TargetProfile
+) -> list[tuple[str, str]]:
+    declared: set[tuple[str, str]] = set()
+    system: set[str] = set()
+    for rest in statement.get("rest") or []:
+        if not isinstance(rest, dict) or rest.get("mode", "server") != "server":
+            continue
+        system |= {i.get("code") for i in rest.get("interaction") or [] if isinstance(i, dict)}
+        for r in rest.get("resource") or []:
+            if isinstance(r, dict):
+                declared |= {
+                    (r.get("type"), i.get("code")) for i in r.get("interaction") or [] if isinstance(i, dict)
+                }
+    need = {(i.resource_type, i.step) for i in items}
+    missing = sorted(n for n in need if n not in declared)
+    if profile.transaction_chunk and items and "transaction" not in system:
+        missing.append(("(system)", "transaction"))
+    return missing
+
+
+class Recorder:
+    """Result rows written in batches; an intent is always committed before its request goes out.
+
+    Rows go in as one statement per batch (column lists, unnested): DuckDB's executemany or a long VALUES
+    list costs about a millisecond a row, which would make the warehouse the bottleneck of a back-load."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, plan_id: str, target: str, server: str) -> None:
+        self.con, self.plan_id, self.target, self.server = con, plan_id, target, server
+        self.results: list[tuple] = []
+        self.ids: list[tuple] = []
+        self._types: dict[str, list[str]] = {}
+
+    def _insert(self, table: str, rows: list[tuple]) -> None:
+        # One statement whatever the row count: each column goes as one list parameter, unnested.
+        if table not in self._types:
+            described = self.con.execute(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_schema = 'ops' AND table_name = ? ORDER BY ordinal_position",
+                [table],
+            ).fetchall()
+            self._types[table] = [t for (t,) in described]
+        types = self._types[table]
+        select = ", ".join(f"unnest(?::{t}[])" for t in types)
+        self.con.execute(
+            f"INSERT INTO ops.{table} SELECT {select}", [[r[i] for r in rows] for i in range(len(types))]
+        )
+
+    def intents(self, items: list[Item], state: str = "intent") -> None:
+        now = datetime.now(UTC)
+        empty = (None, None, None, None)  # http_status, issue_codes, attempts, server_id
+        head = (self.plan_id,)
+        rows = [
+            (*head, i.seq, self.target, i.resource_type, i.warehouse_id, i.step, state, *empty, now)
+            for i in items
+        ]
+        if rows:
+            self._insert("backload_results", rows)
+
+    def outcome(self, o: Outcome) -> None:
+        now = datetime.now(UTC)
+        i = o.item
+        codes = ",".join(o.issue_codes) or None
+        row = (self.plan_id, i.seq, self.target, i.resource_type, i.warehouse_id, i.step, o.state)
+        self.results.append((*row, o.http_status, codes, o.attempts, o.server_id, now))
+        if o.state in DONE and o.server_id:
+            key = (self.target, i.resource_type, i.warehouse_id, o.server_id, o.version_id)
+            self.ids.append((*key, now, self.server, i.content_sha256))
+
+    def flush(self) -> None:
+        if not self.results:
+            return
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self._insert("backload_results", self.results)
+            if self.ids:
+                self._insert("backload_ids", self.ids)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.results, self.ids = [], []
+
+
+def send_plan(
+    con: duckdb.DuckDBPyConnection,
+    profile: TargetProfile,
+    target: Target,
+    plan_id: str,
+    statement: dict[str, Any],
+    options: SendOptions,
+) -> SendResult:
+    items = load_items(con, plan_id)
+    result = SendResult(plan_id, len(items))
+    states = last_states(con, plan_id)
+    ids = server_ids(con, profile.name)
+    done = {i.seq for i in items if states.get(i.seq, ("", None))[0] in DONE}
+    failed = {i.seq for i in items if states.get(i.seq, ("", None))[0] == "failed"}
+    todo = [i for i in items if i.seq not in done and ((i.seq in failed) == options.failed_only)]
+    result.missing = missing_interactions(statement, todo, profile)
+    if result.missing:
+        raise CapabilityMismatch(result.missing)
+    if options.dry_run:
+        result.counts.update(f"would_{i.step}" for i in todo)
+        return result
+    recorder = Recorder(con, plan_id, profile.name, target.base)
+    undecided = _resolve_in_doubt(profile, target, todo, states, ids, recorder, result)
+    recorder.flush()
+    # A create whose resource the server already has (resolved, or written under an earlier plan) is done.
+    todo = [i for i in todo if i.seq not in undecided and not (i.step == "create" and i.key in ids)]
+    Scheduler(profile, target, todo, ids, recorder, result, options, len(done)).run()
+    return result
+
+
+def _resolve_in_doubt(
+    profile: TargetProfile,
+    target: Target,
+    todo: list[Item],
+    states: dict[int, tuple[str, datetime]],
+    ids: dict[str, tuple[str, str | None]],
+    recorder: Recorder,
+    result: SendResult,
+) -> set[int]:
+    """A create whose intent was recorded but not its outcome may have reached the server: look for it.
+    Returns the writes that cannot be decided (left failed as in-doubt, never sent twice)."""
+    undecided: set[int] = set()
+    for item in todo:
+        state, at = states.get(item.seq, ("", None))
+        if state not in IN_DOUBT or item.step != "create" or at is None or item.key in ids:
+            continue
+        if any(dep not in ids for dep in item.deps):
+            continue  # its references never got server ids, so it was never sent
+        found = find_created(target, profile, item, ids, at)
+        if found is False:
+            recorder.outcome(Outcome(item, "failed", None, ["in-doubt"], 0))
+            result.counts["in_doubt"] += 1
+            undecided.add(item.seq)
+        elif found:
+            recorder.outcome(Outcome(item, "resolved", None, [], 0, found[0], found[1]))
+            ids[item.key] = found
+            result.counts["resolved"] += 1
+    return undecided
+
+
+class Scheduler:
+    """Writes whose references all have server ids go first, at most `concurrency` requests in flight.
+
+    A transaction chunk may also take writes whose only open references are to writes in the same chunk
+    (they go as urn:uuid). Ctrl-C stops taking new writes, records those in flight, and re-raises."""
+
+    def __init__(
+        self,
+        profile: TargetProfile,
+        target: Target,
+        todo: list[Item],
+        ids: dict[str, tuple[str, str | None]],
+        recorder: Recorder,
+        result: SendResult,
+        options: SendOptions,
+        already: int,
+    ) -> None:
+        self.profile, self.target, self.ids, self.recorder, self.result = (
+            profile,
+            target,
+            ids,
+            recorder,
+            result,
+        )
+        self.options = options
+        self.chunk = profile.transaction_chunk or 1
+        self.total, self.progressed = len(todo) + already, already
+        self.blocked: dict[str, list[Item]] = {}
+        self.waiting: dict[int, set[str]] = {}
+        self.taken: set[int] = set()
+        self.ready: list[tuple[int, Item]] = []  # a heap by plan order
+        creates = {i.key for i in todo if i.step == "create"}
+        for i in todo:
+            open_deps = {d for d in i.deps if d not in ids}
+            if i.step == "update" and i.key in creates:
+                open_deps.add(i.key)  # a cycle's followup waits for its own create
+            if open_deps - creates:
+                recorder.outcome(Outcome(i, "failed", None, ["dependency-not-sent"], 0))
+                result.counts["failed"] += 1
+                continue
+            self.waiting[i.seq] = open_deps
+            for d in open_deps:
+                self.blocked.setdefault(d, []).append(i)
+            if not open_deps:
+                self.ready.append((i.seq, i))  # todo is in plan order, so this list is already a heap
+
+    def run(self) -> None:
+        # Ctrl-C only sets a flag: the loop stops taking writes, records those in flight, then re-raises.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._interrupt) if main else None
+        try:
+            self._loop()
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+        if self.result.interrupted:
+            raise KeyboardInterrupt
+
+    def _interrupt(self, _signum: int, _frame: object) -> None:
+        self.result.interrupted = True
+
+    def _loop(self) -> None:
+        """Intents are committed for a window of writes at a time (one statement), outcomes every
+        FLUSH_SECONDS or window: a kill can leave at most a window in doubt, each found again by search."""
+        inflight: dict[Future, list[Item]] = {}
+        announced: list[list[Item]] = []  # intents committed, requests not yet sent
+        window = max(WINDOW, 4 * self.options.concurrency)
+        last_flush = time.monotonic()
+        with ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="backload") as pool:
+            while ((self.ready or announced) and not self.result.interrupted) or inflight:
+                if not announced and self.ready and not self.result.interrupted:
+                    while self.ready and len(announced) < window:
+                        announced.append(self._take())
+                    self.recorder.intents([i for b in announced for i in b])
+                while announced and not self.result.interrupted and len(inflight) < self.options.concurrency:
+                    batch = announced.pop(0)
+                    inflight[self._submit(pool, batch)] = batch
+                finished, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    inflight.pop(fut)
+                    got = fut.result()
+                    for o in got if isinstance(got, list) else [got]:
+                        self._record(o)
+                now = time.monotonic()
+                idle = not inflight and not announced
+                if len(self.recorder.results) >= window or now - last_flush > FLUSH_SECONDS or idle:
+                    self.recorder.flush()
+                    last_flush = now
+                    if self.options.progress:
+                        self.options.progress(self.progressed, self.total)
+            # Announced but never sent (Ctrl-C): withdrawn, so a re-run sends them without a search.
+            self.recorder.intents([i for b in announced for i in b], state="withdrawn")
+            self.recorder.flush()
+
+    def _submit(self, pool: ThreadPoolExecutor, batch: list[Item]) -> Future:
+        if self.profile.transaction_chunk:
+            call: tuple = (send_chunk, self.target, self.profile, batch, self.ids)
+        else:
+            call = (send_one, self.target, self.profile, batch[0], self.ids)
+        if self.options.concurrency > 1:
+            return pool.submit(*call)
+        # One at a time: in this thread, sparing a hand-off per request (Ctrl-C only sets a flag here).
+        done: Future = Future()
+        try:
+            done.set_result(call[0](*call[1:]))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+    def _take(self) -> list[Item]:
+        batch = [heapq.heappop(self.ready)[1]]
+        keys = {batch[0].key}
+        rest = []
+        while self.ready and len(batch) < self.chunk:
+            i = heapq.heappop(self.ready)[1]
+            (rest if i.key in keys else batch).append(i)
+            keys.add(i.key)
+        # Writes whose open references all point into this chunk ride along (referenced as urn:uuid).
+        grew = True
+        while grew and len(batch) < self.chunk:
+            grew = False
+            for k in list(keys):
+                for u in self.blocked.get(k, []):
+                    fits = len(batch) < self.chunk and u.seq not in self.taken and u.key not in keys
+                    if fits and u.step == "create" and self.waiting[u.seq] <= keys:
+                        batch.append(u)
+                        keys.add(u.key)
+                        grew = True
+        for i in rest:
+            heapq.heappush(self.ready, (i.seq, i))
+        self.taken.update(i.seq for i in batch)
+        return batch
+
+    def _record(self, o: Outcome) -> None:
+        self.recorder.outcome(o)
+        self.result.counts[o.state] += 1
+        self.progressed += 1
+        key = o.item.key
+        if o.state in DONE and o.server_id:
+            self.ids[key] = (o.server_id, o.version_id)
+            for u in self.blocked.pop(key, []):
+                self.waiting[u.seq].discard(key)
+                if not self.waiting[u.seq] and u.seq not in self.taken:
+                    heapq.heappush(self.ready, (u.seq, u))
+        elif o.state in ("failed", "in_doubt"):
+            stack = [key]
+            while stack:
+                for u in self.blocked.pop(stack.pop(), []):
+                    if u.seq in self.taken:
+                        continue
+                    self.taken.add(u.seq)
+                    self.recorder.outcome(Outcome(u, "failed", None, ["dependency-failed"], 0))
+                    self.result.counts["failed"] += 1
+                    self.progressed += 1
+                    stack.append(u.key)

@@ -1,0 +1,254 @@
+"""Requests for planned writes (one resource, or a transaction chunk) and what their answers say."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from pipelines.backload.checks import rewrite_references
+from pipelines.backload.client import AMBIGUOUS, NOT_SENT, Answer, Target, Transient
+from pipelines.backload.profiles import TargetProfile
+
+TAG_SYSTEM = "urn:ehrlift:backload"  # generic targets: an opaque tag makes every create conditional
+_LOCATION = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/([^/]+))?/?$")
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass
+class Item:
+    seq: int
+    resource_type: str
+    warehouse_id: str
+    step: str  # create, update
+    body: dict[str, Any]
+    content_sha256: str
+    deps: frozenset[str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.resource_type}/{self.warehouse_id}"
+
+
+@dataclass
+class Outcome:
+    item: Item
+    state: str  # created, updated, resolved, failed, in_doubt (a create that may have reached the server)
+    http_status: int | None
+    issue_codes: list[str]
+    attempts: int
+    server_id: str | None = None
+    version_id: str | None = None
+
+
+def tag_value(target: str, key: str) -> str:
+    return hashlib.sha256(f"{target}\0{key}".encode()).hexdigest()[:32]
+
+
+def prepared(
+    item: Item, profile: TargetProfile, resolve: Callable[[str], str], server_id: str | None
+) -> dict:
+    body = rewrite_references(item.body, resolve)
+    body["resourceType"] = item.resource_type
+    if item.step == "update" and server_id:
+        body["id"] = server_id
+    if profile.conditional_create and item.step == "create":
+        meta = dict(body.get("meta") or {})
+        meta["tag"] = [
+            *meta.get("tag", []),
+            {"system": TAG_SYSTEM, "code": tag_value(profile.name, item.key)},
+        ]
+        body["meta"] = meta
+    return body
+
+
+def send_one(
+    target: Target, profile: TargetProfile, item: Item, ids: dict[str, tuple[str, str | None]]
+) -> Outcome:
+    """POST (create) or PUT (update) one resource, references rewritten to server ids."""
+    server_id = ids.get(item.key, (None, None))[0]
+    body = prepared(item, profile, lambda ref: f"{ref.split('/')[0]}/{ids[ref][0]}", server_id)
+    headers = None
+    if profile.conditional_create and item.step == "create":
+        headers = {"If-None-Exist": f"_tag={TAG_SYSTEM}|{tag_value(profile.name, item.key)}"}
+    try:
+        if item.step == "update" and server_id:
+            answer = target.request("PUT", f"{item.resource_type}/{server_id}", body)
+        else:
+            answer = target.request("POST", item.resource_type, body, headers, idempotent=headers is not None)
+    except Transient as exc:
+        if exc.status == AMBIGUOUS and item.step == "create":
+            # The server may have created it: a later run finds it by search before writing again.
+            return Outcome(item, "in_doubt", None, ["timeout"], 0)
+        return _exhausted(item, exc)
+    return _outcome(item, answer.status, answer, answer.headers.get("location"), answer.body)
+
+
+def send_chunk(
+    target: Target, profile: TargetProfile, items: list[Item], ids: dict[str, tuple[str, str | None]]
+) -> list[Outcome]:
+    """One transaction Bundle; references inside the chunk go as urn:uuid, the rest as server ids."""
+    urns = {i.key: f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, profile.name + '/' + i.key)}" for i in items}
+
+    def resolve(ref: str) -> str:
+        return urns[ref] if ref in urns else f"{ref.split('/')[0]}/{ids[ref][0]}"
+
+    entries = []
+    for i in items:
+        server_id = ids.get(i.key, (None, None))[0]
+        body = prepared(i, profile, resolve, server_id)
+        if i.step == "update" and server_id:
+            request = {"method": "PUT", "url": f"{i.resource_type}/{server_id}"}
+        else:
+            request = {
+                "method": "POST",
+                "url": i.resource_type,
+                "ifNoneExist": f"_tag={TAG_SYSTEM}|{tag_value(profile.name, i.key)}",
+            }
+        entries.append({"fullUrl": urns[i.key], "resource": body, "request": request})
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    try:
+        answer = target.request("POST", "", bundle)
+    except Transient as exc:
+        return [_exhausted(i, exc) for i in items]
+    got = answer.body.get("entry") if isinstance(answer.body, dict) else None
+    if answer.status >= 300 or not isinstance(got, list) or len(got) != len(items):
+        if 400 <= answer.status < 500 and len(items) > 1:
+            # One refused resource fails the whole transaction: send each alone to learn which.
+            return _one_by_one(target, profile, items, ids)
+        return [
+            _outcome(i, answer.status if answer.status >= 300 else 502, answer, None, None) for i in items
+        ]
+    out = []
+    for i, e in zip(items, got, strict=True):
+        response = e.get("response") or {} if isinstance(e, dict) else {}
+        status = int(str(response.get("status", "0")).split()[0] or 0)
+        out.append(_outcome(i, status, answer, response.get("location"), e.get("resource")))
+    return out
+
+
+def _one_by_one(
+    target: Target, profile: TargetProfile, items: list[Item], ids: dict[str, tuple[str, str | None]]
+) -> list[Outcome]:
+    known = dict(ids)
+    out = []
+    for i in items:  # in plan order, so a reference into the chunk was written first (or failed)
+        if any(d not in known for d in i.deps):
+            out.append(Outcome(i, "failed", None, ["dependency-failed"], 0))
+            continue
+        o = send_one(target, profile, i, known)
+        if o.server_id:
+            known[i.key] = (o.server_id, o.version_id)
+        out.append(o)
+    return out
+
+
+def _outcome(item: Item, status: int, answer: Answer, location: str | None, body: Any) -> Outcome:
+    if status >= 300 or status < 200:
+        return Outcome(item, "failed", status, answer.issue_codes, answer.attempts)
+    server_id, version = None, None
+    if location:
+        m = _LOCATION.search(location.split("?")[0])
+        if m:
+            server_id, version = m.group(2), m.group(3)
+    if isinstance(body, dict) and body.get("id"):
+        server_id = server_id or body["id"]
+        version = version or (body.get("meta") or {}).get("versionId")
+    if not version:
+        version = answer.headers.get("etag", "").removeprefix("W/").strip('"') or None
+    if not server_id:
+        return Outcome(item, "failed", status, ["no-location"], answer.attempts)
+    return Outcome(
+        item,
+        "created" if item.step == "create" else "updated",
+        status,
+        [],
+        answer.attempts,
+        server_id,
+        version,
+    )
+
+
+def _exhausted(item: Item, exc: Transient) -> Outcome:
+    codes = exc.answer.issue_codes if exc.answer else []
+    if exc.status == AMBIGUOUS:
+        codes = ["timeout"]
+    elif exc.status == NOT_SENT:
+        codes = ["connection"]
+    return Outcome(item, "failed", exc.status if exc.status > 0 else None, codes, 0)
+
+
+def find_created(
+    target: Target,
+    profile: TargetProfile,
+    item: Item,
+    ids: dict[str, tuple[str, str | None]],
+    intent_at: datetime,
+) -> tuple[str, str | None] | bool | None:
+    """The server's copy of an in-doubt create: (id, version), None when it is not there (send again), or
+    False when the server cannot be asked (no identifier to search by: leave it for the operator)."""
+    rule = profile.rule(item.resource_type)
+    if profile.conditional_create:
+        params = {"_tag": f"{TAG_SYSTEM}|{tag_value(profile.name, item.key)}"}
+    else:
+        body = prepared(item, profile, lambda ref: f"{ref.split('/')[0]}/{ids[ref][0]}", None)
+        spec = (rule.match if rule and rule.match else None) or {"identifier": "identifier"}
+        params = {}
+        for name, element in spec.items():
+            value = _token(body, element)
+            if value is None:
+                return False
+            params[name] = value
+    try:
+        answer = target.request("GET", f"{item.resource_type}?{urlencode(params)}")
+    except Transient:
+        return False
+    if answer.status != 200 or not isinstance(answer.body, dict):
+        return False
+    since = intent_at - CLOCK_SKEW
+    found = []
+    for e in answer.body.get("entry") or []:
+        r = e.get("resource") if isinstance(e, dict) else None
+        if not isinstance(r, dict) or r.get("resourceType") != item.resource_type:
+            continue
+        updated = (r.get("meta") or {}).get("lastUpdated")
+        if not profile.conditional_create and updated and _instant(updated) < since:
+            continue  # older than our attempt: someone else's resource, not our in-doubt create
+        found.append((r["id"], (r.get("meta") or {}).get("versionId")))
+    return sorted(found)[0] if found else None
+
+
+def _instant(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
+def _token(body: dict[str, Any], element: str) -> str | None:
+    """A search value from the sent body: identifier system|value, reference, first coding, or a date."""
+    key = next(
+        (k for k in body if k == element or (element.endswith("[x]") and k.startswith(element[:-3]))), None
+    )
+    value = body.get(key) if key else None
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, dict):
+        return None
+    if "reference" in value:
+        return value["reference"]
+    if "value" in value and "system" in value:
+        return f"{value['system']}|{value['value']}"
+    coding = next((c for c in value.get("coding") or [] if c.get("system") and c.get("code")), None)
+    if coding:
+        return f"{coding['system']}|{coding['code']}"
+    if "start" in value:
+        return value["start"]
+    return None
