@@ -14,7 +14,8 @@ from pipelines.common.errors import WarehouseError
 from pipelines.common.paths import shipped
 
 # 9: ops.backload_plans, ops.backload_plan, ops.backload_ids, ops.backload_results (back-load).
-SCHEMA_VERSION = 9
+# 12: ops.backload_hl7_messages, ops.backload_hl7_results (HL7 v2 back-load over MLLP).
+SCHEMA_VERSION = 12
 RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # also guards table names
 
 RESOURCE_TABLE_DDL = """
