@@ -115,6 +115,7 @@ class Coder:
             (c for k, c in kinds if k == "other"), None
         )
         alias = None
+        alternate = None  # without an alias, a second code of the concept goes in the second triplet
         if self.alias_system_name:
             alias = next((c for k, c in kinds if k == "codeset"), None)
             if alias is None and primary is not None and self.code_values:
@@ -122,6 +123,8 @@ class Coder:
                 if hit:
                     code_set, value, display = hit[0]
                     alias = {"code": value, "display": display, "code_set": code_set}
+        if alias is None and primary is not None:
+            alternate = next((c for k, c in kinds if k != "codeset" and c is not primary), None)
         text = cc.get("text")
         if primary is None and alias is None:
             return comp(None, esc(text)) if text and text_only else None
@@ -130,11 +133,16 @@ class Coder:
             if primary
             else (None, None, None)
         )
-        second = (
-            (esc(alias["code"]), esc(alias.get("display")), esc(self.alias_system_name))
-            if alias
-            else (None, None, None)
-        )
+        if alias:
+            second = (esc(alias["code"]), esc(alias.get("display")), esc(self.alias_system_name))
+        elif alternate:
+            second = (
+                esc(alternate["code"]),
+                esc(alternate.get("display")),
+                esc(system_name(alternate.get("system"))),
+            )
+        else:
+            second = (None, None, None)
         return comp(*first, *second)
 
 
