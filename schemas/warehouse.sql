@@ -308,7 +308,8 @@ CREATE TABLE IF NOT EXISTS ops.backload_hl7_messages (
     control_id       VARCHAR,               -- MSH-10, deterministic from the content
     content_sha256   VARCHAR,
     message          VARCHAR,               -- the message as sent (segments joined by CR)
-    planned_at       TIMESTAMPTZ NOT NULL
+    planned_at       TIMESTAMPTZ NOT NULL,
+    run_id           VARCHAR                -- the run whose warehouse state the plan was built from
 );
 
 CREATE TABLE IF NOT EXISTS ops.backload_hl7_results (

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
@@ -205,3 +206,22 @@ def test_kill_and_resume_acknowledges_every_message_once(tmp_path):
     # Resends only for messages in doubt at a kill: at most one batch of unrecorded ACKs per kill.
     assert sum(n - 1 for n in peer.received.values()) <= kills * 3
     assert not re.search(rb"O'Brien|MRN|Denver", final.stderr)
+
+
+def test_report_section_counts_without_values(tmp_path):
+    from pipelines.report.render import write_report
+
+    with Peer(mode="AE", error_code="101", fail_times=1) as peer:
+        wh, result = _send(tmp_path, peer)
+    assert result["failed"] == 5
+    files = write_report(wh, tmp_path / "report")
+    data = orjson.loads(files.data.read_bytes())
+    (section,) = data["backload_hl7"]
+    assert section["reconciles"]
+    kinds = {k["kind"]: (k["planned"], k["failed"], k["not_sendable"]) for k in section["kinds"]}
+    assert kinds == {"adt": (2, 1, 1), "oru": (1, 1, 0), "vxu": (2, 2, 0), "mdm": (1, 1, 0)}
+    assert section["reasons"] == [{"kind": "adt", "reason": "hl7_patient_merged", "count": 1}]
+    html = files.html.read_text()
+    assert 'id="backload-hl7"' in html
+    for value in ("O'Brien", "MRN", "2345-7", "LOT-9", "Denver"):
+        assert value not in html and value not in files.data.read_text()

@@ -71,7 +71,7 @@ def backload_hl7(warehouse: Path, options: Hl7Options) -> dict[str, Any]:
         )  # fmt: skip
         if options.validate == "full":
             _hl7apy(planned, options.version)
-        plan_id = save(con, options.profile, planned)
+        plan_id = save(con, options.profile, planned, run_id)
         counts = Counter(p.status for p in planned)
         pending = [p for p in planned if p.status == "send" and p.control_id not in acked]
         result: dict[str, Any] = {
@@ -95,7 +95,7 @@ def acknowledged(con: duckdb.DuckDBPyConnection, target: str) -> dict[str, str]:
     return dict(rows)
 
 
-def save(con: duckdb.DuckDBPyConnection, target: str, planned: list[Planned]) -> str:
+def save(con: duckdb.DuckDBPyConnection, target: str, planned: list[Planned], run_id: str) -> str:
     h = hashlib.sha256(target.encode())
     for p in planned:
         h.update(f"{p.seq}|{p.kind}|{p.warehouse_id}|{p.status}|{p.reason}|{p.control_id}\n".encode())
@@ -104,10 +104,11 @@ def save(con: duckdb.DuckDBPyConnection, target: str, planned: list[Planned]) ->
     with transaction(con):
         con.execute("DELETE FROM ops.backload_hl7_messages WHERE plan_id = ?", [plan_id])
         con.executemany(
-            "INSERT INTO ops.backload_hl7_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO ops.backload_hl7_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (plan_id, p.seq, target, p.kind, p.message_type, p.resource_type, p.warehouse_id,
-                 p.patient_id, p.status, p.reason, p.detail, p.control_id, p.content_sha256, p.text, now)
+                 p.patient_id, p.status, p.reason, p.detail, p.control_id, p.content_sha256, p.text,
+                 now, run_id)
                 for p in planned
             ],
         )  # fmt: skip
@@ -170,12 +171,50 @@ def _send(
     return {"sent": len(items), "done": tally["done"], "failed": tally["failed"]}
 
 
-def hl7_status(con: duckdb.DuckDBPyConnection, target: str) -> list[dict[str, Any]]:
-    """Per message kind of the latest plan: planned = done + failed + not_sendable + unchanged + pending."""
-    row = con.execute(
-        "SELECT plan_id FROM ops.backload_hl7_messages WHERE target = ? ORDER BY planned_at DESC LIMIT 1",
-        [target],
-    ).fetchone()
+STATUS_COLUMNS = ("planned", "done", "failed", "not_sendable", "unchanged", "pending")
+
+
+def report_rows(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
+    """The report's HL7 back-load section: per target, the latest plan from this run (counts only)."""
+    out = []
+    for plan_id, target in con.execute(
+        "SELECT plan_id, target FROM (SELECT DISTINCT plan_id, target, planned_at "
+        "FROM ops.backload_hl7_messages WHERE run_id = ?) "
+        "QUALIFY row_number() OVER (PARTITION BY target ORDER BY planned_at DESC, plan_id) = 1 "
+        "ORDER BY target",
+        [run_id],
+    ).fetchall():
+        reasons = con.execute(
+            "SELECT kind, reason, count(*) FROM ops.backload_hl7_messages "
+            "WHERE plan_id = ? AND reason IS NOT NULL GROUP BY ALL ORDER BY ALL",
+            [plan_id],
+        ).fetchall()
+        kinds = hl7_status(con, target, plan_id)
+        out.append(
+            {
+                "target": target,
+                "plan_id": plan_id,
+                "kinds": kinds,
+                "reasons": [{"kind": k, "reason": r, "count": n} for k, r, n in reasons],
+                "reconciles": all(k["planned"] == sum(k[c] for c in STATUS_COLUMNS[1:]) for k in kinds),
+            }
+        )
+    return out
+
+
+def hl7_status(
+    con: duckdb.DuckDBPyConnection, target: str, plan_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Per message kind of a plan (default: the latest), planned = done + failed + not_sendable + unchanged
+    + pending."""
+    row = (
+        (plan_id,)
+        if plan_id
+        else con.execute(
+            "SELECT plan_id FROM ops.backload_hl7_messages WHERE target = ? ORDER BY planned_at DESC LIMIT 1",
+            [target],
+        ).fetchone()
+    )
     if row is None:
         return []
     rows = con.execute(
@@ -200,5 +239,4 @@ def hl7_status(con: duckdb.DuckDBPyConnection, target: str) -> list[dict[str, An
             c[state] += n
         else:
             c["pending"] += n
-    cols = ("planned", "done", "failed", "not_sendable", "unchanged", "pending")
-    return [{"kind": k, **{c: per[k][c] for c in cols}} for k in sorted(per)]
+    return [{"kind": k, **{c: per[k][c] for c in STATUS_COLUMNS}} for k in sorted(per)]
