@@ -225,3 +225,15 @@ def test_report_section_counts_without_values(tmp_path):
     assert 'id="backload-hl7"' in html
     for value in ("O'Brien", "MRN", "2345-7", "LOT-9", "Denver"):
         assert value not in html and value not in files.data.read_text()
+
+
+def test_dag_task_function_sends_and_skips_without_a_target(tmp_path):
+    from pipelines import tasks as stages
+
+    wh = build_warehouse(tmp_path / "w.duckdb", resources())
+    assert stages.backload_hl7({"warehouse": str(wh)}) == {"skipped": "no hl7_to"}
+    with Peer() as peer:
+        params = {"warehouse": str(wh), "hl7_to": f"127.0.0.1:{peer.port}", "hl7_messages": "adt,vxu"}
+        result = stages.backload_hl7(params)
+    assert (result["done"], result["failed"]) == (3, 0)
+    assert sorted(peer.accepted) == sorted(peer.received)

@@ -240,3 +240,32 @@ def hl7_status(
         else:
             c["pending"] += n
     return [{"kind": k, **{c: per[k][c] for c in STATUS_COLUMNS}} for k in sorted(per)]
+
+
+def hl7_from_params(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The DAG's HL7 stage: nothing to do without params hl7_to (or EHRLIFT_BACKLOAD_HL7_TO)."""
+    import os
+
+    from pipelines.common.config import DEFAULT_DATA_DIR
+
+    p = params or {}
+    to = p.get("hl7_to") or os.environ.get("EHRLIFT_BACKLOAD_HL7_TO")
+    if not to:
+        return {"skipped": "no hl7_to"}
+    warehouse = Path(
+        p.get("warehouse") or os.environ.get("EHRLIFT_WAREHOUSE") or DEFAULT_DATA_DIR / "warehouse.duckdb"
+    )
+    options = Hl7Options(
+        to=to,
+        kinds=parse_kinds(p.get("hl7_messages") or ",".join(KINDS)),
+        version=p.get("hl7_version") or "2.5.1",
+        profile=p.get("profile") or "millennium-r4",
+        policy=SendPolicy(connections=int(p.get("hl7_connections") or 1), rate=p.get("hl7_rate") or None),
+    )
+    result = backload_hl7(warehouse, options)
+    if result.get("failed"):
+        raise ConfigError(
+            f"{result['failed']} HL7 message(s) failed",
+            hint="see `ehrlift report`; a retry of the task sends only what was not acknowledged",
+        )
+    return result
