@@ -25,6 +25,7 @@ from pipelines.backload.hl7.segments import Header
 from pipelines.backload.hl7.structure import check
 from pipelines.common.reasons import reason_codes
 from tests.backload_builders import build_warehouse
+from tests.hl7_node_peer import NodePeer
 from tests.hl7_peer import Peer
 from tests.hl7back_builders import resources
 
@@ -237,3 +238,39 @@ def test_dag_task_function_sends_and_skips_without_a_target(tmp_path):
         result = stages.backload_hl7(params)
     assert (result["done"], result["failed"]) == (3, 0)
     assert sorted(peer.accepted) == sorted(peer.received)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fail_times", "done", "attempts"),
+    [
+        ("AA", 0, 5, 1),
+        ("AE", 9, 0, 1),  # an application error without a retryable ERR code: failed at once
+        ("AR", 1, 5, 2),  # rejected: retried, then accepted
+        ("silent", 1, 5, 2),  # no ACK: reconnect and the same control id again
+        ("drop", 1, 5, 2),  # connection dropped: reconnect and resend
+    ],
+)
+def test_independent_peer_node_hl7_server(tmp_path, mode, fail_times, done, attempts):
+    wh = build_warehouse(tmp_path / "w.duckdb", resources())
+    with NodePeer(mode, fail_times) as peer:
+        # node-hl7-server 2.5.0 answers every later message on a connection for the first one it got: one
+        # message per connection is how a receiver like it is fed.
+        policy = SendPolicy(timeout=1.0, reconnect_after=1)
+        result = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", policy=policy))
+        time.sleep(0.2)  # the peer's last lines
+    assert (result["done"], result["failed"]) == (done, 5 - done)
+    assert len(peer.received) == 5 and set(peer.received.values()) == {attempts}
+    assert len(peer.accepted) == len(set(peer.accepted)) == done
+
+
+def test_ack_for_another_message_is_never_taken_as_done(tmp_path):
+    """Fed on one connection, node-hl7-server 2.5.0 acknowledges the first message again: the sender sees the
+    MSA-2 mismatch, reconnects and resends, and records each message only on its own ACK."""
+    wh = build_warehouse(tmp_path / "w.duckdb", resources())
+    with NodePeer("AA") as peer:
+        result = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", policy=SendPolicy(timeout=1.0)))
+        time.sleep(0.2)
+    assert (result["done"], result["failed"]) == (5, 0)
+    with duckdb.connect(str(wh), read_only=True) as con:
+        attempts = dict(con.execute("SELECT seq, attempts FROM ops.backload_hl7_results").fetchall())
+    assert attempts[1] == 1 and all(attempts[s] == 2 for s in attempts if s != 1)

@@ -29,6 +29,9 @@ def add_commands(bsub: Any) -> None:
     p.add_argument("--connections", type=int, default=1, help="MLLP connections (a patient stays on one)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an ACK")
     p.add_argument("--attempts", type=int, default=3, help="tries per message (timeouts, retryable NAKs)")
+    p.add_argument(
+        "--reconnect-after", type=int, default=None, help="messages per connection (default: keep it)"
+    )
     p.add_argument("--validate", choices=("structure", "full"), default="structure",
                    help="full: hl7apy parses and validates every message as well")  # fmt: skip
     p.add_argument("--override-gate", action="store_true", help="send from a run the gate blocked")
@@ -53,7 +56,9 @@ def _cmd_hl7(args: argparse.Namespace) -> int:
         profile=args.profile,
         batch=args.batch,
         validate=args.validate,
-        policy=SendPolicy(args.connections, args.rate, args.timeout, args.attempts),
+        policy=SendPolicy(
+            args.connections, args.rate, args.timeout, args.attempts, reconnect_after=args.reconnect_after
+        ),
         override_reason=args.reason if args.override_gate else None,
     )
     result = backload_hl7(args.warehouse, options)

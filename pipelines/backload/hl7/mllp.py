@@ -24,6 +24,9 @@ class SendPolicy:
     timeout: float = 30.0  # seconds to wait for an ACK
     max_attempts: int = 3
     connect_timeout: float = 10.0
+    # Messages per connection before a fresh one (None: keep it). Some receivers handle one message per
+    # connection only (node-hl7-server 2.5.0 keeps a connection's earlier messages in its buffer).
+    reconnect_after: int | None = None
 
 
 @dataclass
@@ -110,6 +113,7 @@ async def _lane(
     record: Callable[[Outcome], None],
 ) -> None:
     conn: tuple | None = None
+    used = 0  # messages answered on this connection
     try:
         for it in items:
             attempts = 0
@@ -119,6 +123,7 @@ async def _lane(
                 try:
                     if conn is None:
                         conn = await asyncio.wait_for(open_hl7_connection(host, port), policy.connect_timeout)
+                        used = 0
                     reader, writer = conn
                     writer.writeblock(it.payload)
                     await writer.drain()
@@ -138,6 +143,9 @@ async def _lane(
                         record(Outcome(it, "failed", code, ["ack-mismatch"], attempts))
                         break
                     continue
+                used += 1
+                if policy.reconnect_after and used >= policy.reconnect_after:
+                    conn, used = _close(conn), 0
                 if code in ("AA", "CA"):
                     record(Outcome(it, "done", code, errors, attempts))
                     break
