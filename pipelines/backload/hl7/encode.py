@@ -46,9 +46,13 @@ def sub(*parts: str | None) -> str:
 
 def segment(name: str, fields: dict[int, str | None]) -> str:
     """A segment from {field number: encoded value}; empty trailing fields dropped."""
-    top = max((n for n, v in fields.items() if v), default=0)
-    out = [name]
-    out.extend(fields.get(n) or "" for n in range(1, top + 1))
+    present = [n for n, v in fields.items() if v]
+    if not present:
+        return name
+    out = [""] * (max(present) + 1)
+    out[0] = name
+    for n in present:
+        out[n] = fields[n]  # type: ignore[assignment]
     return "|".join(out)
 
 

@@ -121,11 +121,7 @@ def check(message: str, structure: str, version: str) -> list[str]:
     if end < len(names):
         findings.append(f"segment {names[end]} (#{end + 1}) is not allowed there in {structure}")
     for line, name in zip(lines, names, strict=True):
-        seg_rules = r.segments.get(name)
-        if seg_rules is None:
-            findings.append(f"unknown segment {name}")
-            continue
-        findings.extend(_fields(line, name, seg_rules))
+        findings.extend(_fields(line, name, version))
     return findings
 
 
@@ -152,46 +148,67 @@ def _match(nodes: tuple[Node, ...], names: list[str], i: int, findings: list[str
     return i
 
 
-def _fields(line: str, name: str, seg_rules: tuple[FieldRule, ...]) -> list[str]:
+@cache
+def _compiled(version: str, name: str) -> tuple[tuple[int, ...], tuple[Any, ...]] | None:
+    """(required field numbers, per field number: None or (rule, [(component, leaf)] to check))."""
+    seg_rules = rules(version).segments.get(name)
+    if seg_rules is None:
+        return None
+    by_number: list[Any] = [None] * (max((f.number for f in seg_rules), default=0) + 1)
+    for f in seg_rules:
+        comps = tuple(
+            (k, c)
+            for k, c in enumerate(f.components, start=1)
+            if c is not None and (c.max_len is not None or c.codes is not None)
+        )
+        by_number[f.number] = (f, comps)
+    return tuple(f.number for f in seg_rules if f.required), tuple(by_number)
+
+
+def _fields(line: str, name: str, version: str) -> list[str]:
+    compiled = _compiled(version, name)
+    if compiled is None:
+        return [f"unknown segment {name}"]
+    required, by_number = compiled
     parts = line.split("|")
     if name == "MSH":  # MSH-1 is the field separator itself: MSH-2 is parts[1]
         parts = ["MSH", "|", *parts[1:]]
-    findings = []
-    for rule in seg_rules:
-        raw = parts[rule.number] if rule.number < len(parts) else ""
-        where = f"{name}-{rule.number}"
+    findings = [f"{name}-{n} is required" for n in required if n >= len(parts) or not parts[n]]
+    if len(parts) > len(by_number):
+        findings.append(f"{name} has {len(parts) - 1} fields (at most {len(by_number) - 1})")
+    for number in range(3 if name == "MSH" else 1, min(len(parts), len(by_number))):
+        raw = parts[number]
         if not raw:
-            if rule.required:
-                findings.append(f"{where} is required")
             continue
-        if name == "MSH" and rule.number <= 2:
-            continue
+        rule, comps = by_number[number]
         if not rule.defined:
-            findings.append(f"{where} is not defined in this version")
+            findings.append(f"{name}-{number} is not defined in this version")
             continue
-        reps = raw.split("~")
+        reps = raw.split("~") if "~" in raw else (raw,)
         if 0 < rule.max_reps < len(reps):
-            findings.append(f"{where} repeats {len(reps)} times (at most {rule.max_reps})")
+            findings.append(f"{name}-{number} repeats {len(reps)} times (at most {rule.max_reps})")
         for rep in reps:
             if rule.leaf is not None:
                 problem = _leaf(rep, rule.leaf)
                 if problem:
-                    findings.append(f"{where} {problem}")
+                    findings.append(f"{name}-{number} {problem}")
                 continue
-            comps = rep.split("^")
-            if len(comps) > len(rule.components):
-                findings.append(f"{where} has {len(comps)} components (at most {len(rule.components)})")
-            for k, (value, spec) in enumerate(zip(comps, rule.components, strict=False), start=1):
-                if spec is not None and value:
-                    problem = _leaf(value, spec)
+            values = rep.split("^")
+            if len(values) > len(rule.components):
+                findings.append(
+                    f"{name}-{number} has {len(values)} components (at most {len(rule.components)})"
+                )
+            for k, spec in comps:
+                if k <= len(values) and values[k - 1]:
+                    problem = _leaf(values[k - 1], spec)
                     if problem:
-                        findings.append(f"{where}.{k} {problem}")
-    if len(parts) - 1 > len(seg_rules):
-        findings.append(f"{name} has {len(parts) - 1} fields (at most {len(seg_rules)})")
+                        findings.append(f"{name}-{number}.{k} {problem}")
     return findings
 
 
 def _leaf(value: str, spec: Leaf) -> str | None:
+    if spec.max_len is None and spec.codes is None:
+        return None
     if spec.max_len is not None and len(value) > spec.max_len:
         return f"is longer than {spec.max_len}"
     if spec.codes is not None and value not in spec.codes:
