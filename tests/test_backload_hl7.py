@@ -3,6 +3,7 @@ kill-and-resume against a counting peer, and no record values in logs."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
@@ -274,3 +275,34 @@ def test_ack_for_another_message_is_never_taken_as_done(tmp_path):
     with duckdb.connect(str(wh), read_only=True) as con:
         attempts = dict(con.execute("SELECT seq, attempts FROM ops.backload_hl7_results").fetchall())
     assert attempts[1] == 1 and all(attempts[s] == 2 for s in attempts if s != 1)
+
+
+def test_a_message_that_fails_its_structure_is_not_sendable_with_the_finding(tmp_path):
+    res = resources()
+    res[0] = {**res[0], "identifier": []}  # PID-3 is required
+    wh = build_warehouse(tmp_path / "w.duckdb", res)
+    with duckdb.connect(str(wh), read_only=True) as con:
+        planned = build_plan(con, "millennium-r4", ["adt", "vxu"], Header(), WHEN, {}, tmp_path)
+    refused = {(p.kind, p.warehouse_id): (p.reason, p.detail) for p in planned if p.status == "not_sendable"}
+    assert refused[("adt", "p1")] == ("hl7_structure", "PID-3 is required")
+    assert refused[("vxu", "i1")] == ("hl7_structure", "PID-3 is required")
+
+
+def test_validate_full_runs_hl7apy_on_every_message(tmp_path):
+    res = resources()
+    doc = next(r for r in res if r["id"] == "d1")
+    blob = base64.b64encode(b"%PDF-1.4 " + b"x" * 400).decode()
+    doc["content"] = [{"attachment": {"contentType": "application/pdf", "data": blob}}]
+    wh = build_warehouse(tmp_path / "w.duckdb", res)
+    plain = backload_hl7(wh, Hl7Options(to=None))
+    assert (plain["send"], plain["not_sendable"]) == (5, 1)
+    full = backload_hl7(wh, Hl7Options(to=None, validate="full"))
+    # hl7apy reads a varies-typed OBX-5 with ST's 199-character limit, so it refuses an ED document the
+    # standard (ED-5 is TX) allows: --validate full is stricter, and says which check refused it.
+    assert (full["send"], full["not_sendable"]) == (4, 2)
+    with duckdb.connect(str(wh), read_only=True) as con:
+        detail = con.execute(
+            "SELECT detail FROM ops.backload_hl7_messages WHERE plan_id = ? AND kind = 'mdm'",
+            [full["plan_id"]],
+        ).fetchone()[0]
+    assert detail == "hl7apy: MaxLengthReached"
