@@ -41,7 +41,7 @@ def add_commands(bsub: Any) -> None:
 
 def _cmd_hl7(args: argparse.Namespace) -> int:
     from pipelines.backload.hl7.mllp import SendPolicy
-    from pipelines.backload.hl7.runner import Hl7Options, backload_hl7, parse_kinds
+    from pipelines.backload.hl7.runner import Hl7Options, backload_hl7, parse_kinds, refused
 
     if not 1 <= args.connections <= 16:
         raise ConfigError("--connections must be between 1 and 16")
@@ -67,4 +67,6 @@ def _cmd_hl7(args: argparse.Namespace) -> int:
         if key != "plan_id":
             table.add_row(key, str(value))
     out.print(table)
-    return 1 if result.get("failed") else 0
+    if result.get("failed"):
+        raise refused(result)
+    return 0

@@ -19,10 +19,23 @@ from pipelines.backload.hl7.plan import Planned, build_plan
 from pipelines.backload.hl7.segments import Header
 from pipelines.backload.hl7.structure import VERSIONS
 from pipelines.backload.store import source_run
-from pipelines.common.errors import ConfigError
+from pipelines.common.errors import ConfigError, EhrliftError, ExitCode
 from pipelines.common.warehouse import open_warehouse, transaction
 
 log = logging.getLogger(__name__)
+
+
+class InterfaceRefused(EhrliftError):
+    """Some messages were not acknowledged (AE/AR after the bounded retries, or no ACK): exit status 9."""
+
+    exit_code = ExitCode.REMOTE
+
+
+def refused(result: dict[str, Any]) -> InterfaceRefused:
+    return InterfaceRefused(
+        f"{result['failed']} HL7 message(s) were not accepted by the interface",
+        hint="`ehrlift report` shows the ACK codes; a re-run sends only what was not acknowledged",
+    )
 
 
 @dataclass(frozen=True)
@@ -264,8 +277,5 @@ def hl7_from_params(params: dict[str, Any] | None) -> dict[str, Any]:
     )
     result = backload_hl7(warehouse, options)
     if result.get("failed"):
-        raise ConfigError(
-            f"{result['failed']} HL7 message(s) failed",
-            hint="see `ehrlift report`; a retry of the task sends only what was not acknowledged",
-        )
+        raise refused(result)
     return result

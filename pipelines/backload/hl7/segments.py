@@ -329,8 +329,9 @@ def rxa(im: dict[str, Any], coder: Coder, lookup: Lookup) -> str:
             17: mvx,
             18: coder.cwe(im.get("statusReason")) if not_done else None,
             19: "~".join(x for x in (coder.cwe(r) for r in im.get("reasonCode") or []) if x),
-            20: _completion(im),
-            21: "A",
+            # The IG maps RXA-21 "D" to entered-in-error and RXA-20 to status otherwise.
+            20: None if im.get("status") == "entered-in-error" else _completion(im),
+            21: "D" if im.get("status") == "entered-in-error" else "A",
             22: ts(im.get("recorded")),
         },
     )
