@@ -306,3 +306,19 @@ def test_validate_full_runs_hl7apy_on_every_message(tmp_path):
             [full["plan_id"]],
         ).fetchone()[0]
     assert detail == "hl7apy: MaxLengthReached"
+
+
+def test_identity_merges_from_person_map_are_honoured(tmp_path):
+    res = resources()
+    twin = {**res[0], "id": "p2", "identifier": [{"system": "urn:oid:1.2.3", "value": "T-2"}]}
+    shot = {**next(r for r in res if r["id"] == "i1"), "id": "i3", "patient": {"reference": "Patient/p2"}}
+    wh = build_warehouse(tmp_path / "w.duckdb", [*res, twin, shot])
+    with duckdb.connect(str(wh)) as con:  # the identity stage's contract table
+        con.execute("CREATE TABLE IF NOT EXISTS ops.person_map (patient_id VARCHAR, person_id VARCHAR, "
+                    "survivor BOOLEAN, run_id VARCHAR)")  # fmt: skip
+        con.execute("INSERT INTO ops.person_map VALUES ('p1', 'P', true, 'r'), ('p2', 'P', false, 'r')")
+        planned = build_plan(con, "millennium-r4", ["adt", "vxu"], Header(), WHEN, {}, tmp_path)
+    by_id = {p.warehouse_id: p for p in planned}
+    assert (by_id["p2"].status, by_id["p2"].reason) == ("not_sendable", "hl7_patient_merged")
+    assert by_id["i3"].status == "send" and by_id["i3"].patient_id == "p1"
+    assert "|MRN\\F\\001^" in by_id["i3"].text  # the survivor's identifier in PID-3

@@ -63,12 +63,26 @@ class Store:
                 if ref_only:
                     self.stand_in.add(f"{t}/{rid}")
 
+        # Identity resolution's merges (ops.person_map, where that stage has run): one survivor per person.
+        self.person_survivor: dict[str, str] = {}
+        has_map = con.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_schema = 'ops' AND table_name = 'person_map'"
+        ).fetchone()
+        if has_map and has_map[0]:
+            rows = con.execute(
+                "SELECT m.patient_id, s.patient_id FROM ops.person_map m JOIN ops.person_map s "
+                "ON s.person_id = m.person_id AND s.survivor WHERE m.patient_id <> s.patient_id ORDER BY ALL"
+            ).fetchall()
+            for patient_id, survivor in rows:
+                self.person_survivor.setdefault(f"Patient/{patient_id}", f"Patient/{survivor}")
+
     def get(self, ref: Any) -> dict[str, Any] | None:
         key = ref.get("reference") if isinstance(ref, dict) else ref
         return self.by_key.get(key) if isinstance(key, str) else None
 
     def survivor(self, key: str) -> str:
-        """Follow Patient.link replaced-by (a merge) to the record that survives; cycles stop where seen."""
+        """Follow Patient.link replaced-by, then ops.person_map, to the record that survives (cycles stop)."""
         seen = {key}
         while True:
             p = self.by_key.get(key) or {}
@@ -78,6 +92,8 @@ class Store:
                  and lk["other"].get("reference") in self.by_key),
                 None,
             )  # fmt: skip
+            if nxt is None and self.person_survivor.get(key) in self.by_key:
+                nxt = self.person_survivor[key]
             if nxt is None or nxt in seen:
                 return key
             seen.add(nxt)
