@@ -322,3 +322,29 @@ def test_identity_merges_from_person_map_are_honoured(tmp_path):
     assert (by_id["p2"].status, by_id["p2"].reason) == ("not_sendable", "hl7_patient_merged")
     assert by_id["i3"].status == "send" and by_id["i3"].patient_id == "p1"
     assert "|MRN\\F\\001^" in by_id["i3"].text  # the survivor's identifier in PID-3
+
+
+def test_rate_spaces_messages_on_a_fake_clock(monkeypatch):
+    import asyncio
+    import types
+
+    from pipelines.backload.hl7 import mllp
+
+    now = [100.0]
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))
+        now[0] += seconds
+
+    monkeypatch.setattr(mllp, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(mllp.asyncio, "sleep", fake_sleep)
+    pace = mllp._Pace(4.0)  # 4 messages per second over all connections
+
+    async def five() -> None:
+        for _ in range(5):
+            await pace.wait()
+
+    asyncio.run(five())
+    assert slept == [0.25, 0.25, 0.25, 0.25]  # the first goes at once
+    assert mllp._Pace(None).gap == 0.0
