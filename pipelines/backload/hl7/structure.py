@@ -173,11 +173,12 @@ def _fields(line: str, name: str, version: str) -> list[str]:
     parts = line.split("|")
     if name == "MSH":  # MSH-1 is the field separator itself: MSH-2 is parts[1]
         parts = ["MSH", "|", *parts[1:]]
-    findings = [f"{name}-{n} is required" for n in required if n >= len(parts) or not parts[n]]
-    if len(parts) > len(by_number):
-        findings.append(f"{name} has {len(parts) - 1} fields (at most {len(by_number) - 1})")
-    for number in range(3 if name == "MSH" else 1, min(len(parts), len(by_number))):
-        raw = parts[number]
+    n_parts, n_rules = len(parts), len(by_number)
+    findings = [f"{name}-{n} is required" for n in required if n >= n_parts or not parts[n]]
+    if n_parts > n_rules:
+        findings.append(f"{name} has {n_parts - 1} fields (at most {n_rules - 1})")
+    first = 3 if name == "MSH" else 1
+    for number, raw in enumerate(parts[first:n_rules], start=first):
         if not raw:
             continue
         rule, comps = by_number[number]
@@ -187,20 +188,26 @@ def _fields(line: str, name: str, version: str) -> list[str]:
         reps = raw.split("~") if "~" in raw else (raw,)
         if 0 < rule.max_reps < len(reps):
             findings.append(f"{name}-{number} repeats {len(reps)} times (at most {rule.max_reps})")
+        leaf = rule.leaf
         for rep in reps:
-            if rule.leaf is not None:
-                problem = _leaf(rep, rule.leaf)
-                if problem:
-                    findings.append(f"{name}-{number} {problem}")
+            if leaf is not None:
+                if leaf.max_len is not None or leaf.codes is not None:
+                    problem = _leaf(rep, leaf)
+                    if problem:
+                        findings.append(f"{name}-{number} {problem}")
+                continue
+            if not comps and "^" not in rep:
                 continue
             values = rep.split("^")
-            if len(values) > len(rule.components):
-                findings.append(
-                    f"{name}-{number} has {len(values)} components (at most {len(rule.components)})"
-                )
+            n_values = len(values)
+            if n_values > len(rule.components):
+                findings.append(f"{name}-{number} has {n_values} components (at most {len(rule.components)})")
             for k, spec in comps:
-                if k <= len(values) and values[k - 1]:
-                    problem = _leaf(values[k - 1], spec)
+                if k > n_values:
+                    break
+                value = values[k - 1]
+                if value:
+                    problem = _leaf(value, spec)
                     if problem:
                         findings.append(f"{name}-{number}.{k} {problem}")
     return findings
