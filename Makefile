@@ -71,7 +71,7 @@ data-docs-assets:
 	./scripts/vendor-data-docs-assets.sh
 
 golden: setup
-	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py tests/test_ccda_golden.py tests/test_upgrade_golden.py tests/test_backload_plan.py
+	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py tests/test_ccda_golden.py tests/test_upgrade_golden.py tests/test_backload_plan.py tests/test_backload_hl7.py
 
 # Rebuild the shipped default terminology from its pinned public sources (needs npm and pip).
 terminology-default: setup

@@ -47,16 +47,18 @@ def _plan(tmp_path, version="2.5.1", kinds=("adt", "oru", "vxu", "mdm")):
 @pytest.mark.parametrize("version", ["2.5.1", "2.3.1"])
 def test_golden_messages(tmp_path, version):
     planned = _plan(tmp_path, version)
-    text = "\n".join(
-        f"# {p.seq} {p.kind} {p.resource_type}/{p.warehouse_id} {p.status} {p.reason or ''}\n"
-        + (p.text or "").replace("\r", "\n")
-        for p in planned
-    )
-    golden = GOLDEN / f"messages-{version}.txt"
-    if REGENERATE:
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text)
-    assert text == golden.read_text(), "HL7 back-load messages differ: run `make golden`"
+    for kind in ("adt", "oru", "vxu", "mdm"):  # one golden file per message type, segments one per line
+        text = "\n".join(
+            f"# {p.seq} {p.resource_type}/{p.warehouse_id} {p.status} {p.reason or ''}\n"
+            + (p.text or "").replace("\r", "\n")
+            for p in planned
+            if p.kind == kind
+        )
+        golden = GOLDEN / version / f"{kind}.hl7"
+        if REGENERATE:
+            golden.parent.mkdir(parents=True, exist_ok=True)
+            golden.write_text(text)
+        assert text == golden.read_text(), f"{kind} messages differ: run `make golden`"
 
 
 def test_plan_order_merges_and_codes(tmp_path):

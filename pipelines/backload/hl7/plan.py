@@ -16,9 +16,10 @@ from pipelines.backload.hl7 import messages as m
 from pipelines.backload.hl7.encode import Coder, ts
 from pipelines.backload.hl7.segments import Header, maps
 from pipelines.backload.hl7.structure import check
+from pipelines.backload.profiles import target_profile
 from pipelines.common.reasons import check_reason
 from pipelines.common.warehouse import resource_tables
-from terminology.target_codings import code_values, profile
+from terminology.target_codings import code_values
 
 ORDER = {"adt": 0, "oru": 1, "vxu": 2, "mdm": 3}
 SUBJECT = {"DiagnosticReport": "subject", "Immunization": "patient", "DocumentReference": "subject"}
@@ -116,7 +117,7 @@ def build_plan(
     alias: bool = True,
 ) -> list[Planned]:
     """acknowledged maps a control id already answered AA to its warehouse key (unchanged messages)."""
-    rules = profile(_codings(target))
+    rules = target_profile(target).codings  # the back-load profile's coding rules (terminology/targets)
     has_cv = bool(con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'terminology' "
         "AND table_name = 'millennium_code_values'"
@@ -157,10 +158,6 @@ def build_plan(
     for i, p in enumerate(out, start=1):
         p.seq = i
     return out
-
-
-def _codings(target: str) -> str:
-    return "millennium" if target.startswith("millennium") else "generic"
 
 
 def _time_of(res: dict[str, Any]) -> str:
