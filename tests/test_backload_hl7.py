@@ -350,3 +350,24 @@ def test_rate_spaces_messages_on_a_fake_clock(monkeypatch):
     asyncio.run(five())
     assert slept == [0.25, 0.25, 0.25, 0.25]  # the first goes at once
     assert mllp._Pace(None).gap == 0.0
+
+
+def test_changed_registration_goes_as_a31_and_only_it_is_sent(tmp_path):
+    with Peer() as peer:
+        wh, first = _send(tmp_path, peer)
+        assert first["done"] == 5
+        with duckdb.connect(str(wh)) as con:
+            body = orjson.loads(
+                con.execute("SELECT resource FROM fhir.Patient WHERE id = 'p1'").fetchone()[0]
+            )
+            body["name"][0]["family"] = "Byrne"
+            con.execute("UPDATE fhir.Patient SET resource = ? WHERE id = 'p1'", [orjson.dumps(body).decode()])
+        second = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", kinds=("adt",)))
+    assert (second["send"], second["done"]) == (1, 1)
+    with duckdb.connect(str(wh), read_only=True) as con:
+        types = con.execute(
+            "SELECT message_type FROM ops.backload_hl7_messages WHERE plan_id = ? AND status = 'send'",
+            [second["plan_id"]],
+        ).fetchall()
+    assert types == [("ADT^A31",)]
+    assert len(peer.accepted) == 6
