@@ -33,6 +33,8 @@ from tests.hl7back_builders import resources
 GOLDEN = Path(__file__).parent / "golden" / "hl7back"
 REGENERATE = os.environ.get("EHRLIFT_REGENERATE_GOLDEN") == "1"
 WHEN = "20250101120000+0000"
+# Generous: on a loaded machine a slow ACK must not become a resend that the assertions would count.
+ACK_TIMEOUT = 3.0
 
 
 def _plan(tmp_path, version="2.5.1", kinds=("adt", "oru", "vxu", "mdm")):
@@ -133,7 +135,7 @@ def test_ack_reading_and_retry_rules():
 
 def _send(tmp_path, peer, **policy):
     wh = build_warehouse(tmp_path / "w.duckdb", resources())
-    opts = Hl7Options(to=f"127.0.0.1:{peer.port}", batch=2, policy=SendPolicy(timeout=0.5, **policy))
+    opts = Hl7Options(to=f"127.0.0.1:{peer.port}", batch=2, policy=SendPolicy(timeout=ACK_TIMEOUT, **policy))
     return wh, backload_hl7(wh, opts)
 
 
@@ -171,9 +173,13 @@ def test_rerun_sends_only_what_was_not_acknowledged(tmp_path):
     with Peer(mode="AE", error_code="101", fail_times=1) as peer:
         wh, first = _send(tmp_path, peer)
         assert first["failed"] == 5
-        second = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", policy=SendPolicy(timeout=0.5)))
+        second = backload_hl7(
+            wh, Hl7Options(to=f"127.0.0.1:{peer.port}", policy=SendPolicy(timeout=ACK_TIMEOUT))
+        )
         assert second["done"] == 5
-        third = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", policy=SendPolicy(timeout=0.5)))
+        third = backload_hl7(
+            wh, Hl7Options(to=f"127.0.0.1:{peer.port}", policy=SendPolicy(timeout=ACK_TIMEOUT))
+        )
     assert third["sent"] == 0
     assert sorted(peer.accepted) == sorted(peer.received)
 
@@ -258,7 +264,7 @@ def test_independent_peer_node_hl7_server(tmp_path, mode, fail_times, done, atte
     with NodePeer(mode, fail_times) as peer:
         # node-hl7-server 2.5.0 answers every later message on a connection for the first one it got: one
         # message per connection is how a receiver like it is fed.
-        policy = SendPolicy(timeout=1.0, reconnect_after=1)
+        policy = SendPolicy(timeout=ACK_TIMEOUT, reconnect_after=1)
         result = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", policy=policy))
         time.sleep(0.2)  # the peer's last lines
     assert (result["done"], result["failed"]) == (done, 5 - done)
@@ -271,7 +277,9 @@ def test_ack_for_another_message_is_never_taken_as_done(tmp_path):
     MSA-2 mismatch, reconnects and resends, and records each message only on its own ACK."""
     wh = build_warehouse(tmp_path / "w.duckdb", resources())
     with NodePeer("AA") as peer:
-        result = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", policy=SendPolicy(timeout=1.0)))
+        result = backload_hl7(
+            wh, Hl7Options(to=f"127.0.0.1:{peer.port}", policy=SendPolicy(timeout=ACK_TIMEOUT))
+        )
         time.sleep(0.2)
     assert (result["done"], result["failed"]) == (5, 0)
     with duckdb.connect(str(wh), read_only=True) as con:
