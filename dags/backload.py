@@ -6,6 +6,9 @@ once (`airflow pools set ehrlift_backload 1 "back-load senders"`), so requests i
 at most slots x concurrency. Credentials come from the environment (EHRLIFT_BACKLOAD_CLIENT_ID, _KEY (a
 private key file path), _KID, _TOKEN_URL), never from params. A run blocked by a critical expectation
 is refused by the plan task (exit status 7); a failed or killed send resumes on retry without duplicates.
+With param hl7_to (HOST:PORT of the site's inbound MLLP interface) the send_hl7 task also sends ORU/VXU/MDM/
+ADT messages, in the pool `ehrlift_hl7` (`airflow pools set ehrlift_hl7 1 "HL7 interface"`): open MLLP
+connections are at most slots x hl7_connections; a retry sends only what was not acknowledged.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from pipelines import tasks as stages
         "override_reason": Param(
             None, type=["null", "string"], description="plan a run the gate blocked; recorded with the plan"
         ),
+        "hl7_to": Param(None, type=["null", "string"], description="HL7 v2 interface HOST:PORT (MLLP)"),
+        "hl7_messages": Param("adt,oru,vxu,mdm", type="string", description="HL7 messages to send"),
+        "hl7_version": Param("2.5.1", enum=["2.5.1", "2.3.1"], description="HL7 v2 version"),
+        "hl7_connections": Param(1, type="integer", minimum=1, maximum=16, description="MLLP connections"),
     },
     tags=["ehrlift"],
     doc_md=__doc__,
@@ -46,7 +53,16 @@ def backload():
     def send(planned: dict, params=None) -> dict:
         return stages.backload_send(planned, params)
 
-    send(plan())
+    # HL7 v2 feeds (param hl7_to) after the plan's gate check and before the FHIR send: one DuckDB writer at a
+    # time. Pool ehrlift_hl7: slots x hl7_connections bounds the connections to the interface.
+    @task(pool="ehrlift_hl7", pool_slots=1)
+    def send_hl7(params=None) -> dict:
+        return stages.backload_hl7(params)
+
+    planned = plan()
+    hl7 = send_hl7()
+    planned >> hl7
+    hl7 >> send(planned)
 
 
 backload()

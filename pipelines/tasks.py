@@ -101,3 +101,10 @@ def backload_send(plan: dict[str, Any], params: dict[str, Any] | None) -> dict[s
     from pipelines.backload.runner import send_from_params
 
     return send_from_params(plan, params)
+
+
+def backload_hl7(params: dict[str, Any] | None) -> dict[str, Any]:
+    """Send results, immunizations, documents and registrations as HL7 v2 over MLLP (param hl7_to)."""
+    from pipelines.backload.hl7.runner import hl7_from_params
+
+    return hl7_from_params(params)

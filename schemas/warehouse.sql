@@ -1,8 +1,8 @@
--- ehrlift warehouse contract, version 10 (additive: 10 added ops.cds_cards and ops.cds_feedback; 9 the
--- ops.backload_* tables; 8 the
--- identity tables ops.identity_links, ops.identity_decisions, ops.identity_models, ops.person_map,
--- ops.person_records, ops.fact_duplicates; 4 ops.unit_items; 3 the terminology schema; 2 ops.unconsumed
--- and fhir.*.reference_only). Later stages rely on these names: change them only with a migration in
+-- ehrlift warehouse contract, version 12 (additive: 12 added the ops.backload_hl7_* tables; 10
+-- ops.cds_cards and ops.cds_feedback; 9 the ops.backload_* tables; 8 the identity tables
+-- ops.identity_links, ops.identity_decisions, ops.identity_models, ops.person_map, ops.person_records,
+-- ops.fact_duplicates; 4 ops.unit_items; 3 the terminology schema; 2 ops.unconsumed and
+-- fhir.*.reference_only). Later stages rely on these names: change them only with a migration in
 -- pipelines/common/warehouse.py and a note in docs/concepts/warehouse.md.
 
 CREATE SCHEMA IF NOT EXISTS ops;
@@ -373,5 +373,38 @@ CREATE TABLE IF NOT EXISTS ops.backload_results (
     issue_codes      VARCHAR,               -- OperationOutcome issue codes, never diagnostics
     attempts         INTEGER,
     server_id        VARCHAR,
+    recorded_at      TIMESTAMPTZ NOT NULL
+);
+
+-- HL7 v2 back-load (version 12): one row per planned message and one per send outcome (the twin of
+-- ops.backload_plan/ops.backload_results for MLLP feeds). Control ids are recorded before anything is sent.
+CREATE TABLE IF NOT EXISTS ops.backload_hl7_messages (
+    plan_id          VARCHAR NOT NULL,      -- hash of the plan's control ids and statuses
+    seq              INTEGER NOT NULL,      -- send order: per patient, registration first
+    target           VARCHAR NOT NULL,      -- profile name
+    kind             VARCHAR NOT NULL,      -- adt, oru, vxu, mdm
+    message_type     VARCHAR,               -- MSH-9 (e.g. ORU^R01)
+    resource_type    VARCHAR NOT NULL,
+    warehouse_id     VARCHAR NOT NULL,
+    patient_id       VARCHAR,               -- the surviving Patient's warehouse id
+    status           VARCHAR NOT NULL,      -- send, not_sendable, unchanged
+    reason           VARCHAR,               -- schemas/reason_codes.json (not_sendable)
+    detail           VARCHAR,               -- segment and field names, never values
+    control_id       VARCHAR,               -- MSH-10, deterministic from the content
+    content_sha256   VARCHAR,
+    message          VARCHAR,               -- the message as sent (segments joined by CR)
+    planned_at       TIMESTAMPTZ NOT NULL,
+    run_id           VARCHAR                -- the run whose warehouse state the plan was built from
+);
+
+CREATE TABLE IF NOT EXISTS ops.backload_hl7_results (
+    plan_id          VARCHAR NOT NULL,
+    seq              INTEGER NOT NULL,
+    target           VARCHAR NOT NULL,
+    control_id       VARCHAR NOT NULL,
+    state            VARCHAR NOT NULL,      -- done (AA), failed, retry
+    ack_code         VARCHAR,               -- MSA-1: AA, AE, AR, CA, CE, CR; none when no ACK came
+    error_codes      VARCHAR,               -- ERR-3 (table 0357) codes, never ERR texts or values
+    attempts         INTEGER NOT NULL,
     recorded_at      TIMESTAMPTZ NOT NULL
 );

@@ -28,6 +28,8 @@ print(json.dumps({
     "tasks": sorted(t.task_id for t in dag.tasks),
     "upstream_of_send": sorted(dag.get_task("send").upstream_task_ids),
     "pool": dag.get_task("send").pool,
+    "hl7_pool": dag.get_task("send_hl7").pool,
+    "upstream_of_hl7": sorted(dag.get_task("send_hl7").upstream_task_ids),
     "plan_retries": dag.get_task("plan").retries,
     "params": sorted(dag.params.keys()),
     "max_active_runs": dag.max_active_runs,
@@ -43,11 +45,24 @@ print(json.dumps({
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {
         "errors": {},
-        "tasks": ["plan", "send"],
-        "upstream_of_send": ["plan"],
+        "tasks": ["plan", "send", "send_hl7"],
+        "upstream_of_send": ["plan", "send_hl7"],
         "pool": "ehrlift_backload",
+        "hl7_pool": "ehrlift_hl7",
+        "upstream_of_hl7": ["plan"],
         "plan_retries": 0,
-        "params": ["concurrency", "dry_run", "override_reason", "profile", "server", "warehouse"],
+        "params": [
+            "concurrency",
+            "dry_run",
+            "hl7_connections",
+            "hl7_messages",
+            "hl7_to",
+            "hl7_version",
+            "override_reason",
+            "profile",
+            "server",
+            "warehouse",
+        ],
         "max_active_runs": 1,
     }
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from pipelines.backload.hl7 import cli as hl7_cli
 from pipelines.common.config import DEFAULT_DATA_DIR
 from pipelines.common.errors import ConfigError
 
@@ -55,6 +56,7 @@ def add_commands(sub: Any) -> None:
 
     status = bsub.add_parser("status", parents=[warehouse], help="planned = created + updated + ... per type")
     status.set_defaults(func=_cmd_status)
+    hl7_cli.add_commands(bsub)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:

@@ -52,7 +52,8 @@ EXIT_STATUS_DOCS: dict[ExitCode, tuple[str, str]] = {
     ),
     ExitCode.TESTS_FAILED: ("`ehrlift views test` ran and some cases failed", "see the FAIL lines"),
     ExitCode.REMOTE: (
-        "a FHIR server or its token endpoint refused, failed or could not be reached",
+        "a FHIR server or its token endpoint refused, failed or could not be reached (`ehrlift export`, "
+        "`ehrlift backload send`); an HL7 interface did not accept some messages (`ehrlift backload hl7`)",
         "read the message (HTTP status and OperationOutcome codes); re-run to resume",
     ),
     ExitCode.BACKLOAD_CAPABILITY: (

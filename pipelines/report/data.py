@@ -96,6 +96,12 @@ def collect(con: duckdb.DuckDBPyConnection, run_id: str, data_docs: str | None =
     backload = _backload(con, run_id)
     if backload:  # present only once a plan exists, so earlier reports keep their exact data
         data["backload"] = backload
+    if relation_exists(con, "ops", "backload_hl7_messages"):
+        from pipelines.backload.hl7.runner import report_rows
+
+        hl7 = report_rows(con, run_id)
+        if hl7:  # present only once an HL7 plan exists
+            data["backload_hl7"] = hl7
     data["notes"] = notes
     return data
 

@@ -1,0 +1,152 @@
+"""Whole messages from warehouse resources: ADT^A28/A31, ORU^R01, VXU^V04, MDM^T02; one builder per kind."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.backload.hl7 import segments as seg
+from pipelines.backload.hl7.encode import Coder, comp, esc, segment
+
+KINDS = ("adt", "oru", "vxu", "mdm")
+SOURCE_TYPE = {"adt": "Patient", "oru": "DiagnosticReport", "vxu": "Immunization", "mdm": "DocumentReference"}
+
+
+class NotBuildable(Exception):
+    """The resource cannot become this message; reason is a code in schemas/reason_codes.json."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class Built:
+    kind: str
+    message_type: str  # MSH-9
+    structure: str  # the hl7apy message structure checked against
+    text: str  # segments joined by CR, with a final CR
+
+
+@dataclass
+class Context:
+    header: seg.Header
+    coder: Coder
+    lookup: Callable[[Any], dict[str, Any] | None]
+    files_root: Path | None = None  # where DocumentReference attachment urls (landing/...) resolve
+
+
+def _structure(version: str, event: str) -> str:
+    if event in ("A28", "A31"):
+        return "ADT_A05" if version != "2.3.1" else "ADT_A01"
+    return {"R01": "ORU_R01", "V04": "VXU_V04", "T02": "MDM_T02"}[event]
+
+
+def _msg_type(version: str, code: str, event: str) -> str:
+    return comp(code, event, _structure(version, event))
+
+
+def assemble(ctx: Context, code: str, event: str, control_id: str, when: str, body: list[str]) -> Built:
+    v = ctx.header.version
+    head = seg.msh(ctx.header, _msg_type(v, code, event), control_id, when)
+    text = "\r".join([head, *[s for s in body if s]]) + "\r"
+    return Built(code.lower(), f"{code}^{event}", _structure(v, event), text)
+
+
+def adt(ctx: Context, patient: dict[str, Any], control_id: str, when: str, update: bool) -> Built:
+    """A28 (add person information) the first time; A31 (update) once sent before with other content."""
+    event = "A31" if update else "A28"
+    body = [
+        seg.evn(event, when),
+        seg.pid(patient, ctx.coder),
+        seg.pd1(patient, ctx.lookup),
+        seg.pv1(None, ctx.lookup),
+    ]
+    return assemble(ctx, "ADT", event, control_id, when, body)
+
+
+def oru(ctx: Context, report: dict[str, Any], patient: dict[str, Any], control_id: str, when: str) -> Built:
+    v = ctx.header.version
+    observations = [ctx.lookup(r) for r in report.get("result") or []]
+    if any(o is None for o in observations):
+        raise NotBuildable("hl7_reference_missing", "DiagnosticReport.result")
+    body = [seg.pid(patient, ctx.coder), seg.pv1(ctx.lookup(report.get("encounter")), ctx.lookup)]
+    body += [seg.orc(report), seg.obr(report, ctx.coder, ctx.lookup, v)]
+    for i, obs in enumerate(observations, start=1):
+        assert obs is not None
+        body.append(seg.obx(obs, i, ctx.coder, v))
+        body += seg.ntes(obs.get("note") or [])
+    if v != "2.3.1":  # SPM arrived in 2.5
+        for i, ref in enumerate(report.get("specimen") or [], start=1):
+            specimen = ctx.lookup(ref)
+            if specimen is not None:
+                body.append(seg.spm(specimen, i, ctx.coder))
+    return assemble(ctx, "ORU", "R01", control_id, when, body)
+
+
+def vxu(ctx: Context, im: dict[str, Any], patient: dict[str, Any], control_id: str, when: str) -> Built:
+    body = [
+        seg.pid(patient, ctx.coder),
+        seg.pv1(ctx.lookup(im.get("encounter")), ctx.lookup) if im.get("encounter") else None,
+        seg.orc(im),
+        seg.rxa(im, ctx.coder, ctx.lookup),
+        seg.rxr(im, ctx.coder),
+    ]
+    return assemble(ctx, "VXU", "V04", control_id, when, [b for b in body if b])
+
+
+def mdm(ctx: Context, doc: dict[str, Any], patient: dict[str, Any], control_id: str, when: str) -> Built:
+    v = ctx.header.version
+    encounters = (doc.get("context") or {}).get("encounter") or []
+    body = [
+        seg.evn("T02", when),
+        seg.pid(patient, ctx.coder),
+        seg.pv1(ctx.lookup(encounters[0]) if encounters else None, ctx.lookup),
+        seg.txa(doc, ctx.coder, ctx.lookup, v),
+    ]
+    body += _content(ctx, doc)
+    return assemble(ctx, "MDM", "T02", control_id, when, body)
+
+
+def _content(ctx: Context, doc: dict[str, Any]) -> list[str]:
+    """Text attachments as TX lines (one OBX per line), anything else as one ED (Base64) OBX."""
+    out: list[str] = []
+    for c in doc.get("content") or []:
+        a = c.get("attachment") or {}
+        data = _bytes(ctx, a)
+        if data is None:
+            continue
+        kind = (a.get("contentType") or "application/octet-stream").split(";")[0].strip()
+        if kind.startswith("text/plain"):
+            for line in data.decode("utf-8", errors="replace").split("\n"):
+                out.append(_obx(ctx, doc, len(out) + 1, "TX", esc(line.rstrip("\r"))))
+        else:
+            major, _, minor = kind.partition("/")
+            value = comp(None, esc(major), esc(minor), "Base64", base64.b64encode(data).decode())
+            out.append(_obx(ctx, doc, len(out) + 1, "ED", value))
+    if not out:
+        raise NotBuildable("hl7_document_content_missing", "DocumentReference.content.attachment")
+    return out
+
+
+def _bytes(ctx: Context, a: dict[str, Any]) -> bytes | None:
+    if a.get("data"):
+        try:
+            return base64.b64decode(a["data"], validate=True)
+        except ValueError:
+            return None
+    url = a.get("url")
+    if url and ctx.files_root is not None and "://" not in url and not url.startswith("/"):
+        path = (ctx.files_root / url).resolve()
+        if path.is_relative_to(ctx.files_root.resolve()) and path.is_file():
+            return path.read_bytes()
+    return None
+
+
+def _obx(ctx: Context, doc: dict[str, Any], n: int, kind: str, value: str) -> str:
+    # OBX-3 is required: the document's type names what the content is.
+    code = ctx.coder.cwe(doc.get("type")) or "DOC^document^L"
+    return segment("OBX", {1: str(n), 2: kind, 3: code, 4: "1", 5: value, 11: "F"})

@@ -1,0 +1,164 @@
+"""Sending planned messages over MLLP with the hl7 package's asyncio client: ACKs read and judged, timeouts
+answered by reconnecting and sending the same message (same control id) again, a bounded number of times."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hl7.mllp import open_hl7_connection
+
+from pipelines.backload.hl7.segments import maps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    connections: int = 1
+    rate: float | None = None  # messages per second over all connections; None: as fast as ACKs come
+    timeout: float = 30.0  # seconds to wait for an ACK
+    max_attempts: int = 3
+    connect_timeout: float = 10.0
+    # Messages per connection before a fresh one (None: keep it). Some receivers handle one message per
+    # connection only (node-hl7-server 2.5.0 keeps a connection's earlier messages in its buffer).
+    reconnect_after: int | None = None
+
+
+@dataclass
+class Item:
+    seq: int
+    control_id: str
+    patient_id: str
+    payload: bytes
+
+
+@dataclass
+class Outcome:
+    item: Item
+    state: str  # done, failed
+    ack_code: str | None
+    error_codes: list[str] = field(default_factory=list)
+    attempts: int = 0
+
+
+def read_ack(block: bytes) -> tuple[str | None, str | None, list[str]]:
+    """(MSA-1, MSA-2, ERR codes) from an ACK; codes only, texts are never kept."""
+    code = ref = None
+    errors: list[str] = []
+    for line in block.decode("utf-8", errors="replace").replace("\n", "\r").split("\r"):
+        parts = line.split("|")
+        if parts[0] == "MSA" and len(parts) > 2:
+            code, ref = parts[1].strip() or None, parts[2].strip() or None
+        elif parts[0] == "ERR":
+            # 2.5: ERR-3 (CWE, table 0357); 2.3.1: ERR-1 (ELD) component 4.
+            if len(parts) > 3 and parts[3]:
+                errors.append(parts[3].split("^")[0])
+            elif len(parts) > 1 and parts[1]:
+                comps = parts[1].split("^")
+                if len(comps) > 3 and comps[3]:
+                    errors.append(comps[3].split("&")[0])
+    return code, ref, [e[:10] for e in errors if e.isalnum()]
+
+
+def retryable(code: str, errors: list[str]) -> bool:
+    rule = maps()["ack_retry"].get(code)
+    if rule is None:
+        return False
+    if rule["retry"]:
+        return not any(e in rule.get("except_errors", ()) for e in errors)
+    return any(e in rule.get("retry_errors", ()) for e in errors)
+
+
+class _Pace:
+    """At most rate messages per second across the workers that share it."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.gap = 1.0 / rate if rate else 0.0
+        self.next = 0.0
+
+    async def wait(self) -> None:
+        if not self.gap:
+            return
+        now = time.monotonic()
+        slot = max(self.next, now)
+        self.next = slot + self.gap
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+async def send_all(
+    host: str, port: int, items: list[Item], policy: SendPolicy, record: Callable[[Outcome], None]
+) -> None:
+    """Each patient's messages go in order on one connection (registration before results)."""
+    lanes: list[list[Item]] = [[] for _ in range(max(1, policy.connections))]
+    lane_of: dict[str, int] = {}
+    for it in items:
+        lane = lane_of.setdefault(it.patient_id, len(lane_of) % len(lanes))
+        lanes[lane].append(it)
+    pace = _Pace(policy.rate)
+    await asyncio.gather(*(_lane(host, port, lane, policy, pace, record) for lane in lanes if lane))
+
+
+async def _lane(
+    host: str,
+    port: int,
+    items: list[Item],
+    policy: SendPolicy,
+    pace: _Pace,
+    record: Callable[[Outcome], None],
+) -> None:
+    conn: tuple | None = None
+    used = 0  # messages answered on this connection
+    try:
+        for it in items:
+            attempts = 0
+            while True:
+                attempts += 1
+                await pace.wait()
+                try:
+                    if conn is None:
+                        conn = await asyncio.wait_for(open_hl7_connection(host, port), policy.connect_timeout)
+                        used = 0
+                    reader, writer = conn
+                    writer.writeblock(it.payload)
+                    await writer.drain()
+                    block = await asyncio.wait_for(reader.readblock(), policy.timeout)
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                    # No ACK (or a broken connection): reconnect and send the same bytes, same control id.
+                    log.warning("no ACK for message #%d (%s); reconnecting", it.seq, type(exc).__name__)
+                    conn = _close(conn)
+                    if attempts >= policy.max_attempts:
+                        record(Outcome(it, "failed", None, ["timeout"], attempts))
+                        break
+                    continue
+                code, ref, errors = read_ack(block)
+                if ref != it.control_id or code is None:
+                    conn = _close(conn)  # an ACK for another message: this stream can no longer be trusted
+                    if attempts >= policy.max_attempts:
+                        record(Outcome(it, "failed", code, ["ack-mismatch"], attempts))
+                        break
+                    continue
+                used += 1
+                if policy.reconnect_after and used >= policy.reconnect_after:
+                    conn, used = _close(conn), 0
+                if code in ("AA", "CA"):
+                    record(Outcome(it, "done", code, errors, attempts))
+                    break
+                if retryable(code, errors) and attempts < policy.max_attempts:
+                    continue
+                record(Outcome(it, "failed", code, errors, attempts))
+                break
+    finally:
+        _close(conn)
+
+
+def _close(conn: tuple | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn[1].close()
+    return None

@@ -1,0 +1,205 @@
+"""The HL7 back-load plan: per patient, registration first, then results, immunizations and documents;
+each message built, checked against its structure, and given a deterministic control id."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from pipelines.backload.hl7 import messages as m
+from pipelines.backload.hl7.encode import Coder, ts
+from pipelines.backload.hl7.segments import Header, maps
+from pipelines.backload.hl7.structure import check
+from pipelines.backload.profiles import target_profile
+from pipelines.common.reasons import check_reason
+from pipelines.common.warehouse import resource_tables
+from terminology.target_codings import code_values
+
+ORDER = {"adt": 0, "oru": 1, "vxu": 2, "mdm": 3}
+SUBJECT = {"DiagnosticReport": "subject", "Immunization": "patient", "DocumentReference": "subject"}
+LOOKUP_TYPES = (
+    "Patient", "Encounter", "Observation", "Practitioner", "Organization", "Location", "Specimen",
+)  # fmt: skip
+
+
+@dataclass
+class Planned:
+    kind: str
+    resource_type: str
+    warehouse_id: str
+    patient_id: str | None
+    status: str = "send"  # send, not_sendable, unchanged
+    reason: str | None = None
+    detail: str | None = None  # field and segment names only
+    control_id: str | None = None
+    message_type: str | None = None
+    content_sha256: str | None = None
+    text: str | None = None
+    seq: int = 0
+    sort_time: str = ""
+
+    def refuse(self, reason: str, detail: str) -> None:
+        self.status, self.reason, self.detail = "not_sendable", check_reason(reason, "not_sendable"), detail
+        self.text = None
+
+
+class Store:
+    """Resources by "Type/id", loaded once; Patient merges (link replaced-by) followed to the survivor."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, types: Iterable[str]) -> None:
+        self.by_key: dict[str, dict[str, Any]] = {}
+        self.stand_in: set[str] = set()
+        tables = set(resource_tables(con))
+        for t in sorted(set(types) & tables):
+            for rid, body, ref_only in con.execute(
+                f'SELECT id, resource, reference_only FROM fhir."{t}" ORDER BY id'
+            ).fetchall():
+                self.by_key[f"{t}/{rid}"] = orjson.loads(body)
+                if ref_only:
+                    self.stand_in.add(f"{t}/{rid}")
+
+        # Identity resolution's merges (ops.person_map, where that stage has run): one survivor per person.
+        self.person_survivor: dict[str, str] = {}
+        has_map = con.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_schema = 'ops' AND table_name = 'person_map'"
+        ).fetchone()
+        if has_map and has_map[0]:
+            rows = con.execute(
+                "SELECT m.patient_id, s.patient_id FROM ops.person_map m JOIN ops.person_map s "
+                "ON s.person_id = m.person_id AND s.survivor WHERE m.patient_id <> s.patient_id ORDER BY ALL"
+            ).fetchall()
+            for patient_id, survivor in rows:
+                self.person_survivor.setdefault(f"Patient/{patient_id}", f"Patient/{survivor}")
+
+    def get(self, ref: Any) -> dict[str, Any] | None:
+        key = ref.get("reference") if isinstance(ref, dict) else ref
+        return self.by_key.get(key) if isinstance(key, str) else None
+
+    def survivor(self, key: str) -> str:
+        """Follow Patient.link replaced-by, then ops.person_map, to the record that survives (cycles stop)."""
+        seen = {key}
+        while True:
+            p = self.by_key.get(key) or {}
+            nxt = next(
+                (lk["other"]["reference"] for lk in p.get("link") or []
+                 if lk.get("type") == "replaced-by" and isinstance(lk.get("other"), dict)
+                 and lk["other"].get("reference") in self.by_key),
+                None,
+            )  # fmt: skip
+            if nxt is None and self.person_survivor.get(key) in self.by_key:
+                nxt = self.person_survivor[key]
+            if nxt is None or nxt in seen:
+                return key
+            seen.add(nxt)
+            key = nxt
+
+
+def control_id(target: str, kind: str, key: str, sha: str) -> str:
+    """MSH-10: the same message content always gets the same id (20 characters, ST's usual limit)."""
+    return hashlib.sha256(f"{target}\0{kind}\0{key}\0{sha}".encode()).hexdigest()[:20].upper()
+
+
+def build_plan(
+    con: duckdb.DuckDBPyConnection,
+    target: str,
+    kinds: list[str],
+    header: Header,
+    when: str,
+    acknowledged: dict[str, str],
+    files_root: Path | None = None,
+    alias: bool = True,
+) -> list[Planned]:
+    """acknowledged maps a control id already answered AA to its warehouse key (unchanged messages)."""
+    rules = target_profile(target).codings  # the back-load profile's coding rules (terminology/targets)
+    has_cv = bool(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'terminology' "
+        "AND table_name = 'millennium_code_values'"
+    ).fetchone()[0])  # fmt: skip
+    coder = Coder(rules, maps()["alias_system_name"] if alias else None, code_values(con) if has_cv else None)
+    wanted = {m.SOURCE_TYPE[k] for k in kinds}
+    store = Store(con, set(LOOKUP_TYPES) | wanted)
+    ctx = m.Context(header, coder, store.get, files_root)
+    sent_patients = {key for key in acknowledged.values() if key.startswith("adt:")}
+    out: list[Planned] = []
+    for key in sorted(store.by_key):
+        rtype, _, rid = key.partition("/")
+        kind = next((k for k in kinds if m.SOURCE_TYPE[k] == rtype), None)
+        if kind is None or key in store.stand_in:
+            continue
+        res = store.by_key[key]
+        p = Planned(kind, rtype, rid, None)
+        out.append(p)
+        if kind == "adt":
+            survivor = store.survivor(key)
+            p.patient_id = survivor.partition("/")[2]
+            if survivor != key:
+                p.refuse("hl7_patient_merged", "Patient.link")
+                continue
+            patient = res
+        else:
+            ref = (res.get(SUBJECT[rtype]) or {}).get("reference")
+            patient_key = store.survivor(ref) if ref in store.by_key else None
+            patient = store.by_key.get(patient_key) if patient_key else None
+            if patient is None or not patient_key:
+                p.refuse("hl7_reference_missing", f"{rtype}.{SUBJECT[rtype]}")
+                continue
+            p.patient_id = patient_key.partition("/")[2]
+            p.sort_time = _time_of(res)
+        _build(p, ctx, res, patient, target, when, acknowledged, sent_patients)
+    out.sort(key=lambda p: (p.patient_id or "", ORDER[p.kind], p.sort_time, p.warehouse_id))
+    out.sort(key=lambda p: p.status != "send")  # stable: the sendable ones first, in patient order
+    for i, p in enumerate(out, start=1):
+        p.seq = i
+    return out
+
+
+def _time_of(res: dict[str, Any]) -> str:
+    for k in ("effectiveDateTime", "occurrenceDateTime", "date", "issued"):
+        if res.get(k):
+            return ts(res[k]) or ""
+    return ts((res.get("effectivePeriod") or {}).get("start")) or ""
+
+
+def _build(
+    p: Planned,
+    ctx: m.Context,
+    res: dict[str, Any],
+    patient: dict[str, Any],
+    target: str,
+    when: str,
+    acknowledged: dict[str, str],
+    sent_patients: set[str],
+) -> None:
+    placeholder = "CONTROLID"
+    key = f"{p.kind}:{p.resource_type}/{p.warehouse_id}"
+    try:
+        if p.kind == "adt":
+            built = m.adt(ctx, res, placeholder, when, update=False)
+        else:
+            builder = {"oru": m.oru, "vxu": m.vxu, "mdm": m.mdm}[p.kind]
+            built = builder(ctx, res, patient, placeholder, when)
+    except m.NotBuildable as exc:
+        p.refuse(exc.reason, exc.detail)
+        return
+    sha = hashlib.sha256(built.text.encode()).hexdigest()
+    cid = control_id(target, p.kind, key, sha)
+    if acknowledged.get(cid) == key:
+        p.status, p.control_id, p.content_sha256 = "unchanged", cid, sha
+        p.message_type = built.message_type
+        return
+    if p.kind == "adt" and key in sent_patients:  # registered before with other content: an update
+        built = m.adt(ctx, res, placeholder, when, update=True)
+    text = built.text.replace(f"|{placeholder}|", f"|{cid}|", 1)
+    findings = check(text, built.structure, ctx.header.version)
+    p.control_id, p.content_sha256, p.message_type = cid, sha, built.message_type
+    if findings:
+        p.refuse("hl7_structure", "; ".join(sorted(set(findings))[:5]))
+        return
+    p.text = text
