@@ -15,6 +15,7 @@ from pipelines.common.config import RunConfig, ehrlift_version
 from pipelines.common.errors import EhrliftError, ExitCode
 from pipelines.common.ledger import LedgerWriter
 from pipelines.common.progress import Bars
+from pipelines.common.stages import timed_stage
 from pipelines.common.unit import BatchConverter, FileContext, Unit, UnreadableFile, convert_units
 from pipelines.common.warehouse import open_warehouse, transaction
 from pipelines.convert import handler_for
@@ -144,11 +145,15 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     bars = Bars(config.progress)
     try:
         with bars.running():
-            land_stage(config)
-            convert_stage(config, bars)
-            normalize_stage(config)
-            load_stage(config)
-            validate_stage(config)
+            with timed_stage(config, "land"):
+                land_stage(config)
+            with timed_stage(config, "convert"):
+                convert_stage(config, bars)
+            with timed_stage(config, "normalize"):
+                normalize_stage(config)
+            with timed_stage(config, "load"):
+                load_stage(config)
+            validate_stage(config)  # records its own time before it finishes the run
     except (EhrliftError, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, EhrliftError) else ExitCode.INTERRUPTED
         _mark_failed(config, code)

@@ -9,13 +9,14 @@ import duckdb
 
 from pipelines.common.config import RunConfig
 from pipelines.common.errors import ExitCode
+from pipelines.common.stages import StageClock
 from pipelines.common.warehouse import open_warehouse
-from pipelines.quality.engine import Outcome, Validator, run_mapping_suite, run_view_suite
 from pipelines.quality.frames import prepare
 from pipelines.quality.gate import Gate, ResultRow, read_gate, write_results
+from pipelines.quality.outcome import Outcome
 from pipelines.quality.reconcile import check_reconciliation, reconcile
 from pipelines.quality.settings import QualitySettings, load_settings
-from pipelines.quality.sqlcheck import sql_outcomes
+from pipelines.quality.sqlcheck import mapping_rows_sql, sql_outcomes
 from pipelines.quality.structure import SUITE as STRUCTURE_SUITE
 from pipelines.quality.structure import validate_structure
 
@@ -31,6 +32,7 @@ def validate_stage(config: RunConfig, settings: QualitySettings | None = None) -
     from pipelines.run import finish_run
 
     settings = settings or load_settings()
+    clock = StageClock(config.run_id, "validate")
     with open_warehouse(config.warehouse) as con:
         outcomes = run_checks(con, config.run_id, settings)
         write_results(con, config.run_id, outcomes)
@@ -38,8 +40,13 @@ def validate_stage(config: RunConfig, settings: QualitySettings | None = None) -
         check_reconciliation(recon)
         gate = read_gate(con, config.run_id)
         status, code = ("blocked", ExitCode.GATE_BLOCKED) if gate.blocked else ("succeeded", ExitCode.OK)
+        # Data Docs need Great Expectations (seconds to import): rendered when there is something to
+        # review, or always when the site asks; a clean run's results are in ops.validation_results.
+        failed = bool(gate.critical_failed or gate.warnings_failed)
+        wanted = settings.data_docs == "always" or settings.engine == "gx" or failed
+        docs = _data_docs(config, settings, outcomes) if wanted else None
+        clock.record(con)  # before finishing, so the run's summary holds the validate stage too
         finish_run(con, config, status, code, reconciliation=recon.to_dict())
-    docs = _data_docs(config, settings, outcomes)
     log.info(
         "run %s validated: %d expectations, %d critical and %d warning failures",
         config.run_id,
@@ -53,14 +60,24 @@ def validate_stage(config: RunConfig, settings: QualitySettings | None = None) -
 def run_checks(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySettings) -> list[ResultRow]:
     """Every suite and the structural check, as result rows (pointers only, never values)."""
     prepare(con, settings)
-    validator = Validator(settings)
+    validator = None
+    if settings.engine == "gx":
+        from pipelines.quality.engine import Validator
+
+        validator = Validator(settings)
     rows: list[ResultRow] = []
     for suite in settings.suites:
-        if suite.source.get("source") == "mapping_log":
+        mapping = suite.source.get("source") == "mapping_log"
+        if validator is None:
+            rows_sql = mapping_rows_sql(run_id, settings) if mapping else None
+            outcomes = sql_outcomes(con, suite, settings, rows_sql)
+        elif mapping:
+            from pipelines.quality.engine import run_mapping_suite
+
             outcomes = run_mapping_suite(con, validator, suite, run_id)
-        elif settings.engine == "sql":
-            outcomes = sql_outcomes(con, suite, settings)
         else:
+            from pipelines.quality.engine import run_view_suite
+
             outcomes = run_view_suite(con, validator, suite)
         rows.extend(_row(o) for o in outcomes)
     for t in validate_structure(con, run_id, settings.max_record_pointers):

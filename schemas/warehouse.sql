@@ -1,4 +1,4 @@
--- ehrlift warehouse contract, version 4 (additive: 4 added ops.unit_items; 3 the terminology schema;
+-- ehrlift warehouse contract, version 6 (additive: 6 added ops.run_stages; 4 added ops.unit_items; 3 the terminology schema;
 -- 2 ops.unconsumed and fhir.*.reference_only). Later stages rely on these names: change them only with a
 -- migration in pipelines/common/warehouse.py and a note in the README.
 
@@ -18,6 +18,18 @@ CREATE TABLE IF NOT EXISTS ops.runs (
     ehrlift_version  VARCHAR NOT NULL,
     config           JSON NOT NULL,
     summary          JSON
+);
+
+-- Each stage of a run: wall and CPU seconds and the process's peak RSS when the stage ended, so any
+-- run can be profiled after the fact (a retried stage adds a row; the latest counts).
+CREATE TABLE IF NOT EXISTS ops.run_stages (
+    run_id       VARCHAR NOT NULL,
+    stage        VARCHAR NOT NULL,
+    started_at   TIMESTAMPTZ NOT NULL,
+    seconds      DOUBLE NOT NULL,
+    cpu_seconds  DOUBLE NOT NULL,
+    peak_rss_mb  DOUBLE NOT NULL,
+    pid          INTEGER
 );
 
 -- Every landed file, once per distinct content.
