@@ -19,7 +19,9 @@ setup: .venv/.synced schemas/fhir-r4/r4.schema.json
 	.tools/bin/python -m pip install --quiet uv
 
 .venv/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	# Bytecode compiled once here: a one-file `ehrlift run` otherwise compiles its imports every time
+	# where .pyc files are not written (PYTHONDONTWRITEBYTECODE, read-only installs).
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
 # FHIR R4's StructureDefinitions (npm, pinned by the committed lock file) and the JSON Schema generated

@@ -15,7 +15,7 @@ from pipelines.common.config import RunConfig, ehrlift_version
 from pipelines.common.errors import EhrliftError, ExitCode
 from pipelines.common.ledger import LedgerWriter
 from pipelines.common.progress import Bars
-from pipelines.common.stages import timed_stage
+from pipelines.common.stages import StageClock, timed_stage
 from pipelines.common.unit import BatchConverter, FileContext, Unit, UnreadableFile, convert_units
 from pipelines.common.warehouse import open_warehouse, transaction
 from pipelines.convert import handler_for
@@ -87,17 +87,24 @@ def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]
 
 
 def load_stage(config: RunConfig) -> dict[str, Any]:
-    """Rebuild the analyst views over fhir.*; the validate stage then checks them and finishes the run."""
+    """Rebuild the analyst views the run's resources can change; the validate stage then checks them.
+
+    A view reads one resource table, so only the views over the types this run wrote are rebuilt
+    (plus any missing or redefined one); a site file's "refresh": "all" rebuilds every view.
+    """
     from pipelines.common.paths import shipped
     from pipelines.deid.audit import record_access
-    from pipelines.views.materialize import materialize_views
+    from pipelines.quality.settings import load_settings
+    from pipelines.views.materialize import materialize_views, views_built_by
 
     with open_warehouse(config.warehouse) as con:
-        views = materialize_views(con, shipped("schemas") / "views")
-        written = {f"fhir.{t}": n for t, n in build_summary(con, config.run_id).resources_by_type.items()}
-        record_access(
-            con, "run", "write", written | {f"views.{v}": n for v, n in views.items()}, config.run_id
-        )
+        written = build_summary(con, config.run_id).resources_by_type
+        changed = None if load_settings().refresh == "all" else set(written)
+        views = materialize_views(con, shipped("schemas") / "views", changed, config.run_id)
+        rebuilt = views_built_by(con, config.run_id)
+        tables = {f"fhir.{t}": n for t, n in written.items()}
+        tables |= {f"views.{v}": n for v, n in views.items() if v in rebuilt}
+        record_access(con, "run", "write", tables, config.run_id)
     return {"views": views}
 
 
@@ -143,23 +150,24 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     from pipelines.validate import validate_stage
 
     bars = Bars(config.progress)
+    timed: list[StageClock] = []  # written by the validate stage (or when the run fails)
     try:
         with bars.running():
-            with timed_stage(config, "land"):
+            with timed_stage(config, "land", timed):
                 land_stage(config)
-            with timed_stage(config, "convert"):
+            with timed_stage(config, "convert", timed):
                 convert_stage(config, bars)
-            with timed_stage(config, "normalize"):
+            with timed_stage(config, "normalize", timed):
                 normalize_stage(config)
-            with timed_stage(config, "load"):
+            with timed_stage(config, "load", timed):
                 load_stage(config)
-            validate_stage(config)  # records its own time before it finishes the run
+            validate_stage(config, stages=timed)  # records its own time before it finishes the run
     except (EhrliftError, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, EhrliftError) else ExitCode.INTERRUPTED
-        _mark_failed(config, code)
+        _mark_failed(config, code, timed)
         raise
     except Exception:
-        _mark_failed(config, ExitCode.INTERNAL)
+        _mark_failed(config, ExitCode.INTERNAL, timed)
         raise
     with open_warehouse(config.warehouse, read_only=True) as con:
         return build_summary(con, config.run_id)
@@ -279,9 +287,11 @@ def _finish_run(
     )
 
 
-def _mark_failed(config: RunConfig, code: int) -> None:
+def _mark_failed(config: RunConfig, code: int, timed: list[StageClock] | None = None) -> None:
     try:
         with open_warehouse(config.warehouse) as con:
+            for clock in timed or []:
+                clock.record(con)
             _finish_run(con, config.run_id, "failed", code, None)
     except EhrliftError:
         pass  # the warehouse itself is the problem; the original error is what the operator needs

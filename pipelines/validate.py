@@ -15,15 +15,18 @@ from pipelines.quality.frames import prepare
 from pipelines.quality.gate import Gate, ResultRow, read_gate, write_results
 from pipelines.quality.outcome import Outcome
 from pipelines.quality.reconcile import check_reconciliation, reconcile
-from pipelines.quality.settings import QualitySettings, load_settings
+from pipelines.quality.settings import QualitySettings, Suite, load_settings
 from pipelines.quality.sqlcheck import mapping_rows_sql, sql_outcomes
 from pipelines.quality.structure import SUITE as STRUCTURE_SUITE
 from pipelines.quality.structure import validate_structure
+from pipelines.views.materialize import views_built_by
 
 log = logging.getLogger(__name__)
 
 
-def validate_stage(config: RunConfig, settings: QualitySettings | None = None) -> dict[str, Any]:
+def validate_stage(
+    config: RunConfig, settings: QualitySettings | None = None, stages: list[StageClock] | None = None
+) -> dict[str, Any]:
     """Validate the run, store the results, check reconciliation, then finish the run: succeeded or blocked.
 
     A blocked run is recorded with status 'blocked' and exit code 7; the caller decides how to fail
@@ -45,6 +48,8 @@ def validate_stage(config: RunConfig, settings: QualitySettings | None = None) -
         failed = bool(gate.critical_failed or gate.warnings_failed)
         wanted = settings.data_docs == "always" or settings.engine == "gx" or failed
         docs = _data_docs(config, settings, outcomes) if wanted else None
+        for earlier in stages or []:  # the run's earlier stages, timed in this process
+            earlier.record(con)
         clock.record(con)  # before finishing, so the run's summary holds the validate stage too
         finish_run(con, config, status, code, reconciliation=recon.to_dict())
     log.info(
@@ -66,7 +71,7 @@ def run_checks(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySet
 
         validator = Validator(settings)
     rows: list[ResultRow] = []
-    for suite in settings.suites:
+    for suite in affected_suites(con, run_id, settings):
         mapping = suite.source.get("source") == "mapping_log"
         if validator is None:
             rows_sql = mapping_rows_sql(run_id, settings) if mapping else None
@@ -94,6 +99,29 @@ def run_checks(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySet
             )
         )
     return rows
+
+
+def affected_suites(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySettings) -> list[Suite]:
+    """The suites a run's changes can affect: those over a view it rebuilt or joining one, and the
+    run's own mapping coverage; every suite when the site asks for "refresh": "all"."""
+    if settings.refresh == "all":
+        return list(settings.suites)
+    rebuilt = views_built_by(con, run_id)
+    out = []
+    for suite in settings.suites:
+        src = suite.source
+        if src.get("source") == "mapping_log":
+            out.append(suite)
+            continue
+        reads = {src["view"]}
+        for spec in src.get("derive", {}).values():
+            if "resolves" in spec:
+                reads.add(spec["resolves"]["view"])
+            elif "birth_of" in spec:
+                reads.add("patient")  # frames.select_sql joins views.patient for a birth date
+        if reads & rebuilt:
+            out.append(suite)
+    return out
 
 
 def _row(o: Outcome) -> ResultRow:

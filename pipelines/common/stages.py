@@ -31,28 +31,44 @@ class StageClock:
         self._cpu = time.process_time()
         self._started = time.time()
 
+    def stop(self) -> None:
+        """Freeze the stage's times now, to be written later (by `record`)."""
+        self._seconds = round(time.perf_counter() - self._wall, 3)
+        self._cpu_seconds = round(time.process_time() - self._cpu, 3)
+        self._peak = peak_rss_mb()
+
     def record(self, con: duckdb.DuckDBPyConnection) -> None:
+        if not hasattr(self, "_seconds"):
+            self.stop()
         con.execute(
             "INSERT INTO ops.run_stages VALUES (?, ?, to_timestamp(?), ?, ?, ?, ?)",
             [
                 self.run_id,
                 self.stage,
                 self._started,
-                round(time.perf_counter() - self._wall, 3),
-                round(time.process_time() - self._cpu, 3),
-                peak_rss_mb(),
+                self._seconds,
+                self._cpu_seconds,
+                self._peak,
                 os.getpid(),
             ],
         )
 
 
 @contextmanager
-def timed_stage(config: Any, stage: str) -> Iterator[StageClock]:
-    """Time a stage that finished normally; a failed stage leaves no row (the run is marked failed)."""
-    from pipelines.common.warehouse import open_warehouse
+def timed_stage(config: Any, stage: str, pending: list[StageClock] | None = None) -> Iterator[StageClock]:
+    """Time a stage that finished normally; a failed stage leaves no row (the run is marked failed).
 
+    With `pending`, the stopped clock is kept there for a later stage to write with its own connection
+    (a one-file run would otherwise spend a good share of its time opening the warehouse).
+    """
     clock = StageClock(config.run_id, stage)
     yield clock
+    clock.stop()
+    if pending is not None:
+        pending.append(clock)
+        return
+    from pipelines.common.warehouse import open_warehouse
+
     with open_warehouse(config.warehouse) as con:
         clock.record(con)
 

@@ -95,9 +95,11 @@ _MIGRATIONS = {2: _add_reference_only, 3: _add_mapping_log_columns}
 
 
 def check_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    # duckdb_tables() rather than information_schema: ten times cheaper, and every stage opens the
+    # warehouse (a one-file run opens it about ten times).
     exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_schema = 'ops' AND table_name = 'schema_version'"
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'ops' AND table_name = 'schema_version'"
     ).fetchone()
     if not exists or not exists[0]:
         return None

@@ -26,6 +26,7 @@ from pipelines.common.paths import shipped
 
 DEFINITIONS_ENV = "EHRLIFT_FHIR_R4_DEFINITIONS"
 FHIR_VERSION = "4.0.1"
+GENERATOR = 2  # bumped when the generated schema's shape changes, so an older file is regenerated
 _BASE = "http://hl7.org/fhir/StructureDefinition/"
 _PACKAGE_DIR = ("node_modules", "@medplum", "definitions", "dist", "fhir", "r4")
 _FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
@@ -61,7 +62,7 @@ def r4_schema() -> dict[str, Any] | None:
     path = generated_path()
     if not os.environ.get(DEFINITIONS_ENV) and path.is_file():
         schema = orjson.loads(path.read_bytes())
-        if schema.get("x-definitions-mtime") == _mtime(folder):
+        if schema.get("x-definitions-mtime") == _mtime(folder) and schema.get("x-generator") == GENERATOR:
             return schema
     return build_schema(folder)
 
@@ -129,6 +130,7 @@ class _Builder:
         props: dict[str, Any] = {}
         required: list[str] = []
         conditions: list[dict[str, Any]] = []
+        choices: dict[str, dict[str, Any]] = {}
         if resource:
             props["resourceType"] = {"const": resource}
             required.append("resourceType")
@@ -180,6 +182,8 @@ class _Builder:
             schema["required"] = required
         if conditions:
             schema["allOf"] = conditions
+        if choices:
+            schema["x-choices"] = choices
         self.defs[path] = schema
 
     def _type(self, code: str) -> dict[str, Any]:
@@ -210,6 +214,7 @@ def build_schema(folder: Path) -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "x-fhir-version": FHIR_VERSION,
+        "x-generator": GENERATOR,
         "x-definitions-mtime": _mtime(folder),
         "x-resource-types": builder.resources,
         "$defs": builder.defs,

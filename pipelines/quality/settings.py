@@ -41,6 +41,7 @@ _SITE_KEYS = frozenset(
         "chunk_rows",
         "max_record_pointers",
         "data_docs",
+        "refresh",
     }
 )
 UNIQUENESS_TYPES = frozenset({"expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"})
@@ -72,6 +73,7 @@ class QualitySettings:
     severities: dict[str, str] = field(default_factory=dict)
     engine: str = "sql"  # "gx": the same suites run in Great Expectations, frame by frame
     data_docs: str = "on_failure"  # or "always": render GX Data Docs for every run
+    refresh: str = "changed"  # or "all": every view rebuilt and every suite run, whatever the run wrote
 
     def unmapped_threshold(self, system: str) -> float:
         return float(self.unmapped_share_max.get(system, self.unmapped_share_max["default"]))
@@ -111,7 +113,10 @@ def load_settings(
         severities=severities,
         engine=str(site.get("engine", base.get("engine", "sql"))),
         data_docs=str(site.get("data_docs", base.get("data_docs", "on_failure"))),
+        refresh=str(site.get("refresh", base.get("refresh", "changed"))),
     )
+    if settings.refresh not in ("changed", "all"):
+        raise ConfigError(f"refresh must be 'changed' or 'all', not {settings.refresh!r}")
     if settings.data_docs not in ("on_failure", "always"):
         raise ConfigError(f"data_docs must be 'on_failure' or 'always', not {settings.data_docs!r}")
     if settings.engine not in ("gx", "sql"):
