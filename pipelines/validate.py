@@ -43,10 +43,9 @@ def validate_stage(
         check_reconciliation(recon)
         gate = read_gate(con, config.run_id)
         status, code = ("blocked", ExitCode.GATE_BLOCKED) if gate.blocked else ("succeeded", ExitCode.OK)
-        # Data Docs need Great Expectations (seconds to import): rendered when there is something to
-        # review, or always when the site asks; a clean run's results are in ops.validation_results.
-        failed = bool(gate.critical_failed or gate.warnings_failed)
-        wanted = settings.data_docs == "always" or settings.engine == "gx" or failed
+        # Data Docs need Great Expectations (seconds to import): `ehrlift report` renders them from
+        # the stored results, unless the site wants them from every run (or runs GX anyway).
+        wanted = settings.data_docs == "always" or settings.engine == "gx"
         docs = _data_docs(config, settings, outcomes) if wanted else None
         for earlier in stages or []:  # the run's earlier stages, timed in this process
             earlier.record(con)

@@ -1,4 +1,4 @@
--- ehrlift warehouse contract, version 6 (additive: 6 added ops.run_stages; 4 added ops.unit_items; 3 the terminology schema;
+-- ehrlift warehouse contract, version 6 (additive: 6 added ops.run_stages and ops.validation_counts; 4 added ops.unit_items; 3 the terminology schema;
 -- 2 ops.unconsumed and fhir.*.reference_only). Later stages rely on these names: change them only with a
 -- migration in pipelines/common/warehouse.py and a note in the README.
 
@@ -112,6 +112,15 @@ CREATE TABLE IF NOT EXISTS ops.validation_results (
     unexpected_count  BIGINT,
     record_pointers   JSON,
     evaluated_at      TIMESTAMPTZ NOT NULL
+);
+
+-- The row counts behind each expectation's result (rows in its domain, rows it counts as missing), so
+-- the run's Data Docs can be rendered later from the warehouse alone (`ehrlift report` does).
+CREATE TABLE IF NOT EXISTS ops.validation_counts (
+    run_id            VARCHAR NOT NULL,
+    expectation       VARCHAR NOT NULL,
+    element_count     BIGINT NOT NULL,
+    missing_count     BIGINT NOT NULL
 );
 
 -- What converted units held that no mapper consumed (HL7 segments, C-CDA entries), for the loss report.

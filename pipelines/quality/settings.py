@@ -72,7 +72,7 @@ class QualitySettings:
     site_file: str | None = None
     severities: dict[str, str] = field(default_factory=dict)
     engine: str = "sql"  # "gx": the same suites run in Great Expectations, frame by frame
-    data_docs: str = "on_failure"  # or "always": render GX Data Docs for every run
+    data_docs: str = "report"  # rendered by `ehrlift report`; "always": by every run's validate stage
     refresh: str = "changed"  # or "all": every view rebuilt and every suite run, whatever the run wrote
 
     def unmapped_threshold(self, system: str) -> float:
@@ -112,13 +112,13 @@ def load_settings(
         site_file=str(site_path) if site_path else None,
         severities=severities,
         engine=str(site.get("engine", base.get("engine", "sql"))),
-        data_docs=str(site.get("data_docs", base.get("data_docs", "on_failure"))),
+        data_docs=str(site.get("data_docs", base.get("data_docs", "report"))),
         refresh=str(site.get("refresh", base.get("refresh", "changed"))),
     )
     if settings.refresh not in ("changed", "all"):
         raise ConfigError(f"refresh must be 'changed' or 'all', not {settings.refresh!r}")
-    if settings.data_docs not in ("on_failure", "always"):
-        raise ConfigError(f"data_docs must be 'on_failure' or 'always', not {settings.data_docs!r}")
+    if settings.data_docs not in ("report", "always"):
+        raise ConfigError(f"data_docs must be 'report' or 'always', not {settings.data_docs!r}")
     if settings.engine not in ("gx", "sql"):
         raise ConfigError(f"engine must be 'gx' or 'sql', not {settings.engine!r}")
     if settings.chunk_rows < 1:
