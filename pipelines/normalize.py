@@ -199,7 +199,7 @@ def _normalize_where(
             parsed = [(rid, source, *parse_exact(text)) for rid, text, source in chunk]
             if fresh:
                 # While new codes keep appearing, fetch their terminology rows for the chunk in one go.
-                normalizer.prefetch(p for *_, r in parsed for p in iter_pairs(r))
+                normalizer.prefetch(p for _, _, r, _ in parsed for p in iter_pairs(r))
             known = len(normalizer.decisions)
             for rid, source, resource, baseline in parsed:
                 if keep is not None and not keep(resource):
