@@ -223,6 +223,8 @@ def _normalize_where(
                         "WHERE t.rowid = u.rid",
                         [updates_id, updates_json],
                     )
+                    # Rows of earlier runs may be among them: their views are rebuilt by the next load.
+                    con.execute("INSERT OR IGNORE INTO ops.views_stale VALUES (?)", [table])
     return counts
 
 

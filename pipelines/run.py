@@ -89,8 +89,9 @@ def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]
 def load_stage(config: RunConfig) -> dict[str, Any]:
     """Rebuild the analyst views the run's resources can change; the validate stage then checks them.
 
-    A view reads one resource table, so only the views over the types this run wrote are rebuilt
-    (plus any missing or redefined one); a site file's "refresh": "all" rebuilds every view.
+    A view reads one resource table, so only the views over the types this run wrote are rebuilt,
+    plus those over types re-normalized since their views were built (ops.views_stale) and any view
+    missing or redefined; a site file's "refresh": "all" rebuilds every view.
     """
     from pipelines.common.paths import shipped
     from pipelines.deid.audit import record_access
@@ -99,8 +100,10 @@ def load_stage(config: RunConfig) -> dict[str, Any]:
 
     with open_warehouse(config.warehouse) as con:
         written = build_summary(con, config.run_id).resources_by_type
-        changed = None if load_settings().refresh == "all" else set(written)
+        stale = {t for (t,) in con.execute("SELECT resource_type FROM ops.views_stale").fetchall()}
+        changed = None if load_settings().refresh == "all" else set(written) | stale
         views = materialize_views(con, shipped("schemas") / "views", changed, config.run_id)
+        con.execute("DELETE FROM ops.views_stale")  # every view over them was just rebuilt
         rebuilt = views_built_by(con, config.run_id)
         tables = {f"fhir.{t}": n for t, n in written.items()}
         tables |= {f"views.{v}": n for v, n in views.items() if v in rebuilt}

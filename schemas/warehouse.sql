@@ -1,4 +1,4 @@
--- ehrlift warehouse contract, version 6 (additive: 6 added ops.run_stages and ops.validation_counts; 4 added ops.unit_items; 3 the terminology schema;
+-- ehrlift warehouse contract, version 6 (additive: 6 added ops.run_stages, ops.validation_counts and ops.views_stale; 4 added ops.unit_items; 3 the terminology schema;
 -- 2 ops.unconsumed and fhir.*.reference_only). Later stages rely on these names: change them only with a
 -- migration in pipelines/common/warehouse.py and a note in the README.
 
@@ -30,6 +30,12 @@ CREATE TABLE IF NOT EXISTS ops.run_stages (
     cpu_seconds  DOUBLE NOT NULL,
     peak_rss_mb  DOUBLE NOT NULL,
     pid          INTEGER
+);
+
+-- Resource types whose stored resources changed outside the run that wrote them (re-normalization
+-- after a crosswalk or terminology change): the next load stage rebuilds their views, then clears them.
+CREATE TABLE IF NOT EXISTS ops.views_stale (
+    resource_type    VARCHAR PRIMARY KEY
 );
 
 -- Every landed file, once per distinct content.

@@ -117,3 +117,31 @@ def test_a_clean_one_file_run_loads_no_great_expectations_hl7apy_or_pydantic_mod
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.strip().splitlines()[-1] == "LOADED [] 0"
+
+
+def test_types_renormalized_since_their_views_were_built_are_rebuilt(tmp_path):
+    first = _run(tmp_path, "a.ndjson", PATIENT, OBS)
+    wh = tmp_path / "data" / "warehouse.duckdb"
+    with open_warehouse(wh) as con:
+        assert con.execute("SELECT count(*) FROM ops.views_stale").fetchone() == (0,)
+        # What the normalize stage records when it rewrites resources earlier runs stored.
+        con.execute("INSERT INTO ops.views_stale VALUES ('Observation')")
+    second = _run(tmp_path, "b.ndjson", {**PATIENT, "id": "p2"})
+    built, suites, _ = _state(tmp_path, second)
+    assert built["observation"] == built["observation_component"] == second
+    assert built["condition"] == first and "observation" in suites
+    with open_warehouse(wh, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM ops.views_stale").fetchone() == (0,)
+
+
+def test_the_normalize_stage_marks_the_types_it_rewrites(tmp_path, make_config):
+    from pipelines.normalize import normalize_stage
+    from pipelines.run import convert_stage, land_stage
+
+    odd_unit = {"value": 7, "unit": "mg/dl"}  # rewritten to UCUM mg/dL by normalization
+    config = make_config(write_ndjson(tmp_path / "src" / "o.ndjson", {**OBS, "valueQuantity": odd_unit}))
+    land_stage(config)
+    convert_stage(config)
+    normalize_stage(config)
+    with open_warehouse(config.warehouse, read_only=True) as con:
+        assert con.execute("SELECT resource_type FROM ops.views_stale").fetchall() == [("Observation",)]

@@ -13,7 +13,7 @@ import duckdb
 from pipelines.common.errors import WarehouseError
 from pipelines.common.paths import shipped
 
-SCHEMA_VERSION = 6  # 6: ops.run_stages (seconds and peak RSS per stage), ops.validation_counts
+SCHEMA_VERSION = 6  # 6: ops.run_stages, ops.validation_counts, ops.views_stale
 RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # also guards table names
 
 RESOURCE_TABLE_DDL = """
