@@ -18,9 +18,9 @@ setup: .venv/.synced schemas/fhir-r4/r4.schema.json
 	$(PYTHON) -m venv .tools
 	.tools/bin/python -m pip install --quiet uv
 
+# Bytecode compiled once here: a one-file `ehrlift run` otherwise compiles its imports every time
+# where .pyc files are not written (PYTHONDONTWRITEBYTECODE, read-only installs).
 .venv/.synced: pyproject.toml uv.lock | $(UV)
-	# Bytecode compiled once here: a one-file `ehrlift run` otherwise compiles its imports every time
-	# where .pyc files are not written (PYTHONDONTWRITEBYTECODE, read-only installs).
 	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
