@@ -12,15 +12,25 @@ export EHRLIFT_CORPUS ?= $(abspath ../shared/corpus)
 
 .PHONY: run test setup lint format bench golden clean browser fhir-server hl7-server terminology-default data-docs-assets docs
 
-setup: .venv/.synced
+setup: .venv/.synced schemas/fhir-r4/r4.schema.json
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
 	.tools/bin/python -m pip install --quiet uv
 
+# Bytecode compiled once here: a one-file `ehrlift run` otherwise compiles its imports every time
+# where .pyc files are not written (PYTHONDONTWRITEBYTECODE, read-only installs).
 .venv/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
+
+# FHIR R4's StructureDefinitions (npm, pinned by the committed lock file) and the JSON Schema generated
+# from them, which the structural check compiles. Without npm the check falls back to the R4B models.
+schemas/fhir-r4/r4.schema.json: schemas/fhir-r4/package-lock.json pipelines/quality/r4schema.py | .venv/.synced
+	@if command -v npm >/dev/null 2>&1; then \
+	  (cd schemas/fhir-r4 && npm ci --no-audit --no-fund --ignore-scripts --silent) && \
+	  $(RUN) python -m pipelines.quality.r4schema; \
+	else echo "npm is not installed: structural validation falls back to the slower R4B models"; fi
 
 run: setup
 	@test -f $(DEMO)/demo-summary.json || $(RUN) ehrlift demo-data $(DEMO) --patients $(PATIENTS)

@@ -661,6 +661,13 @@ def print_summary(summary: RunSummary, config: RunConfig) -> None:
         )
         if v["warnings_failed"]:
             out.print("warnings (reported, not blocking): " + ", ".join(v["warnings_failed"]), soft_wrap=True)
+    if summary.stages:
+        out.print(
+            "stage seconds: "
+            + ", ".join(f"{s} {t['seconds']:.2f}" for s, t in summary.stages.items())
+            + f" (peak RSS {max(t['peak_rss_mb'] for t in summary.stages.values()):.0f} MB)",
+            soft_wrap=True,
+        )
     out.print(
         f"ledger reconciles (units = converted + quarantined + skipped): "
         f"{'yes' if summary.reconciles else 'NO'}"

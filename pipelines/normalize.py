@@ -199,7 +199,7 @@ def _normalize_where(
             parsed = [(rid, source, *parse_exact(text)) for rid, text, source in chunk]
             if fresh:
                 # While new codes keep appearing, fetch their terminology rows for the chunk in one go.
-                normalizer.prefetch(p for *_, r in parsed for p in iter_pairs(r))
+                normalizer.prefetch(p for _, _, r, _ in parsed for p in iter_pairs(r))
             known = len(normalizer.decisions)
             for rid, source, resource, baseline in parsed:
                 if keep is not None and not keep(resource):
@@ -223,6 +223,8 @@ def _normalize_where(
                         "WHERE t.rowid = u.rid",
                         [updates_id, updates_json],
                     )
+                    # Rows of earlier runs may be among them: their views are rebuilt by the next load.
+                    con.execute("INSERT OR IGNORE INTO ops.views_stale VALUES (?)", [table])
     return counts
 
 
@@ -304,5 +306,9 @@ def write_mapping_log(
         for d, src, n in normalizer.log_rows()
     ]
     if rows:
-        con.executemany(f"INSERT INTO ops.mapping_log ({_LOG_COLUMNS}) VALUES ({', '.join('?' * 15)})", rows)
+        # One statement over column lists: executemany inserts row by row (seconds for a few thousand).
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        types = ["VARCHAR"] * 11 + ["BIGINT"] + ["VARCHAR"] * 3
+        unnest = ", ".join(f"unnest(?::{t}[])" for t in types)
+        con.execute(f"INSERT INTO ops.mapping_log ({_LOG_COLUMNS}) SELECT {unnest}", columns)
     return len(rows)

@@ -15,6 +15,7 @@ from pipelines.common.config import RunConfig, ehrlift_version
 from pipelines.common.errors import EhrliftError, ExitCode
 from pipelines.common.ledger import LedgerWriter
 from pipelines.common.progress import Bars
+from pipelines.common.stages import StageClock, timed_stage
 from pipelines.common.unit import BatchConverter, FileContext, Unit, UnreadableFile, convert_units
 from pipelines.common.warehouse import open_warehouse, transaction
 from pipelines.convert import handler_for
@@ -88,19 +89,31 @@ def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]
 
 
 def load_stage(config: RunConfig) -> dict[str, Any]:
-    """Rebuild the analyst views over fhir.*; the validate stage then checks them and finishes the run."""
+    """Rebuild the analyst views the run's resources can change; the validate stage then checks them.
+
+    A view reads one resource table, so only the views over the types this run wrote are rebuilt,
+    plus those over types re-normalized since their views were built (ops.views_stale) and any view
+    missing or redefined; a site file's "refresh": "all" rebuilds every view.
+    """
     from pipelines.common.paths import shipped
     from pipelines.deid.audit import record_access
     from pipelines.identity.views import resolve_person_views
-    from pipelines.views.materialize import materialize_views
+    from pipelines.quality.settings import load_settings
+    from pipelines.views.materialize import materialize_views, views_built_by
 
     with open_warehouse(config.warehouse) as con:
-        views = materialize_views(con, shipped("schemas") / "views")
-        views |= resolve_person_views(con, shipped("schemas") / "views")
-        written = {f"fhir.{t}": n for t, n in build_summary(con, config.run_id).resources_by_type.items()}
-        record_access(
-            con, "run", "write", written | {f"views.{v}": n for v, n in views.items()}, config.run_id
-        )
+        written = build_summary(con, config.run_id).resources_by_type
+        stale = {t for (t,) in con.execute("SELECT resource_type FROM ops.views_stale").fetchall()}
+        changed = None if load_settings().refresh == "all" else set(written) | stale
+        views = materialize_views(con, shipped("schemas") / "views", changed, config.run_id)
+        con.execute("DELETE FROM ops.views_stale")  # every view over them was just rebuilt
+        rebuilt = views_built_by(con, config.run_id)
+        # Person ids are written into every view with a patient_id, rebuilt or not: links may have changed.
+        resolved = resolve_person_views(con, shipped("schemas") / "views", rebuilt)
+        views |= resolved
+        tables = {f"fhir.{t}": n for t, n in written.items()}
+        tables |= {f"views.{v}": n for v, n in views.items() if v in rebuilt or v in resolved}
+        record_access(con, "run", "write", tables, config.run_id)
     return {"views": views}
 
 
@@ -146,20 +159,26 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     from pipelines.validate import validate_stage
 
     bars = Bars(config.progress)
+    timed: list[StageClock] = []  # written by the validate stage (or when the run fails)
     try:
         with bars.running():
-            land_stage(config)
-            convert_stage(config, bars)
-            normalize_stage(config)
-            identify_stage(config)
-            load_stage(config)
-            validate_stage(config)
+            with timed_stage(config, "land", timed):
+                land_stage(config)
+            with timed_stage(config, "convert", timed):
+                convert_stage(config, bars)
+            with timed_stage(config, "normalize", timed):
+                normalize_stage(config)
+            with timed_stage(config, "identify", timed):
+                identify_stage(config)
+            with timed_stage(config, "load", timed):
+                load_stage(config)
+            validate_stage(config, stages=timed)  # records its own time before it finishes the run
     except (EhrliftError, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, EhrliftError) else ExitCode.INTERRUPTED
-        _mark_failed(config, code)
+        _mark_failed(config, code, timed)
         raise
     except Exception:
-        _mark_failed(config, ExitCode.INTERNAL)
+        _mark_failed(config, ExitCode.INTERNAL, timed)
         raise
     with open_warehouse(config.warehouse, read_only=True) as con:
         return build_summary(con, config.run_id)
@@ -279,11 +298,13 @@ def _finish_run(
     )
 
 
-def _mark_failed(config: RunConfig, code: int) -> None:
+def _mark_failed(config: RunConfig, code: int, timed: list[StageClock] | None = None) -> None:
     if not config.warehouse.exists():
         return  # the run stopped before it was recorded (a mistyped source): create nothing
     try:
         with open_warehouse(config.warehouse) as con:
+            for clock in timed or []:
+                clock.record(con)
             _finish_run(con, config.run_id, "failed", code, None)
     except EhrliftError:
         pass  # the warehouse itself is the problem; the original error is what the operator needs

@@ -7,6 +7,8 @@ from typing import Any
 
 import duckdb
 
+from pipelines.common.stages import stage_times
+
 
 @dataclass
 class FormatCounts:
@@ -34,6 +36,8 @@ class RunSummary:
     unconsumed: dict[str, dict[str, int]] = field(default_factory=dict)
     # data-quality gate: expectations evaluated, failed critical and warning expectation names
     validation: dict[str, Any] = field(default_factory=dict)
+    # stage -> seconds, cpu_seconds, peak_rss_mb (ops.run_stages)
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def totals(self) -> FormatCounts:
@@ -105,6 +109,7 @@ def build_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> RunSummary:
     ).fetchall():
         n = con.execute(f'SELECT count(*) FROM views."{table}"').fetchone()
         summary.views[table] = n[0] if n else 0
+    summary.stages = stage_times(con, run_id)
     failed: dict[str, list[str]] = {"critical": [], "warning": []}
     evaluated = 0
     for name, severity, success in con.execute(

@@ -30,37 +30,52 @@ def configure(
 
 def land(config: dict[str, Any]) -> dict[str, Any]:
     from pipelines.common.config import RunConfig
+    from pipelines.common.stages import timed_stage
     from pipelines.run import land_stage
 
-    return land_stage(RunConfig.from_dict(config))
+    run = RunConfig.from_dict(config)
+    with timed_stage(run, "land"):
+        return land_stage(run)
 
 
 def convert(config: dict[str, Any]) -> dict[str, Any]:
     from pipelines.common.config import RunConfig
+    from pipelines.common.stages import timed_stage
     from pipelines.run import convert_stage
 
-    return convert_stage(RunConfig.from_dict(config))
+    run = RunConfig.from_dict(config)
+    with timed_stage(run, "convert"):
+        return convert_stage(run)
 
 
 def normalize(config: dict[str, Any]) -> dict[str, Any]:
     from pipelines.common.config import RunConfig
+    from pipelines.common.stages import timed_stage
     from pipelines.normalize import normalize_stage
 
-    return normalize_stage(RunConfig.from_dict(config))
+    run = RunConfig.from_dict(config)
+    with timed_stage(run, "normalize"):
+        return normalize_stage(run)
 
 
 def identify(config: dict[str, Any]) -> dict[str, Any]:
     from pipelines.common.config import RunConfig
+    from pipelines.common.stages import timed_stage
     from pipelines.identity import identify_stage
 
-    return identify_stage(RunConfig.from_dict(config))
+    run = RunConfig.from_dict(config)
+    with timed_stage(run, "identify"):
+        return identify_stage(run)
 
 
 def load(config: dict[str, Any]) -> dict[str, Any]:
     from pipelines.common.config import RunConfig
+    from pipelines.common.stages import timed_stage
     from pipelines.run import load_stage
 
-    return load_stage(RunConfig.from_dict(config))
+    run = RunConfig.from_dict(config)
+    with timed_stage(run, "load"):
+        return load_stage(run)
 
 
 def validate(config: dict[str, Any]) -> dict[str, Any]:

@@ -9,20 +9,24 @@ import duckdb
 
 from pipelines.common.config import RunConfig
 from pipelines.common.errors import ExitCode
+from pipelines.common.stages import StageClock
 from pipelines.common.warehouse import open_warehouse
-from pipelines.quality.engine import Outcome, Validator, run_mapping_suite, run_view_suite
 from pipelines.quality.frames import prepare
 from pipelines.quality.gate import Gate, ResultRow, read_gate, write_results
+from pipelines.quality.outcome import Outcome
 from pipelines.quality.reconcile import check_reconciliation, reconcile
-from pipelines.quality.settings import QualitySettings, load_settings
-from pipelines.quality.sqlcheck import sql_outcomes
+from pipelines.quality.settings import QualitySettings, Suite, load_settings
+from pipelines.quality.sqlcheck import mapping_rows_sql, sql_outcomes
 from pipelines.quality.structure import SUITE as STRUCTURE_SUITE
 from pipelines.quality.structure import validate_structure
+from pipelines.views.materialize import views_built_by
 
 log = logging.getLogger(__name__)
 
 
-def validate_stage(config: RunConfig, settings: QualitySettings | None = None) -> dict[str, Any]:
+def validate_stage(
+    config: RunConfig, settings: QualitySettings | None = None, stages: list[StageClock] | None = None
+) -> dict[str, Any]:
     """Validate the run, store the results, check reconciliation, then finish the run: succeeded or blocked.
 
     A blocked run is recorded with status 'blocked' and exit code 7; the caller decides how to fail
@@ -31,6 +35,7 @@ def validate_stage(config: RunConfig, settings: QualitySettings | None = None) -
     from pipelines.run import finish_run
 
     settings = settings or load_settings()
+    clock = StageClock(config.run_id, "validate")
     with open_warehouse(config.warehouse) as con:
         outcomes = run_checks(con, config.run_id, settings)
         write_results(con, config.run_id, outcomes)
@@ -38,8 +43,14 @@ def validate_stage(config: RunConfig, settings: QualitySettings | None = None) -
         check_reconciliation(recon)
         gate = read_gate(con, config.run_id)
         status, code = ("blocked", ExitCode.GATE_BLOCKED) if gate.blocked else ("succeeded", ExitCode.OK)
+        # Data Docs need Great Expectations (seconds to import): `ehrlift report` renders them from
+        # the stored results, unless the site wants them from every run (or runs GX anyway).
+        wanted = settings.data_docs == "always" or settings.engine == "gx"
+        docs = _data_docs(config, settings, outcomes) if wanted else None
+        for earlier in stages or []:  # the run's earlier stages, timed in this process
+            earlier.record(con)
+        clock.record(con)  # before finishing, so the run's summary holds the validate stage too
         finish_run(con, config, status, code, reconciliation=recon.to_dict())
-    docs = _data_docs(config, settings, outcomes)
     log.info(
         "run %s validated: %d expectations, %d critical and %d warning failures",
         config.run_id,
@@ -53,14 +64,24 @@ def validate_stage(config: RunConfig, settings: QualitySettings | None = None) -
 def run_checks(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySettings) -> list[ResultRow]:
     """Every suite and the structural check, as result rows (pointers only, never values)."""
     prepare(con, settings)
-    validator = Validator(settings)
+    validator = None
+    if settings.engine == "gx":
+        from pipelines.quality.engine import Validator
+
+        validator = Validator(settings)
     rows: list[ResultRow] = []
-    for suite in settings.suites:
-        if suite.source.get("source") == "mapping_log":
+    for suite in affected_suites(con, run_id, settings):
+        mapping = suite.source.get("source") == "mapping_log"
+        if validator is None:
+            rows_sql = mapping_rows_sql(run_id, settings) if mapping else None
+            outcomes = sql_outcomes(con, suite, settings, rows_sql)
+        elif mapping:
+            from pipelines.quality.engine import run_mapping_suite
+
             outcomes = run_mapping_suite(con, validator, suite, run_id)
-        elif settings.engine == "sql":
-            outcomes = sql_outcomes(con, suite, settings)
         else:
+            from pipelines.quality.engine import run_view_suite
+
             outcomes = run_view_suite(con, validator, suite)
         rows.extend(_row(o) for o in outcomes)
     for t in validate_structure(con, run_id, settings.max_record_pointers):
@@ -77,6 +98,29 @@ def run_checks(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySet
             )
         )
     return rows
+
+
+def affected_suites(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySettings) -> list[Suite]:
+    """The suites a run's changes can affect: those over a view it rebuilt or joining one, and the
+    run's own mapping coverage; every suite when the site asks for "refresh": "all"."""
+    if settings.refresh == "all":
+        return list(settings.suites)
+    rebuilt = views_built_by(con, run_id)
+    out = []
+    for suite in settings.suites:
+        src = suite.source
+        if src.get("source") == "mapping_log":
+            out.append(suite)
+            continue
+        reads = {src["view"]}
+        for spec in src.get("derive", {}).values():
+            if "resolves" in spec:
+                reads.add(spec["resolves"]["view"])
+            elif "birth_of" in spec:
+                reads.add("patient")  # frames.select_sql joins views.patient for a birth date
+        if reads & rebuilt:
+            out.append(suite)
+    return out
 
 
 def _row(o: Outcome) -> ResultRow:

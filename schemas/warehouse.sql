@@ -1,8 +1,8 @@
 -- ehrlift warehouse contract, version 12 (additive: 12 added the ops.backload_hl7_* tables; 10
 -- ops.cds_cards and ops.cds_feedback; 9 the ops.backload_* tables; 8 the identity tables
 -- ops.identity_links, ops.identity_decisions, ops.identity_models, ops.person_map, ops.person_records,
--- ops.fact_duplicates; 4 ops.unit_items; 3 the terminology schema; 2 ops.unconsumed and
--- fhir.*.reference_only). Later stages rely on these names: change them only with a migration in
+-- ops.fact_duplicates; 6 ops.run_stages, ops.validation_counts and ops.views_stale; 4 ops.unit_items;
+-- 3 the terminology schema; 2 ops.unconsumed and fhir.*.reference_only). Later stages rely on these names: change them only with a migration in
 -- pipelines/common/warehouse.py and a note in docs/concepts/warehouse.md.
 
 CREATE SCHEMA IF NOT EXISTS ops;
@@ -21,6 +21,24 @@ CREATE TABLE IF NOT EXISTS ops.runs (
     ehrlift_version  VARCHAR NOT NULL,
     config           JSON NOT NULL,
     summary          JSON
+);
+
+-- Each stage of a run: wall and CPU seconds and the process's peak RSS when the stage ended, so any
+-- run can be profiled after the fact (a retried stage adds a row; the latest counts).
+CREATE TABLE IF NOT EXISTS ops.run_stages (
+    run_id       VARCHAR NOT NULL,
+    stage        VARCHAR NOT NULL,
+    started_at   TIMESTAMPTZ NOT NULL,
+    seconds      DOUBLE NOT NULL,
+    cpu_seconds  DOUBLE NOT NULL,
+    peak_rss_mb  DOUBLE NOT NULL,
+    pid          INTEGER
+);
+
+-- Resource types whose stored resources changed outside the run that wrote them (re-normalization
+-- after a crosswalk or terminology change): the next load stage rebuilds their views, then clears them.
+CREATE TABLE IF NOT EXISTS ops.views_stale (
+    resource_type    VARCHAR PRIMARY KEY
 );
 
 -- Every landed file, once per distinct content.
@@ -103,6 +121,15 @@ CREATE TABLE IF NOT EXISTS ops.validation_results (
     unexpected_count  BIGINT,
     record_pointers   JSON,
     evaluated_at      TIMESTAMPTZ NOT NULL
+);
+
+-- The row counts behind each expectation's result (rows in its domain, rows it counts as missing), so
+-- the run's Data Docs can be rendered later from the warehouse alone (`ehrlift report` does).
+CREATE TABLE IF NOT EXISTS ops.validation_counts (
+    run_id            VARCHAR NOT NULL,
+    expectation       VARCHAR NOT NULL,
+    element_count     BIGINT NOT NULL,
+    missing_count     BIGINT NOT NULL
 );
 
 -- What converted units held that no mapper consumed (HL7 segments, C-CDA entries), for the loss report.

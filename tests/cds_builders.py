@@ -216,7 +216,8 @@ def issues_warehouse(path: Path, *, identity: bool = True, backload: bool = True
     if backload:
         w.con.execute(BACKLOAD_DDL)
         w.con.execute(
-            "INSERT INTO ops.backload_ids VALUES ('millennium', 'Patient', 'p1', 'EHR-77', '1', now())"
+            "INSERT INTO ops.backload_ids (target, resource_type, warehouse_id, server_id, version_id, "
+            "recorded_at) VALUES ('millennium', 'Patient', 'p1', 'EHR-77', '1', now())"
         )
     w.close()
     return w

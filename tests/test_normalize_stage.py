@@ -144,3 +144,27 @@ def test_renormalize_rewrites_resources_whose_codes_changed_status(lab_run, ware
     docs = [doc for _, doc in _resources(warehouse())]
     assert sum('"code":"99991-2"' in d for d in docs) == 1  # o2's retired code now follows the longer chain
     assert not any('"code":"2345-7","display"' in d for d in docs)  # the crosswalk target is no longer added
+
+
+def test_a_chunk_fetches_its_terminology_in_one_query_not_one_per_code(tmp_path, make_config, monkeypatch):
+    from pipelines.run import convert_stage, land_stage
+    from terminology.terms import WarehouseTerminology
+
+    queries: list[int] = []
+    real = WarehouseTerminology.prefetch
+
+    def counting(self, pairs):
+        pairs = list(pairs)
+        new = {p for p in pairs if p not in self._fetched}
+        if new:
+            queries.append(len(new))
+        return real(self, pairs)
+
+    monkeypatch.setattr(WarehouseTerminology, "prefetch", counting)
+    observations = [_obs(f"o{i}", {"system": HOSP, "code": f"LOCAL-{i}"}) for i in range(40)]
+    config = make_config(write_ndjson(tmp_path / "src" / "obs.ndjson", *observations))
+    land_stage(config)
+    convert_stage(config)
+    normalize_stage(config)
+    assert queries and queries[0] >= 40  # the chunk's codes, fetched together
+    assert len(queries) <= 3

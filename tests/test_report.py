@@ -239,7 +239,10 @@ def test_report_says_plainly_what_is_absent(tmp_path, make_config):
     assert "No validation result is recorded for this run." in html
 
 
-def test_report_links_the_runs_data_docs(tmp_path, make_config):
+def test_report_links_the_runs_data_docs(tmp_path, make_config, monkeypatch):
+    site = tmp_path / "site.json"
+    site.write_text('{"data_docs": "always"}')  # a clean run renders Data Docs only when asked
+    monkeypatch.setenv("EHRLIFT_DQ_SITE_FILE", str(site))
     config = make_config(_patients(tmp_path, "a.ndjson", 1, bad=False))
     run_pipeline(config)
     docs = config.warehouse.parent / "reports" / config.run_id / "data-docs" / "index.html"

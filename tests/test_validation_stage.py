@@ -186,8 +186,10 @@ def test_airflow_validate_task_raises_when_blocked(tmp_path):
 
 
 def test_data_docs_make_no_external_request_and_hold_no_record_values(tmp_path):
-    code, _ = _run(tmp_path, PATIENT, _obs("o1", "2999-05-05T00:00:00Z"))
+    code, wh = _run(tmp_path, PATIENT, _obs("o1", "2999-05-05T00:00:00Z"))
     assert code == 7
+    assert not (tmp_path / "data" / "reports").exists()  # the run leaves Data Docs to the report
+    assert main(["report", "--warehouse", wh]) == 0
     (docs,) = (tmp_path / "data" / "reports").glob("*/data-docs")
     pages = [p for p in docs.rglob("*") if p.suffix in {".html", ".css"} and "vendor" not in p.parts]
     assert (docs / "index.html") in pages and len(pages) > 5

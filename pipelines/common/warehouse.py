@@ -15,7 +15,8 @@ from pipelines.common.paths import shipped
 
 # 12: ops.backload_hl7_messages, ops.backload_hl7_results (HL7 v2 back-load over MLLP); 10: CDS Hooks cards
 # and feedback; 9: ops.backload_plans, ops.backload_plan, ops.backload_ids, ops.backload_results (back-load);
-# 8: identity tables (identity_links, person_map, ...)
+# 8: identity tables (identity_links, person_map, ...); 6: ops.run_stages, ops.validation_counts,
+# ops.views_stale
 SCHEMA_VERSION = 12
 STORAGE_VERSION = "v1.0.0"  # DuckDB's storage format for new files: readable by DuckDB 1.0 and later
 RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # also guards table names
@@ -106,9 +107,11 @@ _MIGRATIONS = {2: _add_reference_only, 3: _add_mapping_log_columns}
 
 
 def check_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    # duckdb_tables() rather than information_schema: ten times cheaper, and every stage opens the
+    # warehouse (a one-file run opens it about ten times).
     exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_schema = 'ops' AND table_name = 'schema_version'"
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'ops' AND table_name = 'schema_version'"
     ).fetchone()
     if not exists or not exists[0]:
         return None

@@ -13,6 +13,10 @@ from pipelines.views.sqlval import quote_ident
 _PERSONS = "(SELECT person_id AS id, resource FROM ops.person_records)"
 
 
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _tables_with(con: duckdb.DuckDBPyConnection, column: str) -> list[str]:
     rows = con.execute(
         "SELECT table_name FROM information_schema.columns WHERE table_catalog = current_database() "
@@ -22,33 +26,56 @@ def _tables_with(con: duckdb.DuckDBPyConnection, column: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def resolve_person_views(con: duckdb.DuckDBPyConnection, views_dir: Path) -> dict[str, int]:
+def person_map_exists(con: duckdb.DuckDBPyConnection) -> bool:
+    """Has linking run, so that the views are to be re-pointed at persons?"""
+    return bool(con.execute("SELECT count(*) FROM ops.person_map").fetchall()[0][0])
+
+
+def resolve_person_views(
+    con: duckdb.DuckDBPyConnection, views_dir: Path, rebuilt: set[str] | None = None
+) -> dict[str, int]:
     """After the views are materialized from fhir.*: re-point them at persons when linking has run.
 
     views.patient_source keeps one row per source Patient with its person_id; views.patient becomes
     the patient ViewDefinition over the person records; every other view's patient_id names the person.
+    `rebuilt` names the views just rebuilt from fhir.* (None: all of them): views.patient_source is
+    taken anew from a source-level views.patient, else only its person ids are brought up to date.
     Without a person map (the identity stage never ran) the views stay as materialized.
     """
-    mapped = con.execute("SELECT count(*) FROM ops.person_map").fetchall()[0][0]
-    if not mapped or "patient" not in _tables_with(con, "id"):
+    if not person_map_exists(con) or "patient" not in _tables_with(con, "id"):
         return {}
-    con.execute(
-        "CREATE OR REPLACE TABLE views.patient_source AS "
-        "SELECT v.*, coalesce(m.person_id, v.id) AS person_id "
-        "FROM views.patient v LEFT JOIN ops.person_map m ON m.patient_id = v.id"
-    )
+    if rebuilt is None or "patient" in rebuilt or "patient_source" not in _tables_with(con, "person_id"):
+        con.execute(
+            "CREATE OR REPLACE TABLE views.patient_source AS "
+            "SELECT v.*, coalesce(m.person_id, v.id) AS person_id "
+            "FROM views.patient v LEFT JOIN ops.person_map m ON m.patient_id = v.id"
+        )
+    else:
+        con.execute(
+            "UPDATE views.patient_source SET person_id = coalesce("
+            "(SELECT m.person_id FROM ops.person_map m WHERE m.patient_id = views.patient_source.id), id)"
+        )
+    # The person-level views.patient keeps the stamp of the source-level view it replaces, so the next
+    # run sees which ViewDefinition version and run its rows come from.
+    (stamp,) = con.execute(
+        "SELECT comment FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'views' AND table_name = 'patient'"
+    ).fetchall()[0]
     view = orjson.loads((views_dir / "patient.json").read_bytes())
     compiled = compile_view(view, lambda _rtype: _PERSONS)
     con.execute(f"CREATE OR REPLACE TABLE views.patient AS {compiled.sql}")
+    if stamp:
+        con.execute("COMMENT ON TABLE views.patient IS " + _sql_string(stamp))
     counts = {"patient": int(con.execute("SELECT count(*) FROM views.patient").fetchall()[0][0])}
     for table in _tables_with(con, "patient_id"):
         if table == "patient_source":
             continue
         target = f"views.{quote_ident(table)}"
-        con.execute(
+        (updated,) = con.execute(
             f"UPDATE {target} SET patient_id = m.person_id FROM ops.person_map m "
             f"WHERE {target}.patient_id = m.patient_id AND m.patient_id <> m.person_id"
-        )
-        counts[table] = int(con.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0])
+        ).fetchall()[0]
+        if updated:  # only views whose rows changed count as written (the run's audit row lists them)
+            counts[table] = int(con.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0])
     counts["patient_source"] = int(con.execute("SELECT count(*) FROM views.patient_source").fetchall()[0][0])
     return counts

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 
 from pipelines.common.config import RunConfig
@@ -40,12 +41,51 @@ def assets_dir() -> Path:
 
 def build_data_docs(config: RunConfig, settings: QualitySettings, rows: list[ResultRow]) -> Path:
     """Render the run's suite results as a Data Docs site and make it self-contained."""
-    out = data_docs_dir(config)
+    return _build(data_docs_dir(config), config.run_id, settings, rows)
+
+
+def data_docs_from_warehouse(
+    con: duckdb.DuckDBPyConnection, warehouse: Path, run_id: str, settings: QualitySettings | None = None
+) -> Path | None:
+    """The run's Data Docs rendered from its stored results (ops.validation_results and _counts).
+
+    The validate stage leaves this to the compliance report unless the site asks for it on every run:
+    Great Expectations takes seconds to import, which a run should not spend for pages nobody opened.
+    None when the run has no suite results to show.
+    """
+    from pipelines.quality.outcome import Outcome
+    from pipelines.quality.settings import load_settings
+
+    settings = settings or load_settings()
+    specs = {e["meta"]["name"]: (s.name, e) for s in settings.suites for e in s.expectations}
+    rows = []
+    for name, severity, success, observed, unexpected, pointers, elements, missing in con.execute(
+        """
+        SELECT r.expectation, r.severity, r.success, r.observed_value, r.unexpected_count,
+               r.record_pointers, c.element_count, c.missing_count
+        FROM ops.validation_results r JOIN ops.validation_counts c USING (run_id, expectation)
+        WHERE r.run_id = ? ORDER BY r.expectation
+        """,
+        [run_id],
+    ).fetchall():
+        if name not in specs:
+            continue  # an expectation the current suites no longer have
+        suite, spec = specs[name]
+        detail = Outcome(suite, name, severity, spec["type"], spec.get("description", ""), 1.0)
+        detail.element_count, detail.missing_count, detail.unexpected_count = elements, missing, unexpected
+        points = orjson.loads(pointers) if pointers else []
+        rows.append(ResultRow(suite, name, severity, success, observed, unexpected, points, detail))
+    if not rows:
+        return None
+    return _build(warehouse.parent / "reports" / run_id / "data-docs", run_id, settings, rows)
+
+
+def _build(out: Path, run_id: str, settings: QualitySettings, rows: list[ResultRow]) -> Path:
     if out.exists():
         shutil.rmtree(out)  # a re-validated run gets a fresh site
     out.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="ehrlift-gx-") as root:
-        _render(Path(root), out, config.run_id, settings, rows)
+        _render(Path(root), out, run_id, settings, rows)
     make_self_contained(out, assets_dir())
     return out
 

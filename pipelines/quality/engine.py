@@ -4,54 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import duckdb
 import pandas as pd
 
 from pipelines.quality.frames import POINTER, chunk_count, iter_chunks, needed_columns
+from pipelines.quality.outcome import Outcome, outcomes_for
 from pipelines.quality.settings import UNIQUENESS_TYPES, QualitySettings, Suite
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Outcome:
-    """One expectation's result over a whole table (every chunk), with pointers to failing records."""
-
-    suite: str
-    name: str
-    severity: str
-    type: str
-    description: str
-    mostly: float
-    element_count: int = 0
-    missing_count: int = 0
-    unexpected_count: int = 0
-    pointers: list[str] = field(default_factory=list)
-    error: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def nonmissing(self) -> int:
-        return self.element_count - self.missing_count
-
-    @property
-    def success(self) -> bool:
-        # GX's own rule for map expectations: share of non-missing rows that pass >= mostly.
-        if self.error:
-            return False
-        if self.nonmissing <= 0:
-            return True
-        return (self.nonmissing - self.unexpected_count) / self.nonmissing >= self.mostly
-
-    @property
-    def observed_value(self) -> str:
-        if self.error:
-            return f"not evaluated: {self.error}"
-        pct = 100.0 * self.unexpected_count / self.nonmissing if self.nonmissing else 0.0
-        return f"{self.unexpected_count} of {self.nonmissing} rows unexpected ({pct:.4g}%)"
 
 
 class Validator:
@@ -62,6 +25,10 @@ class Validator:
 
         logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO lines are noise here
         self.settings = settings
+        # GX compares the time parameters with datetime64 columns: give it pandas timestamps.
+        self.parameters = {
+            k: pd.Timestamp(v) if isinstance(v, datetime) else v for k, v in settings.parameters.items()
+        }
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = {"globally": False}
         asset = self.context.data_sources.add_pandas("ehrlift").add_dataframe_asset("frame")
@@ -75,7 +42,7 @@ class Validator:
         batch = self.batch_definition.get_batch(batch_parameters={"dataframe": frame})
         result = batch.validate(
             suite,
-            expectation_parameters=self.settings.parameters,
+            expectation_parameters=self.parameters,
             result_format={
                 "result_format": "SUMMARY",
                 "unexpected_index_column_names": [POINTER],
@@ -85,21 +52,6 @@ class Validator:
         )
         by_name = {r.expectation_config.meta["name"]: r for r in result.results}
         return [by_name[e["meta"]["name"]] for e in expectations]
-
-
-def outcomes_for(suite: Suite) -> list[Outcome]:
-    return [
-        Outcome(
-            suite=suite.name,
-            name=e["meta"]["name"],
-            severity=e["severity"],
-            type=e["type"],
-            description=e.get("description", ""),
-            mostly=float(e["kwargs"].get("mostly", 1.0)),
-            kwargs=e["kwargs"],
-        )
-        for e in suite.expectations
-    ]
 
 
 def add_chunk(outcome: Outcome, result: Any, max_pointers: int) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
 
 from pipelines.common.errors import ConfigError
 from pipelines.quality.settings import QualitySettings, Suite
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 POINTER = "_pointer"
 _IDENT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")

@@ -63,6 +63,13 @@ def write_results(con: duckdb.DuckDBPyConnection, run_id: str, rows: list[Result
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("DELETE FROM ops.validation_results WHERE run_id = ?", [run_id])
+        con.execute("DELETE FROM ops.validation_counts WHERE run_id = ?", [run_id])
+        counted = [r for r in rows if r.detail is not None]
+        if counted:
+            con.executemany(
+                "INSERT INTO ops.validation_counts VALUES (?, ?, ?, ?)",
+                [(run_id, r.expectation, r.detail.element_count, r.detail.missing_count) for r in counted],
+            )
         con.executemany(
             "INSERT INTO ops.validation_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
             [

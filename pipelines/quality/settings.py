@@ -40,6 +40,8 @@ _SITE_KEYS = frozenset(
         "engine",
         "chunk_rows",
         "max_record_pointers",
+        "data_docs",
+        "refresh",
     }
 )
 UNIQUENESS_TYPES = frozenset({"expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"})
@@ -69,7 +71,9 @@ class QualitySettings:
     physiologic_ranges: list[tuple[str, str, str, float, float]]
     site_file: str | None = None
     severities: dict[str, str] = field(default_factory=dict)
-    engine: str = "gx"  # "sql": the same checks compiled to DuckDB SQL, for very large views
+    engine: str = "sql"  # "gx": the same suites run in Great Expectations, frame by frame
+    data_docs: str = "report"  # rendered by `ehrlift report`; "always": by every run's validate stage
+    refresh: str = "changed"  # or "all": every view rebuilt and every suite run, whatever the run wrote
 
     def unmapped_threshold(self, system: str) -> float:
         return float(self.unmapped_share_max.get(system, self.unmapped_share_max["default"]))
@@ -107,8 +111,14 @@ def load_settings(
         physiologic_ranges=_read_ranges(root / "physiologic_ranges.csv"),
         site_file=str(site_path) if site_path else None,
         severities=severities,
-        engine=str(site.get("engine", base.get("engine", "gx"))),
+        engine=str(site.get("engine", base.get("engine", "sql"))),
+        data_docs=str(site.get("data_docs", base.get("data_docs", "report"))),
+        refresh=str(site.get("refresh", base.get("refresh", "changed"))),
     )
+    if settings.refresh not in ("changed", "all"):
+        raise ConfigError(f"refresh must be 'changed' or 'all', not {settings.refresh!r}")
+    if settings.data_docs not in ("report", "always"):
+        raise ConfigError(f"data_docs must be 'report' or 'always', not {settings.data_docs!r}")
     if settings.engine not in ("gx", "sql"):
         raise ConfigError(f"engine must be 'gx' or 'sql', not {settings.engine!r}")
     if settings.chunk_rows < 1:
@@ -140,16 +150,12 @@ def _load_suite(path: Path, mostly: dict[str, Any], severities: dict[str, str]) 
 
 
 def _runtime_parameters(params: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """Suite parameters GX substitutes for {"$PARAMETER": name}; times are computed once per run."""
-    import pandas as pd
-
+    """Suite parameters substituted for {"$PARAMETER": name}; times are computed once per run."""
     out = dict(params)
     tolerance = timedelta(hours=float(params["future_date_tolerance_hours"]))
-    out["latest_allowed_time"] = pd.Timestamp(now + tolerance)
+    out["latest_allowed_time"] = now + tolerance
     earliest = date.fromisoformat(str(params["earliest_birth_date"]))
-    out["earliest_birth_time"] = pd.Timestamp(
-        datetime(earliest.year, earliest.month, earliest.day, tzinfo=UTC)
-    )
+    out["earliest_birth_time"] = datetime(earliest.year, earliest.month, earliest.day, tzinfo=UTC)
     return out
 
 

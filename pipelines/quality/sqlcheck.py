@@ -1,8 +1,9 @@
-"""The suites' checks compiled to DuckDB SQL with GX's counting rules: the benchmark peer, a cross-check.
+"""The suites' checks compiled to DuckDB SQL with GX's counting rules: the validate stage's default engine.
 
 Each expectation becomes three counts over the same rows GX sees (frames.select_sql): rows in its
-domain (after a row condition), rows it treats as missing, and unexpected rows. The validation stage
-uses GX; this module measures what GX costs and proves the two agree (tests/test_quality_sqlcheck.py).
+domain (after a row condition), rows it treats as missing, and unexpected rows. One scan per suite, no
+frames, no Great Expectations import; a site file's "engine": "gx" runs the same suites in GX, and
+tests/test_quality_sqlcheck.py proves the two agree.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any
 
 import duckdb
 
-from pipelines.quality.engine import Outcome, outcomes_for
 from pipelines.quality.frames import POINTER, needed_columns, select_sql
+from pipelines.quality.outcome import Outcome, outcomes_for
 from pipelines.quality.settings import QualitySettings, Suite
 
 
@@ -68,10 +69,16 @@ def compile_expectation(exp: dict[str, Any], params: dict[str, Any]) -> tuple[st
     raise ValueError(f"no SQL for {kind}")
 
 
-def sql_outcomes(con: duckdb.DuckDBPyConnection, suite: Suite, settings: QualitySettings) -> list[Outcome]:
-    """Every expectation of a view suite counted in DuckDB (one scan, plus one per uniqueness check)."""
+def sql_outcomes(
+    con: duckdb.DuckDBPyConnection, suite: Suite, settings: QualitySettings, rows_sql: str | None = None
+) -> list[Outcome]:
+    """Every expectation of a suite counted in DuckDB (one scan, plus one per uniqueness check).
+
+    The rows are the view suite's (frames.select_sql) unless `rows_sql` gives them (the mapping suite).
+    """
     outcomes = outcomes_for(suite)
-    con.execute(f"CREATE OR REPLACE TEMP VIEW _rows AS {select_sql(suite, needed_columns(suite))}")
+    rows_sql = rows_sql or select_sql(suite, needed_columns(suite))
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _rows AS {rows_sql}")
     scalar: list[tuple[Outcome, str, str, str]] = []
     for exp, o in zip(suite.expectations, outcomes, strict=True):
         if exp["type"] in {"expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"}:
@@ -99,6 +106,27 @@ def sql_outcomes(con: duckdb.DuckDBPyConnection, suite: Suite, settings: Quality
                     ).fetchall()
                 ]
     return outcomes
+
+
+def mapping_rows_sql(run_id: str, settings: QualitySettings) -> str:
+    """engine.mapping_frame in SQL: one row per source code system, its unmapped share and threshold."""
+    overrides = [(k, v) for k, v in settings.unmapped_share_max.items() if k != "default"]
+    values = ", ".join(f"({_lit(k)}, {_lit(float(v))})" for k, v in overrides) or "(NULL, NULL)"
+    default = _lit(float(settings.unmapped_share_max["default"]))
+    return f"""
+        SELECT m.source_system, m.occurrences, m.unmapped_occurrences,
+               CAST(m.unmapped_occurrences AS DOUBLE) / nullif(m.occurrences, 0) AS unmapped_share,
+               coalesce(t.share, {default}) AS max_unmapped_share,
+               'code-system:' || m.source_system AS {POINTER}
+        FROM (
+            SELECT coalesce(source_system, '(no system)') AS source_system,
+                   sum(occurrences) AS occurrences,
+                   coalesce(sum(occurrences) FILTER (WHERE method = 'unmapped'), 0) AS unmapped_occurrences
+            FROM ops.mapping_log WHERE run_id = {_lit(run_id)} GROUP BY 1
+        ) m
+        LEFT JOIN (VALUES {values}) t(system, share) ON t.system = m.source_system
+        ORDER BY 1
+    """
 
 
 def _count_unique(con: duckdb.DuckDBPyConnection, exp: dict[str, Any], o: Outcome, limit: int) -> None:

@@ -1,27 +1,35 @@
-"""Structural FHIR validation of the resources bound for back-load, with fhir.resources' R4B models.
+"""Structural FHIR validation of every resource a run stored, compiled: the R4 JSON Schema on jsonschema-rs.
 
-fhir.resources 8 ships R4B and R5 but not R4; R4B is R4's technical correction for most clinical
-resources, so its pydantic models are the closest structural check (cardinality, types, primitive
-formats, choice types, required elements). Types that R4 has and R4B dropped or renamed (the
-MedicinalProduct* family, EffectEvidenceSynthesis, RiskEvidenceSynthesis, SubstanceNucleicAcid and
-friends) have no model: they are reported as not checked, never as passed.
+The schema is generated from R4's own StructureDefinitions (pipelines/quality/r4schema.py), so this is
+an R4 check (cardinality, element names, types, primitive formats, choice types, contained resources),
+not the R4B approximation of the pydantic models. Compiled once per type, it costs microseconds per
+resource; errors are explained only for the resources that fail. Without the definitions installed
+(`make setup` installs them) it falls back to fhir.resources' R4B models, object by object; types
+neither knows are reported as not checked, never as passed.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 
 import duckdb
-from pydantic import ValidationError
+import orjson
 
 from pipelines.common.ledger import pointer
 from pipelines.common.warehouse import resource_tables
+from pipelines.quality.r4schema import r4_schema
 
 log = logging.getLogger(__name__)
 SUITE = "fhir_structure"
 _BATCH = 5_000
+# jsonschema-rs error kinds as finding kinds (the first two are the names the pydantic check used).
+_KINDS = {"required": "missing", "additionalProperties": "extra_forbidden", "minItems": "empty_array"}
+
+Check = Callable[[str], Iterable[str] | None]  # resource JSON -> findings (None or empty when valid)
 
 
 @dataclass
@@ -34,6 +42,7 @@ class TypeResult:
     findings: Counter[str] = field(default_factory=Counter)
     pointers: list[str] = field(default_factory=list)
     no_model: bool = False
+    checker: str = "R4 schema"
 
     @property
     def name(self) -> str:
@@ -41,22 +50,84 @@ class TypeResult:
 
     def observed_value(self) -> str:
         if self.no_model:
-            return f"not checked: no R4B model for {self.resource_type} ({self.checked} resources)"
+            return f"not checked: no {self.checker} for {self.resource_type} ({self.checked} resources)"
         top = "; ".join(f"{k} x{n}" for k, n in self.findings.most_common(5))
         return f"{self.invalid} of {self.checked} resources invalid" + (f": {top}" if top else "")
 
 
-def _model(resource_type: str):
-    from fhir.resources.R4B import get_fhir_model_class
+@cache
+def _compiled():
+    """One validator for every resource type, compiled once per process.
 
+    The resource is validated wrapped as {resourceType: resource}, so the root's properties pick the
+    type's definition by name (a hash lookup) rather than trying R4's ResourceList type by type.
+    """
+    import jsonschema_rs
+
+    schema = r4_schema()
+    assert schema is not None
+    root = {
+        "$schema": schema["$schema"],
+        "$defs": schema["$defs"],
+        "type": "object",
+        "properties": {t: {"$ref": f"#/$defs/{t}"} for t in schema["x-resource-types"]},
+    }
+    return jsonschema_rs.validator_for(root, pattern_options=jsonschema_rs.RegexOptions())
+
+
+def _schema_check(resource_type: str) -> Check | None:
+    schema = r4_schema()
+    if schema is None or resource_type not in schema["x-resource-types"]:
+        return None
+    validator = _compiled()
+
+    def check(text: str) -> list[str] | None:
+        # Keyed by the table's type: a resource stored under the wrong type fails its resourceType const.
+        doc = {resource_type: orjson.loads(text)}
+        if validator.is_valid(doc):
+            return None
+        return [f for e in validator.iter_errors(doc) for f in _schema_findings(resource_type, e)]
+
+    return check
+
+
+def _schema_findings(resource_type: str, error) -> list[str]:
+    """Element path and error kind only: the error's message would quote the record's values."""
+    parts = [str(p) for p in list(error.instance_path)[1:] if not isinstance(p, int)]
+    kind = error.kind.name
+    if kind == "required":
+        leaves = [str(error.kind.property)]
+    elif kind == "additionalProperties":
+        leaves = sorted(str(u) for u in error.kind.unexpected)  # element names, not values
+    else:
+        leaves = [""]
+    out = []
+    for leaf in leaves:
+        path = ".".join([*parts, leaf] if leaf else parts)
+        out.append(f"{resource_type}{'.' + path if path else ''}: {_KINDS.get(kind, kind)}")
+    return out
+
+
+def _model_check(resource_type: str) -> Check | None:
     try:
-        return get_fhir_model_class(resource_type)
+        from fhir.resources.R4B import get_fhir_model_class
+        from pydantic import ValidationError
+
+        model = get_fhir_model_class(resource_type)
     except (KeyError, ValueError, ImportError):
         return None
 
+    def check(text: str) -> list[str] | None:
+        try:
+            model.model_validate_json(text)
+        except ValidationError as exc:
+            return [_model_finding(resource_type, e) for e in exc.errors()]
+        return None
 
-def _finding(resource_type: str, error: dict) -> str:
-    """Element path and error kind only: pydantic's message and input would quote the record's values."""
+    return check
+
+
+def _model_finding(resource_type: str, error: dict) -> str:
     path = ".".join(str(p) for p in error.get("loc", ()) if not isinstance(p, int))
     kind = str(error.get("type", "invalid")).rsplit(".", 1)[-1]  # fhir.resources prefixes its own
     return f"{resource_type}{'.' + path if path else ''}: {kind}"
@@ -64,37 +135,53 @@ def _finding(resource_type: str, error: dict) -> str:
 
 def validate_structure(con: duckdb.DuckDBPyConnection, run_id: str, max_pointers: int) -> list[TypeResult]:
     """Validate every resource this run stored (what back-load will send next), one type at a time."""
+    compiled = r4_schema() is not None
+    if not compiled:
+        log.warning("FHIR R4 definitions not installed: structure checked with the R4B models, slowly")
     results = []
     for rtype in resource_tables(con):
-        result = TypeResult(rtype)
-        model = _model(rtype)
+        result = TypeResult(rtype, checker="R4 definition" if compiled else "R4B model")
+        check = _schema_check(rtype) if compiled else _model_check(rtype)
+        failed: list[str] = []
         cur = con.cursor()
         cur.execute(
-            f"""
-            SELECT r.id, r.resource, r.file_sha256, r.unit_position, l.unit_kind, l.byte_offset, l.byte_length
-            FROM fhir."{rtype}" r
-            LEFT JOIN ops.ledger l
-              ON l.run_id = r.run_id AND l.file_sha256 = r.file_sha256 AND l.unit_position = r.unit_position
-            WHERE r.run_id = ? ORDER BY r.file_sha256, r.unit_position, r.id
-            """,
+            f'SELECT id, resource FROM fhir."{rtype}" WHERE run_id = ? '
+            "ORDER BY file_sha256, unit_position, id",
             [run_id],
         )
         while rows := cur.fetchmany(_BATCH):
             result.checked += len(rows)
-            if model is None:
+            if check is None:
                 continue
-            for rid, text, sha, pos, kind, off, length in rows:
-                try:
-                    model.model_validate_json(text)
-                except ValidationError as exc:
+            for rid, text in rows:
+                findings = check(text)
+                if findings:
                     result.invalid += 1
-                    result.findings.update({_finding(rtype, e) for e in exc.errors()})
-                    if len(result.pointers) < max_pointers:
-                        where = pointer(sha, kind or "unit", pos, off, length)
-                        result.pointers.append(f"{rtype}/{rid} {where}")
+                    result.findings.update(set(findings))
+                    if len(failed) < max_pointers:
+                        failed.append(rid)
         cur.close()
-        result.no_model = model is None
+        result.pointers = _pointers(con, rtype, run_id, failed)
+        result.no_model = check is None
         if result.checked:
             results.append(result)
         log.info("structure %s: %d checked, %d invalid", rtype, result.checked, result.invalid)
     return results
+
+
+def _pointers(con: duckdb.DuckDBPyConnection, rtype: str, run_id: str, ids: list[str]) -> list[str]:
+    """'<Type>/<id> landing/<sha256>#<unit>' for the failing resources, found in the ledger afterwards."""
+    if not ids:
+        return []
+    rows = con.execute(
+        f"""
+        SELECT r.id, r.file_sha256, r.unit_position, l.unit_kind, l.byte_offset, l.byte_length
+        FROM fhir."{rtype}" r
+        LEFT JOIN ops.ledger l
+          ON l.run_id = r.run_id AND l.file_sha256 = r.file_sha256 AND l.unit_position = r.unit_position
+        WHERE r.run_id = ? AND list_contains(?, r.id)
+        """,
+        [run_id, ids],
+    ).fetchall()
+    where = {rid: pointer(sha, kind or "unit", pos, off, length) for rid, sha, pos, kind, off, length in rows}
+    return [f"{rtype}/{rid} {where[rid]}" for rid in ids if rid in where]

@@ -54,6 +54,11 @@ def write_report(warehouse: Path, out_dir: Path | None = None, run_id: str | Non
                 raise ConfigError(f"no run {run_id!r} in the warehouse", hint="see ops.runs for run ids")
         out = Path(out_dir) if out_dir is not None else default_out_dir(Path(warehouse), run_id)
         docs = default_out_dir(Path(warehouse), run_id) / "data-docs" / "index.html"
+        if not docs.is_file():
+            # Rendered here rather than by every run: the validate stage spares a run GX's import.
+            from pipelines.quality.datadocs import data_docs_from_warehouse
+
+            data_docs_from_warehouse(con, Path(warehouse), run_id)
         link = Path(os.path.relpath(docs, out.resolve() if out.exists() else out.absolute())).as_posix()
         data = collect(con, run_id, data_docs=link if docs.is_file() else None)
     payload = canonical_json(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -57,17 +58,57 @@ def compile_views(views_dir: Path, table_for: Callable[[str], str] = default_tab
     return compiled
 
 
-def materialize_views(con: duckdb.DuckDBPyConnection, views_dir: Path) -> dict[str, int]:
-    """CREATE OR REPLACE views.<name> for each ViewDefinition; return the row count of each.
+_STAMP = re.compile(r"^ehrlift-view sha256=([0-9a-f]{64}) run=(\S+)$")
 
-    Every view is compiled before anything is written, so one bad definition leaves the schema untouched.
-    When a view's resource table does not exist yet, an empty table with the declared columns is created
-    so that analysts always find every view.
+
+def view_stamps(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, str]]:
+    """views.<name> -> (sha256 of the ViewDefinition it was built from, run that built it)."""
+    out = {}
+    for name, comment in con.execute(
+        "SELECT table_name, comment FROM duckdb_tables() WHERE schema_name = 'views' "
+        "AND database_name = current_database()"
+    ).fetchall():
+        m = _STAMP.match(comment or "")
+        if m:
+            out[name] = (m.group(1), m.group(2))
+    return out
+
+
+def materialize_views(
+    con: duckdb.DuckDBPyConnection,
+    views_dir: Path,
+    changed: set[str] | None = None,
+    run_id: str = "",
+) -> dict[str, int]:
+    """CREATE OR REPLACE views.<name> for each ViewDefinition; return the row count of every view.
+
+    With `changed` (the resource types a run wrote), only the views over those types are rebuilt, plus
+    any view that is missing or was built from another version of its definition: a view reads one
+    resource table, so the others are already what a full rebuild would give. Each rebuilt view is
+    stamped with its definition's sha256 and the run that built it (the validate stage reads this).
+    Every view to rebuild is compiled before anything is written, so one bad definition leaves the
+    schema untouched. When a view's resource table does not exist yet, an empty table with the
+    declared columns is created so that analysts always find every view.
     """
-    compiled = compile_views(views_dir)
+    stamps = view_stamps(con)
+    todo: list[tuple[Path, str]] = []
+    names: list[str] = []
+    seen: dict[str, str] = {}
+    for path in sorted(Path(views_dir).glob("*.json")):
+        view = _load(path)
+        if view["name"] in seen:
+            raise ViewDefinitionError(
+                f"{path.name}: view name {view['name']!r} is also used by {seen[view['name']]}"
+            )
+        seen[view["name"]] = path.name
+        names.append(view["name"])
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        stamp = stamps.get(view["name"])
+        if changed is None or view.get("resource") in changed or stamp is None or stamp[0] != digest:
+            todo.append((path, digest))
+    compiled = _compile_paths([p for p, _ in todo])
     con.execute("CREATE SCHEMA IF NOT EXISTS views")
-    counts: dict[str, int] = {}
-    for view in compiled:
+    for view, (_, digest) in zip(compiled, todo, strict=True):
         assert view.name is not None  # checked by _load
         target = f"views.{quote_ident(view.name)}"
         if _relation_exists(con, "fhir", view.resource):
@@ -77,5 +118,24 @@ def materialize_views(con: duckdb.DuckDBPyConnection, views_dir: Path) -> dict[s
                 f"{quote_ident(name)} {sql_type or 'JSON'}" for name, sql_type, _ in view.columns
             )
             con.execute(f"CREATE OR REPLACE TABLE {target} ({columns})")
-        counts[view.name] = int(con.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0])
-    return counts
+        stamp = f"ehrlift-view sha256={digest} run={run_id or '-'}"
+        con.execute(f"COMMENT ON TABLE {target} IS '{stamp}'")
+    return {
+        name: int(con.execute(f"SELECT count(*) FROM views.{quote_ident(name)}").fetchall()[0][0])
+        for name in names
+    }
+
+
+def _compile_paths(paths: list[Path]) -> list[CompiledView]:
+    compiled = []
+    for path in paths:
+        try:
+            compiled.append(compile_view(_load(path), default_table))
+        except ViewDefinitionError as exc:
+            raise ViewDefinitionError(f"{path.name}: {exc}") from None
+    return compiled
+
+
+def views_built_by(con: duckdb.DuckDBPyConnection, run_id: str) -> set[str]:
+    """The views the given run rebuilt (their stamp names it)."""
+    return {name for name, (_, run) in view_stamps(con).items() if run == run_id}

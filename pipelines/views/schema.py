@@ -1,4 +1,8 @@
-"""FHIR R4 element metadata (cardinality, types, choice groups) read from the fhir.resources models."""
+"""FHIR R4 element metadata (cardinality, types, choice groups) for the ViewDefinition compiler.
+
+Read from the R4 schema generated from R4's StructureDefinitions (pipelines/quality/r4schema.py) when
+they are installed, else from fhir.resources' R4B models (slower to load, R4B rather than R4).
+"""
 
 from __future__ import annotations
 
@@ -84,9 +88,34 @@ def _loader() -> typing.Callable[[str], type] | None:
     return get_fhir_model_class
 
 
+def _r4_elements(defs: dict[str, typing.Any], type_name: str) -> dict[str, Element] | None:
+    spec = defs.get(type_name)
+    if not isinstance(spec, dict) or "properties" not in spec:
+        return None
+    out: dict[str, Element] = {}
+    for key, prop in spec["properties"].items():
+        if key.startswith("_") or key == "resourceType":
+            continue
+        many = prop.get("type") == "array"
+        node = prop["items"] if many else prop
+        if "anyOf" in node:  # a repeating primitive: its type or null
+            node = node["anyOf"][0]
+        ref = node.get("$ref", "").rsplit("/", 1)[-1] or None
+        out[key] = Element(many=many, type="Resource" if ref == "ResourceList" else ref)
+    for group, choice in spec.get("x-choices", {}).items():
+        keys = tuple((k, t) for k, t in choice["keys"])
+        out.setdefault(group, Element(many=choice["many"], type=None, choices=keys))
+    return out
+
+
 @lru_cache(maxsize=2048)
 def elements(type_name: str) -> dict[str, Element] | None:
     """JSON key -> Element for a FHIR resource, datatype or backbone element, or None when unknown."""
+    from pipelines.quality.r4schema import r4_schema
+
+    r4 = r4_schema()
+    if r4 is not None:
+        return _r4_elements(r4["$defs"], type_name) if type_name[:1].isupper() else None
     load = _loader()
     if load is None or not type_name[:1].isupper():
         return None

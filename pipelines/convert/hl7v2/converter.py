@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from pipelines import formats
@@ -11,11 +12,19 @@ from pipelines.convert.hl7v2.reader import iter_units
 from pipelines.convert.hl7v2.tokenizer import Hl7ParseError, Message, parse_message
 from pipelines.convert.hl7v2.validate import explain_invalid
 
+# hl7apy's explanation costs ~15 ms a message: the first few quarantined messages of each reason in a
+# file get it, the rest of that reason in that file say where to look instead, so a feed with many bad
+# messages spends its time converting rather than explaining the same fault again.
+EXPLAINED_PER_REASON_PER_FILE = 20
+
 
 class Hl7v2Converter(Converter):
     name = "hl7v2"
     formats = frozenset({formats.HL7V2})
     chunked = True  # messages stand alone: archives of millions commit in chunks and resume
+
+    def __init__(self) -> None:
+        self._explained: Counter[tuple[str, str]] = Counter()
 
     def units(self, ctx: FileContext) -> Iterator[Unit]:
         for raw in iter_units(ctx.path):
@@ -34,6 +43,13 @@ class Hl7v2Converter(Converter):
         try:
             return convert_message(message, ctx.source_system, f"{ctx.file_sha256}:{unit.position}")
         except Quarantine as q:
+            key = (ctx.file_sha256, q.reason)
+            if self._explained[key] >= EXPLAINED_PER_REASON_PER_FILE:
+                detail = (
+                    f"{q.message}; structure not explained past the first {EXPLAINED_PER_REASON_PER_FILE}"
+                )
+                raise Quarantine(q.reason, detail + " of this reason in this file", q.resource_type) from None
+            self._explained[key] += 1
             raise Quarantine(q.reason, _with_structure(q.message, raw, message), q.resource_type) from None
 
 

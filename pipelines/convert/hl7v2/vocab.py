@@ -16,8 +16,6 @@ from functools import cache, lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
-import langcodes
-
 MAPS = Path(__file__).with_name("maps")
 LOCAL_PREFIX = "urn:ehrlift:hl7v2:"
 _HL7_TABLE = re.compile(r"(?:HL7|HL)(\d{4})")
@@ -88,6 +86,8 @@ def language_tag(code: str | None) -> str | None:
     it is no registered language; "ENG", "eng" and "en" all give "en", "CHI" gives "zh"."""
     if not code or not code.strip():
         return None
+    import langcodes  # half a second to import: only runs that read HL7 language codes pay it
+
     try:
         tag = langcodes.standardize_tag(code.strip())
     except (langcodes.LanguageTagError, ValueError):
