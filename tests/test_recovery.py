@@ -227,3 +227,39 @@ def test_a_crash_while_the_writer_merges_a_group_then_rerun(tmp_path, make_confi
     con = warehouse()
     assert len(ledger(con)) == 30
     assert con.execute('SELECT count(*), count(DISTINCT id) FROM fhir."Patient"').fetchone() == (30, 30)
+
+
+def test_a_large_archive_cut_into_slices_resumes_after_the_last_committed_slice(
+    tmp_path, make_config, warehouse, monkeypatch
+):
+    from pipelines.convert.hl7v2.converter import Hl7v2Converter
+
+    src = tmp_path / "src" / "adt.hl7"
+    src.parent.mkdir()
+    src.write_bytes(
+        "".join(
+            f"MSH|^~\\&|REG|HOSP|EHR|HOSP|2024010{1 + i % 9}0800||ADT^A04^ADT_A01|C{i}|P|2.5.1\r"
+            f"PID|1||MRN{i}^^^HOSP^MR||Person{i}^Test\r\n"
+            for i in range(31)
+        ).encode()
+    )
+    _bounds(monkeypatch, group_bytes=512, slice_units=5)  # the ~2.9 kB archive is cut into slices
+    original = Hl7v2Converter.convert
+
+    def crash_at_23(self, unit, ctx):
+        if unit.position == 23:
+            raise KeyboardInterrupt
+        return original(self, unit, ctx)
+
+    monkeypatch.setattr(Hl7v2Converter, "convert", crash_at_23)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(make_config(src, workers=1))
+    with open_warehouse(tmp_path / "data" / "warehouse.duckdb") as con:
+        assert con.execute("SELECT count(*), max(unit_position) FROM ops.ledger").fetchone() == (20, 20)
+        assert con.execute("SELECT status FROM ops.run_files").fetchall() == [("partial",)]
+    monkeypatch.setattr(Hl7v2Converter, "convert", original)
+    rerun = run_pipeline(make_config(src, workers=1))
+    assert rerun.totals.units == 11
+    con = warehouse()
+    assert [row[1:4] for row in ledger(con)] == [(i, "hl7_message", "converted") for i in range(1, 32)]
+    assert con.execute('SELECT count(DISTINCT id), count(*) FROM fhir."Patient"').fetchone() == (31, 31)

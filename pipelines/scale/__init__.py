@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import shutil
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -15,9 +16,11 @@ import duckdb
 from pipelines.common.config import RunConfig
 from pipelines.load import create_stage
 from pipelines.scale import limits as scale_limits
+from pipelines.scale.limits import Limits
 from pipelines.scale.plan import Group, pending_files, plan_groups
-from pipelines.scale.spool import batch_dir, read_batch, spool_group, stage_root
-from pipelines.scale.stage import Batch, convert_group
+from pipelines.scale.slices import Slice, cut_slices, sliceable
+from pipelines.scale.spool import batch_dir, read_batch, spool_task, stage_root
+from pipelines.scale.stage import Batch, convert_task
 from pipelines.scale.writer import apply_batch
 
 __all__ = ["convert_pending", "worker_count"]
@@ -50,31 +53,66 @@ def convert_pending(
         advance(sum(already))
     bounds = scale_limits.limits()
     groups = plan_groups(files, bounds)
-    workers = min(worker_count(config), len(groups))
+    sliced = [g for g in groups if len(g.files) == 1 and sliceable(g.files[0], bounds.group_bytes)]
+    workers = worker_count(config)
     pooled = (
         workers > 1
-        and len(groups) >= bounds.pool_min_groups
+        and (len(groups) >= bounds.pool_min_groups or sliced)
         and sum(g.bytes for g in groups) >= bounds.pool_min_bytes
     )
-    run = _pooled if pooled else _in_process
-    run(con, config, groups, workers, advance, totals)
+    tasks = _tasks(config, groups, bounds)
+    processes: set[int] = set()
+    if pooled:
+        _pooled(con, config, tasks, workers, advance, totals, processes)
+    else:
+        for task in tasks:
+            _in_process(con, config, task, advance, totals, processes)
+    if processes:
+        totals["worker_processes"] = len(processes)  # how many processes converted this run's batches
     return dict(totals)
 
 
-def _in_process(con, config: RunConfig, groups: list[Group], _workers, advance, totals: Counter) -> None:
+def _tasks(config: RunConfig, groups: list[Group], bounds: Limits) -> Iterator[Group | Slice]:
+    """The run's work in commit order: groups of files, and each large unit-by-unit file in slices."""
+    index = 0
     for group in groups:
-        reached = [0]
-
-        def sink(batch: Batch, reached: list[int] = reached) -> None:
-            totals.update(apply_batch(con, config.run_id, batch))
-            advance(batch.reached - reached[0])
-            reached[0] = batch.reached
-
-        convert_group(config, group, sink)
-        advance(group.bytes - reached[0])
+        if len(group.files) == 1 and sliceable(group.files[0], bounds.group_bytes):
+            for piece in cut_slices(config, group.files[0], index, bounds.slice_units):
+                index = piece.index + 1
+                yield piece
+        else:
+            yield dataclasses.replace(group, index=index)
+            index += 1
 
 
-def _pooled(con, config: RunConfig, groups: list[Group], workers: int, advance, totals: Counter) -> None:
+def _task_bytes(task: Group | Slice) -> int:
+    return task.bytes
+
+
+def _in_process(
+    con, config: RunConfig, task: Group | Slice, advance, totals: Counter, processes: set[int]
+) -> None:
+    reached = [0]
+
+    def sink(batch: Batch) -> None:
+        processes.add(batch.worker)
+        totals.update(apply_batch(con, config.run_id, batch))
+        advance(batch.reached - reached[0])
+        reached[0] = batch.reached
+
+    convert_task(config, task, sink)
+    advance(_task_bytes(task) - reached[0])
+
+
+def _pooled(
+    con,
+    config: RunConfig,
+    tasks: Iterator[Group | Slice],
+    workers: int,
+    advance,
+    totals: Counter,
+    processes: set[int],
+) -> None:
     root = stage_root(config)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -82,28 +120,37 @@ def _pooled(con, config: RunConfig, groups: list[Group], workers: int, advance, 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["pipelines.scale.spool"])
     config_dict = config.to_dict()
+    ahead = 2 * workers  # bounds what waits for the writer, in memory (slices) and on disk (batches)
     try:
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures: dict[int, Future] = {}
-            ahead = 2 * workers  # bounds the staged bytes on disk waiting for the writer
-            for index, group in enumerate(groups):
-                for g in groups[index : index + ahead]:
-                    if g.index not in futures:
-                        futures[g.index] = pool.submit(spool_group, config_dict, g.to_dict(), str(root))
-                _merge_spooled(con, config, root, group, futures.pop(group.index), advance, totals)
+            inflight: deque[tuple[Group | Slice, Future]] = deque()
+            for task in tasks:
+                inflight.append((task, pool.submit(spool_task, config_dict, task, str(root))))
+                if len(inflight) >= ahead:
+                    _merge_spooled(con, config, root, *inflight.popleft(), advance, totals, processes)
+            while inflight:
+                _merge_spooled(con, config, root, *inflight.popleft(), advance, totals, processes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 def _merge_spooled(
-    con, config: RunConfig, root: Path, group: Group, future: Future, advance, totals: Counter
+    con,
+    config: RunConfig,
+    root: Path,
+    task: Group | Slice,
+    future: Future,
+    advance,
+    totals: Counter,
+    processes: set[int],
 ) -> None:
     """Apply the group's batches in order as they appear, while later groups convert elsewhere."""
     number, reached = 0, 0
     while True:
-        path = batch_dir(root, group.index, number)
+        path = batch_dir(root, task.index, number)
         if path.is_dir():
             batch = read_batch(path)
+            processes.add(batch.worker)
             totals.update(apply_batch(con, config.run_id, batch))
             advance(batch.reached - reached)
             reached = batch.reached
@@ -116,4 +163,4 @@ def _merge_spooled(
                 break
             continue
         wait([future], timeout=0.05, return_when=FIRST_COMPLETED)
-    advance(group.bytes - reached)
+    advance(_task_bytes(task) - reached)

@@ -17,6 +17,7 @@ class Limits:
     group_resources: int
     pool_min_groups: int
     pool_min_bytes: int
+    slice_units: int
 
 
 @cache

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 
 from pipelines.common.config import RunConfig
 from pipelines.scale.plan import Group
-from pipelines.scale.stage import TABLES, Batch, convert_group
+from pipelines.scale.slices import Slice
+from pipelines.scale.stage import TABLES, Batch, convert_task
 
 
 def stage_root(config: RunConfig) -> Path:
@@ -38,7 +39,13 @@ def write_batch(root: Path, batch: Batch) -> Path:
             pq.write_table(rows, tmp / f"{table}.parquet", compression="zstd")
     (tmp / "batch.json").write_bytes(
         orjson.dumps(
-            {"group": batch.group, "number": batch.number, "files": batch.files, "reached": batch.reached}
+            {
+                "group": batch.group,
+                "number": batch.number,
+                "files": batch.files,
+                "reached": batch.reached,
+                "worker": batch.worker,
+            }
         )
     )
     shutil.rmtree(final, ignore_errors=True)  # a retried task rewrites what an earlier try left
@@ -50,20 +57,26 @@ def read_batch(path: Path) -> Batch:
     meta = orjson.loads((path / "batch.json").read_bytes())
     tables = {t: pq.read_table(path / f"{t}.parquet") for t in TABLES if (path / f"{t}.parquet").exists()}
     files = [(int(s), h, st, u) for s, h, st, u in meta["files"]]
-    return Batch(int(meta["group"]), int(meta["number"]), tables, files, int(meta["reached"]))
+    return Batch(
+        int(meta["group"]), int(meta["number"]), tables, files, int(meta["reached"]), int(meta["worker"])
+    )
 
 
 def spool_group(config: dict, group: dict, root: str) -> int:
-    """Worker entry (picklable arguments): convert one group into batch folders; returns their count."""
+    """Convert one group (as JSON, from an orchestrator) into batch folders; returns their count."""
+    return spool_task(config, Group.from_dict(group), root)
+
+
+def spool_task(config: dict, task: Group | Slice, root: str) -> int:
+    """Worker entry (picklable arguments): convert one task into batch folders; returns their count."""
     run = RunConfig.from_dict(config)
-    plan = Group.from_dict(group)
     base = Path(root)
-    shutil.rmtree(group_dir(base, plan.index), ignore_errors=True)
+    shutil.rmtree(group_dir(base, task.index), ignore_errors=True)
     written = [0]
 
     def sink(batch: Batch) -> None:
         write_batch(base, batch)
         written[0] += 1
 
-    convert_group(run, plan, sink)
+    convert_task(run, task, sink)
     return written[0]

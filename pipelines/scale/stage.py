@@ -8,6 +8,7 @@ batch in one transaction and a crash still leaves no partial file behind.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -24,6 +25,7 @@ from pipelines.land import landed_path
 from pipelines.load import create_stage
 from pipelines.scale import limits as scale_limits
 from pipelines.scale.plan import FileWork, Group
+from pipelines.scale.slices import Slice, convert_slice
 
 # What a batch carries, in the order the writer inserts it.
 TABLES = ("_stage", "ops.ledger", "ops.quarantine", "ops.unconsumed", "ops.unit_items")
@@ -42,6 +44,7 @@ class Batch:
     tables: dict[str, pa.Table]
     files: list[tuple[int, str, str, int | None]] = field(default_factory=list)
     reached: int = 0
+    worker: int = field(default_factory=os.getpid)  # the process that converted it
 
 
 @cache
@@ -51,6 +54,24 @@ def _stage_db() -> duckdb.DuckDBPyConnection:
     apply_contract(con)
     create_stage(con)
     return con
+
+
+def convert_task(config: RunConfig, task: Group | Slice, sink: Callable[[Batch], None]) -> None:
+    """Convert a group of files or a slice of one large file, handing sink one Batch per commit point."""
+    if isinstance(task, Group):
+        convert_group(config, task, sink)
+        return
+    con = _stage_db()
+    _clear(con)
+    number = [0]
+
+    def emit(files: list[tuple[int, str, str, int | None]], reached: int) -> None:
+        tables = {t: con.sql(f"SELECT * FROM {t}").to_arrow_table() for t in TABLES}
+        sink(Batch(task.index, number[0], tables, files, reached))
+        number[0] += 1
+        _clear(con)
+
+    convert_slice(config, task, emit, con)
 
 
 def convert_group(config: RunConfig, group: Group, sink: Callable[[Batch], None]) -> None:
@@ -84,7 +105,7 @@ def convert_group(config: RunConfig, group: Group, sink: Callable[[Batch], None]
     for work in group.files:
         start = state["reached"]
         handler = handler_for(work.format)
-        ctx = _context(config, work)
+        ctx = file_context(config, work)
         if writer is None:
             writer = LedgerWriter(con, ctx, config.batch_size)
         writer.ctx = ctx
@@ -132,7 +153,7 @@ def convert_group(config: RunConfig, group: Group, sink: Callable[[Batch], None]
         emit()
 
 
-def _context(config: RunConfig, work: FileWork) -> FileContext:
+def file_context(config: RunConfig, work: FileWork) -> FileContext:
     return FileContext(
         config.run_id,
         work.seq,
