@@ -10,7 +10,7 @@ PATIENTS ?= 200
 RUN := $(UV) run --frozen --no-sync
 export EHRLIFT_CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: run test setup lint format bench golden clean browser terminology-default data-docs-assets
+.PHONY: run test setup lint format bench golden clean browser redis terminology-default data-docs-assets
 
 setup: .venv/.synced
 
@@ -27,7 +27,7 @@ run: setup
 	$(RUN) ehrlift run $(DEMO)/sources --warehouse $(DATA)/warehouse.duckdb --source-system demo
 	$(RUN) ehrlift report --warehouse $(DATA)/warehouse.duckdb
 
-test: setup lint browser
+test: setup lint browser redis
 	$(RUN) pytest -n 2 --dist loadgroup -q
 
 # The compliance-report test renders in a real headless browser: Debian's chromium, installed when
@@ -38,6 +38,15 @@ browser:
 	    { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
 	      { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }; }; } || \
 	  echo "chromium is not installed: the report's browser test will be skipped"
+
+# The Celery scale-out test runs Airflow's CeleryExecutor against Debian's redis-server (the test
+# starts it on a free loopback port); installed when missing and we are root, otherwise it skips.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server || \
+	      { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }; }; } || \
+	  echo "redis-server is not installed: the Celery scale-out test will be skipped"
 
 lint: setup
 	$(RUN) ruff check .

@@ -1,6 +1,6 @@
--- ehrlift warehouse contract, version 4 (additive: 4 added ops.unit_items; 3 the terminology schema;
--- 2 ops.unconsumed and fhir.*.reference_only). Later stages rely on these names: change them only with a
--- migration in pipelines/common/warehouse.py and a note in the README.
+-- ehrlift warehouse contract, version 7 (additive: 7 added ops.stage_batches; 4 ops.unit_items; 3 the
+-- terminology schema; 2 ops.unconsumed and fhir.*.reference_only). Later stages rely on these names: change
+-- them only with a migration in pipelines/common/warehouse.py and a note in the README.
 
 CREATE SCHEMA IF NOT EXISTS ops;
 CREATE SCHEMA IF NOT EXISTS fhir;
@@ -236,4 +236,14 @@ CREATE TABLE IF NOT EXISTS ops.fhir_release_declarations (
     declared_by    VARCHAR NOT NULL,       -- run (--fhir-release) or folder (.fhir-release.csv)
     format         VARCHAR NOT NULL,       -- the format under the declared release, e.g. fhir-ndjson-dstu2
     format_detail  VARCHAR
+);
+
+-- One row per staged batch the writer merged from a shared stage folder (orchestrated runs, whose
+-- convert tasks ran on other workers): a retried merge skips what already committed.
+CREATE TABLE IF NOT EXISTS ops.stage_batches (
+    run_id       VARCHAR NOT NULL,
+    task_index   INTEGER NOT NULL,         -- the group or slice, in commit order
+    batch_number INTEGER NOT NULL,         -- its batches, in commit order
+    worker       VARCHAR,                  -- host:pid that converted it
+    merged_at    TIMESTAMPTZ NOT NULL
 );

@@ -13,7 +13,7 @@ import duckdb
 from pipelines.common.errors import WarehouseError
 from pipelines.common.paths import shipped
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7  # 7: ops.stage_batches (merges of staged batches from other workers)
 RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # also guards table names
 
 RESOURCE_TABLE_DDL = """

@@ -61,7 +61,7 @@ def convert_pending(
         and sum(g.bytes for g in groups) >= bounds.pool_min_bytes
     )
     tasks = _tasks(config, groups, bounds)
-    processes: set[int] = set()
+    processes: set[str] = set()
     if pooled:
         _pooled(con, config, tasks, workers, advance, totals, processes)
     else:
@@ -90,7 +90,7 @@ def _task_bytes(task: Group | Slice) -> int:
 
 
 def _in_process(
-    con, config: RunConfig, task: Group | Slice, advance, totals: Counter, processes: set[int]
+    con, config: RunConfig, task: Group | Slice, advance, totals: Counter, processes: set[str]
 ) -> None:
     reached = [0]
 
@@ -111,7 +111,7 @@ def _pooled(
     workers: int,
     advance,
     totals: Counter,
-    processes: set[int],
+    processes: set[str],
 ) -> None:
     root = stage_root(config)
     shutil.rmtree(root, ignore_errors=True)
@@ -142,7 +142,7 @@ def _merge_spooled(
     future: Future,
     advance,
     totals: Counter,
-    processes: set[int],
+    processes: set[str],
 ) -> None:
     """Apply the group's batches in order as they appear, while later groups convert elsewhere."""
     number, reached = 0, 0

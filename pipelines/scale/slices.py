@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipelines.common import unit as unit_module
 from pipelines.common.config import RunConfig
@@ -33,6 +34,32 @@ class Slice:
     total_units: int = 0  # units of the whole file this run, on the last slice
     failure: tuple[str, str] | None = None
     bytes: int = 0
+    span: tuple[int, int] | None = None  # (after, through): positions a worker reads from the file itself
+
+    def to_dict(self) -> dict[str, Any]:
+        """A span slice as JSON, for an orchestrator (slices carrying units stay in one process)."""
+        assert not self.units
+        return {
+            "index": self.index,
+            "work": self.work.to_dict(),
+            "last": self.last,
+            "total_units": self.total_units,
+            "failure": list(self.failure) if self.failure else None,
+            "bytes": self.bytes,
+            "span": list(self.span) if self.span else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Slice:
+        return cls(
+            int(data["index"]),
+            FileWork(**data["work"]),
+            last=bool(data["last"]),
+            total_units=int(data["total_units"]),
+            failure=tuple(data["failure"]) if data["failure"] else None,
+            bytes=int(data["bytes"]),
+            span=tuple(data["span"]) if data["span"] else None,
+        )
 
 
 def sliceable(work: FileWork, group_bytes: int) -> bool:
@@ -83,6 +110,49 @@ def cut_slices(config: RunConfig, work: FileWork, first_index: int, slice_units:
     yield current
 
 
+def span_slices(config: RunConfig, work: FileWork, first_index: int, slice_units: int) -> list[Slice]:
+    """The same slices as cut_slices, as position spans: one counting pass, no units carried.
+
+    For workers on other machines, which read their span from the shared landing folder.
+    """
+    from pipelines.scale.stage import file_context
+
+    handler = handler_for(work.format)
+    positions = 0
+    try:
+        for unit in handler.units(file_context(config, work)):
+            positions = unit.position
+    except (UnreadableFile, OSError) as exc:
+        if work.resume:
+            raise
+        reason, message = (
+            (exc.reason, exc.message)
+            if isinstance(exc, UnreadableFile)
+            else ("unreadable_file", f"I/O error ({type(exc).__name__})")
+        )
+        return [
+            Slice(first_index, work, last=True, total_units=1, failure=(reason, message), bytes=work.size)
+        ]
+    bounds = list(range(work.resume, positions, slice_units)) or [work.resume]
+    out = [
+        Slice(first_index + i, work, span=(after, min(after + slice_units, positions)))
+        for i, after in enumerate(bounds)
+    ]
+    out[-1].last, out[-1].total_units, out[-1].bytes = True, max(0, positions - work.resume), work.size
+    return out
+
+
+def _read_span(handler: Converter, ctx, span: tuple[int, int]) -> list[Unit]:
+    after, through = span
+    out = []
+    for unit in handler.units(ctx):
+        if unit.position > through:
+            break
+        if unit.position > after:
+            out.append(unit)
+    return out
+
+
 def convert_slice(config: RunConfig, piece: Slice, emit: Callable[..., None], con) -> None:
     """Convert one slice's units; emit(files, reached) is called at each commit point."""
     from pipelines.scale.stage import file_context
@@ -96,12 +166,13 @@ def convert_slice(config: RunConfig, piece: Slice, emit: Callable[..., None], co
         writer.flush()
         emit([(work.seq, work.handler, "converted", 1)], piece.bytes)
         return
-    start = piece.units[0].byte_offset or 0 if piece.units else 0  # for progress within the slice
+    units = piece.units if piece.span is None else _read_span(handler, ctx, piece.span)
+    start = units[0].byte_offset or 0 if units else 0  # for progress within the slice
     staged = 0
-    for unit in piece.units:
+    for unit in units:
         _outcome, resources = convert_one(lambda u: handler.convert(u, ctx), handler.name, unit, ctx, writer)
         staged += resources
-        if staged >= unit_module.CHECKPOINT_RESOURCES and unit is not piece.units[-1]:
+        if staged >= unit_module.CHECKPOINT_RESOURCES and unit is not units[-1]:
             writer.flush()
             reached = (unit.byte_offset or 0) + (unit.byte_length or 0) - start
             emit([(work.seq, work.handler, "partial", None)], min(reached, piece.bytes))

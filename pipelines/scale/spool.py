@@ -58,7 +58,7 @@ def read_batch(path: Path) -> Batch:
     tables = {t: pq.read_table(path / f"{t}.parquet") for t in TABLES if (path / f"{t}.parquet").exists()}
     files = [(int(s), h, st, u) for s, h, st, u in meta["files"]]
     return Batch(
-        int(meta["group"]), int(meta["number"]), tables, files, int(meta["reached"]), int(meta["worker"])
+        int(meta["group"]), int(meta["number"]), tables, files, int(meta["reached"]), str(meta["worker"])
     )
 
 

@@ -9,6 +9,7 @@ batch in one transaction and a crash still leaves no partial file behind.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -44,7 +45,12 @@ class Batch:
     tables: dict[str, pa.Table]
     files: list[tuple[int, str, str, int | None]] = field(default_factory=list)
     reached: int = 0
-    worker: int = field(default_factory=os.getpid)  # the process that converted it
+    worker: str = field(default_factory=lambda: worker_name())  # the process that converted it
+
+
+def worker_name() -> str:
+    """host:pid of this process (no data in it), to show where batches were converted."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @cache

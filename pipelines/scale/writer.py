@@ -12,8 +12,12 @@ from pipelines.load import merge_stage
 from pipelines.scale.stage import TABLES, Batch
 
 
-def apply_batch(con: duckdb.DuckDBPyConnection, run_id: str, batch: Batch) -> Counter[str]:
+def apply_batch(
+    con: duckdb.DuckDBPyConnection, run_id: str, batch: Batch, *, record: bool = False
+) -> Counter[str]:
     """Insert a batch's rows, merge its staged resources into fhir.* and record its files' progress.
+
+    record: also note the batch in ops.stage_batches, so a retried merge of a shared stage skips it.
 
     All in one transaction: a crash leaves the warehouse as it was before the batch, so every file is
     either wholly in, wholly out, or in up to its last committed checkpoint ('partial').
@@ -54,6 +58,11 @@ def apply_batch(con: duckdb.DuckDBPyConnection, run_id: str, batch: Batch) -> Co
                 )
             finally:
                 con.unregister("_ehrlift_files")
+        if record:
+            con.execute(
+                "INSERT INTO ops.stage_batches VALUES (?, ?, ?, ?, now())",
+                [run_id, batch.group, batch.number, batch.worker],
+            )
     for _seq, _handler, status, units in batch.files:
         if status == "converted":
             counts["files"] += 1
