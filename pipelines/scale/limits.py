@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import orjson
 
+from pipelines.common.errors import ConfigError
 from pipelines.common.paths import shipped
 
 
@@ -20,7 +23,18 @@ class Limits:
     slice_units: int
 
 
-@cache
 def limits() -> Limits:
-    data = orjson.loads((shipped("schemas") / "scale_limits.json").read_bytes())
-    return Limits(**{k: int(v) for k, v in data.items() if k != "about"})
+    """The shipped limits, or those of the JSON file EHRLIFT_SCALE_LIMITS names (same keys)."""
+    return _read(os.environ.get("EHRLIFT_SCALE_LIMITS") or str(shipped("schemas") / "scale_limits.json"))
+
+
+@cache
+def _read(path: str) -> Limits:
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+        return Limits(**{k: int(v) for k, v in data.items() if k != "about"})
+    except (OSError, orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"scale limits file is not usable ({type(exc).__name__})",
+            hint="EHRLIFT_SCALE_LIMITS must name a JSON file with the keys of schemas/scale_limits.json",
+        ) from None

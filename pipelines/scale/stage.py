@@ -49,8 +49,11 @@ class Batch:
 
 
 def worker_name() -> str:
-    """host:pid of this process (no data in it), to show where batches were converted."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """name:pid of this process (no data in it), to show where batches were converted.
+
+    The name is EHRLIFT_WORKER_NAME when the deployment sets one per worker, else the host name.
+    """
+    return f"{os.environ.get('EHRLIFT_WORKER_NAME') or socket.gethostname()}:{os.getpid()}"
 
 
 @cache
