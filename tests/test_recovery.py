@@ -243,7 +243,9 @@ def test_a_large_archive_cut_into_slices_resumes_after_the_last_committed_slice(
             for i in range(31)
         ).encode()
     )
-    _bounds(monkeypatch, group_bytes=512, slice_units=5)  # the ~2.9 kB archive is cut into slices
+    _bounds(
+        monkeypatch, group_bytes=512, slice_bytes=512, slice_units=5
+    )  # the ~2.9 kB archive is cut into slices
     original = Hl7v2Converter.convert
 
     def crash_at_23(self, unit, ctx):

@@ -82,7 +82,14 @@ def test_a_pooled_run_writes_the_same_warehouse_as_one_process(tmp_path, monkeyp
     generate_demo_data(src / "demo", patients=12, seed=5, hl7v2=True, ccda=True)
     _hl7_archive(src / "archive" / "adt.hl7", 400)  # ~60 kB: cut into slices of 40 messages
     (src / "broken.json").write_bytes(b'{"resourceType": "Patient", ')
-    _narrow(monkeypatch, group_files=6, group_bytes=32 << 10, slice_units=40, pool_min_bytes=0)
+    _narrow(
+        monkeypatch,
+        group_files=6,
+        group_bytes=32 << 10,
+        slice_bytes=32 << 10,
+        slice_units=40,
+        pool_min_bytes=0,
+    )
     single_totals, single = _convert(tmp_path, "single", src, workers=1)
     pooled_totals, pooled = _convert(tmp_path, "pooled", src, workers=2)
     assert single_totals["worker_processes"] == 1
@@ -100,12 +107,12 @@ def test_a_pooled_run_writes_the_same_warehouse_as_one_process(tmp_path, monkeyp
     assert all(status == "converted" for *_, status, _units in pooled["ops.run_files"])
 
 
-def _work(seq: int, size: int) -> FileWork:
-    return FileWork(seq, f"{seq:064x}", "hl7v2", None, size, None, "default", "hl7v2", 0, True)
+def _work(seq: int, size: int, chunked: bool = True) -> FileWork:
+    return FileWork(seq, f"{seq:064x}", "hl7v2", None, size, None, "default", "hl7v2", 0, chunked)
 
 
 def test_groups_close_at_the_file_and_byte_bounds_and_a_large_file_goes_alone():
-    bounds = dataclasses.replace(scale_limits.limits(), group_files=3, group_bytes=100)
+    bounds = dataclasses.replace(scale_limits.limits(), group_files=3, group_bytes=100, slice_bytes=1000)
     files = [
         _work(1, 10),
         _work(2, 10),
@@ -118,3 +125,9 @@ def test_groups_close_at_the_file_and_byte_bounds_and_a_large_file_goes_alone():
     groups = plan_groups(files, bounds)
     assert [[f.seq for f in g.files] for g in groups] == [[1, 2, 3], [4, 5], [6], [7]]
     assert [g.index for g in groups] == [0, 1, 2, 3]
+
+
+def test_a_chunked_file_of_slice_bytes_goes_alone_so_it_can_be_sliced():
+    bounds = dataclasses.replace(scale_limits.limits(), group_files=10, group_bytes=100, slice_bytes=40)
+    files = [_work(1, 10), _work(2, 45, chunked=False), _work(3, 45), _work(4, 10)]
+    assert [[f.seq for f in g.files] for g in plan_groups(files, bounds)] == [[1, 2], [3], [4]]

@@ -118,7 +118,7 @@ def _when(i: int) -> str:
 def _narrow_limits(path: Path) -> Path:
     """Small groups and slices, so a test-sized input makes a dozen chunks."""
     limits = json.loads((REPO / "schemas" / "scale_limits.json").read_text())
-    limits.update(group_files=6, group_bytes=32 << 10, slice_units=40, pool_min_bytes=0)
+    limits.update(group_files=6, group_bytes=32 << 10, slice_bytes=32 << 10, slice_units=40, pool_min_bytes=0)
     path.write_text(json.dumps(limits))
     return path
 

@@ -53,7 +53,7 @@ def convert_pending(
         advance(sum(already))
     bounds = scale_limits.limits()
     groups = plan_groups(files, bounds)
-    sliced = [g for g in groups if len(g.files) == 1 and sliceable(g.files[0], bounds.group_bytes)]
+    sliced = [g for g in groups if len(g.files) == 1 and sliceable(g.files[0], bounds.slice_bytes)]
     workers = worker_count(config)
     pooled = (
         workers > 1
@@ -76,7 +76,7 @@ def _tasks(config: RunConfig, groups: list[Group], bounds: Limits) -> Iterator[G
     """The run's work in commit order: groups of files, and each large unit-by-unit file in slices."""
     index = 0
     for group in groups:
-        if len(group.files) == 1 and sliceable(group.files[0], bounds.group_bytes):
+        if len(group.files) == 1 and sliceable(group.files[0], bounds.slice_bytes):
             for piece in cut_slices(config, group.files[0], index, bounds.slice_units):
                 index = piece.index + 1
                 yield piece

@@ -33,7 +33,7 @@ def plan(config: RunConfig, max_chunks: int = 64) -> list[dict[str, Any]]:
         files, _already = pending_files(con, config.run_id)
     tasks: list[dict[str, Any]] = []
     for group in plan_groups(files, bounds):
-        if len(group.files) == 1 and sliceable(group.files[0], bounds.group_bytes):
+        if len(group.files) == 1 and sliceable(group.files[0], bounds.slice_bytes):
             for piece in span_slices(config, group.files[0], len(tasks), bounds.slice_units):
                 tasks.append({"slice": piece.to_dict()})
         else:

@@ -18,6 +18,7 @@ class Limits:
     group_files: int
     group_bytes: int
     group_resources: int
+    slice_bytes: int
     pool_min_groups: int
     pool_min_bytes: int
     slice_units: int

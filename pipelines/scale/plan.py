@@ -128,7 +128,8 @@ def pending_files(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[list[Fil
 
 
 def plan_groups(files: list[FileWork], limits: Limits) -> list[Group]:
-    """Consecutive files up to the file and byte bounds; a file of group_bytes or more goes alone.
+    """Consecutive files up to the file and byte bounds; a file of group_bytes or more goes alone, and
+    so does a chunked one of slice_bytes or more (it may be cut into slices).
 
     The plan depends only on the pending files, so a pooled run and a single-process run commit the
     same groups in the same order and settle duplicates identically.
@@ -144,7 +145,7 @@ def plan_groups(files: list[FileWork], limits: Limits) -> list[Group]:
         current, size = [], 0
 
     for work in files:
-        if work.size >= limits.group_bytes:
+        if work.size >= limits.group_bytes or (work.chunked and work.size >= limits.slice_bytes):
             close()
             current = [work]
             close()

@@ -62,10 +62,10 @@ class Slice:
         )
 
 
-def sliceable(work: FileWork, group_bytes: int) -> bool:
+def sliceable(work: FileWork, slice_bytes: int) -> bool:
     """A file big enough to spread, read by a per-unit converter whose units stand alone."""
     handler = handler_for(work.format)
-    return work.size >= group_bytes and work.chunked and isinstance(handler, Converter)
+    return work.size >= slice_bytes and work.chunked and isinstance(handler, Converter)
 
 
 def cut_slices(config: RunConfig, work: FileWork, first_index: int, slice_units: int) -> Iterator[Slice]:
