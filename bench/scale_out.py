@@ -214,6 +214,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--skip-airflow", action="store_true", help="only the in-process pool rounds")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers it started on the way out
     counts = [int(w) for w in args.workers.split(",")]
     if not args.skip_airflow and shutil.which("redis-server") is None:
         raise SystemExit("redis-server is missing: `make redis` installs Debian's")

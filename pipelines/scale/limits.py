@@ -25,17 +25,22 @@ class Limits:
 
 
 def limits() -> Limits:
-    """The shipped limits, or those of the JSON file EHRLIFT_SCALE_LIMITS names (same keys)."""
-    return _read(os.environ.get("EHRLIFT_SCALE_LIMITS") or str(shipped("schemas") / "scale_limits.json"))
+    """The shipped limits, with those a JSON file named by EHRLIFT_SCALE_LIMITS sets in their place."""
+    return _read(
+        str(shipped("schemas") / "scale_limits.json"), os.environ.get("EHRLIFT_SCALE_LIMITS") or None
+    )
 
 
 @cache
-def _read(path: str) -> Limits:
-    try:
-        data = orjson.loads(Path(path).read_bytes())
-        return Limits(**{k: int(v) for k, v in data.items() if k != "about"})
-    except (OSError, orjson.JSONDecodeError, TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"scale limits file is not usable ({type(exc).__name__})",
-            hint="EHRLIFT_SCALE_LIMITS must name a JSON file with the keys of schemas/scale_limits.json",
-        ) from None
+def _read(shipped_path: str, override: str | None) -> Limits:
+    data = orjson.loads(Path(shipped_path).read_bytes())
+    if override is not None:
+        try:
+            data.update(orjson.loads(Path(override).read_bytes()))
+            return Limits(**{k: int(v) for k, v in data.items() if k != "about"})
+        except (OSError, orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"scale limits file is not usable ({type(exc).__name__})",
+                hint="EHRLIFT_SCALE_LIMITS must name a JSON object of keys from schemas/scale_limits.json",
+            ) from None
+    return Limits(**{k: int(v) for k, v in data.items() if k != "about"})
