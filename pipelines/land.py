@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlparse
 
 import duckdb
 import orjson
+import pyarrow as pa
 
 from pipelines import formats
 from pipelines.common.config import RunConfig
@@ -82,7 +83,7 @@ def land_sources(con: duckdb.DuckDBPyConnection, config: RunConfig) -> LandResul
     seen_paths: set[Path] = set()
     seen_sha: dict[str, int] = {}
     seq = 0
-    group = _LandGroup(con, config.landing_dir)
+    group = _LandGroup(con, config.landing_dir, config.run_id)
     try:
         while queue:
             seq = _land_next(con, config, queue, seen_paths, seen_sha, seq, declarations, result, group)
@@ -93,13 +94,25 @@ def land_sources(con: duckdb.DuckDBPyConnection, config: RunConfig) -> LandResul
     return result
 
 
+_FILES_COLUMNS = (
+    "file_sha256",
+    "size_bytes",
+    "format",
+    "format_detail",
+    "source_system",
+    "original_name",
+    "landed_path",
+    "first_run_id",
+)
+
+
 class _LandGroup:
     """Landing rows commit in groups (bounded by files and bytes), each after its files are fsynced.
 
     A crash rolls back only rows whose files a re-run lands again; one commit per file cost ~20 ms.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, landing: Path) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, landing: Path, run_id: str) -> None:
         from pipelines.scale import limits as scale_limits
 
         self.con = con
@@ -107,6 +120,12 @@ class _LandGroup:
         self.syncfs = _syncfs(landing)
         self.open = False
         self.files = self.bytes = 0
+        self.files_rows: list[tuple] = []  # ops.files and ops.run_files rows, inserted at commit
+        self.run_files_rows: list[tuple] = []
+        # Only a retried landing of this run can find its own declarations to replace.
+        self.retry = bool(
+            con.execute("SELECT count(*) FROM ops.run_files WHERE run_id = ?", [run_id]).fetchall()[0][0]
+        )
 
     def begin(self) -> None:
         if not self.open:
@@ -119,14 +138,39 @@ class _LandGroup:
         if self.files >= self.bounds.group_files or self.bytes >= self.bounds.group_bytes:
             self.commit()
 
+    def flush(self) -> None:
+        """Insert the group's buffered rows: one statement per table, not two per file."""
+        if self.files_rows:
+            self._insert(
+                "INSERT INTO ops.files SELECT *, now() FROM _ehrlift_landed", _FILES_COLUMNS, self.files_rows
+            )
+        if self.run_files_rows:
+            self._insert(
+                "INSERT INTO ops.run_files SELECT *, NULL, 'pending', NULL FROM _ehrlift_landed",
+                ("run_id", "seq", "file_sha256", "landing"),
+                self.run_files_rows,
+            )
+
+    def _insert(self, sql: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        batch = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
+        self.con.register("_ehrlift_landed", batch)
+        try:
+            self.con.execute(sql)
+        finally:
+            self.con.unregister("_ehrlift_landed")
+        rows.clear()
+
     def commit(self) -> None:
         if self.open:
+            self.flush()
             if self.syncfs is not None:
                 self.syncfs()  # one flush of the landing file system for the group's copies
             self.con.execute("COMMIT")
         self.open, self.files, self.bytes = False, 0, 0
 
     def abort(self) -> None:
+        self.files_rows.clear()
+        self.run_files_rows.clear()
         if self.open:
             self.con.execute("ROLLBACK")
         self.open, self.files, self.bytes = False, 0, 0
@@ -180,9 +224,9 @@ def _land_next(
     seq += 1
     seen_sha[sha] = seq
     group.begin()
-    fmt = _land_one(con, config, path, sha, size, seq, result, fsync=group.syncfs is None)
+    fmt = _land_one(con, config, path, sha, size, seq, result, group)
     fmt = record_declaration(
-        con, config.run_id, sha, landed_path(config, sha), fmt, declarations.for_file(path)
+        con, config.run_id, sha, landed_path(config, sha), fmt, declarations.for_file(path), clear=group.retry
     )
     result.formats[fmt] = result.formats.get(fmt, 0) + 1
     if fmt == formats.FHIR_MANIFEST:
@@ -205,17 +249,16 @@ def _land_one(
     size: int,
     seq: int,
     result: LandResult,
-    fsync: bool = True,
+    group: _LandGroup,
 ) -> str:
-    row = con.execute("SELECT format FROM ops.files WHERE file_sha256 = ?", [sha]).fetchone()
+    row = con.execute("SELECT format FROM ops.files WHERE file_sha256 = ?", [sha]).fetchall()
     target = landed_path(config, sha)
-    if row is None or not target.exists():
-        _copy_durably(path, target, fsync)
-    if row is None:
+    if not row or not target.exists():
+        _copy_durably(path, target, group.syncfs is None)
+    if not row:
         fmt, detail = formats.detect(target)
-        con.execute(
-            "INSERT INTO ops.files VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
-            [
+        group.files_rows.append(
+            (
                 sha,
                 size,
                 fmt,
@@ -224,18 +267,15 @@ def _land_one(
                 path.name,
                 str(target.relative_to(config.landing_dir)),
                 config.run_id,
-            ],
+            )
         )
         result.files_landed += 1
         landing = "landed"
     else:
-        fmt = row[0]
+        fmt = row[0][0]
         result.already_landed += 1
         landing = "already_landed"
-    con.execute(
-        "INSERT INTO ops.run_files VALUES (?, ?, ?, ?, NULL, 'pending', NULL)",
-        [config.run_id, seq, sha, landing],
-    )
+    group.run_files_rows.append((config.run_id, seq, sha, landing))
     return fmt
 
 
