@@ -10,7 +10,7 @@ PATIENTS ?= 200
 RUN := $(UV) run --frozen --no-sync
 export EHRLIFT_CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: run test setup lint format bench golden clean browser fhir-server hl7-server terminology-default data-docs-assets docs
+.PHONY: run test setup lint format bench golden clean browser fhir-server hl7-server redis terminology-default data-docs-assets docs
 
 setup: .venv/.synced schemas/fhir-r4/r4.schema.json
 
@@ -37,7 +37,7 @@ run: setup
 	$(RUN) ehrlift run $(DEMO)/sources --warehouse $(DATA)/warehouse.duckdb --source-system demo
 	$(RUN) ehrlift report --warehouse $(DATA)/warehouse.duckdb
 
-test: setup lint browser fhir-server hl7-server
+test: setup lint browser fhir-server hl7-server redis
 	$(RUN) pytest -n 2 --dist loadgroup -q
 
 # The compliance-report test renders in a real headless browser: Debian's chromium, installed when
@@ -64,6 +64,15 @@ tests/hl7_server/node_modules/.installed: tests/hl7_server/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \
 	  cd tests/hl7_server && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
 	else echo "npm is not installed: the HL7 back-load tests against node-hl7-server will be skipped"; fi
+
+# The Celery scale-out test runs Airflow's CeleryExecutor against Debian's redis-server (the test
+# starts it on a free loopback port); installed when missing and we are root, otherwise it skips.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server || \
+	      { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }; }; } || \
+	  echo "redis-server is not installed: the Celery scale-out test will be skipped"
 
 lint: setup
 	$(RUN) ruff check .

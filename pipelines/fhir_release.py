@@ -95,12 +95,23 @@ def _parse(path: Path) -> list[tuple[str, str | None]]:
 
 
 def record(
-    con: duckdb.DuckDBPyConnection, run_id: str, sha: str, landed: Path, fmt: str, declared: Declared | None
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    sha: str,
+    landed: Path,
+    fmt: str,
+    declared: Declared | None,
+    *,
+    clear: bool = True,
 ) -> str:
-    """Record a declaration for a landed FHIR file; returns the format the file is read as this run."""
-    con.execute(
-        "DELETE FROM ops.fhir_release_declarations WHERE run_id = ? AND file_sha256 = ?", [run_id, sha]
-    )
+    """Record a declaration for a landed FHIR file; returns the format the file is read as this run.
+
+    clear=False when the run cannot have declared this file before (its first landing attempt).
+    """
+    if clear:
+        con.execute(
+            "DELETE FROM ops.fhir_release_declarations WHERE run_id = ? AND file_sha256 = ?", [run_id, sha]
+        )
     if declared is None or fmt not in FHIR_FORMATS:
         return fmt
     declared_fmt, detail = formats.detect(landed, release=declared.release)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -13,16 +12,11 @@ import orjson
 
 from pipelines.common.config import RunConfig, ehrlift_version
 from pipelines.common.errors import EhrliftError, ExitCode
-from pipelines.common.ledger import LedgerWriter
 from pipelines.common.progress import Bars
 from pipelines.common.stages import StageClock, timed_stage
-from pipelines.common.unit import BatchConverter, FileContext, Unit, UnreadableFile, convert_units
-from pipelines.common.warehouse import open_warehouse, transaction
-from pipelines.convert import handler_for
-from pipelines.fhir_release import committed_position, conversion_done
+from pipelines.common.warehouse import open_warehouse
 from pipelines.identity import identify_stage
-from pipelines.land import check_sources, land_sources, landed_path
-from pipelines.load import create_stage, merge_stage
+from pipelines.land import check_sources, land_sources
 from pipelines.normalize import normalize_stage
 from pipelines.summary import RunSummary, build_summary
 
@@ -42,50 +36,20 @@ def land_stage(config: RunConfig) -> dict[str, Any]:
 def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]:
     """Convert and merge every pending file of the run; returns unit and merge counts.
 
-    Units, ledger rows and resources commit together, per file or (for chunked formats) per chunk: a
-    crash leaves nothing half-written, and a re-run converts only what was not committed.
+    Small files share a transaction and large ones commit in chunks (pipelines.scale): a crash leaves
+    no file half-written, and a re-run converts only what was not committed.
     """
-    totals: Counter[str] = Counter()
+    from pipelines.scale import convert_pending
+
     with open_warehouse(config.warehouse) as con:
-        create_stage(con)
-        pending = con.execute(
-            """
-            SELECT rf.seq, rf.file_sha256, coalesce(d.format, f.format),
-                CASE WHEN d.format IS NULL THEN f.format_detail ELSE d.format_detail END,
-                f.size_bytes, d.release
-            FROM ops.run_files rf JOIN ops.files f USING (file_sha256)
-            LEFT JOIN ops.fhir_release_declarations d
-                ON d.run_id = rf.run_id AND d.file_sha256 = rf.file_sha256
-            WHERE rf.run_id = ? AND rf.status IN ('pending', 'partial') ORDER BY rf.seq
-        """,
+        size = con.execute(
+            "SELECT coalesce(sum(f.size_bytes), 0) FROM ops.run_files rf "
+            "JOIN ops.files f USING (file_sha256) "
+            "WHERE rf.run_id = ? AND rf.status IN ('pending', 'partial')",
             [config.run_id],
-        ).fetchall()
-        advance = (bars or Bars(False)).bar("convert", sum(r[4] for r in pending))
-        for seq, sha, fmt, detail, size, declared in pending:
-            handler = handler_for(fmt)
-            # A file read under another declared release is converted again; the same reading is not.
-            if conversion_done(con, sha, handler.name, fmt, declared):
-                con.execute(
-                    "UPDATE ops.run_files SET handler = ?, status = 'already_processed' "
-                    "WHERE run_id = ? AND seq = ?",
-                    [handler.name, config.run_id, seq],
-                )
-                totals["already_processed"] += 1
-                advance(size)
-                continue
-            ctx = FileContext(
-                config.run_id,
-                seq,
-                sha,
-                landed_path(config, sha),
-                fmt,
-                detail,
-                _file_source_system(con, sha),
-                declared,
-            )
-            totals.update(_convert_file(con, config, handler, ctx, advance))
-            totals["files"] += 1
-    return dict(totals)
+        ).fetchall()[0][0]
+        advance = (bars or Bars(False)).bar("convert", int(size))
+        return convert_pending(con, config, advance)
 
 
 def load_stage(config: RunConfig) -> dict[str, Any]:
@@ -182,101 +146,6 @@ def run_pipeline(config: RunConfig) -> RunSummary:
         raise
     with open_warehouse(config.warehouse, read_only=True) as con:
         return build_summary(con, config.run_id)
-
-
-def _convert_file(
-    con: duckdb.DuckDBPyConnection, config: RunConfig, handler, ctx: FileContext, advance
-) -> dict[str, int]:
-    """Convert one file and merge its resources; returns its unit outcomes and merge counts.
-
-    A whole-document format commits once at the end. A chunked one (NDJSON, HL7) also commits at
-    checkpoints, recording its progress as 'partial', so memory stays bounded for any file size and a
-    re-run resumes after the last committed unit.
-    """
-    done = 0
-    counts: Counter[str] = Counter()
-
-    def on_progress(position: int) -> None:
-        nonlocal done
-        advance(position - done)
-        done = position
-
-    def merge_and_count() -> None:
-        writer.flush()
-        writer.staged = 0
-        merged = merge_stage(con)
-        counts["resources"] += sum(merged.resources_loaded.values())
-        counts["replaced"] += merged.replaced
-        counts["duplicates_identical"] += merged.duplicates_identical
-        counts["superseded"] += merged.superseded
-        counts["conflicts"] += merged.conflicts
-
-    def checkpoint() -> None:
-        merge_and_count()
-        _mark_file(con, ctx, handler.name, None, status="partial")
-        con.execute("COMMIT")
-        con.execute("BEGIN TRANSACTION")
-
-    resume = _committed_position(con, ctx, handler.name) if handler.chunked else 0
-    writer = LedgerWriter(con, ctx, config.batch_size)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        kwargs = {"skip_through": resume, "checkpoint": checkpoint if handler.chunked else None}
-        if isinstance(handler, BatchConverter):
-            result = handler.convert_file(ctx, con, writer, on_progress, **kwargs)
-        else:
-            result = convert_units(handler, ctx, writer, on_progress, **kwargs)
-        merge_and_count()
-        _mark_file(con, ctx, handler.name, result.units)
-        con.execute("COMMIT")
-        counts["units"] += result.units
-    except (UnreadableFile, OSError) as exc:
-        con.execute("ROLLBACK")
-        if resume or _committed_position(con, ctx, handler.name):
-            raise  # part of the file is in: an I/O fault is the run's problem, and a re-run resumes
-        # Nothing of the file was kept: record the file as one bad unit.
-        if isinstance(exc, UnreadableFile):
-            reason, message = exc.reason, exc.message
-        else:
-            reason, message = "unreadable_file", f"I/O error ({type(exc).__name__})"
-        with transaction(con):
-            writer = LedgerWriter(con, ctx, config.batch_size)
-            writer.quarantine(Unit(0, "file", None, 0, ctx.path.stat().st_size), reason, message)
-            writer.flush()
-            _mark_file(con, ctx, handler.name, 1)
-        counts = Counter({"units": 1})
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    advance(ctx.path.stat().st_size - done)
-    return dict(counts)
-
-
-def _committed_position(con: duckdb.DuckDBPyConnection, ctx: FileContext, handler: str) -> int:
-    """The last unit of this file that interrupted runs committed with this handler, read the same way."""
-    return committed_position(con, ctx.file_sha256, handler, ctx.format, ctx.declared_release)
-
-
-def _mark_file(
-    con: duckdb.DuckDBPyConnection,
-    ctx: FileContext,
-    handler: str,
-    units: int | None,
-    status: str = "converted",
-) -> None:
-    con.execute(
-        "UPDATE ops.run_files SET handler = ?, status = ?, units = coalesce(?, units) "
-        "WHERE run_id = ? AND seq = ?",
-        [handler, status, units, ctx.run_id, ctx.seq],
-    )
-
-
-def _file_source_system(con: duckdb.DuckDBPyConnection, sha: str) -> str:
-    # The system a file was first landed under decides its ids, so a re-run under another name
-    # cannot give the same records a second identity.
-    row = con.execute("SELECT source_system FROM ops.files WHERE file_sha256 = ?", [sha]).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def _start_run(con: duckdb.DuckDBPyConnection, config: RunConfig) -> None:

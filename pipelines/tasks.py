@@ -48,6 +48,30 @@ def convert(config: dict[str, Any]) -> dict[str, Any]:
         return convert_stage(run)
 
 
+def plan_chunks(config: dict[str, Any], max_chunks: int = 64) -> list[dict[str, Any]]:
+    """The run's pending files as chunks for mapped convert tasks (same commit order as `ehrlift run`)."""
+    from pipelines.common.config import RunConfig
+    from pipelines.scale.chunks import plan
+
+    return plan(RunConfig.from_dict(config), max_chunks)
+
+
+def convert_chunk(config: dict[str, Any], chunk: dict[str, Any]) -> dict[str, Any]:
+    """Convert one chunk into staged Parquet batches under the shared stage folder (no warehouse)."""
+    from pipelines.common.config import RunConfig
+    from pipelines.scale.chunks import convert as convert_staged
+
+    return convert_staged(RunConfig.from_dict(config), chunk)
+
+
+def merge_chunks(config: dict[str, Any], chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one writer: merge every chunk's staged batches into the warehouse, in plan order."""
+    from pipelines.common.config import RunConfig
+    from pipelines.scale.chunks import merge
+
+    return merge(RunConfig.from_dict(config), chunks)
+
+
 def normalize(config: dict[str, Any]) -> dict[str, Any]:
     from pipelines.common.config import RunConfig
     from pipelines.common.stages import timed_stage

@@ -1,8 +1,9 @@
 -- ehrlift warehouse contract, version 12 (additive: 12 added the ops.backload_hl7_* tables; 10
 -- ops.cds_cards and ops.cds_feedback; 9 the ops.backload_* tables; 8 the identity tables
 -- ops.identity_links, ops.identity_decisions, ops.identity_models, ops.person_map, ops.person_records,
--- ops.fact_duplicates; 6 ops.run_stages, ops.validation_counts and ops.views_stale; 4 ops.unit_items;
--- 3 the terminology schema; 2 ops.unconsumed and fhir.*.reference_only). Later stages rely on these names: change them only with a migration in
+-- ops.fact_duplicates; 7 ops.stage_batches; 6 ops.run_stages, ops.validation_counts and
+-- ops.views_stale; 4 ops.unit_items; 3 the terminology schema; 2 ops.unconsumed and
+-- fhir.*.reference_only). Later stages rely on these names: change them only with a migration in
 -- pipelines/common/warehouse.py and a note in docs/concepts/warehouse.md.
 
 CREATE SCHEMA IF NOT EXISTS ops;
@@ -434,4 +435,14 @@ CREATE TABLE IF NOT EXISTS ops.backload_hl7_results (
     error_codes      VARCHAR,               -- ERR-3 (table 0357) codes, never ERR texts or values
     attempts         INTEGER NOT NULL,
     recorded_at      TIMESTAMPTZ NOT NULL
+);
+
+-- One row per staged batch the writer merged from a shared stage folder (orchestrated runs, whose
+-- convert tasks ran on other workers): a retried merge skips what already committed.
+CREATE TABLE IF NOT EXISTS ops.stage_batches (
+    run_id       VARCHAR NOT NULL,
+    task_index   INTEGER NOT NULL,         -- the group or slice, in commit order
+    batch_number INTEGER NOT NULL,         -- its batches, in commit order
+    worker       VARCHAR,                  -- host:pid that converted it
+    merged_at    TIMESTAMPTZ NOT NULL
 );

@@ -79,6 +79,10 @@ print(json.dumps({
     "upstream_of_load": sorted(dag.get_task("load").upstream_task_ids),
     "upstream_of_validate": sorted(dag.get_task("validate").upstream_task_ids),
     "validate_retries": dag.get_task("validate").retries,
+    "upstream_of_merge": sorted(dag.get_task("merge").upstream_task_ids),
+    "mapped": sorted(t.task_id for t in dag.tasks if hasattr(t, "expand_input")),
+    "warehouse_pool": sorted(t.task_id for t in dag.tasks if t.pool == "ehrlift_warehouse"),
+    "outlets": {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets},
 }))
 """.replace("DAGS_FOLDER", repr(str(REPO / "dags")))
     out = subprocess.run(
@@ -92,12 +96,26 @@ print(json.dumps({
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {
         "errors": {},
-        "tasks": ["configure", "convert", "identify", "land", "load", "normalize", "validate"],
+        "tasks": [
+            "configure",
+            "convert",
+            "identify",
+            "land",
+            "load",
+            "merge",
+            "normalize",
+            "plan",
+            "validate",
+        ],
         "retries": [0, 2],
         "max_active_runs": 1,
         "upstream_of_load": ["configure", "identify"],
         "upstream_of_validate": ["configure", "load"],
         "validate_retries": 0,
+        "upstream_of_merge": ["configure", "convert", "plan"],
+        "mapped": ["convert"],
+        "warehouse_pool": ["identify", "land", "load", "merge", "normalize", "plan", "validate"],
+        "outlets": {"land": ["ehrlift_landed"], "convert": ["ehrlift_staged"], "merge": ["ehrlift_merged"]},
     }
 
 

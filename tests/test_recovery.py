@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pipelines import load as load_module
@@ -25,8 +27,20 @@ def _expected_ledger():
     ]
 
 
-def test_crash_in_the_middle_of_a_file_then_rerun(tmp_path, make_config, warehouse, monkeypatch):
+def _bounds(monkeypatch, **changes) -> None:
+    """Narrower commit groups than schemas/scale_limits.json, so a few tiny files make several groups."""
+    from pipelines.scale import limits as scale_limits
+
+    shipped = scale_limits.limits()
+    monkeypatch.setattr(scale_limits, "limits", lambda: dataclasses.replace(shipped, **changes))
+
+
+@pytest.mark.parametrize(("group_files", "committed_files"), [(1, 1), (1000, 0)], ids=["per-file", "grouped"])
+def test_crash_in_the_middle_of_a_file_then_rerun(
+    tmp_path, make_config, warehouse, monkeypatch, group_files, committed_files
+):
     src = _export(tmp_path)
+    _bounds(monkeypatch, group_files=group_files)
     original = FhirNdjsonConverter._convert_batch
 
     def crash_in_b(self, con, params, writer, preparer, ctx, result):
@@ -46,7 +60,8 @@ def test_crash_in_the_middle_of_a_file_then_rerun(tmp_path, make_config, warehou
         ("failed", 130),
         ("succeeded", 0),
     ]
-    assert rerun.files_already_processed == 1  # a.ndjson was committed before the crash
+    # Alone in its group a.ndjson was committed before the crash; sharing one, it rolled back with b.
+    assert rerun.files_already_processed == committed_files
 
 
 def test_crash_while_merging_a_file_then_rerun(tmp_path, make_config, warehouse, monkeypatch):
@@ -136,3 +151,117 @@ def test_an_hl7_archive_commits_in_chunks_and_resumes_after_a_crash(
     assert rerun.totals.units == 12 - committed
     assert [row[1:4] for row in ledger(con)] == [(i, "hl7_message", "converted") for i in range(1, 13)]
     assert con.execute('SELECT count(DISTINCT id), count(*) FROM fhir."Patient"').fetchone() == (12, 12)
+
+
+def _one_message_files(folder, n):
+    folder.mkdir(parents=True)
+    for i in range(n):
+        (folder / f"m{i:03d}.hl7").write_bytes(
+            f"MSH|^~\\&|REG|HOSP|EHR|HOSP|2024010{1 + i % 9}0800||ADT^A04^ADT_A01|C{i}|P|2.5.1\r"
+            f"PID|1||MRN{i}^^^HOSP^MR||Person{i}^Test\r".encode()
+        )
+    return folder
+
+
+def test_many_small_files_commit_in_groups_and_a_crash_keeps_whole_groups(
+    tmp_path, make_config, warehouse, monkeypatch
+):
+    from pipelines.convert.hl7v2.converter import Hl7v2Converter
+
+    src = _one_message_files(tmp_path / "src", 40)
+    _bounds(monkeypatch, group_files=8)
+    original = Hl7v2Converter.convert
+
+    def crash_in_file_27(self, unit, ctx):
+        if ctx.seq == 27:
+            raise KeyboardInterrupt
+        return original(self, unit, ctx)
+
+    monkeypatch.setattr(Hl7v2Converter, "convert", crash_in_file_27)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(make_config(src))
+    with open_warehouse(tmp_path / "data" / "warehouse.duckdb") as con:
+        # Files 1-24 (three groups of eight) committed; the group of file 27 left nothing behind.
+        assert con.execute(
+            "SELECT status, count(*), min(seq), max(seq) FROM ops.run_files GROUP BY 1 ORDER BY 1"
+        ).fetchall() == [("converted", 24, 1, 24), ("pending", 16, 25, 40)]
+        assert con.execute("SELECT count(*), count(DISTINCT file_sha256) FROM ops.ledger").fetchone() == (
+            24,
+            24,
+        )
+        assert con.execute('SELECT count(*) FROM fhir."Patient"').fetchone() == (24,)
+    monkeypatch.setattr(Hl7v2Converter, "convert", original)
+    rerun = run_pipeline(make_config(src))
+    assert (rerun.totals.units, rerun.files_already_processed) == (16, 24)
+    con = warehouse()
+    assert [row[:4] for row in ledger(con)] == [
+        (f"m{i:03d}.hl7", 1, "hl7_message", "converted") for i in range(40)
+    ]
+    assert con.execute('SELECT count(*), count(DISTINCT id) FROM fhir."Patient"').fetchone() == (40, 40)
+
+
+def test_a_crash_while_the_writer_merges_a_group_then_rerun(tmp_path, make_config, warehouse, monkeypatch):
+    from pipelines.scale import writer
+
+    src = _one_message_files(tmp_path / "src", 30)
+    _bounds(monkeypatch, group_files=5)
+    original = writer.merge_stage
+    merges = {"n": 0}
+
+    def crash_after_fourth_merge(con):
+        merges["n"] += 1
+        result = original(con)
+        if merges["n"] == 4:
+            raise KeyboardInterrupt  # merged into fhir.*, then died before the group's commit
+        return result
+
+    monkeypatch.setattr(writer, "merge_stage", crash_after_fourth_merge)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(make_config(src))
+    with open_warehouse(tmp_path / "data" / "warehouse.duckdb") as con:
+        assert con.execute("SELECT count(*) FROM ops.ledger").fetchone() == (15,)
+        assert con.execute('SELECT count(*) FROM fhir."Patient"').fetchone() == (15,)
+    monkeypatch.setattr(writer, "merge_stage", original)
+    rerun = run_pipeline(make_config(src))
+    assert (rerun.totals.units, rerun.files_already_processed) == (15, 15)
+    con = warehouse()
+    assert len(ledger(con)) == 30
+    assert con.execute('SELECT count(*), count(DISTINCT id) FROM fhir."Patient"').fetchone() == (30, 30)
+
+
+def test_a_large_archive_cut_into_slices_resumes_after_the_last_committed_slice(
+    tmp_path, make_config, warehouse, monkeypatch
+):
+    from pipelines.convert.hl7v2.converter import Hl7v2Converter
+
+    src = tmp_path / "src" / "adt.hl7"
+    src.parent.mkdir()
+    src.write_bytes(
+        "".join(
+            f"MSH|^~\\&|REG|HOSP|EHR|HOSP|2024010{1 + i % 9}0800||ADT^A04^ADT_A01|C{i}|P|2.5.1\r"
+            f"PID|1||MRN{i}^^^HOSP^MR||Person{i}^Test\r\n"
+            for i in range(31)
+        ).encode()
+    )
+    _bounds(
+        monkeypatch, group_bytes=512, slice_bytes=512, slice_units=5
+    )  # the ~2.9 kB archive is cut into slices
+    original = Hl7v2Converter.convert
+
+    def crash_at_23(self, unit, ctx):
+        if unit.position == 23:
+            raise KeyboardInterrupt
+        return original(self, unit, ctx)
+
+    monkeypatch.setattr(Hl7v2Converter, "convert", crash_at_23)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(make_config(src, workers=1))
+    with open_warehouse(tmp_path / "data" / "warehouse.duckdb") as con:
+        assert con.execute("SELECT count(*), max(unit_position) FROM ops.ledger").fetchone() == (20, 20)
+        assert con.execute("SELECT status FROM ops.run_files").fetchall() == [("partial",)]
+    monkeypatch.setattr(Hl7v2Converter, "convert", original)
+    rerun = run_pipeline(make_config(src, workers=1))
+    assert rerun.totals.units == 11
+    con = warehouse()
+    assert [row[1:4] for row in ledger(con)] == [(i, "hl7_message", "converted") for i in range(1, 32)]
+    assert con.execute('SELECT count(DISTINCT id), count(*) FROM fhir."Patient"').fetchone() == (31, 31)

@@ -46,6 +46,7 @@ class RunConfig:
     progress: bool = True
     run_id: str = field(default_factory=new_run_id)
     fhir_release: str = "auto"  # the release FHIR sources speak, unless a .fhir-release.csv says otherwise
+    workers: int = 0  # conversion processes; 0: EHRLIFT_WORKERS, else every core
 
     def __post_init__(self) -> None:
         if not _SOURCE_SYSTEM.fullmatch(self.source_system):
@@ -55,6 +56,8 @@ class RunConfig:
             )
         if self.batch_size < 1:
             raise ConfigError("batch size must be at least 1")
+        if self.workers < 0:
+            raise ConfigError("workers must be 0 (every core) or more")
         if self.fhir_release not in FHIR_RELEASES:
             raise ConfigError(
                 f"FHIR release {self.fhir_release!r} is not one ehrlift reads",

@@ -61,7 +61,10 @@ def pointer(
 
 
 class LedgerWriter:
-    """One file's outcomes: every unit gets exactly one ledger row; rows reach DuckDB in batches."""
+    """One file's outcomes: every unit gets exactly one ledger row; rows reach DuckDB in batches.
+
+    ctx may be replaced between files, so files that commit together share one writer's batches.
+    """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, ctx: FileContext, batch_size: int = 10_000) -> None:
         self.con = con
@@ -153,6 +156,17 @@ class LedgerWriter:
         led["byte_length"].append(unit.byte_length)
         if len(led["run_id"]) >= self.batch_size:
             self.flush()
+
+    def discard(self, file_sha256: str) -> None:
+        """Drop the unflushed rows of one file (one whose reading failed); other files' rows stay."""
+        for buffer in self._buffers():
+            keep = [i for i, sha in enumerate(buffer["file_sha256"]) if sha != file_sha256]
+            for name, values in buffer.items():
+                buffer[name] = [values[i] for i in keep]
+        self.staged = 0
+
+    def _buffers(self) -> tuple[dict[str, list], ...]:
+        return (self._stage, self._ledger, self._quarantine, self._unconsumed, self._items)
 
     def flush(self) -> None:
         _append(self.con, "_stage", self._stage)
