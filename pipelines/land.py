@@ -204,17 +204,46 @@ def _account_manifest(
 
 
 def _local_output(manifest_path: Path, entry: object) -> Path | tuple[str, str]:
-    """The local file a manifest output names, or (reason, message) saying why there is none."""
+    """The local file a manifest output names, or (reason, message) saying why there is none.
+
+    A manifest may bring in only files inside its own folder: a url climbing out (`../`), an absolute
+    path, a `file:` URL elsewhere or on another host, or a symlink resolving outside is refused before
+    anything is opened, so a manifest cannot make ehrlift read other files on the host.
+    """
     url = entry.get("url") if isinstance(entry, dict) else None
     if not isinstance(url, str) or not url:
         return "invalid_manifest_entry", "output entry has no url"
+    if "\x00" in url:
+        return "invalid_manifest_entry", "output url holds a NUL character"
     parsed = urlparse(url)
-    if parsed.scheme in ("http", "https"):
+    scheme = parsed.scheme.lower()
+    if scheme in ("http", "https"):
         return "manifest_output_remote", "output is a remote URL"
-    local = Path(unquote(parsed.path)) if parsed.scheme == "file" else manifest_path.parent / url
-    if not local.is_file():
+    if scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            return "manifest_output_outside", "output file: URL names another host"
+        candidate = Path(unquote(parsed.path))
+        form = "output file: URL names a file outside the manifest's folder"
+    elif scheme and len(scheme) > 1:
+        return "manifest_output_unsupported_url", "output url scheme is neither file, http nor https"
+    else:
+        relative = Path(unquote(url) if "%" in url else url)
+        if url.startswith(("/", "\\")) or relative.is_absolute() or scheme:
+            return "manifest_output_outside", "output url is an absolute path"
+        if ".." in relative.parts:
+            return "manifest_output_outside", "output url climbs out of the manifest's folder"
+        candidate = manifest_path.parent / relative
+        form = "output url resolves (through a symlink) outside the manifest's folder"
+    folder = manifest_path.parent.resolve()
+    try:
+        real = candidate.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
         return "manifest_output_missing", "output file not found beside the manifest"
-    return local
+    if not real.is_relative_to(folder) or real == folder:
+        return "manifest_output_outside", form
+    if not real.is_file():
+        return "manifest_output_missing", "output file not found beside the manifest"
+    return real
 
 
 def _manifest_entries(manifest: object) -> list:
