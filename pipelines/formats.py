@@ -11,6 +11,7 @@ import ijson
 import orjson
 
 from pipelines import fhir_versions
+from pipelines.intake import jsondepth
 
 SNIFF_BYTES = 64 * 1024
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -147,7 +148,7 @@ def _detect_json_document(path: Path, release: str | None = None) -> tuple[str, 
     resource_type = bundle_type = None
     try:
         with open_json(path) as fh:
-            for prefix, event, value in ijson.parse(fh):
+            for prefix, event, value in jsondepth.parse(fh):
                 if prefix == "" and event == "map_key":
                     keys.add(value)
                 elif prefix == "resourceType" and event == "string":

@@ -20,6 +20,7 @@ from pipelines.common.unit import (
 )
 from pipelines.convert.fhir.prepare import FHIR_ID, RESOURCE_TYPE, ResourcePreparer, warehouse_id
 from pipelines.convert.fhir.release import check_bundle_release, check_release, declared
+from pipelines.intake import jsondepth
 
 _IJSON_ERRORS = (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError)
 
@@ -41,13 +42,15 @@ class FhirBundleConverter(Converter):
         check_bundle_release("Bundle", self._top.get("fhirVersion"), self._top["profile"], ctx)
         try:
             with formats.open_json(ctx.path) as fh:
-                for position, entry in enumerate(ijson.items(fh, "entry.item", use_float=False), 1):
+                for position, entry in enumerate(jsondepth.items(fh, "entry.item"), 1):
                     yield Unit(position, "bundle_entry", entry)
         except _IJSON_ERRORS:
             raise _unreadable(ctx) from None
 
     def convert(self, unit: Unit, ctx: FileContext) -> list[StagedResource]:
         entry = unit.payload
+        if entry is jsondepth.TOO_DEEP_ITEM:
+            raise Quarantine(jsondepth.REASON, jsondepth.message())
         if not isinstance(entry, dict):
             raise Quarantine("invalid_bundle_entry", "Bundle entry is not a JSON object")
         request = entry.get("request")
@@ -70,7 +73,7 @@ class FhirBundleConverter(Converter):
         full_url = rtype = rid = None
         try:
             with formats.open_json(ctx.path) as fh:
-                for prefix, event, value in ijson.parse(fh):
+                for prefix, event, value in jsondepth.parse(fh):
                     if prefix == "entry.item" and event == "start_map":
                         position += 1
                         full_url = rtype = rid = None
@@ -84,6 +87,9 @@ class FhirBundleConverter(Converter):
                         self._top["fhirVersion"] = value
                     elif prefix == "meta.profile.item" and event == "string":
                         self._top["profile"].append(value)
+                    elif event == jsondepth.TOO_DEEP and not prefix.startswith("entry.item"):
+                        # Too deep outside any entry: the Bundle itself is refused, nothing built.
+                        raise UnreadableFile(jsondepth.message(), jsondepth.REASON)
                     elif prefix == "entry.item" and event == "end_map":
                         ref = _entry_reference(ctx, position, self.entry_type(rtype), rid)
                         if full_url and ref:

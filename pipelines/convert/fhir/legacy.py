@@ -22,6 +22,7 @@ from pipelines.convert.fhir.release import check_release, declared
 from pipelines.convert.fhir.resource import FhirResourceConverter
 from pipelines.convert.fhir.upgrade import renamed_type, upgrade
 from pipelines.convert.fhir.upgrade.base import resource_types
+from pipelines.intake import jsondepth
 
 RELEASE_OF_FORMAT = {
     formats.FHIR_NDJSON_DSTU2: "1.0",
@@ -64,6 +65,8 @@ class LegacyNdjsonConverter(Converter):
             raise Quarantine("invalid_encoding", f"byte {enc_err} is not valid UTF-8")
         if not txt:
             raise Skip("blank_line")
+        if jsondepth.exceeds(txt):
+            raise Quarantine(jsondepth.REASON, jsondepth.message())
         try:
             obj = simplejson.loads(txt, use_decimal=True)
         except simplejson.JSONDecodeError as exc:

@@ -29,6 +29,7 @@ from pipelines.common.unit import (
 )
 from pipelines.convert.fhir.prepare import ResourcePreparer, parse_line
 from pipelines.convert.fhir.release import check_release, declared
+from pipelines.intake import jsondepth
 
 CHUNK_BYTES = 16 << 20
 _ASCII_WS = " \t\r\n\x0b\x0c"  # what bytes.strip() removes on the per-unit path
@@ -45,11 +46,12 @@ _LENIENT = r"[:\[,]\s*[-+]?(?i:nan|inf)|,\s*[}\]]|[:\[,]\s*-?[0-9.]+[eE][+-]?[0-
 _CLASSIFY = """
 CREATE OR REPLACE TEMP TABLE _classified AS
 WITH src AS (
-    SELECT pos, off, len, enc_err, txt FROM _lines
+    SELECT pos, off, len, enc_err, deep, txt FROM _lines
 ), parsed AS (
-    SELECT *,
+    SELECT * EXCLUDE (deep),
         CASE
             WHEN enc_err IS NOT NULL THEN 'invalid_encoding'
+            WHEN deep THEN 'json_too_deep'
             WHEN txt = '' THEN 'blank_line'
             WHEN NOT json_valid(txt) THEN 'invalid_json'
             WHEN json_type(txt) <> 'OBJECT' THEN 'not_an_object'
@@ -190,6 +192,7 @@ _MESSAGES = """
         WHEN 'missing_resource_type' THEN 'JSON object without resourceType'
         WHEN 'invalid_resource_type' THEN 'resourceType is not a FHIR resource type name'
         WHEN 'invalid_id' THEN 'resource id is not a FHIR id'
+        WHEN 'json_too_deep' THEN $deep_message
     END
 """
 
@@ -249,7 +252,7 @@ class FhirNdjsonConverter(BatchConverter):
         con.execute(_REWRITE, {**params, **_REWRITE_PATTERNS})
         keys = {"run": ctx.run_id, "sha": ctx.file_sha256}
         con.execute(_LEDGER_ROWS, keys)
-        con.execute(_QUARANTINE_ROWS, keys)
+        con.execute(_QUARANTINE_ROWS, {**keys, "deep_message": jsondepth.message()})
         for outcome, n, resources in con.execute(_OUTCOMES).fetchall():
             result.add(outcome, n, resources)
         fallback = con.execute("SELECT pos, off, len, txt FROM _classified WHERE needs_python ORDER BY pos")
@@ -292,6 +295,9 @@ def _line_batches(path: Path) -> Iterator[tuple[pa.Table, int]]:
                 if pos == 0:
                     lines[0] = lines[0].removeprefix(formats.UTF8_BOM)  # lengths keep the BOM's bytes
                 texts, errors = _decode(lines)
+                bound = jsondepth.max_depth()
+                # Measured on the text before DuckDB or Python builds anything from a line.
+                deep = [t is not None and jsondepth.exceeds(t, bound) for t in texts]
                 offsets = list(accumulate(lengths, initial=offset))
                 batch = pa.table(
                     {
@@ -300,6 +306,7 @@ def _line_batches(path: Path) -> Iterator[tuple[pa.Table, int]]:
                         "len": pa.array(lengths, pa.int64()),
                         "txt": pa.array(texts, pa.string()),
                         "enc_err": pa.array(errors, pa.int64()),
+                        "deep": pa.array(deep, pa.bool_()),
                     }
                 )
                 pos += len(lines)

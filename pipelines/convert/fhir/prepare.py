@@ -14,6 +14,7 @@ import orjson
 
 from pipelines.common.unit import Quarantine, StagedResource
 from pipelines.common.warehouse import RESOURCE_TYPE
+from pipelines.intake import jsondepth
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # A JSON string can hold no unescaped quote, so this matches only real "reference" members.
@@ -108,6 +109,8 @@ def _depth(prefix: bytes) -> int:
 
 def parse_line(raw: bytes) -> Any:
     """Parse one JSON text, turning decode errors into quarantine reasons without quoting the data."""
+    if jsondepth.exceeds(raw):
+        raise Quarantine(jsondepth.REASON, jsondepth.message())
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -11,6 +11,7 @@ from pipelines.common.unit import Converter, FileContext, Quarantine, StagedReso
 from pipelines.convert.fhir.bundle import dumps_exact
 from pipelines.convert.fhir.prepare import ResourcePreparer
 from pipelines.convert.fhir.release import check_release, declared
+from pipelines.intake import jsondepth
 
 
 class FhirResourceConverter(Converter):
@@ -30,6 +31,8 @@ class FhirResourceConverter(Converter):
     def read_object(ctx: FileContext) -> object:
         """The file's one JSON document, decimals kept exact; bad bytes or syntax -> Quarantine."""
         raw = ctx.path.read_bytes().removeprefix(formats.UTF8_BOM)
+        if jsondepth.exceeds(raw):
+            raise Quarantine(jsondepth.REASON, jsondepth.message())
         try:
             return simplejson.loads(raw.decode("utf-8"), use_decimal=True)
         except UnicodeDecodeError as exc:
