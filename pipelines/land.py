@@ -22,6 +22,7 @@ from pipelines.common.unit import FileContext, Unit
 from pipelines.common.warehouse import file_processed, transaction
 from pipelines.fhir_release import Declarations
 from pipelines.fhir_release import record as record_declaration
+from pipelines.intake.names import safe_name
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -132,7 +133,7 @@ def _land_one(
                 fmt,
                 detail,
                 config.source_system,
-                path.name,
+                safe_name(path.name),
                 str(target.relative_to(config.landing_dir)),
                 config.run_id,
             ],
