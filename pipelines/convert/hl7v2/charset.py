@@ -73,6 +73,8 @@ def codec_for(name: str | None) -> str | None:
         return UNSUPPORTED
     if not _ascii_compatible(info.name):
         return NOT_TEXT
+    if info.name == "utf-8-sig":
+        return "utf-8"  # an ACK written in utf-8-sig would open with a byte order mark before MSH
     return info.name
 
 
