@@ -23,6 +23,7 @@ from pipelines.convert.fhir.release import check_bundle_release, check_release, 
 from pipelines.intake import jsondepth
 
 _IJSON_ERRORS = (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError)
+_REPEATED_FULL_URL = object()  # stands for an entry whose fullUrl an earlier entry already has
 
 
 def dumps_exact(obj: Any) -> bytes:
@@ -43,6 +44,8 @@ class FhirBundleConverter(Converter):
         try:
             with formats.open_json(ctx.path) as fh:
                 for position, entry in enumerate(jsondepth.items(fh, "entry.item"), 1):
+                    if position in self._repeated:
+                        entry = _REPEATED_FULL_URL  # never converted: which of the two is meant is unknown
                     yield Unit(position, "bundle_entry", entry)
         except _IJSON_ERRORS:
             raise _unreadable(ctx) from None
@@ -51,6 +54,8 @@ class FhirBundleConverter(Converter):
         entry = unit.payload
         if entry is jsondepth.TOO_DEEP_ITEM:
             raise Quarantine(jsondepth.REASON, jsondepth.message())
+        if entry is _REPEATED_FULL_URL:
+            raise Quarantine("bundle_duplicate_full_url", "entry fullUrl repeats an earlier entry's")
         if not isinstance(entry, dict):
             raise Quarantine("invalid_bundle_entry", "Bundle entry is not a JSON object")
         request = entry.get("request")
@@ -69,6 +74,8 @@ class FhirBundleConverter(Converter):
 
     def _urn_map(self, ctx: FileContext) -> dict[str, str]:
         urn_map: dict[str, str] = {}
+        seen: set[str] = set()
+        self._repeated: set[int] = set()
         position = 0
         full_url = rtype = rid = None
         try:
@@ -79,6 +86,12 @@ class FhirBundleConverter(Converter):
                         full_url = rtype = rid = None
                     elif prefix == "entry.item.fullUrl" and event == "string":
                         full_url = value
+                        # bdl-7: a fullUrl is unique in a Bundle (a history Bundle repeats it per version).
+                        if value in seen and self._top.get("type") != "history":
+                            self._repeated.add(position)
+                        seen.add(value)
+                    elif prefix == "type" and event == "string":
+                        self._top["type"] = value
                     elif prefix == "entry.item.resource.resourceType" and event == "string":
                         rtype = value
                     elif prefix == "entry.item.resource.id" and event == "string":
@@ -92,7 +105,7 @@ class FhirBundleConverter(Converter):
                         raise UnreadableFile(jsondepth.message(), jsondepth.REASON)
                     elif prefix == "entry.item" and event == "end_map":
                         ref = _entry_reference(ctx, position, self.entry_type(rtype), rid)
-                        if full_url and ref:
+                        if full_url and ref and full_url not in urn_map:
                             urn_map[full_url] = ref
         except _IJSON_ERRORS:
             raise _unreadable(ctx) from None

@@ -30,6 +30,7 @@ from pipelines.common.unit import (
 from pipelines.convert.fhir.prepare import ResourcePreparer, parse_line
 from pipelines.convert.fhir.release import check_release, declared
 from pipelines.intake import jsondepth
+from pipelines.intake.fhirtypes import known_resource_types
 
 CHUNK_BYTES = 16 << 20
 _ASCII_WS = " \t\r\n\x0b\x0c"  # what bytes.strip() removes on the per-unit path
@@ -71,6 +72,7 @@ WITH src AS (
                 WHEN k[1] IS NULL THEN 'missing_resource_type'
                 WHEN json_type(k[1]) <> 'VARCHAR'
                      OR NOT regexp_full_match(k[1] ->> '$', '[A-Z][A-Za-z]{1,63}')
+                     OR NOT list_contains($known_types, k[1] ->> '$')
                      THEN 'invalid_resource_type'
                 WHEN k[2] IS NOT NULL AND (json_type(k[2]) <> 'VARCHAR'
                      OR NOT regexp_full_match(k[2] ->> '$', '[A-Za-z0-9\\-.]{1,64}')) THEN 'invalid_id'
@@ -247,6 +249,7 @@ class FhirNdjsonConverter(BatchConverter):
                 "lenient": _LENIENT,
                 "head_rt_id": _HEAD_RT_ID,
                 "head_id": _HEAD_ID,
+                "known_types": sorted(known_resource_types()),
             },
         )
         con.execute(_REWRITE, {**params, **_REWRITE_PATTERNS})

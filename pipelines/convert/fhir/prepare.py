@@ -15,6 +15,7 @@ import orjson
 from pipelines.common.unit import Quarantine, StagedResource
 from pipelines.common.warehouse import RESOURCE_TYPE
 from pipelines.intake import jsondepth
+from pipelines.intake.fhirtypes import known_resource_types
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # A JSON string can hold no unescaped quote, so this matches only real "reference" members.
@@ -49,7 +50,12 @@ class ResourcePreparer:
         rtype = obj.get("resourceType")
         if rtype is None:
             raise Quarantine("missing_resource_type", "JSON object without resourceType")
-        if not isinstance(rtype, str) or not RESOURCE_TYPE.fullmatch(rtype):
+        if (
+            not isinstance(rtype, str)
+            or not RESOURCE_TYPE.fullmatch(rtype)
+            or rtype not in known_resource_types()
+        ):
+            # Checked against the lists, not only the spelling: any made-up name would become a table.
             raise Quarantine("invalid_resource_type", "resourceType is not a FHIR resource type name")
         source_id = obj.get("id")
         if "id" not in obj:
