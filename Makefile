@@ -10,7 +10,7 @@ PATIENTS ?= 200
 RUN := $(UV) run --frozen --no-sync
 export EHRLIFT_CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: run test setup lint format bench golden clean browser terminology-default data-docs-assets
+.PHONY: run test setup lint format bench golden clean browser terminology-default data-docs-assets fuzz
 
 setup: .venv/.synced
 
@@ -53,6 +53,16 @@ bench: setup
 # CSS/JS/fonts for the Data Docs pages, from npm, so they render styled with no external request.
 data-docs-assets:
 	./scripts/vendor-data-docs-assets.sh
+
+# The long fuzz campaign: FUZZ_SECONDS per reader (the test suite runs a few seconds of each), every
+# reader in a process limited to FUZZ_MEMORY_MB of address space.
+FUZZ_SECONDS ?= 600
+FUZZ_MEMORY_MB ?= 2048
+fuzz: setup
+	for reader in ndjson bundle hl7 ccda manifest mllp; do \
+	  ( ulimit -v $$(( $(FUZZ_MEMORY_MB) * 1024 )); \
+	    $(RUN) python -m tests.fuzz.harness $$reader --examples 200 --seconds $(FUZZ_SECONDS) ) || exit 1; \
+	done
 
 golden: setup
 	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py tests/test_ccda_golden.py tests/test_upgrade_golden.py

@@ -27,7 +27,7 @@ def deep_bundle(depth: int, *good: dict) -> bytes:
     return ('{"resourceType":"Bundle","type":"collection","entry":[' + ",".join(entries) + "]}").encode()
 
 
-def _limit_memory(limit_bytes: int, cpu_seconds: int) -> None:
+def limit_resources(limit_bytes: int, cpu_seconds: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
 
@@ -51,7 +51,7 @@ def run_bounded(
         capture_output=True,
         cwd=ROOT,
         env={**os.environ, **(env or {})},
-        preexec_fn=lambda: _limit_memory(memory, cpu),
+        preexec_fn=lambda: limit_resources(memory, cpu),
         timeout=cpu * 2,
         check=False,
     )

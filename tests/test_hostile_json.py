@@ -105,3 +105,16 @@ def test_100000_deep_inputs_stay_in_bounded_memory(tmp_path):
     assert b"Traceback" not in proc.stderr
     assert 0 < peak < 1 << 30
     assert b"json_too_deep 4" in proc.stdout
+
+
+def test_every_bound_is_documented_with_a_documented_reason():
+    from pipelines.common.paths import shipped
+    from pipelines.common.reasons import check_reason
+    from pipelines.intake.limits import limit
+
+    bounds = orjson.loads((shipped("schemas") / "input_limits.json").read_bytes())["limits"]
+    for name, entry in bounds.items():
+        assert limit(name) == entry["value"] > 0
+        assert entry["description"]
+        if entry["reason"] is not None:
+            check_reason(entry["reason"], "quarantined")
