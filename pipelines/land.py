@@ -22,6 +22,7 @@ from pipelines.common.unit import FileContext, Unit
 from pipelines.common.warehouse import file_processed, transaction
 from pipelines.fhir_release import Declarations
 from pipelines.fhir_release import record as record_declaration
+from pipelines.intake import refused as refused_sources
 from pipelines.intake.names import safe_name
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,16 @@ class LandResult:
     formats: dict[str, int] = field(default_factory=dict)
 
 
-def expand_sources(sources: Iterable[str | Path]) -> tuple[list[Path], int]:
-    """Files named and files under folders named, in a stable order; hidden files are not clinical data."""
+def expand_sources(sources: Iterable[str | Path]) -> tuple[list[Path], int, list[refused_sources.Refused]]:
+    """Files named and files under folders named, in a stable order; hidden files are not clinical data.
+
+    Also the entries under those folders that are not read (links leading out, FIFOs, dangling links).
+    """
     out: list[Path] = []
     hidden = 0
+    refused: list[refused_sources.Refused] = []
+    sources = list(sources)
+    roots = [Path(s).resolve() for s in sources if Path(s).is_dir()]
     for source in sources:
         path = Path(source)
         if not path.exists():
@@ -52,7 +59,10 @@ def expand_sources(sources: Iterable[str | Path]) -> tuple[list[Path], int]:
                 if any(part.startswith(".") for part in rel.parts):
                     hidden += child.is_file()
                     continue
-                if child.is_file():
+                why = refused_sources.classify(child, roots)
+                if why is not None:
+                    refused.append(why)
+                elif child.is_file():
                     out.append(child)
         elif path.is_file():
             out.append(path)
@@ -61,7 +71,7 @@ def expand_sources(sources: Iterable[str | Path]) -> tuple[list[Path], int]:
     for p in out:
         if not os.access(p, os.R_OK):
             raise InputNotFoundError(f"source not readable: {p}", hint="check file permissions")
-    return out, hidden
+    return out, hidden, refused
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -76,7 +86,7 @@ def sha256_file(path: Path) -> tuple[str, int]:
 
 def land_sources(con: duckdb.DuckDBPyConnection, config: RunConfig) -> LandResult:
     """Land every source file for this run; bulk-export manifests bring in the outputs they list."""
-    paths, hidden = expand_sources(config.sources)
+    paths, hidden, refused = expand_sources(config.sources)
     result = LandResult(hidden_ignored=hidden)
     declarations = Declarations(config.sources, config.fhir_release)
     queue = list(paths)
@@ -103,6 +113,10 @@ def land_sources(con: duckdb.DuckDBPyConnection, config: RunConfig) -> LandResul
         result.formats[fmt] = result.formats.get(fmt, 0) + 1
         if fmt == formats.FHIR_MANIFEST:
             queue[0:0] = _account_manifest(con, config, path, sha, seq)
+    for entry in refused:
+        seq += 1
+        refused_sources.account(con, config, entry, seq)
+        result.formats[refused_sources.FORMAT] = result.formats.get(refused_sources.FORMAT, 0) + 1
     return result
 
 
