@@ -118,3 +118,36 @@ def test_every_bound_is_documented_with_a_documented_reason():
         assert entry["description"]
         if entry["reason"] is not None:
             check_reason(entry["reason"], "quarantined")
+
+
+def test_a_repeated_member_name_is_quarantined_on_every_path(tmp_path, make_config, warehouse):
+    src = tmp_path / "src"
+    write_ndjson(
+        src / "lines.ndjson",
+        b'{"resourceType":"Patient","id":"a","id":"b"}',  # the DuckDB fast path
+        b'{"resourceType":"Patient","gender":"male","active":true,"id":"c","gender":"female"}',  # Python path
+        b'{"resourceType":"Patient","id":"d","name":[{"given":["A"],"given":["B"]}]}',  # nested: not checked
+        resource("Patient", "e"),
+    )
+    (src / "bundle.json").write_bytes(
+        b'{"resourceType":"Bundle","type":"collection","entry":['
+        b'{"resource":{"resourceType":"Patient","id":"f","id":"g"}},'
+        b'{"resource":{"resourceType":"Patient","id":"h"},"resource":{"resourceType":"Patient","id":"i"}},'
+        b'{"resource":{"resourceType":"Patient","id":"j"}}]}'
+    )
+    (src / "one.json").write_bytes(b'{\n "resourceType": "Patient",\n "id": "k",\n "id": "l"\n}\n')
+    run = run_pipeline(make_config(src))
+    con = warehouse()
+    assert [(r[0], r[1], r[4]) for r in ledger(con)] == [
+        ("bundle.json", 1, "json_duplicate_key"),
+        ("bundle.json", 2, "json_duplicate_key"),
+        ("bundle.json", 3, None),
+        ("lines.ndjson", 1, "json_duplicate_key"),
+        ("lines.ndjson", 2, "json_duplicate_key"),
+        ("lines.ndjson", 3, None),
+        ("lines.ndjson", 4, None),
+        ("one.json", 1, "json_duplicate_key"),
+    ]
+    messages = {r[0] for r in con.execute("SELECT message FROM ops.quarantine").fetchall()}
+    assert messages == {"a member name appears twice in the resource object"}
+    assert run.reconciles

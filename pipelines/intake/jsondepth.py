@@ -33,6 +33,24 @@ class TooDeep:
 
 
 TOO_DEEP_ITEM = TooDeep()
+DUPLICATE = "json_duplicate_key"
+DUPLICATE_MESSAGE = "a member name appears twice in the resource object"
+
+
+class TopLevelPairs:
+    """An object_pairs_hook noting whether the outermost object repeats a member name.
+
+    JSON parsers keep one value (the last) of a repeated name; which one the sender meant is unknown.
+    The outermost object is the last one a parser completes, so the last call's finding is its own.
+    """
+
+    def __init__(self) -> None:
+        self.repeated = False
+
+    def __call__(self, pairs: list) -> dict:
+        out = dict(pairs)
+        self.repeated = len(out) < len(pairs)
+        return out
 
 
 def max_depth() -> int:
@@ -116,21 +134,46 @@ def items(fh: BinaryIO, prefix: str, bound: int | None = None) -> Iterator[Any]:
             yield value
 
 
+class _Repeated:
+    """Stands for a streamed item whose own or whose resource's members repeat a name (never built)."""
+
+    __slots__ = ()
+
+
+REPEATED_ITEM = _Repeated()
+
+
 def _build(event: str, value: Any, events: Iterator[tuple[str, str, Any]]) -> Any:
     builder = ijson.ObjectBuilder()
     builder.event(event, value)
     depth = 1
-    deep = False
+    deep = repeated = False
+    # Member names of the item itself and of its "resource" object (a Bundle entry's top levels).
+    names: list[set[str] | None] = [set() if event == "start_map" else None]
+    key_at_top: str | None = None
     for _, event, value in events:
         if event == TOO_DEEP:
             deep = True
             continue
         if event in _STARTS:
             depth += 1
+            watch = event == "start_map" and depth == 2 and key_at_top == "resource"
+            names.append(set() if watch else None)
         elif event in _ENDS:
             depth -= 1
+            names.pop()
+        elif event == "map_key":
+            seen = names[-1]
+            if seen is not None:
+                if value in seen:
+                    repeated = True
+                seen.add(value)
+            if depth == 1:
+                key_at_top = value
         if not deep:
             builder.event(event, value)
         if depth == 0:
             break
-    return TOO_DEEP_ITEM if deep else builder.value
+    if deep:
+        return TOO_DEEP_ITEM
+    return REPEATED_ITEM if repeated else builder.value

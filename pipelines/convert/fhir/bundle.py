@@ -54,6 +54,8 @@ class FhirBundleConverter(Converter):
         entry = unit.payload
         if entry is jsondepth.TOO_DEEP_ITEM:
             raise Quarantine(jsondepth.REASON, jsondepth.message())
+        if entry is jsondepth.REPEATED_ITEM:
+            raise Quarantine(jsondepth.DUPLICATE, jsondepth.DUPLICATE_MESSAGE)
         if entry is _REPEATED_FULL_URL:
             raise Quarantine("bundle_duplicate_full_url", "entry fullUrl repeats an earlier entry's")
         if not isinstance(entry, dict):

@@ -67,10 +67,13 @@ class LegacyNdjsonConverter(Converter):
             raise Skip("blank_line")
         if jsondepth.exceeds(txt):
             raise Quarantine(jsondepth.REASON, jsondepth.message())
+        pairs = jsondepth.TopLevelPairs()
         try:
-            obj = simplejson.loads(txt, use_decimal=True)
+            obj = simplejson.loads(txt, use_decimal=True, object_pairs_hook=pairs)
         except simplejson.JSONDecodeError as exc:
             raise Quarantine("invalid_json", f"JSON syntax error at character {exc.pos}") from None
+        if pairs.repeated and isinstance(obj, dict):
+            raise Quarantine(jsondepth.DUPLICATE, jsondepth.DUPLICATE_MESSAGE)
         return upgrade_unit(obj, RELEASE_OF_FORMAT[ctx.format], self._preparer, unit.position, declared(ctx))
 
 

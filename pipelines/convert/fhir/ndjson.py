@@ -61,7 +61,10 @@ WITH src AS (
 ), keys AS (
     SELECT *,
         CASE WHEN early IS NULL
-             THEN json_extract(txt, ['$.resourceType', '$.id', '$.meta.lastUpdated']) END AS k
+             THEN json_extract(txt, ['$.resourceType', '$.id', '$.meta.lastUpdated']) END AS k,
+        -- JSON parsers keep one value of a repeated member; only valid objects are asked (in a CASE)
+        CASE WHEN early IS NULL
+             THEN len(json_keys(txt)) <> len(list_distinct(json_keys(txt))) END AS repeated
     FROM parsed
 ), classified AS (
     SELECT pos, off, len, enc_err, txt,
@@ -69,6 +72,7 @@ WITH src AS (
         CASE WHEN json_type(k[3]) = 'VARCHAR' THEN k[3] ->> '$' END AS last_updated,
         coalesce(early,
             CASE
+                WHEN repeated THEN 'json_duplicate_key'
                 WHEN k[1] IS NULL THEN 'missing_resource_type'
                 WHEN json_type(k[1]) <> 'VARCHAR'
                      OR NOT regexp_full_match(k[1] ->> '$', '[A-Z][A-Za-z]{1,63}')
@@ -195,6 +199,7 @@ _MESSAGES = """
         WHEN 'invalid_resource_type' THEN 'resourceType is not a FHIR resource type name'
         WHEN 'invalid_id' THEN 'resource id is not a FHIR id'
         WHEN 'json_too_deep' THEN $deep_message
+        WHEN 'json_duplicate_key' THEN 'a member name appears twice in the resource object'
     END
 """
 

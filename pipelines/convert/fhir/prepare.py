@@ -7,6 +7,7 @@ precision in their spelling ("1.50" is not "1.5") and a float round trip would l
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from typing import Any
 
@@ -118,7 +119,7 @@ def parse_line(raw: bytes) -> Any:
     if jsondepth.exceeds(raw):
         raise Quarantine(jsondepth.REASON, jsondepth.message())
     try:
-        return orjson.loads(raw)
+        obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         try:
             raw.decode("utf-8")
@@ -127,6 +128,13 @@ def parse_line(raw: bytes) -> Any:
         raise Quarantine(
             "invalid_json", f"JSON syntax error at byte {exc.pos}: {_safe_msg(exc.msg)}"
         ) from None
+    if isinstance(obj, dict):
+        # orjson keeps the last of a repeated member silently; the strict parse says whether one was.
+        pairs = jsondepth.TopLevelPairs()
+        json.loads(raw, object_pairs_hook=pairs)
+        if pairs.repeated:
+            raise Quarantine(jsondepth.DUPLICATE, jsondepth.DUPLICATE_MESSAGE)
+    return obj
 
 
 def _safe_msg(msg: str) -> str:

@@ -33,9 +33,13 @@ class FhirResourceConverter(Converter):
         raw = ctx.path.read_bytes().removeprefix(formats.UTF8_BOM)
         if jsondepth.exceeds(raw):
             raise Quarantine(jsondepth.REASON, jsondepth.message())
+        pairs = jsondepth.TopLevelPairs()
         try:
-            return simplejson.loads(raw.decode("utf-8"), use_decimal=True)
+            obj = simplejson.loads(raw.decode("utf-8"), use_decimal=True, object_pairs_hook=pairs)
         except UnicodeDecodeError as exc:
             raise Quarantine("invalid_encoding", f"byte {exc.start} is not valid UTF-8") from None
         except simplejson.JSONDecodeError as exc:
             raise Quarantine("invalid_json", f"JSON syntax error at byte {exc.pos}") from None
+        if pairs.repeated:
+            raise Quarantine(jsondepth.DUPLICATE, jsondepth.DUPLICATE_MESSAGE)
+        return obj
