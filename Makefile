@@ -10,7 +10,7 @@ PATIENTS ?= 200
 RUN := $(UV) run --frozen --no-sync
 export EHRLIFT_CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: run test setup lint format bench golden clean browser fhir-server hl7-server redis terminology-default data-docs-assets docs
+.PHONY: run test setup lint format bench golden clean browser fhir-server hl7-server redis terminology-default data-docs-assets docs fuzz
 
 setup: .venv/.synced schemas/fhir-r4/r4.schema.json
 
@@ -93,6 +93,16 @@ data-docs-assets:
 docs: setup
 	$(RUN) python scripts/docs_reference.py
 	NO_MKDOCS_2_WARNING=1 $(RUN) mkdocs build --strict
+
+# The long fuzz campaign: FUZZ_SECONDS per reader (the test suite runs a few seconds of each), every
+# reader in a process limited to FUZZ_MEMORY_MB of address space.
+FUZZ_SECONDS ?= 600
+FUZZ_MEMORY_MB ?= 2048
+fuzz: setup
+	for reader in ndjson bundle hl7 ccda manifest mllp; do \
+	  ( ulimit -v $$(( $(FUZZ_MEMORY_MB) * 1024 )); \
+	    $(RUN) python -m tests.fuzz.harness $$reader --examples 200 --seconds $(FUZZ_SECONDS) ) || exit 1; \
+	done
 
 golden: setup
 	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py tests/test_ccda_golden.py tests/test_upgrade_golden.py tests/test_backload_plan.py tests/test_backload_hl7.py

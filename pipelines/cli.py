@@ -48,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted: re-run the same command to resume; nothing is duplicated")
         return int(ExitCode.INTERRUPTED)
+    except Exception as exc:  # a bug: exit 70 as ops.runs records it; the traceback only with -v
+        logging.getLogger("pipelines").debug("internal error", exc_info=True)
+        err.print(f"internal error ({type(exc).__name__}); re-run with -v for details and report it")
+        return int(ExitCode.INTERNAL)
 
 
 def _add_global_options(parser: argparse.ArgumentParser) -> None:

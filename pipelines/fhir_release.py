@@ -7,6 +7,7 @@ against it, and one that contradicts it is quarantined (declared_release_contrad
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -75,22 +76,48 @@ class Declarations:
         return self._rows[folder]
 
 
+_MAX_BYTES = 1 << 20
+
+
 def _parse(path: Path) -> list[tuple[str, str | None]]:
     """Rows of (glob, release); a header row `pattern,release` and lines starting with # are ignored."""
     if not path.is_file():
         return []
+    try:
+        # Read whole and decoded up front: a binary or non-UTF-8 file is a configuration error, and
+        # a declaration file is a few lines (a huge one is not a declaration file).
+        raw = path.read_bytes() if path.stat().st_size <= _MAX_BYTES else None
+        text = raw.decode("utf-8-sig") if raw is not None else None
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise ConfigError(
+            f"{DECLARATION_FILE} is not a UTF-8 text file of at most {_MAX_BYTES} bytes",
+            hint="write it as UTF-8 CSV rows `glob,release`, or remove it",
+        )
     rows: list[tuple[str, str | None]] = []
-    with path.open(encoding="utf-8", newline="") as fh:
-        for number, row in enumerate(csv.reader(fh), 1):
-            cells = [c.strip() for c in row]
-            if not any(cells) or cells[0].startswith("#") or cells == ["pattern", "release"]:
-                continue
-            if len(cells) != 2 or not cells[0] or cells[1].lower() not in RELEASE_OF:
-                raise ConfigError(
-                    f"{DECLARATION_FILE} row {number} is not `glob,release`",
-                    hint=f"release is one of {', '.join(RELEASE_OF)}; e.g. `*.ndjson,dstu2`",
-                )
-            rows.append((cells[0], RELEASE_OF[cells[1].lower()]))
+    try:
+        parsed = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error:
+        raise ConfigError(
+            f"{DECLARATION_FILE} is not valid CSV", hint="write rows `glob,release`, e.g. `*.ndjson,dstu2`"
+        ) from None
+    for number, row in enumerate(parsed, 1):
+        cells = [c.strip() for c in row]
+        if not any(cells) or cells[0].startswith("#") or cells == ["pattern", "release"]:
+            continue
+        if len(cells) != 2 or not cells[0] or cells[1].lower() not in RELEASE_OF:
+            raise ConfigError(
+                f"{DECLARATION_FILE} row {number} is not `glob,release`",
+                hint=f"release is one of {', '.join(RELEASE_OF)}; e.g. `*.ndjson,dstu2`",
+            )
+        try:
+            PurePosixPath("x").match(cells[0])
+        except ValueError:
+            raise ConfigError(
+                f"{DECLARATION_FILE} row {number} has an unusable glob", hint="e.g. `*.ndjson`"
+            ) from None
+        rows.append((cells[0], RELEASE_OF[cells[1].lower()]))
     return rows
 
 

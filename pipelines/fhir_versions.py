@@ -17,6 +17,8 @@ from typing import Any
 import ijson
 import orjson
 
+from pipelines.intake import jsondepth
+
 ALL = frozenset({"1.0", "3.0", "4.0"})
 R2, R3, R4 = frozenset({"1.0"}), frozenset({"3.0"}), frozenset({"4.0"})
 R2_R3, R3_R4, R2_R4 = frozenset({"1.0", "3.0"}), frozenset({"3.0", "4.0"}), frozenset({"1.0", "4.0"})
@@ -417,13 +419,13 @@ def sniff_bundle(path: Path) -> tuple[str, bool]:
     objs: list[Any] = []
     try:
         with open_json(path) as fh:
-            for prefix, event, value in ijson.parse(fh):
+            for prefix, event, value in jsondepth.parse(fh):
                 if prefix == "meta.profile.item" and event == "string":
                     explicit = explicit or explicit_release({"meta": {"profile": [value]}})
                 elif prefix == "entry" and event == "start_array":
                     break
         with open_json(path) as fh:
-            for entry in ijson.items(fh, "entry.item"):
+            for entry in jsondepth.items(fh, "entry.item"):
                 objs.append(entry.get("resource") if isinstance(entry, dict) else None)
                 if len(objs) >= SAMPLE_RESOURCES:
                     break

@@ -11,6 +11,7 @@ import ijson
 import orjson
 
 from pipelines import fhir_versions
+from pipelines.intake import jsondepth
 
 SNIFF_BYTES = 64 * 1024
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -99,6 +100,8 @@ def detect(path: Path, release: str | None = None) -> tuple[str, str | None]:
     if first == b"{":
         return _detect_json(path, body, release)
     if first == b"[":
+        if _later_lines_are_resources(_first_line(path, body)[1]):
+            return _detect_json(path, body, release)  # NDJSON whose first line is an array
         return JSON_OTHER, "top-level JSON array"
     if first == b"<":
         return _detect_xml(body)
@@ -111,14 +114,30 @@ def detect(path: Path, release: str | None = None) -> tuple[str, str | None]:
     return UNKNOWN, None
 
 
+_BROKEN = object()
+
+
 def _detect_json(path: Path, body: bytes, release: str | None = None) -> tuple[str, str | None]:
-    first_line, _, rest = body.partition(b"\n")
+    first_line, rest = _first_line(path, body)
     try:
-        obj = orjson.loads(first_line)
+        obj = orjson.loads(first_line) if first_line is not None else _BROKEN
     except orjson.JSONDecodeError:
-        return _detect_json_document(path, release)
-    if not isinstance(obj, dict):
+        obj = _BROKEN
+    if isinstance(obj, dict):
+        return _detect_first_object(path, body, rest, obj, release)
+    # A first line that is broken, longer than the window, not an object, or holding a NUL or a number
+    # orjson refuses must not decide for the file: resources on the lines after it make it NDJSON, where
+    # that line is quarantined on its own and every other line converts.
+    if _later_lines_are_resources(rest):
+        return _with_release(FHIR_NDJSON, None, _told(release, fhir_versions.sniff_ndjson, body))
+    if obj is not _BROKEN:
         return JSON_OTHER, "first line is not a JSON object"
+    return _detect_json_document(path, release)
+
+
+def _detect_first_object(
+    path: Path, body: bytes, rest: bytes, obj: dict, release: str | None
+) -> tuple[str, str | None]:
     if "exportId" in obj and "eventId" in obj:
         return FHIR_EXPORT_LOG, None
     if obj.get("resourceType") == "OperationOutcome":
@@ -136,6 +155,43 @@ def _detect_json(path: Path, body: bytes, release: str | None = None) -> tuple[s
     return fmt, detail
 
 
+def _first_line(path: Path, body: bytes) -> tuple[bytes | None, bytes]:
+    """(first line, the bytes after it within a sniff window); None for a line longer than the window.
+
+    A bulk export's first resource may be larger than the window: its end is found (reading on, keeping
+    nothing) so that the lines after it can tell the format.
+    """
+    line, newline, rest = body.partition(b"\n")
+    if newline or path.stat().st_size <= SNIFF_BYTES:
+        return line, rest  # a file within the window without a newline is one whole line
+    with open_json(path) as fh:
+        started = False
+        while chunk := fh.read(SNIFF_BYTES):
+            if not started:  # blank lines before the first line are not it
+                chunk = chunk.lstrip()
+                started = bool(chunk)
+            _, newline, tail = chunk.partition(b"\n")
+            if started and newline:
+                return None, tail + fh.read(SNIFF_BYTES)
+    return None, b""
+
+
+def _later_lines_are_resources(rest: bytes) -> bool:
+    """True when a complete line after the first is a JSON object naming a resourceType (NDJSON)."""
+    lines = rest.split(b"\n")
+    for line in lines[:-1] if len(lines) > 1 else lines:
+        line = line.strip()
+        if not line.startswith(b"{"):
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("resourceType"), str):
+            return True
+    return False
+
+
 def _told(release: str | None, sniff, source) -> tuple[str, bool]:
     """A declared release as the file's (mixing is then each unit's own problem), else the guess."""
     return (release, False) if release else sniff(source)
@@ -147,7 +203,7 @@ def _detect_json_document(path: Path, release: str | None = None) -> tuple[str, 
     resource_type = bundle_type = None
     try:
         with open_json(path) as fh:
-            for prefix, event, value in ijson.parse(fh):
+            for prefix, event, value in jsondepth.parse(fh):
                 if prefix == "" and event == "map_key":
                     keys.add(value)
                 elif prefix == "resourceType" and event == "string":

@@ -23,6 +23,8 @@ from pipelines.common.unit import FileContext, Unit
 from pipelines.common.warehouse import file_processed, transaction
 from pipelines.fhir_release import Declarations
 from pipelines.fhir_release import record as record_declaration
+from pipelines.intake import refused as refused_sources
+from pipelines.intake.names import safe_name
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -38,10 +40,16 @@ class LandResult:
     formats: dict[str, int] = field(default_factory=dict)
 
 
-def expand_sources(sources: Iterable[str | Path]) -> tuple[list[Path], int]:
-    """Files named and files under folders named, in a stable order; hidden files are not clinical data."""
+def expand_sources(sources: Iterable[str | Path]) -> tuple[list[Path], int, list[refused_sources.Refused]]:
+    """Files named and files under folders named, in a stable order; hidden files are not clinical data.
+
+    Also the entries under those folders that are not read (links leading out, FIFOs, dangling links).
+    """
     out: list[Path] = []
     hidden = 0
+    refused: list[refused_sources.Refused] = []
+    sources = list(sources)
+    roots = [Path(s).resolve() for s in sources if Path(s).is_dir()]
     for source in sources:
         path = Path(source)
         if not path.exists():
@@ -52,7 +60,10 @@ def expand_sources(sources: Iterable[str | Path]) -> tuple[list[Path], int]:
                 if any(part.startswith(".") for part in rel.parts):
                     hidden += child.is_file()
                     continue
-                if child.is_file():
+                why = refused_sources.classify(child, roots)
+                if why is not None:
+                    refused.append(why)
+                elif child.is_file():
                     out.append(child)
         elif path.is_file():
             out.append(path)
@@ -61,7 +72,7 @@ def expand_sources(sources: Iterable[str | Path]) -> tuple[list[Path], int]:
     for p in out:
         if not os.access(p, os.R_OK):
             raise InputNotFoundError(f"source not readable: {p}", hint="check file permissions")
-    return out, hidden
+    return out, hidden, refused
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -76,7 +87,7 @@ def sha256_file(path: Path) -> tuple[str, int]:
 
 def land_sources(con: duckdb.DuckDBPyConnection, config: RunConfig) -> LandResult:
     """Land every source file for this run; bulk-export manifests bring in the outputs they list."""
-    paths, hidden = expand_sources(config.sources)
+    paths, hidden, refused = expand_sources(config.sources)
     result = LandResult(hidden_ignored=hidden)
     declarations = Declarations(config.sources, config.fhir_release)
     queue = list(paths)
@@ -91,6 +102,10 @@ def land_sources(con: duckdb.DuckDBPyConnection, config: RunConfig) -> LandResul
         group.abort()
         raise
     group.commit()
+    for entry in refused:
+        seq += 1
+        refused_sources.account(con, config, entry, seq)
+        result.formats[refused_sources.FORMAT] = result.formats.get(refused_sources.FORMAT, 0) + 1
     return result
 
 
@@ -264,7 +279,7 @@ def _land_one(
                 fmt,
                 detail,
                 config.source_system,
-                path.name,
+                safe_name(path.name),
                 str(target.relative_to(config.landing_dir)),
                 config.run_id,
             )
@@ -337,17 +352,46 @@ def _account_manifest(
 
 
 def _local_output(manifest_path: Path, entry: object) -> Path | tuple[str, str]:
-    """The local file a manifest output names, or (reason, message) saying why there is none."""
+    """The local file a manifest output names, or (reason, message) saying why there is none.
+
+    A manifest may bring in only files inside its own folder: a url climbing out (`../`), an absolute
+    path, a `file:` URL elsewhere or on another host, or a symlink resolving outside is refused before
+    anything is opened, so a manifest cannot make ehrlift read other files on the host.
+    """
     url = entry.get("url") if isinstance(entry, dict) else None
     if not isinstance(url, str) or not url:
         return "invalid_manifest_entry", "output entry has no url"
+    if "\x00" in url:
+        return "invalid_manifest_entry", "output url holds a NUL character"
     parsed = urlparse(url)
-    if parsed.scheme in ("http", "https"):
+    scheme = parsed.scheme.lower()
+    if scheme in ("http", "https"):
         return "manifest_output_remote", "output is a remote URL"
-    local = Path(unquote(parsed.path)) if parsed.scheme == "file" else manifest_path.parent / url
-    if not local.is_file():
+    if scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            return "manifest_output_outside", "output file: URL names another host"
+        candidate = Path(unquote(parsed.path))
+        form = "output file: URL names a file outside the manifest's folder"
+    elif scheme and len(scheme) > 1:
+        return "manifest_output_unsupported_url", "output url scheme is neither file, http nor https"
+    else:
+        relative = Path(unquote(url) if "%" in url else url)
+        if url.startswith(("/", "\\")) or relative.is_absolute() or scheme:
+            return "manifest_output_outside", "output url is an absolute path"
+        if ".." in relative.parts:
+            return "manifest_output_outside", "output url climbs out of the manifest's folder"
+        candidate = manifest_path.parent / relative
+        form = "output url resolves (through a symlink) outside the manifest's folder"
+    folder = manifest_path.parent.resolve()
+    try:
+        real = candidate.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
         return "manifest_output_missing", "output file not found beside the manifest"
-    return local
+    if not real.is_relative_to(folder) or real == folder:
+        return "manifest_output_outside", form
+    if not real.is_file():
+        return "manifest_output_missing", "output file not found beside the manifest"
+    return real
 
 
 def _manifest_entries(manifest: object) -> list:

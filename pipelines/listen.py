@@ -23,6 +23,7 @@ from pipelines.common.config import DEFAULT_DATA_DIR
 from pipelines.common.errors import ConfigError
 from pipelines.convert.hl7v2.ack import build_ack
 from pipelines.convert.hl7v2.tokenizer import Hl7ParseError, Message, parse_message
+from pipelines.intake.limits import limit
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ SHUTDOWN_GRACE_SECONDS = 30.0
 # with unread bytes would make the kernel reset the connection, and the peer could lose the AR.
 CLOSE_LINGER_SECONDS = 5.0
 HEAD_BYTES = 64 * 1024
+READ_BYTES = 64 * 1024  # one read from a connection; the stream's own buffer stays near this
 WRITE_THREADS = 16
 
 
@@ -51,11 +53,14 @@ class ListenStats:
     errors: int = 0
     connections: int = 0
     bytes_received: int = 0
+    timed_out: int = 0  # connections closed by the idle or read timeout
+    peak_buffered: int = 0  # most bytes of unfinished frames held at once, over all connections
 
     def line(self) -> str:
         return (
             f"accepted={self.accepted} duplicate={self.duplicate} rejected={self.rejected} "
-            f"errors={self.errors} connections={self.connections} bytes={self.bytes_received}"
+            f"errors={self.errors} connections={self.connections} bytes={self.bytes_received} "
+            f"timed_out={self.timed_out}"
         )
 
 
@@ -74,6 +79,7 @@ NOT_HL7 = Problem("AR", "100", "message does not start with an MSH segment")
 NO_TYPE = Problem("AR", "101", "required field MSH-9 (message type) is missing", ("MSH", 1, 9))
 NO_CONTROL_ID = Problem("AR", "101", "required field MSH-10 (message control id) is missing", ("MSH", 1, 10))
 NOT_STORED = Problem("AE", "207", "message could not be stored; send it again later")
+BUSY = Problem("AE", "207", "listener is holding too many unfinished messages; send it again later")
 # By tokenizer reason; the tokenizer's own texts can name the message type, which stays out of logs.
 PARSE_PROBLEMS = {
     "hl7_missing_msh": NOT_HL7,
@@ -82,6 +88,8 @@ PARSE_PROBLEMS = {
     "hl7_invalid_encoding": Problem("AR", "102", "message is not readable in its declared character set"),
     "hl7_binary_junk": Problem("AR", "102", "message contains NUL or control bytes"),
     "hl7_truncated": Problem("AR", "100", "message is cut off"),
+    "hl7_unsupported_charset": Problem("AR", "102", "MSH-18 names a character set ehrlift does not read"),
+    "hl7_message_too_large": Problem("AR", "207", "message passes a documented size bound"),
 }
 
 
@@ -103,12 +111,21 @@ def check(raw: bytes) -> tuple[Message | None, Problem | None]:
 
 
 def answer(message: Message | None, raw: bytes, problem: Problem | None = None) -> bytes:
-    """The ACK for raw: AA without a problem, else the problem's code, text and ERR."""
-    if problem is None:
-        return build_ack(message, raw, "AA")
-    return build_ack(
-        message, raw, problem.ack_code, problem.text, error_code=problem.error_code, location=problem.location
-    )
+    """The ACK for raw: AA without a problem, else the problem's code, text and ERR.
+
+    Whatever the message declares (an MSH-18 no codec can write, a version or delimiters that trip the
+    builder), the sender gets an answer: failing that, one built from the header line alone in ASCII.
+    """
+    code, text, kwargs = "AA", None, {}
+    if problem is not None:
+        code, text = problem.ack_code, problem.text
+        kwargs = {"error_code": problem.error_code, "location": problem.location}
+    try:
+        return build_ack(message, raw, code, text, **kwargs)
+    except Exception as exc:  # a bug in answering must not leave the sender retrying forever
+        log.error("ACK for a %d-byte message built from its header only (%s)", len(raw), type(exc).__name__)
+        header = raw.replace(b"\n", b"\r").split(b"\r", 1)[0]  # a lone MSH never parses: salvaged
+        return build_ack(None, header, code, text, **kwargs)
 
 
 def _whole_lines(head: bytes) -> bytes:
@@ -193,6 +210,10 @@ class _Intake:
     executor: ThreadPoolExecutor
     connections: dict[asyncio.Task, _Connection] = field(default_factory=dict)
     inflight: dict[str, asyncio.Future] = field(default_factory=dict)
+    max_buffered: int = 256 << 20
+    idle_timeout: float = 600.0
+    read_timeout: float = 60.0
+    buffered: int = 0  # bytes of unfinished frames held now, over all connections
 
     async def handle(self, reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
         # start_hl7_server creates this task and keeps no reference to it: hold one, so it is neither
@@ -217,33 +238,78 @@ class _Intake:
             log.debug("%s: closed after %d frames, %d bytes", conn.peer, conn.frames, conn.bytes)
 
     async def _serve(self, reader: HL7StreamReader, writer: HL7StreamWriter, conn: _Connection) -> None:
-        # hl7.mllp's readblock() is not used: it raises on any byte before the start block, which throws
-        # away the whole next message when a sender puts a newline between frames; and after an oversized
-        # frame it has already cleared the buffer, losing the head we read the control id from. The
-        # reader's own readuntil() gives the raw bytes and leaves the buffer alone on overrun.
-        while not self.stop.is_set():
-            conn.busy = False
-            try:
-                frame = await reader.readuntil(FRAME_END)
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial.strip():
-                    log.warning(
-                        "%s: closed inside a frame; %d bytes dropped, not acknowledged",
-                        conn.peer,
-                        len(exc.partial),
+        # Frames are cut here from reads of at most READ_BYTES, not by hl7.mllp's readblock() (it raises
+        # on any byte before the start block, throwing away the next message when a sender puts a newline
+        # between frames) nor readuntil() (its buffer grows to the frame limit per connection, unseen).
+        # Each connection's unfinished bytes count against one budget for the whole listener.
+        buf = bytearray()
+        scanned = 0  # bytes of buf already searched for the end block: each byte is searched once
+        try:
+            while not self.stop.is_set():
+                conn.busy = False
+                end = buf.find(FRAME_END, max(0, scanned - len(FRAME_END) + 1))
+                scanned = len(buf) if end < 0 else 0
+                if end >= 0:
+                    frame = bytes(buf[: end + len(FRAME_END)])
+                    del buf[: end + len(FRAME_END)]
+                    self._hold(-len(frame))
+                    conn.busy = True
+                    if len(frame) > self.max_frame_bytes + len(START_BLOCK) + len(FRAME_END):
+                        await self._reject_oversized(reader, writer, conn, frame[:HEAD_BYTES])
+                        return
+                    conn.frames += 1
+                    conn.bytes += len(frame)
+                    self.stats.bytes_received += len(frame)
+                    ack = await self._receive(frame, conn)
+                    writer.writeblock(ack)
+                    await writer.drain()
+                    continue
+                if len(buf) > self.max_frame_bytes + len(START_BLOCK) + len(FRAME_END):
+                    conn.busy = True
+                    head = bytes(buf[:HEAD_BYTES])
+                    self._hold(-len(buf))
+                    buf = bytearray()
+                    await self._reject_oversized(reader, writer, conn, head)
+                    return
+                inside = bool(buf.strip())
+                try:
+                    chunk = await asyncio.wait_for(
+                        reader.read(READ_BYTES), self.read_timeout if inside else self.idle_timeout
                     )
-                return
-            except asyncio.LimitOverrunError:
-                conn.busy = True
-                await self._reject_oversized(reader, writer, conn)
-                return
-            conn.busy = True
-            conn.frames += 1
-            conn.bytes += len(frame)
-            self.stats.bytes_received += len(frame)
-            ack = await self._receive(frame, conn)
-            writer.writeblock(ack)
-            await writer.drain()
+                except TimeoutError:
+                    self.stats.timed_out += 1
+                    log.info(
+                        "%s: %s for %.0f s; closed",
+                        conn.peer,
+                        "no bytes inside a frame" if inside else "idle",
+                        self.read_timeout if inside else self.idle_timeout,
+                    )
+                    return
+                if not chunk:
+                    if inside:
+                        log.warning(
+                            "%s: closed inside a frame; %d bytes dropped, unanswered", conn.peer, len(buf)
+                        )
+                    return
+                if self.buffered + len(chunk) > self.max_buffered:
+                    conn.busy = True
+                    await self._refuse_busy(writer, conn, bytes(buf[:HEAD_BYTES]) + chunk[:HEAD_BYTES])
+                    return
+                buf += chunk
+                self._hold(len(chunk))
+        finally:
+            self._hold(-len(buf))
+
+    def _hold(self, delta: int) -> None:
+        self.buffered += delta
+        self.stats.peak_buffered = max(self.stats.peak_buffered, self.buffered)
+
+    async def _refuse_busy(self, writer: HL7StreamWriter, conn: _Connection, head: bytes) -> None:
+        """Over the listener's memory budget: AE (send again later) for the frame, then close."""
+        self.stats.rejected += 1
+        log.warning("%s: unfinished frames over %d bytes in all; answered AE", conn.peer, self.max_buffered)
+        writer.writeblock(answer(None, _whole_lines(head), BUSY))
+        await writer.drain()
 
     async def _receive(self, frame: bytes, conn: _Connection) -> bytes:
         start = frame.find(START_BLOCK)
@@ -251,7 +317,7 @@ class _Intake:
             return self._reject(None, b"", NOT_MLLP, conn, len(frame))
         if frame[:start].strip():
             log.warning("%s: %d bytes before the start block ignored", conn.peer, start)
-        raw = frame[start + 1 : -len(FRAME_END)]  # never over max_frame_bytes: the reader's limit saw to it
+        raw = frame[start + 1 : -len(FRAME_END)]  # never over max_frame_bytes: _serve saw to it
         if len(raw) > HEAD_BYTES:
             # Tokenizing a large message would hold up every other connection on the loop.
             loop = asyncio.get_running_loop()
@@ -308,10 +374,9 @@ class _Intake:
         return await asyncio.shield(future)
 
     async def _reject_oversized(
-        self, reader: HL7StreamReader, writer: HL7StreamWriter, conn: _Connection
+        self, reader: HL7StreamReader, writer: HL7StreamWriter, conn: _Connection, head: bytes
     ) -> None:
-        # readuntil() left the frame's head in the buffer: read it for the control id, then drop the rest.
-        head = await reader.read(HEAD_BYTES)
+        # The frame's head was kept for its control id; the rest of the frame is read and dropped.
         conn.bytes += len(head)
         self.stats.bytes_received += len(head)
         problem = too_large(self.max_frame_bytes)
@@ -323,7 +388,7 @@ class _Intake:
         deadline = loop.time() + CLOSE_LINGER_SECONDS
         while (left := deadline - loop.time()) > 0:
             try:
-                chunk = await asyncio.wait_for(reader.read(HEAD_BYTES), left)
+                chunk = await asyncio.wait_for(reader.read(READ_BYTES), left)
             except TimeoutError:
                 break
             if not chunk:
@@ -395,22 +460,35 @@ async def serve(
     stop: asyncio.Event | None = None,
     max_frame_bytes: int = DEFAULT_MAX_FRAME,
     stats: ListenStats | None = None,
+    max_buffered_bytes: int | None = None,
+    idle_timeout: float | None = None,
+    read_timeout: float | None = None,
 ) -> None:
     """Accept MLLP connections until stop is set, then finish in-flight messages and return.
 
     ready, if given, is called with the bound port once connections are accepted (port 0 picks a free
-    one). stats, if given, is filled in as messages arrive.
+    one). stats, if given, is filled in as messages arrive. The memory budget and the idle and read
+    timeouts default to the listen_* bounds of schemas/input_limits.json.
     """
     feed_dir = Path(feed_dir)
     stop = stop or asyncio.Event()
     stats = stats if stats is not None else ListenStats()
     lock_fd = _open_feed_dir(feed_dir)
     executor = ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="ehrlift-listen")
-    intake = _Intake(feed_dir, max_frame_bytes, stats, stop, executor)
+    intake = _Intake(
+        feed_dir,
+        max_frame_bytes,
+        stats,
+        stop,
+        executor,
+        max_buffered=max_buffered_bytes or limit("listen_max_buffered_bytes"),
+        idle_timeout=idle_timeout or limit("listen_idle_timeout_seconds"),
+        read_timeout=read_timeout or limit("listen_read_timeout_seconds"),
+    )
     try:
         try:
-            # The limit bounds each connection's buffer; +1 lets a frame of exactly max_frame_bytes through.
-            server = await start_hl7_server(intake.handle, host, port, limit=max_frame_bytes + 1)
+            # The stream pauses reading past twice its limit: each connection's own buffer stays small.
+            server = await start_hl7_server(intake.handle, host, port, limit=READ_BYTES)
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen on {host}:{port}: {exc.strerror}", hint="choose another port or host"

@@ -38,7 +38,7 @@ def test_patient_demographics():
     p = plain(patient.patient(Ctx("s", "u"), pid))
     assert p["gender"] == "male"
     assert p["birthDate"] == "1980-01-02"
-    assert p["_birthDate"]["extension"][0]["valueDateTime"] == "1980-01-02T12:30:00"
+    assert p["_birthDate"]["extension"][0]["valueDateTime"] == "1980-01-02T12:30:00+00:00"
     assert p["maritalStatus"]["coding"][0] == {
         "system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus",
         "code": "S",
@@ -63,7 +63,7 @@ def test_encounter_class_visit_number_period_and_practitioner():
         "display": "emergency",
     }
     assert e["status"] == "finished"
-    assert e["period"] == {"start": "2024-01-01T08:00:00", "end": "2024-01-01T12:00:00"}
+    assert e["period"] == {"start": "2024-01-01T08:00:00+00:00", "end": "2024-01-01T12:00:00+00:00"}
     assert e["identifier"][0]["value"] == "V9"
     assert e["participant"][0]["individual"]["reference"] == "Practitioner/" + warehouse_id(
         "s", "Practitioner", "EAST|77"

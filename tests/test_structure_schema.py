@@ -113,3 +113,10 @@ def test_without_definitions_the_check_falls_back_to_the_r4b_models(monkeypatch,
     finally:
         monkeypatch.delenv(r4schema.DEFINITIONS_ENV)
         r4schema.r4_schema.cache_clear()
+
+
+def test_a_number_no_double_can_hold_is_a_finding_not_a_crash():
+    check = structure._schema_check("Basic")
+    assert check is not None
+    text = '{"resourceType":"Basic","code":{"text":"x"},"n":' + "9" * 1000 + "}"
+    assert check(text) == ["Basic: number_out_of_range"]

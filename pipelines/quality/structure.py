@@ -83,7 +83,11 @@ def _schema_check(resource_type: str) -> Check | None:
 
     def check(text: str) -> list[str] | None:
         # Keyed by the table's type: a resource stored under the wrong type fails its resourceType const.
-        doc = {resource_type: orjson.loads(text)}
+        try:
+            doc = {resource_type: orjson.loads(text)}
+        except orjson.JSONDecodeError:
+            # Valid JSON that no double can hold (a 1,000-digit number): FHIR's decimal cannot carry it.
+            return [f"{resource_type}: number_out_of_range"]
         if validator.is_valid(doc):
             return None
         return [f for e in validator.iter_errors(doc) for f in _schema_findings(resource_type, e)]

@@ -9,7 +9,7 @@ from typing import Any
 
 from pipelines import formats
 from pipelines.common.unit import Converted, Converter, FileContext, Quarantine, Skip, Unit
-from pipelines.convert.ccda import composition, header, places
+from pipelines.convert.ccda import composition, header, parse, places
 from pipelines.convert.ccda.document import Doc
 from pipelines.convert.ccda.parse import CcdaRejected, check_document, document_type, parse_xml
 from pipelines.convert.ccda.sections import convert_sections
@@ -58,6 +58,11 @@ class CcdaConverter(Converter):
             yield Unit(0, "file", None, 0, size)
 
     def convert(self, unit: Unit, ctx: FileContext) -> Converted:
+        if unit.byte_length > parse.MAX_BYTES:  # refused before the file is read into memory
+            raise Quarantine(
+                "ccda_too_large",
+                f"document of {unit.byte_length} bytes exceeds the {parse.MAX_BYTES} byte bound",
+            )
         data = ctx.path.read_bytes()
         url = f"landing/{ctx.file_sha256[:2]}/{ctx.file_sha256}"
         try:

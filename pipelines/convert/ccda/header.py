@@ -9,6 +9,7 @@ from lxml import etree
 
 from pipelines.convert.ccda import places
 from pipelines.convert.ccda.datatypes import (
+    NS,
     SDTC,
     absent,
     addresses,
@@ -335,7 +336,7 @@ def document_reference(doc: Doc, attachment: dict[str, Any], format_code: str | 
     content: dict[str, Any] = {"attachment": att}
     if format_code:
         content["format"] = {"system": FORMAT_CODES, "code": format_code}
-    res["content"] = [content, *_body_content(root)]
+    res["content"] = [content, *_body_content(root), *_media_content(root)]
     context: dict[str, Any] = {}
     if doc.encounter_ref:
         context["encounter"] = [doc.encounter_ref]
@@ -374,6 +375,30 @@ def _body_content(root: Any) -> list[dict[str, Any]]:
     else:
         data = base64.b64encode(raw.encode()).decode()
     return [{"attachment": {"contentType": media, "data": data}}]
+
+
+def _media_content(root: Any) -> list[dict[str, Any]]:
+    """Each embedded observationMedia (an image or PDF in a section) as one more attachment, kept whole.
+
+    The narrative shows images inline; a PDF or other kind has no place there, so without this it would
+    be lost. The attachment's title is the element's document-local ID, which renderMultiMedia names.
+    """
+    out: list[dict[str, Any]] = []
+    for media in root.iter(NS + "observationMedia"):
+        value = media.find(NS + "value")
+        if value is None or value.get("representation") != "B64":
+            continue
+        data = "".join("".join(value.itertext()).split())
+        if not data:
+            continue
+        att: dict[str, Any] = {
+            "contentType": value.get("mediaType") or "application/octet-stream",
+            "data": data,
+        }
+        if media.get("ID"):
+            att["title"] = media.get("ID")
+        out.append({"attachment": att})
+    return out
 
 
 def format_code(doc_type: str, root: Any) -> str | None:

@@ -68,12 +68,19 @@ class CcdaRejected(Exception):
         self.skip = skip
 
 
-def _parser(recover: bool = False) -> etree.XMLParser:
+# Embedded PDFs and images (nonXMLBody, observationMedia) are text nodes of 12-50 MB, past libxml2's
+# 10 MB default. Such a document is parsed again with huge_tree, which lifts that limit (the document is
+# already within MAX_BYTES); the nesting bound huge_tree would raise is then checked here instead.
+MAX_DEPTH = 256
+_HUGE_TEXT = ("Text node too long", "Buffer size limit exceeded")
+
+
+def _parser(recover: bool = False, huge: bool = False) -> etree.XMLParser:
     return etree.XMLParser(
         recover=recover,
         resolve_entities=False,
         no_network=True,
-        huge_tree=False,
+        huge_tree=huge,
         load_dtd=False,
         dtd_validation=False,
         remove_comments=True,
@@ -104,6 +111,10 @@ def parse_xml(data: bytes) -> Any:
         errors = list(parser.error_log)
         if errors and all(e.type_name.startswith("NS_ERR_UNDEFINED_NAMESPACE") for e in errors):
             root = _recover_namespaces(data)
+        elif errors and any(text in errors[-1].message for text in _HUGE_TEXT):
+            root = _parse_huge(data)
+        elif errors and "Excessive depth" in errors[-1].message:
+            raise CcdaRejected("xml_not_well_formed", f"XML nests deeper than {MAX_DEPTH} elements") from None
         else:
             err = errors[-1] if errors else None
             kind = err.type_name if err is not None else "XML_ERR"
@@ -122,9 +133,31 @@ def parse_xml(data: bytes) -> Any:
     return root
 
 
-def _recover_namespaces(data: bytes) -> Any:
+def _parse_huge(data: bytes) -> Any:
+    """A document holding a text node over 10 MB (an embedded attachment), within MAX_BYTES."""
+    parser = _parser(huge=True)
     try:
-        return etree.fromstring(data, _parser(recover=True))
+        root = etree.fromstring(data, parser)
+    except etree.XMLSyntaxError:
+        errors = list(parser.error_log)
+        if errors and all(e.type_name.startswith("NS_ERR_UNDEFINED_NAMESPACE") for e in errors):
+            root = _recover_namespaces(data, huge=True)
+        else:
+            kind, line = (errors[-1].type_name, errors[-1].line) if errors else ("XML_ERR", 0)
+            raise CcdaRejected(
+                "xml_not_well_formed", f"XML is not well-formed: {kind} at line {line}"
+            ) from None
+    depth = 0
+    for event, _ in etree.iterwalk(root, events=("start", "end")):
+        depth += 1 if event == "start" else -1
+        if depth > MAX_DEPTH:
+            raise CcdaRejected("xml_not_well_formed", f"XML nests deeper than {MAX_DEPTH} elements")
+    return root
+
+
+def _recover_namespaces(data: bytes, huge: bool = False) -> Any:
+    try:
+        return etree.fromstring(data, _parser(recover=True, huge=huge))
     except etree.XMLSyntaxError:
         raise CcdaRejected(
             "xml_not_well_formed", "XML is not well-formed: undeclared namespace prefix"

@@ -20,8 +20,10 @@ from pipelines.common.unit import (
 )
 from pipelines.convert.fhir.prepare import FHIR_ID, RESOURCE_TYPE, ResourcePreparer, warehouse_id
 from pipelines.convert.fhir.release import check_bundle_release, check_release, declared
+from pipelines.intake import jsondepth
 
 _IJSON_ERRORS = (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError)
+_REPEATED_FULL_URL = object()  # stands for an entry whose fullUrl an earlier entry already has
 
 
 def dumps_exact(obj: Any) -> bytes:
@@ -41,13 +43,21 @@ class FhirBundleConverter(Converter):
         check_bundle_release("Bundle", self._top.get("fhirVersion"), self._top["profile"], ctx)
         try:
             with formats.open_json(ctx.path) as fh:
-                for position, entry in enumerate(ijson.items(fh, "entry.item", use_float=False), 1):
+                for position, entry in enumerate(jsondepth.items(fh, "entry.item"), 1):
+                    if position in self._repeated:
+                        entry = _REPEATED_FULL_URL  # never converted: which of the two is meant is unknown
                     yield Unit(position, "bundle_entry", entry)
         except _IJSON_ERRORS:
             raise _unreadable(ctx) from None
 
     def convert(self, unit: Unit, ctx: FileContext) -> list[StagedResource]:
         entry = unit.payload
+        if entry is jsondepth.TOO_DEEP_ITEM:
+            raise Quarantine(jsondepth.REASON, jsondepth.message())
+        if entry is jsondepth.REPEATED_ITEM:
+            raise Quarantine(jsondepth.DUPLICATE, jsondepth.DUPLICATE_MESSAGE)
+        if entry is _REPEATED_FULL_URL:
+            raise Quarantine("bundle_duplicate_full_url", "entry fullUrl repeats an earlier entry's")
         if not isinstance(entry, dict):
             raise Quarantine("invalid_bundle_entry", "Bundle entry is not a JSON object")
         request = entry.get("request")
@@ -66,16 +76,24 @@ class FhirBundleConverter(Converter):
 
     def _urn_map(self, ctx: FileContext) -> dict[str, str]:
         urn_map: dict[str, str] = {}
+        seen: set[str] = set()
+        self._repeated: set[int] = set()
         position = 0
         full_url = rtype = rid = None
         try:
             with formats.open_json(ctx.path) as fh:
-                for prefix, event, value in ijson.parse(fh):
+                for prefix, event, value in jsondepth.parse(fh):
                     if prefix == "entry.item" and event == "start_map":
                         position += 1
                         full_url = rtype = rid = None
                     elif prefix == "entry.item.fullUrl" and event == "string":
                         full_url = value
+                        # bdl-7: a fullUrl is unique in a Bundle (a history Bundle repeats it per version).
+                        if value in seen and self._top.get("type") != "history":
+                            self._repeated.add(position)
+                        seen.add(value)
+                    elif prefix == "type" and event == "string":
+                        self._top["type"] = value
                     elif prefix == "entry.item.resource.resourceType" and event == "string":
                         rtype = value
                     elif prefix == "entry.item.resource.id" and event == "string":
@@ -84,9 +102,12 @@ class FhirBundleConverter(Converter):
                         self._top["fhirVersion"] = value
                     elif prefix == "meta.profile.item" and event == "string":
                         self._top["profile"].append(value)
+                    elif event == jsondepth.TOO_DEEP and not prefix.startswith("entry.item"):
+                        # Too deep outside any entry: the Bundle itself is refused, nothing built.
+                        raise UnreadableFile(jsondepth.message(), jsondepth.REASON)
                     elif prefix == "entry.item" and event == "end_map":
                         ref = _entry_reference(ctx, position, self.entry_type(rtype), rid)
-                        if full_url and ref:
+                        if full_url and ref and full_url not in urn_map:
                             urn_map[full_url] = ref
         except _IJSON_ERRORS:
             raise _unreadable(ctx) from None

@@ -22,6 +22,7 @@ from pipelines.convert.fhir.release import check_release, declared
 from pipelines.convert.fhir.resource import FhirResourceConverter
 from pipelines.convert.fhir.upgrade import renamed_type, upgrade
 from pipelines.convert.fhir.upgrade.base import resource_types
+from pipelines.intake import jsondepth
 
 RELEASE_OF_FORMAT = {
     formats.FHIR_NDJSON_DSTU2: "1.0",
@@ -64,10 +65,15 @@ class LegacyNdjsonConverter(Converter):
             raise Quarantine("invalid_encoding", f"byte {enc_err} is not valid UTF-8")
         if not txt:
             raise Skip("blank_line")
+        if jsondepth.exceeds(txt):
+            raise Quarantine(jsondepth.REASON, jsondepth.message())
+        pairs = jsondepth.TopLevelPairs()
         try:
-            obj = simplejson.loads(txt, use_decimal=True)
+            obj = simplejson.loads(txt, use_decimal=True, object_pairs_hook=pairs)
         except simplejson.JSONDecodeError as exc:
             raise Quarantine("invalid_json", f"JSON syntax error at character {exc.pos}") from None
+        if pairs.repeated and isinstance(obj, dict):
+            raise Quarantine(jsondepth.DUPLICATE, jsondepth.DUPLICATE_MESSAGE)
         return upgrade_unit(obj, RELEASE_OF_FORMAT[ctx.format], self._preparer, unit.position, declared(ctx))
 
 

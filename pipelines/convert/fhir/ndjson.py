@@ -29,6 +29,8 @@ from pipelines.common.unit import (
 )
 from pipelines.convert.fhir.prepare import ResourcePreparer, parse_line
 from pipelines.convert.fhir.release import check_release, declared
+from pipelines.intake import jsondepth
+from pipelines.intake.fhirtypes import known_resource_types
 
 CHUNK_BYTES = 16 << 20
 _ASCII_WS = " \t\r\n\x0b\x0c"  # what bytes.strip() removes on the per-unit path
@@ -45,11 +47,12 @@ _LENIENT = r"[:\[,]\s*[-+]?(?i:nan|inf)|,\s*[}\]]|[:\[,]\s*-?[0-9.]+[eE][+-]?[0-
 _CLASSIFY = """
 CREATE OR REPLACE TEMP TABLE _classified AS
 WITH src AS (
-    SELECT pos, off, len, enc_err, txt FROM _lines
+    SELECT pos, off, len, enc_err, deep, txt FROM _lines
 ), parsed AS (
-    SELECT *,
+    SELECT * EXCLUDE (deep),
         CASE
             WHEN enc_err IS NOT NULL THEN 'invalid_encoding'
+            WHEN deep THEN 'json_too_deep'
             WHEN txt = '' THEN 'blank_line'
             WHEN NOT json_valid(txt) THEN 'invalid_json'
             WHEN json_type(txt) <> 'OBJECT' THEN 'not_an_object'
@@ -58,7 +61,10 @@ WITH src AS (
 ), keys AS (
     SELECT *,
         CASE WHEN early IS NULL
-             THEN json_extract(txt, ['$.resourceType', '$.id', '$.meta.lastUpdated']) END AS k
+             THEN json_extract(txt, ['$.resourceType', '$.id', '$.meta.lastUpdated']) END AS k,
+        -- JSON parsers keep one value of a repeated member; only valid objects are asked (in a CASE)
+        CASE WHEN early IS NULL
+             THEN len(json_keys(txt)) <> len(list_distinct(json_keys(txt))) END AS repeated
     FROM parsed
 ), classified AS (
     SELECT pos, off, len, enc_err, txt,
@@ -66,9 +72,11 @@ WITH src AS (
         CASE WHEN json_type(k[3]) = 'VARCHAR' THEN k[3] ->> '$' END AS last_updated,
         coalesce(early,
             CASE
+                WHEN repeated THEN 'json_duplicate_key'
                 WHEN k[1] IS NULL THEN 'missing_resource_type'
                 WHEN json_type(k[1]) <> 'VARCHAR'
                      OR NOT regexp_full_match(k[1] ->> '$', '[A-Z][A-Za-z]{1,63}')
+                     OR NOT list_contains($known_types, k[1] ->> '$')
                      THEN 'invalid_resource_type'
                 WHEN k[2] IS NOT NULL AND (json_type(k[2]) <> 'VARCHAR'
                      OR NOT regexp_full_match(k[2] ->> '$', '[A-Za-z0-9\\-.]{1,64}')) THEN 'invalid_id'
@@ -190,6 +198,8 @@ _MESSAGES = """
         WHEN 'missing_resource_type' THEN 'JSON object without resourceType'
         WHEN 'invalid_resource_type' THEN 'resourceType is not a FHIR resource type name'
         WHEN 'invalid_id' THEN 'resource id is not a FHIR id'
+        WHEN 'json_too_deep' THEN $deep_message
+        WHEN 'json_duplicate_key' THEN 'a member name appears twice in the resource object'
     END
 """
 
@@ -244,12 +254,13 @@ class FhirNdjsonConverter(BatchConverter):
                 "lenient": _LENIENT,
                 "head_rt_id": _HEAD_RT_ID,
                 "head_id": _HEAD_ID,
+                "known_types": sorted(known_resource_types()),
             },
         )
         con.execute(_REWRITE, {**params, **_REWRITE_PATTERNS})
         keys = {"run": ctx.run_id, "sha": ctx.file_sha256}
         con.execute(_LEDGER_ROWS, keys)
-        con.execute(_QUARANTINE_ROWS, keys)
+        con.execute(_QUARANTINE_ROWS, {**keys, "deep_message": jsondepth.message()})
         for outcome, n, resources in con.execute(_OUTCOMES).fetchall():
             result.add(outcome, n, resources)
         fallback = con.execute("SELECT pos, off, len, txt FROM _classified WHERE needs_python ORDER BY pos")
@@ -292,6 +303,9 @@ def _line_batches(path: Path) -> Iterator[tuple[pa.Table, int]]:
                 if pos == 0:
                     lines[0] = lines[0].removeprefix(formats.UTF8_BOM)  # lengths keep the BOM's bytes
                 texts, errors = _decode(lines)
+                bound = jsondepth.max_depth()
+                # Measured on the text before DuckDB or Python builds anything from a line.
+                deep = [t is not None and jsondepth.exceeds(t, bound) for t in texts]
                 offsets = list(accumulate(lengths, initial=offset))
                 batch = pa.table(
                     {
@@ -300,6 +314,7 @@ def _line_batches(path: Path) -> Iterator[tuple[pa.Table, int]]:
                         "len": pa.array(lengths, pa.int64()),
                         "txt": pa.array(texts, pa.string()),
                         "enc_err": pa.array(errors, pa.int64()),
+                        "deep": pa.array(deep, pa.bool_()),
                     }
                 )
                 pos += len(lines)

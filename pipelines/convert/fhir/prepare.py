@@ -7,6 +7,7 @@ precision in their spelling ("1.50" is not "1.5") and a float round trip would l
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from typing import Any
 
@@ -14,6 +15,8 @@ import orjson
 
 from pipelines.common.unit import Quarantine, StagedResource
 from pipelines.common.warehouse import RESOURCE_TYPE
+from pipelines.intake import jsondepth
+from pipelines.intake.fhirtypes import known_resource_types
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # A JSON string can hold no unescaped quote, so this matches only real "reference" members.
@@ -48,7 +51,12 @@ class ResourcePreparer:
         rtype = obj.get("resourceType")
         if rtype is None:
             raise Quarantine("missing_resource_type", "JSON object without resourceType")
-        if not isinstance(rtype, str) or not RESOURCE_TYPE.fullmatch(rtype):
+        if (
+            not isinstance(rtype, str)
+            or not RESOURCE_TYPE.fullmatch(rtype)
+            or rtype not in known_resource_types()
+        ):
+            # Checked against the lists, not only the spelling: any made-up name would become a table.
             raise Quarantine("invalid_resource_type", "resourceType is not a FHIR resource type name")
         source_id = obj.get("id")
         if "id" not in obj:
@@ -108,8 +116,10 @@ def _depth(prefix: bytes) -> int:
 
 def parse_line(raw: bytes) -> Any:
     """Parse one JSON text, turning decode errors into quarantine reasons without quoting the data."""
+    if jsondepth.exceeds(raw):
+        raise Quarantine(jsondepth.REASON, jsondepth.message())
     try:
-        return orjson.loads(raw)
+        obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         try:
             raw.decode("utf-8")
@@ -118,6 +128,13 @@ def parse_line(raw: bytes) -> Any:
         raise Quarantine(
             "invalid_json", f"JSON syntax error at byte {exc.pos}: {_safe_msg(exc.msg)}"
         ) from None
+    if isinstance(obj, dict):
+        # orjson keeps the last of a repeated member silently; the strict parse says whether one was.
+        pairs = jsondepth.TopLevelPairs()
+        json.loads(raw, object_pairs_hook=pairs)
+        if pairs.repeated:
+            raise Quarantine(jsondepth.DUPLICATE, jsondepth.DUPLICATE_MESSAGE)
+    return obj
 
 
 def _safe_msg(msg: str) -> str:

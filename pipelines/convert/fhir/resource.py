@@ -11,6 +11,7 @@ from pipelines.common.unit import Converter, FileContext, Quarantine, StagedReso
 from pipelines.convert.fhir.bundle import dumps_exact
 from pipelines.convert.fhir.prepare import ResourcePreparer
 from pipelines.convert.fhir.release import check_release, declared
+from pipelines.intake import jsondepth
 
 
 class FhirResourceConverter(Converter):
@@ -30,9 +31,15 @@ class FhirResourceConverter(Converter):
     def read_object(ctx: FileContext) -> object:
         """The file's one JSON document, decimals kept exact; bad bytes or syntax -> Quarantine."""
         raw = ctx.path.read_bytes().removeprefix(formats.UTF8_BOM)
+        if jsondepth.exceeds(raw):
+            raise Quarantine(jsondepth.REASON, jsondepth.message())
+        pairs = jsondepth.TopLevelPairs()
         try:
-            return simplejson.loads(raw.decode("utf-8"), use_decimal=True)
+            obj = simplejson.loads(raw.decode("utf-8"), use_decimal=True, object_pairs_hook=pairs)
         except UnicodeDecodeError as exc:
             raise Quarantine("invalid_encoding", f"byte {exc.start} is not valid UTF-8") from None
         except simplejson.JSONDecodeError as exc:
             raise Quarantine("invalid_json", f"JSON syntax error at byte {exc.pos}") from None
+        if pairs.repeated:
+            raise Quarantine(jsondepth.DUPLICATE, jsondepth.DUPLICATE_MESSAGE)
+        return obj

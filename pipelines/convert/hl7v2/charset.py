@@ -6,6 +6,11 @@ import codecs
 import re
 
 UNSUPPORTED = "unsupported"
+NOT_TEXT = "not-text"  # EBCDIC, bytes-to-bytes codecs (hex, base64), str-to-str (rot13), idna
+# What every usable charset must decode unchanged: the MSH segment is told apart in ASCII before decoding.
+_ASCII_PROBE = bytes(range(0x20, 0x7F)) + b"\r\n\t"
+# Codecs that pass the probe yet are no character set: they transform text (escapes, host names).
+_TRANSFORMS = frozenset({"idna", "punycode", "raw-unicode-escape", "unicode-escape"})
 
 # HL7 table 0211 plus what senders write instead. Keys are normalised by _key().
 _TABLE = {
@@ -62,11 +67,25 @@ def codec_for(name: str | None) -> str | None:
     try:
         # Some senders write a Python/IANA name outright ("windows-1250", "iso-8859-2").
         info = codecs.lookup(name.strip())
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         return None
     if info.name.startswith(("utf-16", "utf-32")):
         return UNSUPPORTED
+    if not _ascii_compatible(info.name):
+        return NOT_TEXT
+    if info.name == "utf-8-sig":
+        return "utf-8"  # an ACK written in utf-8-sig would open with a byte order mark before MSH
     return info.name
+
+
+def _ascii_compatible(codec: str) -> bool:
+    """A text codec that reads ASCII bytes as ASCII (EBCDIC code pages and codecs like hex do not)."""
+    if codec in _TRANSFORMS or not getattr(codecs.lookup(codec), "_is_text_encoding", True):
+        return False
+    try:
+        return _ASCII_PROBE.decode(codec) == _ASCII_PROBE.decode("ascii")
+    except (UnicodeError, LookupError, TypeError, ValueError):
+        return False
 
 
 def normalise(codec: str) -> str:

@@ -13,6 +13,7 @@ import orjson
 from pipelines.common.unit import StagedResource, stage_dict
 from pipelines.convert.fhir.prepare import warehouse_id
 from pipelines.convert.hl7v2 import vocab
+from pipelines.intake import site
 
 HL7_NULL = '""'  # the explicit HL7 null: treated as absent
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -191,7 +192,7 @@ def dtm(ctx: Ctx, value: str | None, at: str, *, date_only: bool = False) -> str
     value = clean(value)
     if value is None:
         return None
-    out = _fhir_time(value.strip(), date_only)
+    out = _fhir_time(value.strip(), date_only, site.time_zone_name())
     if out is None:
         ctx.lost[at] += 1
     return out
@@ -208,7 +209,7 @@ def period(ctx: Ctx, seg: Any, start: int, end: int) -> dict[str, str]:
 
 
 @lru_cache(maxsize=4096)
-def _fhir_time(value: str, date_only: bool) -> str | None:
+def _fhir_time(value: str, date_only: bool, zone: str) -> str | None:
     # Messages repeat their timestamps (MSH-7, EVN-2, OBR-7 and each OBX-14): each is parsed once.
     m = _DTM.fullmatch(value)
     if m is None or not _valid(m):
@@ -225,6 +226,10 @@ def _fhir_time(value: str, date_only: bool) -> str | None:
     out += f"T{hour}:{minute or '00'}:{sec or '00'}{frac or '' if sec else ''}"
     if sign:
         out += f"{sign}{tzh}:{tzm}"
+    else:
+        # FHIR requires an offset on a time; the v2-to-FHIR IG reads a time without one in the sender's
+        # zone, which the site states (schemas/site.json, EHRLIFT_SITE_TIME_ZONE).
+        out += site.offset(zone, int(year), int(month), int(day), int(hour), int(minute or 0), int(sec or 0))
     return out
 
 

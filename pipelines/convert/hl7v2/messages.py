@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -537,6 +538,9 @@ MAPPERS: dict[tuple[str, str], Callable[[Build], None]] = {
 AUTHORITATIVE = {"ADT"}
 
 
+_TYPE_CODE = re.compile(r"[A-Z][A-Z0-9]{2}")
+
+
 def convert_message(msg: Any, source_system: str, unit_key: str) -> Converted:
     """Convert one parsed HL7 v2 message; raises Quarantine for unmapped types or missing identity."""
     code = (clean(msg.message_code) or "").strip().upper()
@@ -546,7 +550,9 @@ def convert_message(msg: Any, source_system: str, unit_key: str) -> Converted:
         event = (val(msg.first("EVN"), 1) or "").upper()
     mapper = MAPPERS.get((code, event))
     if mapper is None:
-        raise Quarantine("hl7_unsupported_message_type", f"{code or '?'}^{event or '?'} is not mapped")
+        # Only a well-formed type is named: when fields shift, MSH-9 can hold another field's record value.
+        label = f"{code}^{event}" if _TYPE_CODE.fullmatch(code) and _TYPE_CODE.fullmatch(event) else "MSH-9"
+        raise Quarantine("hl7_unsupported_message_type", f"{label} is not mapped")
     b = Build(msg, source_system, unit_key, event, code in AUTHORITATIVE)
     if not any(g.pid is not None for g in b.groups) and code != "SIU":
         raise Quarantine("hl7_missing_required", "no PID segment", "Patient")

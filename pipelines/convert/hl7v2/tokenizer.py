@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.convert.hl7v2.charset import UNSUPPORTED, codec_for, normalise
+from pipelines.convert.hl7v2.charset import NOT_TEXT, UNSUPPORTED, codec_for, normalise
 from pipelines.convert.hl7v2.escape import unescape
+from pipelines.intake.limits import limit
 
 HL7_NULL = '""'
 
@@ -320,6 +321,11 @@ def _decode(data: bytes, declared: str | None, default_charset: str) -> tuple[st
         raise Hl7ParseError(
             "hl7_invalid_encoding", "MSH-18 declares UTF-16/UTF-32, which cannot be read in 8-bit framing"
         )
+    if codec == NOT_TEXT:
+        raise Hl7ParseError(
+            "hl7_unsupported_charset",
+            "MSH-18 names a character set that is not an ASCII-compatible text encoding (EBCDIC, hex, ...)",
+        )
     if data.isascii():
         return data.decode("ascii"), normalise(codec or "ascii")
     tried: list[str] = []
@@ -330,7 +336,7 @@ def _decode(data: bytes, declared: str | None, default_charset: str) -> tuple[st
         tried.append(name)
         try:
             return data.decode(name), normalise(name)
-        except (UnicodeDecodeError, LookupError):
+        except (UnicodeError, LookupError):  # idna and kin raise UnicodeError, not UnicodeDecodeError
             continue
     raise Hl7ParseError(
         "hl7_invalid_encoding",
@@ -349,6 +355,9 @@ def parse_message(raw: bytes, *, default_charset: str = "cp1252") -> Message:
         raise Hl7ParseError("hl7_invalid_encoding", "the message is UTF-16/UTF-32 encoded")
     if data[:3] != b"MSH":
         raise Hl7ParseError("hl7_missing_msh", "the message does not start with an MSH segment")
+    max_bytes = limit("hl7_max_message_bytes")
+    if len(data) > max_bytes:
+        raise Hl7ParseError("hl7_message_too_large", f"the message is larger than {max_bytes} bytes")
     junk = _JUNK.search(data)
     if junk is not None:
         raise Hl7ParseError("hl7_binary_junk", f"NUL or control byte at byte {junk.start()} of the message")
@@ -368,6 +377,7 @@ def parse_message(raw: bytes, *, default_charset: str = "cp1252") -> Message:
     text, charset = _decode(data, declared, default_charset)
     ctx = _Ctx(delims, charset)
     segments = _segments(text, delims.field, ctx)
+    _check_bounds(segments, delims)
     msg = Message(delims, segments, charset)
     if len(head_parts) < 9 or not msg.message_code:
         raise Hl7ParseError("hl7_malformed_msh", "MSH-9 (message type) is empty or missing")
@@ -376,23 +386,51 @@ def parse_message(raw: bytes, *, default_charset: str = "cp1252") -> Message:
     return msg
 
 
+def _check_bounds(segments: list[Segment], delims: Delimiters) -> None:
+    """Segments, fields and repetitions within the documented bounds (schemas/input_limits.json).
+
+    Counted with str.count on each segment's text, so a message past a bound costs one linear pass.
+    """
+    max_segments = limit("hl7_max_segments")
+    if len(segments) > max_segments:
+        raise Hl7ParseError("hl7_message_too_large", f"the message has more than {max_segments} segments")
+    max_fields = limit("hl7_max_fields")
+    max_reps = limit("hl7_max_repetitions")
+    for seg in segments:
+        text = seg.raw
+        if text.count(delims.field) > max_fields:
+            raise Hl7ParseError(
+                "hl7_message_too_large", f"a {seg.name} segment has more than {max_fields} fields"
+            )
+        if text.count(delims.repetition) >= max_reps:
+            for n, field in enumerate(text.split(delims.field)):
+                if field.count(delims.repetition) >= max_reps:
+                    name = f"{seg.name}-{n if seg.name != 'MSH' else n + 1}"
+                    raise Hl7ParseError(
+                        "hl7_message_too_large", f"{name} has more than {max_reps} repetitions"
+                    )
+
+
 def _segments(text: str, sep: str, ctx: _Ctx) -> list[Segment]:
     lines = _EOL.split(text) if "\n" in text else text.split("\r")
-    out: list[str] = []
+    # Each segment's lines are gathered and joined once: appending to a string per wrapped line would
+    # copy the segment again for every line (quadratic in a message of many wrapped lines).
+    out: list[list[str]] = []
     blanks = 0
     cut_tail = False
     for line in lines:
         if len(line) >= 3 and (len(line) == 3 or line[3] == sep) and _SEG_ID.match(line):
-            out.append(line)
+            out.append([line])
             blanks = 0
             cut_tail = False
         elif not line or line.isspace():
             blanks += 1
         else:
             # A line that does not start like a segment is text wrapped out of the previous one.
-            out[-1] = out[-1] + "\n" * (blanks + 1) + line
+            out[-1].append("\n" * (blanks + 1) + line)
             blanks = 0
             cut_tail = _CUT_ID.fullmatch(line) is not None
     if cut_tail and not blanks and not text.endswith(("\r", "\n")):
         raise Hl7ParseError("hl7_truncated", "the message breaks off inside a segment id")
-    return [Segment(s[:3], i, s, ctx) for i, s in enumerate(out)]
+    joined = [parts[0] if len(parts) == 1 else "".join(parts) for parts in out]
+    return [Segment(s[:3], i, s, ctx) for i, s in enumerate(joined)]
