@@ -8,30 +8,35 @@ import duckdb
 
 from pipelines.common.ledger import pointer
 from pipelines.common.warehouse import ensure_resource_table
+from pipelines.result_versions import rank_sql
 
 # Which row of a (type, id) group wins: a full resource over a reference-only one; then the latest
-# meta.lastUpdated; on a tie or without dates, what the warehouse already holds, then what came first
-# (run, file, unit, position in unit).
+# meta.lastUpdated; on a tie, the later result version by status (preliminary < final < corrected, from
+# schemas/result_status_rank.json); then what the warehouse already holds, then what came first (run,
+# file, unit, position in unit).
 _DECIDE = """
 CREATE OR REPLACE TEMP TABLE _decided AS
 WITH staged AS (
     SELECT run_id, seq, file_sha256, unit_position, resource_index, id, content_sha256,
-           TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, reference_only, FALSE AS existing
+           TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, reference_only, FALSE AS existing,
+           {staged_rank} AS vrank  -- result versions: see pipelines/result_versions.py
     FROM _stage WHERE resource_type = $rtype
 ), current AS (
     SELECT NULL AS run_id, 0 AS seq, file_sha256, unit_position, 0 AS resource_index, id, content_sha256,
-           TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, reference_only, TRUE AS existing
+           TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, reference_only, TRUE AS existing,
+           {current_rank} AS vrank
     FROM {table} WHERE id IN (SELECT id FROM staged)
 ), grouped AS (
     SELECT *,
         first_value(content_sha256) OVER best AS best_hash,
         first_value(lu) OVER best AS best_lu,
+        first_value(vrank) OVER best AS best_rank,
         bool_or(existing) OVER (PARTITION BY id) AS id_exists,
         row_number() OVER (PARTITION BY id, content_sha256
                            ORDER BY existing DESC, run_id, seq, unit_position, resource_index) AS hash_rank
     FROM (SELECT * FROM staged UNION ALL SELECT * FROM current)
-    WINDOW best AS (PARTITION BY id ORDER BY reference_only, lu DESC NULLS LAST, existing DESC, run_id, seq,
-                    unit_position, resource_index
+    WINDOW best AS (PARTITION BY id ORDER BY reference_only, lu DESC NULLS LAST, vrank DESC, existing DESC,
+                    run_id, seq, unit_position, resource_index
                     ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
 SELECT run_id, seq, file_sha256, unit_position, resource_index, id,
@@ -40,6 +45,7 @@ SELECT run_id, seq, file_sha256, unit_position, resource_index, id,
         WHEN content_sha256 = best_hash THEN 'duplicate_identical'
         WHEN reference_only THEN 'reference_only_present'  -- a stand-in never overrides or conflicts
         WHEN lu IS NOT NULL AND best_lu IS NOT NULL AND lu < best_lu THEN 'superseded'
+        WHEN lu IS NOT DISTINCT FROM best_lu AND vrank < best_rank THEN 'superseded'  -- P before F, one MSH-7
         ELSE 'conflicting_duplicate'
     END AS decision,
     id_exists
@@ -115,7 +121,8 @@ def merge_stage(con: duckdb.DuckDBPyConnection) -> LoadResult:
     )
     for rtype in types:
         table = ensure_resource_table(con, rtype)
-        con.execute(_DECIDE.format(table=table), {"rtype": rtype})
+        ranks = {"staged_rank": rank_sql("resource", rtype), "current_rank": rank_sql("resource", rtype)}
+        con.execute(_DECIDE.format(table=table, **ranks), {"rtype": rtype})
         con.execute(
             f"DELETE FROM {table} WHERE id IN "
             "(SELECT id FROM _decided WHERE decision = 'accepted' AND id_exists)"

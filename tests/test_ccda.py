@@ -392,7 +392,7 @@ def test_entry_counts_per_document_reach_the_warehouse_once_and_only_when_commit
     assert con.execute("SELECT item, count FROM ops.unconsumed ORDER BY item").fetchall() == [
         (f"{t}14 (no procedure code)", 1),
         (f"{t}20", 1),
-        (f"{t}60", 1),
+        (f"{t}60 (no policy with a payer)", 1),
         (f"{t}64", 1),
     ]
     assert entry_accounting(con) == (1, 26)

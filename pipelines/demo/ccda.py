@@ -81,6 +81,8 @@ def _header(
     d.add("Composition", f"{ROOT}|{doc_id}")
     d.add("Practitioner", f"{ROOT}|author-1")
     d.add("Organization", f"{ROOT}|org-1")
+    d.add("PractitionerRole", f"{ROOT}|author-1|org-1")  # the author acting for the hospital
+    d.add("Provenance", f"{ROOT}|{doc_id}")  # the document's authorship (a zoned author time)
     org = (
         f'{_id("org-1")}<name>Demo General Hospital</name><telecom use="WP" value="tel:+1-555-555-0100"/>'
         "<addr><streetAddressLine>1 Hospital Way</streetAddressLine><city>Springfield</city>"

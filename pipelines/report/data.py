@@ -328,7 +328,21 @@ def _reconciliation(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, An
         "unconsumed": unconsumed,
         "duplicates": duplicates,
         "skip_reasons": _reasons(con, run_id, "skipped"),
+        "patients_without_trusted_identifier": _untrusted_patients(con, run_id),
     }
+
+
+def _untrusted_patients(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
+    """Patients identified only by their message's demographics (HL7 results without PID-3): each
+    waits for identity linking, so the reviewer sees how many."""
+    if not relation_exists(con, "fhir", "Patient"):
+        return 0
+    row = con.execute(
+        """SELECT count(*) FROM fhir."Patient" WHERE run_id = ? AND list_contains(
+               json_extract_string(resource, '$.meta.tag[*].code'), 'no-trusted-identifier')""",
+        [run_id],
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _reasons(con: duckdb.DuckDBPyConnection, run_id: str, outcome: str) -> list[dict[str, Any]]:

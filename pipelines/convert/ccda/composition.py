@@ -28,6 +28,7 @@ CAREPLAN_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/careplan-category"
 # Parties, places and products: referenced by the clinical resources, never entries of a section themselves.
 NOT_ENTRIES = frozenset(
     {"Patient", "Practitioner", "PractitionerRole", "Organization", "Location", "Device", "Medication"}
+    | {"Provenance", "RelatedPerson"}
 )
 EMPTY_REASON = {"NASK": "notasked", "MSK": "withheld"}  # any other nullFlavor: unavailable
 INTERVENTIONS = "2.16.840.1.113883.10.20.21.2.3"
@@ -36,7 +37,7 @@ REQUESTS = frozenset({"ServiceRequest", "MedicationRequest", "NutritionOrder", "
 NO_TEXT = f"{XHTML_DIV}No human-readable text provided in this section</div>"
 
 
-def composition(doc: Doc, sections: list[ConvertedSection]) -> None:
+def composition(doc: Doc, sections: list[ConvertedSection]) -> dict[str, str]:
     """Emit the Composition (and, for a Care Plan document, the CarePlan its event points at)."""
     root = doc.root
     res: dict[str, Any] = {"resourceType": "Composition", "id": doc.rid("Composition", root)}
@@ -104,6 +105,7 @@ def composition(doc: Doc, sections: list[ConvertedSection]) -> None:
     if docref:
         # The DocumentReference (the landed original) names the Composition made from it as related.
         docref.setdefault("context", {})["related"] = [ref]
+    return ref
 
 
 def _display(cc: dict[str, Any]) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pipelines import formats
 from pipelines.common.unit import Converted, Converter, FileContext, Quarantine, Skip, Unit
-from pipelines.convert.ccda import composition, header, parse, places
+from pipelines.convert.ccda import composition, header, parse, parties, places
 from pipelines.convert.ccda.document import Doc
 from pipelines.convert.ccda.parse import CcdaRejected, check_document, document_type, parse_xml
 from pipelines.convert.ccda.sections import convert_sections
@@ -32,6 +32,7 @@ def convert_document(
         raise Quarantine(
             "ccda_missing_record_target", "document has no recordTarget/patientRole", "Patient"
         ) from None
+    parties.related_persons(doc)
     header.encounter(doc)
     places.encompassing_location(doc)
     attachment: dict[str, Any] = {"contentType": "application/xml"}
@@ -40,7 +41,7 @@ def convert_document(
     attachment["size"] = len(data)
     attachment["hash"] = base64.b64encode(hashlib.sha1(data).digest()).decode()  # noqa: S324 - FHIR's hash is SHA-1
     header.document_reference(doc, attachment, header.format_code(doc_type, root))
-    composition.composition(doc, convert_sections(doc))
+    parties.document_provenance(doc, composition.composition(doc, convert_sections(doc)))
     assert doc.patient is not None
     doc.emit(doc.patient)
     return doc.finish(), doc

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 CCDA_TEMPLATE_PREFIX = "2.16.840.1.113883.10.20."
 _WITH_ID = etree.XPath("descendant::h:text/descendant-or-self::*[@ID]", namespaces={"h": NS[1:-1]})
-_PARTIES = frozenset({"Practitioner", "Organization", "Patient", "Location", "Device"})
+_PARTIES = frozenset({"Practitioner", "PractitionerRole", "Organization", "Patient", "Location", "Device"})
 
 
 class EntrySkipped(Exception):

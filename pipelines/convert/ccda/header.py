@@ -7,7 +7,7 @@ from typing import Any
 
 from lxml import etree
 
-from pipelines.convert.ccda import places
+from pipelines.convert.ccda import parties, places
 from pipelines.convert.ccda.datatypes import (
     NS,
     SDTC,
@@ -183,7 +183,11 @@ def _practitioner(
         res["qualification"] = [{"code": qual}]
     if len(res) == 2:
         return None  # neither an id nor a name: nothing to identify the person by
-    return doc.emit(res, assigned)
+    ref = doc.emit(res, assigned)
+    parties.practitioner_role(
+        doc, assigned, ref, organization(doc, child(assigned, "representedOrganization"))
+    )
+    return ref
 
 
 def organization(doc: Doc, org: Any) -> dict[str, str] | None:

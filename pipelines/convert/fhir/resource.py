@@ -11,6 +11,7 @@ from pipelines.common.unit import Converter, FileContext, Quarantine, StagedReso
 from pipelines.convert.fhir.bundle import dumps_exact
 from pipelines.convert.fhir.prepare import ResourcePreparer
 from pipelines.convert.fhir.release import check_release, declared
+from pipelines.fhir_structure import check_ambiguous
 from pipelines.intake import jsondepth
 
 
@@ -24,6 +25,8 @@ class FhirResourceConverter(Converter):
     def convert(self, unit: Unit, ctx: FileContext) -> list[StagedResource]:
         obj = self.read_object(ctx)
         check_release(obj, "4.0", declared(ctx))
+        if not declared(ctx):
+            check_ambiguous(obj)
         preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256)
         return [preparer.prepare(dumps_exact(obj), obj, unit.position)]
 

@@ -7,9 +7,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.common.unit import Converted, Quarantine, stage_dict
+from pipelines.common.unit import Converted, Quarantine, Skip, stage_dict
 from pipelines.convert.hl7v2 import vocab
-from pipelines.convert.hl7v2.datatypes import Ctx, clean, first, instant, place, val, where
+from pipelines.convert.hl7v2.datatypes import Ctx, clean, first, instant, place, reps, val, where
+from pipelines.convert.hl7v2.registry import NO_CLINICAL_CONTENT, carries_no_clinical_content
 from pipelines.convert.hl7v2.segments import coverage as cov
 from pipelines.convert.hl7v2.segments import encounter as enc_
 from pipelines.convert.hl7v2.segments import participation as part
@@ -23,6 +24,7 @@ class Build:
 
     def __init__(self, msg: Any, source_system: str, unit_key: str, event: str, authoritative: bool) -> None:
         self.msg = msg
+        self.msg_type = ((clean(msg.message_code) or "").strip().upper(), event)
         self.event = event
         self.authoritative = authoritative  # ADT: Patient and Encounter are stated, not referred to
         self.ctx = Ctx(source_system, unit_key)
@@ -37,7 +39,7 @@ class Build:
             control = clean(msg.control_id)
             self.ctx.meta_source = f"{source}#{control}" if control else source
         self.groups, _leading, self.used = gather(msg.segments)
-        self.used.update(s.position for s in msg.segments if s.name in ("MSH", "EVN"))
+        self.used.update(s.position for s in msg.segments if s.name in _ENVELOPE)
         # Collected segments and patient-level notes count as used only once a mapper takes them.
         for g in self.groups:
             self.used.difference_update(s.position for segs in g.other.values() for s in segs)
@@ -80,13 +82,23 @@ class Build:
                 self.take([seg])  # a role the sender deletes is understood, and is no participant
         return out
 
+    def patient_key(self, pid: Any) -> str:
+        """PID-3's identifier; for results and immunizations without one, the PID's own demographics
+        (a result is never worth losing for a missing MRN: identity linking decides who it is)."""
+        if self.msg_type in DEMOGRAPHIC_IDENTITY and not any(c.code(1) for c in reps(pid, 3)):
+            key = pat.demographic_key(pid, clean(self.msg.sending_facility))
+            if key is None:
+                raise Quarantine("hl7_missing_required", "PID-3 is empty and PID-5 or PID-7 too", "Patient")
+            return key
+        return pat.patient_key(pid)
+
     def subject(self, g: PatientGroup) -> tuple[dict[str, str], str]:
         """Emit the group's Patient (full in ADT, a stand-in elsewhere) with its related people, care
         team, coverage and guarantors; returns (reference, identity key)."""
         if g.pid is None:
             raise Quarantine("hl7_missing_required", "no PID segment", "Patient")
-        key = pat.patient_key(g.pid)
-        resource = pat.patient(self.ctx, g.pid, g.pd1, g.nk1s)
+        key = self.patient_key(g.pid)
+        resource = pat.patient(self.ctx, g.pid, g.pd1, g.nk1s, key)
         ref = {"reference": f"Patient/{resource['id']}"}
         team = []
         for seg, r in self.roles(g.patient_roles):
@@ -287,6 +299,9 @@ class Build:
         return Converted(resources=resources, container=container, unconsumed=dict(left))
 
 
+# Header segments, and a query response's acknowledgment and echo of the query: read, nothing to map.
+_ENVELOPE = frozenset({"MSH", "EVN", "MSA", "QAK", "QPD"})
+
 # Elements that precede the ones ROL/PRT add, in FHIR R4's element order.
 _PAT = ("resourceType", "id", "meta", "extension", "identifier", "active", "name", "telecom", "gender")
 _PAT += ("birthDate", "_birthDate", "deceasedBoolean", "deceasedDateTime", "address", "maritalStatus")
@@ -458,7 +473,8 @@ def _immunizations(b: Build) -> None:
             okey = _order_key(b, o, i)
             for rxa in [x for x in (o.rx, *o.extra) if x is not None and x.name == "RXA"]:
                 rxr = o.rxrs[0] if o.rxrs else None
-                im = pharmacy.immunization(b.ctx, rxa, rxr, o.orc, subject, pkey)
+                obxs = [r.obx for r in o.results]
+                im = pharmacy.immunization(b.ctx, rxa, rxr, o.orc, subject, pkey, obxs)
                 b.functions(o, im)
                 ref = b.emit(im)
                 for r in o.results:
@@ -532,8 +548,14 @@ MAPPERS: dict[tuple[str, str], Callable[[Build], None]] = {
     ("RDE", "O11"): _pharmacy_orders,
     ("RAS", "O17"): _administrations,
     ("VXU", "V04"): _immunizations,
+    # The CDC IIS "Z32" immunization history: PID, then ORC/RXA/RXR/OBX groups, as in a VXU.
+    ("RSP", "K11"): _immunizations,
     ("MDM", "T02"): _documents,
 }
+# Message types also listed as carrying no clinical content when this segment is absent.
+CLINICAL_SEGMENT = {("RSP", "K11"): "RXA"}
+# Messages whose Patient may be identified by PID's demographics when PID-3 is empty (ELR, IIS).
+DEMOGRAPHIC_IDENTITY = {("ORU", "R01"), ("VXU", "V04"), ("RSP", "K11")}
 # Only ADT states who a patient is and what a visit was; every other message refers to them.
 AUTHORITATIVE = {"ADT"}
 
@@ -549,6 +571,10 @@ def convert_message(msg: Any, source_system: str, unit_key: str) -> Converted:
         # v2.1/2.2 messages may carry the trigger in EVN-1 only.
         event = (val(msg.first("EVN"), 1) or "").upper()
     mapper = MAPPERS.get((code, event))
+    if carries_no_clinical_content(code, event) and (
+        mapper is None or msg.first(CLINICAL_SEGMENT[(code, event)]) is None
+    ):
+        raise Skip(NO_CLINICAL_CONTENT)
     if mapper is None:
         # Only a well-formed type is named: when fields shift, MSH-9 can hold another field's record value.
         label = f"{code}^{event}" if _TYPE_CODE.fullmatch(code) and _TYPE_CODE.fullmatch(event) else "MSH-9"

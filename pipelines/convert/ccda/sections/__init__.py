@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.convert.ccda import parties
 from pipelines.convert.ccda.datatypes import NS, child, children, local, template_ids
 from pipelines.convert.ccda.document import Doc, Section, entry_label, section_label, statement_of
 from pipelines.convert.ccda.maps import sections as section_maps
@@ -16,6 +17,7 @@ from pipelines.convert.ccda.sections import (
     family,
     immunizations,
     medications,
+    payers,
     problems,
     procedures,
     results,
@@ -76,6 +78,8 @@ TEMPLATES: dict[str, Mapper] = {
     T + "131": procedures.procedure,  # Intervention Act (Care Plan)
     T + "146": procedures.planned,  # Planned Intervention Act (Care Plan)
     T + "144": care.outcome,  # Outcome Observation (Care Plan)
+    T + "60": payers.coverage_activity,  # Coverage Activity
+    T + "61": payers.coverage_activity,  # Policy Activity outside a Coverage Activity
 }
 
 # When an entry lacks its templateId (or carries a wrong one), its section and element decide.
@@ -110,6 +114,7 @@ BY_SECTION: dict[tuple[str, str], Mapper] = {
     ("mental_status", "organizer"): care.status_organizer,
     ("notes", "act"): care.note,
     ("family_history", "organizer"): family.family_history,
+    ("payers", "act"): payers.coverage_activity,
 }
 
 
@@ -122,6 +127,30 @@ def mapper_for(stmt: Any, section: Section, ids: list[str] | None = None) -> Map
         return None  # a C-CDA template no mapper takes (comment, coverage, supply): counted, not guessed
     # No C-CDA entry template (none at all, or only HL7 CCD 1.0 / IHE / HITSP ones): the section decides.
     return BY_SECTION.get((section.family, local(stmt)))
+
+
+# Read by the encounter mapper itself (diagnoses, indications): never run again as entries of their own.
+_ENCOUNTER_OWN = {T + "80", T + "19"}
+
+
+def _nested_in_encounter(doc: Doc, enc: Any, section: Section, label: str | None) -> None:
+    """Problems, procedures, medications and results some vendors nest in an Encounter Activity's
+    entryRelationships (not its reasons): each runs as an entry of the encounter's section."""
+    for rel in enc.iterchildren(NS + "entryRelationship"):
+        if rel.get("typeCode") == "RSON":
+            continue
+        stmt = statement_of(rel)
+        if stmt is None:
+            continue
+        ids = template_ids(stmt)
+        if _ENCOUNTER_OWN.intersection(ids):
+            continue
+        mapper = next((TEMPLATES[t] for t in ids if t in TEMPLATES), None)
+        if mapper is None or local(stmt) == "encounter":
+            continue
+        before = len(doc.emitted)
+        doc.run_entry(mapper, stmt, section, entry_label(stmt, ids), label)
+        parties.entry_provenance(doc, stmt, doc.emitted[before:])
 
 
 def identify(section_el: Any) -> Section:
@@ -169,7 +198,11 @@ def _section(doc: Doc, section_el: Any) -> ConvertedSection:
         if label is None:
             label = section_label(section_el)
         ids = template_ids(stmt)
+        before = len(doc.emitted)
         doc.run_entry(mapper_for(stmt, section, ids), stmt, section, entry_label(stmt, ids), label)
+        parties.entry_provenance(doc, stmt, doc.emitted[before:])
+        if local(stmt) == "encounter":
+            _nested_in_encounter(doc, stmt, section, label)
     made = doc.emitted[start:]
     subsections = []
     for comp in children(section_el, "component"):

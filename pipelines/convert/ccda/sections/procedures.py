@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.convert.ccda import places
-from pipelines.convert.ccda.datatypes import NS, codeable
+from pipelines.convert.ccda.datatypes import NS, codeable, effective, local
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
 from pipelines.convert.ccda.header import author_refs, author_time
 from pipelines.convert.ccda.maps import concept
@@ -66,6 +66,40 @@ def procedure(doc: Doc, stmt: Any, section: Section) -> None:
     doc.emit(res, stmt)
 
 
+# A Planned Encounter booked (APT) or asked to be booked (ARQ) is an appointment, not an order.
+APPOINTMENT_MOODS = {"APT": "booked", "ARQ": "proposed"}
+
+
+def appointment(doc: Doc, stmt: Any, kids: dict[str, list[Any]], code: dict[str, Any]) -> None:
+    """Planned Encounter (moodCode APT/ARQ) -> Appointment: the patient and the performers as
+    participants, the planned time as start/end (or, with only one end known, the requested period)."""
+    res = base(doc, "Appointment", stmt, kids=kids)
+    res.pop("subject")
+    when = effective(first(kids, "effectiveTime"))
+    period = {"start": when[1], "end": when[1]} if when and when[0] == "dateTime" else (when or (None, {}))[1]
+    both = "start" in period and "end" in period
+    # R4: an appointment without both times can only be proposed (app-2, app-3).
+    res["status"] = APPOINTMENT_MOODS[stmt.get("moodCode")] if both else "proposed"
+    res["serviceType"] = [code]
+    reasons = reason_codes(doc, stmt, rels=kids.get(RELATIONSHIP, ()))
+    if reasons:
+        res["reasonCode"] = reasons
+    if both:
+        res["start"], res["end"] = period["start"], period["end"]
+    created = author_time(stmt, kids.get(AUTHOR, ()))
+    if created:
+        res["created"] = created
+    participants = [{"actor": doc.patient_ref, "status": "accepted"}]
+    for p in performer_actors(doc, kids.get(NS + "performer", ())):
+        participants.append({"actor": p["actor"], "status": "accepted"})
+    for loc in places.entry_locations(doc, stmt):
+        participants.append({"actor": loc, "status": "accepted"})
+    res["participant"] = participants
+    if period and not both:
+        res["requestedPeriod"] = [period]
+    doc.emit(res, stmt)
+
+
 def planned(doc: Doc, stmt: Any, section: Section) -> None:
     """Planned Procedure / Act / Observation / Encounter -> ServiceRequest (intent from moodCode)."""
     kids = by_tag(stmt)  # one pass over the statement's children
@@ -75,6 +109,9 @@ def planned(doc: Doc, stmt: Any, section: Section) -> None:
         if not text:
             raise EntrySkipped("no planned-activity code")
         code = {"text": text}
+    if local(stmt) == "encounter" and stmt.get("moodCode") in APPOINTMENT_MOODS:
+        appointment(doc, stmt, kids, code)
+        return
     res = base(doc, "ServiceRequest", stmt, kids=kids)
     status = first(kids, "statusCode")
     res["status"] = (

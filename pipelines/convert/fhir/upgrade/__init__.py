@@ -12,7 +12,7 @@ from typing import Any
 
 from pipelines.common.unit import Quarantine
 from pipelines.common.warehouse import RESOURCE_TYPE
-from pipelines.convert.fhir.upgrade import administrative, encounter, medications, problems, results
+from pipelines.convert.fhir.upgrade import administrative, encounter, medications, problems, requests, results
 from pipelines.convert.fhir.upgrade.base import RELEASE_NAMES, Mover, required_elements, resource_types
 
 Rule = Callable[[Mover], Any]
@@ -37,6 +37,8 @@ R2_TO_R3: dict[str, tuple[Rule, str]] = {
     "MedicationDispense": (medications.r2_medication_dispense, "MedicationDispense"),
     "Medication": (medications.r2_medication, "Medication"),
     "Immunization": (medications.r2_immunization, "Immunization"),
+    "ProcedureRequest": (requests.r2_procedure_request, "ProcedureRequest"),
+    "Conformance": (requests.r2_conformance, "CapabilityStatement"),
 }
 R3_TO_R4: dict[str, Rule] = {
     "Patient": administrative.r3_patient,
@@ -57,7 +59,11 @@ R3_TO_R4: dict[str, Rule] = {
     "MedicationDispense": medications.r3_medication_dispense,
     "Medication": medications.r3_medication,
     "Immunization": medications.r3_immunization,
+    "ProcedureRequest": requests.r3_procedure_request,
+    "CapabilityStatement": requests.r3_capability_statement,
 }
+# STU3 types whose R4 counterpart has another name.
+R3_RENAMED = {"ProcedureRequest": "ServiceRequest"}
 
 _TYPED_REF = re.compile(r"(^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
 
@@ -115,7 +121,7 @@ def upgrade(resource: dict[str, Any], release: str, *, _contained: bool = False)
     body = m.finish()
     if contained:
         body["contained"] = contained + body.get("contained", [])
-    out = [{"resourceType": current_type, **body}, *extra]
+    out = [{"resourceType": R3_RENAMED.get(current_type, current_type), **body}, *extra]
     for item in out:
         _check_required(item, release)
     if _contained:

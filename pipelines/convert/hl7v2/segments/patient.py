@@ -48,14 +48,44 @@ def patient_key(pid: Any) -> str:
     return cx_key(ids[0])
 
 
+# A Patient known only by the message's own demographics carries this tag: identity linking, not the
+# converter, decides which person it is, and the compliance report counts them.
+NO_TRUSTED_IDENTIFIER = {
+    "system": "urn:ehrlift:identity",
+    "code": "no-trusted-identifier",
+    "display": "identified from the message's demographics, without an identifier",
+}
+
+
+def demographic_key(pid: Any, submitter: str | None) -> str | None:
+    """A Patient key from PID's own content when PID-3 is empty (ELR senders identify by demographics):
+    name, birth date, sex, address and the submitting facility, normalized so that re-sends of the same
+    person by the same submitter agree. None when name or birth date is missing: too little to be anyone."""
+    name, addr = first(pid, 5), first(pid, 11)
+    family = (name.sub(1).code(1) or "") if name is not None else ""
+    given = (name.code(2) or "") if name is not None else ""
+    born = (val(pid, 7) or "")[:8]
+    if not (family or given) or not born:
+        return None
+    parts = [family, given, born, val(pid, 8) or ""]
+    if addr is not None:
+        parts += [addr.sub(1).code(1) or "", (addr.code(5) or "")[:5]]
+    parts.append(submitter or "")
+    return "demographic:" + "|".join(" ".join(p.upper().split()) for p in parts)
+
+
 def patient_ref(ctx: Ctx, pid: Any) -> dict[str, str]:
     return {"reference": f"Patient/{ctx.rid('Patient', patient_key(pid))}"}
 
 
-def patient(ctx: Ctx, pid: Any, pd1: Any = None, nk1s: list[Any] = ()) -> dict[str, Any]:
-    """PID -> Patient (with PD1's providers and NK1's contacts)."""
-    p: dict[str, Any] = {"resourceType": "Patient", "id": ctx.rid("Patient", patient_key(pid))}
+def patient(
+    ctx: Ctx, pid: Any, pd1: Any = None, nk1s: list[Any] = (), key: str | None = None
+) -> dict[str, Any]:
+    """PID -> Patient (with PD1's providers and NK1's contacts); a demographic key marks it untrusted."""
+    p: dict[str, Any] = {"resourceType": "Patient", "id": ctx.rid("Patient", key or patient_key(pid))}
     meta = ctx.meta()
+    if key is not None and key.startswith("demographic:"):
+        meta["tag"] = [dict(NO_TRUSTED_IDENTIFIER)]
     if meta:
         p["meta"] = meta
     ext: list[dict[str, Any]] = []
@@ -72,7 +102,9 @@ def patient(ctx: Ctx, pid: Any, pd1: Any = None, nk1s: list[Any] = ()) -> dict[s
     dl = first(pid, 20)
     if dl is not None and dl.code(1):
         idents.append({"type": {"coding": [{"system": V2_0203, "code": "DL"}]}, "value": dl.code(1)})
-    p["identifier"] = _unique([i for i in idents if i])
+    found = _unique([i for i in idents if i])
+    if found:
+        p["identifier"] = found
     names = [xpn(c) for n in (5, 9) for c in reps(pid, n)]
     if any(names):
         p["name"] = [n for n in names if n]

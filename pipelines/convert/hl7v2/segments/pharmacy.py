@@ -23,6 +23,7 @@ from pipelines.convert.hl7v2.segments.results import order_identifiers
 from pipelines.convert.hl7v2.segments.values import UCUM, quantity
 
 V2_0443 = "http://terminology.hl7.org/CodeSystem/v2-0443"
+CVX = "http://hl7.org/fhir/sid/cvx"
 
 
 def _code_of(cc: dict[str, Any] | None) -> str:
@@ -58,13 +59,57 @@ def _status(rxa: Any) -> str:
     return vocab.code_of("completion_status", val(rxa, 20)) or "completed"
 
 
-def immunization(ctx: Ctx, rxa: Any, rxr: Any, orc: Any, subject: dict, patient_key: str) -> dict[str, Any]:
-    """RXA (+RXR, ORC) -> Immunization; not-done from RXA-20 with its reason from RXA-18."""
+NO_VACCINE = "998"  # CVX: no vaccine administered
+ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+
+
+def _not_given(rxa: Any, vaccine: dict[str, Any] | None) -> bool:
+    """RXA-20 NA/RE, or CVX 998 whatever RXA-20 says (registries send 998 with CP): nothing was given."""
+    if _status(rxa) == "not-done":
+        return True
+    coding = (vaccine or {}).get("coding") or [{}]
+    return coding[0].get("system") == CVX and coding[0].get("code") == NO_VACCINE
+
+
+def _status_reason(ctx: Ctx, rxa: Any, obxs: list[Any]) -> dict[str, Any] | None:
+    """RXA-18's refusal reason as sent, with its FHIR reason beside it (NIP002 codes); without RXA-18,
+    the CDC IIS evidence that follows the RXA: immunity (59784-9, 75505-8) or a contraindication that
+    defers the dose (30945-0)."""
+    reason = coded(ctx, rxa, 18)
+    refusal = first(rxa, 18)
+    if reason is not None and refusal is not None:
+        fhir = vocab.coding_of("immunization_refusal", refusal.code(1))
+        if fhir is not None and (refusal.code(3) or "NIP002").upper() == "NIP002":
+            reason["coding"] = [*reason["coding"], fhir]
+        return reason
+    for obx in obxs:
+        fhir = vocab.coding_of(
+            "immunization_not_given_evidence", first(obx, 3).code(1) if first(obx, 3) else None
+        )
+        if fhir is not None:
+            return {"coding": [fhir]}
+    return None
+
+
+def immunization(
+    ctx: Ctx, rxa: Any, rxr: Any, orc: Any, subject: dict, patient_key: str, obxs: list[Any] = ()
+) -> dict[str, Any]:
+    """RXA (+RXR, ORC, the OBX after it) -> Immunization; not-done from RXA-20 or CVX 998, its reason
+    from RXA-18 or the evidence OBX (the v2-to-FHIR IG's RXA map and the CDC IIS guide's patterns)."""
     when = dtm(ctx, val(rxa, 3), where(rxa, 3))
     vaccine = coded(ctx, rxa, 5, "0292")
-    if when is None or vaccine is None:
+    not_given = _not_given(rxa, vaccine)
+    if vaccine is None and not_given and not val(rxa, 5):
+        # "Nothing given" with RXA-5 left empty: CVX 998 says exactly that; R4 requires a vaccineCode.
+        vaccine = {"coding": [{"system": CVX, "code": NO_VACCINE, "display": "no vaccine administered"}]}
+    if vaccine is None or (when is None and not not_given):
         raise Quarantine("hl7_missing_required", "RXA-3 or RXA-5 is empty or invalid", "Immunization")
-    key = f"{patient_key}|{when}|{_code_of(vaccine)}"
+    key = f"{patient_key}|{when or 'undated'}|{_code_of(vaccine)}"
+    evidence = [f"{first(o, 3).code(1)}={first(o, 5).code(1)}" for o in obxs if first(o, 3) and first(o, 5)]
+    if evidence and _code_of(vaccine) == f"{CVX}|{NO_VACCINE}":
+        # Several "no vaccine" records of one day (immunity to varicella, a contraindication to MMR)
+        # differ only by the evidence that follows them.
+        key += "|" + ",".join(evidence)
     im: dict[str, Any] = {"resourceType": "Immunization", "id": ctx.rid("Immunization", key)}
     meta = ctx.meta()
     if meta:
@@ -72,13 +117,17 @@ def immunization(ctx: Ctx, rxa: Any, rxr: Any, orc: Any, subject: dict, patient_
     filler = ei(ctx, first(orc, 3)) if orc is not None else None
     if filler:
         im["identifier"] = [filler]
-    im["status"] = _status(rxa)
-    reason = coded(ctx, rxa, 18)
+    im["status"] = "not-done" if not_given and _status(rxa) != "entered-in-error" else _status(rxa)
+    reason = _status_reason(ctx, rxa, list(obxs)) if im["status"] == "not-done" else coded(ctx, rxa, 18)
     if reason:
         im["statusReason"] = reason
     im["vaccineCode"] = vaccine
     im["patient"] = subject
-    im["occurrenceDateTime"] = when
+    if when:
+        im["occurrenceDateTime"] = when
+    else:
+        # A dose not given whose date the sender left out: R4 requires an occurrence, and says so as text.
+        im["occurrenceString"] = "unknown"
     recorded = dtm(ctx, val(rxa, 22), where(rxa, 22))
     if recorded and val(rxa, 21) == "A":
         im["recorded"] = recorded
