@@ -100,7 +100,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_MEMORY_MB ?= 2048
 fuzz: setup
 	for reader in ndjson bundle hl7 ccda manifest mllp; do \
-	  ( ulimit -v $$(( $(FUZZ_MEMORY_MB) * 1024 )); \
+	  ( ulimit -v $$(( $(FUZZ_MEMORY_MB) * 1024 )); export EHRLIFT_DUCKDB_MEMORY_LIMIT=$$(( $(FUZZ_MEMORY_MB) / 4 ))MB; \
 	    $(RUN) python -m tests.fuzz.harness $$reader --examples 200 --seconds $(FUZZ_SECONDS) ) || exit 1; \
 	done
 

@@ -27,6 +27,15 @@ def deep_bundle(depth: int, *good: dict) -> bytes:
     return ('{"resourceType":"Bundle","type":"collection","entry":[' + ",".join(entries) + "]}").encode()
 
 
+def bounded_env(limit_bytes: int) -> dict[str, str]:
+    """The environment for a process under an address-space limit: DuckDB's memory limit well inside it.
+
+    DuckDB's default (4 GB) at or past the process's address space lets its buffer pool take what other
+    native code then fails to allocate, and some of that code crashes instead of raising.
+    """
+    return {**os.environ, "EHRLIFT_DUCKDB_MEMORY_LIMIT": f"{limit_bytes // 4 >> 20}MB"}
+
+
 def limit_resources(limit_bytes: int, cpu_seconds: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
@@ -50,7 +59,7 @@ def run_bounded(
         [sys.executable, "-c", _WRAPPER, *args],
         capture_output=True,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**bounded_env(memory), **(env or {})},
         preexec_fn=lambda: limit_resources(memory, cpu),
         timeout=cpu * 2,
         check=False,

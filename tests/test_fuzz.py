@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.fuzz.cases import HOSTILE, READERS
-from tests.hostile import ROOT, limit_resources
+from tests.hostile import ROOT, bounded_env, limit_resources
 
 
 @pytest.mark.parametrize("reader", READERS)
@@ -17,6 +17,7 @@ def test_reader_survives_its_hostile_cases_and_mutations(reader):
         [sys.executable, "-m", "tests.fuzz.harness", reader, "--examples", "15"],
         capture_output=True,
         cwd=ROOT,
+        env=bounded_env(2 << 30),
         preexec_fn=lambda: limit_resources(2 << 30, 120),
         timeout=300,
         check=False,

@@ -120,3 +120,18 @@ def test_a_number_no_double_can_hold_is_a_finding_not_a_crash():
     assert check is not None
     text = '{"resourceType":"Basic","code":{"text":"x"},"n":' + "9" * 1000 + "}"
     assert check(text) == ["Basic: number_out_of_range"]
+
+
+def test_megabyte_strings_are_checked_without_handing_them_whole_to_the_validator():
+    check = structure._schema_check("Binary")
+    assert check is not None
+    data = "QUJD" * 3_000_000  # 12 MB of base64
+    good = {"resourceType": "Binary", "contentType": "application/pdf", "data": data}
+    assert check(orjson.dumps(good).decode()) is None
+    # MIME-style line breaks between base64 groups are allowed, as the schema's pattern allows them.
+    wrapped = {**good, "data": "\n".join(["QUJD" * 19] * 200_000)}
+    assert check(orjson.dumps(wrapped).decode()) is None
+    bad = {**good, "data": data + "!!!!"}  # not base64, past the prefix the validator sees
+    assert check(orjson.dumps(bad).decode()) == ["Binary.data: pattern"]
+    not_base64 = {**good, "data": "!!!!" + data}  # within the prefix: the validator's own finding
+    assert check(orjson.dumps(not_base64).decode()) == ["Binary.data: pattern"]

@@ -10,7 +10,9 @@ neither knows are reported as not checked, never as passed.
 
 from __future__ import annotations
 
+import binascii
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -88,11 +90,51 @@ def _schema_check(resource_type: str) -> Check | None:
         except orjson.JSONDecodeError:
             # Valid JSON that no double can hold (a 1,000-digit number): FHIR's decimal cannot carry it.
             return [f"{resource_type}: number_out_of_range"]
-        if validator.is_valid(doc):
+        long_findings: list[str] = []
+        if len(text) > _LONG_STRING:
+            doc = {resource_type: _shorten(doc[resource_type], resource_type, long_findings)}
+        if validator.is_valid(doc) and not long_findings:
             return None
-        return [f for e in validator.iter_errors(doc) for f in _schema_findings(resource_type, e)]
+        found = [f for e in validator.iter_errors(doc) for f in _schema_findings(resource_type, e)]
+        return found + [f for f in long_findings if f not in found]
 
     return check
+
+
+# Strings past this length (an embedded PDF's base64, a long narrative) are not handed whole to the
+# compiled validator: its pattern match over tens of megabytes can exhaust a thread's stack and crash the
+# process. Such a string is checked here in linear time, an Attachment's or Binary's `data` as strict
+# base64 and any other as FHIR's string, and the validator sees a prefix that keeps whole base64 groups.
+_LONG_STRING = 1 << 16
+_FHIR_STRING = re.compile(r"[ \r\n\t\S]+")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _long_string_ok(path: str, value: str) -> bool:
+    if path.rsplit(".", 1)[-1] != "data":
+        return _FHIR_STRING.fullmatch(value) is not None
+    try:
+        binascii.a2b_base64(_WHITESPACE.sub("", value), strict_mode=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _shorten(value: object, path: str, findings: list[str]) -> object:
+    if isinstance(value, dict):
+        return {k: _shorten(v, f"{path}.{k}", findings) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shorten(v, path, findings) for v in value]
+    if not isinstance(value, str) or len(value) <= _LONG_STRING:
+        return value
+    if not _long_string_ok(path, value):
+        findings.append(f"{path}: pattern")
+    prefix = value[:_LONG_STRING]
+    groups = sum(1 for c in prefix if not c.isspace())
+    while groups % 4:  # end on a whole base64 group (4 characters, whitespace between groups only)
+        groups -= not prefix[-1].isspace()
+        prefix = prefix[:-1]
+    return prefix
 
 
 def _schema_findings(resource_type: str, error) -> list[str]:
