@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from pipelines.common.unit import Quarantine
+from pipelines.convert.fhir import ndjson
 from pipelines.convert.fhir.upgrade import upgrade
 from pipelines.fhir_structure import ambiguity
 from pipelines.run import run_pipeline
@@ -222,9 +223,14 @@ def test_a_declared_compact_one_line_file_is_not_ambiguous(tmp_path, make_config
     assert [r[3:5] for r in rows] == [("converted", "")]  # declared R4: the declaration decides
 
 
-def test_a_multi_line_export_keeps_its_per_line_checks(tmp_path, make_config, warehouse):
-    # A bulk export is not a single-resource file: each line meets the release check alone, as before.
-    path = write_ndjson(tmp_path / "in" / "export.ndjson", AMBIGUOUS, R4_VALID)
+@pytest.mark.parametrize("chunk_bytes", [16 << 20, 64], ids=["one-batch", "a-batch-per-line"])
+def test_a_multi_line_export_keeps_its_per_line_checks(
+    tmp_path, make_config, warehouse, monkeypatch, chunk_bytes
+):
+    # A bulk export is not a single-resource file: each line meets the release check alone, as before;
+    # also when its last batch holds a single line that reaches the end of the file.
+    monkeypatch.setattr(ndjson, "CHUNK_BYTES", chunk_bytes)
+    path = write_ndjson(tmp_path / "in" / "export.ndjson", R4_VALID, AMBIGUOUS)
     run = run_pipeline(make_config(path))
     con = warehouse()
     assert run.reconciles

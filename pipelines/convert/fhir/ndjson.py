@@ -232,8 +232,9 @@ class FhirNdjsonConverter(BatchConverter):
         preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256)
         params = {"run": ctx.run_id, "sha": ctx.file_sha256, "seq": ctx.seq, "system": ctx.source_system}
         size = ctx.path.stat().st_size
-        for batch, end_offset in _line_batches(ctx.path):
-            batch = _mark_whole(batch, end_offset == size and not declared(ctx))
+        for n, (batch, end_offset) in enumerate(_line_batches(ctx.path)):
+            # Only a first batch that reaches the end is the whole file (a last batch of one line is not).
+            batch = _mark_whole(batch, n == 0 and end_offset == size and not declared(ctx))
             if skip_through:
                 # Lines an interrupted run already committed are not converted again.
                 batch = batch.filter(pc.greater(batch["pos"], skip_through))
