@@ -7,10 +7,11 @@ import orjson
 import pytest
 
 from pipelines.common.unit import Quarantine
+from pipelines.convert.fhir import ndjson
 from pipelines.convert.fhir.upgrade import upgrade
 from pipelines.fhir_structure import ambiguity
 from pipelines.run import run_pipeline
-from tests.conftest import resource
+from tests.conftest import resource, write_ndjson
 
 PATIENT = {"reference": "Patient/12724066"}
 
@@ -148,14 +149,95 @@ def test_single_resource_files_under_auto(tmp_path, make_config, warehouse):
     assert con.execute("SELECT id FROM fhir.Observation").fetchall() == [(_id("o2"),)]
 
 
-def test_a_one_line_file_stays_ndjson_of_one_line(tmp_path, make_config, warehouse):
-    # One compact line is NDJSON (bulk exports' per-line check, no per-line R4 validation): unchanged.
+def _one_line_run(tmp_path, make_config, warehouse, content: bytes, **config) -> tuple:
     path = tmp_path / "in" / "a.json"
     path.parent.mkdir()
-    path.write_bytes(orjson.dumps(R4_VALID))
-    run_pipeline(make_config(path))
+    path.write_bytes(content)
+    run = run_pipeline(make_config(path, **config))
     con = warehouse()
-    assert con.execute("SELECT format FROM ops.files").fetchone() == ("fhir-ndjson",)
+    assert run.reconciles
+    rows = con.execute(
+        "SELECT f.format, l.unit_position, l.unit_kind, l.outcome, coalesce(l.reason, ''), "
+        "coalesce(q.pointer, ''), coalesce(q.message, '') "
+        "FROM ops.ledger l JOIN ops.files f USING (file_sha256) "
+        "LEFT JOIN ops.quarantine q USING (file_sha256, unit_position) ORDER BY l.unit_position"
+    ).fetchall()
+    return con, [
+        (fmt, pos, kind, outcome, reason, pointer.split("#")[-1], msg)
+        for fmt, pos, kind, outcome, reason, pointer, msg in rows
+    ]
+
+
+_ADVICE = "declare its release (--fhir-release dstu2, stu3 or r4, or a .fhir-release.csv line)"
+
+
+@pytest.mark.parametrize("trailer", [b"", b"\n", b"\n\n"], ids=["no-newline", "newline", "blank-line"])
+def test_a_compact_one_line_file_that_is_not_valid_r4_is_ambiguous(tmp_path, make_config, warehouse, trailer):
+    # One resource on one line is NDJSON of one line (its unit and pointer are ndjson_line's), yet it is
+    # a single-resource file: under auto it is read as R4 only when valid R4.
+    line = orjson.dumps(AMBIGUOUS)
+    con, rows = _one_line_run(tmp_path, make_config, warehouse, line + trailer)
+    assert rows[0] == (
+        "fhir-ndjson",
+        1,
+        "ndjson_line",
+        "quarantined",
+        "fhir_release_ambiguous",
+        f"ndjson_line=1@0+{len(line) + min(len(trailer), 1)}",
+        "Observation fits DSTU2 (1.0.2) or STU3 (3.0.x) and R4 by its shape but is not valid R4 "
+        f"at Observation.valueQuantity.value; {_ADVICE}",
+    )
+    assert rows[1:] == (
+        [(("fhir-ndjson", 2, "ndjson_line", "skipped", "blank_line", "", ""))] if trailer == b"\n\n" else []
+    )
+    nothing_staged = "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'fhir'"
+    assert con.execute(nothing_staged).fetchone() == (0,)
+
+
+def test_a_compact_one_line_file_that_is_valid_r4_is_read_as_r4(tmp_path, make_config, warehouse):
+    con, rows = _one_line_run(tmp_path, make_config, warehouse, orjson.dumps(R4_VALID) + b"\n")
+    assert rows == [("fhir-ndjson", 1, "ndjson_line", "converted", "", "", "")]
+    (text,) = con.execute("SELECT resource FROM fhir.Observation").fetchone()
+    from pipelines.convert.fhir.prepare import warehouse_id
+
+    patient = {"reference": "Patient/" + warehouse_id("default", "Patient", "12724066")}
+    assert orjson.loads(text) == {**R4_VALID, "id": _id("o2"), "subject": patient}
+
+
+def test_a_compact_one_line_r4_file_stays_converted(tmp_path, make_config, warehouse):
+    # Its shape says R4 alone (Condition.clinicalStatus is a CodeableConcept only in R4): no ambiguity.
+    condition = resource(
+        "Condition",
+        "c1",
+        subject=PATIENT,
+        code={"text": "x"},
+        clinicalStatus={"coding": [{"code": "active"}]},
+    )
+    con, rows = _one_line_run(tmp_path, make_config, warehouse, orjson.dumps(condition))
+    assert rows == [("fhir-ndjson", 1, "ndjson_line", "converted", "", "", "")]
+    assert con.execute("SELECT count(*) FROM fhir.Condition").fetchone() == (1,)
+
+
+def test_a_declared_compact_one_line_file_is_not_ambiguous(tmp_path, make_config, warehouse):
+    _, rows = _one_line_run(tmp_path, make_config, warehouse, orjson.dumps(AMBIGUOUS), fhir_release="r4")
+    assert [r[3:5] for r in rows] == [("converted", "")]  # declared R4: the declaration decides
+
+
+@pytest.mark.parametrize("chunk_bytes", [16 << 20, 64], ids=["one-batch", "a-batch-per-line"])
+def test_a_multi_line_export_keeps_its_per_line_checks(
+    tmp_path, make_config, warehouse, monkeypatch, chunk_bytes
+):
+    # A bulk export is not a single-resource file: each line meets the release check alone, as before;
+    # also when its last batch holds a single line that reaches the end of the file.
+    monkeypatch.setattr(ndjson, "CHUNK_BYTES", chunk_bytes)
+    path = write_ndjson(tmp_path / "in" / "export.ndjson", R4_VALID, AMBIGUOUS)
+    run = run_pipeline(make_config(path))
+    con = warehouse()
+    assert run.reconciles
+    assert con.execute("SELECT unit_position, unit_kind, outcome FROM ops.ledger ORDER BY 1").fetchall() == [
+        (1, "ndjson_line", "converted"),
+        (2, "ndjson_line", "converted"),
+    ]
 
 
 def test_declared_dstu2_reads_the_ambiguous_file_as_dstu2(tmp_path, make_config, warehouse):

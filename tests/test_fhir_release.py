@@ -12,6 +12,7 @@ from pipelines.common.config import RunConfig
 from pipelines.common.errors import ConfigError
 from pipelines.common.reasons import check_reason
 from pipelines.fhir_release import DECLARATION_FILE
+from pipelines.fhir_structure import ambiguity
 from pipelines.run import run_pipeline
 from tests.conftest import resource, write_json, write_ndjson
 
@@ -146,12 +147,35 @@ _LOADED_AS_R4 = """
 """
 
 
+# Units of one-line files read as NDJSON (release not named by the file) by outcome or reason.
+_ONE_LINE_FILES = """
+    SELECT coalesce(l.reason, l.outcome), count(*) FROM ops.ledger l JOIN ops.files f USING (file_sha256)
+    WHERE f.format = 'fhir-ndjson' GROUP BY 1
+"""
+
+
 def test_official_dstu2_examples_declared_dstu2(corpus, tmp_path, make_config, warehouse):
     folder = corpus / "fhir-dstu2" / "dstu2-examples" / "dist" / "examples"
     auto = run_pipeline(make_config(folder, warehouse=tmp_path / "auto" / "warehouse.duckdb"))
     assert auto.reconciles
     with duckdb.connect(str(tmp_path / "auto" / "warehouse.duckdb"), read_only=True) as auto_con:
         loaded_as_r4_auto = auto_con.execute(_LOADED_AS_R4).fetchone()
+        one_line = dict(auto_con.execute(_ONE_LINE_FILES).fetchall())
+        kept_as_r4 = [
+            orjson.loads(text)
+            for (table,) in auto_con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'fhir'"
+            ).fetchall()
+            for (text,) in auto_con.execute(
+                f'SELECT r.resource FROM fhir."{table}" r JOIN ops.files f USING (file_sha256) '
+                "WHERE f.format = 'fhir-ndjson'"
+            ).fetchall()
+        ]
+    # Most examples are one compact line (NDJSON of one line): under auto each is a single-resource file,
+    # read as R4 only when valid R4 by the R4 structure, else quarantined for a declaration.
+    print(f"\nDSTU2 examples of one compact line under auto, units by outcome: {one_line}")
+    assert one_line == {"converted": 29, "fhir_release_ambiguous": 120, "invalid_resource_type": 1}
+    assert len(kept_as_r4) == 29 and all(ambiguity(obj) is None for obj in kept_as_r4)
     run = run_pipeline(make_config(folder, fhir_release="dstu2"))
     con = warehouse()
     loaded_as_r4 = con.execute(_LOADED_AS_R4).fetchone()

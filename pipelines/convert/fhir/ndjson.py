@@ -29,6 +29,7 @@ from pipelines.common.unit import (
 )
 from pipelines.convert.fhir.prepare import ResourcePreparer, parse_line
 from pipelines.convert.fhir.release import check_release, declared
+from pipelines.fhir_structure import check_ambiguous
 from pipelines.intake import jsondepth
 from pipelines.intake.fhirtypes import known_resource_types
 
@@ -47,7 +48,7 @@ _LENIENT = r"[:\[,]\s*[-+]?(?i:nan|inf)|,\s*[}\]]|[:\[,]\s*-?[0-9.]+[eE][+-]?[0-
 _CLASSIFY = """
 CREATE OR REPLACE TEMP TABLE _classified AS
 WITH src AS (
-    SELECT pos, off, len, enc_err, deep, txt FROM _lines
+    SELECT pos, off, len, enc_err, deep, txt, whole FROM _lines
 ), parsed AS (
     SELECT * EXCLUDE (deep),
         CASE
@@ -67,7 +68,7 @@ WITH src AS (
              THEN len(json_keys(txt)) <> len(list_distinct(json_keys(txt))) END AS repeated
     FROM parsed
 ), classified AS (
-    SELECT pos, off, len, enc_err, txt,
+    SELECT pos, off, len, enc_err, txt, whole,
         k[1] ->> '$' AS rtype, k[2] ->> '$' AS sid,
         CASE WHEN json_type(k[3]) = 'VARCHAR' THEN k[3] ->> '$' END AS last_updated,
         coalesce(early,
@@ -89,9 +90,10 @@ WITH src AS (
 ), checked AS (
     SELECT * EXCLUDE (deep_id),
         -- invalid_json lines go to Python too: orjson names the byte where the syntax breaks; so do
-        -- lines whose text hints at another release, where candidates() decides on the parsed resource
+        -- lines whose text hints at another release, where candidates() decides on the parsed resource;
+        -- and the one resource of a one-line file under auto, which must be valid R4 to be read as R4
         lenient OR deep_id OR coalesce(problem = 'invalid_json', FALSE)
-            OR (problem IS NULL AND {not_r4}) AS needs_python
+            OR (problem IS NULL AND (whole OR {not_r4})) AS needs_python
     FROM classified
 )
 SELECT *,
@@ -229,7 +231,10 @@ class FhirNdjsonConverter(BatchConverter):
         result = FileResult()
         preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256)
         params = {"run": ctx.run_id, "sha": ctx.file_sha256, "seq": ctx.seq, "system": ctx.source_system}
-        for batch, end_offset in _line_batches(ctx.path):
+        size = ctx.path.stat().st_size
+        for n, (batch, end_offset) in enumerate(_line_batches(ctx.path)):
+            # Only a first batch that reaches the end is the whole file (a last batch of one line is not).
+            batch = _mark_whole(batch, n == 0 and end_offset == size and not declared(ctx))
             if skip_through:
                 # Lines an interrupted run already committed are not converted again.
                 batch = batch.filter(pc.greater(batch["pos"], skip_through))
@@ -263,23 +268,46 @@ class FhirNdjsonConverter(BatchConverter):
         con.execute(_QUARANTINE_ROWS, {**keys, "deep_message": jsondepth.message()})
         for outcome, n, resources in con.execute(_OUTCOMES).fetchall():
             result.add(outcome, n, resources)
-        fallback = con.execute("SELECT pos, off, len, txt FROM _classified WHERE needs_python ORDER BY pos")
-        for pos, off, length, txt in fallback.fetchall():
+        fallback = con.execute(
+            "SELECT pos, off, len, txt, whole FROM _classified WHERE needs_python ORDER BY pos"
+        )
+        for pos, off, length, txt, whole in fallback.fetchall():
             unit = Unit(pos, "ndjson_line", txt.encode("utf-8"), off, length)
             outcome, resources = convert_one(
-                lambda u: self.convert_unit(u, preparer, declared(ctx)), self.name, unit, ctx, writer
+                lambda u, whole=whole: self.convert_unit(u, preparer, declared(ctx), whole),
+                self.name,
+                unit,
+                ctx,
+                writer,
             )
             result.add(outcome, 1, resources)
 
     def convert_unit(
-        self, unit: Unit, preparer: ResourcePreparer, declared: bool = False
+        self, unit: Unit, preparer: ResourcePreparer, declared: bool = False, whole: bool = False
     ) -> list[StagedResource]:
+        """whole: the line is its file's only resource, read under auto (see _mark_whole)."""
         raw: bytes = unit.payload.strip()
         if not raw:
             raise Skip("blank_line")
         obj = parse_line(raw)
         check_release(obj, "4.0", declared)
+        if whole and not declared:
+            check_ambiguous(obj)
         return [preparer.prepare(raw, obj, unit.position)]
+
+
+def _mark_whole(batch: pa.Table, whole_file: bool) -> pa.Table:
+    """The batch with a `whole` column: true on every line when the batch is the whole file and holds
+    exactly one non-blank line, i.e. a single resource written compactly on one line. Such a file is a
+    single-resource file in NDJSON's clothes (its units stay ndjson_line units with their pointers), so
+    under auto its resource meets the single-resource rule: fitting an older release as well as R4, it is
+    read as R4 only when valid R4. Real exports (two lines or more) keep the per-line release check alone.
+    """
+    if whole_file:
+        # A line that is not UTF-8 (txt null) counts as a line too.
+        lines = pc.fill_null(pc.not_equal(batch["txt"], ""), True)
+        whole_file = pc.sum(lines).as_py() == 1
+    return batch.append_column("whole", pa.repeat(pa.scalar(whole_file), batch.num_rows))
 
 
 def _line_batches(path: Path) -> Iterator[tuple[pa.Table, int]]:
