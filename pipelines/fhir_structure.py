@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import cache
 from typing import Any
 
@@ -28,6 +29,12 @@ def ambiguity(obj: Any) -> str | None:
     found = fhir_versions.candidates(obj)
     if "4.0" not in found or found == fhir_versions.R4:
         return None
+    older = " or ".join(fhir_versions.NAMES[r] for r in sorted(found - fhir_versions.R4))
+    misfit = _schema_misfit(obj)
+    if misfit is not _NO_SCHEMA:
+        if misfit is None:
+            return None
+        return f"{obj['resourceType']} fits {older} and R4 by its shape but is not valid R4 at {misfit}"
     model = _model(obj["resourceType"])
     if model is None:
         return None
@@ -44,9 +51,35 @@ def ambiguity(obj: Any) -> str | None:
             return None
         loc = ".".join(str(p) for p in misfits[0].get("loc", ()) if isinstance(p, str))
         where = f" at {obj['resourceType']}.{loc}" if loc else ""
-        older = " or ".join(fhir_versions.NAMES[r] for r in sorted(found - fhir_versions.R4))
         return f"{obj['resourceType']} fits {older} and R4 by its shape but is not valid R4{where}"
     return None
+
+
+_NO_SCHEMA = object()
+
+
+def _schema_misfit(obj: dict) -> str | object | None:
+    """The first element path where obj does not fit R4's compiled JSON Schema, None when it fits, or
+    _NO_SCHEMA when the schema is not installed (then the R4B models decide, at a much higher cost).
+
+    Shape, not completeness: a missing required element is as missing in any release."""
+    import orjson
+
+    from pipelines.quality.structure import schema_check
+
+    check = schema_check(obj["resourceType"])
+    if check is None:
+        return _NO_SCHEMA
+    text = orjson.dumps(obj, default=_json_number).decode()
+    misfits = [f for f in check(text) or () if not f.endswith(": missing")]
+    return misfits[0].rsplit(": ", 1)[0] if misfits else None
+
+
+def _json_number(value: object) -> int | float:
+    # The streaming readers give numbers as Decimal (exact): the schema check needs JSON numbers only.
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 # fhir.resources' message for a required choice element (value[x]) that is absent.

@@ -85,17 +85,22 @@ def test_a_dstu2_server_export_is_declared_dstu2_and_upgraded(tmp_path, warehous
     assert orjson.loads(encounter)["class"]["code"] == "IMP"
 
 
-def test_read_from_content_alone_the_unsignalled_dstu2_observation_passes_for_r4(tmp_path, warehouse):
-    # The same export from a server that will not say its release: the Observation file is taken as R4.
+def test_read_from_content_alone_the_unsignalled_dstu2_observation_is_not_taken_for_r4(tmp_path, warehouse):
+    # The same export from a server that will not say its release: the Observation's shape fits R4 too,
+    # but its referenceRange.meaning is DSTU2's, so it is not valid R4 and asks for a declared release.
     with BulkServer(dstu2_data(), metadata_status=403, faults=Faults(error_file=False)) as server:
         result = run_export(options(server, tmp_path, run=True), sleep=Sleeps())
     assert result.fhir_release == "unknown" and not (result.out_dir / DECLARATION_FILE).exists()
     con = warehouse()
     assert _declarations(con) == []
     formats = dict(con.execute("SELECT original_name, format FROM ops.files").fetchall())
-    assert formats["Observation.001.ndjson"] == "fhir-ndjson"  # R4
+    assert formats["Observation.001.ndjson"] == "fhir-ndjson"  # R4 by its content
     assert formats["Patient.001.ndjson"] == "fhir-ndjson-dstu2"  # its name.family list says DSTU2
-    assert _reference_range(con) == {"low": {"value": 50}, "meaning": {"text": "normal"}}
+    rows = con.execute(
+        "SELECT l.outcome, l.reason FROM ops.ledger l JOIN ops.files f USING (file_sha256) "
+        "WHERE f.original_name = 'Observation.001.ndjson'"
+    ).fetchall()
+    assert rows == [("quarantined", "fhir_release_ambiguous")]
 
 
 def test_metadata_refused_falls_back_to_content_with_one_warning(tmp_path, caplog):

@@ -174,8 +174,8 @@ def test_official_dstu2_examples_declared_dstu2(corpus, tmp_path, make_config, w
     # Most examples are one compact line (NDJSON of one line): under auto each is a single-resource file,
     # read as R4 only when valid R4 by the R4 structure, else quarantined for a declaration.
     print(f"\nDSTU2 examples of one compact line under auto, units by outcome: {one_line}")
-    assert one_line == {"converted": 29, "fhir_release_ambiguous": 120, "invalid_resource_type": 1}
-    assert len(kept_as_r4) == 29 and all(ambiguity(obj) is None for obj in kept_as_r4)
+    assert one_line == {"converted": 36, "fhir_release_ambiguous": 113, "invalid_resource_type": 1}
+    assert len(kept_as_r4) == 36 and all(ambiguity(obj) is None for obj in kept_as_r4)
     run = run_pipeline(make_config(folder, fhir_release="dstu2"))
     con = warehouse()
     loaded_as_r4 = con.execute(_LOADED_AS_R4).fetchone()

@@ -77,6 +77,12 @@ def _compiled():
     return jsonschema_rs.validator_for(root, pattern_options=jsonschema_rs.RegexOptions())
 
 
+@cache
+def schema_check(resource_type: str) -> Check | None:
+    """The compiled R4 JSON Schema check of one type, or None without the schema or for a type R4 lacks."""
+    return _schema_check(resource_type)
+
+
 def _schema_check(resource_type: str) -> Check | None:
     schema = r4_schema()
     if schema is None or resource_type not in schema["x-resource-types"]:
