@@ -238,6 +238,17 @@ def _sender(wh, server: FhirServer) -> subprocess.Popen:
     )
 
 
+def _settle(server: FhirServer) -> None:
+    """Wait (bounded) until the server's write count stops moving: a killed client's requests finish."""
+    last = -1
+    for _ in range(100):
+        count = server.writes()
+        if count == last:
+            return
+        last = count
+        time.sleep(0.3)
+
+
 def _wait_for_writes(server: FhirServer, proc: subprocess.Popen, at_least: int) -> None:
     for _ in range(600):  # bounded: 60 s
         if proc.poll() is not None or server.writes() >= at_least:
@@ -257,7 +268,10 @@ def test_killed_sender_resumes_with_exactly_one_resource_per_create(tmp_path):
             _wait_for_writes(server, proc, server.writes() + 5)
             proc.kill()  # SIGKILL: no clean-up of any kind
             proc.wait(timeout=30)
+            _settle(server)
         proc = _sender(wh, server)
+        # Counted once the killed sender's last requests are done: these writes are the new sender's own,
+        # so Ctrl-C reaches it inside its send loop, not while it is still starting.
         _wait_for_writes(server, proc, server.writes() + 3)
         proc.send_signal(signal.SIGINT)  # Ctrl-C: in-flight writes finish and are recorded
         assert proc.wait(timeout=60) == ExitCode.INTERRUPTED
