@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import orjson
 import pytest
 
 from pipelines.common.unit import Quarantine, Skip
@@ -16,6 +15,7 @@ from pipelines.convert.hl7v2.tokenizer import parse_message
 from pipelines.report.data import collect
 from pipelines.run import run_pipeline
 from tests.conftest import REPO
+from tests.test_hl7v2_messages import by_type
 
 PID = "PID|1||M1^^^EAST^MR||Roe^Ray||20190101|M"
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
@@ -24,13 +24,6 @@ ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 def convert(*segments: str, mtype: str = "VXU^V04^VXU_V04", facility: str = "FAC", source: str = "s"):
     raw = "\r".join([f"MSH|^~\\&|APP|{facility}|R|R|20240101120000||{mtype}|CTL1|P|2.5.1", *segments]) + "\r"
     return convert_message(parse_message(raw.encode()), source, "sha:1")
-
-
-def by_type(out) -> dict[str, list[dict]]:
-    found: dict[str, list[dict]] = {}
-    for r in out.resources:
-        found.setdefault(r.resource_type, []).append(orjson.loads(r.json))
-    return found
 
 
 @pytest.mark.parametrize(

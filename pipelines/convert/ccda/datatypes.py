@@ -502,3 +502,13 @@ def element_text(el: Any) -> str | None:
 
 def is_element(el: Any) -> bool:
     return isinstance(el.tag, str) and not isinstance(el, etree._Comment)
+
+
+def add_contacts(res: dict[str, Any], el: Any) -> None:
+    """Set res.telecom and res.address from an element's telecom and addr children, when it has any."""
+    tel = telecoms(el)
+    if tel:
+        res["telecom"] = tel
+    addr = addresses(el)
+    if addr:
+        res["address"] = addr

@@ -12,6 +12,7 @@ from pipelines.convert.ccda.datatypes import (
     NS,
     SDTC,
     absent,
+    add_contacts,
     addresses,
     child,
     children,
@@ -172,12 +173,7 @@ def _practitioner(
     names = human_names(person)
     if names:
         res["name"] = names
-    tel = telecoms(assigned)
-    if tel:
-        res["telecom"] = tel
-    addr = addresses(assigned)
-    if addr:
-        res["address"] = addr
+    add_contacts(res, assigned)
     qual = codeable(child(assigned, "code"), doc)
     if qual:
         res["qualification"] = [{"code": qual}]
@@ -200,12 +196,7 @@ def organization(doc: Doc, org: Any) -> dict[str, str] | None:
     name = clean(" ".join(clean(n.text) or "" for n in children(org, "name")))
     if name:
         res["name"] = name
-    tel = telecoms(org)
-    if tel:
-        res["telecom"] = tel
-    addr = addresses(org)
-    if addr:
-        res["address"] = addr
+    add_contacts(res, org)
     if "identifier" not in res and "name" not in res:
         return None
     return doc.emit(res, org)

@@ -6,13 +6,12 @@ import re
 from typing import Any
 
 from pipelines.convert.ccda.datatypes import (
-    addresses,
+    add_contacts,
     child,
     children,
     codeable,
     human_names,
     id_key,
-    telecoms,
     ts,
 )
 from pipelines.convert.ccda.document import Doc
@@ -92,12 +91,7 @@ def _related(doc: Doc, role: Any, person: Any, role_class: str) -> dict[str, str
     res["patient"] = doc.patient_ref
     res["relationship"] = relationship
     res["name"] = names
-    tel = telecoms(role)
-    if tel:
-        res["telecom"] = tel
-    addr = addresses(role)
-    if addr:
-        res["address"] = addr
+    add_contacts(res, role)
     return doc.emit(res, role)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.convert.ccda.datatypes import (
-    addresses,
+    add_contacts,
     child,
     children,
     codeable,
@@ -13,7 +13,6 @@ from pipelines.convert.ccda.datatypes import (
     human_names,
     id_pairs,
     identifier,
-    telecoms,
     template_ids,
 )
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
@@ -105,10 +104,5 @@ def _holder(doc: Doc, participant: Any) -> dict[str, str] | None:
         {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "POLHOLD"}]}
     ]
     res["name"] = names
-    tel = telecoms(role)
-    if tel:
-        res["telecom"] = tel
-    addr = addresses(role)
-    if addr:
-        res["address"] = addr
+    add_contacts(res, role)
     return doc.emit(res, role)
