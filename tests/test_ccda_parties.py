@@ -81,6 +81,19 @@ def test_payers_become_coverage_with_payer_member_and_holder():
     assert cov["payor"] == [_ref(payer)] and cov["policyHolder"] == _ref(holder)
     # The section's templateId carries a newer release's extension: still the Payers section.
     assert doc.converted[f"{T}60"] == 1
+    # policy-2 names no payer: no Coverage, but counted, though its Coverage Activity converted.
+    assert doc.unconsumed == {f"{T}61 (policy without a payer)": 1}
+
+
+def test_a_coverage_activity_without_any_payer_is_one_skipped_entry():
+    data = CASE.read_bytes().replace(
+        b'extension="PAYER1"/><code code="PAYOR"', b'extension="PAYER1"/><code code="X"'
+    )
+    data = data.replace(b'<templateId root="2.16.840.1.113883.10.20.22.4.87"/>', b"")
+    found, doc, _ = _convert(data)
+    assert "Coverage" not in found
+    assert doc.converted[f"{T}60"] == 0
+    assert doc.unconsumed == {f"{T}60 (no policy with a payer)": 1}
 
 
 def test_planned_encounters_become_appointments_and_plans_become_requests():
@@ -103,7 +116,8 @@ def test_planned_encounters_become_appointments_and_plans_become_requests():
     assert med["intent"] == "plan"
     requests = {s["code"]["coding"][0]["code"]: s["intent"] for s in found["ServiceRequest"]}
     assert requests == {"73761001": "order", "4548-4": "plan"}
-    assert out.unconsumed == {}
+    # The only thing the document does not carry is the payer-less policy, counted on its own.
+    assert out.unconsumed == {f"{T}61 (policy without a payer)": 1}
 
 
 def test_entries_nested_in_an_encounter_are_found_and_converted():
