@@ -8,34 +8,40 @@ import duckdb
 
 from pipelines.common.ledger import pointer
 from pipelines.common.warehouse import ensure_resource_table
-from pipelines.result_versions import rank_sql
+from pipelines.result_versions import is_result, rank_sql, version_time_sql
 
 # Which row of a (type, id) group wins: a full resource over a reference-only one; then the latest
 # meta.lastUpdated; on a tie, the later result version by status (preliminary < final < corrected, from
-# schemas/result_status_rank.json); then what the warehouse already holds, then what came first (run,
-# file, unit, position in unit).
+# schemas/result_status_rank.json), then by its version times (issued, analysis time); then what the
+# warehouse already holds, then what came first (run, file, unit, position in unit).
 _DECIDE = """
 CREATE OR REPLACE TEMP TABLE _decided AS
 WITH staged AS (
     SELECT run_id, seq, file_sha256, unit_position, resource_index, id, content_sha256,
            TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, reference_only, FALSE AS existing,
-           {staged_rank} AS vrank  -- result versions: see pipelines/result_versions.py
+           {staged_rank} AS vrank,  -- result versions: see pipelines/result_versions.py
+           {staged_issued} AS vt1, {staged_analysed} AS vt2
     FROM _stage WHERE resource_type = $rtype
 ), current AS (
     SELECT NULL AS run_id, 0 AS seq, file_sha256, unit_position, 0 AS resource_index, id, content_sha256,
            TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, reference_only, TRUE AS existing,
-           {current_rank} AS vrank
+           {current_rank} AS vrank, {current_issued} AS vt1, {current_analysed} AS vt2
     FROM {table} WHERE id IN (SELECT id FROM staged)
+), candidates AS (
+    {timed}
 ), grouped AS (
     SELECT *,
         first_value(content_sha256) OVER best AS best_hash,
         first_value(lu) OVER best AS best_lu,
         first_value(vrank) OVER best AS best_rank,
+        first_value(vt1) OVER best AS best_vt1,
+        first_value(vt2) OVER best AS best_vt2,
         bool_or(existing) OVER (PARTITION BY id) AS id_exists,
         row_number() OVER (PARTITION BY id, content_sha256
                            ORDER BY existing DESC, run_id, seq, unit_position, resource_index) AS hash_rank
-    FROM (SELECT * FROM staged UNION ALL SELECT * FROM current)
-    WINDOW best AS (PARTITION BY id ORDER BY reference_only, lu DESC NULLS LAST, vrank DESC, existing DESC,
+    FROM candidates
+    WINDOW best AS (PARTITION BY id ORDER BY reference_only, lu DESC NULLS LAST, vrank DESC,
+                    vt1 DESC NULLS LAST, vt2 DESC NULLS LAST, existing DESC,
                     run_id, seq, unit_position, resource_index
                     ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
@@ -46,10 +52,29 @@ SELECT run_id, seq, file_sha256, unit_position, resource_index, id,
         WHEN reference_only THEN 'reference_only_present'  -- a stand-in never overrides or conflicts
         WHEN lu IS NOT NULL AND best_lu IS NOT NULL AND lu < best_lu THEN 'superseded'
         WHEN lu IS NOT DISTINCT FROM best_lu AND vrank < best_rank THEN 'superseded'  -- P before F, one MSH-7
+        -- at one status, an earlier OBR-22, then an earlier OBX-19 (see _TIMED: a time only orders
+        -- versions that all carry it; otherwise they stay a conflict)
+        WHEN lu IS NOT DISTINCT FROM best_lu AND vrank = best_rank AND vt1 < best_vt1 THEN 'superseded'
+        WHEN lu IS NOT DISTINCT FROM best_lu AND vrank = best_rank AND vt1 IS NOT DISTINCT FROM best_vt1
+             AND vt2 < best_vt2 THEN 'superseded'
         ELSE 'conflicting_duplicate'
     END AS decision,
     id_exists
 FROM grouped WHERE NOT existing
+"""
+
+_UNTIMED = "SELECT * FROM staged UNION ALL SELECT * FROM current"
+# A version time orders the versions tied before it only when every one of them carries it: a version
+# without OBR-22 is not "older" than one with it, so such a tie cannot be ordered and stays a conflict,
+# whichever arrived first.
+_TIMED = """
+    SELECT * REPLACE (CASE WHEN count(vt2) OVER t2 = count(*) OVER t2 THEN vt2 END AS vt2)
+    FROM (
+        SELECT * REPLACE (CASE WHEN count(vt1) OVER t1 = count(*) OVER t1 THEN vt1 END AS vt1)
+        FROM (SELECT * FROM staged UNION ALL SELECT * FROM current)
+        WINDOW t1 AS (PARTITION BY id, reference_only, lu, vrank)
+    )
+    WINDOW t2 AS (PARTITION BY id, reference_only, lu, vrank, vt1)
 """
 
 _INSERT = """
@@ -121,7 +146,11 @@ def merge_stage(con: duckdb.DuckDBPyConnection) -> LoadResult:
     )
     for rtype in types:
         table = ensure_resource_table(con, rtype)
+        issued, analysed = version_time_sql("resource", rtype)
         ranks = {"staged_rank": rank_sql("resource", rtype), "current_rank": rank_sql("resource", rtype)}
+        ranks |= {"staged_issued": issued, "current_issued": issued}
+        ranks |= {"staged_analysed": analysed, "current_analysed": analysed}
+        ranks["timed"] = _TIMED if is_result(rtype) else _UNTIMED  # other types have no version times
         con.execute(_DECIDE.format(table=table, **ranks), {"rtype": rtype})
         con.execute(
             f"DELETE FROM {table} WHERE id IN "

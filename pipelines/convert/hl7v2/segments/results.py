@@ -26,6 +26,7 @@ from pipelines.convert.hl7v2.datatypes import (
 from pipelines.convert.hl7v2.segments.values import reference_range, value
 
 OBS_STATUS = "observation_status"
+ANALYSIS_TIME = "http://hl7.org/fhir/StructureDefinition/observation-analysis-date-time"
 
 
 def order_key(ctx: Ctx, orc: Any, obr: Any, fallback: str) -> str:
@@ -151,6 +152,9 @@ def diagnostic_report(
         d["effectivePeriod"] = {"start": start, "end": end}
     elif start:
         d["effectiveDateTime"] = start
+    issued = reported(ctx, obr)
+    if issued:
+        d["issued"] = issued
     interpreters = [x for x in (xcn(ctx, r.sub(1)) for r in reps(obr, 32)) if x]
     if interpreters:
         d["resultsInterpreter"] = interpreters
@@ -159,6 +163,15 @@ def diagnostic_report(
     if results:
         d["result"] = results
     return d
+
+
+def reported(ctx: Ctx, obr: Any) -> str | None:
+    """OBR-22 (results reported or status changed) as an instant: the time of this version of the
+    result, which the merge uses to order versions sent under one MSH-7. A date alone is no instant."""
+    if obr is None:
+        return None
+    full = dtm(ctx, val(obr, 22), where(obr, 22))
+    return full if full and "T" in full else None
 
 
 def observation_key(order: str, obx: Any) -> str:
@@ -198,6 +211,10 @@ def observation(
     )
     if effective:
         o["effectiveDateTime"] = effective
+    # Observation.issued is "when this version was made available", what OBR-22 records for the group.
+    issued = reported(ctx, obr)
+    if issued:
+        o["issued"] = issued
     performers = [x for x in (xcn(ctx, r) for r in reps(obx, 16)) if x]
     performers += [x for x in (xon(ctx, r) for r in reps(obx, 23)) if x]
     if performers:
@@ -211,6 +228,9 @@ def observation(
                     {"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": reason}
                 ]
             }
+    analysed = dtm(ctx, val(obx, 19), where(obx, 19))
+    if analysed:  # OBX-19 by the v2-to-FHIR IG's OBX map
+        o.setdefault("extension", []).append({"url": ANALYSIS_TIME, "valueDateTime": analysed})
     interpretation = []
     for r in reps(obx, 8):
         cc = translated(cwe(ctx, r, "0078"), "0078", vocab.coding_of("interpretation", r.code(1)))
