@@ -1,5 +1,5 @@
 """Airflow DAG for one migration run: land → plan → convert ×N → merge → normalize → identify → load →
-validate (wiring only).
+validate → report (wiring only).
 
 Trigger with a config such as {"sources": ["/data/legacy/export"], "source_system": "legacy-lab"}.
 Conversion scales out: `plan` cuts the run's pending files into chunks (the commit groups and archive
@@ -11,7 +11,11 @@ The tasks that write the warehouse run in the `ehrlift_warehouse` pool: create i
 Each task is safe to retry: landing is keyed by sha256, a convert task rewrites its own batches, the
 merge skips batches it already committed (ops.stage_batches), and normalization re-derives what it added.
 The validate task fails, without retries, when a critical data-quality expectation failed: the run is
-then 'blocked' in ops.runs and must not be back-loaded (see ops.validation_results).
+then 'blocked' in ops.runs and must not be back-loaded (see ops.validation_results). The report task runs
+whatever came before it (trigger rule all_done), so a blocked run still gets its compliance report; it
+returns the run's counts as `ehrlift run` prints them (units are ledger rows, resources stored resources).
+A task whose error a retry cannot change (exit status 3, 5, 6 or 7) fails at once, without retries.
+A null `warehouse` param means $EHRLIFT_WAREHOUSE, else $AIRFLOW_HOME/ehrlift-data/warehouse.duckdb.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from pipelines import tasks as stages
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,  # DuckDB has one writer: runs of this DAG must not overlap
+    # Unpaused when first parsed: it has no schedule, so nothing runs until someone triggers it, and a
+    # paused DAG would only queue that first trigger silently.
+    is_paused_upon_creation=False,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
     params={
         "sources": Param([], type="array", description="files or folders to migrate"),
@@ -89,6 +96,10 @@ def ehr_migration():
     def validate(config: dict) -> dict:
         return stages.validate(config)
 
+    @task(pool=pool, trigger_rule="all_done", retries=0)  # after a blocked or failed stage too
+    def report(config: dict) -> dict:
+        return stages.report(config)
+
     config = configure()
     chunks = plan(config)
     land(config) >> chunks
@@ -99,6 +110,7 @@ def ehr_migration():
         >> identify(config)
         >> load(config)
         >> validate(config)
+        >> report(config)
     )
 
 

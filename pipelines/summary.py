@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -153,3 +154,31 @@ def list_runs(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, Any]
         "converted", "quarantined", "skipped", "resources",
     )  # fmt: skip
     return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def task_summary(warehouse: Path, run_id: str) -> dict[str, Any]:
+    """What an orchestrator's task returns for a run, from the same RunSummary `ehrlift run` prints:
+    units are ledger rows (messages, documents, NDJSON lines), resources are stored FHIR resources."""
+    from pipelines.common.warehouse import open_warehouse
+
+    con = open_warehouse(warehouse, read_only=True)
+    try:
+        s = build_summary(con, run_id)
+    finally:
+        con.close()
+    t = s.totals
+    return {
+        "run_id": s.run_id,
+        "status": s.status,
+        "files": t.files,
+        "units": {
+            "in": t.units,
+            "converted": t.converted,
+            "quarantined": t.quarantined,
+            "skipped": t.skipped,
+        },
+        "resources_loaded": {"total": sum(s.resources_by_type.values()), "by_type": s.resources_by_type},
+        "quarantine_reasons": s.quarantine_reasons,
+        "reconciles": s.reconciles,
+        "gate": s.validation,
+    }

@@ -83,6 +83,9 @@ print(json.dumps({
     "mapped": sorted(t.task_id for t in dag.tasks if hasattr(t, "expand_input")),
     "warehouse_pool": sorted(t.task_id for t in dag.tasks if t.pool == "ehrlift_warehouse"),
     "outlets": {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets},
+    "upstream_of_report": sorted(dag.get_task("report").upstream_task_ids),
+    "report_trigger_rule": getattr(dag.get_task("report").trigger_rule, "value", None),
+    "paused_upon_creation": dag.is_paused_upon_creation,
 }))
 """.replace("DAGS_FOLDER", repr(str(REPO / "dags")))
     out = subprocess.run(
@@ -105,6 +108,7 @@ print(json.dumps({
             "merge",
             "normalize",
             "plan",
+            "report",
             "validate",
         ],
         "retries": [0, 2],
@@ -114,8 +118,11 @@ print(json.dumps({
         "validate_retries": 0,
         "upstream_of_merge": ["configure", "convert", "plan"],
         "mapped": ["convert"],
-        "warehouse_pool": ["identify", "land", "load", "merge", "normalize", "plan", "validate"],
+        "warehouse_pool": ["identify", "land", "load", "merge", "normalize", "plan", "report", "validate"],
         "outlets": {"land": ["ehrlift_landed"], "convert": ["ehrlift_staged"], "merge": ["ehrlift_merged"]},
+        "upstream_of_report": ["configure", "validate"],
+        "report_trigger_rule": "all_done",
+        "paused_upon_creation": False,
     }
 
 

@@ -180,9 +180,14 @@ def test_airflow_validate_task_raises_when_blocked(tmp_path):
     tasks.land(config)
     tasks.convert(config)
     tasks.load(config)
-    with pytest.raises(GateBlocked) as exc:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    # A blocked gate is final: the task fails without spending retries, the status and reason kept.
+    with pytest.raises(AirflowFailException, match="exit status 7") as exc:
         tasks.validate(config)
-    assert exc.value.exit_code == 7 and "observation.effective_not_in_future" in str(exc.value)
+    cause = exc.value.__cause__
+    assert isinstance(cause, GateBlocked) and cause.exit_code == 7
+    assert "observation.effective_not_in_future" in str(exc.value)
 
 
 def test_data_docs_make_no_external_request_and_hold_no_record_values(tmp_path):
