@@ -10,7 +10,7 @@ PATIENTS ?= 200
 RUN := $(UV) run --frozen --no-sync
 export EHRLIFT_CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: run test setup lint format bench golden clean browser fhir-server hl7-server redis terminology-default data-docs-assets docs fuzz
+.PHONY: run test setup lint format bench golden clean browser fhir-server hl7-server redis terminology-default data-docs-assets docs fuzz airflow
 
 setup: .venv/.synced schemas/fhir-r4/r4.schema.json
 
@@ -36,6 +36,11 @@ run: setup
 	@test -f $(DEMO)/demo-summary.json || $(RUN) ehrlift demo-data $(DEMO) --patients $(PATIENTS)
 	$(RUN) ehrlift run $(DEMO)/sources --warehouse $(DATA)/warehouse.duckdb --source-system demo
 	$(RUN) ehrlift report --warehouse $(DATA)/warehouse.duckdb
+
+# A local Airflow with ehrlift's DAGs and pools, every component on loopback (pipelines/orchestration):
+# it prints the URL and where the admin password is; Ctrl-C stops it. AIRFLOW_PORT picks the port.
+airflow: setup
+	$(RUN) python -m pipelines.orchestration.local_airflow --home $(DATA)/airflow
 
 test: setup lint browser fhir-server hl7-server redis
 	$(RUN) pytest -n 2 --dist loadgroup -q

@@ -539,12 +539,31 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise EhrliftError(f"--port must be 1-65535, not {args.port}")
-    err.print(
-        f"listening for MLLP on {args.host}:{args.port}; accepted messages go to {args.feed_dir} "
-        "(Ctrl-C stops after in-flight messages are written)"
-    )
-    listen(args.feed_dir, args.host, args.port)
+    if not _is_loopback(args.host):
+        err.print(
+            f"warning: --host {args.host} accepts connections from other machines; MLLP has no "
+            "encryption or authentication, so bind to loopback behind a VPN or TLS tunnel where you can"
+        )
+
+    def ready(port: int) -> None:  # said once the port is bound: a busy port is an error, not a claim
+        err.print(
+            f"listening for MLLP on {args.host}:{port}; accepted messages go to {args.feed_dir} "
+            "(Ctrl-C stops after in-flight messages are written)"
+        )
+
+    listen(args.feed_dir, args.host, args.port, ready=ready)
     return int(ExitCode.OK)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _cmd_views_test(args: argparse.Namespace) -> int:
