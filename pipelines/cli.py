@@ -411,6 +411,7 @@ def _cmd_terminology_status(args: argparse.Namespace) -> int:
             "by the first `ehrlift terminology load` or normalization run"
         )
         return int(ExitCode.OK)
+    _print_standard_systems(info["systems"])
     # Plain lines, not a table: URIs and sources are long, and operators grep this output.
     shown = [s for s in info["systems"] if s["kind"] != "default" or s["concepts"] >= 1000]
     for s in shown:
@@ -428,6 +429,32 @@ def _cmd_terminology_status(args: argparse.Namespace) -> int:
     for m in info["maps"]:
         out.print(f"map {m['map']} version {m['map_version']}: {m['rows']} rows", soft_wrap=True)
     return int(ExitCode.OK)
+
+
+# The systems normalization maps to, with the `terminology load` kind that brings each in full.
+STANDARD_SYSTEMS = (
+    ("LOINC", "http://loinc.org", "loinc"),
+    ("RxNorm", "http://www.nlm.nih.gov/research/umls/rxnorm", "rxnorm"),
+    ("SNOMED CT", "http://snomed.info/sct", "snomed"),
+    ("CVX", "http://hl7.org/fhir/sid/cvx", "cvx"),
+)
+
+
+def _print_standard_systems(systems: list[dict]) -> None:
+    """The first answer: is each standard system loaded, which release, complete or only a fragment."""
+    by_system = {s["system"]: s for s in systems}
+    out.print("standard code systems:")
+    for name, uri, kind in STANDARD_SYSTEMS:
+        s = by_system.get(uri)
+        if s is None:
+            out.print(f"  {name:<10} not loaded: `ehrlift terminology load {kind} <release>`", soft_wrap=True)
+            continue
+        content = s["content"] or "complete"
+        line = f"  {name:<10} {content}: {s['concepts']:,} concepts, release {s['version']} ({s['kind']})"
+        if content != "complete":
+            line += f"; for the full release: `ehrlift terminology load {kind} <release>`"
+        out.print(line, soft_wrap=True)
+    out.print("")
 
 
 def _mapping_parsers(sub) -> None:

@@ -1,4 +1,5 @@
-"""Day-to-day CLI answers: listen says it listens only once bound and warns beyond loopback."""
+"""Day-to-day CLI answers: listen claims to listen only once bound and warns beyond loopback;
+terminology status answers for the standard systems first."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import socket
 
 from pipelines.cli import main
 from pipelines.common.errors import ExitCode
+from tests.conftest import resource, write_ndjson
 
 
 def test_a_busy_port_is_an_error_before_any_claim_to_listen(tmp_path, capsys):
@@ -30,3 +32,20 @@ def test_binding_beyond_loopback_is_warned(tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert code == ExitCode.CONFIG
     assert "warning: --host 0.0.0.0 accepts connections from other machines" in err
+
+
+def test_terminology_status_answers_for_the_standard_systems_first(tmp_path, capsys):
+    src = write_ndjson(tmp_path / "src" / "p.ndjson", resource("Patient", "p1", gender="female"))
+    wh = str(tmp_path / "wh.duckdb")
+    assert main(["run", str(src), "--warehouse", wh, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["terminology", "status", "--warehouse", wh]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "standard code systems:"
+    first = {line.split()[0]: " ".join(line.split()[1:]) for line in lines[1:5]}
+    assert list(first) == ["LOINC", "RxNorm", "SNOMED", "CVX"]
+    # The shipped default holds fragments of LOINC and SNOMED CT, and no RxNorm or CVX release.
+    assert first["LOINC"].startswith("fragment: ") and "terminology load loinc" in first["LOINC"]
+    assert first["SNOMED"].startswith("CT fragment: ") and "terminology load snomed" in first["SNOMED"]
+    assert first["RxNorm"] == "not loaded: `ehrlift terminology load rxnorm <release>`"
+    assert first["CVX"] == "not loaded: `ehrlift terminology load cvx <release>`"
