@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -725,6 +726,24 @@ def print_summary(summary: RunSummary, config: RunConfig) -> None:
     out.print(f"warehouse: {config.warehouse.resolve()}", soft_wrap=True)
     out.print(f"landing zone: {config.landing_dir.resolve()}", soft_wrap=True)
     out.print(f"run report: {run_report_path(config).resolve()}", soft_wrap=True)
+    _print_next_steps(summary, config)
+
+
+def _print_next_steps(summary: RunSummary, config: RunConfig) -> None:
+    """What to do next: the compliance report, then what needs a person (quarantine, the gate)."""
+    warehouse = shlex.quote(str(config.warehouse.resolve()))
+    out.print("next:")
+    out.print(
+        f"  compliance report: ehrlift report --warehouse {warehouse} --run {summary.run_id}", soft_wrap=True
+    )
+    if summary.totals.quarantined:
+        out.print(
+            f"  review the quarantine: SELECT reason_code, pointer, message FROM ops.quarantine "
+            f"WHERE run_id = '{summary.run_id}' (in the warehouse, e.g. with the duckdb CLI)",
+            soft_wrap=True,
+        )
+    if summary.validation.get("blocked"):
+        out.print("  the run is blocked: fix the data behind the failed critical expectations and re-run")
 
 
 if __name__ == "__main__":

@@ -49,3 +49,13 @@ def test_terminology_status_answers_for_the_standard_systems_first(tmp_path, cap
     assert first["SNOMED"].startswith("CT fragment: ") and "terminology load snomed" in first["SNOMED"]
     assert first["RxNorm"] == "not loaded: `ehrlift terminology load rxnorm <release>`"
     assert first["CVX"] == "not loaded: `ehrlift terminology load cvx <release>`"
+
+
+def test_a_run_ends_by_saying_what_to_do_next(tmp_path, capsys):
+    src = write_ndjson(tmp_path / "src" / "p.ndjson", resource("Patient", "p1"), b"{broken")
+    wh = tmp_path / "wh.duckdb"
+    assert main(["run", str(src), "--warehouse", str(wh), "--no-progress"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    run_id = out.split("run run-")[1].split()[0]
+    assert f"next: compliance report: ehrlift report --warehouse {wh} --run run-{run_id}" in out
+    assert f"FROM ops.quarantine WHERE run_id = 'run-{run_id}'" in out
