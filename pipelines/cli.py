@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,11 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     _add_global_options(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = _ConsoleHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_own_records)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     try:
         return int(args.func(args))
     except EhrliftError as exc:
@@ -53,6 +51,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("pipelines").debug("internal error", exc_info=True)
         err.print(f"internal error ({type(exc).__name__}); re-run with -v for details and report it")
         return int(ExitCode.INTERNAL)
+
+
+OWN_LOGGERS = frozenset({"pipelines", "terminology", "dags"})
+
+
+class _ConsoleHandler(logging.Handler):
+    """Log lines through the stderr console at the time of writing, so live progress bars stay intact."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            err.print(self.format(record), soft_wrap=True)
+        except Exception:  # a log line must never end a run
+            self.handleError(record)
+
+
+def _own_records(record: logging.LogRecord) -> bool:
+    """ehrlift's own lines; another library's only when it is an error (Great Expectations, for one,
+    logs its internals at INFO, which drowned the stages' lines)."""
+    return record.name.partition(".")[0] in OWN_LOGGERS or record.levelno >= logging.ERROR
 
 
 def _add_global_options(parser: argparse.ArgumentParser) -> None:

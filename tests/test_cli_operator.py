@@ -3,7 +3,12 @@ terminology status answers for the standard systems first."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+
+import pytest
 
 from pipelines.cli import main
 from pipelines.common.errors import ExitCode
@@ -59,3 +64,22 @@ def test_a_run_ends_by_saying_what_to_do_next(tmp_path, capsys):
     run_id = out.split("run run-")[1].split()[0]
     assert f"next: compliance report: ehrlift report --warehouse {wh} --run run-{run_id}" in out
     assert f"FROM ops.quarantine WHERE run_id = 'run-{run_id}'" in out
+
+
+@pytest.mark.parametrize("verbose", [[], ["-v"]], ids=["quiet", "verbose"])
+def test_only_ehrlifts_own_lines_reach_the_operator(tmp_path, verbose):
+    # The Great Expectations engine logs its internals at INFO; none of it may reach the terminal.
+    site = tmp_path / "site.json"
+    site.write_text('{"engine": "gx"}')
+    src = write_ndjson(tmp_path / "src" / "p.ndjson", resource("Patient", "p1", gender="female"))
+    args = [sys.executable, "-m", "pipelines.cli", "run", str(src), "--warehouse", str(tmp_path / "w.duckdb")]
+    env = dict(os.environ, EHRLIFT_DQ_SITE_FILE=str(site))
+    done = subprocess.run([*args, *verbose], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loggers = {
+        line.split()[3] for line in done.stderr.splitlines() if line[:2] == "20" and len(line.split()) > 3
+    }
+    if verbose:
+        assert {"pipelines.run:", "pipelines.validate:"} <= loggers
+    assert all(name.startswith(("pipelines.", "terminology.")) for name in loggers), loggers
+    assert "great_expectations" not in done.stderr
