@@ -283,7 +283,8 @@ def _split_values(values: list[str]) -> tuple[str, ...]:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from pipelines.export.client import Timing
-    from pipelines.export.runner import ExportOptions, run_export
+    from pipelines.export.options import ExportOptions
+    from pipelines.export.runner import run_export
 
     scope = "group" if args.group else "patient" if args.patient else "system"
     types = tuple(t.strip() for value in args.type for t in value.split(",") if t.strip())

@@ -18,6 +18,7 @@ import ijson
 import orjson
 
 from pipelines.intake import jsondepth
+from pipelines.intake.jsonfile import open_json
 
 ALL = frozenset({"1.0", "3.0", "4.0"})
 R2, R3, R4 = frozenset({"1.0"}), frozenset({"3.0"}), frozenset({"4.0"})
@@ -413,8 +414,6 @@ def sniff_ndjson(head: bytes) -> tuple[str, bool]:
 
 def sniff_bundle(path: Path) -> tuple[str, bool]:
     """(release, mixed) from a Bundle's own markers and its first entries, read streaming."""
-    from pipelines.formats import open_json
-
     explicit: str | None = None
     objs: list[Any] = []
     try:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
-from typing import BinaryIO
 
 import ijson
 import orjson
 
 from pipelines import fhir_versions
 from pipelines.intake import jsondepth
+from pipelines.intake.jsonfile import UTF8_BOM, open_json
 
 SNIFF_BYTES = 64 * 1024
-UTF8_BOM = b"\xef\xbb\xbf"
 _WIDE_BOMS = {
     b"\xff\xfe\x00\x00": "utf-32-le",
     b"\x00\x00\xfe\xff": "utf-32-be",
@@ -50,14 +49,6 @@ FHIR_UNSUPPORTED_VERSION = "fhir-unsupported-version"
 
 
 _HL7_SEGMENT_START = re.compile(rb"[\r\n\x0b](?:MSH|FHS|BHS)[^A-Za-z0-9\r\n]")
-
-
-def open_json(path: Path) -> BinaryIO:
-    """Open for streaming JSON, past a UTF-8 byte order mark (Windows tools write one; parsers choke)."""
-    fh = path.open("rb")
-    if fh.read(3) != UTF8_BOM:
-        fh.seek(0)
-    return fh
 
 
 def first_utf8_error(path: Path) -> int | None:

@@ -13,7 +13,8 @@ import pytest
 from pipelines.cli import main
 from pipelines.common.errors import ExitCode
 from pipelines.export.client import BulkClient, Timing
-from pipelines.export.runner import ExportOptions, run_export
+from pipelines.export.options import ExportOptions
+from pipelines.export.runner import run_export
 from pipelines.export.state import ExportState
 from pipelines.export.web import RemoteError, is_loopback, require_secure, retry_after_seconds
 from tests.bulk_server import BulkServer, Faults, corpus_resources, generated_resources

@@ -14,24 +14,22 @@ state file, so a crash resumes polling the same page and fetches no finished fil
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from pipelines.export.client import BulkClient, Manifest, PollWaits, parse_manifest
+from pipelines.export.display import Display
+from pipelines.export.files import Fetcher, plan_files
+from pipelines.export.options import ExportOptions
 from pipelines.export.state import ExportState
 from pipelines.export.web import RemoteError
 
-if TYPE_CHECKING:
-    from pipelines.export.runner import ExportOptions, _Display, _Fetcher
-
 
 def export_while_running(
-    options: ExportOptions, state: ExportState, client: BulkClient, fetcher: _Fetcher, display: _Display
+    options: ExportOptions, state: ExportState, client: BulkClient, fetcher: Fetcher, display: Display
 ) -> Manifest:
     """Poll the job's tail page and download each page's files as they come; returns the first page."""
-    from pipelines.export.runner import plan_files
-
     job = state.job
     assert job is not None
     with state.lock:

@@ -4,108 +4,31 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import orjson
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from pipelines.common.config import DEFAULT_SOURCE_SYSTEM, FHIR_RELEASES, RunConfig
 from pipelines.common.errors import ConfigError
-from pipelines.common.reasons import check_reason
 from pipelines.export import release
-from pipelines.export.auth import DEFAULT_SCOPE, BackendAuth, load_signing_key
-from pipelines.export.client import BulkClient, JobFailed, Manifest, Timing, parse_manifest
-from pipelines.export.state import ExportKey, ExportState, write_durably
+from pipelines.export.auth import BackendAuth, load_signing_key
+from pipelines.export.client import BulkClient, JobFailed, Manifest, parse_manifest
+from pipelines.export.display import Display
+from pipelines.export.files import RESOURCE_TYPE, Fetcher, plan_files
+from pipelines.export.options import ExportOptions, ExportResult, patient_references
+from pipelines.export.partial import export_while_running
+from pipelines.export.state import ExportState, write_durably
 from pipelines.export.web import RemoteError
 from pipelines.summary import RunSummary
 
 log = logging.getLogger(__name__)
-_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _ASSOCIATED = re.compile(r"_?[A-Za-z][A-Za-z0-9]{0,63}")
-KIND_DIRS = {"output": "", "error": "error/", "deleted": "deleted/"}
-MAX_MANIFEST_PAGES = 1000  # a partial manifest's `next` chain longer than this is a server loop
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    server: str
-    scope: str  # system | patient | group
-    warehouse: Path
-    group: str | None = None
-    since: str | None = None
-    full: bool = False  # ignore the remembered _since
-    types: tuple[str, ...] = ()
-    type_filters: tuple[str, ...] = ()
-    out: Path | None = None
-    source_system: str | None = None
-    run: bool = True
-    progress: bool = True
-    workers: int = 4
-    restart: bool = False
-    client_id: str | None = None
-    key_file: Path | None = None
-    kid: str | None = None
-    alg: str | None = None
-    token_url: str | None = None
-    auth_scope: str = DEFAULT_SCOPE
-    timing: Timing = field(default_factory=Timing)
-    max_pages: int = MAX_MANIFEST_PAGES
-    method: str | None = None  # get | post; None: POST when patients are listed (GET cannot carry them)
-    patients: tuple[str, ...] = ()  # Patient ids or Patient/id references (POST `patient`)
-    include_associated: tuple[str, ...] = ()  # includeAssociatedData codes
-    partial_manifests: bool = False  # allowPartialManifests: download files while the job still runs
-    hold: bool = False  # keep the job open (no new `_since`) until finish_export: the DAG loads in between
-    fhir_release: str = "auto"  # auto: the release the server's CapabilityStatement declares
-
-    def key(self) -> ExportKey:
-        return ExportKey(
-            server=self.server.rstrip("/"),
-            scope=self.scope,
-            group=self.group,
-            types=tuple(sorted(set(self.types))),
-            type_filters=tuple(sorted(set(self.type_filters))),
-            patients=tuple(sorted(set(patient_references(self.patients)))),
-            include_associated=tuple(sorted(set(self.include_associated))),
-        )
-
-    def kickoff_method(self) -> str:
-        return self.method or ("post" if self.patients else "get")
-
-
-@dataclass
-class ExportResult:
-    out_dir: Path
-    transaction_time: str
-    since_used: str | None
-    resumed: bool
-    files: Counter[str] = field(default_factory=Counter)  # output / error / deleted files downloaded
-    fetched_now: int = 0  # files fetched by this invocation (the rest were finished before a crash)
-    resources: Counter[str] = field(default_factory=Counter)  # lines per resource type in output files
-    bytes: int = 0
-    error_issues: Counter[str] = field(default_factory=Counter)  # "severity/code" of OperationOutcomes
-    deleted_on_server: bool = False
-    run_summary: RunSummary | None = None
-    manifest_path: Path | None = None
-    state_dir: Path | None = None
-    source_system: str | None = None  # the name the files are landed under (remembered per export)
-    fhir_release: str | None = None  # dstu2 | stu3 | r4 | unknown (content detection)
 
 
 def run_export(
@@ -127,7 +50,7 @@ def run_export(
 
 def _check_options(options: ExportOptions) -> None:
     for t in options.types:
-        if not _TYPE.fullmatch(t):
+        if not RESOURCE_TYPE.fullmatch(t):
             raise ConfigError(f"--type {t!r} is not a FHIR resource type name")
     if options.source_system:
         RunConfig((), source_system=options.source_system)  # checks the name before anything is fetched
@@ -161,20 +84,6 @@ def _check_options(options: ExportOptions) -> None:
         r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", options.since
     ):
         raise ConfigError("--since must be a FHIR instant, for example 2024-01-31T00:00:00Z")
-
-
-def patient_references(values: tuple[str, ...]) -> list[str]:
-    """`Patient/<id>` references from ids or references; a malformed one stops before any request."""
-    out = []
-    for value in values:
-        rid = value.strip().removeprefix("Patient/")
-        if not _FHIR_ID.fullmatch(rid):
-            # The value itself is not shown: it may be an MRN or a name typed by mistake.
-            raise ConfigError(
-                "a --patient-id is not a FHIR id (1-64 letters, digits, '-' or '.') or Patient/<id>"
-            )
-        out.append(f"Patient/{rid}")
-    return out
 
 
 def _auth(options: ExportOptions) -> BackendAuth | None:
@@ -269,14 +178,12 @@ def _export(options: ExportOptions, state: ExportState, client: BulkClient) -> E
     out_dir = Path(job["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    with _Display(options.progress) as display:
+    with Display(options.progress) as display:
         if job.get("partial_manifests"):
-            from pipelines.export.partial import export_while_running
-
             result = ExportResult(out_dir, "", job["since"], resumed)
             try:
                 manifest = export_while_running(
-                    options, state, client, _Fetcher(state, client, out_dir, result), display
+                    options, state, client, Fetcher(state, client, out_dir, result), display
                 )
             except JobFailed as exc:
                 _forget(client, state, exc)
@@ -394,43 +301,6 @@ def _follow_pages(options: ExportOptions, state: ExportState, client: BulkClient
         state.save()  # a crash from here on resumes at the next page, with this page's files planned
 
 
-def plan_files(manifest: Manifest, planned: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One record per file the manifest lists, with its local name (type and a sequence number).
-
-    planned: the files of earlier pages of a partial manifest, which this page's files follow.
-    """
-    files: list[dict[str, Any]] = list(planned or [])
-    seen: Counter[str] = Counter(f["kind"] + f["type"] for f in files)
-    urls = {f["url"] for f in files}
-    for kind, entries in (
-        ("output", manifest.output),
-        ("error", manifest.error),
-        ("deleted", manifest.deleted),
-    ):
-        for entry in entries:
-            if entry["url"] in urls:
-                continue  # Bulk Data 3.0 repeats a manifest's error array on each of its pages
-            urls.add(entry["url"])
-            rtype = entry.get("type") if isinstance(entry.get("type"), str) else ""
-            rtype = rtype if _TYPE.fullmatch(rtype) else "Unknown"
-            seen[kind + rtype] += 1
-            count, size = entry.get("count"), entry.get("fileSize")
-            files.append(
-                {
-                    "kind": kind,
-                    "type": rtype,
-                    "url": entry["url"],
-                    "name": f"{KIND_DIRS[kind]}{rtype}.{seen[kind + rtype]:03d}.ndjson",
-                    "count": count if isinstance(count, int) and count >= 0 else None,
-                    # A deleted file's count is of resources, not lines (a Bundle may hold several).
-                    "check_lines": kind != "deleted" and isinstance(count, int) and count >= 0,
-                    "file_size": size if isinstance(size, int) and size >= 0 else None,
-                    "status": "pending",
-                }
-            )
-    return files
-
-
 def _download_all(
     options: ExportOptions,
     state: ExportState,
@@ -438,9 +308,9 @@ def _download_all(
     manifest: Manifest,
     out_dir: Path,
     result: ExportResult,
-    display: _Display,
+    display: Display,
 ) -> None:
-    fetcher = _Fetcher(state, client, out_dir, result)
+    fetcher = Fetcher(state, client, out_dir, result)
     files = state.job["files"] if state.job else []
     todo = fetcher.todo(files)
     fetcher.requires_token = manifest.requires_access_token
@@ -454,57 +324,6 @@ def _download_all(
             for future in futures:
                 future.cancel()  # Ctrl-C or a bug: stop queued files; finished ones are already saved
             raise
-
-
-class _Fetcher:
-    """Downloads one planned file at a time (any thread); each finished file is saved in the state."""
-
-    def __init__(self, state: ExportState, client: BulkClient, out_dir: Path, result: ExportResult) -> None:
-        self.state = state
-        self.client = client
-        self.out_dir = out_dir
-        self.result = result
-        self.requires_token = False
-        self.advance_files: Callable[[], None] = lambda: None
-        self.advance_bytes: Callable[[int], None] = lambda _n: None
-
-    def todo(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The files still to fetch; finished ones whose bytes are on disk are never fetched again."""
-        out = []
-        with self.state.lock:
-            for f in files:
-                path = self.out_dir / f["name"]
-                if f["status"] == "done" and path.is_file() and path.stat().st_size == f["bytes"]:
-                    continue
-                f["status"] = "pending"
-                out.append(f)
-        return out
-
-    def fetch(self, f: dict[str, Any]) -> None:
-        target = self.out_dir / f["name"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        outcome = self.client.download(
-            f["url"],
-            target,
-            self.requires_token,
-            f["count"] if f.get("check_lines") else None,
-            on_bytes=self.advance_bytes,
-            expected_size=f.get("file_size"),
-        )
-        with self.state.lock:
-            f.update(
-                status=outcome.status,
-                sha256=outcome.sha256,
-                bytes=outcome.bytes,
-                lines=outcome.lines,
-                attempts=outcome.attempts,
-                detail=outcome.detail,  # HTTP status or transfer error class: no record values
-                reason=check_reason(outcome.reason, "quarantined") if outcome.reason else None,
-            )
-            self.state.save()  # each finished file is durable before the next one counts
-            if outcome.status == "done":
-                self.result.fetched_now += 1
-        self.advance_files()
 
 
 def _summarise(job: dict[str, Any], out_dir: Path, result: ExportResult) -> None:
@@ -574,67 +393,3 @@ def _run_pipeline(
         progress=options.progress,
     )
     return run_pipeline(config)
-
-
-class _Display:
-    """Progress on stderr: a spinner with the server's X-Progress while polling, then files and bytes."""
-
-    def __init__(self, enabled: bool) -> None:
-        console = Console(stderr=True)
-        self.progress = (
-            Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description:<12}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-            )
-            if enabled and console.is_terminal
-            else None
-        )
-        self._job_task = None
-        self._files_task = None
-
-    def __enter__(self) -> _Display:
-        if self.progress:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress:
-            self.progress.stop()
-
-    def job_progress(self, text: str | None) -> None:
-        if not self.progress:
-            return
-        description = f"export job {text}" if text else "export job"
-        if self._job_task is None:
-            self._job_task = self.progress.add_task(description, total=None)
-        self.progress.update(self._job_task, description=description)
-
-    def grow(self, more: int, done: int) -> None:
-        """More files listed (a partial manifest's page), of which `done` were finished before."""
-        if self.progress and self._files_task is not None and more:
-            task = next(t for t in self.progress.tasks if t.id == self._files_task)
-            self.progress.update(
-                self._files_task, total=(task.total or 0) + more, completed=task.completed + done
-            )
-
-    def downloads(self, total: int, done: int) -> tuple[Callable[[], None], Callable[[int], None]]:
-        if not self.progress:
-            return (lambda: None), (lambda _n: None)
-        progress = self.progress
-        if self._job_task is not None:
-            progress.update(self._job_task, total=1, completed=1)
-        files = progress.add_task("files", total=total, completed=done)
-        self._files_task = files
-        received = [0]
-        lock = threading.Lock()
-
-        def on_bytes(n: int) -> None:
-            with lock:
-                received[0] += n
-                progress.update(files, description=f"files {received[0] / 1e6:,.1f} MB")
-
-        return (lambda: progress.advance(files)), on_bytes

@@ -10,7 +10,8 @@ from typing import Any
 from pipelines.common.config import RunConfig
 from pipelines.common.errors import ConfigError
 from pipelines.export.auth import DEFAULT_SCOPE
-from pipelines.export.runner import ExportOptions, finish_export, run_export
+from pipelines.export.options import ExportOptions
+from pipelines.export.runner import finish_export, run_export
 
 # A DAG param left empty falls back to these variables: deployments keep server and client settings
 # out of DAG files and trigger payloads. The private key is only ever a path to a file.
