@@ -18,6 +18,7 @@ import duckdb
 import orjson
 
 from pipelines.common.config import RunConfig, new_run_id
+from pipelines.common.progress import StageBar, stage_bar
 from pipelines.common.warehouse import open_warehouse, resource_tables, transaction
 from terminology import core
 from terminology.crosswalks import CrosswalkRow, load_crosswalks
@@ -181,7 +182,12 @@ def _normalize_where(
     """Normalize the rows of every fhir table matching `where`, rewriting those that change, per chunk."""
     counts = {"resources": 0, "rewritten": 0}
     codes = getattr(keep, "codes", None)
-    for table in resource_tables(con):
+    tables = resource_tables(con)
+    # The bar follows the run's own resources; re-normalizing older rows for a changed crosswalk is brief.
+    bar = stage_bar("normalize", "resources") if keep is None else StageBar()
+    if bar.watched:  # counted only for an operator watching the bar
+        bar.total(sum(_count(con, f'fhir."{t}"', where, params) for t in tables))
+    for table in tables:
         quoted = f'fhir."{table}"'
         prefilter = ""
         if codes is not None:
@@ -197,6 +203,7 @@ def _normalize_where(
         for chunk in _without_cycle_collection(chunks(con, quoted, where + prefilter, params)):
             updates_id, updates_json = [], []
             parsed = [(rid, source, *parse_exact(text)) for rid, text, source in chunk]
+            bar.advance(len(parsed))
             if fresh:
                 # While new codes keep appearing, fetch their terminology rows for the chunk in one go.
                 normalizer.prefetch(p for _, _, r, _ in parsed for p in iter_pairs(r))
@@ -226,6 +233,11 @@ def _normalize_where(
                     # Rows of earlier runs may be among them: their views are rebuilt by the next load.
                     con.execute("INSERT OR IGNORE INTO ops.views_stale VALUES (?)", [table])
     return counts
+
+
+def _count(con: duckdb.DuckDBPyConnection, quoted: str, where: str, params: list[Any]) -> int:
+    row = con.execute(f"SELECT count(*) FROM {quoted} t WHERE ({where})", params).fetchone()
+    return row[0] if row else 0
 
 
 def _without_cycle_collection(items: Iterator[Any]) -> Iterator[Any]:

@@ -9,6 +9,7 @@ import duckdb
 
 from pipelines.common.config import RunConfig
 from pipelines.common.errors import ExitCode
+from pipelines.common.progress import stage_bar
 from pipelines.common.stages import StageClock
 from pipelines.common.warehouse import open_warehouse
 from pipelines.quality.frames import prepare
@@ -70,7 +71,10 @@ def run_checks(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySet
 
         validator = Validator(settings)
     rows: list[ResultRow] = []
-    for suite in affected_suites(con, run_id, settings):
+    suites = affected_suites(con, run_id, settings)
+    bar = stage_bar("validate", "suites")
+    bar.total(len(suites) + 1)  # and the structural check
+    for suite in suites:
         mapping = suite.source.get("source") == "mapping_log"
         if validator is None:
             rows_sql = mapping_rows_sql(run_id, settings) if mapping else None
@@ -84,6 +88,7 @@ def run_checks(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySet
 
             outcomes = run_view_suite(con, validator, suite)
         rows.extend(_row(o) for o in outcomes)
+        bar.advance()
     for t in validate_structure(con, run_id, settings.max_record_pointers):
         share = t.invalid / t.checked if t.checked else 0.0
         rows.append(
@@ -97,6 +102,7 @@ def run_checks(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySet
                 t.pointers,
             )
         )
+    bar.advance()
     return rows
 
 

@@ -4,6 +4,7 @@ terminology status answers for the standard systems first."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -83,3 +84,31 @@ def test_only_ehrlifts_own_lines_reach_the_operator(tmp_path, verbose):
         assert {"pipelines.run:", "pipelines.validate:"} <= loggers
     assert all(name.startswith(("pipelines.", "terminology.")) for name in loggers), loggers
     assert "great_expectations" not in done.stderr
+
+
+def test_an_interactive_run_shows_a_bar_with_counts_for_each_long_stage(tmp_path):
+    import pty
+
+    src = tmp_path / "src"
+    lines = [resource("Patient", f"p{i}", gender="female") for i in range(30)]
+    write_ndjson(src / "p.ndjson", *lines)
+    master, slave = pty.openpty()
+    args = [sys.executable, "-m", "pipelines.cli", "run", str(src), "--warehouse", str(tmp_path / "w.duckdb")]
+    env = dict(os.environ, TERM="xterm", COLUMNS="140")
+    with subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=slave, env=env) as proc:
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the run ended and closed its side of the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(timeout=600) == 0
+    os.close(master)
+    screen = seen.decode(errors="replace")
+    assert re.search(r"convert\s.*100%|convert\s.*bytes|convert\s.*[kK]B", screen)
+    assert re.search(r"normalize\s.*30/30 resources", screen), screen[-2000:]
+    assert re.search(r"validate\s.*(\d+)/\1 suites", screen), screen[-2000:]
