@@ -24,6 +24,7 @@ from pipelines.common.config import (
 )
 from pipelines.common.errors import EhrliftError, ExitCode, InputNotFoundError
 from pipelines.identity import cli as identity_cli
+from pipelines.report import cli as report_cli
 from pipelines.summary import RunSummary
 
 # Markup off: paths, server diagnostics and file names may hold "[...]", which must print as written.
@@ -144,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--run", dest="run_id", default=None, help="run id (default: the latest run)")
     report.set_defaults(func=_cmd_report)
+    report_cli.add_commands(report)
 
     deid = sub.add_parser("deidentify", help="write de-identified analyst views to a separate DuckDB file")
     deid.add_argument("--warehouse", type=Path, default=None, help="DuckDB warehouse file")
@@ -574,6 +576,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out.print(f"compliance report for {files.run_id}: {files.html.resolve()}", soft_wrap=True)
     out.print(f"data: {files.data.resolve()}", soft_wrap=True)
     out.print(f"sha256 of the data: {files.digest}", soft_wrap=True)
+    out.print(f"verdict: {files.verdict}", soft_wrap=True)
+    out.print(
+        f"sign it: ehrlift report sign --run {files.run_id} --digest {files.digest} "
+        "--reviewer NAME --role ROLE --decision approved|approved-with-conditions|rejected",
+        soft_wrap=True,
+    )
     return int(ExitCode.OK)
 
 
