@@ -564,9 +564,9 @@ def _cmd_views_test(args: argparse.Namespace) -> int:
 def _warehouse_arg(path: Path | None) -> Path:
     import os
 
-    if path is not None:
-        return path
-    return Path(os.environ.get("EHRLIFT_WAREHOUSE") or DEFAULT_DATA_DIR / "warehouse.duckdb")
+    if path is None:
+        path = Path(os.environ.get("EHRLIFT_WAREHOUSE") or DEFAULT_DATA_DIR / "warehouse.duckdb")
+    return path.absolute()  # resolved once, at the edge (see RunConfig)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ def default_out_dir(warehouse: Path, run_id: str) -> Path:
 
 def write_report(warehouse: Path, out_dir: Path | None = None, run_id: str | None = None) -> ReportFiles:
     """Read the ops tables, write the data JSON and the HTML that renders it, and return their paths."""
+    warehouse = Path(warehouse).absolute()  # Data Docs are written beside it, by a library that changes dirs
     with open_warehouse(warehouse, read_only=True) as con:
         if run_id is None:
             run_id = latest_run(con)
