@@ -24,6 +24,7 @@ from pipelines.common.config import (
 )
 from pipelines.common.errors import EhrliftError, ExitCode, InputNotFoundError
 from pipelines.identity import cli as identity_cli
+from pipelines.remap import cli as remap_cli
 from pipelines.report import cli as report_cli
 from pipelines.summary import RunSummary
 
@@ -168,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_terminology(sub)
     cds_cli.add_commands(sub)
     _mapping_parsers(sub)
+    remap_cli.add_commands(sub)
     identity_cli.add_commands(sub)
 
     views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")

@@ -439,7 +439,25 @@ def _mapping(con: duckdb.DuckDBPyConnection, run_id: str, notes: list[str]) -> d
     ]
     total = sum(methods.values())
     mapped = total - methods.get("unmapped", 0)
+    # Targets accepted on a reviewer's word: well formed, but only a fragment of their system is loaded.
+    unverified = [
+        {
+            "source_system": s,
+            "source_code": c,
+            "target_system": ts,
+            "target_code": tc,
+            "method": m,
+            "occurrences": int(n),
+        }
+        for s, c, ts, tc, m, n in con.execute(
+            "SELECT source_system, source_code, target_system, target_code, method, sum(occurrences) "
+            "FROM ops.mapping_log WHERE run_id = ? AND method <> 'unmapped' "
+            "AND reason = 'target_not_verified' GROUP BY ALL ORDER BY 6 DESC, 1, 2",
+            [run_id],
+        ).fetchall()
+    ]
     return {
+        "unverified": unverified,
         "occurrences": total,
         "mapped": mapped,
         "coverage": round(mapped / total, 4) if total else None,
