@@ -111,6 +111,7 @@ def add_drilldowns(con: duckdb.DuckDBPyConnection, data: dict[str, Any], specs: 
     for r in data["validation"]["results"]:
         spec = specs.get(r["expectation"])
         r["description"] = (spec or {}).get("description", "")
+        r["coverage"] = spec is not None and not spec.get("pointer_type")
         if r["success"]:
             continue
         r["anchor"] = f"x-{r['expectation']}"
@@ -186,7 +187,9 @@ def _expectation_failure(r: dict[str, Any]) -> dict[str, Any]:
         "title": r["expectation"],
         "description": r.get("description") or r["expectation"],
         "count": r["unexpected_count"],
-        "count_label": "record" if r["unexpected_count"] == 1 else "records",
+        # A coverage expectation counts code systems; every other one counts records.
+        "count_label": ("code system" if r.get("coverage") else "record")
+        + ("" if r["unexpected_count"] == 1 else "s"),
         "anchor": r["anchor"],
     }
 
