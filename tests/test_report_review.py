@@ -13,7 +13,7 @@ from pipelines.cli import main
 from pipelines.common.warehouse import open_warehouse
 from pipelines.report import write_report
 from pipelines.report.signoff import SIGNOFF_NAME, signed_copy
-from pipelines.summary import build_summary
+from pipelines.summary import build_summary, list_runs
 from tests.test_report import _core_run, _patients
 
 CRITICAL = "patient.birth_date_not_in_future"  # a real suite expectation: its description is shown
@@ -175,6 +175,7 @@ def test_cli_summary_and_report_agree_on_every_count(tmp_path, make_config, caps
     with duckdb.connect(str(wh), read_only=True) as con:
         run_id = con.execute("SELECT run_id FROM ops.runs").fetchone()[0]
         summary = build_summary(con, run_id)
+        (listed,) = list_runs(con, 5)  # what `ehrlift runs` prints
     data = orjson.loads(next((wh.parent / "reports" / run_id).glob("*.data.json")).read_bytes())
     t, rec = summary.totals, data["reconciliation"]
     assert (t.files, t.units, t.converted, t.quarantined, t.skipped) == (
@@ -185,6 +186,9 @@ def test_cli_summary_and_report_agree_on_every_count(tmp_path, make_config, caps
         rec["totals"]["skipped"],
     )
     assert summary.resources_by_type == rec["resources_by_type"]
+    assert [listed[k] for k in ("files", "units", "converted", "quarantined", "skipped", "resources")] == [
+        rec["totals"][k] for k in ("files", "units", "converted", "quarantined", "skipped", "resources")
+    ]
     assert summary.quarantine_reasons == {q["code"]: q["units"] for q in data["quarantine"]}
     c = data["verdict"]["counts"]
     assert c["resources_loaded"] == sum(summary.resources_by_type.values())
