@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from pipelines.common.errors import ExitCode
-from pipelines.report.signoff import DECISIONS
+
+DECISIONS = ("approved", "approved-with-conditions", "rejected")  # as ops.report_signoffs' CHECK
 
 
 def add_commands(report: argparse.ArgumentParser) -> None:

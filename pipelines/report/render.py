@@ -14,8 +14,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pipelines.common.errors import ConfigError, WarehouseError
 from pipelines.common.warehouse import open_warehouse
 from pipelines.report import charts
+from pipelines.report.cli import DECISIONS
 from pipelines.report.data import collect, latest_run
-from pipelines.report.signoff import DECISIONS, signoffs
+from pipelines.report.signoff import signoffs
 
 HTML_NAME = "compliance-report.html"
 DATA_NAME = "compliance-report.data.json"

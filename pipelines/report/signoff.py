@@ -14,8 +14,8 @@ import orjson
 from pipelines.common.config import ehrlift_version
 from pipelines.common.errors import ConfigError
 from pipelines.common.warehouse import open_warehouse
+from pipelines.report.cli import DECISIONS
 
-DECISIONS = ("approved", "approved-with-conditions", "rejected")
 SIGNOFF_NAME = "compliance-report.signoff.json"
 _TEXT = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
 
