@@ -233,6 +233,10 @@ def test_first_screen_shows_verdict_diff_and_signoff_and_no_chart_label_is_clipp
     if browser is None:
         pytest.skip("no chromium on PATH: `make test` installs Debian's chromium when run as root")
     _, second, _ = reviewed
+    # Unsigned: blank lines and the sign command, still in the first screen.
+    unsigned = write_report(second.warehouse)
+    blank = load_page(browser, unsigned.html.as_uri(), tmp_path / "profile0", {"first": _FIRST_SCREEN})
+    assert json.loads(blank.values["first"]) == [["verdict", True], ["diff", True], ["signoff", True]]
     sign_report(second.warehouse, reviewer="A. Reviewer", role="compliance officer", decision="rejected")
     files = write_report(second.warehouse)
     page = load_page(
