@@ -270,3 +270,25 @@ def test_first_screen_shows_verdict_diff_and_signoff_and_no_chart_label_is_clipp
     assert page.values["files_open"] is False  # the per-file table starts collapsed
     clipped = json.loads(page.values["clipped"])
     assert clipped["n"] >= 20 and clipped["out"] == []
+
+
+def test_a_structural_failure_drills_down_to_its_landing_pointers(reviewed):
+    _, second, _ = reviewed
+    with open_warehouse(second.warehouse) as con:
+        (pointer,) = con.execute(
+            "SELECT 'landing/' || file_sha256 || '#ndjson_line=' || unit_position FROM ops.ledger "
+            "WHERE run_id = ? ORDER BY unit_position LIMIT 1",
+            [second.run_id],
+        ).fetchone()
+        con.execute(
+            "INSERT INTO ops.validation_results VALUES (?, 'fhir_structure', 'fhir_structure.Patient', "
+            "'critical', false, '1', 1, ?, now())",
+            [second.run_id, json.dumps([pointer])],
+        )
+    data = orjson.loads(write_report(second.warehouse).data.read_bytes())
+    (r,) = [r for r in data["validation"]["results"] if r["expectation"] == "fhir_structure.Patient"]
+    assert r["description"] == "every Patient resource is structurally valid FHIR R4"
+    assert r["landing"] == [pointer]
+    with duckdb.connect(str(second.warehouse), read_only=True) as con:
+        assert con.execute(r["sql"]).fetchall() == [(pointer,)]
+    assert data["verdict"]["failures"][0]["title"] in ("fhir_structure.Patient", CRITICAL)

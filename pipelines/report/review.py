@@ -64,7 +64,9 @@ def expectation_drill(run_id: str, name: str, spec: dict[str, Any] | None) -> st
         f"SELECT unnest(from_json(record_pointers, '[\"VARCHAR\"]')) AS ptr FROM ops.validation_results "
         f"WHERE run_id = {_literal(run_id)} AND expectation = {_literal(name)}"
     )
-    rtype = (spec or {}).get("pointer_type")
+    if spec is None:  # the structural check (fhir_structure.<Type>): its pointers are landing pointers
+        return _sql(f"{ptrs.replace(' AS ptr ', ' AS landing_pointer ', 1)};")
+    rtype = spec.get("pointer_type")
     if rtype:
         return _sql(f"""
             SELECT f.id, 'landing/' || f.file_sha256 || '#' || coalesce(l.unit_kind, 'unit') || '='
@@ -110,13 +112,23 @@ def add_drilldowns(con: duckdb.DuckDBPyConnection, data: dict[str, Any], specs: 
         q["sql"] = quarantine_drill(run_id, q["code"])
     for r in data["validation"]["results"]:
         spec = specs.get(r["expectation"])
-        r["description"] = (spec or {}).get("description", "")
+        r["description"] = (spec or {}).get("description", "") or _structure_description(r["expectation"])
         r["coverage"] = spec is not None and not spec.get("pointer_type")
         if r["success"]:
             continue
         r["anchor"] = f"x-{r['expectation']}"
         r["sql"] = expectation_drill(run_id, r["expectation"], spec)
-        r["landing"] = landing_pointers(con, (spec or {}).get("pointer_type"), r["pointers"])
+        if spec is None:
+            r["landing"] = [p for p in r["pointers"] if p.startswith("landing/")]
+        else:
+            r["landing"] = landing_pointers(con, spec.get("pointer_type"), r["pointers"])
+
+
+def _structure_description(name: str) -> str:
+    prefix = "fhir_structure."
+    if name.startswith(prefix):
+        return f"every {name[len(prefix) :]} resource is structurally valid FHIR R4"
+    return ""
 
 
 def verdict(data: dict[str, Any]) -> dict[str, Any]:
