@@ -24,6 +24,8 @@ from pipelines.common.config import (
 )
 from pipelines.common.errors import EhrliftError, ExitCode, InputNotFoundError
 from pipelines.identity import cli as identity_cli
+from pipelines.remap import cli as remap_cli
+from pipelines.report import cli as report_cli
 from pipelines.summary import RunSummary
 
 # Markup off: paths, server diagnostics and file names may hold "[...]", which must print as written.
@@ -162,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--run", dest="run_id", default=None, help="run id (default: the latest run)")
     report.set_defaults(func=_cmd_report)
+    report_cli.add_commands(report)
 
     deid = sub.add_parser("deidentify", help="write de-identified analyst views to a separate DuckDB file")
     deid.add_argument("--warehouse", type=Path, default=None, help="DuckDB warehouse file")
@@ -184,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_terminology(sub)
     cds_cli.add_commands(sub)
     _mapping_parsers(sub)
+    remap_cli.add_commands(sub)
     identity_cli.add_commands(sub)
 
     views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")
@@ -627,9 +631,9 @@ def _cmd_views_test(args: argparse.Namespace) -> int:
 def _warehouse_arg(path: Path | None) -> Path:
     import os
 
-    if path is not None:
-        return path
-    return Path(os.environ.get("EHRLIFT_WAREHOUSE") or DEFAULT_DATA_DIR / "warehouse.duckdb")
+    if path is None:
+        path = Path(os.environ.get("EHRLIFT_WAREHOUSE") or DEFAULT_DATA_DIR / "warehouse.duckdb")
+    return path.absolute()  # resolved once, at the edge (see RunConfig)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -639,6 +643,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out.print(f"compliance report for {files.run_id}: {files.html.resolve()}", soft_wrap=True)
     out.print(f"data: {files.data.resolve()}", soft_wrap=True)
     out.print(f"sha256 of the data: {files.digest}", soft_wrap=True)
+    out.print(f"verdict: {files.verdict}", soft_wrap=True)
+    out.print(
+        f"sign it: ehrlift report sign --run {files.run_id} --digest {files.digest} "
+        "--reviewer NAME --role ROLE --decision approved|approved-with-conditions|rejected",
+        soft_wrap=True,
+    )
     return int(ExitCode.OK)
 
 

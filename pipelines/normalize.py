@@ -81,6 +81,17 @@ def renormalize(
     return {"run_id": run_id, **counts, "decisions": len(normalizer.decisions)}
 
 
+def normalize_all(con: duckdb.DuckDBPyConnection, run_id: str, warehouse: Path | None) -> dict[str, Any]:
+    """Every resource of the warehouse, with the current terminology and crosswalks (`ehrlift normalize`);
+    the run's mapping log then covers the whole warehouse. A second call rewrites nothing."""
+    load_default_terminology(con)
+    normalizer, changed = build_normalizer(con, warehouse)
+    counts = _normalize_where(con, normalizer, "TRUE", [])
+    with transaction(con):
+        write_mapping_log(con, run_id, normalizer)
+    return {**counts, "decisions": len(normalizer.decisions), "crosswalk_changes": len(changed)}
+
+
 def load_default_terminology(con: duckdb.DuckDBPyConnection) -> bool:
     """The embedded default terminology, for systems no user release covers (offline, no download)."""
     return core.ensure_default(con)

@@ -446,3 +446,19 @@ CREATE TABLE IF NOT EXISTS ops.stage_batches (
     worker       VARCHAR,                  -- host:pid that converted it
     merged_at    TIMESTAMPTZ NOT NULL
 );
+
+-- Compliance report sign-offs (version 14, `ehrlift report sign`): who signed which report data, as what,
+-- with which decision. signoff_sha256 is the sha256 of the signed copy (the canonical JSON of these fields
+-- and the report's data digest, written beside the report), so a changed report or sign-off is detectable.
+-- Reviewer and role are staff names as typed; never patient values.
+CREATE TABLE IF NOT EXISTS ops.report_signoffs (
+    signoff_sha256   VARCHAR NOT NULL,
+    run_id           VARCHAR NOT NULL,
+    data_sha256      VARCHAR NOT NULL,      -- sha256 of the report's canonical data JSON that was signed
+    reviewer         VARCHAR NOT NULL,
+    role             VARCHAR NOT NULL,
+    decision         VARCHAR NOT NULL CHECK (decision IN ('approved', 'approved-with-conditions', 'rejected')),
+    note             VARCHAR,
+    signed_at        TIMESTAMPTZ NOT NULL,
+    ehrlift_version  VARCHAR NOT NULL
+);

@@ -27,6 +27,14 @@ def suggest_command(warehouse: Path, out_file: Path, top: int, out: Console) -> 
     write_review(out_file, rows)
     codes = len({(r["source_system"], r["source_code"], r["source_display"]) for r in rows})
     out.print(f"{codes} unmapped local code(s), {len(rows)} review row(s) written to {out_file}")
+    beside = {(r["source_system"], r["source_code"]) for r in rows if r["basis"].startswith("sent beside")}
+    none = [r for r in rows if not r["target_code"]]
+    if codes:
+        out.print(
+            f"  {len(beside)} with a standard code the sources sent beside them (near-certain), "
+            f"{len(none)} without any candidate (the note column says why and what to load)",
+            soft_wrap=True,
+        )
     if codes:
         out.print(
             "mark rows to keep with decision=approve, fill reviewer (and review_date), then run "

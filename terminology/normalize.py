@@ -379,6 +379,22 @@ class Normalizer:
         target_display = m.target_display
         if loaded is not None:
             concept = self.terms.concept(target_uri, m.target_code)
+            fragment = concept is None and self.terms.is_subset(target_uri)
+            if fragment and core.malformed_reason(target_uri, m.target_code) is None:
+                # Only a fragment of the system is loaded: a well-formed, check-digit-valid code is
+                # taken on the reviewer's word, flagged unverified (listed in the report).
+                return Decision(
+                    raw,
+                    code,
+                    display,
+                    method,
+                    "target_not_verified",
+                    target_uri,
+                    m.target_code,
+                    target_display,
+                    terminology_version=loaded,
+                    crosswalk_version=cw,
+                )
             if concept is None:
                 return Decision(
                     raw,

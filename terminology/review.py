@@ -19,7 +19,7 @@ import duckdb
 
 from pipelines.common.errors import ConfigError, InputNotFoundError
 from pipelines.normalize import build_normalizer
-from terminology import core
+from terminology import cooccur, core
 from terminology.crosswalks import effective, read_crosswalk, user_dir, write_crosswalk
 from terminology.normalize import SUGGESTION_AUTHOR
 from terminology.scan import codings, scan
@@ -38,6 +38,9 @@ COLUMNS = (
     "score",
 )
 REVIEW_COLUMNS = ("decision", "reviewer", "review_date")
+# Read when present, never required: files written before these columns existed still import.
+INFO_COLUMNS = ("basis", "note")
+DECISIONS = ("approve", "reject")  # the workbook's dropdown; any of APPROVED also approves
 APPROVED = frozenset({"approve", "approved", "yes", "y", "x", "accept", "accepted"})
 SUGGESTABLE = frozenset({"local_code_not_mapped", "unknown_system"})
 
@@ -47,8 +50,10 @@ def unmapped_targets(con: duckdb.DuckDBPyConnection, warehouse: Path | None) -> 
     normalizer, _ = build_normalizer(con, warehouse, sync=False)
     units: dict[tuple[Any, Any], Counter[str]] = {}
     value_types: dict[tuple[Any, Any], Counter[str]] = {}
+    beside: dict[tuple[str, str], Counter[tuple[str, str, str]]] = {}
 
     def context(table: str, resource: dict[str, Any], _source: str) -> None:
+        cooccur.collect(resource, beside)
         if table != "Observation":
             return
         vtype = next((k[5:] for k in resource if k.startswith("value") and k != "value"), None)
@@ -75,12 +80,17 @@ def unmapped_targets(con: duckdb.DuckDBPyConnection, warehouse: Path | None) -> 
         t.units = units.get(ctx, Counter())
         t.value_types = value_types.get(ctx, Counter())
         t.observation = ctx in value_types
+        t.beside = beside.get(ctx, Counter())
     return sorted(by_code.values(), key=lambda t: (-t.occurrences, t.source_system, t.source_code))
 
 
 def suggest(con: duckdb.DuckDBPyConnection, warehouse: Path | None, top: int = 5) -> list[dict[str, Any]]:
-    """Review rows: each unmapped code with its top candidates (one row with no target when none)."""
+    """Review rows: each unmapped code with its top candidates (one row saying why, when there are none).
+
+    Standard codes sent beside the local code come first (basis `sent beside`), then text matches.
+    """
     indexes: dict[tuple[str, ...], Index] = {}
+    terms = WarehouseTerminology(con)
     rows: list[dict[str, Any]] = []
     for t in unmapped_targets(con, warehouse):
         systems = target_systems(t)
@@ -92,8 +102,33 @@ def suggest(con: duckdb.DuckDBPyConnection, warehouse: Path | None, top: int = 5
             "source_display": t.source_display or "",
             "occurrences": t.occurrences,
         }
-        ranked = indexes[systems].rank(t, top)
-        if not ranked:
+        found: list[dict[str, Any]] = []
+        for (system, code, display), n in t.beside.most_common():
+            share = min(n / t.occurrences, 1.0) if t.occurrences else 1.0
+            found.append(
+                {
+                    "target_system": system,
+                    "target_code": code,
+                    "target_display": display,
+                    "score": round(share, 3),
+                    "basis": f"sent beside it in {n} of {t.occurrences} occurrences",
+                    "note": "",
+                }
+            )
+        seen = {(f["target_system"], f["target_code"]) for f in found}
+        for c in indexes[systems].rank(t, top):
+            if (c.system, c.code) not in seen and len(found) < max(top, len(seen)):
+                found.append(
+                    {
+                        "target_system": c.system,
+                        "target_code": c.code,
+                        "target_display": c.display,
+                        "score": c.score,
+                        "basis": "display text" + (", units" if t.units else ""),
+                        "note": _fragment_note(terms, c.system),
+                    }
+                )
+        if not found:
             rows.append(
                 {
                     **base,
@@ -102,42 +137,89 @@ def suggest(con: duckdb.DuckDBPyConnection, warehouse: Path | None, top: int = 5
                     "target_code": "",
                     "target_display": "",
                     "score": "",
+                    "basis": "",
+                    "note": why_none(t, systems, indexes[systems], terms),
                 }
             )
-        for rank, c in enumerate(ranked, start=1):
-            rows.append(
-                {
-                    **base,
-                    "rank": rank,
-                    "target_system": c.system,
-                    "target_code": c.code,
-                    "target_display": c.display,
-                    "score": c.score,
-                }
-            )
+        for rank, f in enumerate(found, start=1):
+            rows.append({**base, "rank": rank, **f})
     return rows
 
 
+def _fragment_note(terms: WarehouseTerminology, system: str) -> str:
+    if terms.is_subset(system):
+        return f"from a fragment of {system} only: a fuller release may hold a better match"
+    return ""
+
+
+def why_none(t: Target, systems: tuple[str, ...], index: Index, terms: WarehouseTerminology) -> str:
+    """Why a code has no candidate, and what would give it one."""
+    names = ", ".join(systems)
+    load = "load the full release (`ehrlift terminology load loinc|snomed PATH`) and suggest again"
+    if not (t.source_display or "").strip():
+        return f"no display text to match and no standard code sent beside it: map it by hand to {names}"
+    if not index.texts:
+        return f"no concept of {names} is loaded: {load}"
+    fragments = [s for s in systems if terms.is_subset(s)]
+    if fragments:
+        return (
+            f"no match among the {len(index.texts)} concepts of the loaded fragment of "
+            f"{', '.join(fragments)} (the shipped default): {load}; or type a well-formed code by hand "
+            "(accepted, flagged unverified)"
+        )
+    return f"no concept of the loaded {names} matches the display closely enough: map it by hand"
+
+
+# Column widths in characters for the workbook: URIs and displays wide, numbers narrow.
+_WIDTHS = {"source_system": 34, "source_display": 30, "target_system": 24, "target_display": 36,
+           "basis": 30, "note": 60, "source_code": 14, "target_code": 12, "reviewer": 16,
+           "review_date": 12, "decision": 11}  # fmt: skip
+
+
 def write_review(path: Path, rows: list[dict[str, Any]]) -> Path:
-    header = COLUMNS + REVIEW_COLUMNS
+    header = COLUMNS + INFO_COLUMNS + REVIEW_COLUMNS
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".xlsx":
-        from openpyxl import Workbook
-
-        wb = Workbook()
-        ws = wb.active
-        ws.title = "mappings"
-        ws.append(list(header))
-        for row in rows:
-            ws.append([row.get(c, "") for c in header])
-        ws.freeze_panes = "A2"
-        wb.save(path)
+        _write_workbook(path, header, rows)
         return path
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def _write_workbook(path: Path, header: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """A sheet a reviewer can work in: sized columns, a filter on every column, a decision dropdown."""
+    from openpyxl import Workbook
+    from openpyxl.styles import Font
+    from openpyxl.utils import get_column_letter
+    from openpyxl.worksheet.datavalidation import DataValidation
+
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "mappings"
+    ws.append(list(header))
+    for row in rows:
+        ws.append([row.get(c, "") for c in header])
+    for i, name in enumerate(header, start=1):
+        ws.column_dimensions[get_column_letter(i)].width = _WIDTHS.get(name, max(len(name) + 2, 9))
+        ws.cell(row=1, column=i).font = Font(bold=True)
+    last = get_column_letter(len(header))
+    ws.auto_filter.ref = f"A1:{last}{max(len(rows) + 1, 2)}"
+    ws.freeze_panes = "E2"  # the source code stays in view while scrolling right
+    col = get_column_letter(header.index("decision") + 1)
+    dropdown = DataValidation(
+        type="list",
+        formula1='"' + ",".join(DECISIONS) + '"',
+        allow_blank=True,
+        showErrorMessage=True,
+        errorTitle="decision",
+        error="choose approve or reject (or leave blank)",
+    )
+    dropdown.add(f"{col}2:{col}{max(len(rows) + 1, 2) + 500}")  # room for rows a reviewer adds
+    ws.add_data_validation(dropdown)
+    wb.save(path)
 
 
 def read_review(path: Path) -> list[tuple[int, dict[str, str]]]:
@@ -210,7 +292,14 @@ def import_review(con: duckdb.DuckDBPyConnection, path: Path, warehouse: Path | 
             warnings.append(f"{where}: no release of {system} is loaded: the target code was not checked")
         else:
             concept = terms.concept(system, row["target_code"])
-            if concept is None:
+            if concept is None and terms.is_subset(system):
+                # Well-formed and check-digit-valid, but only a fragment of the system is loaded.
+                warnings.append(
+                    f"{where}: target_code is well formed but not in the loaded fragment of {system}: "
+                    "accepted as unverified (listed in the compliance report); load the full release "
+                    "to check it"
+                )
+            elif concept is None:
                 errors.append(f"{where}: target_code is not in the loaded {system} release")
             elif concept[1] != "active":
                 errors.append(f"{where}: target_code is inactive in the loaded {system} release")

@@ -98,6 +98,8 @@ class Target:
     units: Counter[str] = field(default_factory=Counter)
     value_types: Counter[str] = field(default_factory=Counter)
     observation: bool = False
+    # standard codings sent beside this code in the same CodeableConcept -> how often
+    beside: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from tests.terminology_builders import LOINC, fixture_terminology_only, load_ter
 LAB = "http://legacy-lab.example.org/tests"
 HEADER = [
     "source_system", "source_code", "source_display", "occurrences", "rank", "target_system", "target_code",
-    "target_display", "score", "decision", "reviewer", "review_date",
+    "target_display", "score", "basis", "note", "decision", "reviewer", "review_date",
 ]  # fmt: skip
 CONCEPTS = [
     (LOINC, "2345-7", "Glucose [Mass/volume] in Serum or Plasma", "active"),
@@ -176,8 +176,8 @@ def test_xlsx_review_file_round_trips(reviewed, tmp_path):
     wb = load_workbook(review)
     ws = wb.worksheets[0]
     assert [c.value for c in ws[1]] == HEADER
-    ws.cell(row=2, column=10, value="approve")
-    ws.cell(row=2, column=11, value="x.reviewer")
+    ws.cell(row=2, column=HEADER.index("decision") + 1, value="approve")
+    ws.cell(row=2, column=HEADER.index("reviewer") + 1, value="x.reviewer")
     wb.save(review)
     assert [(line, r["source_code"], r["decision"]) for line, r in read_review(review)][:2] == [
         (2, "GLU", "approve"),

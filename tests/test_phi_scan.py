@@ -101,6 +101,11 @@ def test_no_phi_in_logs_progress_run_json_report_or_analyst_file(tmp_path):
     assert " INFO " in run.stderr  # -v logging was on
     assert "━" in run.stderr  # and the progress bars were drawn
     report = _cli("report", "--warehouse", str(warehouse), cwd=repo)
+    sign = _cli(
+        "report", "sign", "--warehouse", str(warehouse), "--reviewer", "Q. Auditor",
+        "--role", "privacy officer", "--decision", "approved-with-conditions", "--note", "demo data only",
+        cwd=repo,
+    )  # fmt: skip
     deid = _cli(
         "deidentify", "--warehouse", str(warehouse), "--out", str(tmp_path / "analyst.duckdb"), cwd=repo
     )
@@ -109,6 +114,7 @@ def test_no_phi_in_logs_progress_run_json_report_or_analyst_file(tmp_path):
         "run stdout": run.stdout,
         "run stderr (logs, progress)": run.stderr,
         "report output": report.stdout + report.stderr,
+        "report sign output": sign.stdout + sign.stderr,
         "deidentify output": deid.stdout + deid.stderr,
     }
     for path in (tmp_path / "data" / "runs").glob("*.json"):
@@ -119,9 +125,17 @@ def test_no_phi_in_logs_progress_run_json_report_or_analyst_file(tmp_path):
         if path.is_file():
             outputs[f"report {path.relative_to(report_dir)}"] = path.read_bytes().decode("utf-8", "replace")
     assert any(name.startswith("report data-docs/") for name in outputs)
-    assert {"report compliance-report.html", "report compliance-report.data.json"} <= set(outputs)
+    assert {
+        "report compliance-report.html",
+        "report compliance-report.data.json",
+        "report compliance-report.signoff.json",  # the signed copy
+    } <= set(outputs)
+    # The report's new parts are there to be scanned: verdict, diff, drill-down queries, the sign-off.
+    html = outputs["report compliance-report.html"]
+    assert all(f'id="{part}"' in html for part in ("verdict", "diff", "signoff", "failures", "toc"))
+    assert "Q. Auditor" in html and '"verdict"' in outputs["report compliance-report.data.json"]
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        for table in ("quarantine", "ledger", "unconsumed", "runs", "phi_access", "files"):
+        for table in ("quarantine", "ledger", "unconsumed", "runs", "phi_access", "files", "report_signoffs"):
             # ops.files.original_name is the operator's lineage pointer back to a source file; it stays in
             # the warehouse beside the records themselves and is never shown in reports or run JSON.
             columns = "COLUMNS(* EXCLUDE (original_name))" if table == "files" else "COLUMNS(*)"

@@ -63,11 +63,13 @@ class RunConfig:
                 f"FHIR release {self.fhir_release!r} is not one ehrlift reads",
                 hint=f"use one of {', '.join(FHIR_RELEASES)}",
             )
-        object.__setattr__(self, "warehouse", Path(self.warehouse))
+        # Absolute once, here: a relative path means the working directory of the command, and libraries
+        # that change or create directories of their own (GX's temporary project) must not reinterpret it.
+        object.__setattr__(self, "warehouse", Path(self.warehouse).absolute())
         if self.landing is None:
-            object.__setattr__(self, "landing", Path(self.warehouse).parent / "landing")
+            object.__setattr__(self, "landing", self.warehouse.parent / "landing")
         else:
-            object.__setattr__(self, "landing", Path(self.landing))
+            object.__setattr__(self, "landing", Path(self.landing).absolute())
 
     @property
     def landing_dir(self) -> Path:

@@ -1,9 +1,8 @@
 """GX Data Docs for a run beside the warehouse, rewritten to make no external request.
 
 Pages are rendered by GX's own SiteBuilder from the run's aggregated results (counts and record
-pointers; GX's sample of unexpected values is never stored, since it would be record values). GX
-pages load Bootstrap, jQuery, Font Awesome and Vega from CDNs and a tracking logo from S3; every such
-URL is rewritten to a vendored copy (scripts/vendor-data-docs-assets.sh) or removed.
+pointers; GX's sample of unexpected values is never stored, since it would be record values), then made
+self-contained by datadocs_offline (an inlined stylesheet, or a vendored copy of GX's CDN assets).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import orjson
 
 from pipelines.common.config import RunConfig
 from pipelines.common.paths import shipped
+from pipelines.quality.datadocs_offline import SuiteResult, finish
 from pipelines.quality.gate import ResultRow
 from pipelines.quality.settings import QualitySettings
 
@@ -81,13 +81,26 @@ def data_docs_from_warehouse(
 
 
 def _build(out: Path, run_id: str, settings: QualitySettings, rows: list[ResultRow]) -> Path:
+    # GX resolves a relative base_directory inside its temporary project (deleted below): never give it one.
+    out = out.absolute()
     if out.exists():
         shutil.rmtree(out)  # a re-validated run gets a fresh site
     out.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="ehrlift-gx-") as root:
         _render(Path(root), out, run_id, settings, rows)
-    make_self_contained(out, assets_dir())
+    by_suite: dict[str, list[ResultRow]] = {}
+    for row in rows:
+        by_suite.setdefault(row.suite, []).append(row)
+    suites = [
+        SuiteResult(name, _asset(name), len(members), sum(bool(r.success) for r in members))
+        for name, members in by_suite.items()
+    ]
+    finish(out, assets_dir(), run_id, suites)
     return out
+
+
+def _asset(suite: str) -> str:
+    return f"views.{suite}" if suite != "mapping_coverage" else "ops.mapping_log"
 
 
 def _render(root: Path, out: Path, run_id: str, settings: QualitySettings, rows: list[ResultRow]) -> None:
@@ -112,6 +125,7 @@ def _render(root: Path, out: Path, run_id: str, settings: QualitySettings, rows:
             "class_name": "SiteBuilder",
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(out)},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "show_how_to_buttons": False,
         },
     )
     gx_run = RunIdentifier(run_name=run_id, run_time=datetime.now(UTC))
@@ -165,7 +179,7 @@ def _render(root: Path, out: Path, run_id: str, settings: QualitySettings, rows:
                 )
             )
         passed = sum(r.success for r in results)
-        asset = f"views.{suite}" if suite != "mapping_coverage" else "ops.mapping_log"
+        asset = _asset(suite)
         result = ExpectationSuiteValidationResult(
             success=passed == len(results),
             results=results,
@@ -199,51 +213,3 @@ def _substitute(kwargs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any
             v = str(params.get(v["$PARAMETER"]))
         out[k] = v
     return out
-
-
-def make_self_contained(site: Path, vendored: Path) -> None:
-    """Point every CDN asset at a local copy (or drop it) and strip every other external URL."""
-    manifest = orjson.loads((shipped("expectations") / "data_docs_assets.json").read_bytes())["assets"]
-    local: dict[str, Path] = {}
-    for asset in manifest:
-        package_dir = vendored / re.sub(r"[/@]", "_", asset["package"])
-        source = package_dir / asset["file"]
-        if not source.is_file():
-            continue
-        target = site / "static" / "vendor" / package_dir.name / asset["file"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-        for extra in asset.get("with", []):
-            dest = site / "static" / "vendor" / package_dir.name / extra
-            if not dest.exists():
-                shutil.copytree(package_dir / extra, dest)
-        local[asset["url"]] = target
-    if len(local) < len(manifest):
-        log.warning(
-            "Data Docs: %d of %d page assets are not vendored (run scripts/vendor-data-docs-assets.sh); "
-            "pages will render unstyled",
-            len(manifest) - len(local),
-            len(manifest),
-        )
-    logo = site / "static" / "images" / "logo-long.png"
-    for page in [*site.rglob("*.html"), *site.rglob("*.css")]:
-        if "vendor" in page.relative_to(site).parts:
-            continue
-        text = page.read_text(encoding="utf-8")
-        text = re.sub(r'\s(?:integrity|crossorigin)="[^"]*"', "", text)
-        for url in sorted({a["url"] for a in manifest}, key=len, reverse=True):
-            if url in local:
-                text = text.replace(url, os.path.relpath(local[url], page.parent))
-            else:
-                escaped = re.escape(url)
-                text = re.sub(rf'<script[^>]*src="{escaped}"[^>]*>\s*</script>', "", text)
-                text = re.sub(rf'<link[^>]*href="{escaped}"[^>]*>', "", text)
-        text = re.sub(
-            r"https://great-expectations-web-assets\.[^\s\"'()]*\.png[^\s\"'()]*",
-            os.path.relpath(logo, page.parent),
-            text,
-        )
-        text = re.sub(r'\s(?:xmlns(?::\w+)?)="https?://[^"]*"', "", text)  # inline SVG needs none in HTML
-        text = re.sub(r'\shref="https?://[^"]*"', "", text)  # links out (GX docs, newsletter) become text
-        text = _URL.sub("", text)
-        page.write_text(text, encoding="utf-8")

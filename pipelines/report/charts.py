@@ -18,9 +18,30 @@ COLORS = {
     "skipped": "#999999",
 }
 _FALLBACK = ("#E69F00", "#F0E442", "#000000")
-_LABEL_W = 190
 _BAR_W = 420
 _ROW_H = 22
+# Text is measured by the browser only; these bound a 12px system font's glyphs (capitals, "m", "w") so that
+# a label never runs out of the drawing: the label column fits the longest label, long ones are shortened.
+_CHAR_W = 8.0
+_MAX_LABEL = 40  # characters; a longer label keeps its head and tail with "…" between, its whole in a tooltip
+_LABEL_MIN, _LABEL_PAD = 80, 14
+
+
+def short(label: str) -> str:
+    if len(label) <= _MAX_LABEL:
+        return label
+    head = (_MAX_LABEL - 1) * 2 // 3
+    return label[:head] + "…" + label[-(_MAX_LABEL - 1 - head) :]
+
+
+def label_width(labels: Sequence[str]) -> int:
+    return int(max([_LABEL_MIN, *(len(short(x)) * _CHAR_W + _LABEL_PAD for x in labels)]))
+
+
+def _label(x: float, y: float, label: str) -> str:
+    text = short(label)
+    tip = f"<title>{escape(label)}</title>" if text != label else ""
+    return f'<text x="{x:.0f}" y="{y}" text-anchor="end" class="lbl">{tip}{escape(text)}</text>'
 
 
 def color(key: str, index: int = 0) -> str:
@@ -34,8 +55,10 @@ def stacked_bars(title: str, rows: Sequence[tuple[str, dict[str, int]]], order: 
     """
     if not rows:
         return Markup("")
-    height = _ROW_H * len(rows) + 40
-    width = _LABEL_W + _BAR_W + 90
+    lw = label_width([label for label, _ in rows])
+    width = lw + _BAR_W + 90
+    legend, legend_h = _legend(order, 8 + len(rows) * _ROW_H + 8, lw, width)
+    height = 8 + _ROW_H * len(rows) + 8 + legend_h + 6
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="chart" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}"><title>{escape(title)}</title>'
@@ -43,10 +66,8 @@ def stacked_bars(title: str, rows: Sequence[tuple[str, dict[str, int]]], order: 
     for i, (label, counts) in enumerate(rows):
         y = 8 + i * _ROW_H
         total = sum(counts.values())
-        parts.append(
-            f'<text x="{_LABEL_W - 6}" y="{y + 14}" text-anchor="end" class="lbl">{escape(label)}</text>'
-        )
-        x = float(_LABEL_W)
+        parts.append(_label(lw - 6, y + 14, label))
+        x = float(lw)
         for j, key in enumerate(order):
             n = counts.get(key, 0)
             if not n or not total:
@@ -59,8 +80,8 @@ def stacked_bars(title: str, rows: Sequence[tuple[str, dict[str, int]]], order: 
             x += w
         ok = total - counts.get(order[-1], 0) if order else total
         share = f"{100 * ok / total:.1f} %" if total else "n/a"
-        parts.append(f'<text x="{_LABEL_W + _BAR_W + 6}" y="{y + 14}" class="val">{share}</text>')
-    parts.append(_legend(order, 8 + len(rows) * _ROW_H + 8))
+        parts.append(f'<text x="{lw + _BAR_W + 6}" y="{y + 14}" class="val">{share}</text>')
+    parts.append(legend)
     return _svg(parts)
 
 
@@ -70,7 +91,8 @@ def count_bars(title: str, rows: Sequence[tuple[str, int]]) -> Markup:
         return Markup("")
     top = max(n for _, n in rows) or 1
     height = _ROW_H * len(rows) + 12
-    width = _LABEL_W + _BAR_W + 90
+    lw = label_width([label for label, _ in rows])
+    width = lw + _BAR_W + 90
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="chart" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}"><title>{escape(title)}</title>'
@@ -79,11 +101,11 @@ def count_bars(title: str, rows: Sequence[tuple[str, int]]) -> Markup:
         y = 8 + i * _ROW_H
         w = _BAR_W * n / top
         parts.append(
-            f'<text x="{_LABEL_W - 6}" y="{y + 14}" text-anchor="end" class="lbl">{escape(label)}</text>'
-            f'<rect x="{_LABEL_W}" y="{y + 2}" width="{w:.1f}" height="{_ROW_H - 6}" '
+            _label(lw - 6, y + 14, label)
+            + f'<rect x="{lw}" y="{y + 2}" width="{w:.1f}" height="{_ROW_H - 6}" '
             f'fill="{COLORS["crosswalk"]}">'
             f"<title>{escape(label)}: {n}</title></rect>"
-            f'<text x="{_LABEL_W + w + 6:.1f}" y="{y + 14}" class="val">{n}</text>'
+            f'<text x="{lw + w + 6:.1f}" y="{y + 14}" class="val">{n}</text>'
         )
     return _svg(parts)
 
@@ -93,15 +115,21 @@ def _svg(parts: list[str]) -> Markup:
     return Markup("".join(parts))  # noqa: S704 - every text in parts went through escape()
 
 
-def _legend(keys: Sequence[str], y: int) -> str:
-    out, x = [], _LABEL_W
+def _legend(keys: Sequence[str], y: int, left: int, width: int) -> tuple[str, int]:
+    """Legend entries left to right from the bars' start, wrapping onto a new line rather than running out."""
+    out, x, line = [], float(left), 0
     for j, key in enumerate(keys):
+        text = short(key)
+        w = 24 + _CHAR_W * len(text)
+        if x + w > width and x > left:
+            x, line = float(left), line + 1
+        ly = y + line * 16
         out.append(
-            f'<rect x="{x}" y="{y}" width="10" height="10" fill="{color(key, j)}"/>'
-            f'<text x="{x + 14}" y="{y + 9}" class="lbl">{escape(key)}</text>'
+            f'<rect x="{x:.0f}" y="{ly}" width="10" height="10" fill="{color(key, j)}"/>'
+            f'<text x="{x + 14:.0f}" y="{ly + 9}" class="lbl">{escape(text)}</text>'
         )
-        x += 24 + 7 * len(key)
-    return "".join(out)
+        x += w
+    return "".join(out), 16 * (line + 1)
 
 
 def trend(title: str, points: Sequence[tuple[str, str, float | None, bool]]) -> Markup:

@@ -12,8 +12,9 @@ import orjson
 from pipelines.common.config import ehrlift_version
 from pipelines.common.reasons import reason_codes
 from pipelines.identity.status import identity_status
+from pipelines.report import review
 
-REPORT_FORMAT_VERSION = 1
+REPORT_FORMAT_VERSION = 2  # 2: verdict, diff against the previous run, drill-down queries
 POINTERS_PER_ROW = 20  # record pointers listed per reason or expectation; the count is always complete
 TOP_UNMAPPED = 25
 SHA_PREFIX = 12
@@ -103,6 +104,10 @@ def collect(con: duckdb.DuckDBPyConnection, run_id: str, data_docs: str | None =
         if hl7:  # present only once an HL7 plan exists
             data["backload_hl7"] = hl7
     data["notes"] = notes
+    # The reviewer's first screen: drill-downs first (the verdict links to them), then verdict and diff.
+    review.add_drilldowns(con, data, review.expectation_specs())
+    data["verdict"] = review.verdict(data)
+    data["diff"] = review.diff(con, data)
     return data
 
 
@@ -361,9 +366,10 @@ def _quarantine(con: duckdb.DuckDBPyConnection, run_id: str, notes: list[str]) -
     codes = reason_codes()
     out = []
     # Pointers only: the quarantine message is structural by contract, but a report needs none of it.
-    for code, n, types, pointers in con.execute(
+    for code, n, units, types, pointers in con.execute(
         f"""
-        SELECT reason_code, count(*), list(DISTINCT resource_type ORDER BY resource_type)
+        SELECT reason_code, count(*), count(DISTINCT (file_sha256, unit_position)),
+               list(DISTINCT resource_type ORDER BY resource_type)
                    FILTER (WHERE resource_type IS NOT NULL),
                list(pointer ORDER BY file_sha256, unit_position, pointer)[1:{POINTERS_PER_ROW}]
         FROM ops.quarantine WHERE run_id = ? GROUP BY 1 ORDER BY 2 DESC, 1
@@ -374,6 +380,7 @@ def _quarantine(con: duckdb.DuckDBPyConnection, run_id: str, notes: list[str]) -
             {
                 "code": code,
                 "count": n,
+                "units": units,
                 "description": codes.get(code, {}).get("description", "undocumented reason code"),
                 "resource_types": types or [],
                 "pointers": pointers,
@@ -432,7 +439,25 @@ def _mapping(con: duckdb.DuckDBPyConnection, run_id: str, notes: list[str]) -> d
     ]
     total = sum(methods.values())
     mapped = total - methods.get("unmapped", 0)
+    # Targets accepted on a reviewer's word: well formed, but only a fragment of their system is loaded.
+    unverified = [
+        {
+            "source_system": s,
+            "source_code": c,
+            "target_system": ts,
+            "target_code": tc,
+            "method": m,
+            "occurrences": int(n),
+        }
+        for s, c, ts, tc, m, n in con.execute(
+            "SELECT source_system, source_code, target_system, target_code, method, sum(occurrences) "
+            "FROM ops.mapping_log WHERE run_id = ? AND method <> 'unmapped' "
+            "AND reason = 'target_not_verified' GROUP BY ALL ORDER BY 6 DESC, 1, 2",
+            [run_id],
+        ).fetchall()
+    ]
     return {
+        "unverified": unverified,
         "occurrences": total,
         "mapped": mapped,
         "coverage": round(mapped / total, 4) if total else None,

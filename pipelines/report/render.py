@@ -14,11 +14,14 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pipelines.common.errors import ConfigError, WarehouseError
 from pipelines.common.warehouse import open_warehouse
 from pipelines.report import charts
+from pipelines.report.cli import DECISIONS
 from pipelines.report.data import collect, latest_run
+from pipelines.report.signoff import signoffs
 
 HTML_NAME = "compliance-report.html"
 DATA_NAME = "compliance-report.data.json"
 _TEMPLATES = Path(__file__).parent / "templates"
+FILES_PER_PAGE = 50  # rows per page of the collapsed per-file table
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class ReportFiles:
     data: Path
     digest: str
     run_id: str
+    verdict: str = ""  # one line: the decision, its headline and the counts (as the report's first screen)
 
 
 def canonical_json(data: dict[str, Any]) -> bytes:
@@ -41,6 +45,7 @@ def default_out_dir(warehouse: Path, run_id: str) -> Path:
 
 def write_report(warehouse: Path, out_dir: Path | None = None, run_id: str | None = None) -> ReportFiles:
     """Read the ops tables, write the data JSON and the HTML that renders it, and return their paths."""
+    warehouse = Path(warehouse).absolute()  # Data Docs are written beside it, by a library that changes dirs
     with open_warehouse(warehouse, read_only=True) as con:
         if run_id is None:
             run_id = latest_run(con)
@@ -61,16 +66,27 @@ def write_report(warehouse: Path, out_dir: Path | None = None, run_id: str | Non
             data_docs_from_warehouse(con, Path(warehouse), run_id)
         link = Path(os.path.relpath(docs, out.resolve() if out.exists() else out.absolute())).as_posix()
         data = collect(con, run_id, data_docs=link if docs.is_file() else None)
-    payload = canonical_json(data)
-    digest = hashlib.sha256(payload).hexdigest()
+        payload = canonical_json(data)
+        digest = hashlib.sha256(payload).hexdigest()
+        # Sign-offs are shown but not part of the digest: they sign it.
+        signed = signoffs(con, run_id, digest)
     out.mkdir(parents=True, exist_ok=True)
     data_path, html_path = out / DATA_NAME, out / HTML_NAME
     _write_atomic(data_path, payload)
-    _write_atomic(html_path, render_html(orjson.loads(payload), digest).encode("utf-8"))
-    return ReportFiles(html_path, data_path, digest, run_id)
+    _write_atomic(html_path, render_html(orjson.loads(payload), digest, signed).encode("utf-8"))
+    return ReportFiles(html_path, data_path, digest, run_id, verdict_line(data["verdict"]))
 
 
-def render_html(data: dict[str, Any], digest: str) -> str:
+def verdict_line(v: dict[str, Any]) -> str:
+    c = v["counts"]
+    return (
+        f"{v['headline']} ({v['critical']} critical, {len(v['failures'])} failures in all); "
+        f"{c['units_in']} units in = {c['units_converted']} converted + {c['units_quarantined']} quarantined "
+        f"+ {c['units_skipped']} skipped; {c['resources_loaded']} FHIR resources loaded"
+    )
+
+
+def render_html(data: dict[str, Any], digest: str, signed: list[dict[str, Any]] | None = None) -> str:
     env = Environment(
         loader=FileSystemLoader(_TEMPLATES),
         autoescape=select_autoescape(["html", "j2"]),
@@ -83,7 +99,14 @@ def render_html(data: dict[str, Any], digest: str) -> str:
         digest=digest,
         data_name=DATA_NAME,
         charts=_charts(data),
+        signoffs=signed or [],
+        decisions=DECISIONS,
+        file_pages=_pages(data["reconciliation"]["files"], FILES_PER_PAGE),
     )
+
+
+def _pages(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
 def _charts(data: dict[str, Any]) -> dict[str, Any]:
