@@ -82,6 +82,49 @@ def resources() -> list[dict]:
         "subject": {"reference": "Patient/p0"},
         "valueString": "see A|B",
     }
+    mmhg = {"unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}
+    pressure = {  # a panel without a value of its own: its components go as OBX-4 3.1, 3.2, 3.3
+        "resourceType": "Observation",
+        "id": "o3",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9", "display": "Blood pressure"}]},
+        "subject": {"reference": "Patient/p0"},
+        "effectiveDateTime": "2024-01-02T09:35:00-05:00",
+        "component": [
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6", "display": "Systolic"}]},
+                "valueQuantity": {"value": 142, **mmhg},
+                "referenceRange": [{"high": {"value": 120}}],
+                "interpretation": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                                "code": "H",
+                            }
+                        ]
+                    }
+                ],
+            },
+            {
+                "code": {
+                    "coding": [{"system": "http://loinc.org", "code": "8462-4", "display": "Diastolic"}]
+                },
+                "valueQuantity": {"value": 91.0, **mmhg},
+            },
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8478-0", "display": "Mean"}]},
+                "dataAbsentReason": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                            "code": "not-performed",
+                        }
+                    ]
+                },
+            },
+        ],
+    }
     report = {
         "resourceType": "DiagnosticReport",
         "id": "r1",
@@ -103,7 +146,11 @@ def resources() -> list[dict]:
         "encounter": {"reference": "Encounter/e1"},
         "effectiveDateTime": "2024-01-02T09:30:00-05:00",
         "issued": "2024-01-02T11:00:00-05:00",
-        "result": [{"reference": "Observation/o1"}, {"reference": "Observation/o2"}],
+        "result": [
+            {"reference": "Observation/o1"},
+            {"reference": "Observation/o2"},
+            {"reference": "Observation/o3"},
+        ],
     }
     given = {
         "resourceType": "Immunization",
@@ -157,4 +204,4 @@ def resources() -> list[dict]:
             {"attachment": {"contentType": "text/plain", "data": base64.b64encode(note.encode()).decode()}}
         ],
     }
-    return [pat, merged, enc, glucose, comment, report, given, refused, doc]
+    return [pat, merged, enc, glucose, comment, pressure, report, given, refused, doc]

@@ -29,19 +29,24 @@ def esc(value: Any) -> str:
     return _SPECIAL.sub(lambda m: _ESCAPES[m.group(0)], s)
 
 
+def _joined(sep: str, parts: tuple[str | None, ...]) -> str:
+    # The parts are escaped leaves (or a lower level's joins), so none ends with sep itself.
+    return sep.join([p or "" for p in parts]).rstrip(sep)
+
+
 def comp(*parts: str | None) -> str:
     """Components joined by ^, trailing empty ones dropped (values already escaped)."""
-    items = [p or "" for p in parts]
-    while items and not items[-1]:
-        items.pop()
-    return "^".join(items)
+    return _joined("^", parts)
 
 
 def sub(*parts: str | None) -> str:
-    items = [p or "" for p in parts]
-    while items and not items[-1]:
-        items.pop()
-    return "&".join(items)
+    """Subcomponents joined by &, trailing empty ones dropped (values already escaped)."""
+    return _joined("&", parts)
+
+
+def comp_at(position: int, value: str | None) -> str:
+    """A composite with one component set, at its 1-based position (the ones before it empty)."""
+    return comp(*([None] * (position - 1)), value)
 
 
 def segment(name: str, fields: dict[int, str | None]) -> str:
@@ -211,22 +216,7 @@ def xpn(name: dict[str, Any]) -> str | None:
     given = name.get("given") or []
     family = name.get("family")
     if not family and not given:
-        return comp(
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            esc(name.get("text")),
-        )
+        return comp_at(14, esc(name.get("text")))
     return comp(
         esc(family),
         esc(given[0] if given else None),

@@ -75,10 +75,12 @@ def oru(ctx: Context, report: dict[str, Any], patient: dict[str, Any], control_i
         raise NotBuildable("hl7_reference_missing", "DiagnosticReport.result")
     body = [seg.pid(patient, ctx.coder), seg.pv1(ctx.lookup(report.get("encounter")), ctx.lookup)]
     body += [seg.orc(report), seg.obr(report, ctx.coder, ctx.lookup, v)]
+    n = 1  # OBX-1 runs over the observations and their components
     for i, obs in enumerate(observations, start=1):
         assert obs is not None
-        body.append(seg.obx(obs, i, ctx.coder, v))
-        body += seg.ntes(obs.get("note") or [])
+        group = seg.obxs(obs, n, i, ctx.coder, v)
+        body += group
+        n += sum(1 for s in group if s.startswith("OBX"))
     if v != "2.3.1":  # SPM arrived in 2.5
         for i, ref in enumerate(report.get("specimen") or [], start=1):
             specimen = ctx.lookup(ref)
