@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 from urllib.parse import unquote
@@ -93,6 +93,11 @@ def system_names() -> dict[str, str]:
 def system_name(system: str | None) -> str | None:
     if not system:
         return None
+    return _system_name(system)
+
+
+@cache  # a run meets a handful of systems, each thousands of times
+def _system_name(system: str) -> str:
     known = system_names().get(system)
     if known:
         return known
@@ -114,12 +119,19 @@ class Coder:
     target: Profile
     alias_system_name: str | None = None  # None: no second triplet
     code_values: CodeValues | None = None
+    _kinds: dict[Any, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def kind(self, system: Any) -> str:
+        found = self._kinds.get(system)
+        if found is None:
+            found = self._kinds[system] = self.target.kind(system)
+        return found
 
     def cwe(self, cc: dict[str, Any] | None, *, text_only: bool = True) -> str | None:
         if not isinstance(cc, dict):
             return None
         codings = [c for c in cc.get("coding") or [] if isinstance(c, dict) and c.get("code")]
-        kinds = [(self.target.kind(c.get("system")), c) for c in codings]
+        kinds = [(self.kind(c.get("system")), c) for c in codings]
         primary = next((c for k, c in kinds if k == "standard"), None) or next(
             (c for k, c in kinds if k == "other"), None
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,28 @@ class Context:
     coder: Coder
     lookup: Callable[[Any], dict[str, Any] | None]
     files_root: Path | None = None  # where DocumentReference attachment urls (landing/...) resolve
+    # A patient's PID and a visit's PV1, built once: every message of the patient carries them.
+    _pids: dict[str, str] = field(default_factory=dict)
+    _pv1s: dict[str, str] = field(default_factory=dict)
+
+    def pid(self, patient: dict[str, Any]) -> str:
+        key = patient.get("id")
+        if not isinstance(key, str):
+            return seg.pid(patient, self.coder)
+        text = self._pids.get(key)
+        if text is None:
+            text = self._pids[key] = seg.pid(patient, self.coder)
+        return text
+
+    def pv1(self, ref: Any) -> str:
+        encounter = self.lookup(ref) if ref else None
+        key = encounter.get("id") if encounter else ""
+        if not isinstance(key, str):
+            return seg.pv1(encounter, self.lookup)
+        text = self._pv1s.get(key)
+        if text is None:
+            text = self._pv1s[key] = seg.pv1(encounter, self.lookup)
+        return text
 
 
 def _structure(version: str, event: str) -> str:
@@ -61,9 +83,9 @@ def adt(ctx: Context, patient: dict[str, Any], control_id: str, when: str, updat
     event = "A31" if update else "A28"
     body = [
         seg.evn(event, when),
-        seg.pid(patient, ctx.coder),
+        ctx.pid(patient),
         seg.pd1(patient, ctx.lookup),
-        seg.pv1(None, ctx.lookup),
+        ctx.pv1(None),
     ]
     return assemble(ctx, "ADT", event, control_id, when, body)
 
@@ -73,7 +95,7 @@ def oru(ctx: Context, report: dict[str, Any], patient: dict[str, Any], control_i
     observations = [ctx.lookup(r) for r in report.get("result") or []]
     if any(o is None for o in observations):
         raise NotBuildable("hl7_reference_missing", "DiagnosticReport.result")
-    body = [seg.pid(patient, ctx.coder), seg.pv1(ctx.lookup(report.get("encounter")), ctx.lookup)]
+    body = [ctx.pid(patient), ctx.pv1(report.get("encounter"))]
     body += [seg.orc(report), seg.obr(report, ctx.coder, ctx.lookup, v)]
     n = 1  # OBX-1 runs over the observations and their components
     for i, obs in enumerate(observations, start=1):
@@ -91,8 +113,8 @@ def oru(ctx: Context, report: dict[str, Any], patient: dict[str, Any], control_i
 
 def vxu(ctx: Context, im: dict[str, Any], patient: dict[str, Any], control_id: str, when: str) -> Built:
     body = [
-        seg.pid(patient, ctx.coder),
-        seg.pv1(ctx.lookup(im.get("encounter")), ctx.lookup) if im.get("encounter") else None,
+        ctx.pid(patient),
+        ctx.pv1(im.get("encounter")) if im.get("encounter") else None,
         seg.orc(im),
         seg.rxa(im, ctx.coder, ctx.lookup),
         seg.rxr(im, ctx.coder),
@@ -105,8 +127,8 @@ def mdm(ctx: Context, doc: dict[str, Any], patient: dict[str, Any], control_id: 
     encounters = (doc.get("context") or {}).get("encounter") or []
     body = [
         seg.evn("T02", when),
-        seg.pid(patient, ctx.coder),
-        seg.pv1(ctx.lookup(encounters[0]) if encounters else None, ctx.lookup),
+        ctx.pid(patient),
+        ctx.pv1(encounters[0] if encounters else None),
         seg.txa(doc, ctx.coder, ctx.lookup, v),
     ]
     body += _content(ctx, doc)
