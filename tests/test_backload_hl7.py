@@ -25,6 +25,7 @@ from pipelines.backload.hl7.runner import Hl7Options, backload_hl7
 from pipelines.backload.hl7.segments import Header
 from pipelines.backload.hl7.structure import check
 from pipelines.common.reasons import reason_codes
+from pipelines.common.warehouse import duckdb_settings
 from tests.backload_builders import build_warehouse
 from tests.hl7_node_peer import NodePeer
 from tests.hl7_peer import Peer
@@ -379,3 +380,47 @@ def test_changed_registration_goes_as_a31_and_only_it_is_sent(tmp_path):
         ).fetchall()
     assert types == [("ADT^A31",)]
     assert len(peer.accepted) == 6
+
+
+def test_every_message_is_in_the_stored_plan_before_it_is_sent(tmp_path):
+    """The builder streams while the sender sends: a message reaches the peer only once its plan row (and
+    control id) is committed, so a kill at any point leaves nothing sent that a resume does not know."""
+    res = resources()
+    for i in range(40):  # several of the builder's chunks (16, 32, ...)
+        res.append({**res[0], "id": f"px{i}", "identifier": [{"system": "urn:oid:1.2.3", "value": f"X{i}"}]})
+    wh = build_warehouse(tmp_path / "w.duckdb", res)
+    missing: list[str] = []
+    # The same database instance as the sender's (same settings), read while its writer thread commits.
+    seen = duckdb.connect(str(wh), config=duckdb_settings())
+
+    def stored(cid: str) -> None:
+        cur = seen.cursor()
+        n = cur.execute(
+            "SELECT count(*) FROM ops.backload_hl7_messages WHERE control_id = ?", [cid]
+        ).fetchone()
+        if not n[0]:
+            missing.append(cid)
+
+    try:
+        with Peer(on_receive=stored) as peer:
+            result = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", batch=4))
+    finally:
+        seen.close()
+    assert (result["sent"], result["done"], result["failed"]) == (45, 45, 0)
+    assert len(peer.accepted) == 45 and missing == []
+
+
+def test_a_builder_failure_stops_the_run_with_a_clear_error_and_no_values(tmp_path, monkeypatch, capfd):
+    from pipelines.backload.hl7 import stream
+    from pipelines.common.errors import EhrliftError
+
+    def broken(*_args):
+        raise KeyError("MRN|001")
+
+    monkeypatch.setattr(stream, "build", broken)  # the forked builder inherits it
+    wh = build_warehouse(tmp_path / "w.duckdb", resources())
+    with Peer() as peer, pytest.raises(EhrliftError, match=r"building the HL7 messages failed \(KeyError\)"):
+        backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}"))
+    assert not peer.received
+    out, err = capfd.readouterr()
+    assert "MRN" not in out + err

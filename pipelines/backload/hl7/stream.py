@@ -128,6 +128,9 @@ def _builder(prep: Prepared, check: Callable[[list[Planned]], None] | None, out:
         out.send(None)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the sender stopped (killed or interrupted): nothing more to do
+    except Exception as exc:  # the class only: an exception's text may quote a record's values
+        with contextlib.suppress(OSError):
+            out.send(("error", type(exc).__name__))
     finally:
         with contextlib.suppress(OSError):
             out.close()
@@ -153,6 +156,8 @@ async def _pipeline(
                 raise EhrliftError("the HL7 message builder stopped before the plan was complete") from None
             if chunk is None:
                 break
+            if isinstance(chunk, tuple):
+                raise EhrliftError(f"building the HL7 messages failed ({chunk[1]})")
             await rec.plan([plan_row_of(p) for p in chunk])
             for p in chunk:
                 statuses[p.status] += 1
