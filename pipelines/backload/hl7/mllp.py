@@ -147,8 +147,9 @@ class Lanes:
                     used = 0
                 reader, writer = conn
                 writer.writeblock(it.payload)
-                await writer.drain()
-                block = await asyncio.wait_for(reader.readblock(), policy.timeout)
+                async with asyncio.timeout(policy.timeout):  # no task per message, unlike wait_for
+                    await writer.drain()
+                    block = await reader.readblock()
             except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 # No ACK (or a broken connection): reconnect and send the same bytes, same control id.
                 log.warning("no ACK for message #%d (%s); reconnecting", it.seq, type(exc).__name__)

@@ -25,6 +25,7 @@ from pipelines.common.warehouse import transaction
 # Messages per hand-over from the builder, and so per plan commit: small at first so sending starts soon,
 # then doubling, since a commit's cost is mostly its flush to disk, whatever its size.
 FIRST_CHUNK, MAX_CHUNK = 16, 1024
+LINGER = 0.02  # seconds an ACK outcome may wait for others to share its commit
 
 PLAN_TYPES = (
     "VARCHAR", "INTEGER", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR",
@@ -75,6 +76,8 @@ class Recorder:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self.plans or self.outcomes:
+            if not self.plans and len(self.outcomes) < self.bound // 2:
+                await asyncio.sleep(LINGER)  # let more ACKs join this commit: each costs a flush
             plans, outcomes = self.plans, self.outcomes
             self.plans, self.outcomes, self.inflight = [], [], len(outcomes)
             await loop.run_in_executor(self.pool, self._write, plans, outcomes)
@@ -123,7 +126,9 @@ def _builder(prep: Prepared, check: Callable[[list[Planned]], None] | None, out:
             chunk = [build(prep, *w) for w in prep.work[start : start + size]]
             if check is not None:
                 check(chunk)
-            out.send(chunk)
+            # What building decided, as plain tuples: the sender has the rest of each Planned (forked copy).
+            out.send([(p.status, p.reason, p.detail, p.control_id, p.message_type, p.content_sha256, p.text)
+                      for p in chunk])  # fmt: skip
             start, size = start + size, min(size * 2, MAX_CHUNK)
         out.send(None)
     except (BrokenPipeError, ConnectionResetError, EOFError):
@@ -137,6 +142,7 @@ def _builder(prep: Prepared, check: Callable[[list[Planned]], None] | None, out:
 
 
 async def _pipeline(
+    work: list[tuple[Planned, Any, Any]],
     source: Connection,
     rec: Recorder,
     address: tuple[str, int],
@@ -148,16 +154,21 @@ async def _pipeline(
     reader = ThreadPoolExecutor(1, thread_name_prefix="hl7-plan-reader")
     lanes = Lanes(address[0], address[1], policy, rec.outcome)
     statuses: Counter[str] = Counter()
+    done = 0  # messages of work received so far (chunks come in plan order)
     try:
         while True:
             try:
-                chunk = await loop.run_in_executor(reader, source.recv)
+                built = await loop.run_in_executor(reader, source.recv)
             except EOFError:
                 raise EhrliftError("the HL7 message builder stopped before the plan was complete") from None
-            if chunk is None:
+            if built is None:
                 break
-            if isinstance(chunk, tuple):
-                raise EhrliftError(f"building the HL7 messages failed ({chunk[1]})")
+            if isinstance(built, tuple):
+                raise EhrliftError(f"building the HL7 messages failed ({built[1]})")
+            chunk = [w[0] for w in work[done : done + len(built)]]
+            done += len(built)
+            for p, decided in zip(chunk, built, strict=True):
+                p.status, p.reason, p.detail, p.control_id, p.message_type, p.content_sha256, p.text = decided
             await rec.plan([plan_row_of(p) for p in chunk])
             for p in chunk:
                 statuses[p.status] += 1
@@ -196,7 +207,7 @@ def build_and_send(
         return plan_row(plan_id, prep.target, run_id, p, now)
 
     try:
-        statuses = asyncio.run(_pipeline(source, rec, address, policy, row, prep.acknowledged))
+        statuses = asyncio.run(_pipeline(prep.work, source, rec, address, policy, row, prep.acknowledged))
     finally:
         source.close()
         child.join(10)
