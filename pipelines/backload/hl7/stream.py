@@ -25,7 +25,7 @@ from pipelines.common.warehouse import transaction
 # Messages per hand-over from the builder, and so per plan commit: small at first so sending starts soon,
 # then doubling, since a commit's cost is mostly its flush to disk, whatever its size.
 FIRST_CHUNK, MAX_CHUNK = 16, 1024
-LINGER = 0.02  # seconds an ACK outcome may wait for others to share its commit
+LINGER = 0.1  # seconds an ACK outcome may wait for others to share its commit
 
 PLAN_TYPES = (
     "VARCHAR", "INTEGER", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR",
@@ -61,9 +61,12 @@ class Recorder:
         self.con, self.plan_id, self.target, self.bound = con, plan_id, target, max(1, bound)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="hl7-recorder")
         self.plans: list[tuple] = []
+        self.waiting: list[asyncio.Future[None]] = []  # plan() calls whose rows are not yet committed
         self.outcomes: list[Outcome] = []
         self.inflight = 0
         self.task: asyncio.Task | None = None
+        self.enough = asyncio.Event()  # set when a commit should not wait for more outcomes
+        self.closing = False
         self.tally: Counter[str] = Counter()
 
     def _kick(self) -> asyncio.Task:
@@ -76,12 +79,19 @@ class Recorder:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self.plans or self.outcomes:
-            if not self.plans and len(self.outcomes) < self.bound // 2:
-                await asyncio.sleep(LINGER)  # let more ACKs join this commit: each costs a flush
-            plans, outcomes = self.plans, self.outcomes
-            self.plans, self.outcomes, self.inflight = [], [], len(outcomes)
+            if not self.plans and len(self.outcomes) < self.bound // 2 and not self.closing:
+                # Let more ACKs join this commit (a commit costs milliseconds whatever its size), until half
+                # the bound is reached, plan rows are waiting, or LINGER has passed.
+                self.enough.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.enough.wait(), LINGER)
+            plans, outcomes, waiting = self.plans, self.outcomes, self.waiting
+            self.plans, self.outcomes, self.waiting, self.inflight = [], [], [], len(outcomes)
             await loop.run_in_executor(self.pool, self._write, plans, outcomes)
             self.inflight = 0
+            for w in waiting:
+                if not w.done():
+                    w.set_result(None)
 
     def _write(self, plans: list[tuple], outcomes: list[Outcome]) -> None:
         now = datetime.now(UTC)
@@ -95,13 +105,23 @@ class Recorder:
             insert(self.con, "ops.backload_hl7_results", _RESULT_TYPES, rows)
 
     async def plan(self, rows: list[tuple]) -> None:
-        """Returns once the rows are committed."""
+        """Returns once the rows are committed (not waiting for the outcomes that keep coming meanwhile)."""
+        committed = asyncio.get_running_loop().create_future()
         self.plans.extend(rows)
-        await self._kick()
+        self.waiting.append(committed)
+        self.enough.set()
+        task = self._kick()
+        await asyncio.wait({committed, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not committed.done():
+            task.result()  # the writer failed (raises); or it stopped before taking the rows
+            committed.cancel()
+            raise EhrliftError("the HL7 plan rows were not recorded")
 
     async def outcome(self, o: Outcome) -> None:
         self.tally[o.state] += 1
         self.outcomes.append(o)
+        if len(self.outcomes) >= self.bound // 2:
+            self.enough.set()
         task = self._kick()
         while len(self.outcomes) + self.inflight >= self.bound:
             await task
@@ -109,6 +129,8 @@ class Recorder:
 
     async def close(self) -> None:
         try:
+            self.closing = True
+            self.enough.set()
             while self.plans or self.outcomes or (self.task is not None and not self.task.done()):
                 await self._kick()
             if self.task is not None:
