@@ -424,3 +424,39 @@ def test_a_builder_failure_stops_the_run_with_a_clear_error_and_no_values(tmp_pa
     assert not peer.received
     out, err = capfd.readouterr()
     assert "MRN" not in out + err
+
+
+def test_recorder_group_commits_with_at_most_batch_outcomes_unrecorded(tmp_path):
+    import asyncio
+
+    from pipelines.backload.hl7.mllp import Item, Outcome
+    from pipelines.backload.hl7.stream import Recorder
+    from pipelines.common.warehouse import open_warehouse
+
+    wh = build_warehouse(tmp_path / "w.duckdb", resources())
+    con = open_warehouse(wh)
+    rec = Recorder(con, "plan", "millennium-r4", bound=8)
+    writes: list[int] = []
+    write = rec._write
+
+    def counted(plans, outcomes):
+        writes.append(len(outcomes))
+        write(plans, outcomes)
+
+    rec._write = counted
+    unrecorded: list[int] = []
+
+    async def send_forty() -> None:
+        for i in range(40):
+            await rec.outcome(Outcome(Item(i, f"C{i}", "p", b""), "done", "AA", [], 1))
+            unrecorded.append(len(rec.outcomes) + rec.inflight)
+        await rec.close()
+
+    try:
+        asyncio.run(send_forty())
+        stored = con.execute("SELECT count(DISTINCT control_id) FROM ops.backload_hl7_results").fetchone()[0]
+    finally:
+        con.close()
+    assert stored == 40 and sum(writes) == 40
+    assert len(writes) < 40 and max(writes) <= 8  # group commits, none larger than the bound
+    assert max(unrecorded) < 8  # the sender waited whenever the bound was reached
