@@ -42,23 +42,22 @@ class Context:
     _pv1s: dict[str, str] = field(default_factory=dict)
 
     def pid(self, patient: dict[str, Any]) -> str:
-        key = patient.get("id")
-        if not isinstance(key, str):
-            return seg.pid(patient, self.coder)
-        text = self._pids.get(key)
-        if text is None:
-            text = self._pids[key] = seg.pid(patient, self.coder)
-        return text
+        return _once(self._pids, patient.get("id"), lambda: seg.pid(patient, self.coder))
 
     def pv1(self, ref: Any) -> str:
         encounter = self.lookup(ref) if ref else None
-        key = encounter.get("id") if encounter else ""
-        if not isinstance(key, str):
-            return seg.pv1(encounter, self.lookup)
-        text = self._pv1s.get(key)
-        if text is None:
-            text = self._pv1s[key] = seg.pv1(encounter, self.lookup)
-        return text
+        return _once(
+            self._pv1s, encounter.get("id") if encounter else "", lambda: seg.pv1(encounter, self.lookup)
+        )
+
+
+def _once(memo: dict[str, str], key: Any, make: Callable[[], str]) -> str:
+    if not isinstance(key, str):
+        return make()
+    text = memo.get(key)
+    if text is None:
+        text = memo[key] = make()
+    return text
 
 
 def _structure(version: str, event: str) -> str:

@@ -195,19 +195,10 @@ def build(prep: Prepared, p: Planned, res: dict[str, Any] | None, patient: dict[
     return p
 
 
-def build_plan(
-    con: duckdb.DuckDBPyConnection,
-    target: str,
-    kinds: list[str],
-    header: Header,
-    when: str,
-    acknowledged: dict[str, str],
-    files_root: Path | None = None,
-    alias: bool = True,
-) -> list[Planned]:
-    """The whole plan built at once; acknowledged maps a control id already answered AA to its warehouse key
-    (unchanged messages)."""
-    prep = prepare(con, target, kinds, header, when, acknowledged, files_root, alias)
+def build_plan(*args: Any, **kwargs: Any) -> list[Planned]:
+    """The whole plan built at once (prepare's arguments); acknowledged maps a control id already answered
+    AA to its warehouse key (unchanged messages)."""
+    prep = prepare(*args, **kwargs)
     return [build(prep, *w) for w in prep.work]
 
 
