@@ -9,6 +9,8 @@ from functools import cache
 from typing import Any
 from urllib.parse import unquote
 
+import orjson
+
 from pipelines.convert.hl7v2 import vocab
 from terminology.target_codings import CodeValues, Profile
 
@@ -19,12 +21,13 @@ _TIME = re.compile(
 )
 _LOCAL = re.compile(r"urn:ehrlift:hl7v2:[^:]+:(.+)$")
 _V2_TABLE = "http://terminology.hl7.org/CodeSystem/v2-"
+_MISSING = object()
 
 
 def esc(value: Any) -> str:
     """A leaf value with the delimiters escaped (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\); line breaks as \\.br\\."""
     s = value if isinstance(value, str) else ("" if value is None else str(value))
-    if _SPECIAL.search(s) is None:
+    if s.isalnum() or _SPECIAL.search(s) is None:  # isalnum: codes and numbers, without the regex
         return s
     return _SPECIAL.sub(lambda m: _ESCAPES[m.group(0)], s)
 
@@ -120,6 +123,7 @@ class Coder:
     alias_system_name: str | None = None  # None: no second triplet
     code_values: CodeValues | None = None
     _kinds: dict[Any, str] = field(default_factory=dict, compare=False, repr=False)
+    _cwes: dict[tuple[bytes, bool], str | None] = field(default_factory=dict, compare=False, repr=False)
 
     def kind(self, system: Any) -> str:
         found = self._kinds.get(system)
@@ -130,6 +134,16 @@ class Coder:
     def cwe(self, cc: dict[str, Any] | None, *, text_only: bool = True) -> str | None:
         if not isinstance(cc, dict):
             return None
+        # The same concepts (a lab's test codes, units, statuses) recur in message after message.
+        key = (orjson.dumps(cc), text_only)
+        found = self._cwes.get(key, _MISSING)
+        if found is _MISSING:
+            if len(self._cwes) >= 50_000:
+                self._cwes.clear()
+            found = self._cwes[key] = self._cwe(cc, text_only)
+        return found  # type: ignore[return-value]
+
+    def _cwe(self, cc: dict[str, Any], text_only: bool) -> str | None:
         codings = [c for c in cc.get("coding") or [] if isinstance(c, dict) and c.get("code")]
         kinds = [(self.kind(c.get("system")), c) for c in codings]
         primary = next((c for k, c in kinds if k == "standard"), None) or next(

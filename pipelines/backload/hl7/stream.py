@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import signal
 from collections import Counter
@@ -142,6 +143,9 @@ class Recorder:
 def _builder(prep: Prepared, check: Callable[[list[Planned]], None] | None, out: Connection) -> None:
     """The forked builder: messages in plan order, a chunk at a time; stops when the reader goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sender handles Ctrl-C and closes the pipe
+    # What was read before the fork lives as long as this process: keep the collector from walking it
+    # again and again (a fifth of the building time otherwise).
+    gc.freeze()
     try:
         start, size = 0, FIRST_CHUNK
         while start < len(prep.work):

@@ -4,7 +4,7 @@ segment order and groups, required fields, repetitions, lengths, and codes of HL
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from hl7apy import load_library
@@ -116,10 +116,7 @@ def check(message: str, structure: str, version: str) -> list[str]:
         return [f"no message structure {structure} in {version}"]
     lines = [s for s in message.split("\r") if s]
     names = [s[:3] for s in lines]
-    findings: list[str] = []
-    end = _match(grammar, names, 0, findings)
-    if end < len(names):
-        findings.append(f"segment {names[end]} (#{end + 1}) is not allowed there in {structure}")
+    findings = list(_order(version, structure, tuple(names)))
     memo = _memo.setdefault(version, {})
     for line, name in zip(lines, names, strict=True):
         if name == "MSH":  # its control id makes every MSH new
@@ -132,6 +129,16 @@ def check(message: str, structure: str, version: str) -> list[str]:
             found = memo[line] = tuple(_fields(line, name, version))
         findings.extend(found)
     return findings
+
+
+@lru_cache(maxsize=4096)  # messages of one kind come in a few shapes
+def _order(version: str, structure: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Findings about the segments' order and groups (the shape alone decides them)."""
+    findings: list[str] = []
+    end = _match(rules(version).messages[structure], list(names), 0, findings)
+    if end < len(names):
+        findings.append(f"segment {names[end]} (#{end + 1}) is not allowed there in {structure}")
+    return tuple(findings)
 
 
 # Findings per segment text: a patient's PID and PV1 recur in every message of theirs.
