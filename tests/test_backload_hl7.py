@@ -460,3 +460,16 @@ def test_recorder_group_commits_with_at_most_batch_outcomes_unrecorded(tmp_path)
     assert stored == 40 and sum(writes) == 40
     assert len(writes) < 40 and max(writes) <= 8  # group commits, none larger than the bound
     assert max(unrecorded) < 8  # the sender waited whenever the bound was reached
+
+
+def test_without_fork_the_builder_runs_in_a_thread_with_the_same_outcome(tmp_path, monkeypatch):
+    from pipelines.backload.hl7 import stream
+
+    monkeypatch.setattr(stream, "can_fork", lambda: False)  # a daemonic worker, or a platform without fork
+    with Peer() as peer:
+        wh, result = _send(tmp_path, peer)
+    assert (result["sent"], result["done"], result["failed"]) == (5, 5, 0)
+    assert sorted(peer.accepted) == sorted(peer.received)
+    with duckdb.connect(str(wh), read_only=True) as con:
+        stored = con.execute("SELECT status, count(*) FROM ops.backload_hl7_messages GROUP BY ALL ORDER BY 1")
+        assert stored.fetchall() == [("not_sendable", 1), ("send", 5)]

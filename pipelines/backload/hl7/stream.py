@@ -9,6 +9,7 @@ import contextlib
 import gc
 import multiprocessing
 import signal
+import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -140,12 +141,15 @@ class Recorder:
             self.pool.shutdown(wait=True)
 
 
-def _builder(prep: Prepared, check: Callable[[list[Planned]], None] | None, out: Connection) -> None:
-    """The forked builder: messages in plan order, a chunk at a time; stops when the reader goes away."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sender handles Ctrl-C and closes the pipe
-    # What was read before the fork lives as long as this process: keep the collector from walking it
-    # again and again (a fifth of the building time otherwise).
-    gc.freeze()
+def _builder(
+    prep: Prepared, check: Callable[[list[Planned]], None] | None, out: Connection, forked: bool = True
+) -> None:
+    """The builder: messages in plan order, a chunk at a time; stops when the reader goes away."""
+    if forked:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sender handles Ctrl-C and closes the pipe
+        # What was read before the fork lives as long as this process: keep the collector from walking it
+        # again and again (a fifth of the building time otherwise).
+        gc.freeze()
     try:
         start, size = 0, FIRST_CHUNK
         while start < len(prep.work):
@@ -210,6 +214,12 @@ async def _pipeline(
     return statuses
 
 
+def can_fork() -> bool:
+    """A forked builder where the platform forks and this process may have children (a daemonic worker
+    process may not)."""
+    return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+
+
 def build_and_send(
     con: duckdb.DuckDBPyConnection,
     prep: Prepared,
@@ -221,11 +231,17 @@ def build_and_send(
     check: Callable[[list[Planned]], None] | None = None,
 ) -> dict[str, Any]:
     """Build (in a forked process, which reads nothing from the warehouse) while sending; counts out."""
-    ctx = multiprocessing.get_context("fork")
-    source, sink = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_builder, args=(prep, check, sink), daemon=True, name="hl7-builder")
-    child.start()
-    sink.close()
+    source, sink = multiprocessing.Pipe(duplex=False)
+    child: multiprocessing.process.BaseProcess | threading.Thread
+    if can_fork():
+        child = multiprocessing.get_context("fork").Process(
+            target=_builder, args=(prep, check, sink), daemon=True, name="hl7-builder"
+        )
+        child.start()
+        sink.close()
+    else:  # the same stream from a thread: correct, without the overlap
+        child = threading.Thread(target=_builder, args=(prep, check, sink, False), daemon=True)
+        child.start()
     rec = Recorder(con, plan_id, prep.target, batch)
     now = datetime.now(UTC)
 
@@ -237,7 +253,7 @@ def build_and_send(
     finally:
         source.close()
         child.join(10)
-        if child.is_alive():
+        if child.is_alive() and not isinstance(child, threading.Thread):
             child.terminate()
             child.join(5)
     return {
