@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hl7.mllp import start_hl7_server
@@ -20,6 +21,7 @@ class Peer:
     received: Counter = field(default_factory=Counter)  # control id -> messages received
     accepted: list = field(default_factory=list)  # control ids acknowledged AA, once each (deduplicated)
     port: int = 0
+    on_receive: Callable[[str], None] | None = None  # called with each control id as it arrives
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -50,6 +52,8 @@ class Peer:
                 fields = block.decode("utf-8").split("\r")[0].split("|")
                 cid, version = fields[9], fields[11]
                 self.received[cid] += 1
+                if self.on_receive is not None:
+                    self.on_receive(cid)
                 mode = self.mode if self.received[cid] <= self.fail_times else "AA"
                 if self.delay:
                     await asyncio.sleep(self.delay)

@@ -7,6 +7,18 @@ import base64
 OID = "urn:oid:2.16.840.1.113883.3.9999.1"
 
 
+def _result(oid: str, loinc: str, display: str, **rest: object) -> dict:
+    """A final Observation of the merged patient p0 (sent under its survivor), coded in LOINC."""
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc, "display": display}]},
+        "subject": {"reference": "Patient/p0"},
+        **rest,
+    }
+
+
 def resources() -> list[dict]:
     pat = {
         "resourceType": "Patient",
@@ -39,6 +51,13 @@ def resources() -> list[dict]:
         "subject": {"reference": "Patient/p1"},
         "period": {"start": "2024-01-02T09:00:00-05:00", "end": "2024-01-02T10:00:00-05:00"},
     }
+    high = [
+        {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "H"}
+            ]
+        }
+    ]
     glucose = {
         "resourceType": "Observation",
         "id": "o1",
@@ -62,26 +81,36 @@ def resources() -> list[dict]:
             "code": "mg/dL",
         },
         "referenceRange": [{"low": {"value": 70}, "high": {"value": 99}}],
-        "interpretation": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
-                        "code": "H",
-                    }
-                ]
-            }
-        ],
+        "interpretation": high,
         "note": [{"text": "fasting ~8h\nrepeat"}],
     }
-    comment = {
-        "resourceType": "Observation",
-        "id": "o2",
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8251-1", "display": "Service comment"}]},
-        "subject": {"reference": "Patient/p0"},
-        "valueString": "see A|B",
-    }
+    comment = _result("o2", "8251-1", "Service comment", valueString="see A|B")
+    mmhg = {"unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}
+    # A panel without a value of its own: its components go as OBX-4 3.1, 3.2, 3.3.
+    pressure = _result("o3", "85354-9", "Blood pressure", effectiveDateTime="2024-01-02T09:35:00-05:00")
+    pressure["component"] = [
+        {
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6", "display": "Systolic"}]},
+            "valueQuantity": {"value": 142, **mmhg},
+            "referenceRange": [{"high": {"value": 120}}],
+            "interpretation": high,
+        },
+        {
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8462-4", "display": "Diastolic"}]},
+            "valueQuantity": {"value": 91.0, **mmhg},
+        },
+        {
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8478-0", "display": "Mean"}]},
+            "dataAbsentReason": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                        "code": "not-performed",
+                    }
+                ]
+            },
+        },
+    ]
     report = {
         "resourceType": "DiagnosticReport",
         "id": "r1",
@@ -103,7 +132,11 @@ def resources() -> list[dict]:
         "encounter": {"reference": "Encounter/e1"},
         "effectiveDateTime": "2024-01-02T09:30:00-05:00",
         "issued": "2024-01-02T11:00:00-05:00",
-        "result": [{"reference": "Observation/o1"}, {"reference": "Observation/o2"}],
+        "result": [
+            {"reference": "Observation/o1"},
+            {"reference": "Observation/o2"},
+            {"reference": "Observation/o3"},
+        ],
     }
     given = {
         "resourceType": "Immunization",
@@ -157,4 +190,4 @@ def resources() -> list[dict]:
             {"attachment": {"contentType": "text/plain", "data": base64.b64encode(note.encode()).decode()}}
         ],
     }
-    return [pat, merged, enc, glucose, comment, report, given, refused, doc]
+    return [pat, merged, enc, glucose, comment, pressure, report, given, refused, doc]

@@ -25,6 +25,7 @@ from pipelines.backload.hl7.runner import Hl7Options, backload_hl7
 from pipelines.backload.hl7.segments import Header
 from pipelines.backload.hl7.structure import check
 from pipelines.common.reasons import reason_codes
+from pipelines.common.warehouse import duckdb_settings
 from tests.backload_builders import build_warehouse
 from tests.hl7_node_peer import NodePeer
 from tests.hl7_peer import Peer
@@ -379,3 +380,96 @@ def test_changed_registration_goes_as_a31_and_only_it_is_sent(tmp_path):
         ).fetchall()
     assert types == [("ADT^A31",)]
     assert len(peer.accepted) == 6
+
+
+def test_every_message_is_in_the_stored_plan_before_it_is_sent(tmp_path):
+    """The builder streams while the sender sends: a message reaches the peer only once its plan row (and
+    control id) is committed, so a kill at any point leaves nothing sent that a resume does not know."""
+    res = resources()
+    for i in range(40):  # several of the builder's chunks (16, 32, ...)
+        res.append({**res[0], "id": f"px{i}", "identifier": [{"system": "urn:oid:1.2.3", "value": f"X{i}"}]})
+    wh = build_warehouse(tmp_path / "w.duckdb", res)
+    missing: list[str] = []
+    # The same database instance as the sender's (same settings), read while its writer thread commits.
+    seen = duckdb.connect(str(wh), config=duckdb_settings())
+
+    def stored(cid: str) -> None:
+        cur = seen.cursor()
+        n = cur.execute(
+            "SELECT count(*) FROM ops.backload_hl7_messages WHERE control_id = ?", [cid]
+        ).fetchone()
+        if not n[0]:
+            missing.append(cid)
+
+    try:
+        with Peer(on_receive=stored) as peer:
+            result = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", batch=4))
+    finally:
+        seen.close()
+    assert (result["sent"], result["done"], result["failed"]) == (45, 45, 0)
+    assert len(peer.accepted) == 45 and missing == []
+
+
+def test_a_builder_failure_stops_the_run_with_a_clear_error_and_no_values(tmp_path, monkeypatch, capfd):
+    from pipelines.backload.hl7 import stream
+    from pipelines.common.errors import EhrliftError
+
+    def broken(*_args):
+        raise KeyError("MRN|001")
+
+    monkeypatch.setattr(stream, "build", broken)  # the forked builder inherits it
+    wh = build_warehouse(tmp_path / "w.duckdb", resources())
+    with Peer() as peer, pytest.raises(EhrliftError, match=r"building the HL7 messages failed \(KeyError\)"):
+        backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}"))
+    assert not peer.received
+    out, err = capfd.readouterr()
+    assert "MRN" not in out + err
+
+
+def test_recorder_group_commits_with_at_most_batch_outcomes_unrecorded(tmp_path):
+    import asyncio
+
+    from pipelines.backload.hl7.mllp import Item, Outcome
+    from pipelines.backload.hl7.stream import Recorder
+    from pipelines.common.warehouse import open_warehouse
+
+    wh = build_warehouse(tmp_path / "w.duckdb", resources())
+    con = open_warehouse(wh)
+    rec = Recorder(con, "plan", "millennium-r4", bound=8)
+    writes: list[int] = []
+    write = rec._write
+
+    def counted(plans, outcomes):
+        writes.append(len(outcomes))
+        write(plans, outcomes)
+
+    rec._write = counted
+    unrecorded: list[int] = []
+
+    async def send_forty() -> None:
+        for i in range(40):
+            await rec.outcome(Outcome(Item(i, f"C{i}", "p", b""), "done", "AA", [], 1))
+            unrecorded.append(len(rec.outcomes) + rec.inflight)
+        await rec.close()
+
+    try:
+        asyncio.run(send_forty())
+        stored = con.execute("SELECT count(DISTINCT control_id) FROM ops.backload_hl7_results").fetchone()[0]
+    finally:
+        con.close()
+    assert stored == 40 and sum(writes) == 40
+    assert len(writes) < 40 and max(writes) <= 8  # group commits, none larger than the bound
+    assert max(unrecorded) < 8  # the sender waited whenever the bound was reached
+
+
+def test_without_fork_the_builder_runs_in_a_thread_with_the_same_outcome(tmp_path, monkeypatch):
+    from pipelines.backload.hl7 import stream
+
+    monkeypatch.setattr(stream, "can_fork", lambda: False)  # a daemonic worker, or a platform without fork
+    with Peer() as peer:
+        wh, result = _send(tmp_path, peer)
+    assert (result["sent"], result["done"], result["failed"]) == (5, 5, 0)
+    assert sorted(peer.accepted) == sorted(peer.received)
+    with duckdb.connect(str(wh), read_only=True) as con:
+        stored = con.execute("SELECT status, count(*) FROM ops.backload_hl7_messages GROUP BY ALL ORDER BY 1")
+        assert stored.fetchall() == [("not_sendable", 1), ("send", 5)]

@@ -14,7 +14,10 @@ from pipelines.backload.hl7.plan import build_plan
 from pipelines.backload.hl7.roundtrip import content
 from pipelines.backload.hl7.segments import Header
 from pipelines.cli import main
+from tests.backload_builders import build_warehouse
+from tests.hl7back_builders import resources
 
+V3_INTERP = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 TYPES = ("Patient", "DiagnosticReport", "Observation", "Immunization", "DocumentReference")
 
 
@@ -39,10 +42,9 @@ def _load(con: duckdb.DuckDBPyConnection, rtype: str) -> dict[str, dict]:
     }
 
 
-@pytest.mark.parametrize("version", ["2.5.1", "2.3.1"])
-def test_round_trip_keeps_clinical_content(demo_warehouse, tmp_path, version):
-    root = demo_warehouse.parent
-    with duckdb.connect(str(demo_warehouse), read_only=True) as con:
+def _round_trip(warehouse: Path, root: Path, tmp_path: Path, version: str) -> tuple[list, dict[str, int]]:
+    """Messages built from warehouse, read back by `ehrlift run`: (the sent plan, equal results per kind)."""
+    with duckdb.connect(str(warehouse), read_only=True) as con:
         planned = build_plan(
             con, "millennium-r4", ["adt", "oru", "vxu", "mdm"], Header(version=version),
             "20250101120000+0000", {}, root,
@@ -59,8 +61,8 @@ def test_round_trip_keeps_clinical_content(demo_warehouse, tmp_path, version):
         dst = {t: _load(con, t) for t in TYPES}
         quarantined = dict(con.execute("SELECT unit_position, reason_code FROM ops.quarantine").fetchall())
     by_control: dict[tuple[str, str], dict] = {}
-    for rtype, resources in dst.items():
-        for r in resources.values():
+    for rtype, loaded in dst.items():
+        for r in loaded.values():
             control = ((r.get("meta") or {}).get("source") or "").rpartition("#")[2]
             by_control.setdefault((rtype, control), r)
     ctx = Context(Header(), None, lambda _ref: None, root)  # type: ignore[arg-type]
@@ -86,5 +88,32 @@ def test_round_trip_keeps_clinical_content(demo_warehouse, tmp_path, version):
         else:
             assert content(p.resource_type, back) == content(p.resource_type, original), p.kind
         equal[p.kind] = equal.get(p.kind, 0) + 1
+    return sent, equal
+
+
+@pytest.mark.parametrize("version", ["2.5.1", "2.3.1"])
+def test_round_trip_keeps_clinical_content(demo_warehouse, tmp_path, version):
+    sent, equal = _round_trip(demo_warehouse, demo_warehouse.parent, tmp_path, version)
     assert set(equal) == {"adt", "oru", "vxu", "mdm"}
     assert sum(equal.values()) >= len(sent) - 6
+
+
+@pytest.mark.parametrize("version", ["2.5.1", "2.3.1"])
+def test_round_trip_of_observation_components(tmp_path, version):
+    """A blood-pressure panel's components (one with a value absent for a reason) come back as results of
+    the report, one per OBX, each with its code, value, unit, interpretation, status and time."""
+    wh = build_warehouse(tmp_path / "w.duckdb", resources())
+    sent, equal = _round_trip(wh, tmp_path, tmp_path, version)
+    assert equal == {"adt": 1, "oru": 1, "vxu": 2, "mdm": 1} and len(sent) == 5
+    report = next(p for p in sent if p.kind == "oru")
+    with duckdb.connect(str(tmp_path / "fresh.duckdb"), read_only=True) as con:
+        back = _load(con, "DiagnosticReport")
+        observations = _load(con, "Observation")
+    (got,) = [r for r in back.values() if r["meta"]["source"].endswith(report.control_id)]
+    parts = [observations[r["reference"].split("/")[1]] for r in got["result"]]
+    results = content("DiagnosticReport", got, parts)["results"]
+    assert [(r["code"], r["value"], r["status"], r["interpretation"]) for r in results[2:]] == [
+        ([("http://loinc.org", "8480-6")], ("quantity", 142.0, "mm[Hg]", None), "final", [(V3_INTERP, "H")]),
+        ([("http://loinc.org", "8462-4")], ("quantity", 91.0, "mm[Hg]", None), "final", []),
+        ([("http://loinc.org", "8478-0")], None, "cancelled", []),
+    ]

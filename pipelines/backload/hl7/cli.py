@@ -24,7 +24,12 @@ def add_commands(bsub: Any) -> None:
     p.add_argument("--to", default=None, help="the interface's HOST:PORT (without it: plan only)")
     p.add_argument("--messages", default="adt,oru,vxu,mdm", help="any of adt,oru,vxu,mdm (default all)")
     p.add_argument("--version", dest="hl7_version", default="2.5.1", choices=("2.3.1", "2.5.1"))
-    p.add_argument("--batch", type=int, default=50, help="ACK outcomes recorded per transaction")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=500,
+        help="ACK outcomes unrecorded at most (a kill resends at most about this many)",
+    )
     p.add_argument("--rate", type=float, default=None, help="messages per second at most")
     p.add_argument("--connections", type=int, default=1, help="MLLP connections (a patient stays on one)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an ACK")

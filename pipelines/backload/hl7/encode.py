@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 from urllib.parse import unquote
+
+import orjson
 
 from pipelines.convert.hl7v2 import vocab
 from terminology.target_codings import CodeValues, Profile
@@ -19,29 +21,35 @@ _TIME = re.compile(
 )
 _LOCAL = re.compile(r"urn:ehrlift:hl7v2:[^:]+:(.+)$")
 _V2_TABLE = "http://terminology.hl7.org/CodeSystem/v2-"
+_MISSING = object()
 
 
 def esc(value: Any) -> str:
     """A leaf value with the delimiters escaped (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\); line breaks as \\.br\\."""
     s = value if isinstance(value, str) else ("" if value is None else str(value))
-    if _SPECIAL.search(s) is None:
+    if s.isalnum() or _SPECIAL.search(s) is None:  # isalnum: codes and numbers, without the regex
         return s
     return _SPECIAL.sub(lambda m: _ESCAPES[m.group(0)], s)
 
 
+def _joined(sep: str, parts: tuple[str | None, ...]) -> str:
+    # The parts are escaped leaves (or a lower level's joins), so none ends with sep itself.
+    return sep.join([p or "" for p in parts]).rstrip(sep)
+
+
 def comp(*parts: str | None) -> str:
     """Components joined by ^, trailing empty ones dropped (values already escaped)."""
-    items = [p or "" for p in parts]
-    while items and not items[-1]:
-        items.pop()
-    return "^".join(items)
+    return _joined("^", parts)
 
 
 def sub(*parts: str | None) -> str:
-    items = [p or "" for p in parts]
-    while items and not items[-1]:
-        items.pop()
-    return "&".join(items)
+    """Subcomponents joined by &, trailing empty ones dropped (values already escaped)."""
+    return _joined("&", parts)
+
+
+def comp_at(position: int, value: str | None) -> str:
+    """A composite with one component set, at its 1-based position (the ones before it empty)."""
+    return comp(*([None] * (position - 1)), value)
 
 
 def segment(name: str, fields: dict[int, str | None]) -> str:
@@ -88,6 +96,11 @@ def system_names() -> dict[str, str]:
 def system_name(system: str | None) -> str | None:
     if not system:
         return None
+    return _system_name(system)
+
+
+@cache  # a run meets a handful of systems, each thousands of times
+def _system_name(system: str) -> str:
     known = system_names().get(system)
     if known:
         return known
@@ -109,12 +122,30 @@ class Coder:
     target: Profile
     alias_system_name: str | None = None  # None: no second triplet
     code_values: CodeValues | None = None
+    _kinds: dict[Any, str] = field(default_factory=dict, compare=False, repr=False)
+    _cwes: dict[tuple[bytes, bool], str | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def kind(self, system: Any) -> str:
+        found = self._kinds.get(system)
+        if found is None:
+            found = self._kinds[system] = self.target.kind(system)
+        return found
 
     def cwe(self, cc: dict[str, Any] | None, *, text_only: bool = True) -> str | None:
         if not isinstance(cc, dict):
             return None
+        # The same concepts (a lab's test codes, units, statuses) recur in message after message.
+        key = (orjson.dumps(cc), text_only)
+        found = self._cwes.get(key, _MISSING)
+        if found is _MISSING:
+            if len(self._cwes) >= 50_000:
+                self._cwes.clear()
+            found = self._cwes[key] = self._cwe(cc, text_only)
+        return found  # type: ignore[return-value]
+
+    def _cwe(self, cc: dict[str, Any], text_only: bool) -> str | None:
         codings = [c for c in cc.get("coding") or [] if isinstance(c, dict) and c.get("code")]
-        kinds = [(self.target.kind(c.get("system")), c) for c in codings]
+        kinds = [(self.kind(c.get("system")), c) for c in codings]
         primary = next((c for k, c in kinds if k == "standard"), None) or next(
             (c for k, c in kinds if k == "other"), None
         )
@@ -211,22 +242,7 @@ def xpn(name: dict[str, Any]) -> str | None:
     given = name.get("given") or []
     family = name.get("family")
     if not family and not given:
-        return comp(
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            esc(name.get("text")),
-        )
+        return comp_at(14, esc(name.get("text")))
     return comp(
         esc(family),
         esc(given[0] if given else None),

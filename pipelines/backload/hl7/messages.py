@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,27 @@ class Context:
     coder: Coder
     lookup: Callable[[Any], dict[str, Any] | None]
     files_root: Path | None = None  # where DocumentReference attachment urls (landing/...) resolve
+    # A patient's PID and a visit's PV1, built once: every message of the patient carries them.
+    _pids: dict[str, str] = field(default_factory=dict)
+    _pv1s: dict[str, str] = field(default_factory=dict)
+
+    def pid(self, patient: dict[str, Any]) -> str:
+        return _once(self._pids, patient.get("id"), lambda: seg.pid(patient, self.coder))
+
+    def pv1(self, ref: Any) -> str:
+        encounter = self.lookup(ref) if ref else None
+        return _once(
+            self._pv1s, encounter.get("id") if encounter else "", lambda: seg.pv1(encounter, self.lookup)
+        )
+
+
+def _once(memo: dict[str, str], key: Any, make: Callable[[], str]) -> str:
+    if not isinstance(key, str):
+        return make()
+    text = memo.get(key)
+    if text is None:
+        text = memo[key] = make()
+    return text
 
 
 def _structure(version: str, event: str) -> str:
@@ -61,9 +82,9 @@ def adt(ctx: Context, patient: dict[str, Any], control_id: str, when: str, updat
     event = "A31" if update else "A28"
     body = [
         seg.evn(event, when),
-        seg.pid(patient, ctx.coder),
+        ctx.pid(patient),
         seg.pd1(patient, ctx.lookup),
-        seg.pv1(None, ctx.lookup),
+        ctx.pv1(None),
     ]
     return assemble(ctx, "ADT", event, control_id, when, body)
 
@@ -73,12 +94,14 @@ def oru(ctx: Context, report: dict[str, Any], patient: dict[str, Any], control_i
     observations = [ctx.lookup(r) for r in report.get("result") or []]
     if any(o is None for o in observations):
         raise NotBuildable("hl7_reference_missing", "DiagnosticReport.result")
-    body = [seg.pid(patient, ctx.coder), seg.pv1(ctx.lookup(report.get("encounter")), ctx.lookup)]
+    body = [ctx.pid(patient), ctx.pv1(report.get("encounter"))]
     body += [seg.orc(report), seg.obr(report, ctx.coder, ctx.lookup, v)]
+    n = 1  # OBX-1 runs over the observations and their components
     for i, obs in enumerate(observations, start=1):
         assert obs is not None
-        body.append(seg.obx(obs, i, ctx.coder, v))
-        body += seg.ntes(obs.get("note") or [])
+        group = seg.obxs(obs, n, i, ctx.coder, v)
+        body += group
+        n += sum(1 for s in group if s.startswith("OBX"))
     if v != "2.3.1":  # SPM arrived in 2.5
         for i, ref in enumerate(report.get("specimen") or [], start=1):
             specimen = ctx.lookup(ref)
@@ -89,8 +112,8 @@ def oru(ctx: Context, report: dict[str, Any], patient: dict[str, Any], control_i
 
 def vxu(ctx: Context, im: dict[str, Any], patient: dict[str, Any], control_id: str, when: str) -> Built:
     body = [
-        seg.pid(patient, ctx.coder),
-        seg.pv1(ctx.lookup(im.get("encounter")), ctx.lookup) if im.get("encounter") else None,
+        ctx.pid(patient),
+        ctx.pv1(im.get("encounter")) if im.get("encounter") else None,
         seg.orc(im),
         seg.rxa(im, ctx.coder, ctx.lookup),
         seg.rxr(im, ctx.coder),
@@ -103,8 +126,8 @@ def mdm(ctx: Context, doc: dict[str, Any], patient: dict[str, Any], control_id: 
     encounters = (doc.get("context") or {}).get("encounter") or []
     body = [
         seg.evn("T02", when),
-        seg.pid(patient, ctx.coder),
-        seg.pv1(ctx.lookup(encounters[0]) if encounters else None, ctx.lookup),
+        ctx.pid(patient),
+        ctx.pv1(encounters[0] if encounters else None),
         seg.txa(doc, ctx.coder, ctx.lookup, v),
     ]
     body += _content(ctx, doc)

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from hl7.mllp import open_hl7_connection
@@ -91,70 +91,94 @@ class _Pace:
             await asyncio.sleep(slot - now)
 
 
-async def send_all(
-    host: str, port: int, items: list[Item], policy: SendPolicy, record: Callable[[Outcome], None]
-) -> None:
-    """Each patient's messages go in order on one connection (registration before results)."""
-    lanes: list[list[Item]] = [[] for _ in range(max(1, policy.connections))]
-    lane_of: dict[str, int] = {}
-    for it in items:
-        lane = lane_of.setdefault(it.patient_id, len(lane_of) % len(lanes))
-        lanes[lane].append(it)
-    pace = _Pace(policy.rate)
-    await asyncio.gather(*(_lane(host, port, lane, policy, pace, record) for lane in lanes if lane))
+Record = Callable[[Outcome], Awaitable[None] | None]
 
 
-async def _lane(
-    host: str,
-    port: int,
-    items: list[Item],
-    policy: SendPolicy,
-    pace: _Pace,
-    record: Callable[[Outcome], None],
-) -> None:
-    conn: tuple | None = None
-    used = 0  # messages answered on this connection
-    try:
-        for it in items:
-            attempts = 0
-            while True:
-                attempts += 1
-                await pace.wait()
-                try:
-                    if conn is None:
-                        conn = await asyncio.wait_for(open_hl7_connection(host, port), policy.connect_timeout)
-                        used = 0
-                    reader, writer = conn
-                    writer.writeblock(it.payload)
+class Lanes:
+    """Connections fed as messages become ready: each patient's messages go in order on one connection
+    (registration before results). record may be a coroutine: the sender waits on it (backpressure)."""
+
+    def __init__(self, host: str, port: int, policy: SendPolicy, record: Record) -> None:
+        self.host, self.port, self.policy, self.record = host, port, policy, record
+        self.pace = _Pace(policy.rate)
+        self.queues: list[asyncio.Queue[Item | None]] = [
+            asyncio.Queue() for _ in range(max(1, policy.connections))
+        ]
+        self.lane_of: dict[str, int] = {}
+        self.tasks = [asyncio.create_task(self._lane(q)) for q in self.queues]
+
+    def put(self, item: Item) -> None:
+        lane = self.lane_of.setdefault(item.patient_id, len(self.lane_of) % len(self.queues))
+        self.queues[lane].put_nowait(item)
+
+    async def close(self) -> None:
+        """No more messages: wait for every lane to finish what it was given."""
+        for q in self.queues:
+            q.put_nowait(None)
+        try:
+            await asyncio.gather(*self.tasks)
+        finally:
+            for t in self.tasks:
+                t.cancel()
+
+    async def _lane(self, queue: asyncio.Queue[Item | None]) -> None:
+        conn: tuple | None = None
+        used = 0  # messages answered on this connection
+        try:
+            while (it := await queue.get()) is not None:
+                outcome, conn, used = await self._one(it, conn, used)
+                done = self.record(outcome)
+                if done is not None:
+                    await done
+        finally:
+            _close(conn)
+
+    async def _one(self, it: Item, conn: tuple | None, used: int) -> tuple[Outcome, tuple | None, int]:
+        policy = self.policy
+        attempts = 0
+        while True:
+            attempts += 1
+            await self.pace.wait()
+            try:
+                if conn is None:
+                    conn = await asyncio.wait_for(
+                        open_hl7_connection(self.host, self.port), policy.connect_timeout
+                    )
+                    used = 0
+                reader, writer = conn
+                writer.writeblock(it.payload)
+                async with asyncio.timeout(policy.timeout):  # no task per message, unlike wait_for
                     await writer.drain()
-                    block = await asyncio.wait_for(reader.readblock(), policy.timeout)
-                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                    # No ACK (or a broken connection): reconnect and send the same bytes, same control id.
-                    log.warning("no ACK for message #%d (%s); reconnecting", it.seq, type(exc).__name__)
-                    conn = _close(conn)
-                    if attempts >= policy.max_attempts:
-                        record(Outcome(it, "failed", None, ["timeout"], attempts))
-                        break
-                    continue
-                code, ref, errors = read_ack(block)
-                if ref != it.control_id or code is None:
-                    conn = _close(conn)  # an ACK for another message: this stream can no longer be trusted
-                    if attempts >= policy.max_attempts:
-                        record(Outcome(it, "failed", code, ["ack-mismatch"], attempts))
-                        break
-                    continue
-                used += 1
-                if policy.reconnect_after and used >= policy.reconnect_after:
-                    conn, used = _close(conn), 0
-                if code in ("AA", "CA"):
-                    record(Outcome(it, "done", code, errors, attempts))
-                    break
-                if retryable(code, errors) and attempts < policy.max_attempts:
-                    continue
-                record(Outcome(it, "failed", code, errors, attempts))
-                break
-    finally:
-        _close(conn)
+                    block = await reader.readblock()
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                # No ACK (or a broken connection): reconnect and send the same bytes, same control id.
+                log.warning("no ACK for message #%d (%s); reconnecting", it.seq, type(exc).__name__)
+                conn = _close(conn)
+                if attempts >= policy.max_attempts:
+                    return Outcome(it, "failed", None, ["timeout"], attempts), conn, used
+                continue
+            code, ref, errors = read_ack(block)
+            if ref != it.control_id or code is None:
+                conn = _close(conn)  # an ACK for another message: this stream can no longer be trusted
+                if attempts >= policy.max_attempts:
+                    return Outcome(it, "failed", code, ["ack-mismatch"], attempts), conn, used
+                continue
+            used += 1
+            if policy.reconnect_after and used >= policy.reconnect_after:
+                conn, used = _close(conn), 0
+            if code in ("AA", "CA"):
+                return Outcome(it, "done", code, errors, attempts), conn, used
+            if retryable(code, errors) and attempts < policy.max_attempts:
+                continue
+            return Outcome(it, "failed", code, errors, attempts), conn, used
+
+
+async def send_all(host: str, port: int, items: list[Item], policy: SendPolicy, record: Record) -> None:
+    """Send a list of ready messages (each patient's in order on one connection)."""
+    lanes = Lanes(host, port, policy, record)
+    for it in items:
+        lanes.put(it)
+    await lanes.close()
 
 
 def _close(conn: tuple | None) -> None:

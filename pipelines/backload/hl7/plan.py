@@ -50,17 +50,19 @@ class Planned:
 
 
 class Store:
-    """Resources by "Type/id", loaded once; Patient merges (link replaced-by) followed to the survivor."""
+    """Resources by "Type/id", read in one query per type; each parsed when first needed (a builder process
+    parses the ones its messages look up). Patient merges (link replaced-by) followed to the survivor."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, types: Iterable[str]) -> None:
-        self.by_key: dict[str, dict[str, Any]] = {}
+        self.raw: dict[str, str] = {}
+        self.parsed: dict[str, dict[str, Any]] = {}
         self.stand_in: set[str] = set()
         tables = set(resource_tables(con))
         for t in sorted(set(types) & tables):
             for rid, body, ref_only in con.execute(
                 f'SELECT id, resource, reference_only FROM fhir."{t}" ORDER BY id'
             ).fetchall():
-                self.by_key[f"{t}/{rid}"] = orjson.loads(body)
+                self.raw[f"{t}/{rid}"] = body
                 if ref_only:
                     self.stand_in.add(f"{t}/{rid}")
 
@@ -78,22 +80,34 @@ class Store:
             for patient_id, survivor in rows:
                 self.person_survivor.setdefault(f"Patient/{patient_id}", f"Patient/{survivor}")
 
+    def __contains__(self, key: Any) -> bool:
+        return key in self.raw
+
+    def resource(self, key: str) -> dict[str, Any] | None:
+        found = self.parsed.get(key)
+        if found is None:
+            body = self.raw.get(key)
+            if body is None:
+                return None
+            found = self.parsed[key] = orjson.loads(body)
+        return found
+
     def get(self, ref: Any) -> dict[str, Any] | None:
         key = ref.get("reference") if isinstance(ref, dict) else ref
-        return self.by_key.get(key) if isinstance(key, str) else None
+        return self.resource(key) if isinstance(key, str) else None
 
     def survivor(self, key: str) -> str:
         """Follow Patient.link replaced-by, then ops.person_map, to the record that survives (cycles stop)."""
         seen = {key}
         while True:
-            p = self.by_key.get(key) or {}
+            p = self.resource(key) or {}
             nxt = next(
                 (lk["other"]["reference"] for lk in p.get("link") or []
                  if lk.get("type") == "replaced-by" and isinstance(lk.get("other"), dict)
-                 and lk["other"].get("reference") in self.by_key),
+                 and lk["other"].get("reference") in self.raw),
                 None,
             )  # fmt: skip
-            if nxt is None and self.person_survivor.get(key) in self.by_key:
+            if nxt is None and self.person_survivor.get(key) in self.raw:
                 nxt = self.person_survivor[key]
             if nxt is None or nxt in seen:
                 return key
@@ -106,7 +120,19 @@ def control_id(target: str, kind: str, key: str, sha: str) -> str:
     return hashlib.sha256(f"{target}\0{kind}\0{key}\0{sha}".encode()).hexdigest()[:20].upper()
 
 
-def build_plan(
+@dataclass
+class Prepared:
+    """The plan before building: every message in send order with what its builder needs."""
+
+    ctx: m.Context
+    target: str
+    when: str
+    acknowledged: dict[str, str]
+    sent_patients: set[str]
+    work: list[tuple[Planned, dict[str, Any] | None, dict[str, Any] | None]]  # (message, resource, patient)
+
+
+def prepare(
     con: duckdb.DuckDBPyConnection,
     target: str,
     kinds: list[str],
@@ -115,8 +141,9 @@ def build_plan(
     acknowledged: dict[str, str],
     files_root: Path | None = None,
     alias: bool = True,
-) -> list[Planned]:
-    """acknowledged maps a control id already answered AA to its warehouse key (unchanged messages)."""
+) -> Prepared:
+    """Read what the messages need (once), decide merges and references, and order the messages: per patient,
+    registration first, then by time; those refused already go last. Nothing is built yet."""
     rules = target_profile(target).codings  # the back-load profile's coding rules (terminology/targets)
     has_cv = bool(con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'terminology' "
@@ -127,37 +154,52 @@ def build_plan(
     store = Store(con, set(LOOKUP_TYPES) | wanted)
     ctx = m.Context(header, coder, store.get, files_root)
     sent_patients = {key for key in acknowledged.values() if key.startswith("adt:")}
-    out: list[Planned] = []
-    for key in sorted(store.by_key):
+    work: list[tuple[Planned, dict[str, Any] | None, dict[str, Any] | None]] = []
+    kind_of = {m.SOURCE_TYPE[k]: k for k in reversed(kinds)}
+    for key in sorted(store.raw):
         rtype, _, rid = key.partition("/")
-        kind = next((k for k in kinds if m.SOURCE_TYPE[k] == rtype), None)
+        kind = kind_of.get(rtype)
         if kind is None or key in store.stand_in:
             continue
-        res = store.by_key[key]
+        res = store.resource(key)
+        assert res is not None
         p = Planned(kind, rtype, rid, None)
-        out.append(p)
+        patient = None
         if kind == "adt":
             survivor = store.survivor(key)
             p.patient_id = survivor.partition("/")[2]
             if survivor != key:
                 p.refuse("hl7_patient_merged", "Patient.link")
-                continue
             patient = res
         else:
             ref = (res.get(SUBJECT[rtype]) or {}).get("reference")
-            patient_key = store.survivor(ref) if ref in store.by_key else None
-            patient = store.by_key.get(patient_key) if patient_key else None
+            patient_key = store.survivor(ref) if ref in store else None
+            patient = store.resource(patient_key) if patient_key else None
             if patient is None or not patient_key:
                 p.refuse("hl7_reference_missing", f"{rtype}.{SUBJECT[rtype]}")
-                continue
-            p.patient_id = patient_key.partition("/")[2]
-            p.sort_time = _time_of(res)
-        _build(p, ctx, res, patient, target, when, acknowledged, sent_patients)
-    out.sort(key=lambda p: (p.patient_id or "", ORDER[p.kind], p.sort_time, p.warehouse_id))
-    out.sort(key=lambda p: p.status != "send")  # stable: the sendable ones first, in patient order
-    for i, p in enumerate(out, start=1):
+            else:
+                p.patient_id = patient_key.partition("/")[2]
+                p.sort_time = _time_of(res)
+        work.append((p, res, patient))
+    work.sort(key=lambda w: (w[0].patient_id or "", ORDER[w[0].kind], w[0].sort_time, w[0].warehouse_id))
+    work.sort(key=lambda w: w[0].status != "send")  # stable: the sendable ones first, in patient order
+    for i, (p, _res, _patient) in enumerate(work, start=1):
         p.seq = i
-    return out
+    return Prepared(ctx, target, when, acknowledged, sent_patients, work)
+
+
+def build(prep: Prepared, p: Planned, res: dict[str, Any] | None, patient: dict[str, Any] | None) -> Planned:
+    """Build and check one message of the plan (one already refused stays as it is)."""
+    if p.status == "send" and res is not None and patient is not None:
+        _build(p, prep.ctx, res, patient, prep.target, prep.when, prep.acknowledged, prep.sent_patients)
+    return p
+
+
+def build_plan(*args: Any, **kwargs: Any) -> list[Planned]:
+    """The whole plan built at once (prepare's arguments); acknowledged maps a control id already answered
+    AA to its warehouse key (unchanged messages)."""
+    prep = prepare(*args, **kwargs)
+    return [build(prep, *w) for w in prep.work]
 
 
 def _time_of(res: dict[str, Any]) -> str:

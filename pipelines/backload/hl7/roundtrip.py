@@ -10,15 +10,19 @@ from datetime import datetime
 from typing import Any
 
 from pipelines.backload.hl7.encode import local_name
+from pipelines.backload.hl7.segments import components, maps, own_obx
 
 
 def _codes(cc: Any, limit: int = 2) -> list[tuple[str, str]]:
     """The codes of a concept as (system, code), local systems by their sender's name, in a set's order:
     which code goes first is the target's choice (standard first), not content."""
     out = []
+    alias = maps()["alias_system_name"]
     for c in (cc or {}).get("coding") or [] if isinstance(cc, dict) else []:
-        if c.get("code") and "/codeSet/" not in (c.get("system") or ""):
-            system = c.get("system") or ""
+        system = c.get("system") or ""
+        # The site's Millennium alias (a code-set code, read back under the alias triplet's system name)
+        # is the target's addition, not the record's content.
+        if c.get("code") and "/codeSet/" not in system and local_name(system) != alias:
             out.append((local_name(system) or system, c["code"]))
     return sorted(out[:limit])
 
@@ -52,6 +56,30 @@ def _value(o: dict[str, Any]) -> Any:
     return None
 
 
+def _results(o: dict[str, Any], report_time: str | None) -> list[dict[str, Any]]:
+    """An Observation as its OBX group carries it: itself (unless a panel that only groups its components),
+    then each component as a result of its own with the observation's status and time (ehrlift's reader
+    keeps one Observation per OBX). Without a time of its own a result has the report's (OBR-7)."""
+    status, effective = o.get("status"), _time(o.get("effectiveDateTime")) or report_time
+    out = []
+    for item in [o] * own_obx(o) + components(o):
+        out.append(
+            {
+                "code": _codes(item.get("code")),
+                "value": _value(item),
+                # A value absent for a reason travels as OBX-11 X, which reads back as cancelled.
+                "status": "cancelled" if _absent(item) else status,
+                "effective": effective,
+                "interpretation": [c for i in item.get("interpretation") or [] for c in _codes(i, 1)],
+            }
+        )
+    return out
+
+
+def _absent(item: dict[str, Any]) -> bool:
+    return _value(item) is None and bool(item.get("dataAbsentReason"))
+
+
 def inline(attachment: dict[str, Any]) -> bytes | None:
     data = attachment.get("data")
     return base64.b64decode(data) if data else None
@@ -73,16 +101,7 @@ def content(
             "code": _codes(r.get("code")),
             "status": r.get("status"),
             "effective": _time(start),
-            "results": [
-                {
-                    "code": _codes(o.get("code")),
-                    "value": _value(o),
-                    "status": o.get("status"),
-                    "effective": _time(o.get("effectiveDateTime")),
-                    "interpretation": [c for i in o.get("interpretation") or [] for c in _codes(i, 1)],
-                }
-                for o in parts or []
-            ],
+            "results": [result for o in parts or [] for result in _results(o, _time(start))],
         }
     if rtype == "Immunization":
         dose = r.get("doseQuantity") or {}

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from pipelines.backload.hl7.messages import KINDS
-from pipelines.backload.hl7.mllp import Item, Outcome, SendPolicy, send_all
-from pipelines.backload.hl7.plan import Planned, build_plan
+from pipelines.backload.hl7.mllp import SendPolicy
+from pipelines.backload.hl7.plan import Planned, build, prepare
 from pipelines.backload.hl7.segments import Header
+from pipelines.backload.hl7.stream import PLAN_TYPES, build_and_send, insert, plan_row
 from pipelines.backload.hl7.structure import VERSIONS
 from pipelines.backload.store import source_run
 from pipelines.common.errors import ConfigError, EhrliftError, ExitCode
@@ -44,7 +45,7 @@ class Hl7Options:
     kinds: tuple[str, ...] = KINDS
     version: str = "2.5.1"
     profile: str = "millennium-r4"
-    batch: int = 50  # outcomes recorded per transaction (a kill loses at most this many, which are resent)
+    batch: int = 500  # ACK outcomes unrecorded at most (a kill resends at most about this many)
     validate: str = "structure"  # structure, full (hl7apy parses every message as well)
     policy: SendPolicy = field(default_factory=SendPolicy)
     override_reason: str | None = None
@@ -66,7 +67,7 @@ def parse_target(to: str) -> tuple[str, int]:
 
 
 def backload_hl7(warehouse: Path, options: Hl7Options) -> dict[str, Any]:
-    """Plan (stored before anything is sent), then send the messages not yet acknowledged; counts out."""
+    """Plan, then send what is not yet acknowledged (each message stored before it goes); counts out."""
     if options.version not in VERSIONS:
         raise ConfigError(f"--version must be one of {', '.join(VERSIONS)}")
     address = parse_target(options.to) if options.to else None
@@ -78,23 +79,31 @@ def backload_hl7(warehouse: Path, options: Hl7Options) -> dict[str, Any]:
         ).fetchone()[0]
         when = f"{started}+0000"  # MSH-7: the run's start, so the same warehouse gives the same plan
         acked = acknowledged(con, options.profile)
-        planned = build_plan(
+        prep = prepare(
             con, options.profile, list(options.kinds), Header(version=options.version), when, acked,
             Path(warehouse).parent,
         )  # fmt: skip
-        if options.validate == "full":
-            _hl7apy(planned, options.version)
-        plan_id = save(con, options.profile, planned, run_id)
-        counts = Counter(p.status for p in planned)
-        pending = [p for p in planned if p.status == "send" and p.control_id not in acked]
-        result: dict[str, Any] = {
-            "plan_id": plan_id,
-            **{k: counts.get(k, 0) for k in ("send", "not_sendable", "unchanged")},
-        }
-        if address is None:
-            return {**result, "pending": len(pending)}
-        sent = _send(con, plan_id, options, address, pending)
-        return {**result, **sent}
+        check = partial(_hl7apy, version=options.version) if options.validate == "full" else None
+        if address is None:  # plan only: build here, store, count
+            planned = [build(prep, *w) for w in prep.work]
+            if check is not None:
+                check(planned)
+            plan_id = save(con, options.profile, planned, run_id)
+            counts = Counter(p.status for p in planned)
+            pending = sum(1 for p in planned if p.status == "send" and p.control_id not in acked)
+            return {
+                "plan_id": plan_id,
+                **{k: counts.get(k, 0) for k in ("send", "not_sendable", "unchanged")},
+                "pending": pending,
+            }
+        # Sending: a plan of its own per invocation, its rows stored as they are built, each before it goes.
+        plan_id = hashlib.sha256(f"{options.profile}\0{run_id}\0{datetime.now(UTC).isoformat()}".encode())
+        plan_id_text = plan_id.hexdigest()[:16]
+        result = build_and_send(
+            con, prep, plan_id_text, run_id, address, options.policy, options.batch, check
+        )
+        log.info("HL7 back-load plan %s sent: %s", plan_id_text, result)
+        return {"plan_id": plan_id_text, **result}
 
 
 def acknowledged(con: duckdb.DuckDBPyConnection, target: str) -> dict[str, str]:
@@ -116,15 +125,12 @@ def save(con: duckdb.DuckDBPyConnection, target: str, planned: list[Planned], ru
     now = datetime.now(UTC)
     with transaction(con):
         con.execute("DELETE FROM ops.backload_hl7_messages WHERE plan_id = ?", [plan_id])
-        con.executemany(
-            "INSERT INTO ops.backload_hl7_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (plan_id, p.seq, target, p.kind, p.message_type, p.resource_type, p.warehouse_id,
-                 p.patient_id, p.status, p.reason, p.detail, p.control_id, p.content_sha256, p.text,
-                 now, run_id)
-                for p in planned
-            ],
-        )  # fmt: skip
+        insert(
+            con,
+            "ops.backload_hl7_messages",
+            PLAN_TYPES,
+            [plan_row(plan_id, target, run_id, p, now) for p in planned],
+        )
     log.info("HL7 back-load plan %s: %s", plan_id, dict(Counter(p.status for p in planned)))
     return plan_id
 
@@ -141,47 +147,6 @@ def _hl7apy(planned: list[Planned], version: str) -> None:
         except Exception as exc:  # any hl7apy finding makes the message not sendable
             # The exception's class only: hl7apy's texts quote the values they refuse.
             p.refuse("hl7_structure", f"hl7apy: {type(exc).__name__}")
-
-
-def _send(
-    con: duckdb.DuckDBPyConnection,
-    plan_id: str,
-    options: Hl7Options,
-    address: tuple[str, int],
-    pending: list[Planned],
-) -> dict[str, Any]:
-    items = [
-        Item(p.seq, p.control_id or "", p.patient_id or "", (p.text or "").encode("utf-8")) for p in pending
-    ]
-    buffer: list[Outcome] = []
-    tally: Counter[str] = Counter()
-
-    def flush() -> None:
-        if not buffer:
-            return
-        now = datetime.now(UTC)
-        with transaction(con):
-            con.executemany(
-                "INSERT INTO ops.backload_hl7_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (plan_id, o.item.seq, options.profile, o.item.control_id, o.state, o.ack_code,
-                     ",".join(o.error_codes) or None, o.attempts, now)
-                    for o in buffer
-                ],
-            )  # fmt: skip
-        buffer.clear()
-
-    def record(o: Outcome) -> None:
-        tally[o.state] += 1
-        buffer.append(o)
-        if len(buffer) >= max(1, options.batch):
-            flush()
-
-    try:
-        asyncio.run(send_all(address[0], address[1], items, options.policy, record))
-    finally:
-        flush()
-    return {"sent": len(items), "done": tally["done"], "failed": tally["failed"]}
 
 
 STATUS_COLUMNS = ("planned", "done", "failed", "not_sendable", "unchanged", "pending")

@@ -198,32 +198,66 @@ def obr(report: dict[str, Any], coder: Coder, lookup: Lookup, version: str) -> s
     )
 
 
-def obx(obs: dict[str, Any], set_id: int, coder: Coder, version: str) -> str:
-    kind, value, units = _value(obs, coder, version)
-    ranges = obs.get("referenceRange") or []
+VALUE_KEYS = (
+    "valueQuantity", "valueCodeableConcept", "valueString", "valueInteger", "valueDateTime", "valueRange",
+    "valueBoolean",
+)  # fmt: skip  # the value[x] types an OBX carries (see _value)
+
+
+def components(obs: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in obs.get("component") or [] if isinstance(c, dict) and c.get("code")]
+
+
+def own_obx(obs: dict[str, Any]) -> bool:
+    """Whether an Observation goes as an OBX of its own: not a panel that only groups its components (such
+    an OBX would have no value, which OBX-2's condition refuses unless OBX-11 is X)."""
+    return any(k in obs for k in VALUE_KEYS) or bool(obs.get("dataAbsentReason")) or not components(obs)
+
+
+def obxs(obs: dict[str, Any], first: int, sub_id: int, coder: Coder, version: str) -> list[str]:
+    """An Observation's OBX (OBX-1 = first), its NTEs, then one OBX per component in the same OBR group
+    (v2-to-FHIR's OBX[Observation-Component] read in reverse): OBX-4 n for the observation, n.k for its
+    k-th component, which carries the observation's status and time."""
+    status = reverse("observation_status").get(obs.get("status") or "", "F")
+    when = ts(obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start"))
+    out = [_obx(obs, first, str(sub_id), status, when, coder, version)] if own_obx(obs) else []
+    for k, c in enumerate(components(obs), start=1):
+        out.append(_obx(c, first + len(out), f"{sub_id}.{k}", status, when, coder, version))
+    # NTE follows the group's first OBX: the notes are the observation's
+    return out[:1] + ntes(obs.get("note") or []) + out[1:]
+
+
+def _obx(
+    item: dict[str, Any], set_id: int, sub_id: str, status: str, when: str | None, coder: Coder, version: str
+) -> str:
+    """One OBX from an Observation or one of its components (they share code, value[x], dataAbsentReason,
+    interpretation and referenceRange)."""
+    kind, value, units = _value(item, coder, version)
+    ranges = item.get("referenceRange") or []
     rr = None
     if ranges:
         low, high = (ranges[0].get("low") or {}).get("value"), (ranges[0].get("high") or {}).get("value")
         rr = esc(ranges[0].get("text")) or (f"{_num(low) or ''}-{_num(high) or ''}" if low or high else None)
-    interp = "~".join(x for x in (_v2_code(i, "0078") for i in obs.get("interpretation") or []) if x)
-    status = reverse("observation_status").get(obs.get("status") or "", "F")
-    if not kind and obs.get("dataAbsentReason"):
+    interp = "~".join(x for x in (_v2_code(i, "0078") for i in item.get("interpretation") or []) if x)
+    if not kind and item.get("dataAbsentReason"):
         status = "X"
+        # OBX-2 may stay empty with X from 2.5 on; 2.3.1's definitions require it: an empty ST then.
+        kind = "ST" if version == "2.3.1" else None
     return segment(
         "OBX",
         {
             1: str(set_id),
             2: kind,
-            3: coder.cwe(obs.get("code")),
-            4: str(set_id),
+            3: coder.cwe(item.get("code")),
+            4: sub_id,
             5: value,
             6: units,
             7: rr,
             8: interp,
             11: status,
-            14: ts(obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start")),
-            17: coder.cwe(obs.get("method")),
-            20: coder.cwe(obs.get("bodySite")) if version != "2.3.1" else None,
+            14: when,
+            17: coder.cwe(item.get("method")),
+            20: coder.cwe(item.get("bodySite")) if version != "2.3.1" else None,
         },
     )
 

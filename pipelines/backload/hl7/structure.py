@@ -4,7 +4,7 @@ segment order and groups, required fields, repetitions, lengths, and codes of HL
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from hl7apy import load_library
@@ -116,13 +116,34 @@ def check(message: str, structure: str, version: str) -> list[str]:
         return [f"no message structure {structure} in {version}"]
     lines = [s for s in message.split("\r") if s]
     names = [s[:3] for s in lines]
+    findings = list(_order(version, structure, tuple(names)))
+    memo = _memo.setdefault(version, {})
+    for line, name in zip(lines, names, strict=True):
+        if name == "MSH":  # its control id makes every MSH new
+            findings.extend(_fields(line, name, version))
+            continue
+        found = memo.get(line)
+        if found is None:
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            found = memo[line] = tuple(_fields(line, name, version))
+        findings.extend(found)
+    return findings
+
+
+@lru_cache(maxsize=4096)  # messages of one kind come in a few shapes
+def _order(version: str, structure: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Findings about the segments' order and groups (the shape alone decides them)."""
     findings: list[str] = []
-    end = _match(grammar, names, 0, findings)
+    end = _match(rules(version).messages[structure], list(names), 0, findings)
     if end < len(names):
         findings.append(f"segment {names[end]} (#{end + 1}) is not allowed there in {structure}")
-    for line, name in zip(lines, names, strict=True):
-        findings.extend(_fields(line, name, version))
-    return findings
+    return tuple(findings)
+
+
+# Findings per segment text: a patient's PID and PV1 recur in every message of theirs.
+_memo: dict[str, dict[str, tuple[str, ...]]] = {}
+_MEMO_SIZE = 50_000
 
 
 def _match(nodes: tuple[Node, ...], names: list[str], i: int, findings: list[str]) -> int:
@@ -178,39 +199,58 @@ def _fields(line: str, name: str, version: str) -> list[str]:
     if n_parts > n_rules:
         findings.append(f"{name} has {n_parts - 1} fields (at most {n_rules - 1})")
     first = 3 if name == "MSH" else 1
+    memos = _field_memos(version, name)
     for number, raw in enumerate(parts[first:n_rules], start=first):
         if not raw:
             continue
-        rule, comps = by_number[number]
-        if not rule.defined:
-            findings.append(f"{name}-{number} is not defined in this version")
-            continue
-        reps = raw.split("~") if "~" in raw else (raw,)
-        if 0 < rule.max_reps < len(reps):
-            findings.append(f"{name}-{number} repeats {len(reps)} times (at most {rule.max_reps})")
-        leaf = rule.leaf
-        for rep in reps:
-            if leaf is not None:
-                if leaf.max_len is not None or leaf.codes is not None:
-                    problem = _leaf(rep, leaf)
-                    if problem:
-                        findings.append(f"{name}-{number} {problem}")
-                continue
-            if not comps and "^" not in rep:
-                continue
-            values = rep.split("^")
-            n_values = len(values)
-            if n_values > len(rule.components):
-                findings.append(f"{name}-{number} has {n_values} components (at most {len(rule.components)})")
-            for k, spec in comps:
-                if k > n_values:
-                    break
-                value = values[k - 1]
-                if value:
-                    problem = _leaf(value, spec)
-                    if problem:
-                        findings.append(f"{name}-{number}.{k} {problem}")
+        memo = memos[number]
+        found = memo.get(raw)
+        if found is None:
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            found = memo[raw] = _field(name, number, raw, *by_number[number])
+        if found:
+            findings.extend(found)
     return findings
+
+
+@cache
+def _field_memos(version: str, name: str) -> list[dict[str, tuple[str, ...]]]:
+    """Findings per field value, per field number: codes, units and statuses recur message after message."""
+    compiled = _compiled(version, name)
+    return [{} for _ in compiled[1]] if compiled else []
+
+
+def _field(name: str, number: int, raw: str, rule: FieldRule, comps: tuple[Any, ...]) -> tuple[str, ...]:
+    if not rule.defined:
+        return (f"{name}-{number} is not defined in this version",)
+    findings = []
+    reps = raw.split("~") if "~" in raw else (raw,)
+    if 0 < rule.max_reps < len(reps):
+        findings.append(f"{name}-{number} repeats {len(reps)} times (at most {rule.max_reps})")
+    leaf = rule.leaf
+    for rep in reps:
+        if leaf is not None:
+            if leaf.max_len is not None or leaf.codes is not None:
+                problem = _leaf(rep, leaf)
+                if problem:
+                    findings.append(f"{name}-{number} {problem}")
+            continue
+        if not comps and "^" not in rep:
+            continue
+        values = rep.split("^")
+        n_values = len(values)
+        if n_values > len(rule.components):
+            findings.append(f"{name}-{number} has {n_values} components (at most {len(rule.components)})")
+        for k, spec in comps:
+            if k > n_values:
+                break
+            value = values[k - 1]
+            if value:
+                problem = _leaf(value, spec)
+                if problem:
+                    findings.append(f"{name}-{number}.{k} {problem}")
+    return tuple(findings)
 
 
 def _leaf(value: str, spec: Leaf) -> str | None:

@@ -1,0 +1,263 @@
+"""Building and sending at once: a forked builder process streams checked messages in plan order while this
+process records them (plan rows committed before a message goes) and sends them; ACK outcomes are written in
+group commits on one writer thread, so the warehouse never holds the sender up for long."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import multiprocessing
+import signal
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from typing import Any
+
+import duckdb
+
+from pipelines.backload.hl7.mllp import Item, Lanes, Outcome, SendPolicy
+from pipelines.backload.hl7.plan import Planned, Prepared, build
+from pipelines.common.errors import EhrliftError
+from pipelines.common.warehouse import transaction
+
+# Messages per hand-over from the builder, and so per plan commit: small at first so sending starts soon,
+# then doubling, since a commit's cost is mostly its flush to disk, whatever its size.
+FIRST_CHUNK, MAX_CHUNK = 16, 1024
+LINGER = 0.1  # seconds an ACK outcome may wait for others to share its commit
+
+PLAN_TYPES = (
+    "VARCHAR", "INTEGER", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR",
+    "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "TIMESTAMPTZ", "VARCHAR",
+)  # fmt: skip  # ops.backload_hl7_messages, in column order
+_RESULT_TYPES = (
+    "VARCHAR", "INTEGER", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "INTEGER", "TIMESTAMPTZ",
+)  # fmt: skip  # ops.backload_hl7_results
+
+
+def insert(con: duckdb.DuckDBPyConnection, table: str, types: tuple[str, ...], rows: list[tuple]) -> None:
+    """Many rows in one statement (column arrays unnested): executemany costs a statement per row."""
+    if not rows:
+        return
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    select = ", ".join(f"unnest(${i}::{t}[])" for i, t in enumerate(types, start=1))
+    con.execute(f"INSERT INTO {table} SELECT {select}", columns)
+
+
+def plan_row(plan_id: str, target: str, run_id: str, p: Planned, now: datetime) -> tuple:
+    return (
+        plan_id, p.seq, target, p.kind, p.message_type, p.resource_type, p.warehouse_id, p.patient_id,
+        p.status, p.reason, p.detail, p.control_id, p.content_sha256, p.text, now, run_id,
+    )  # fmt: skip
+
+
+class Recorder:
+    """The one thread that writes while messages go out. Plan rows are committed before their messages are
+    sent; outcomes go in group commits (whatever came in while the last commit ran), and a sender waits once
+    `bound` outcomes are unrecorded, so a kill leaves at most about that many ACKs to be sent again."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, plan_id: str, target: str, bound: int) -> None:
+        self.con, self.plan_id, self.target, self.bound = con, plan_id, target, max(1, bound)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="hl7-recorder")
+        self.plans: list[tuple] = []
+        self.waiting: list[asyncio.Future[None]] = []  # plan() calls whose rows are not yet committed
+        self.outcomes: list[Outcome] = []
+        self.inflight = 0
+        self.task: asyncio.Task | None = None
+        self.enough = asyncio.Event()  # set when a commit should not wait for more outcomes
+        self.closing = False
+        self.tally: Counter[str] = Counter()
+
+    def _kick(self) -> asyncio.Task:
+        if self.task is None or self.task.done():
+            if self.task is not None:
+                self.task.result()  # a failed write stops the run
+            self.task = asyncio.create_task(self._drain())
+        return self.task
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.plans or self.outcomes:
+            if not self.plans and len(self.outcomes) < self.bound // 2 and not self.closing:
+                # Let more ACKs join this commit (a commit costs milliseconds whatever its size), until half
+                # the bound is reached, plan rows are waiting, or LINGER has passed.
+                self.enough.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.enough.wait(), LINGER)
+            plans, outcomes, waiting = self.plans, self.outcomes, self.waiting
+            self.plans, self.outcomes, self.waiting, self.inflight = [], [], [], len(outcomes)
+            await loop.run_in_executor(self.pool, self._write, plans, outcomes)
+            self.inflight = 0
+            for w in waiting:
+                if not w.done():
+                    w.set_result(None)
+
+    def _write(self, plans: list[tuple], outcomes: list[Outcome]) -> None:
+        now = datetime.now(UTC)
+        rows = [
+            (self.plan_id, o.item.seq, self.target, o.item.control_id, o.state, o.ack_code,
+             ",".join(o.error_codes) or None, o.attempts, now)
+            for o in outcomes
+        ]  # fmt: skip
+        with transaction(self.con):
+            insert(self.con, "ops.backload_hl7_messages", PLAN_TYPES, plans)
+            insert(self.con, "ops.backload_hl7_results", _RESULT_TYPES, rows)
+
+    async def plan(self, rows: list[tuple]) -> None:
+        """Returns once the rows are committed (not waiting for the outcomes that keep coming meanwhile)."""
+        committed = asyncio.get_running_loop().create_future()
+        self.plans.extend(rows)
+        self.waiting.append(committed)
+        self.enough.set()
+        task = self._kick()
+        await asyncio.wait({committed, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not committed.done():
+            task.result()  # the writer failed (raises); or it stopped before taking the rows
+            committed.cancel()
+            raise EhrliftError("the HL7 plan rows were not recorded")
+
+    async def outcome(self, o: Outcome) -> None:
+        self.tally[o.state] += 1
+        self.outcomes.append(o)
+        if len(self.outcomes) >= self.bound // 2:
+            self.enough.set()
+        task = self._kick()
+        while len(self.outcomes) + self.inflight >= self.bound:
+            await task
+            task = self._kick() if self.outcomes else task
+
+    async def close(self) -> None:
+        try:
+            self.closing = True
+            self.enough.set()
+            while self.plans or self.outcomes or (self.task is not None and not self.task.done()):
+                await self._kick()
+            if self.task is not None:
+                self.task.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _builder(
+    prep: Prepared, check: Callable[[list[Planned]], None] | None, out: Connection, forked: bool = True
+) -> None:
+    """The builder: messages in plan order, a chunk at a time; stops when the reader goes away."""
+    if forked:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sender handles Ctrl-C and closes the pipe
+        # What was read before the fork lives as long as this process: keep the collector from walking it
+        # again and again (a fifth of the building time otherwise).
+        gc.freeze()
+    try:
+        start, size = 0, FIRST_CHUNK
+        while start < len(prep.work):
+            chunk = [build(prep, *w) for w in prep.work[start : start + size]]
+            if check is not None:
+                check(chunk)
+            # What building decided, as plain tuples: the sender has the rest of each Planned (forked copy).
+            out.send([(p.status, p.reason, p.detail, p.control_id, p.message_type, p.content_sha256, p.text)
+                      for p in chunk])  # fmt: skip
+            start, size = start + size, min(size * 2, MAX_CHUNK)
+        out.send(None)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        pass  # the sender stopped (killed or interrupted): nothing more to do
+    except Exception as exc:  # the class only: an exception's text may quote a record's values
+        with contextlib.suppress(OSError):
+            out.send(("error", type(exc).__name__))
+    finally:
+        with contextlib.suppress(OSError):
+            out.close()
+
+
+async def _pipeline(
+    work: list[tuple[Planned, Any, Any]],
+    source: Connection,
+    rec: Recorder,
+    address: tuple[str, int],
+    policy: SendPolicy,
+    plan_row_of: Callable[[Planned], tuple],
+    acked: dict[str, str],
+) -> Counter[str]:
+    loop = asyncio.get_running_loop()
+    reader = ThreadPoolExecutor(1, thread_name_prefix="hl7-plan-reader")
+    lanes = Lanes(address[0], address[1], policy, rec.outcome)
+    statuses: Counter[str] = Counter()
+    done = 0  # messages of work received so far (chunks come in plan order)
+    try:
+        while True:
+            try:
+                built = await loop.run_in_executor(reader, source.recv)
+            except EOFError:
+                raise EhrliftError("the HL7 message builder stopped before the plan was complete") from None
+            if built is None:
+                break
+            if isinstance(built, tuple):
+                raise EhrliftError(f"building the HL7 messages failed ({built[1]})")
+            chunk = [w[0] for w in work[done : done + len(built)]]
+            done += len(built)
+            for p, decided in zip(chunk, built, strict=True):
+                p.status, p.reason, p.detail, p.control_id, p.message_type, p.content_sha256, p.text = decided
+            await rec.plan([plan_row_of(p) for p in chunk])
+            for p in chunk:
+                statuses[p.status] += 1
+                if p.status == "send" and p.control_id not in acked:
+                    statuses["sent"] += 1
+                    lanes.put(Item(p.seq, p.control_id or "", p.patient_id or "", (p.text or "").encode()))
+        await lanes.close()
+    finally:
+        for t in lanes.tasks:
+            t.cancel()
+        reader.shutdown(wait=False, cancel_futures=True)
+        await rec.close()
+    return statuses
+
+
+def can_fork() -> bool:
+    """A forked builder where the platform forks and this process may have children (a daemonic worker
+    process may not)."""
+    return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+
+
+def build_and_send(
+    con: duckdb.DuckDBPyConnection,
+    prep: Prepared,
+    plan_id: str,
+    run_id: str,
+    address: tuple[str, int],
+    policy: SendPolicy,
+    batch: int,
+    check: Callable[[list[Planned]], None] | None = None,
+) -> dict[str, Any]:
+    """Build (in a forked process, which reads nothing from the warehouse) while sending; counts out."""
+    source, sink = multiprocessing.Pipe(duplex=False)
+    child: multiprocessing.process.BaseProcess | threading.Thread
+    if can_fork():
+        child = multiprocessing.get_context("fork").Process(
+            target=_builder, args=(prep, check, sink), daemon=True, name="hl7-builder"
+        )
+        child.start()
+        sink.close()
+    else:  # the same stream from a thread: correct, without the overlap
+        child = threading.Thread(target=_builder, args=(prep, check, sink, False), daemon=True)
+        child.start()
+    rec = Recorder(con, plan_id, prep.target, batch)
+    now = datetime.now(UTC)
+
+    def row(p: Planned) -> tuple:
+        return plan_row(plan_id, prep.target, run_id, p, now)
+
+    try:
+        statuses = asyncio.run(_pipeline(prep.work, source, rec, address, policy, row, prep.acknowledged))
+    finally:
+        source.close()
+        child.join(10)
+        if child.is_alive() and not isinstance(child, threading.Thread):
+            child.terminate()
+            child.join(5)
+    return {
+        **{k: statuses.get(k, 0) for k in ("send", "not_sendable", "unchanged", "sent")},
+        "done": rec.tally["done"],
+        "failed": rec.tally["failed"],
+    }
