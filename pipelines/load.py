@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from pipelines.common.ledger import pointer
 from pipelines.common.warehouse import RESOURCE_TYPE, ensure_resource_table
 from pipelines.result_versions import rank_sql
 
@@ -162,7 +161,8 @@ def merge_stage(con: duckdb.DuckDBPyConnection) -> LoadResult:
         if rtype in insert:
             con.execute(_INSERT.format(table=tables[rtype]), {"rtype": rtype})
     con.execute(_LEDGER_UPDATE)
-    _quarantine_conflicts(con)
+    if result.conflicts:
+        _quarantine_conflicts(con)
     con.execute("DELETE FROM _stage")
     return result
 
@@ -199,27 +199,23 @@ def _staged_rank(types: list[str]) -> str:
     return f"CASE resource_type {cases} ELSE 0 END" if cases else "0"
 
 
+# One quarantine row per conflicting resource, its pointer as pipelines.common.ledger.pointer writes it;
+# the ledger is read only for the run's units in question.
+_QUARANTINE_CONFLICTS = """
+INSERT INTO ops.quarantine
+SELECT d.run_id, d.file_sha256, d.unit_position, 'conflicting_duplicate',
+       'landing/' || d.file_sha256 || '#' || l.unit_kind || '=' || d.unit_position
+           || CASE WHEN l.byte_offset IS NULL THEN ''
+                ELSE '@' || l.byte_offset || '+' || coalesce(l.byte_length::VARCHAR, 'None') END,
+       d.resource_type || ' has the same id as another with different content and no later meta.lastUpdated',
+       d.resource_type, now()
+FROM _all_decided d JOIN ops.ledger l
+  ON l.run_id = d.run_id AND l.file_sha256 = d.file_sha256 AND l.unit_position = d.unit_position
+WHERE d.decision = 'conflicting_duplicate'
+  AND l.run_id IN (SELECT DISTINCT run_id FROM _all_decided WHERE decision = 'conflicting_duplicate')
+ORDER BY d.run_id, d.file_sha256, d.unit_position, d.resource_index
+"""
+
+
 def _quarantine_conflicts(con: duckdb.DuckDBPyConnection) -> None:
-    rows = con.execute("""
-        SELECT d.run_id, d.file_sha256, d.unit_position, d.resource_type, l.unit_kind, l.byte_offset,
-               l.byte_length
-        FROM _all_decided d JOIN ops.ledger l USING (run_id, file_sha256, unit_position)
-        WHERE d.decision = 'conflicting_duplicate'
-        ORDER BY d.run_id, d.file_sha256, d.unit_position, d.resource_index
-    """).fetchall()
-    if not rows:
-        return
-    con.executemany(
-        "INSERT INTO ops.quarantine VALUES (?, ?, ?, 'conflicting_duplicate', ?, ?, ?, now())",
-        [
-            (
-                run_id,
-                sha,
-                pos,
-                pointer(sha, kind, pos, off, length),
-                f"{rtype} has the same id as another with different content and no later meta.lastUpdated",
-                rtype,
-            )
-            for run_id, sha, pos, rtype, kind, off, length in rows
-        ],
-    )
+    con.execute(_QUARANTINE_CONFLICTS)

@@ -7,6 +7,7 @@ from pathlib import Path
 import duckdb
 import orjson
 
+from pipelines.common.ledger import pointer
 from pipelines.common.warehouse import ensure_resource_table, open_warehouse
 from pipelines.load import create_stage, merge_stage
 from pipelines.result_versions import rank_sql
@@ -133,6 +134,9 @@ def _state(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
     return out
 
 
+_CONFLICT = "%s has the same id as another with different content and no later meta.lastUpdated"
+
+
 def test_set_based_decision_equals_the_per_type_oracle_batch_after_batch(tmp_path: Path):
     con = open_warehouse(tmp_path / "w.duckdb")
     try:
@@ -178,9 +182,25 @@ def test_merge_outcomes_of_the_two_batches(tmp_path: Path):
         assert outcomes[("f2", 6)] == ("converted", None)  # its Patient is older, its Procedure new
         assert outcomes[("f1", 3)] == ("skipped", "superseded")
         assert outcomes[("f1", 5)] == ("skipped", "superseded")  # preliminary before final
-        assert sorted((r[1], r[2], r[3]) for r in state["quarantine"]) == [
-            ("f1", 8, "conflicting_duplicate"),
-            ("f2", 4, "conflicting_duplicate"),
+        assert sorted(state["quarantine"]) == [
+            (
+                "r1",
+                "f1",
+                8,
+                "conflicting_duplicate",
+                pointer("f1", "resource", 8, 0, 1),
+                _CONFLICT % "Encounter",
+                "Encounter",
+            ),
+            (
+                "r1",
+                "f2",
+                4,
+                "conflicting_duplicate",
+                pointer("f2", "resource", 4, 0, 1),
+                _CONFLICT % "Encounter",
+                "Encounter",
+            ),
         ]
     finally:
         con.close()
