@@ -300,6 +300,7 @@ def main() -> None:
     parser.add_argument("--peer-python", default=str(PEER_PYTHON))
     parser.add_argument("--small-only", action="store_true", help="measure the small stream only")
     args = parser.parse_args()
+    print(f"load average at the start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     results = []
     for fmt in args.formats.split(","):
         small = compare(fmt, args.copies, args.ccda_docs, args.peer_python)
@@ -309,8 +310,27 @@ def main() -> None:
         large = compare(fmt, args.copies * args.scale, args.ccda_docs, args.peer_python)
         growth = large["ehrlift"]["peak_rss_mb"] / small["ehrlift"]["peak_rss_mb"]
         print(f"{fmt}: input grew {args.scale}x; ehrlift peak RSS grew {growth:.2f}x (target: within 1.2x)")
+        large["rss_growth"] = growth
+        large["marginal"] = marginal(fmt, small, large)
         results += [small, large]
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     (OUT / "run_e2e.json").write_text(json.dumps(results, indent=2))
+
+
+def marginal(fmt: str, small: dict, large: dict) -> dict | None:
+    """Rates on the units the large stream adds: what each extra unit costs, start-up and per-run fixed
+    costs (a fresh warehouse's contract and terminology, imports, the stages' own queries) cancelled."""
+    units = large["units"] - small["units"]
+    ours = units / max(1e-9, large["ehrlift"]["seconds"] - small["ehrlift"]["seconds"])
+    fixed = small["ehrlift"]["seconds"] - small["units"] / ours
+    out = {"units": units, "ehrlift_rate": ours, "ehrlift_fixed_seconds": fixed}
+    print(f"{fmt}: marginal {ours:,.0f} {UNITS[fmt]}/s; fixed cost per run {fixed:.2f} s", end="")
+    if small["peer"] and large["peer"]:
+        theirs = units / max(1e-9, large["peer"]["seconds"] - small["peer"]["seconds"])
+        out |= {"peer_rate": theirs, "ratio": ours / theirs}
+        print(f"; peer marginal {theirs:,.0f} {UNITS[fmt]}/s; marginal ratio {ours / theirs:.3f}x", end="")
+    print()
+    return out
 
 
 if __name__ == "__main__":
