@@ -163,7 +163,7 @@ def convert_slice(config: RunConfig, piece: Slice, emit: Callable[..., None], co
 
     work = piece.work
     handler = handler_for(work.format)
-    ctx = file_context(config, work)
+    ctx = file_context(config, work, piece.index)
     writer = LedgerWriter(con, ctx, config.batch_size)
     if piece.failure is not None:
         writer.quarantine(Unit(0, "file", None, 0, work.size), *piece.failure)

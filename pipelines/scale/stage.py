@@ -114,7 +114,7 @@ def convert_group(config: RunConfig, group: Group, sink: Callable[[Batch], None]
     for work in group.files:
         start = state["reached"]
         handler = handler_for(work.format)
-        ctx = file_context(config, work)
+        ctx = file_context(config, work, group.index)
         if writer is None:
             writer = LedgerWriter(con, ctx, config.batch_size)
         writer.ctx = ctx
@@ -162,7 +162,7 @@ def convert_group(config: RunConfig, group: Group, sink: Callable[[Batch], None]
         emit()
 
 
-def file_context(config: RunConfig, work: FileWork) -> FileContext:
+def file_context(config: RunConfig, work: FileWork, group: int | None = None) -> FileContext:
     return FileContext(
         config.run_id,
         work.seq,
@@ -172,6 +172,7 @@ def file_context(config: RunConfig, work: FileWork) -> FileContext:
         work.detail,
         work.source_system,
         work.declared,
+        group,
     )
 
 
