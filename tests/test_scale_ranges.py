@@ -127,3 +127,23 @@ def test_ranges_after_a_crash_start_where_the_committed_lines_end(tmp_path, monk
     assert [p.byte_range for p in again] == [p.byte_range for p in fresh[2:]]
     assert again[-1].total_units == 200 - resume
     assert sum(p.bytes for p in again) == size  # what committed counts as done on the progress bar
+
+
+def test_the_dag_chunks_carry_the_ranges_and_merge_to_the_same_warehouse(tmp_path, monkeypatch):
+    from pipelines.scale import chunks
+
+    src = tmp_path / "src"
+    _export(src / "big.ndjson", 300)
+    monkeypatch.setattr(ndjson, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr("pipelines.scale.limits.limits", _pool_from_zero())
+    _single_totals, single = _convert(tmp_path, "single", src, workers=1)
+    config = RunConfig(
+        sources=(str(src),), warehouse=tmp_path / "dag" / "warehouse.duckdb", progress=False, run_id=RUN_ID
+    )
+    land_stage(config)
+    planned = chunks.plan(config, max_chunks=3)
+    assert len(planned) == 3 and all("byte_range" in t["slice"] for c in planned for t in c["tasks"])
+    for chunk in reversed(planned):  # converted anywhere, in any order
+        chunks.convert(config, orjson.loads(orjson.dumps(chunk)))
+    chunks.merge(config, planned)
+    assert _contents(config.warehouse) == single
