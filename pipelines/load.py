@@ -161,8 +161,7 @@ def merge_stage(con: duckdb.DuckDBPyConnection) -> LoadResult:
         if rtype in insert:
             con.execute(_INSERT.format(table=tables[rtype]), {"rtype": rtype})
     con.execute(_LEDGER_UPDATE)
-    if result.conflicts:
-        _quarantine_conflicts(con)
+    _quarantine_conflicts(con)
     con.execute("DELETE FROM _stage")
     return result
 
