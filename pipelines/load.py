@@ -162,7 +162,7 @@ def merge_stage(con: duckdb.DuckDBPyConnection) -> LoadResult:
             con.execute(_INSERT.format(table=tables[rtype]), {"rtype": rtype})
     con.execute(_LEDGER_UPDATE)
     _quarantine_conflicts(con)
-    con.execute("DELETE FROM _stage")
+    create_stage(con)  # emptied by replacing it: DuckDB keeps the memory of rows deleted from a temp table
     return result
 
 

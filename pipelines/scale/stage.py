@@ -181,8 +181,13 @@ def _staged(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def _clear(con: duckdb.DuckDBPyConnection) -> None:
-    for table in TABLES:
+    """Empty the stage for the next batch, and give its memory back: DuckDB keeps the memory of deleted
+    rows (the stage grew by every batch a worker converted) until a temp table is replaced or an
+    in-memory database checkpoints."""
+    create_stage(con)
+    for table in TABLES[1:]:
         con.execute(f"DELETE FROM {table}")
+    con.execute("CHECKPOINT")
 
 
 def _forget(con: duckdb.DuckDBPyConnection, sha: str) -> None:
