@@ -1,7 +1,7 @@
 """The whole `ehrlift run` (land -> validate, start-up included) beside a peer, on corpus-derived streams.
 
     uv run python bench/run_e2e.py [--formats hl7v2,ccda,ndjson] [--copies 1] [--scale 10]
-                                   [--ccda-docs 40] [--peer-python PATH]
+                                   [--ccda-docs 40] [--peer-python PATH] [--small-only]
 
 Each stream is the corpus's own data repeated `copies` times (then `copies * scale` times), every copy
 with its identifiers rewritten (HL7 message, patient, visit, order, appointment, specimen, document,
@@ -194,7 +194,8 @@ def child(mode: str, workdir: Path, args: list[str]) -> dict:
         if proc.returncode not in (0, 7):  # 7: the gate blocked the run (the corpus has bad records)
             raise SystemExit(proc.stderr[-2000:])
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        (report,) = (wh.parent / "runs").glob("*.json")
+        # The run report is runs/<run id>.json; other files there (the identity model's) have two dots.
+        (report,) = [p for p in (wh.parent / "runs").glob("*.json") if p.name.count(".") == 1]
         summary = json.loads(report.read_text())["summary"]
         return {
             "seconds": seconds,
@@ -297,15 +298,39 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=10, help="the large stream is this many times larger")
     parser.add_argument("--ccda-docs", type=int, default=40, help="corpus C-CDA documents per copy")
     parser.add_argument("--peer-python", default=str(PEER_PYTHON))
+    parser.add_argument("--small-only", action="store_true", help="measure the small stream only")
     args = parser.parse_args()
+    print(f"load average at the start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     results = []
     for fmt in args.formats.split(","):
         small = compare(fmt, args.copies, args.ccda_docs, args.peer_python)
+        if args.small_only:
+            results.append(small)
+            continue
         large = compare(fmt, args.copies * args.scale, args.ccda_docs, args.peer_python)
         growth = large["ehrlift"]["peak_rss_mb"] / small["ehrlift"]["peak_rss_mb"]
         print(f"{fmt}: input grew {args.scale}x; ehrlift peak RSS grew {growth:.2f}x (target: within 1.2x)")
+        large["rss_growth"] = growth
+        large["marginal"] = marginal(fmt, small, large)
         results += [small, large]
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     (OUT / "run_e2e.json").write_text(json.dumps(results, indent=2))
+
+
+def marginal(fmt: str, small: dict, large: dict) -> dict | None:
+    """Rates on the units the large stream adds: what each extra unit costs, start-up and per-run fixed
+    costs (a fresh warehouse's contract and terminology, imports, the stages' own queries) cancelled."""
+    units = large["units"] - small["units"]
+    ours = units / max(1e-9, large["ehrlift"]["seconds"] - small["ehrlift"]["seconds"])
+    fixed = small["ehrlift"]["seconds"] - small["units"] / ours
+    out = {"units": units, "ehrlift_rate": ours, "ehrlift_fixed_seconds": fixed}
+    print(f"{fmt}: marginal {ours:,.0f} {UNITS[fmt]}/s; fixed cost per run {fixed:.2f} s", end="")
+    if small["peer"] and large["peer"]:
+        theirs = units / max(1e-9, large["peer"]["seconds"] - small["peer"]["seconds"])
+        out |= {"peer_rate": theirs, "ratio": ours / theirs}
+        print(f"; peer marginal {theirs:,.0f} {UNITS[fmt]}/s; marginal ratio {ours / theirs:.3f}x", end="")
+    print()
+    return out
 
 
 if __name__ == "__main__":

@@ -6,27 +6,25 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from pipelines.common.ledger import pointer
-from pipelines.common.warehouse import ensure_resource_table
+from pipelines.common.warehouse import RESOURCE_TYPE, ensure_resource_table
 from pipelines.result_versions import is_result, rank_sql, version_time_sql
 
 # Which row of a (type, id) group wins: a full resource over a reference-only one; then the latest
 # meta.lastUpdated; on a tie, the later result version by status (preliminary < final < corrected, from
 # schemas/result_status_rank.json), then by its version times (issued, analysis time); then what the
-# warehouse already holds, then what came first (run, file, unit, position in unit).
+# warehouse already holds, then what came first (run, file, unit, position in unit). One statement
+# decides every staged type at once: the rows the warehouse already holds come from each type's table
+# ({current}, one branch per staged type).
 _DECIDE = """
-CREATE OR REPLACE TEMP TABLE _decided AS
+CREATE OR REPLACE TEMP TABLE _all_decided AS
 WITH staged AS (
-    SELECT run_id, seq, file_sha256, unit_position, resource_index, id, content_sha256,
+    SELECT run_id, seq, file_sha256, unit_position, resource_index, resource_type, id, content_sha256,
            TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, reference_only, FALSE AS existing,
            {staged_rank} AS vrank,  -- result versions: see pipelines/result_versions.py
            {staged_issued} AS vt1, {staged_analysed} AS vt2
-    FROM _stage WHERE resource_type = $rtype
+    FROM _stage
 ), current AS (
-    SELECT NULL AS run_id, 0 AS seq, file_sha256, unit_position, 0 AS resource_index, id, content_sha256,
-           TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu, reference_only, TRUE AS existing,
-           {current_rank} AS vrank, {current_issued} AS vt1, {current_analysed} AS vt2
-    FROM {table} WHERE id IN (SELECT id FROM staged)
+    {current}
 ), candidates AS (
     {timed}
 ), grouped AS (
@@ -36,16 +34,17 @@ WITH staged AS (
         first_value(vrank) OVER best AS best_rank,
         first_value(vt1) OVER best AS best_vt1,
         first_value(vt2) OVER best AS best_vt2,
-        bool_or(existing) OVER (PARTITION BY id) AS id_exists,
-        row_number() OVER (PARTITION BY id, content_sha256
+        bool_or(existing) OVER (PARTITION BY resource_type, id) AS id_exists,
+        row_number() OVER (PARTITION BY resource_type, id, content_sha256
                            ORDER BY existing DESC, run_id, seq, unit_position, resource_index) AS hash_rank
     FROM candidates
-    WINDOW best AS (PARTITION BY id ORDER BY reference_only, lu DESC NULLS LAST, vrank DESC,
-                    vt1 DESC NULLS LAST, vt2 DESC NULLS LAST, existing DESC,
+    WINDOW best AS (PARTITION BY resource_type, id
+                    ORDER BY reference_only, lu DESC NULLS LAST, vrank DESC,
+                             vt1 DESC NULLS LAST, vt2 DESC NULLS LAST, existing DESC,
                     run_id, seq, unit_position, resource_index
                     ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
-SELECT run_id, seq, file_sha256, unit_position, resource_index, id,
+SELECT run_id, file_sha256, unit_position, resource_index, resource_type, id,
     CASE
         WHEN content_sha256 = best_hash AND hash_rank = 1 THEN 'accepted'
         WHEN content_sha256 = best_hash THEN 'duplicate_identical'
@@ -72,17 +71,25 @@ _TIMED = """
     FROM (
         SELECT * REPLACE (CASE WHEN count(vt1) OVER t1 = count(*) OVER t1 THEN vt1 END AS vt1)
         FROM (SELECT * FROM staged UNION ALL SELECT * FROM current)
-        WINDOW t1 AS (PARTITION BY id, reference_only, lu, vrank)
+        WINDOW t1 AS (PARTITION BY resource_type, id, reference_only, lu, vrank)
     )
-    WINDOW t2 AS (PARTITION BY id, reference_only, lu, vrank, vt1)
+    WINDOW t2 AS (PARTITION BY resource_type, id, reference_only, lu, vrank, vt1)
+"""
+
+# The rows a type's table already holds under the staged ids, shaped as the staged rows.
+_CURRENT = """
+    SELECT NULL AS run_id, 0 AS seq, file_sha256, unit_position, 0 AS resource_index,
+           '{rtype}' AS resource_type, id, content_sha256, TRY_CAST(last_updated AS TIMESTAMPTZ) AS lu,
+           reference_only, TRUE AS existing, {rank} AS vrank, {issued} AS vt1, {analysed} AS vt2
+    FROM {table} WHERE id IN (SELECT id FROM _stage WHERE resource_type = '{rtype}')
 """
 
 _INSERT = """
 INSERT INTO {table}
 SELECT s.id, s.resource::JSON, s.source_system, s.source_id, s.file_sha256, s.unit_position, s.run_id,
        s.content_sha256, s.last_updated, s.reference_only
-FROM _stage s JOIN _decided d USING (run_id, file_sha256, unit_position, resource_index)
-WHERE s.resource_type = $rtype AND d.decision = 'accepted'
+FROM _stage s JOIN _all_decided d USING (run_id, file_sha256, unit_position, resource_index)
+WHERE s.resource_type = $rtype AND d.resource_type = $rtype AND d.decision = 'accepted'
 """
 
 # A unit all of whose resources were turned away takes the outcome of the weightiest reason.
@@ -136,38 +143,49 @@ def create_stage(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def merge_stage(con: duckdb.DuckDBPyConnection) -> LoadResult:
-    """Merge the staged resources into fhir.* and settle duplicates; the caller owns the transaction."""
+    """Merge the staged resources into fhir.* and settle duplicates; the caller owns the transaction.
+
+    Set-based: one statement decides every staged resource of every type, then each type's table gets
+    one INSERT of what was accepted (and one DELETE only where an accepted resource replaces a stored
+    one), so a batch of many types costs a few statements, not a few per type.
+    """
     result = LoadResult()
     types = [r[0] for r in con.execute("SELECT DISTINCT resource_type FROM _stage ORDER BY 1").fetchall()]
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _all_decided (run_id VARCHAR, file_sha256 VARCHAR, "
-        "unit_position BIGINT, resource_index INTEGER, resource_type VARCHAR, decision VARCHAR, "
-        "id_exists BOOLEAN)"
+    if not types:
+        con.execute(_EMPTY_DECIDED)
+        return result
+    tables = _resource_tables(con, types)
+    current = " UNION ALL ".join(
+        _CURRENT.format(
+            rtype=t,
+            table=tables[t],
+            rank=rank_sql("resource", t),
+            issued=version_time_sql("resource", t)[0],
+            analysed=version_time_sql("resource", t)[1],
+        )
+        for t in types
     )
-    for rtype in types:
-        table = ensure_resource_table(con, rtype)
-        issued, analysed = version_time_sql("resource", rtype)
-        ranks = {"staged_rank": rank_sql("resource", rtype), "current_rank": rank_sql("resource", rtype)}
-        ranks |= {"staged_issued": issued, "current_issued": issued}
-        ranks |= {"staged_analysed": analysed, "current_analysed": analysed}
-        ranks["timed"] = _TIMED if is_result(rtype) else _UNTIMED  # other types have no version times
-        con.execute(_DECIDE.format(table=table, **ranks), {"rtype": rtype})
-        con.execute(
-            f"DELETE FROM {table} WHERE id IN "
-            "(SELECT id FROM _decided WHERE decision = 'accepted' AND id_exists)"
+    issued, analysed = _staged_times(types)
+    con.execute(
+        _DECIDE.format(
+            staged_rank=_staged_rank(types),
+            staged_issued=issued,
+            staged_analysed=analysed,
+            current=current,
+            # only results have version times: other batches skip the windows that weigh them
+            timed=_TIMED if any(is_result(t) for t in types) else _UNTIMED,
         )
-        con.execute(_INSERT.format(table=table), {"rtype": rtype})
-        con.execute(
-            "INSERT INTO _all_decided SELECT run_id, file_sha256, unit_position, resource_index, "
-            "$rtype, decision, id_exists FROM _decided",
-            {"rtype": rtype},
-        )
+    )
+    delete, insert = set(), set()
     for decision, replaced, rtype, count in con.execute(
-        "SELECT decision, id_exists, resource_type, count(*) FROM _all_decided GROUP BY ALL"
+        "SELECT decision, id_exists, resource_type, count(*) FROM _all_decided GROUP BY ALL ORDER BY ALL"
     ).fetchall():
         if decision == "accepted":
             result.resources_loaded[rtype] = result.resources_loaded.get(rtype, 0) + count
             result.replaced += count if replaced else 0
+            insert.add(rtype)
+            if replaced:
+                delete.add(rtype)
         elif decision == "duplicate_identical":
             result.duplicates_identical += count
         elif decision == "superseded":
@@ -176,33 +194,84 @@ def merge_stage(con: duckdb.DuckDBPyConnection) -> LoadResult:
             result.reference_only += count
         else:
             result.conflicts += count
+    for rtype in types:
+        if rtype in delete:
+            con.execute(
+                f"DELETE FROM {tables[rtype]} WHERE id IN (SELECT d.id FROM _all_decided d "
+                "WHERE d.resource_type = $rtype AND d.decision = 'accepted' AND d.id_exists)",
+                {"rtype": rtype},
+            )
+        if rtype in insert:
+            con.execute(_INSERT.format(table=tables[rtype]), {"rtype": rtype})
     con.execute(_LEDGER_UPDATE)
     _quarantine_conflicts(con)
-    con.execute("DELETE FROM _stage")
+    create_stage(con)  # emptied by replacing it: DuckDB keeps the memory of rows deleted from a temp table
     return result
 
 
-def _quarantine_conflicts(con: duckdb.DuckDBPyConnection) -> None:
-    rows = con.execute("""
-        SELECT d.run_id, d.file_sha256, d.unit_position, d.resource_type, l.unit_kind, l.byte_offset,
-               l.byte_length
-        FROM _all_decided d JOIN ops.ledger l USING (run_id, file_sha256, unit_position)
-        WHERE d.decision = 'conflicting_duplicate'
-        ORDER BY d.run_id, d.file_sha256, d.unit_position, d.resource_index
-    """).fetchall()
-    if not rows:
-        return
-    con.executemany(
-        "INSERT INTO ops.quarantine VALUES (?, ?, ?, 'conflicting_duplicate', ?, ?, ?, now())",
-        [
-            (
-                run_id,
-                sha,
-                pos,
-                pointer(sha, kind, pos, off, length),
-                f"{rtype} has the same id as another with different content and no later meta.lastUpdated",
-                rtype,
-            )
-            for run_id, sha, pos, rtype, kind, off, length in rows
-        ],
+_EMPTY_DECIDED = (
+    "CREATE OR REPLACE TEMP TABLE _all_decided (run_id VARCHAR, file_sha256 VARCHAR, "
+    "unit_position BIGINT, resource_index INTEGER, resource_type VARCHAR, id VARCHAR, decision VARCHAR, "
+    "id_exists BOOLEAN)"
+)
+
+
+def _resource_tables(con: duckdb.DuckDBPyConnection, types: list[str]) -> dict[str, str]:
+    """Each staged type's quoted table name, creating only the tables not there yet (one lookup)."""
+    present = {
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = 'fhir'"
+        ).fetchall()
+    }
+    out = {}
+    for rtype in types:
+        if rtype in present and RESOURCE_TYPE.fullmatch(rtype):
+            out[rtype] = f'fhir."{rtype}"'
+        else:
+            out[rtype] = ensure_resource_table(con, rtype)  # validates the name before creating
+    return out
+
+
+def _staged_rank(types: list[str]) -> str:
+    """The version rank of a staged row, by its type (rank_sql gives '0' for unranked types)."""
+    ranked = [(t, rank_sql("resource", t)) for t in types]
+    cases = " ".join(f"WHEN '{t}' THEN {expr}" for t, expr in ranked if expr != "0")
+    return f"CASE resource_type {cases} ELSE 0 END" if cases else "0"
+
+
+def _staged_times(types: list[str]) -> tuple[str, str]:
+    """The version times (issued, analysis time) of a staged row, by its type; NULL for other types."""
+    results = [t for t in types if is_result(t)]
+    if not results:
+        return "CAST(NULL AS TIMESTAMPTZ)", "CAST(NULL AS TIMESTAMPTZ)"
+    listed = ", ".join(f"'{t}'" for t in results)
+    # The expressions are the same for every result type (schemas/result_status_rank.json).
+    issued, analysed = version_time_sql("resource", results[0])
+    return (
+        f"CASE WHEN resource_type IN ({listed}) THEN {issued} END",
+        f"CASE WHEN resource_type IN ({listed}) THEN {analysed} END",
     )
+
+
+# One quarantine row per conflicting resource, its pointer as pipelines.common.ledger.pointer writes it;
+# the ledger is read only for the run's units in question.
+_QUARANTINE_CONFLICTS = """
+INSERT INTO ops.quarantine
+SELECT d.run_id, d.file_sha256, d.unit_position, 'conflicting_duplicate',
+       'landing/' || d.file_sha256 || '#' || l.unit_kind || '=' || d.unit_position
+           || CASE WHEN l.byte_offset IS NULL THEN ''
+                ELSE '@' || l.byte_offset || '+' || coalesce(l.byte_length::VARCHAR, 'None') END,
+       d.resource_type || ' has the same id as another with different content and no later meta.lastUpdated',
+       d.resource_type, now()
+FROM _all_decided d JOIN ops.ledger l
+  ON l.run_id = d.run_id AND l.file_sha256 = d.file_sha256 AND l.unit_position = d.unit_position
+WHERE d.decision = 'conflicting_duplicate'
+  AND l.run_id IN (SELECT DISTINCT run_id FROM _all_decided WHERE decision = 'conflicting_duplicate')
+ORDER BY d.run_id, d.file_sha256, d.unit_position, d.resource_index
+"""
+
+
+def _quarantine_conflicts(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(_QUARANTINE_CONFLICTS)

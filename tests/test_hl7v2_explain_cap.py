@@ -40,3 +40,23 @@ def test_the_first_messages_of_a_reason_are_explained_the_rest_say_so(monkeypatc
     # Another file starts its own count.
     assert "not explained" not in _messages(conv, _ctx("b" * 64), 1)[0]
     assert len(calls) == EXPLAINED_PER_REASON_PER_FILE + 1
+
+
+def test_one_message_files_of_a_commit_group_share_the_count(monkeypatch):
+    """A feed folder of one message per file is bounded per commit group, not per file."""
+    calls = []
+    real = hl7.explain_invalid
+    monkeypatch.setattr(hl7, "explain_invalid", lambda raw, msg: calls.append(1) or real(raw, msg))
+    conv = Hl7v2Converter()
+
+    def one(sha: str, group: int, run: str = "run") -> str:
+        ctx = FileContext(run, 1, sha, None, "hl7v2", None, "src", None, group)
+        return _messages(conv, ctx, 1)[0]
+
+    n = EXPLAINED_PER_REASON_PER_FILE + 3
+    messages = [one(f"{i:064x}", group=4) for i in range(n)]
+    assert len(calls) == EXPLAINED_PER_REASON_PER_FILE
+    assert messages[-1].endswith(" of this reason in this commit group")
+    assert "not explained" not in one("f" * 64, group=5)  # the next group starts its own count
+    assert "not explained" not in one("e" * 64, group=4, run="run-2")  # and so does another run
+    assert len(calls) == EXPLAINED_PER_REASON_PER_FILE + 2

@@ -131,3 +131,24 @@ def test_a_chunked_file_of_slice_bytes_goes_alone_so_it_can_be_sliced():
     bounds = dataclasses.replace(scale_limits.limits(), group_files=10, group_bytes=100, slice_bytes=40)
     files = [_work(1, 10), _work(2, 45, chunked=False), _work(3, 45), _work(4, 10)]
     assert [[f.seq for f in g.files] for g in plan_groups(files, bounds)] == [[1, 2], [3], [4]]
+
+
+def test_clearing_the_stage_between_batches_gives_its_memory_back():
+    """DuckDB keeps the memory of deleted rows: a worker's stage grew by every batch it converted."""
+    from pipelines.scale.stage import _clear, _stage_db
+
+    con = _stage_db()
+    _clear(con)
+
+    def used() -> int:
+        return con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()[0]
+
+    for _ in range(4):
+        con.execute("INSERT INTO _stage (resource) SELECT repeat('x', 400) || range FROM range(20000)")
+        con.execute(
+            "INSERT INTO ops.ledger SELECT 'r', 's', range, 'k', 'converted', NULL, 1, 0, 1 FROM range(20000)"
+        )
+        assert used() > 4 << 20
+        _clear(con)
+        assert used() < 1 << 20
+        assert con.execute("SELECT count(*) FROM _stage").fetchone() == (0,)

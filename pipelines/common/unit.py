@@ -29,6 +29,9 @@ class FileContext:
     format_detail: str | None
     source_system: str
     declared_release: str | None = None  # "1.0", "3.0" or "4.0" when the operator declared it
+    # The commit group (or slice) of the run converting the file; planned the same in one process and
+    # pooled, so work bounded per group (the HL7 v2 explanations) is the same either way.
+    group: int | None = None
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ from pipelines.load import create_stage
 from pipelines.scale import limits as scale_limits
 from pipelines.scale.limits import Limits
 from pipelines.scale.plan import Group, pending_files, plan_groups
+from pipelines.scale.ranges import cut_ranges, rangeable
 from pipelines.scale.slices import Slice, cut_slices, sliceable
 from pipelines.scale.spool import batch_dir, read_batch, spool_task, stage_root
 from pipelines.scale.stage import Batch, convert_task
@@ -53,7 +54,11 @@ def convert_pending(
         advance(sum(already))
     bounds = scale_limits.limits()
     groups = plan_groups(files, bounds)
-    sliced = [g for g in groups if len(g.files) == 1 and sliceable(g.files[0], bounds.slice_bytes)]
+    sliced = [
+        g
+        for g in groups
+        if len(g.files) == 1 and (sliceable(g.files[0], bounds.slice_bytes) or rangeable(g.files[0]))
+    ]
     workers = worker_count(config)
     pooled = (
         workers > 1
@@ -73,13 +78,18 @@ def convert_pending(
 
 
 def _tasks(config: RunConfig, groups: list[Group], bounds: Limits) -> Iterator[Group | Slice]:
-    """The run's work in commit order: groups of files, and each large unit-by-unit file in slices."""
+    """The run's work in commit order: groups of files, each large unit-by-unit file in slices and each
+    large NDJSON file in byte ranges."""
     index = 0
     for group in groups:
-        if len(group.files) == 1 and sliceable(group.files[0], bounds.slice_bytes):
-            for piece in cut_slices(config, group.files[0], index, bounds.slice_units):
+        solo = group.files[0] if len(group.files) == 1 else None
+        if solo is not None and sliceable(solo, bounds.slice_bytes):
+            for piece in cut_slices(config, solo, index, bounds.slice_units):
                 index = piece.index + 1
                 yield piece
+        elif solo is not None and rangeable(solo) and (ranges := cut_ranges(config, solo, index)):
+            yield from ranges
+            index = ranges[-1].index + 1
         else:
             yield dataclasses.replace(group, index=index)
             index += 1

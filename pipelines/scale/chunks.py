@@ -20,6 +20,7 @@ from pipelines.common.warehouse import open_warehouse
 from pipelines.load import create_stage
 from pipelines.scale import limits as scale_limits
 from pipelines.scale.plan import Group, pending_files, plan_groups
+from pipelines.scale.ranges import cut_ranges, rangeable
 from pipelines.scale.slices import Slice, sliceable, span_slices
 from pipelines.scale.spool import batch_dir, read_batch, spool_task, stage_root
 from pipelines.scale.stage import worker_name
@@ -33,9 +34,12 @@ def plan(config: RunConfig, max_chunks: int = 64) -> list[dict[str, Any]]:
         files, _already = pending_files(con, config.run_id)
     tasks: list[dict[str, Any]] = []
     for group in plan_groups(files, bounds):
-        if len(group.files) == 1 and sliceable(group.files[0], bounds.slice_bytes):
-            for piece in span_slices(config, group.files[0], len(tasks), bounds.slice_units):
+        solo = group.files[0] if len(group.files) == 1 else None
+        if solo is not None and sliceable(solo, bounds.slice_bytes):
+            for piece in span_slices(config, solo, len(tasks), bounds.slice_units):
                 tasks.append({"slice": piece.to_dict()})
+        elif solo is not None and rangeable(solo) and (ranges := cut_ranges(config, solo, len(tasks))):
+            tasks += [{"slice": piece.to_dict()} for piece in ranges]
         else:
             tasks.append({"group": Group(len(tasks), group.files).to_dict()})
     if not tasks:

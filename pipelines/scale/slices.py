@@ -35,6 +35,8 @@ class Slice:
     failure: tuple[str, str] | None = None
     bytes: int = 0
     span: tuple[int, int] | None = None  # (after, through): positions a worker reads from the file itself
+    # (start, end, first position): bytes of a file converted set-based by range (pipelines.scale.ranges)
+    byte_range: tuple[int, int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A span slice as JSON, for an orchestrator (slices carrying units stay in one process)."""
@@ -47,6 +49,7 @@ class Slice:
             "failure": list(self.failure) if self.failure else None,
             "bytes": self.bytes,
             "span": list(self.span) if self.span else None,
+            "byte_range": list(self.byte_range) if self.byte_range else None,
         }
 
     @classmethod
@@ -59,6 +62,7 @@ class Slice:
             failure=tuple(data["failure"]) if data["failure"] else None,
             bytes=int(data["bytes"]),
             span=tuple(data["span"]) if data["span"] else None,
+            byte_range=tuple(data["byte_range"]) if data.get("byte_range") else None,
         )
 
 
@@ -159,12 +163,15 @@ def convert_slice(config: RunConfig, piece: Slice, emit: Callable[..., None], co
 
     work = piece.work
     handler = handler_for(work.format)
-    ctx = file_context(config, work)
+    ctx = file_context(config, work, piece.index)
     writer = LedgerWriter(con, ctx, config.batch_size)
     if piece.failure is not None:
         writer.quarantine(Unit(0, "file", None, 0, work.size), *piece.failure)
         writer.flush()
         emit([(work.seq, work.handler, "converted", 1)], piece.bytes)
+        return
+    if piece.byte_range is not None:
+        _convert_range(piece, handler, ctx, writer, emit, con)
         return
     units = piece.units if piece.span is None else _read_span(handler, ctx, piece.span)
     start = units[0].byte_offset or 0 if units else 0  # for progress within the slice
@@ -177,6 +184,15 @@ def convert_slice(config: RunConfig, piece: Slice, emit: Callable[..., None], co
             reached = (unit.byte_offset or 0) + (unit.byte_length or 0) - start
             emit([(work.seq, work.handler, "partial", None)], min(reached, piece.bytes))
             staged = 0
+    writer.flush()
+    status = ("converted", piece.total_units) if piece.last else ("partial", None)
+    emit([(work.seq, work.handler, *status)], piece.bytes)
+
+
+def _convert_range(piece: Slice, handler, ctx, writer: LedgerWriter, emit: Callable[..., None], con) -> None:
+    """One byte range of a file, converted set-based as one batch (see pipelines.scale.ranges)."""
+    work = piece.work
+    handler.convert_file(ctx, con, writer, skip_through=work.resume, byte_range=piece.byte_range)
     writer.flush()
     status = ("converted", piece.total_units) if piece.last else ("partial", None)
     emit([(work.seq, work.handler, *status)], piece.bytes)

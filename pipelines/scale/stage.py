@@ -114,7 +114,7 @@ def convert_group(config: RunConfig, group: Group, sink: Callable[[Batch], None]
     for work in group.files:
         start = state["reached"]
         handler = handler_for(work.format)
-        ctx = file_context(config, work)
+        ctx = file_context(config, work, group.index)
         if writer is None:
             writer = LedgerWriter(con, ctx, config.batch_size)
         writer.ctx = ctx
@@ -162,7 +162,7 @@ def convert_group(config: RunConfig, group: Group, sink: Callable[[Batch], None]
         emit()
 
 
-def file_context(config: RunConfig, work: FileWork) -> FileContext:
+def file_context(config: RunConfig, work: FileWork, group: int | None = None) -> FileContext:
     return FileContext(
         config.run_id,
         work.seq,
@@ -172,6 +172,7 @@ def file_context(config: RunConfig, work: FileWork) -> FileContext:
         work.detail,
         work.source_system,
         work.declared,
+        group,
     )
 
 
@@ -180,8 +181,13 @@ def _staged(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def _clear(con: duckdb.DuckDBPyConnection) -> None:
-    for table in TABLES:
+    """Empty the stage for the next batch, and give its memory back: DuckDB keeps the memory of deleted
+    rows (the stage grew by every batch a worker converted) until a temp table is replaced or an
+    in-memory database checkpoints."""
+    create_stage(con)
+    for table in TABLES[1:]:
         con.execute(f"DELETE FROM {table}")
+    con.execute("CHECKPOINT")
 
 
 def _forget(con: duckdb.DuckDBPyConnection, sha: str) -> None:

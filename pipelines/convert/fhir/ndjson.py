@@ -227,14 +227,20 @@ class FhirNdjsonConverter(BatchConverter):
         *,
         skip_through: int = 0,
         checkpoint: Callable[[], None] | None = None,
+        byte_range: tuple[int, int, int] | None = None,
     ) -> FileResult:
+        """byte_range: (start, end, first line position) converts those bytes only, as one batch: a
+        range cut where this loop's batches end (pipelines.scale.ranges), so a file converted range by
+        range on several workers stages what it stages converted whole."""
         result = FileResult()
         preparer = ResourcePreparer(ctx.source_system, ctx.file_sha256)
         params = {"run": ctx.run_id, "sha": ctx.file_sha256, "seq": ctx.seq, "system": ctx.source_system}
         size = ctx.path.stat().st_size
-        for n, (batch, end_offset) in enumerate(_line_batches(ctx.path)):
+        batches = _line_batches(ctx.path) if byte_range is None else _range_batch(ctx.path, *byte_range)
+        for n, (batch, end_offset) in enumerate(batches):
             # Only a first batch that reaches the end is the whole file (a last batch of one line is not).
-            batch = _mark_whole(batch, n == 0 and end_offset == size and not declared(ctx))
+            whole = n == 0 and end_offset == size and not declared(ctx) and byte_range is None
+            batch = _mark_whole(batch, whole)
             if skip_through:
                 # Lines an interrupted run already committed are not converted again.
                 batch = batch.filter(pc.greater(batch["pos"], skip_through))
@@ -249,6 +255,11 @@ class FhirNdjsonConverter(BatchConverter):
             if on_progress is not None:
                 on_progress(end_offset)
         return result
+
+    @staticmethod
+    def range_chunk_bytes() -> int:
+        """Where this converter's batches end: after the last newline within every this many bytes."""
+        return CHUNK_BYTES
 
     def _convert_batch(self, con, params, writer, preparer, ctx, result: FileResult) -> None:
         con.execute(
@@ -328,28 +339,48 @@ def _line_batches(path: Path) -> Iterator[tuple[pa.Table, int]]:
                 carry = b""
                 lengths = [len(data)] if data else []
             if lines:
-                if pos == 0:
-                    lines[0] = lines[0].removeprefix(formats.UTF8_BOM)  # lengths keep the BOM's bytes
-                texts, errors = _decode(lines)
-                bound = jsondepth.max_depth()
-                # Measured on the text before DuckDB or Python builds anything from a line.
-                deep = [t is not None and jsondepth.exceeds(t, bound) for t in texts]
-                offsets = list(accumulate(lengths, initial=offset))
-                batch = pa.table(
-                    {
-                        "pos": pa.array(range(pos + 1, pos + 1 + len(lines)), pa.int64()),
-                        "off": pa.array(offsets[:-1], pa.int64()),
-                        "len": pa.array(lengths, pa.int64()),
-                        "txt": pa.array(texts, pa.string()),
-                        "enc_err": pa.array(errors, pa.int64()),
-                        "deep": pa.array(deep, pa.bool_()),
-                    }
-                )
+                batch, offset = _batch(lines, lengths, pos, offset)
                 pos += len(lines)
-                offset = offsets[-1]
                 yield batch, offset
             if not chunk:
                 return
+
+
+def _range_batch(path: Path, start: int, end: int, first: int) -> Iterator[tuple[pa.Table, int]]:
+    """The lines of bytes start..end (cut after a newline, or at the end of the file) as one batch."""
+    with path.open("rb") as fh:
+        fh.seek(start)
+        data = fh.read(end - start)
+    lines = data.split(b"\n")
+    if lines[-1]:
+        lengths = [len(line) + 1 for line in lines[:-1]] + [len(lines[-1])]  # the file's unterminated end
+    else:
+        lines.pop()
+        lengths = [len(line) + 1 for line in lines]
+    if lines:
+        yield _batch(lines, lengths, first - 1, start)
+
+
+def _batch(lines: list[bytes], lengths: list[int], pos: int, offset: int) -> tuple[pa.Table, int]:
+    """Lines numbered from pos + 1 that start at byte offset, as the table the SQL reads."""
+    if pos == 0:
+        lines[0] = lines[0].removeprefix(formats.UTF8_BOM)  # lengths keep the BOM's bytes
+    texts, errors = _decode(lines)
+    bound = jsondepth.max_depth()
+    # Measured on the text before DuckDB or Python builds anything from a line.
+    deep = [t is not None and jsondepth.exceeds(t, bound) for t in texts]
+    offsets = list(accumulate(lengths, initial=offset))
+    batch = pa.table(
+        {
+            "pos": pa.array(range(pos + 1, pos + 1 + len(lines)), pa.int64()),
+            "off": pa.array(offsets[:-1], pa.int64()),
+            "len": pa.array(lengths, pa.int64()),
+            "txt": pa.array(texts, pa.string()),
+            "enc_err": pa.array(errors, pa.int64()),
+            "deep": pa.array(deep, pa.bool_()),
+        }
+    )
+    return batch, offsets[-1]
 
 
 def _decode(lines: list[bytes]) -> tuple[list[str | None], list[int | None]]:

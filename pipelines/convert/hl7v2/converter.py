@@ -12,9 +12,11 @@ from pipelines.convert.hl7v2.reader import iter_units
 from pipelines.convert.hl7v2.tokenizer import Hl7ParseError, Message, parse_message
 from pipelines.convert.hl7v2.validate import explain_invalid
 
-# hl7apy's explanation costs ~15 ms a message: the first few quarantined messages of each reason in a
-# file get it, the rest of that reason in that file say where to look instead, so a feed with many bad
-# messages spends its time converting rather than explaining the same fault again.
+# hl7apy's explanation costs ~15-70 ms a message: the first few quarantined messages of each reason in
+# a commit group (a file alone, a slice of an archive, or many small files, e.g. a feed folder of one
+# message per file) get it, the rest of that reason there say where to look instead, so a feed with
+# many bad messages spends its time converting rather than explaining the same fault again. A file
+# converted outside a group counts on its own.
 EXPLAINED_PER_REASON_PER_FILE = 20
 
 
@@ -24,7 +26,7 @@ class Hl7v2Converter(Converter):
     chunked = True  # messages stand alone: archives of millions commit in chunks and resume
 
     def __init__(self) -> None:
-        self._explained: Counter[tuple[str, str]] = Counter()
+        self._explained: Counter[tuple[str, str | int, str]] = Counter()
 
     def units(self, ctx: FileContext) -> Iterator[Unit]:
         for raw in iter_units(ctx.path):
@@ -43,12 +45,13 @@ class Hl7v2Converter(Converter):
         try:
             return convert_message(message, ctx.source_system, f"{ctx.file_sha256}:{unit.position}")
         except Quarantine as q:
-            key = (ctx.file_sha256, q.reason)
+            where = "in this file" if ctx.group is None else "in this commit group"
+            key = (ctx.run_id, ctx.file_sha256 if ctx.group is None else ctx.group, q.reason)
             if self._explained[key] >= EXPLAINED_PER_REASON_PER_FILE:
                 detail = (
                     f"{q.message}; structure not explained past the first {EXPLAINED_PER_REASON_PER_FILE}"
                 )
-                raise Quarantine(q.reason, detail + " of this reason in this file", q.resource_type) from None
+                raise Quarantine(q.reason, f"{detail} of this reason {where}", q.resource_type) from None
             self._explained[key] += 1
             raise Quarantine(q.reason, _with_structure(q.message, raw, message), q.resource_type) from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -91,9 +92,23 @@ def _clean_version(version: str | None) -> str | None:
     return m.group(0) if m else None
 
 
+@functools.cache
+def _hl7apy_lookup_cached() -> None:
+    """hl7apy looks its version's library up on every element it builds (~8,000 imports a message);
+    a module is a singleton per version, so the lookup is cached: a third of an explanation's cost."""
+    import hl7apy
+    import hl7apy.core
+    import hl7apy.factories
+
+    lookup = functools.cache(hl7apy.load_library)
+    for module in (hl7apy, hl7apy.core, hl7apy.factories):
+        module.load_library = lookup
+
+
 def _explain(msg: Message) -> tuple[str | None, str]:
     from hl7apy import SUPPORTED_LIBRARIES  # imported here: slow, and only this path needs it
 
+    _hl7apy_lookup_cached()
     label = _label(msg)
     version = _clean_version(msg.version)
     if version is None:
