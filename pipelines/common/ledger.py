@@ -11,7 +11,7 @@ import pyarrow as pa
 from pipelines.common.reasons import check_reason
 
 if TYPE_CHECKING:
-    from pipelines.common.unit import FileContext, StagedResource, Unit
+    from pipelines.common.records import FileContext, StagedResource, Unit
 
 LEDGER_COLUMNS = (
     "run_id",
