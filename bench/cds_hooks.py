@@ -98,9 +98,6 @@ INSERT INTO ops.quarantine
 SELECT 'run-bench', 'oru', i * 20, 'hl7_bad_value_type', 'landing/oru#hl7_message=' || (i * 20),
        'structure only', 'Observation', now()
 FROM range($patients // 20) t(i);
-CREATE TABLE ops.identity_links (left_patient_id VARCHAR, right_patient_id VARCHAR, method VARCHAR,
-    rule VARCHAR, model_version VARCHAR, score DOUBLE, decision VARCHAR, reviewer VARCHAR, run_id VARCHAR,
-    decided_at TIMESTAMPTZ);
 INSERT INTO ops.identity_links
 SELECT 'p' || (i * 50), 'p' || (i * 50 + 1), 'model', NULL, 'm', 0.7, 'review', NULL, 'run-bench', now()
 FROM range($patients // 50) t(i);

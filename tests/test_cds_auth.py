@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -64,6 +65,16 @@ def test_every_jwt_failure_mode_is_401(tmp_path, wh):
         )
         refused(post(base, hs), "the token's algorithm is not an allowed asymmetric one")
         refused(post(base, client.token(url, headers={"kid": "other"})), "no key with the token's kid")
+        no_jti = jwt.encode(
+            {"iss": ISSUER, "aud": url, "iat": int(time.time()), "exp": int(time.time()) + 60},
+            client.key,
+            algorithm=client.alg,
+            headers={"kid": client.kid, "typ": "JWT"},
+        )
+        refused(post(base, no_jti), "the token lacks the jti claim")
+        good = client.token(url)
+        refused(post(base, good[:-2] + "*" + good[-1:]), "the token is not a JWT")  # not base64url
+        assert post(base, client.token([url, "https://other.example.org"])).status_code == 200  # aud list
         refused(
             post(base, client.token(url, headers={"jku": "https://evil.example.org/jwks"})),
             "the token's jku is not allow-listed for its issuer",

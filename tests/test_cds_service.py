@@ -346,7 +346,7 @@ def test_merge_audit_command_and_ambiguous_identifiers(tmp_path):
 
 
 def test_refresh_sees_a_new_run_and_skips_an_unchanged_warehouse(tmp_path):
-    from pipelines.cds.app import invoke
+    from pipelines.cds.app import call
     from tests.cds_builders import WarehouseBuilder
 
     wh = tmp_path / "wh.duckdb"
@@ -363,7 +363,7 @@ def test_refresh_sees_a_new_run_and_skips_an_unchanged_warehouse(tmp_path):
             "patient": {"resourceType": "Patient", "identifier": [{"system": MRN_SYSTEM, "value": "2001"}]}
         },
     )
-    assert invoke(state, REVIEW, body, "iss") == {"cards": []}
+    assert call(state, REVIEW, body, "iss") == {"cards": []}
     state.refresh()
     assert state.snapshot is first  # only its own audit rows were merged: no new copy
     w = WarehouseBuilder(wh, new_run=False)  # a later run adds a patient
@@ -371,5 +371,5 @@ def test_refresh_sees_a_new_run_and_skips_an_unchanged_warehouse(tmp_path):
     w.close()
     state.refresh()
     assert state.snapshot is not first
-    cards = invoke(state, REVIEW, body, "iss")["cards"]
+    cards = call(state, REVIEW, body, "iss")["cards"]
     assert [c["source"]["topic"]["code"] for c in cards] == ["migration_summary"]

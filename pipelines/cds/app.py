@@ -25,10 +25,11 @@ from starlette.routing import Route
 
 from pipelines.cds import orders, review
 from pipelines.cds.audit import Spool, merge
-from pipelines.cds.auth import Unauthorized, Verifier
+from pipelines.cds.auth import FetchNeeded, Unauthorized, Verifier
 from pipelines.cds.config import CdsConfig
+from pipelines.cds.matching import Matching
 from pipelines.cds.page import Links, render
-from pipelines.cds.resolve import resolve
+from pipelines.cds.resolve import Resolution, resolve, resolve_local, resolve_remote
 from pipelines.cds.rules import Rules
 from pipelines.cds.snapshot import Snapshot, build, file_state
 from pipelines.common.errors import EhrliftError
@@ -92,6 +93,7 @@ class State:
     verifier: Verifier
     spool: Spool
     links: Links
+    matching: Matching
     snapshot: Snapshot | None = None
     stop: threading.Event | None = None
 
@@ -111,7 +113,9 @@ class State:
         if self.snapshot is not None and self.snapshot.warehouse_state == file_state(wh):
             return
         try:
-            snap = build(wh, self.rules.data, (self.snapshot.generation + 1) if self.snapshot else 1)
+            snap = build(
+                wh, self.rules.data, (self.snapshot.generation + 1) if self.snapshot else 1, self.matching
+            )
         except EhrliftError as exc:
             log.warning("snapshot not refreshed: %s", exc.message)
             return
@@ -131,7 +135,7 @@ class State:
                 due = time.monotonic() + self.config.refresh_seconds
 
 
-def create_app(config: CdsConfig, rules: Rules | None = None) -> Starlette:
+def create_app(config: CdsConfig, rules: Rules | None = None, matching: Matching | None = None) -> Starlette:
     rules = rules or Rules.load(config.rules)
     state = State(
         config,
@@ -145,6 +149,7 @@ def create_app(config: CdsConfig, rules: Rules | None = None) -> Starlette:
         ),
         Spool(config.spool_path),
         Links(config.link_ttl_seconds),
+        matching or Matching.load(config.matching),
     )
 
     @asynccontextmanager
@@ -162,27 +167,34 @@ def create_app(config: CdsConfig, rules: Rules | None = None) -> Starlette:
         except EhrliftError as exc:
             log.warning("audit spool left for the next merge: %s", exc.message)
 
-    def authorize(request: Request) -> str:
-        return state.verifier.verify(request.headers.get("authorization"), config.base_url + request.url.path)
+    def authorize(request: Request, fetch: bool = True) -> str:
+        audience = config.base_url + request.url.path
+        return state.verifier.verify(request.headers.get("authorization"), audience, fetch=fetch)
+
+    async def authorized(request: Request) -> str:
+        """Verified on the event loop; only a JWK Set fetch goes to a worker thread."""
+        try:
+            return authorize(request, fetch=False)
+        except FetchNeeded:
+            return await run_in_threadpool(authorize, request)
 
     async def discovery(request: Request) -> Response:
         try:
-            await run_in_threadpool(authorize, request)
+            await authorized(request)
         except Unauthorized as exc:
             return _unauthorized(exc)
         return _json({"services": SERVICES})
 
     async def service(request: Request) -> Response:
+        """A hook call. Everything but I/O runs on the event loop (a call is a few dictionary lookups and
+        one signature check; a thread hop would cost more): the client's FHIR server and a draft order's
+        terminology lookups run in a worker thread."""
         service_id = request.path_params["service_id"]
         if service_id not in HOOKS:
             return _outcome(404, "not-found", "no such CDS service")
         raw = await request.body()
-        # One hop to a worker thread for the whole call: verifying, reading the snapshot, queueing audit.
-        return await run_in_threadpool(answer, service_id, request, raw)
-
-    def answer(service_id: str, request: Request, raw: bytes) -> Response:
         try:
-            issuer = authorize(request)
+            issuer = await authorized(request)
         except Unauthorized as exc:
             return _unauthorized(exc)
         try:
@@ -193,9 +205,16 @@ def create_app(config: CdsConfig, rules: Rules | None = None) -> Starlette:
             return _outcome(400, "invalid", "the request does not follow the CDS Hooks request schema")
         if body["hook"] not in HOOKS[service_id]:
             return _outcome(400, "not-supported", f"this service answers {', '.join(HOOKS[service_id])}")
-        if state.snapshot is None:
+        snap = state.snapshot
+        if snap is None:
             return _outcome(503, "transient", "the service has no warehouse snapshot yet")
-        result = invoke(state, service_id, body, issuer)
+        found = resolve_local(snap, body)
+        if found is None:
+            found = await run_in_threadpool(resolve_remote, snap, body, config.fhir_timeout)
+        if service_id == ORDER_CHECK:
+            result = await run_in_threadpool(invoke, state, snap, service_id, body, issuer, found)
+        else:
+            result = invoke(state, snap, service_id, body, issuer, found)
         if result is None:
             # The specification's answer when neither prefetch nor the client's FHIR server gave the data.
             return _outcome(
@@ -208,7 +227,7 @@ def create_app(config: CdsConfig, rules: Rules | None = None) -> Starlette:
         if service_id not in HOOKS:
             return _outcome(404, "not-found", "no such CDS service")
         try:
-            await run_in_threadpool(authorize, request)
+            await authorized(request)
         except Unauthorized as exc:
             return _unauthorized(exc)
         try:
@@ -217,7 +236,7 @@ def create_app(config: CdsConfig, rules: Rules | None = None) -> Starlette:
             return _outcome(400, "invalid", "the request body is not JSON")
         if not isinstance(body, dict) or any(True for _ in validator("feedback").iter_errors(body)):
             return _outcome(400, "invalid", "the request does not follow the CDS Hooks feedback schema")
-        await run_in_threadpool(record_feedback, state, service_id, body["feedback"])
+        record_feedback(state, service_id, body["feedback"])
         return Response(status_code=200)
 
     async def page(request: Request) -> Response:
@@ -227,7 +246,7 @@ def create_app(config: CdsConfig, rules: Rules | None = None) -> Starlette:
             return HTMLResponse(
                 "<!doctype html><p>This review link has expired.</p>", 404, headers=_PAGE_HEADERS
             )
-        findings = await run_in_threadpool(review.find, snap, person, rules)
+        findings = review.find(snap, person, rules)
         return HTMLResponse(render(findings), headers=_PAGE_HEADERS)
 
     routes = [
@@ -267,23 +286,22 @@ def _unauthorized(exc: Unauthorized) -> Response:
     return _outcome(401, "login", str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
-def invoke(state: State, service_id: str, body: dict[str, Any], issuer: str) -> dict[str, Any] | None:
+def invoke(
+    state: State, snap: Snapshot, service_id: str, body: dict[str, Any], issuer: str, found: Resolution
+) -> dict[str, Any] | None:
     """Answer one hook call and queue its audit row; the response is cards only (no systemActions).
 
     None when the Patient could not be obtained at all (no prefetch, FHIR server absent or failing): the
     caller answers 412. A Patient that matches nobody here gets an empty card list.
     """
-    snap = state.snapshot
-    assert snap is not None
     rules, hook = state.rules, body["hook"]
-    found = resolve(snap, body, state.config.fhir_timeout)
     pairs: list[tuple[str, dict[str, Any]]] = []
     rows_read, run_id = 0, None
     unavailable = found.how in UNAVAILABLE or found.how.startswith("fhir_server_")
     if found.person_id is None:
         log.info("%s: no cards, the patient was not resolved (%s)", hook, found.how)
     else:
-        f = review.find(snap, found.person_id, rules, found.doc)
+        f = review.find(snap, found.person_id, rules)
         rows_read, run_id = f.total, f.run_id
         if f.total:
             source = {"label": f"ehrlift migration review (run {f.run_id})"}
@@ -293,9 +311,8 @@ def invoke(state: State, service_id: str, body: dict[str, Any], issuer: str) -> 
                 pairs = review.cards(f, rules, url, source)
             else:
                 links = [{"label": "Review migrated items", "url": url, "type": "absolute"}]
-                pairs = orders.check(
-                    snap, found.person_id, orders.draft_orders(body["context"], hook), rules, source, links
-                )
+                drafts = orders.draft_orders(body["context"], hook)
+                pairs = orders.check(snap, found.person_id, drafts, rules, state.matching, source, links)
             if not pairs:
                 state.links.revoke(token)  # no card carries the link
     cards = []
@@ -332,3 +349,11 @@ def record_feedback(state: State, service_id: str, entries: list[dict[str, Any]]
             reason_code=reason.get("code"),
             outcome_at=entry.get("outcomeTimestamp"),
         )
+
+
+def call(state: State, service_id: str, body: dict[str, Any], issuer: str) -> dict[str, Any] | None:
+    """One already-authorized hook call without HTTP, resolution included (it may block on the client's
+    FHIR server): what the HTTP handler does after verifying the token and the request schema."""
+    snap = state.snapshot
+    assert snap is not None
+    return invoke(state, snap, service_id, body, issuer, resolve(snap, body, state.config.fhir_timeout))
