@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 
+from pipelines.cds import landing
 from pipelines.cds.documents import summarize
 from pipelines.cds.matching import Fact, Matching, Terms, copy_terms
 from pipelines.cds.matching import facts as match_facts
@@ -170,7 +171,7 @@ def build(
         raise WarehouseError(f"cannot open the warehouse {warehouse}: {exc}") from None
     matching = matching or Matching.load()
     try:
-        _copy(con, rules, matching)
+        _copy(con, rules, matching, warehouse)
     finally:
         con.execute("DETACH wh")
     records = summarize(con, rules)
@@ -223,7 +224,7 @@ def _check_version(con: duckdb.DuckDBPyConnection, tables: dict[tuple[str, str],
         )
 
 
-def _copy(con: duckdb.DuckDBPyConnection, rules: dict[str, Any], matching: Matching) -> None:
+def _copy(con: duckdb.DuckDBPyConnection, rules: dict[str, Any], matching: Matching, warehouse: Path) -> None:
     tables = _tables(con)
     _check_version(con, tables)
     fhir = [t for (s, t) in tables if s == "fhir" and RESOURCE_TYPE.fullmatch(t)]
@@ -279,6 +280,8 @@ def _copy(con: duckdb.DuckDBPyConnection, rules: dict[str, Any], matching: Match
 
     _copy_coded(con, tables, coded_types, rules)
     _copy_ops(con, tables)
+    if _has(tables, "ops", "files", "landed_path") and _has(tables, "ops", "runs", "config"):
+        landing.attribute(con, warehouse)
     copy_terms(con, tables, matching)
 
 
