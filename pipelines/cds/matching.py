@@ -135,7 +135,8 @@ def copy_terms(con: duckdb.DuckDBPyConnection, tables: dict, m: Matching) -> Non
 
 
 def facts(con: duckdb.DuckDBPyConnection, rules: dict[str, Any], m: Matching) -> dict[str, tuple[Fact, ...]]:
-    """Per person, the active medications and allergies and the lab results that may still be recent."""
+    """Per person, the active medications and allergies and the lab results that may still be recent;
+    a record marked as another's duplicate (ops.fact_duplicates) is left out: its survivor stands for it."""
     not_lab = m.data["not_lab_categories"]
     since = date.today() - timedelta(days=int(rules.get("recent_lab_days", 90)))
     con.execute(
@@ -148,6 +149,7 @@ def facts(con: duckdb.DuckDBPyConnection, rules: dict[str, Any], m: Matching) ->
                         AND NOT list_contains(?::VARCHAR[], coalesce(category, '')) THEN 'lab' END AS kind,
                resource_type, id, label, day, system, code
         FROM coded WHERE system IS NOT NULL AND code IS NOT NULL
+              AND (resource_type, id) NOT IN (SELECT resource_type, resource_id FROM duplicates)
         """,
         [since, not_lab],
     )

@@ -108,7 +108,7 @@ def _card(
     links: list[dict[str, Any]],
 ) -> dict[str, Any]:
     found = "\n".join(
-        f"- {_md(label or rtype)} ({how}" + (f", last {day})" if day else ")")
+        f"- {_md(label or rtype)} ({rtype}, {how}" + (f", last {day})" if day else ")")
         for rtype, label, day, how in hits
     )
     detail = f"Draft order: {_md(order.label)}.\n\nMigrated from the legacy record:\n{found}"
