@@ -174,7 +174,7 @@ async def drive(url: str, toks: list[str], patients: int, clients: int) -> list[
         {
             "hook": "patient-view",
             "hookInstance": str(uuid.uuid4()),
-            "context": {"patientId": f"ehr-{i}"},
+            "context": {"userId": "Practitioner/bench", "patientId": f"ehr-{i}"},
             "prefetch": {
                 "patient": {
                     "resourceType": "Patient",

@@ -15,7 +15,11 @@ import pytest
 from tests.cds_builders import ISSUER, Client, issues_warehouse, service
 
 REVIEW = "ehrlift-migration-review"
-BODY = {"hook": "patient-view", "hookInstance": "h-1", "context": {"patientId": "EHR-77"}}
+BODY = {
+    "hook": "patient-view",
+    "hookInstance": "h-1",
+    "context": {"userId": "Practitioner/u1", "patientId": "EHR-77"},
+}
 
 
 @pytest.fixture(scope="module")

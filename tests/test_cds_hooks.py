@@ -244,3 +244,28 @@ def test_order_with_a_contained_medication_and_orders_without_codes(tmp_path, wh
     assert [c["source"]["topic"]["code"] for c in cards] == ["order_duplicate_medication"]
     assert cards[0]["suggestions"][0]["actions"][0]["resourceId"] == "MedicationRequest/d5"
     assert "metformin 500 MG" in cards[0]["detail"]
+
+
+def test_schemas_hold_the_specification_invariants():
+    def errors(name: str, body: dict) -> list[str]:
+        return [e.message for e in validator(name).iter_errors(body)]
+
+    draft = {"resourceType": "MedicationRequest", "id": "d1"}
+    select = order("order-select", draft)
+    assert errors("request", select) == []
+    assert errors("request", {**select, "context": {**select["context"], "selections": ["d1"]}})  # ord-1
+    assert errors("request", {**select, "context": {"patientId": "x", "userId": "u"}})  # no draftOrders
+    no_user = patient_view("x")
+    del no_user["context"]["userId"]
+    assert errors("request", no_user)
+    assert errors("request", {**patient_view("x"), "fhirAuthorization": {}})  # cds-r-1 and its fields
+    card = {"summary": "s", "indicator": "info", "source": {"label": "l"}, "selectionBehavior": "at-most-one"}
+    one = {"label": "a", "isRecommended": True}
+    assert errors("response", {"cards": [{**card, "suggestions": [one, {"label": "b"}]}]}) == []
+    assert errors("response", {"cards": [{**card, "suggestions": [one, {**one, "label": "b"}]}]})  # resp-1
+    delete = {"type": "delete", "description": "remove"}
+    assert errors("response", {"cards": [{**card, "suggestions": [{"label": "a", "actions": [delete]}]}]})
+    ok = {**delete, "resourceId": "MedicationRequest/d1"}
+    assert errors("response", {"cards": [{**card, "suggestions": [{"label": "a", "actions": [ok]}]}]}) == []
+    no_behavior = {k: v for k, v in card.items() if k != "selectionBehavior"}
+    assert errors("response", {"cards": [{**no_behavior, "suggestions": [{"label": "a"}]}]})  # resp-6
