@@ -57,7 +57,9 @@ SERVICES: list[dict[str, Any]] = [
         "id": ORDER_CHECK,
         "title": "ehrlift order check against the migrated record",
         "description": "Warns when a draft order repeats a migrated active medication or a recent migrated "
-        "lab result of the same code, or conflicts with a migrated allergy to the same substance.",
+        "lab result, or conflicts with a migrated allergy to the same substance: the same code, an "
+        "equivalent code in the loaded terminology or the migration's mapping, or a shared RxNorm "
+        "ingredient.",
         "prefetch": PATIENT_PREFETCH,
         "usageRequirements": "Draft orders are read from context.draftOrders "
         "(R4 MedicationRequest, ServiceRequest).",
