@@ -166,9 +166,12 @@ def tokens(key, url: str, n: int) -> list[str]:
     ]
 
 
-async def drive(url: str, toks: list[str], patients: int, clients: int) -> list[float]:
+async def drive(
+    url: str, toks: list[str], patients: int, clients: int, key=None, resets: list[int] | None = None
+) -> list[float]:
     import httpx
 
+    resets = resets if resets is not None else []
     rng = random.Random(7)
     bodies = [
         {
@@ -190,11 +193,23 @@ async def drive(url: str, toks: list[str], patients: int, clients: int) -> list[
     async def client(http: httpx.AsyncClient) -> None:
         while queue:
             tok, body = queue.pop()
-            t0 = time.perf_counter()
-            resp = await http.post(url, json=body, headers={"Authorization": f"Bearer {tok}"})
-            latencies.append(time.perf_counter() - t0)
-            if resp.status_code != 200:
-                raise SystemExit(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            for attempt in range(3):
+                t0 = time.perf_counter()
+                try:
+                    resp = await http.post(url, json=body, headers={"Authorization": f"Bearer {tok}"})
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    # A kept-alive connection the server closed just as it was reused (uvicorn closes
+                    # idle ones after 5 s; a starved client can sit that long): counted, sent again with a
+                    # fresh token (the first may have been seen), not timed.
+                    resets.append(attempt)
+                    tok = tokens(key, url, 1)[0]
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                if resp.status_code != 200:
+                    raise SystemExit(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                break
+            else:
+                raise SystemExit("a request failed three times on reset connections")
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=30, limits=limits) as http:
@@ -203,8 +218,9 @@ async def drive(url: str, toks: list[str], patients: int, clients: int) -> list[
 
 
 def measure(url: str, key, args: argparse.Namespace, clients: int) -> dict[str, float]:
-    lat = asyncio.run(drive(url, tokens(key, url, args.requests), args.patients, clients))
-    return {f"p{q}": round(pct(lat, q), 2) for q in (50, 95, 99)}
+    resets: list[int] = []
+    lat = asyncio.run(drive(url, tokens(key, url, args.requests), args.patients, clients, key, resets))
+    return {**{f"p{q}": round(pct(lat, q), 2) for q in (50, 95, 99)}, "resets": len(resets)}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -252,7 +268,7 @@ def main() -> None:
             if name == "ehrlift":
                 print(f"ehrlift service up (snapshot taken) in {time.perf_counter() - t0:.1f} s")
             urls[name] = f"{base}/cds-services/{SERVICE}"
-            asyncio.run(drive(urls[name], tokens(key, urls[name], 50), args.patients, 4))  # warm-up
+            asyncio.run(drive(urls[name], tokens(key, urls[name], 50), args.patients, 4, key))  # warm-up
         runs = []
         for rep in range(1, args.repeat + 1):
             run: dict[str, Any] = {"run": rep, "levels": {}}
@@ -326,6 +342,7 @@ def report(run: dict[str, Any], args: argparse.Namespace, levels: list[int]) -> 
             print(
                 f"{clients:>7} {row['load1']:>6.2f} {name:>8} {r['p50']:>8.2f} {r['p95']:>8.2f} "
                 f"{r['p99']:>8.2f} {tail:>9}"
+                + (f"  ({r['resets']} reset connections retried)" if r["resets"] else "")
             )
     eight = run["levels"].get(8)
     if eight:

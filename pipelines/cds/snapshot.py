@@ -183,8 +183,12 @@ def build(
         idents.setdefault(value, []).append((system, person))
     backload = dict(con.execute("SELECT server_id, person_id FROM backload").fetchall())
     facts = match_facts(con, rules, matching)
-    con.execute("DROP TABLE docs; DROP TABLE pid; DROP TABLE backload; DROP TABLE coded")
     # What stays in DuckDB is only the terminology for draft-order codes: point lookups, cached.
+    for catalog, schema, table in con.execute(
+        "SELECT table_catalog, table_schema, table_name FROM information_schema.tables "
+        "WHERE table_name NOT IN ('equiv', 'ingredient')"
+    ).fetchall():
+        con.execute(f'DROP TABLE "{catalog}"."{schema}"."{table}"')
     con.execute("SET threads = 1")
     return Snapshot(
         con,
