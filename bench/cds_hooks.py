@@ -1,13 +1,15 @@
 """CDS Hooks benchmark: patient-view latency of ehrlift's service vs a bare Starlette endpoint, same settings.
 
-    uv run python bench/cds_hooks.py [--patients 10000] [--requests 400] [--clients 1,8,32] [--repeat 3]
+    uv run python bench/cds_hooks.py [--patients 10000] [--requests 2000] [--rounds 5] [--clients 1,8,32]
+        [--repeat 3]
 
 Generates a warehouse of N patients in DuckDB (each with a Patient and its MRN, ~5 problems (one in ten
 with an unmapped local code), 3 medications, an allergy for every third, 40 observations, quarantined
 units for one in twenty, identity links awaiting review for one in fifty), cached under bench/out/. Then
 starts both servers, each its own process under uvicorn (one worker, loopback, access log off), and in
 each of --repeat runs drives patient-view calls at 1, 8 and 32 concurrent clients (asyncio + httpx,
-keep-alive), the two servers back to back at each level so that the shared machine's load falls on both;
+keep-alive), the two servers alternating in rounds at each level so that the shared machine's load falls
+on both alike;
 each call carries a freshly signed RS384 JWT (signed before timing) and a `patient` prefetch with a
 random patient's MRN. The bare endpoint returns one fixed card and checks nothing: it is the floor of
 HTTP + JSON under the same server settings. Prints, per run, p50/p95/p99 per server and concurrency, the
@@ -217,10 +219,19 @@ async def drive(
     return latencies
 
 
-def measure(url: str, key, args: argparse.Namespace, clients: int) -> dict[str, float]:
-    resets: list[int] = []
-    lat = asyncio.run(drive(url, tokens(key, url, args.requests), args.patients, clients, key, resets))
-    return {**{f"p{q}": round(pct(lat, q), 2) for q in (50, 95, 99)}, "resets": len(resets)}
+def measure(urls: dict[str, str], key, args: argparse.Namespace, clients: int) -> dict[str, dict]:
+    """Both servers at one level, alternating in rounds so that load changes fall on both alike."""
+    lat: dict[str, list[float]] = {name: [] for name in urls}
+    resets: dict[str, list[int]] = {name: [] for name in urls}
+    per_round = max(1, args.requests // args.rounds)
+    for _ in range(args.rounds):
+        for name, url in urls.items():
+            toks = tokens(key, url, per_round)
+            lat[name] += asyncio.run(drive(url, toks, args.patients, clients, key, resets[name]))
+    return {
+        name: {**{f"p{q}": round(pct(lat[name], q), 2) for q in (50, 95, 99)}, "resets": len(resets[name])}
+        for name in urls
+    }
 
 
 def pct(values: list[float], q: float) -> float:
@@ -234,7 +245,10 @@ def pct(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patients", type=int, default=10_000)
-    parser.add_argument("--requests", type=int, default=400, help="timed requests per concurrency level")
+    parser.add_argument(
+        "--requests", type=int, default=2000, help="timed requests per concurrency level and server"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds the requests are split in")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--repeat", type=int, default=3, help="runs, each measuring every level once")
     args = parser.parse_args()
@@ -274,7 +288,7 @@ def main() -> None:
             run: dict[str, Any] = {"run": rep, "levels": {}}
             for clients in levels:
                 load = os.getloadavg()[0]
-                run["levels"][clients] = {name: measure(urls[name], key, args, clients) for name in urls}
+                run["levels"][clients] = measure(urls, key, args, clients)
                 run["levels"][clients]["load1"] = round(load, 2)
             runs.append(run)
             report(run, args, levels)
@@ -288,7 +302,13 @@ def main() -> None:
             proc.wait(timeout=60)
     (OUT / "cds_hooks.json").write_text(
         json.dumps(
-            {"patients": args.patients, "requests": args.requests, "cpus": os.cpu_count(), "runs": runs},
+            {
+                "patients": args.patients,
+                "requests": args.requests,
+                "rounds": args.rounds,
+                "cpus": os.cpu_count(),
+                "runs": runs,
+            },
             indent=2,
         )
     )
@@ -327,7 +347,8 @@ def report(run: dict[str, Any], args: argparse.Namespace, levels: list[int]) -> 
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     print(
         f"\nrun {run['run']} ({stamp}; {args.patients} patients, {args.requests} requests per level and "
-        f"server, {os.cpu_count()} CPUs; load1 = 1-minute load average at the start of each level)"
+        f"server in {args.rounds} alternating rounds, {os.cpu_count()} CPUs; load1 = 1-minute load average "
+        "at the start of each level)"
     )
     print(
         f"{'clients':>7} {'load1':>6} {'server':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
