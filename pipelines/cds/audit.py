@@ -60,18 +60,20 @@ class Spool:
         return event
 
     def sync(self) -> None:
+        # The lock only guards the flag: an fsync can take long on a busy disk, and appends (made on the
+        # service's event loop) must not wait for it.
         with self._lock:
             if not self._dirty:
                 return
             self._dirty = False
-            try:
-                fd = os.open(self.path, os.O_RDONLY)
-            except FileNotFoundError:
-                return  # merged away meanwhile: the warehouse holds the rows
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # merged away meanwhile: the warehouse holds the rows
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def merge(spool: Path, warehouse: Path) -> int:
