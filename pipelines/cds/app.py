@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import jsonschema_rs
 import orjson
 from jsonschema import Draft202012Validator, FormatChecker
 from starlette.applications import Starlette
@@ -70,10 +72,25 @@ UNAVAILABLE = ("no_prefetch_no_fhir_access", "bad_patient_id")
 HOOKS = {REVIEW: ("patient-view",), ORDER_CHECK: ("order-select", "order-sign")}
 
 
+def _schema(name: str) -> dict[str, Any]:
+    return json.loads((shipped("schemas") / "cds" / f"{name}.schema.json").read_text(encoding="utf-8"))
+
+
 @cache
 def validator(name: str) -> Draft202012Validator:
-    schema = json.loads((shipped("schemas") / "cds" / f"{name}.schema.json").read_text(encoding="utf-8"))
-    return Draft202012Validator(schema, format_checker=FormatChecker())
+    """The reference implementation with messages: what the tests check every response with."""
+    return Draft202012Validator(_schema(name), format_checker=FormatChecker())
+
+
+@cache
+def _compiled(name: str) -> jsonschema_rs.Validator:
+    return jsonschema_rs.validator_for(_schema(name), validate_formats=True)
+
+
+def conforms(name: str, body: Any) -> bool:
+    """Whether a request or feedback body follows its schema: the compiled validator answers in
+    microseconds where the reference one takes a tenth of a millisecond or more on every call."""
+    return _compiled(name).is_valid(body)
 
 
 def _outcome(status: int, code: str, text: str, headers: dict[str, str] | None = None) -> Response:
@@ -133,8 +150,20 @@ class State:
         while not self.stop.wait(1.0):
             self.spool.sync()
             if time.monotonic() >= due:
+                before = self.snapshot
                 self.refresh()
+                if self.snapshot is not before:
+                    _settle()
                 due = time.monotonic() + self.config.refresh_seconds
+
+
+def _settle() -> None:
+    """After a new snapshot: collect once, then move every surviving object out of the cyclic
+    collector's view. A snapshot is some 100,000 small objects without reference cycles (10k patients);
+    left in view, each full collection walks them all in the middle of a call (tens of milliseconds on a
+    loaded machine). An old snapshot's objects are still freed by reference counting."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(config: CdsConfig, rules: Rules | None = None, matching: Matching | None = None) -> Starlette:
@@ -157,6 +186,7 @@ def create_app(config: CdsConfig, rules: Rules | None = None, matching: Matching
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(state.refresh)
+        _settle()
         state.stop = threading.Event()
         thread = threading.Thread(target=state.loop, name="cds-refresh", daemon=True)
         thread.start()
@@ -168,6 +198,7 @@ def create_app(config: CdsConfig, rules: Rules | None = None, matching: Matching
             await run_in_threadpool(merge, config.spool_path, config.warehouse)
         except EhrliftError as exc:
             log.warning("audit spool left for the next merge: %s", exc.message)
+        gc.unfreeze()  # everything is collectable again, and released as the process ends
 
     def authorize(request: Request, fetch: bool = True) -> str:
         audience = config.base_url + request.url.path
@@ -203,7 +234,7 @@ def create_app(config: CdsConfig, rules: Rules | None = None, matching: Matching
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return _outcome(400, "invalid", "the request body is not JSON")
-        if not isinstance(body, dict) or any(True for _ in validator("request").iter_errors(body)):
+        if not isinstance(body, dict) or not conforms("request", body):
             return _outcome(400, "invalid", "the request does not follow the CDS Hooks request schema")
         if body["hook"] not in HOOKS[service_id]:
             return _outcome(400, "not-supported", f"this service answers {', '.join(HOOKS[service_id])}")
@@ -236,7 +267,7 @@ def create_app(config: CdsConfig, rules: Rules | None = None, matching: Matching
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
             return _outcome(400, "invalid", "the request body is not JSON")
-        if not isinstance(body, dict) or any(True for _ in validator("feedback").iter_errors(body)):
+        if not isinstance(body, dict) or not conforms("feedback", body):
             return _outcome(400, "invalid", "the request does not follow the CDS Hooks feedback schema")
         record_feedback(state, service_id, body["feedback"])
         return Response(status_code=200)
