@@ -147,3 +147,20 @@ def test_cors_only_for_allow_listed_origins(tmp_path, wh):
         call.status_code == 200
         and call.headers["access-control-allow-origin"] == "https://ehr-ui.example.org"
     )
+
+
+def test_replay_memory_and_review_links_stay_bounded():
+    from pipelines.cds.auth import Unauthorized, Verifier
+    from pipelines.cds.page import Links
+
+    verifier, now = Verifier([], leeway=0), time.time()
+    for i in range(10_050):
+        verifier._once("iss", f"old-{i}", now - 1)  # tokens already expired
+    verifier._once("iss", "live", now + 60)
+    assert len(verifier._seen) < 100  # swept once past 10,000 entries
+    with pytest.raises(Unauthorized, match="replayed jti"):
+        verifier._once("iss", "live", now + 60)
+    links = Links(60, limit=10)
+    tokens = [links.issue(f"person-{i}") for i in range(25)]
+    assert len(links._tokens) <= 10
+    assert links.person(tokens[-1]) == "person-24" and links.person(tokens[0]) is None

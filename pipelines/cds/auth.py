@@ -92,6 +92,7 @@ class Verifier:
         self.leeway, self.max_lifetime = leeway, max_lifetime
         self.jwks = JwksCache(jwks_ttl, timeout)
         self._seen: dict[tuple[str, str], float] = {}
+        self._swept = 0.0
         self._parsed: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 
@@ -165,8 +166,11 @@ class Verifier:
     def _once(self, iss: str, jti: str, exp: float) -> None:
         now = time.time()
         with self._lock:
-            if len(self._seen) > 10_000:
+            # Expired entries are swept at most once a second: sweeping on every call once more than
+            # 10,000 tokens are live made each call walk them all.
+            if len(self._seen) > 10_000 and now >= self._swept + 1.0:
                 self._seen = {k: v for k, v in self._seen.items() if v > now}
+                self._swept = now
             seen = self._seen.get((iss, jti))
             if seen is not None and seen > now:
                 raise Unauthorized("replayed jti")

@@ -1,10 +1,11 @@
-"""The service's read-only snapshot: per-person review tables copied from the warehouse into memory.
+"""The service's read-only snapshot: per-person review facts copied from the warehouse into memory.
 
 DuckDB lets one process write a database file, and while a writer holds it no other process can open it,
 not even read-only; a reader holding it likewise blocks the next `ehrlift run`. So the service attaches the
 warehouse read-only only long enough to copy the few narrow tables it answers from (set-based SQL, a few
-seconds for 10k patients), detaches, and answers every request from memory with parameterized
-per-person queries. A refresh that finds the warehouse busy keeps serving the previous snapshot.
+seconds for 10k patients), detaches, and keeps what a call reads in dictionaries (review document,
+identifiers, back-load ids, order-check records per person). A refresh that finds the warehouse busy
+keeps serving the previous snapshot.
 """
 
 from __future__ import annotations
@@ -90,10 +91,6 @@ class Snapshot:
     backload: dict[str, str] = field(default_factory=dict)  # EHR patient id -> person
     facts: dict[str, tuple[Fact, ...]] = field(default_factory=dict)  # person -> order-check facts
     terms: Terms | None = None
-
-    @property
-    def has_backload(self) -> bool:
-        return bool(self.backload)
 
 
 def _tables(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], list[str]]:
