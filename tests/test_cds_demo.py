@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,3 +130,18 @@ def test_the_demo_identity_noise_merges_source_patients_into_one_review_each(dem
         con.close()
     assert snap.persons == persons < patients
     assert bool(_persons_with(snap, "identity_review")) == bool(review_pairs)
+
+
+def test_without_the_landing_zone_those_lines_stay_unattributed(tmp_path, demo):
+    wh, _snap = demo
+    copy = tmp_path / "copy.duckdb"
+    shutil.copy(wh, copy)
+    con = duckdb.connect(str(copy))
+    con.execute("UPDATE ops.runs SET config = json_object('landing', ?)", [str(tmp_path / "pruned")])
+    con.close()
+    snap = build(copy, Rules.load().data)
+    try:
+        assert _persons_with(snap, "conflicting_duplicate") == []  # no crash, nothing guessed
+        assert snap.persons == _snap.persons
+    finally:
+        snap.con.close()
