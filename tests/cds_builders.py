@@ -246,7 +246,7 @@ class Client:
 
     def token(
         self,
-        aud: str,
+        aud: str | list[str],
         *,
         iss: str = ISSUER,
         lifetime: int = 60,

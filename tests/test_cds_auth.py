@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -14,7 +15,11 @@ import pytest
 from tests.cds_builders import ISSUER, Client, issues_warehouse, service
 
 REVIEW = "ehrlift-migration-review"
-BODY = {"hook": "patient-view", "hookInstance": "h-1", "context": {"patientId": "EHR-77"}}
+BODY = {
+    "hook": "patient-view",
+    "hookInstance": "h-1",
+    "context": {"userId": "Practitioner/u1", "patientId": "EHR-77"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +69,16 @@ def test_every_jwt_failure_mode_is_401(tmp_path, wh):
         )
         refused(post(base, hs), "the token's algorithm is not an allowed asymmetric one")
         refused(post(base, client.token(url, headers={"kid": "other"})), "no key with the token's kid")
+        no_jti = jwt.encode(
+            {"iss": ISSUER, "aud": url, "iat": int(time.time()), "exp": int(time.time()) + 60},
+            client.key,
+            algorithm=client.alg,
+            headers={"kid": client.kid, "typ": "JWT"},
+        )
+        refused(post(base, no_jti), "the token lacks the jti claim")
+        good = client.token(url)
+        refused(post(base, good[:-2] + "*" + good[-1:]), "the token is not a JWT")  # not base64url
+        assert post(base, client.token([url, "https://other.example.org"])).status_code == 200  # aud list
         refused(
             post(base, client.token(url, headers={"jku": "https://evil.example.org/jwks"})),
             "the token's jku is not allow-listed for its issuer",
@@ -132,3 +147,20 @@ def test_cors_only_for_allow_listed_origins(tmp_path, wh):
         call.status_code == 200
         and call.headers["access-control-allow-origin"] == "https://ehr-ui.example.org"
     )
+
+
+def test_replay_memory_and_review_links_stay_bounded():
+    from pipelines.cds.auth import Unauthorized, Verifier
+    from pipelines.cds.page import Links
+
+    verifier, now = Verifier([], leeway=0), time.time()
+    for i in range(10_050):
+        verifier._once("iss", f"old-{i}", now - 1)  # tokens already expired
+    verifier._once("iss", "live", now + 60)
+    assert len(verifier._seen) < 100  # swept once past 10,000 entries
+    with pytest.raises(Unauthorized, match="replayed jti"):
+        verifier._once("iss", "live", now + 60)
+    links = Links(60, limit=10)
+    tokens = [links.issue(f"person-{i}") for i in range(25)]
+    assert len(links._tokens) <= 10
+    assert links.person(tokens[-1]) == "person-24" and links.person(tokens[0]) is None

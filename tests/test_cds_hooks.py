@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from pathlib import Path
 
 import duckdb
 import httpx
 import pytest
 
-from pipelines.cds.app import validator
-from tests.cds_builders import ISSUER, LOINC, MRN_SYSTEM, RECENT, RXNORM, Client, issues_warehouse, service
-
-GOLDEN = Path(__file__).parent / "golden" / "cds"
-REGENERATE = os.environ.get("EHRLIFT_REGENERATE_GOLDEN") == "1"
-REVIEW = "ehrlift-migration-review"
-ORDERS = "ehrlift-order-check"
+from pipelines.cds.app import conforms, validator
+from tests.cds_builders import ISSUER, LOINC, RXNORM, Client, issues_warehouse, service
+from tests.cds_requests import ORDERS, REVIEW, call, cards_of, golden, order, patient_view, stable
 
 
 @pytest.fixture
@@ -30,68 +23,6 @@ def wh(tmp_path: Path) -> Path:
     path = tmp_path / "wh.duckdb"
     issues_warehouse(path)
     return path
-
-
-def call(base: str, client: Client, service_id: str, body: dict) -> httpx.Response:
-    url = f"{base}/cds-services/{service_id}"
-    assert not list(validator("request").iter_errors(body))
-    return httpx.post(url, json=body, headers={"Authorization": f"Bearer {client.token(url)}"}, timeout=10)
-
-
-def patient_view(patient_id: str, mrn: str | None = None, **extra) -> dict:
-    body = {
-        "hook": "patient-view",
-        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-        "context": {"userId": "Practitioner/u1", "patientId": patient_id},
-        **extra,
-    }
-    if mrn is not None:
-        body["prefetch"] = {
-            "patient": {
-                "resourceType": "Patient",
-                "id": patient_id,
-                "identifier": [{"type": {"coding": [{"code": "MR"}]}, "system": MRN_SYSTEM, "value": mrn}],
-            }
-        }
-    return body
-
-
-def order(hook: str, resource: dict, mrn: str = "1001", selections: list[str] | None = None) -> dict:
-    body = patient_view("ehr-1", mrn)
-    body["hook"] = hook
-    body["context"]["draftOrders"] = {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": resource}],
-    }
-    if hook == "order-select":
-        body["context"]["selections"] = selections or [f"{resource['resourceType']}/{resource['id']}"]
-    return body
-
-
-def cards_of(resp: httpx.Response) -> list[dict]:
-    assert resp.status_code == 200, resp.text
-    body = resp.json()
-    assert not [e.message for e in validator("response").iter_errors(body)]
-    return body["cards"]
-
-
-def _stable(cards: list[dict]) -> list[dict]:
-    """Cards with their per-call values (uuids, link tokens) replaced, for golden comparison."""
-    text = json.dumps(cards, indent=2, sort_keys=True)
-    text = re.sub(r'"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"', '"<uuid>"', text)
-    text = re.sub(r'/review/[A-Za-z0-9_-]+"', '/review/<token>"', text)
-    text = re.sub(r"http://127\.0\.0\.1:\d+", "<base>", text).replace(RECENT, "<recent>")
-    return json.loads(text)
-
-
-def golden(name: str, cards: list[dict]) -> None:
-    path = GOLDEN / f"{name}.json"
-    text = json.dumps(_stable(cards), indent=2, sort_keys=True) + "\n"
-    if REGENERATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert text == path.read_text(), f"{name} differs: regenerate with EHRLIFT_REGENERATE_GOLDEN=1"
 
 
 def test_discovery_lists_services_and_validates(tmp_path, wh, client):
@@ -114,7 +45,7 @@ def test_patient_view_golden_cards_for_a_patient_with_every_issue(tmp_path, wh, 
         cards = cards_of(call(base, client, REVIEW, patient_view("EHR-77")))  # found through ops.backload_ids
         by_mrn = cards_of(call(base, client, REVIEW, patient_view("other-ehr-id", "1001")))
     golden("patient_view_p1", cards)
-    assert _stable(by_mrn) == _stable(cards)
+    assert stable(by_mrn) == stable(cards)
     assert [c["source"]["topic"]["code"] for c in cards] == [
         "unmapped_code",
         "remapped_code",
@@ -168,7 +99,7 @@ def test_order_duplicating_a_migrated_medication_warns(tmp_path, wh, client):
         )
         clean = cards_of(call(base, client, ORDERS, order("order-sign", draft, mrn="1002")))
     golden("order_duplicate_medication", sign)
-    assert _stable(select) == _stable(sign)
+    assert stable(select) == stable(sign)
     card = sign[0]
     assert card["indicator"] == "warning" and card["selectionBehavior"] == "at-most-one"
     assert card["suggestions"][0]["actions"][0] == {
@@ -313,3 +244,30 @@ def test_order_with_a_contained_medication_and_orders_without_codes(tmp_path, wh
     assert [c["source"]["topic"]["code"] for c in cards] == ["order_duplicate_medication"]
     assert cards[0]["suggestions"][0]["actions"][0]["resourceId"] == "MedicationRequest/d5"
     assert "metformin 500 MG" in cards[0]["detail"]
+
+
+def test_schemas_hold_the_specification_invariants():
+    def errors(name: str, body: dict) -> list[str]:
+        found = [e.message for e in validator(name).iter_errors(body)]
+        assert conforms(name, body) == (not found)  # the service's compiled validator agrees
+        return found
+
+    draft = {"resourceType": "MedicationRequest", "id": "d1"}
+    select = order("order-select", draft)
+    assert errors("request", select) == []
+    assert errors("request", {**select, "context": {**select["context"], "selections": ["d1"]}})  # ord-1
+    assert errors("request", {**select, "context": {"patientId": "x", "userId": "u"}})  # no draftOrders
+    no_user = patient_view("x")
+    del no_user["context"]["userId"]
+    assert errors("request", no_user)
+    assert errors("request", {**patient_view("x"), "fhirAuthorization": {}})  # cds-r-1 and its fields
+    card = {"summary": "s", "indicator": "info", "source": {"label": "l"}, "selectionBehavior": "at-most-one"}
+    one = {"label": "a", "isRecommended": True}
+    assert errors("response", {"cards": [{**card, "suggestions": [one, {"label": "b"}]}]}) == []
+    assert errors("response", {"cards": [{**card, "suggestions": [one, {**one, "label": "b"}]}]})  # resp-1
+    delete = {"type": "delete", "description": "remove"}
+    assert errors("response", {"cards": [{**card, "suggestions": [{"label": "a", "actions": [delete]}]}]})
+    ok = {**delete, "resourceId": "MedicationRequest/d1"}
+    assert errors("response", {"cards": [{**card, "suggestions": [{"label": "a", "actions": [ok]}]}]}) == []
+    no_behavior = {k: v for k, v in card.items() if k != "selectionBehavior"}
+    assert errors("response", {"cards": [{**no_behavior, "suggestions": [{"label": "a"}]}]})  # resp-6

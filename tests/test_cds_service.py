@@ -15,25 +15,16 @@ import httpx
 import pytest
 
 from pipelines.cds import config as cds_config
-from pipelines.cds.app import create_app, validator
+from pipelines.cds.app import create_app
 from pipelines.cds.audit import Spool, merge
 from pipelines.common.errors import WarehouseError
 from pipelines.report import write_report
 from tests.cds_builders import MRN_SYSTEM, Client, free_socket, issues_warehouse, service, write_config
-
-REVIEW = "ehrlift-migration-review"
-
-
-def call(base: str, client: Client, body: dict) -> list[dict]:
-    url = f"{base}/cds-services/{REVIEW}"
-    resp = httpx.post(url, json=body, headers={"Authorization": f"Bearer {client.token(url)}"}, timeout=10)
-    assert resp.status_code == 200, resp.text
-    assert not list(validator("response").iter_errors(resp.json()))
-    return resp.json()["cards"]
+from tests.cds_requests import REVIEW, call, cards_of, patient_view
 
 
-def view(patient_id: str, **extra) -> dict:
-    return {"hook": "patient-view", "hookInstance": "h", "context": {"patientId": patient_id}, **extra}
+def review(base: str, client: Client, body: dict) -> list[dict]:
+    return cards_of(call(base, client, REVIEW, body))
 
 
 class _Fhir(BaseHTTPRequestHandler):
@@ -87,11 +78,11 @@ def test_fhir_server_fallback_only_without_prefetch_and_with_a_timeout(tmp_path,
         "subject": "ehrlift",
     }
     with service(tmp_path, wh, client, fhir_timeout_seconds=0.5) as base:
-        fetched = call(base, client, view("ehr-5", fhirServer=fhir, fhirAuthorization=auth))
-        prefetched = call(
+        fetched = review(base, client, patient_view("ehr-5", fhirServer=fhir, fhirAuthorization=auth))
+        prefetched = review(
             base,
             client,
-            view(
+            patient_view(
                 "ehr-5",
                 fhirServer=fhir,
                 fhirAuthorization=auth,
@@ -102,7 +93,7 @@ def test_fhir_server_fallback_only_without_prefetch_and_with_a_timeout(tmp_path,
         url = f"{base}/cds-services/{REVIEW}"
         slow = httpx.post(
             url,
-            json=view("ehr-5", fhirServer=fhir, fhirAuthorization=auth),
+            json=patient_view("ehr-5", fhirServer=fhir, fhirAuthorization=auth),
             timeout=10,
             headers={"Authorization": f"Bearer {client.token(url)}"},
         )
@@ -120,13 +111,16 @@ def test_works_without_identity_and_backload_tables(tmp_path):
     with service(tmp_path, wh, client) as base:
         url = f"{base}/cds-services/{REVIEW}"
         by_backload_id = httpx.post(
-            url, json=view("EHR-77"), timeout=10, headers={"Authorization": f"Bearer {client.token(url)}"}
+            url,
+            json=patient_view("EHR-77"),
+            timeout=10,
+            headers={"Authorization": f"Bearer {client.token(url)}"},
         )
-        by_mrn = call(base, client, view("EHR-77", prefetch=mrn))
-        wrong_system = call(
+        by_mrn = review(base, client, patient_view("EHR-77", prefetch=mrn))
+        wrong_system = review(
             base,
             client,
-            view(
+            patient_view(
                 "EHR-77",
                 prefetch={
                     "patient": {
@@ -151,7 +145,7 @@ def test_person_map_joins_source_patients_into_one_chart(tmp_path):
     client = Client.rsa()
     mrn2 = {"patient": {"resourceType": "Patient", "identifier": [{"system": MRN_SYSTEM, "value": "1002"}]}}
     with service(tmp_path, wh, client) as base:
-        cards = call(base, client, view("x", prefetch=mrn2))
+        cards = review(base, client, patient_view("x", prefetch=mrn2))
     summary = next(c for c in cards if c["source"]["topic"]["code"] == "migration_summary")
     assert "Condition 3" in summary["detail"] and "Patient 2" in summary["detail"]
 
@@ -304,7 +298,7 @@ def test_rules_are_checked_and_unresolved_calls_log_no_values(tmp_path, caplog):
         mrn = {
             "patient": {"resourceType": "Patient", "identifier": [{"system": MRN_SYSTEM, "value": "424242"}]}
         }
-        assert call(base, client, view("EHR-SECRET-ID", prefetch=mrn)) == []
+        assert review(base, client, patient_view("EHR-SECRET-ID", prefetch=mrn)) == []
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "patient-view: no cards, the patient was not resolved (unmatched_identifier)" in logged
     assert "424242" not in logged and "EHR-SECRET-ID" not in logged
@@ -333,7 +327,7 @@ def test_merge_audit_command_and_ambiguous_identifiers(tmp_path):
     client = Client.rsa()
     both = {"patient": {"resourceType": "Patient", "identifier": [{"system": MRN_SYSTEM, "value": "1001"}]}}
     with service(tmp_path, wh, client) as base:
-        assert call(base, client, view("x", prefetch=both)) == []
+        assert review(base, client, patient_view("x", prefetch=both)) == []
     spool = Spool(Path(f"{wh}.cds-spool.jsonl"))
     spool.append("feedback", service=REVIEW, card="u9", outcome="overridden", accepted=0, reason_code="r")
     assert main(["cds-hooks", "merge-audit", "--warehouse", str(wh)]) == 0
@@ -346,7 +340,7 @@ def test_merge_audit_command_and_ambiguous_identifiers(tmp_path):
 
 
 def test_refresh_sees_a_new_run_and_skips_an_unchanged_warehouse(tmp_path):
-    from pipelines.cds.app import invoke
+    from pipelines.cds.app import call as call_app
     from tests.cds_builders import WarehouseBuilder
 
     wh = tmp_path / "wh.duckdb"
@@ -357,13 +351,13 @@ def test_refresh_sees_a_new_run_and_skips_an_unchanged_warehouse(tmp_path):
     state = create_app(cfg).state.cds
     state.refresh()
     first = state.snapshot
-    body = view(
+    body = patient_view(
         "x",
         prefetch={
             "patient": {"resourceType": "Patient", "identifier": [{"system": MRN_SYSTEM, "value": "2001"}]}
         },
     )
-    assert invoke(state, REVIEW, body, "iss") == {"cards": []}
+    assert call_app(state, REVIEW, body, "iss") == {"cards": []}
     state.refresh()
     assert state.snapshot is first  # only its own audit rows were merged: no new copy
     w = WarehouseBuilder(wh, new_run=False)  # a later run adds a patient
@@ -371,5 +365,5 @@ def test_refresh_sees_a_new_run_and_skips_an_unchanged_warehouse(tmp_path):
     w.close()
     state.refresh()
     assert state.snapshot is not first
-    cards = invoke(state, REVIEW, body, "iss")["cards"]
+    cards = call_app(state, REVIEW, body, "iss")["cards"]
     assert [c["source"]["topic"]["code"] for c in cards] == ["migration_summary"]

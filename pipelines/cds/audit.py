@@ -25,6 +25,7 @@ from pipelines.common.warehouse import open_warehouse, transaction
 from pipelines.deid.audit import os_user
 
 COMMAND = "cds-hooks"
+_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 
 
 class Spool:
@@ -39,27 +40,40 @@ class Spool:
 
     def append(self, kind: str, **fields: Any) -> str:
         event = str(uuid.uuid4())
-        line = orjson.dumps({"event": event, "kind": kind, "at": datetime.now(UTC).isoformat(), **fields})
+        line = orjson.dumps(
+            {"event": event, "kind": kind, "at": datetime.now(UTC).isoformat(), **fields},
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
+        # Opened per event (three system calls, no buffered file object): a merge in another process may
+        # have renamed the spool away, and a handle kept open would write into the file being merged.
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("ab") as fh:
-                fh.write(line + b"\n")
+            try:
+                fd = os.open(self.path, _FLAGS, 0o600)
+            except FileNotFoundError:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, _FLAGS, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
             self._dirty = True
         return event
 
     def sync(self) -> None:
+        # The lock only guards the flag: an fsync can take long on a busy disk, and appends (made on the
+        # service's event loop) must not wait for it.
         with self._lock:
             if not self._dirty:
                 return
             self._dirty = False
-            try:
-                fd = os.open(self.path, os.O_RDONLY)
-            except FileNotFoundError:
-                return  # merged away meanwhile: the warehouse holds the rows
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # merged away meanwhile: the warehouse holds the rows
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def merge(spool: Path, warehouse: Path) -> int:

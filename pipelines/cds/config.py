@@ -22,6 +22,7 @@ class CdsConfig:
     host: str = "127.0.0.1"
     port: int = 8090
     rules: Path | None = None
+    matching: Path | None = None  # order-matching rules; default schemas/cds/matching.json
     spool: Path | None = None  # audit and feedback queue; default beside the warehouse
     fhir_timeout: float = 3.0
     refresh_seconds: float = 300.0
@@ -67,6 +68,7 @@ def load(path: Path | None, *, warehouse: Path | None, host: str | None, port: i
         host=host,
         port=port,
         rules=base / data["rules"] if data.get("rules") else None,
+        matching=base / data["matching"] if data.get("matching") else None,
         spool=base / data["spool"] if data.get("spool") else None,
         fhir_timeout=float(data.get("fhir_timeout_seconds", 3.0)),
         refresh_seconds=float(data.get("refresh_seconds", 300.0)),

@@ -24,8 +24,7 @@ def summarize(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> int:
     """Per person, what a patient-view shows, computed set-based once so a call is one indexed lookup.
 
     summary: record counts, sources, date range and latest run per resource type; items: each thing that
-    needs a clinician's eye, with its card type. The chart table is dropped afterwards (only the order
-    check's coded rows are kept): a request never scans.
+    needs a clinician's eye, with its card type. The chart table is dropped afterwards.
     """
     words = "CASE " + " ".join(f"WHEN resource_type = '{t}' THEN '{w}'" for t, w in _TYPE_WORDS) + " END"
     remapped = [m for m in rules.get("remapped_methods", []) if m.replace("-", "").isalpha()]
@@ -73,8 +72,7 @@ def summarize(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> int:
         FROM duplicates
         ORDER BY ALL
     """)
-    # One JSON document per person, and a copy on each of its identifier and back-load rows (lookup), so
-    # a call is one filter on one table: per-query overhead, not data, is what a call costs.
+    # One JSON document per person: the snapshot keeps them in a dictionary, so a call is one lookup.
     con.execute("""
         CREATE TABLE docs AS
         SELECT person_id, to_json({'summary': s.summary, 'items': coalesce(i.items, [])})::VARCHAR AS doc
@@ -87,19 +85,6 @@ def summarize(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> int:
                    FROM items GROUP BY person_id) i USING (person_id)
         ORDER BY person_id
     """)
-    con.execute("""
-        CREATE TABLE lookup AS
-        SELECT 'identifier' AS kind, p.value AS key, p.system, p.person_id, d.doc
-        FROM pid p LEFT JOIN docs d USING (person_id)
-        UNION ALL
-        SELECT 'backload', b.server_id, NULL, b.person_id, d.doc
-        FROM backload b LEFT JOIN docs d USING (person_id)
-        ORDER BY key
-    """)
     records = con.execute("SELECT coalesce(sum(n), 0) FROM summary").fetchone()[0]
-    con.execute("DROP TABLE pid; DROP TABLE backload; DROP TABLE summary; DROP TABLE items; DROP TABLE chart")
-    con.execute(
-        "DELETE FROM coded WHERE resource_type NOT IN ('MedicationRequest', 'MedicationStatement', "
-        "'AllergyIntolerance', 'Observation')"
-    )
+    con.execute("DROP TABLE summary; DROP TABLE items; DROP TABLE chart")
     return int(records)

@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any
 
+from pipelines.cds.matching import Matching
 from pipelines.cds.review import _md
 from pipelines.cds.rules import Rules
 from pipelines.cds.snapshot import Snapshot
-
-_MEDS = ("MedicationRequest", "MedicationStatement")
-# Observation categories that are not laboratory results (a vital sign shares LOINC codes with no lab order).
-_NOT_LAB = ("vital-signs", "social-history", "survey", "exam", "activity")
-
-_MATCH = """
-SELECT resource_type, any_value(label ORDER BY label NULLS LAST), max(day)::VARCHAR
-FROM coded
-WHERE person_id = ? AND list_contains(?::VARCHAR[], system || '|' || code) AND {where}
-GROUP BY resource_type, id ORDER BY ALL
-"""
-_CHECKS = (
-    ("order_allergy_conflict", "MedicationRequest", "active AND resource_type = 'AllergyIntolerance'"),
-    ("order_duplicate_medication", "MedicationRequest", f"active AND resource_type IN {_MEDS}"),
-    (
-        "order_duplicate_lab",
-        "ServiceRequest",
-        f"resource_type = 'Observation' AND coalesce(category, '') NOT IN {_NOT_LAB} "
-        "AND day >= current_date - ?::INTEGER",
-    ),
-)
 
 
 @dataclass(frozen=True)
@@ -90,21 +71,30 @@ def check(
     person_id: str,
     orders: list[DraftOrder],
     rules: Rules,
+    matching: Matching,
     source: dict[str, Any],
     links: list[dict[str, Any]],
 ) -> list[tuple[str, dict[str, Any]]]:
     """(card type, card) for every conflict between a draft order and the migrated record."""
+    facts = snap.facts.get(person_id, ())
+    since = (date.today() - timedelta(days=rules.recent_lab_days)).isoformat()
     out: list[tuple[str, dict[str, Any]]] = []
     for order in orders:
-        for card_type, order_type, where in _CHECKS:
-            if order.resource_type != order_type:
+        keys = snap.terms.keys(order.codes) if snap.terms is not None else frozenset()
+        for check in matching.data["checks"]:
+            if order.resource_type != check["order"]:
                 continue
-            params: list[Any] = [person_id, list(order.codes)]
-            if card_type == "order_duplicate_lab":
-                params.append(rules.recent_lab_days)
-            hits = snap.rows(_MATCH.format(where=where), params)
+            hits = []
+            for fact in facts:
+                if fact.kind != check["against"] or (fact.kind == "lab" and (fact.day or "") < since):
+                    continue
+                shared = {k.partition(" ")[0] for k in fact.keys & keys}
+                level = next((lv for lv in check["levels"] if lv in shared), None)
+                if level is not None:
+                    hits.append((fact.resource_type, fact.label, fact.day, matching.word(level)))
             if hits:
-                out.append((card_type, _card(card_type, order, hits, rules, source, links)))
+                card_type = check["card_type"]
+                out.append((card_type, _card(card_type, order, sorted(hits), rules, source, links)))
     out.sort(key=lambda pair: -rules.urgency(pair[1]["indicator"]))
     return out
 
@@ -118,7 +108,8 @@ def _card(
     links: list[dict[str, Any]],
 ) -> dict[str, Any]:
     found = "\n".join(
-        f"- {_md(label or rtype)}" + (f" (last {day})" if day else "") for rtype, label, day in hits
+        f"- {_md(label or rtype)} ({rtype}, {how}" + (f", last {day})" if day else ")")
+        for rtype, label, day, how in hits
     )
     detail = f"Draft order: {_md(order.label)}.\n\nMigrated from the legacy record:\n{found}"
     review = {"label": "Review the migrated record before ordering", "uuid": str(uuid.uuid4())}

@@ -37,9 +37,11 @@ class Links:
         now = time.monotonic()
         with self._lock:
             if len(self._tokens) >= self.limit:
+                # Down to nine tenths, oldest first after the expired: a full table is swept once per
+                # tenth of the limit, not on every call.
                 self._tokens = {t: v for t, v in self._tokens.items() if v[1] > now}
-                while len(self._tokens) >= self.limit:
-                    self._tokens.pop(next(iter(self._tokens)))
+                for old in list(self._tokens)[: max(0, len(self._tokens) - self.limit * 9 // 10)]:
+                    del self._tokens[old]
             self._tokens[token] = (person_id, now + self.ttl)
         return token
 

@@ -19,61 +19,51 @@ MR = "MR"  # HL7 v2 table 0203 identifier type: medical record number
 class Resolution:
     person_id: str | None
     how: str  # backload_ids, identifier, identifier_fhir, or why not: no_patient, unmatched, ambiguous, ...
-    doc: str | None = None  # the person's review document (JSON), read in the same query
-
-
-# Candidates, each with its person's review document, from one table keyed by back-load server id or
-# identifier value. A call's cost is per-query overhead, and an equality filter is the cheapest query.
-_LOOKUP = "SELECT kind, system, key, person_id, doc FROM lookup WHERE key = ?"
-_LOOKUP_ANY = "SELECT kind, system, key, person_id, doc FROM lookup WHERE list_contains(?::VARCHAR[], key)"
-
-
-def _by_backload(snap: Snapshot, server_id: str) -> list[tuple]:
-    if not snap.has_backload:
-        return []
-    return [r for r in snap.rows(_LOOKUP, [server_id]) if r[0] == "backload"]
-
-
-def _by_values(snap: Snapshot, idents: list[dict[str, Any]]) -> list[tuple]:
-    values = sorted({i["value"] for i in idents})
-    if not values:
-        return []
-    rows = snap.rows(_LOOKUP, values) if len(values) == 1 else snap.rows(_LOOKUP_ANY, [values])
-    return [r for r in rows if r[0] == "identifier"]
 
 
 def resolve(snap: Snapshot, request: dict[str, Any], fhir_timeout: float) -> Resolution:
-    """The person (with its review document), or None with the reason; never raises on client input."""
+    """The person, or None with the reason; never raises on client input. May call the FHIR server."""
+    found = resolve_local(snap, request)
+    return found if found is not None else resolve_remote(snap, request, fhir_timeout)
+
+
+def resolve_local(snap: Snapshot, request: dict[str, Any]) -> Resolution | None:
+    """Without any I/O: the person from the back-load id map or the prefetched Patient's identifiers;
+    None when only the client's FHIR server can tell (no prefetch)."""
     patient_id = (request.get("context") or {}).get("patientId")
     if not isinstance(patient_id, str) or not patient_id:
         return Resolution(None, "no_patient_id")
+    person = snap.backload.get(patient_id)
+    if person is not None:
+        return Resolution(person, "backload_ids")
     patient = (request.get("prefetch") or {}).get("patient")
-    idents = (
-        _identifiers(patient)
-        if isinstance(patient, dict) and patient.get("resourceType") == "Patient"
-        else []
-    )
-    by_backload = {(r[3], r[4]) for r in _by_backload(snap, patient_id)}
-    if len(by_backload) == 1:
-        person, doc = by_backload.pop()
-        return Resolution(person, "backload_ids", doc)
-    how = "identifier"
     if not isinstance(patient, dict):
-        patient, why = _fetch_patient(request, patient_id, fhir_timeout)
-        if patient is None:
-            return Resolution(None, why)
-        how = "identifier_fhir"
-        idents = _identifiers(patient) if patient.get("resourceType") == "Patient" else []
+        return None
+    return _from_patient(snap, patient, "identifier")
+
+
+def resolve_remote(snap: Snapshot, request: dict[str, Any], fhir_timeout: float) -> Resolution:
+    """Read the Patient from the client's FHIR server (blocking, with a timeout), then its identifiers."""
+    patient_id = request["context"]["patientId"]
+    patient, why = _fetch_patient(request, patient_id, fhir_timeout)
+    if patient is None:
+        return Resolution(None, why)
+    return _from_patient(snap, patient, "identifier_fhir")
+
+
+def _from_patient(snap: Snapshot, patient: dict[str, Any], how: str) -> Resolution:
     if patient.get("resourceType") != "Patient":
         return Resolution(None, "prefetch_not_a_patient")
+    idents = _identifiers(patient)
     if not idents:
         return Resolution(None, "no_identifier_with_system")
-    rows = _by_values(snap, idents)
-    found = [(r[1], r[2], r[3]) for r in rows]
+    found = [
+        (system, value, person)
+        for value in {i["value"] for i in idents}
+        for system, person in snap.identifiers.get(value, ())
+    ]
     person, why = _by_identifier(idents, found)
-    if person is None:
-        return Resolution(None, why)
-    return Resolution(person, how, next(r[4] for r in rows if r[3] == person))
+    return Resolution(person, how) if person is not None else Resolution(None, why)
 
 
 def _identifiers(patient: dict[str, Any]) -> list[dict[str, Any]]:

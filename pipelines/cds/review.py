@@ -39,15 +39,10 @@ class Findings:
         self.items.setdefault(item.card_type, []).append(item)
 
 
-_DOC = "SELECT doc FROM docs WHERE person_id = ?"
-
-
-def find(snap: Snapshot, person_id: str, rules: Rules, doc: str | None = None) -> Findings:
-    """One person's review, from the document the snapshot computed for it (read now unless given)."""
+def find(snap: Snapshot, person_id: str, rules: Rules) -> Findings:
+    """One person's review, from the document the snapshot computed for it."""
     f = Findings(person_id)
-    if doc is None:
-        row = snap.rows(_DOC, [person_id])
-        doc = row[0][0] if row else None
+    doc = snap.docs.get(person_id)
     if doc is None:
         return f
     data = orjson.loads(doc)

@@ -1,16 +1,16 @@
-"""The service's read-only snapshot: per-person review tables copied from the warehouse into memory.
+"""The service's read-only snapshot: per-person review facts copied from the warehouse into memory.
 
 DuckDB lets one process write a database file, and while a writer holds it no other process can open it,
 not even read-only; a reader holding it likewise blocks the next `ehrlift run`. So the service attaches the
 warehouse read-only only long enough to copy the few narrow tables it answers from (set-based SQL, a few
-seconds for 10k patients), detaches, and answers every request from memory with parameterized
-per-person queries. A refresh that finds the warehouse busy keeps serving the previous snapshot.
+seconds for 10k patients), detaches, and keeps what a call reads in dictionaries (review document,
+identifiers, back-load ids, order-check records per person). A refresh that finds the warehouse busy
+keeps serving the previous snapshot.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,10 @@ from typing import Any
 
 import duckdb
 
+from pipelines.cds import landing
 from pipelines.cds.documents import summarize
+from pipelines.cds.matching import Fact, Matching, Terms, copy_terms
+from pipelines.cds.matching import facts as match_facts
 from pipelines.common.errors import WarehouseError
 from pipelines.common.warehouse import RESOURCE_TYPE, SCHEMA_VERSION
 
@@ -73,7 +76,7 @@ _STATUS_PATH = {
 
 @dataclass
 class Snapshot:
-    """One in-memory copy; `con` is shared, each thread queries through its own cursor."""
+    """One in-memory copy: what a call reads is in dictionaries; DuckDB only expands draft-order codes."""
 
     con: duckdb.DuckDBPyConnection
     taken_at: float
@@ -81,17 +84,13 @@ class Snapshot:
     persons: int
     generation: int
     records: int = 0
-    has_backload: bool = False
-    _local: threading.local = field(default_factory=threading.local)
-
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        cur = getattr(self._local, "cur", None)
-        if cur is None:
-            cur = self._local.cur = self.con.cursor()
-        return cur
-
-    def rows(self, sql: str, params: list[Any] | dict[str, Any]) -> list[tuple[Any, ...]]:
-        return self.cursor().execute(sql, params).fetchall()
+    docs: dict[str, bytes] = field(default_factory=dict)  # person -> review document (JSON)
+    identifiers: dict[str, tuple[tuple[str, str], ...]] = field(
+        default_factory=dict
+    )  # value -> (system, person)
+    backload: dict[str, str] = field(default_factory=dict)  # EHR patient id -> person
+    facts: dict[str, tuple[Fact, ...]] = field(default_factory=dict)  # person -> order-check facts
+    terms: Terms | None = None
 
 
 def _tables(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], list[str]]:
@@ -147,7 +146,9 @@ def _coded_sql(types: list[str]) -> str:
     return " UNION ALL ".join(parts)
 
 
-def build(warehouse: Path, rules: dict[str, Any], generation: int = 1) -> Snapshot:
+def build(
+    warehouse: Path, rules: dict[str, Any], generation: int = 1, matching: Matching | None = None
+) -> Snapshot:
     """Copy the review tables out of the warehouse; the file is attached only while copying."""
     if not warehouse.exists():
         raise WarehouseError(
@@ -165,16 +166,40 @@ def build(warehouse: Path, rules: dict[str, Any], generation: int = 1) -> Snapsh
                 hint="the service retries at its next refresh; it keeps serving its previous snapshot",
             ) from None
         raise WarehouseError(f"cannot open the warehouse {warehouse}: {exc}") from None
+    matching = matching or Matching.load()
     try:
-        _copy(con, rules)
+        _copy(con, rules, matching, warehouse)
     finally:
         con.execute("DETACH wh")
     records = summarize(con, rules)
-    # Calls are point lookups, many at once: each runs on its caller's thread alone, with no pool to wake.
+    docs = {p: d.encode() for p, d in con.execute("SELECT person_id, doc FROM docs").fetchall()}
+    idents: dict[str, list[tuple[str, str]]] = {}
+    for value, system, person in con.execute(
+        "SELECT value, system, person_id FROM pid ORDER BY ALL"
+    ).fetchall():
+        idents.setdefault(value, []).append((system, person))
+    backload = dict(con.execute("SELECT server_id, person_id FROM backload").fetchall())
+    facts = match_facts(con, rules, matching)
+    # What stays in DuckDB is only the terminology for draft-order codes: point lookups, cached.
+    for catalog, schema, table in con.execute(
+        "SELECT table_catalog, table_schema, table_name FROM information_schema.tables "
+        "WHERE table_name NOT IN ('equiv', 'ingredient')"
+    ).fetchall():
+        con.execute(f'DROP TABLE "{catalog}"."{schema}"."{table}"')
     con.execute("SET threads = 1")
-    persons = con.execute("SELECT count(*) FROM docs").fetchone()[0]
-    backload = con.execute("SELECT count(*) > 0 FROM lookup WHERE kind = 'backload'").fetchone()[0]
-    return Snapshot(con, time.time(), state, persons, generation, records, bool(backload))
+    return Snapshot(
+        con,
+        time.time(),
+        state,
+        len(docs),
+        generation,
+        records,
+        docs,
+        {v: tuple(p) for v, p in idents.items()},
+        backload,
+        facts,
+        Terms(con, matching),
+    )
 
 
 def file_state(warehouse: Path) -> tuple[float | None, float | None]:
@@ -200,7 +225,7 @@ def _check_version(con: duckdb.DuckDBPyConnection, tables: dict[tuple[str, str],
         )
 
 
-def _copy(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> None:
+def _copy(con: duckdb.DuckDBPyConnection, rules: dict[str, Any], matching: Matching, warehouse: Path) -> None:
     tables = _tables(con)
     _check_version(con, tables)
     fhir = [t for (s, t) in tables if s == "fhir" and RESOURCE_TYPE.fullmatch(t)]
@@ -256,6 +281,9 @@ def _copy(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> None:
 
     _copy_coded(con, tables, coded_types, rules)
     _copy_ops(con, tables)
+    if _has(tables, "ops", "files", "landed_path") and _has(tables, "ops", "runs", "config"):
+        landing.attribute(con, warehouse)
+    copy_terms(con, tables, matching)
 
 
 def _copy_coded(con: duckdb.DuckDBPyConnection, tables: dict, coded_types: list[str], rules: dict) -> None:
