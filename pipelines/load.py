@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import duckdb
 
 from pipelines.common.ledger import pointer
 from pipelines.common.warehouse import ensure_resource_table
+from pipelines.parties import merge_staged_parties
 from pipelines.result_versions import rank_sql
 
 # Which row of a (type, id) group wins: a full resource over a reference-only one; then the latest
@@ -119,6 +121,7 @@ def merge_stage(con: duckdb.DuckDBPyConnection) -> LoadResult:
         "unit_position BIGINT, resource_index INTEGER, resource_type VARCHAR, decision VARCHAR, "
         "id_exists BOOLEAN)"
     )
+    merge_staged_parties(con, partial(ensure_resource_table, con))  # authors seen by several documents
     for rtype in types:
         table = ensure_resource_table(con, rtype)
         ranks = {"staged_rank": rank_sql("resource", rtype), "current_rank": rank_sql("resource", rtype)}
