@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from pipelines.views import ViewDefinitionError, compile_view, materialize_views
+from pipelines.views.standard import final_columns, with_codings
 
 VIEWS = Path(__file__).resolve().parents[1] / "schemas" / "views"
 REQUIRED = {
@@ -617,7 +618,9 @@ def columns(con: duckdb.DuckDBPyConnection, name: str) -> list[tuple[str, str]]:
 
 
 def declared(name: str) -> list[str]:
-    return [name for name, _, _ in compile_view(json.loads((VIEWS / f"{name}.json").read_text())).columns]
+    """The declared columns, each tagged coded column followed by its four standard columns."""
+    coded, groups = with_codings(json.loads((VIEWS / f"{name}.json").read_text()))
+    return [name for name, _ in final_columns(compile_view(coded).columns, groups)]
 
 
 def test_production_views_are_well_formed():

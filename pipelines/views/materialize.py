@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import orjson
 
+from . import standard
 from .compiler import CompiledView, compile_view, default_table
 from .errors import ViewDefinitionError
 from .sqlval import quote_ident
@@ -108,29 +109,44 @@ def materialize_views(
             todo.append((path, digest))
     compiled = _compile_paths([p for p, _ in todo])
     con.execute("CREATE SCHEMA IF NOT EXISTS views")
-    for view, (_, digest) in zip(compiled, todo, strict=True):
+    for (view, groups, long), (_, digest) in zip(compiled, todo, strict=True):
         assert view.name is not None  # checked by _load
         target = f"views.{quote_ident(view.name)}"
-        if _relation_exists(con, "fhir", view.resource):
+        built = [target, *([f"views.{quote_ident(view.name + '_coding')}"] if long else [])]
+        if _relation_exists(con, "fhir", view.resource) and groups:
+            standard.build(con, target, view.name, view.sql, groups, view.columns, long)
+        elif _relation_exists(con, "fhir", view.resource):
             con.execute(f"CREATE OR REPLACE TABLE {target} AS {view.sql}")
         else:
-            columns = ", ".join(
-                f"{quote_ident(name)} {sql_type or 'JSON'}" for name, sql_type, _ in view.columns
-            )
-            con.execute(f"CREATE OR REPLACE TABLE {target} ({columns})")
+            columns = standard.final_columns(view.columns, groups)
+            con.execute(f"CREATE OR REPLACE TABLE {target} ({_ddl(columns)})")
+            if long:
+                con.execute(f"CREATE OR REPLACE TABLE {built[1]} ({_ddl(list(standard.CODING_COLUMNS))})")
         stamp = f"ehrlift-view sha256={digest} run={run_id or '-'}"
-        con.execute(f"COMMENT ON TABLE {target} IS '{stamp}'")
+        for table in built:
+            con.execute(f"COMMENT ON TABLE {table} IS '{stamp}'")
     return {
         name: int(con.execute(f"SELECT count(*) FROM views.{quote_ident(name)}").fetchall()[0][0])
         for name in names
     }
 
 
-def _compile_paths(paths: list[Path]) -> list[CompiledView]:
+def _ddl(columns: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{quote_ident(name)} {sql_type}" for name, sql_type in columns)
+
+
+def _compile_paths(paths: list[Path]) -> list[tuple[CompiledView, list[standard.Group], bool]]:
+    """Each view compiled with the hidden codings of its tagged columns; whether it gets a *_coding view."""
     compiled = []
     for path in paths:
         try:
-            compiled.append(compile_view(_load(path), default_table))
+            view = _load(path)
+            coded, groups = standard.with_codings(view)
+            out = compile_view(coded, default_table)
+            long = (
+                bool(groups) and standard.one_row_per_resource(view) and "id" in {c[0] for c in out.columns}
+            )
+            compiled.append((out, groups, long))
         except ViewDefinitionError as exc:
             raise ViewDefinitionError(f"{path.name}: {exc}") from None
     return compiled
