@@ -121,3 +121,17 @@ def test_prefix_of():
         "clinical_status",
         "vaccine",
     ]
+
+
+def test_every_view_column_has_its_data_dictionary_comment(lab, warehouse):
+    run_pipeline(lab)
+    con = warehouse()
+    rows = con.execute(
+        "SELECT table_name, column_name, comment FROM duckdb_columns() WHERE schema_name = 'views' "
+        "AND database_name = current_database()"
+    ).fetchall()
+    assert rows and all(comment for _, _, comment in rows), [r[:2] for r in rows if not r[2]]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "reference" / "views.md").read_text()
+    comments = {(t, c): text for t, c, text in rows}
+    assert f"| `code_std_method` | VARCHAR | {comments[('observation', 'code_std_method')]} |" in page
+    assert f"| `issued` | TIMESTAMPTZ | {comments[('observation', 'issued')]} |" in page

@@ -14,6 +14,7 @@ from . import standard
 from .compiler import CompiledView, compile_view, default_table
 from .errors import ViewDefinitionError
 from .sqlval import quote_ident
+from .table import create_view_table, has_coding_view
 
 _VIEW_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 
@@ -81,7 +82,8 @@ def materialize_views(
     changed: set[str] | None = None,
     run_id: str = "",
 ) -> dict[str, int]:
-    """CREATE OR REPLACE views.<name> for each ViewDefinition; return the row count of every view.
+    """CREATE OR REPLACE views.<name> for each ViewDefinition; return the row count of every view (and of
+    every views.<name>_coding).
 
     With `changed` (the resource types a run wrote), only the views over those types are rebuilt, plus
     any view that is missing or was built from another version of its definition: a view reads one
@@ -107,49 +109,36 @@ def materialize_views(
         stamp = stamps.get(view["name"])
         if changed is None or view.get("resource") in changed or stamp is None or stamp[0] != digest:
             todo.append((path, digest))
-    compiled = _compile_paths([p for p, _ in todo])
+    loaded = _compile_paths([p for p, _ in todo])
     con.execute("CREATE SCHEMA IF NOT EXISTS views")
-    for (view, groups, long), (_, digest) in zip(compiled, todo, strict=True):
-        assert view.name is not None  # checked by _load
-        target = f"views.{quote_ident(view.name)}"
-        built = [target, *([f"views.{quote_ident(view.name + '_coding')}"] if long else [])]
-        if _relation_exists(con, "fhir", view.resource) and groups:
-            standard.build(con, target, view.name, view.sql, groups, view.columns, long)
-        elif _relation_exists(con, "fhir", view.resource):
-            con.execute(f"CREATE OR REPLACE TABLE {target} AS {view.sql}")
-        else:
-            columns = standard.final_columns(view.columns, groups)
-            con.execute(f"CREATE OR REPLACE TABLE {target} ({_ddl(columns)})")
-            if long:
-                con.execute(f"CREATE OR REPLACE TABLE {built[1]} ({_ddl(list(standard.CODING_COLUMNS))})")
+    for (view, long), (_, digest) in zip(loaded, todo, strict=True):
+        target = f"views.{quote_ident(view['name'])}"
+        empty = not _relation_exists(con, "fhir", view["resource"])
+        create_view_table(con, view, target, empty=empty)
+        built = [target, *([f"views.{quote_ident(view['name'] + '_coding')}"] if long else [])]
         stamp = f"ehrlift-view sha256={digest} run={run_id or '-'}"
         for table in built:
             con.execute(f"COMMENT ON TABLE {table} IS '{stamp}'")
+    # The *_coding views count too: they are written, audited and checked like the others.
+    tables = [t for n in names for t in (n, f"{n}_coding") if t == n or _relation_exists(con, "views", t)]
     return {
         name: int(con.execute(f"SELECT count(*) FROM views.{quote_ident(name)}").fetchall()[0][0])
-        for name in names
+        for name in tables
     }
 
 
-def _ddl(columns: list[tuple[str, str]]) -> str:
-    return ", ".join(f"{quote_ident(name)} {sql_type}" for name, sql_type in columns)
-
-
-def _compile_paths(paths: list[Path]) -> list[tuple[CompiledView, list[standard.Group], bool]]:
-    """Each view compiled with the hidden codings of its tagged columns; whether it gets a *_coding view."""
-    compiled = []
+def _compile_paths(paths: list[Path]) -> list[tuple[dict, bool]]:
+    """Every view compiled (with its hidden codings) before anything is written; whether it has a
+    *_coding view."""
+    out = []
     for path in paths:
         try:
             view = _load(path)
             coded, groups = standard.with_codings(view)
-            out = compile_view(coded, default_table)
-            long = (
-                bool(groups) and standard.one_row_per_resource(view) and "id" in {c[0] for c in out.columns}
-            )
-            compiled.append((out, groups, long))
+            out.append((view, has_coding_view(view, compile_view(coded, default_table), groups)))
         except ViewDefinitionError as exc:
             raise ViewDefinitionError(f"{path.name}: {exc}") from None
-    return compiled
+    return out
 
 
 def views_built_by(con: duckdb.DuckDBPyConnection, run_id: str) -> set[str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 
-from terminology.normalize import EXT_DECISION, EXT_METHOD, STANDARD_METHODS
+from terminology.normalize import EXT_METHOD, STANDARD_METHODS
 
 from .sqlval import quote_ident, sql_string
 
@@ -99,19 +99,6 @@ def one_row_per_resource(view: dict[str, Any]) -> bool:
     return plain(view)
 
 
-def final_columns(columns: list[tuple[str, str | None, bool]], groups: list[Group]) -> list[tuple[str, str]]:
-    """The view's columns as analysts see them: each hidden codings column becomes the four std columns."""
-    by_hidden = {g.hidden: g for g in groups}
-    out: list[tuple[str, str]] = []
-    for name, sql_type, _ in columns:
-        group = by_hidden.get(name)
-        if group is None:
-            out.append((name, sql_type or "JSON"))
-        else:
-            out.extend((n, "VARCHAR") for n in group.std_names())
-    return out
-
-
 _DECISIONS = """
 CREATE OR REPLACE TEMP TABLE _std_decisions AS
 SELECT source_system, source_code, source_display,
@@ -135,25 +122,14 @@ def _ext(url: str) -> str:
     )
 
 
-def build(
-    con: duckdb.DuckDBPyConnection,
-    target: str,
-    name: str,
-    sql: str,
-    groups: list[Group],
-    columns: list[tuple[str, str | None, bool]],
-    coding_view: bool,
-) -> None:
-    """CREATE OR REPLACE the view `target` from the compiled `sql` (which holds the hidden codings
-    columns), with the standard columns in their place; and views.<name>_coding when asked."""
+def prepare(con: duckdb.DuckDBPyConnection, groups: list[Group], coding_view: bool) -> None:
+    """From the view's rows in _std_rows (with their hidden codings columns): every coding with its origin
+    and method (_std_codings), and per row and element the coding the standard columns show (_std_chosen)."""
     has_log = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'ops' AND table_name = 'mapping_log' "
         "AND database_name = current_database()"
     ).fetchall()[0][0]
     con.execute(_DECISIONS if has_log else _NO_DECISIONS)
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _std_rows AS SELECT row_number() OVER () AS __row, * FROM ({sql})"
-    )
     standard = ", ".join(sql_string(m) for m in STANDARD_METHODS)
     method = _ext(EXT_METHOD)
     id_sql = "v.id" if coding_view else "NULL"
@@ -161,8 +137,7 @@ def build(
         f"""SELECT v.__row, {id_sql}::VARCHAR AS id, {sql_string(g.prefix)} AS element, u.ord AS position,
                json_extract_string(u.it, '$.system') AS system, json_extract_string(u.it, '$.code') AS code,
                json_extract_string(u.it, '$.display') AS display,
-               json_extract_string({method}, '$.valueCode') AS added_method,
-               json_extract_string({_ext(EXT_DECISION)}, '$.valueString') AS added_decision
+               json_extract_string({method}, '$.valueCode') AS added_method
         FROM _std_rows v, unnest(v.{quote_ident(g.hidden)}) WITH ORDINALITY AS u(it, ord)"""
         for g in groups
     ]
@@ -192,31 +167,31 @@ def build(
                arg_min(position, (NOT standard_method, origin = 'source', position)) AS position
         FROM _std_codings GROUP BY ALL
     """)
-    select, joins = [], []
-    for n, (col, _, _) in enumerate(columns):
-        group = next((g for g in groups if g.hidden == col), None)
-        if group is None:
-            select.append(f"v.{quote_ident(col)}")
-            continue
-        alias = f"_s{n}"
-        on = f"{alias}.__row = v.__row AND {alias}.element = {sql_string(group.prefix)}"
-        joins.append(f"LEFT JOIN _std_chosen {alias} ON {on}")
-        chosen = f"{alias}.pick"
-        names = group.std_names()
-        for field, out in zip(("system", "code", "display"), names[:3], strict=True):
-            select.append(f"CASE WHEN {chosen}.standard THEN {chosen}.{field} END AS {quote_ident(out)}")
-        select.append(f"{chosen}.method AS {quote_ident(names[3])}")
-    con.execute(
-        f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)} FROM _std_rows v {' '.join(joins)} "
-        "ORDER BY v.__row"
-    )
-    if coding_view:
-        con.execute(f"""
-            CREATE OR REPLACE TABLE views.{quote_ident(name + "_coding")} AS
-            SELECT c.id, c.element, c.position, c.system, c.code, c.display, c.origin, c.method, c.reason,
-                   coalesce(c.standard_method AND p.position = c.position, FALSE) AS is_standard
-            FROM _std_codings c JOIN _std_chosen p USING (__row, element)
-            ORDER BY c.__row, c.element, c.position
-        """)
+
+
+def select(group: Group, alias: str) -> tuple[list[str], str]:
+    """The four standard columns of a group (SELECT items over _std_rows v) and the join they need."""
+    on = f"{alias}.__row = v.__row AND {alias}.element = {sql_string(group.prefix)}"
+    chosen = f"{alias}.pick"
+    names = group.std_names()
+    items = [
+        f"CASE WHEN {chosen}.standard THEN {chosen}.{field} END AS {quote_ident(out)}"
+        for field, out in zip(("system", "code", "display"), names[:3], strict=True)
+    ]
+    items.append(f"{chosen}.method AS {quote_ident(names[3])}")
+    return items, f"LEFT JOIN _std_chosen {alias} ON {on}"
+
+
+def create_coding_view(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    con.execute(f"""
+        CREATE OR REPLACE TABLE views.{quote_ident(name + "_coding")} AS
+        SELECT c.id, c.element, c.position, c.system, c.code, c.display, c.origin, c.method, c.reason,
+               coalesce(c.standard_method AND p.position = c.position, FALSE) AS is_standard
+        FROM _std_codings c JOIN _std_chosen p USING (__row, element)
+        ORDER BY c.__row, c.element, c.position
+    """)
+
+
+def drop_temps(con: duckdb.DuckDBPyConnection) -> None:
     for temp in ("_std_rows", "_std_codings", "_std_chosen", "_std_decisions"):
         con.execute(f"DROP TABLE IF EXISTS {temp}")
