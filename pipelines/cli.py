@@ -22,9 +22,10 @@ from pipelines.common.config import (
     RunConfig,
     ehrlift_version,
 )
-from pipelines.common.errors import EhrliftError, ExitCode, InputNotFoundError
+from pipelines.common.errors import EhrliftError, ExitCode
 from pipelines.identity import cli as identity_cli
 from pipelines.summary import RunSummary
+from pipelines.views import cli as views_cli
 
 # Markup off: paths, server diagnostics and file names may hold "[...]", which must print as written.
 out = Console(highlight=False, markup=False)
@@ -167,12 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     cds_cli.add_commands(sub)
     _mapping_parsers(sub)
     identity_cli.add_commands(sub)
-
-    views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")
-    views_sub = views.add_subparsers(dest="views_command", required=True)
-    vtest = views_sub.add_parser("test", help="run a SQL-on-FHIR v2 test suite folder (tests/*.json)")
-    vtest.add_argument("dir", type=Path)
-    vtest.set_defaults(func=_cmd_views_test)
+    views_cli.add_commands(sub)
     return parser
 
 
@@ -545,18 +541,6 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     )
     listen(args.feed_dir, args.host, args.port)
     return int(ExitCode.OK)
-
-
-def _cmd_views_test(args: argparse.Namespace) -> int:
-    from pipelines.views.suite import run_suite
-
-    if not args.dir.is_dir():
-        raise InputNotFoundError(f"test folder not found: {args.dir}")
-    result = run_suite(args.dir)
-    for failure in result.failures:
-        out.print(f"FAIL {failure}")
-    out.print(f"{result.passed} passed, {result.failed} failed")
-    return int(ExitCode.OK if result.failed == 0 else ExitCode.TESTS_FAILED)
 
 
 def _warehouse_arg(path: Path | None) -> Path:
