@@ -22,8 +22,9 @@ from pipelines.common.config import (
     RunConfig,
     ehrlift_version,
 )
-from pipelines.common.errors import EhrliftError, ExitCode
+from pipelines.common.errors import ConfigError, EhrliftError, ExitCode
 from pipelines.identity import cli as identity_cli
+from pipelines.retract import cli as retract_cli
 from pipelines.summary import RunSummary
 from pipelines.views import cli as views_cli
 
@@ -101,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         "a .fhir-release.csv in a source folder declares it per file",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--override-gate",
+        action="store_true",
+        help="finish as succeeded even if a critical expectation fails (needs --reason; recorded)",
+    )
+    run.add_argument("--reason", default=None, help="why the gate is overridden (ops.gate_overrides)")
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo-data", help="write synthetic legacy source data (no real patients)")
@@ -169,6 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     _mapping_parsers(sub)
     identity_cli.add_commands(sub)
     views_cli.add_commands(sub)
+    retract_cli.add_commands(sub)
     return parser
 
 
@@ -481,12 +489,18 @@ def _cmd_terminology_coverage(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.run import run_pipeline
 
+    # The same rule as `ehrlift backload plan --override-gate --reason TEXT`.
+    if args.override_gate and not (args.reason or "").strip():
+        raise ConfigError("--override-gate needs --reason TEXT (it is recorded with the run)")
+    if args.reason and not args.override_gate:
+        raise ConfigError("--reason goes with --override-gate")
     config = RunConfig.from_env(
         tuple(args.sources),
         warehouse=args.warehouse,
         source_system=args.source_system,
         fhir_release=args.fhir_release,
         progress=not args.no_progress,
+        gate_override=args.reason if args.override_gate else None,
     )
     summary = run_pipeline(config)
     print_summary(summary, config)
@@ -649,6 +663,11 @@ def print_summary(summary: RunSummary, config: RunConfig) -> None:
         )
         if v["warnings_failed"]:
             out.print("warnings (reported, not blocking): " + ", ".join(v["warnings_failed"]), soft_wrap=True)
+        if v.get("gate_override"):
+            out.print(
+                "gate overridden (recorded in ops.gate_overrides): " + ", ".join(v["critical_failed"]),
+                soft_wrap=True,
+            )
     if summary.stages:
         out.print(
             "stage seconds: "

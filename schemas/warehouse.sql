@@ -446,3 +446,25 @@ CREATE TABLE IF NOT EXISTS ops.stage_batches (
     worker       VARCHAR,                  -- host:pid that converted it
     merged_at    TIMESTAMPTZ NOT NULL
 );
+
+-- Retractions: a run's or a file's resources taken out of the warehouse (the ledger keeps the history;
+-- the landing zone keeps the file). One row per retraction and file.
+CREATE TABLE IF NOT EXISTS ops.retractions (
+    retraction_id VARCHAR NOT NULL,
+    run_id        VARCHAR,                 -- with `ehrlift retract --run`: the run retracted
+    file_sha256   VARCHAR NOT NULL,        -- a file whose resources (of that run, or all) left fhir.*
+    resources     BIGINT NOT NULL,         -- resources removed from fhir.* for this file
+    reason        VARCHAR NOT NULL,        -- the operator's reason (required)
+    os_user       VARCHAR,
+    retracted_at  TIMESTAMPTZ NOT NULL
+);
+
+-- Data-quality gate overrides: a run whose critical expectations failed, finished as succeeded because
+-- an operator said why (`ehrlift run --override-gate --reason TEXT`).
+CREATE TABLE IF NOT EXISTS ops.gate_overrides (
+    run_id          VARCHAR NOT NULL,
+    reason          VARCHAR NOT NULL,
+    critical_failed VARCHAR NOT NULL,      -- JSON list of the failed expectations' names
+    os_user         VARCHAR,
+    recorded_at     TIMESTAMPTZ NOT NULL
+);
