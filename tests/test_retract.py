@@ -65,6 +65,7 @@ def test_retract_then_rerun_gives_the_warehouse_that_never_loaded_the_batch(tmp_
         main(["retract", "--run", blocked.run_id, "--warehouse", str(warehouse)])
     result = retract(warehouse, reason="corrupted export from the lab system", run_id=blocked.run_id)
     assert sum(result.resources.values()) > 0 and result.files == len(list(bad.iterdir()))
+    assert result.replaced_units == 0  # the corrupted batch replaced no earlier version
     with pytest.raises(ConfigError, match="already retracted"):
         retract(warehouse, reason="again", run_id=blocked.run_id)
     with duckdb.connect(str(warehouse), read_only=True) as con:

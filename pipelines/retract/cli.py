@@ -35,5 +35,11 @@ def _cmd_retract(args: argparse.Namespace) -> int:
     result = retract(warehouse, reason=args.reason, run_id=args.run_id, file_sha256=args.file_sha256)
     removed = ", ".join(f"{t} {n}" for t, n in sorted(result.resources.items())) or "none"
     out.print(f"{result.retraction_id}: {result.files} file(s); resources removed: {removed}", soft_wrap=True)
+    if result.replaced_units:
+        out.print(
+            f"{result.replaced_units} unit(s) of it had replaced an earlier version of a resource: those "
+            "earlier versions are not restored (load their source again to bring them back)",
+            soft_wrap=True,
+        )
     out.print("views rebuilt; the next run is validated without them", soft_wrap=True)
     return int(ExitCode.OK)

@@ -2,9 +2,11 @@
 
 What leaves: every fhir.* row the run wrote (--run) or that came from the file (--file). What stays: the
 ledger, quarantine and run rows (the history), the landed file, and one ops.retractions row per file with
-the operator's reason. Afterwards person links and duplicate facts are recomputed (a retracted Patient
-or survivor must not stay linked) and every view is rebuilt. A retracted file stays processed: running
-the same sources again does not load it again; a corrected file (another sha256) loads as new.
+the operator's reason. Where the batch had replaced an earlier version of a resource, that version is
+not restored (the warehouse keeps one version; the count is reported). Afterwards person links and
+duplicate facts are recomputed (a retracted Patient or survivor must not stay linked) and every view is
+rebuilt. A retracted file stays processed: running the same sources again does not load it again; a
+corrected file (another sha256) loads as new.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class RetractResult:
     retraction_id: str
     files: int = 0
     resources: dict[str, int] = field(default_factory=dict)
+    # Units of the batch that replaced an earlier version of a resource: ehrlift keeps one version, so
+    # the earlier one is not restored by a retraction (re-land its corrected source to bring it back).
+    replaced_units: int = 0
     views: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -34,6 +39,7 @@ class RetractResult:
             "retraction_id": self.retraction_id,
             "files": self.files,
             "resources": dict(sorted(self.resources.items())),
+            "replaced_units": self.replaced_units,
         }
 
 
@@ -58,6 +64,9 @@ def retract(
         if done:
             raise ConfigError("already retracted", hint="see ops.retractions")
         per_file: dict[str, int] = dict.fromkeys(files, 0)
+        result.replaced_units = con.execute(
+            f"SELECT count(*) FROM ops.ledger WHERE {where} AND reason = 'newer_version'", args
+        ).fetchall()[0][0]
         now = datetime.now(UTC)
         with transaction(con):
             for rtype in resource_tables(con):

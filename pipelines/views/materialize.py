@@ -10,6 +10,8 @@ from pathlib import Path
 import duckdb
 import orjson
 
+from pipelines.common.warehouse import transaction
+
 from . import standard
 from .compiler import CompiledView, compile_view, default_table
 from .errors import ViewDefinitionError
@@ -114,11 +116,14 @@ def materialize_views(
     for (view, long), (_, digest) in zip(loaded, todo, strict=True):
         target = f"views.{quote_ident(view['name'])}"
         empty = not _relation_exists(con, "fhir", view["resource"])
-        create_view_table(con, view, target, empty=empty)
         built = [target, *([f"views.{quote_ident(view['name'] + '_coding')}"] if long else [])]
         stamp = f"ehrlift-view sha256={digest} run={run_id or '-'}"
-        for table in built:
-            con.execute(f"COMMENT ON TABLE {table} IS '{stamp}'")
+        # One transaction per view: its rows, column comments and stamp appear together (and the
+        # comments cost one commit, not one each).
+        with transaction(con):
+            create_view_table(con, view, target, empty=empty)
+            for table in built:
+                con.execute(f"COMMENT ON TABLE {table} IS '{stamp}'")
     # The *_coding views count too: they are written, audited and checked like the others.
     tables = [t for n in names for t in (n, f"{n}_coding") if t == n or _relation_exists(con, "views", t)]
     return {

@@ -90,7 +90,8 @@ def columns_of(
             yield Column(
                 f"{name}_precision",
                 "VARCHAR",
-                f"precision of {name} as the source gave it: year, month, day or time",
+                f"precision of {name} as the source gave it: year, month, day or time; invalid when the "
+                "source value is not a FHIR date (the typed column is then NULL)",
             )
 
 
@@ -103,12 +104,14 @@ def _typed_sql(name: str, ftype: str | None) -> list[str]:
             else f"CASE length({col}) WHEN 4 THEN {col} || '-01-01T00:00:00Z' WHEN 7 THEN {col} || "
             f"'-01T00:00:00Z' WHEN 10 THEN {col} || 'T00:00:00Z' ELSE {col} END"
         )
+        typed = f"TRY_CAST({fill} AS {_TYPED[ftype]})"
         precision = (
-            f"CASE WHEN {col} IS NULL THEN NULL WHEN length({col}) = 4 THEN 'year' "
-            f"WHEN length({col}) = 7 THEN 'month' WHEN length({col}) = 10 THEN 'day' ELSE 'time' END"
+            f"CASE WHEN {col} IS NULL THEN NULL WHEN {typed} IS NULL THEN 'invalid' "
+            f"WHEN length({col}) = 4 THEN 'year' WHEN length({col}) = 7 THEN 'month' "
+            f"WHEN length({col}) = 10 THEN 'day' ELSE 'time' END"
         )
         return [
-            f"TRY_CAST({fill} AS {_TYPED[ftype]}) AS {quote_ident(name)}",
+            f"{typed} AS {quote_ident(name)}",
             f"{precision} AS {quote_ident(name + '_precision')}",
         ]
     if ftype in _TYPED:
