@@ -468,3 +468,19 @@ CREATE TABLE IF NOT EXISTS ops.gate_overrides (
     os_user         VARCHAR,
     recorded_at     TIMESTAMPTZ NOT NULL
 );
+
+-- Every distinct version of a person or organization that is merged across documents (see
+-- schemas/party_merge.json), as it arrived: a retraction recomputes the merged resource from the
+-- versions that remain.
+CREATE TABLE IF NOT EXISTS ops.party_versions (
+    resource_type  VARCHAR NOT NULL,
+    id             VARCHAR NOT NULL,
+    content_sha256 VARCHAR NOT NULL,
+    file_sha256    VARCHAR NOT NULL,
+    unit_position  BIGINT,
+    run_id         VARCHAR NOT NULL,
+    source_system  VARCHAR,
+    source_id      VARCHAR,
+    last_updated   VARCHAR,
+    resource       VARCHAR NOT NULL
+);

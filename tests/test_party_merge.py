@@ -52,6 +52,10 @@ def test_merge_does_not_depend_on_order_and_merging_again_changes_nothing():
     once = merge_resources([A, B, C], "alias")
     assert merge_resources([once, B], "alias") == once
     assert merge_resources([merge_resources([A, B], "alias"), C], "alias") == once
+    # One instant written in two zones: the same choice whichever comes first.
+    west = {**C, "meta": {"lastUpdated": "2025-06-29T07:01:46-08:00"}}
+    east = {**C, "meta": {"lastUpdated": "2025-06-29T10:01:46-05:00"}}
+    assert merge_resources([west, east]) == merge_resources([east, west])
 
 
 def _author_with_phone(path, phone: str) -> None:
@@ -125,3 +129,42 @@ def test_a_clean_demo_run_has_only_its_one_deliberate_conflict_and_no_self_infli
         "SELECT DISTINCT method, reason FROM ops.mapping_log WHERE source_code = 'clinical-note'"
     ).fetchall()
     assert category == [("exact", None)]
+
+
+def _practitioners(path) -> list[tuple]:
+    import duckdb
+
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute(
+            'SELECT id, content_sha256, resource::VARCHAR FROM fhir."Practitioner" ORDER BY id'
+        ).fetchall()
+
+
+def test_retracting_a_document_rebuilds_the_merged_author_from_the_other_documents(tmp_path, make_config):
+    from pipelines.retract import retract
+
+    generate_demo_data(tmp_path / "demo", patients=3, seed=5, ccda=True)
+    docs = sorted((tmp_path / "demo" / "sources" / "ccda").glob("*.xml"))[:3]
+    folders = []
+    for n, (doc, phone) in enumerate(zip(docs, ("+1-555-0101", "+1-555-0102", "+1-555-0103"), strict=True)):
+        _author_with_phone(doc, phone)
+        folder = tmp_path / f"batch-{n}"
+        folder.mkdir()
+        (folder / doc.name).write_bytes(doc.read_bytes())
+        folders.append(folder)
+    warehouse = tmp_path / "w1.duckdb"
+    runs = [run_pipeline(make_config(f, source_system="demo", warehouse=warehouse)) for f in folders]
+    merged = [r for r in _practitioners(warehouse) if "Dana" in r[2]]
+    assert len(merged) == 1 and all(p in merged[0][2] for p in ("0101", "0102", "0103"))
+
+    result = retract(warehouse, reason="wrong document", run_id=runs[1].run_id)
+    assert result.rebuilt >= 1
+    clean = tmp_path / "w2.duckdb"
+    for folder in (folders[0], folders[2]):
+        run_pipeline(make_config(folder, source_system="demo", warehouse=clean))
+    assert _practitioners(warehouse) == _practitioners(clean)  # as if the middle document never came
+
+    retract(warehouse, reason="wrong document too", run_id=runs[2].run_id)
+    only_first = tmp_path / "w3.duckdb"
+    run_pipeline(make_config(folders[0], source_system="demo", warehouse=only_first))
+    assert _practitioners(warehouse) == _practitioners(only_first)  # one version left: as it arrived

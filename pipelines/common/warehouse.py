@@ -13,7 +13,8 @@ import duckdb
 from pipelines.common.errors import WarehouseError
 from pipelines.common.paths import shipped
 
-# 13: ops.retractions (ehrlift retract), ops.gate_overrides (a run's recorded gate override);
+# 13: ops.retractions (ehrlift retract), ops.gate_overrides (a run's recorded gate override),
+# ops.party_versions (versions of merged people and organizations);
 # 12: ops.backload_hl7_messages, ops.backload_hl7_results (HL7 v2 back-load over MLLP); 10: CDS Hooks cards
 # and feedback; 9: ops.backload_plans, ops.backload_plan, ops.backload_ids, ops.backload_results (back-load);
 # 8: identity tables (identity_links, person_map, ...); 7: ops.stage_batches (merges of staged batches

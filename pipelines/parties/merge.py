@@ -44,7 +44,8 @@ def merge_resources(resources: list[dict[str, Any]], alias: str | None = None) -
     if metas:
         stamps = [m["lastUpdated"] for m in metas if isinstance(m.get("lastUpdated"), str)]
         rest = merge_resources([{k: v for k, v in m.items() if k != "lastUpdated"} for m in metas])
-        meta = {"lastUpdated": max(stamps, key=_instant)} if stamps else {}
+        # The latest instant; one instant written in two zones: the larger text, so the order never matters.
+        meta = {"lastUpdated": max(stamps, key=lambda t: (*_instant(t), t))} if stamps else {}
         meta.update(rest)
         if meta:
             out["meta"] = meta
@@ -80,6 +81,15 @@ _HELD = (
     "FROM {table} t JOIN ops.files f USING (file_sha256) WHERE NOT t.reference_only "
     "AND list_contains($formats, f.format)"
 )
+# Each version as it arrived, once per file: what a retraction recomputes the merged resource from.
+_RECORD = """
+INSERT INTO ops.party_versions
+SELECT DISTINCT s.resource_type, s.id, s.content_sha256, s.file_sha256, s.unit_position, s.run_id,
+       s.source_system, s.source_id, s.last_updated, s.resource
+{staged} AND NOT EXISTS (
+    SELECT 1 FROM ops.party_versions v WHERE v.resource_type = s.resource_type AND v.id = s.id
+    AND v.content_sha256 = s.content_sha256 AND v.file_sha256 = s.file_sha256)
+"""
 _CANDIDATES = f"""
 WITH s AS (SELECT s.id, s.content_sha256 {_STAGED}),
 e AS (SELECT t.id, t.content_sha256 {_HELD} AND t.id IN (SELECT id FROM s))
@@ -103,6 +113,7 @@ def merge_staged_parties(con: duckdb.DuckDBPyConnection, table_for: Any) -> int:
             continue
         table = table_for(rtype)
         args = {"rtype": rtype, "formats": rules["formats"]}
+        con.execute(_RECORD.format(staged=_STAGED), args)
         ids = [r[0] for r in con.execute(_CANDIDATES.format(table=table), args).fetchall()]
         if not ids:
             continue
@@ -141,3 +152,49 @@ def merge_staged_parties(con: duckdb.DuckDBPyConnection, table_for: Any) -> int:
         con.execute("DROP TABLE _party_merged")
         merged_ids += len(ids)
     return merged_ids
+
+
+def recompute_parties(con: duckdb.DuckDBPyConnection, where: str, args: list[Any]) -> list[dict[str, Any]]:
+    """After a retraction: drop the versions matching `where` (over ops.party_versions) and rebuild each
+    affected resource from the versions that remain (one distinct version stands as it arrived; several
+    are merged). Returns the rebuilt resources; resources with no version left are deleted."""
+    rules = merge_rules()
+    gone = con.execute(
+        f"SELECT DISTINCT resource_type, id FROM ops.party_versions WHERE {where}", args
+    ).fetchall()
+    con.execute(f"DELETE FROM ops.party_versions WHERE {where}", args)
+    rebuilt = []
+    for rtype, rid in sorted(gone):
+        table = f'fhir."{rtype}"'
+        con.execute(f"DELETE FROM {table} WHERE id = ?", [rid])
+        rows = con.execute(
+            "SELECT content_sha256, resource, file_sha256, unit_position, run_id, source_system, source_id "
+            "FROM ops.party_versions WHERE resource_type = ? AND id = ? ORDER BY run_id, file_sha256",
+            [rtype, rid],
+        ).fetchall()
+        if not rows:
+            continue
+        distinct = {sha: text for sha, text, *_ in rows}
+        if len(distinct) == 1:
+            body = next(iter(distinct.values())).encode()
+        else:
+            alias = rules["types"][rtype].get("alias")
+            body = orjson.dumps(merge_resources([orjson.loads(t) for t in distinct.values()], alias))
+        resource = orjson.loads(body)
+        _, _, file_sha, position, run_id, system, source_id = rows[-1]  # the latest contributor
+        con.execute(
+            f"INSERT INTO {table} VALUES (?, ?::JSON, ?, ?, ?, ?, ?, ?, ?, FALSE)",
+            [
+                rid,
+                body.decode(),
+                system,
+                source_id,
+                file_sha,
+                position,
+                run_id,
+                hashlib.sha256(body).hexdigest(),
+                resource.get("meta", {}).get("lastUpdated"),
+            ],
+        )
+        rebuilt.append(resource)
+    return rebuilt

@@ -32,6 +32,7 @@ class RetractResult:
     # Units of the batch that replaced an earlier version of a resource: ehrlift keeps one version, so
     # the earlier one is not restored by a retraction (re-land its corrected source to bring it back).
     replaced_units: int = 0
+    rebuilt: int = 0  # merged people and organizations rebuilt from the versions other files gave
     views: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -40,6 +41,7 @@ class RetractResult:
             "files": self.files,
             "resources": dict(sorted(self.resources.items())),
             "replaced_units": self.replaced_units,
+            "rebuilt": self.rebuilt,
         }
 
 
@@ -49,6 +51,9 @@ def retract(
     """Take a run's (or a file's) resources out of the warehouse; see the module docstring."""
     from pipelines.deid.audit import os_user, record_access
     from pipelines.identity.stage import identify, refresh_views
+    from pipelines.normalize import renormalize
+    from pipelines.parties.merge import recompute_parties
+    from terminology.normalize import iter_pairs
 
     if not (reason or "").strip():
         raise ConfigError("a retraction needs --reason TEXT (it is recorded with the retraction)")
@@ -80,6 +85,9 @@ def retract(
                 result.resources[rtype] = sum(n for _, n in rows)
                 for sha, n in rows:
                     per_file[sha] = per_file.get(sha, 0) + n
+            # People and organizations merged across documents: rebuilt from the versions that remain.
+            rebuilt = recompute_parties(con, where, args)
+            result.rebuilt = len(rebuilt)
             con.executemany(
                 "INSERT INTO ops.retractions VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -96,6 +104,9 @@ def retract(
                 detail=f"retraction {result.retraction_id}",
             )
         result.files = len(per_file)
+        if rebuilt:  # normalized again like every resource (their versions are stored as they arrived)
+            codes = {pair for resource in rebuilt for pair in iter_pairs(resource) if all(pair)}
+            renormalize(con, codes, run_id=result.retraction_id, warehouse=warehouse)
         if "Patient" in resource_tables(con):
             identify(con, result.retraction_id)  # links and duplicate facts without what left
         result.views = refresh_views(con)
