@@ -22,11 +22,13 @@ from pipelines.common.config import (
     RunConfig,
     ehrlift_version,
 )
-from pipelines.common.errors import EhrliftError, ExitCode, InputNotFoundError
+from pipelines.common.errors import ConfigError, EhrliftError, ExitCode
 from pipelines.identity import cli as identity_cli
 from pipelines.remap import cli as remap_cli
 from pipelines.report import cli as report_cli
+from pipelines.retract import cli as retract_cli
 from pipelines.summary import RunSummary
+from pipelines.views import cli as views_cli
 
 # Markup off: paths, server diagnostics and file names may hold "[...]", which must print as written.
 out = Console(highlight=False, markup=False)
@@ -120,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
         "a .fhir-release.csv in a source folder declares it per file",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--override-gate",
+        action="store_true",
+        help="finish as succeeded even if a critical expectation fails (needs --reason; recorded)",
+    )
+    run.add_argument("--reason", default=None, help="why the gate is overridden (ops.gate_overrides)")
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo-data", help="write synthetic legacy source data (no real patients)")
@@ -189,12 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     _mapping_parsers(sub)
     remap_cli.add_commands(sub)
     identity_cli.add_commands(sub)
-
-    views = sub.add_parser("views", help="SQL-on-FHIR ViewDefinitions")
-    views_sub = views.add_subparsers(dest="views_command", required=True)
-    vtest = views_sub.add_parser("test", help="run a SQL-on-FHIR v2 test suite folder (tests/*.json)")
-    vtest.add_argument("dir", type=Path)
-    vtest.set_defaults(func=_cmd_views_test)
+    views_cli.add_commands(sub)
+    retract_cli.add_commands(sub)
     return parser
 
 
@@ -535,12 +539,18 @@ def _cmd_terminology_coverage(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.run import run_pipeline
 
+    # The same rule as `ehrlift backload plan --override-gate --reason TEXT`.
+    if args.override_gate and not (args.reason or "").strip():
+        raise ConfigError("--override-gate needs --reason TEXT (it is recorded with the run)")
+    if args.reason and not args.override_gate:
+        raise ConfigError("--reason goes with --override-gate")
     config = RunConfig.from_env(
         tuple(args.sources),
         warehouse=args.warehouse,
         source_system=args.source_system,
         fhir_release=args.fhir_release,
         progress=not args.no_progress,
+        gate_override=args.reason if args.override_gate else None,
     )
     summary = run_pipeline(config)
     print_summary(summary, config)
@@ -614,18 +624,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _cmd_views_test(args: argparse.Namespace) -> int:
-    from pipelines.views.suite import run_suite
-
-    if not args.dir.is_dir():
-        raise InputNotFoundError(f"test folder not found: {args.dir}")
-    result = run_suite(args.dir)
-    for failure in result.failures:
-        out.print(f"FAIL {failure}")
-    out.print(f"{result.passed} passed, {result.failed} failed")
-    return int(ExitCode.OK if result.failed == 0 else ExitCode.TESTS_FAILED)
 
 
 def _warehouse_arg(path: Path | None) -> Path:
@@ -740,6 +738,11 @@ def print_summary(summary: RunSummary, config: RunConfig) -> None:
         )
         if v["warnings_failed"]:
             out.print("warnings (reported, not blocking): " + ", ".join(v["warnings_failed"]), soft_wrap=True)
+        if v.get("gate_override"):
+            out.print(
+                "gate overridden (recorded in ops.gate_overrides): " + ", ".join(v["critical_failed"]),
+                soft_wrap=True,
+            )
     if summary.stages:
         out.print(
             "stage seconds: "

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import duckdb
 
 from pipelines.common.warehouse import RESOURCE_TYPE, ensure_resource_table
+from pipelines.parties import merge_staged_parties
 from pipelines.result_versions import is_result, rank_sql, version_time_sql
 
 # Which row of a (type, id) group wins: a full resource over a reference-only one; then the latest
@@ -154,6 +156,7 @@ def merge_stage(con: duckdb.DuckDBPyConnection) -> LoadResult:
     if not types:
         con.execute(_EMPTY_DECIDED)
         return result
+    merge_staged_parties(con, partial(ensure_resource_table, con))  # authors seen by several documents
     tables = _resource_tables(con, types)
     current = " UNION ALL ".join(
         _CURRENT.format(

@@ -121,12 +121,16 @@ def build_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> RunSummary:
         if not success:
             failed[severity].append(name)
     if evaluated:
+        # A failed gate an operator overrode (with a recorded reason) does not block the run.
+        override = con.execute("SELECT reason FROM ops.gate_overrides WHERE run_id = ?", [run_id]).fetchall()
         summary.validation = {
             "evaluated": evaluated,
-            "blocked": bool(failed["critical"]),
+            "blocked": bool(failed["critical"]) and not override,
             "critical_failed": failed["critical"],
             "warnings_failed": failed["warning"],
         }
+        if override:
+            summary.validation["gate_override"] = override[0][0]
     return summary
 
 

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import duckdb
+import orjson
 
 from pipelines.common.config import RunConfig
 from pipelines.common.errors import ExitCode
@@ -43,7 +44,11 @@ def validate_stage(
         recon = reconcile(con, config.run_id)
         check_reconciliation(recon)
         gate = read_gate(con, config.run_id)
-        status, code = ("blocked", ExitCode.GATE_BLOCKED) if gate.blocked else ("succeeded", ExitCode.OK)
+        overridden = gate.blocked and config.gate_override is not None
+        if overridden:
+            record_override(con, config.run_id, config.gate_override or "", gate.critical_failed)
+        blocked = gate.blocked and not overridden
+        status, code = ("blocked", ExitCode.GATE_BLOCKED) if blocked else ("succeeded", ExitCode.OK)
         # Data Docs need Great Expectations (seconds to import): `ehrlift report` renders them from
         # the stored results, unless the site wants them from every run (or runs GX anyway).
         wanted = settings.data_docs == "always" or settings.engine == "gx"
@@ -59,7 +64,22 @@ def validate_stage(
         len(gate.critical_failed),
         len(gate.warnings_failed),
     )
-    return {**gate.to_dict(), "data_docs": str(docs) if docs else None}
+    return {
+        **gate.to_dict(),
+        "blocked": blocked,
+        "gate_overridden": overridden,
+        "data_docs": str(docs) if docs else None,
+    }
+
+
+def record_override(con: duckdb.DuckDBPyConnection, run_id: str, reason: str, failed: list[str]) -> None:
+    """The run's failed gate accepted by an operator: who, when, why, and which expectations."""
+    from pipelines.deid.audit import os_user
+
+    con.execute(
+        "INSERT INTO ops.gate_overrides VALUES (?, ?, ?, ?, now())",
+        [run_id, reason.strip(), orjson.dumps(sorted(failed)).decode(), os_user()],
+    )
 
 
 def run_checks(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySettings) -> list[ResultRow]:

@@ -462,3 +462,41 @@ CREATE TABLE IF NOT EXISTS ops.report_signoffs (
     signed_at        TIMESTAMPTZ NOT NULL,
     ehrlift_version  VARCHAR NOT NULL
 );
+
+-- Retractions (version 15): a run's or a file's resources taken out of the warehouse (the ledger keeps the history;
+-- the landing zone keeps the file). One row per retraction and file.
+CREATE TABLE IF NOT EXISTS ops.retractions (
+    retraction_id VARCHAR NOT NULL,
+    run_id        VARCHAR,                 -- with `ehrlift retract --run`: the run retracted
+    file_sha256   VARCHAR NOT NULL,        -- a file whose resources (of that run, or all) left fhir.*
+    resources     BIGINT NOT NULL,         -- resources removed from fhir.* for this file
+    reason        VARCHAR NOT NULL,        -- the operator's reason (required)
+    os_user       VARCHAR,
+    retracted_at  TIMESTAMPTZ NOT NULL
+);
+
+-- Data-quality gate overrides: a run whose critical expectations failed, finished as succeeded because
+-- an operator said why (`ehrlift run --override-gate --reason TEXT`).
+CREATE TABLE IF NOT EXISTS ops.gate_overrides (
+    run_id          VARCHAR NOT NULL,
+    reason          VARCHAR NOT NULL,
+    critical_failed VARCHAR NOT NULL,      -- JSON list of the failed expectations' names
+    os_user         VARCHAR,
+    recorded_at     TIMESTAMPTZ NOT NULL
+);
+
+-- Every distinct version of a person or organization that is merged across documents (see
+-- schemas/party_merge.json), as it arrived: a retraction recomputes the merged resource from the
+-- versions that remain.
+CREATE TABLE IF NOT EXISTS ops.party_versions (
+    resource_type  VARCHAR NOT NULL,
+    id             VARCHAR NOT NULL,
+    content_sha256 VARCHAR NOT NULL,
+    file_sha256    VARCHAR NOT NULL,
+    unit_position  BIGINT,
+    run_id         VARCHAR NOT NULL,
+    source_system  VARCHAR,
+    source_id      VARCHAR,
+    last_updated   VARCHAR,
+    resource       VARCHAR NOT NULL
+);

@@ -170,39 +170,40 @@ def tables_page() -> str:
     return "".join(lines)
 
 
-def _view_columns(select: list[dict], prefix: str = "") -> Iterator[tuple[str, str, str, str]]:
-    for part in select:
-        where = prefix
-        for key in ("forEach", "forEachOrNull"):
-            if key in part:
-                where = f"{prefix}{key}({part[key]}) "
-        for column in part.get("column", []):
-            yield (
-                column["name"],
-                column.get("type", ""),
-                f"{where}{column['path']}",
-                column.get("description", ""),
-            )
-        yield from _view_columns(part.get("select", []), where)
-        for branch in part.get("unionAll", []):
-            yield from _view_columns([branch], where)
-
-
 def views_page() -> str:
+    from pipelines.views import compile_view
+    from pipelines.views.standard import with_codings
+    from pipelines.views.table import CODING_TEXT, columns_of, has_coding_view
+
     lines = [GENERATED, "# Views\n\n"]
     lines.append(
         "Each `views.<name>` table is materialized from a SQL-on-FHIR v2 ViewDefinition in `schemas/views/`. "
-        "Paths are FHIRPath over the resource.\n"
+        "This data dictionary is generated from the same code that writes each column's DuckDB comment "
+        "(`SELECT column_name, comment FROM duckdb_columns() WHERE schema_name = 'views'`). Paths are "
+        "FHIRPath over the resource (inside a `forEach`, over its item). Partial dates are stored as their "
+        "first day or moment in UTC, with the precision the source gave in the `_precision` column beside "
+        "them; `_std_` columns hold the standard code normalization chose (see "
+        "[Warehouse](../concepts/warehouse.md)).\n"
     )
     for path in sorted((REPO / "schemas" / "views").glob("*.json")):
         view = orjson.loads(path.read_bytes())
+        coded, groups = with_codings(view)
+        compiled = compile_view(coded)
         lines += [f"\n## `views.{view['name']}`\n\n"]
         lines.append(
             f"{view.get('title', '')}: {view.get('description', '')} (from `{view['resource']}`)\n\n"
         )
-        lines += ["| column | type | FHIRPath | notes |\n", "|---|---|---|---|\n"]
-        for name, ctype, fhirpath, description in _view_columns(view.get("select", [])):
-            lines.append(f"| `{name}` | {ctype} | `{_cell(fhirpath)}` | {_cell(description)} |\n")
+        lines += ["| column | type | description |\n", "|---|---|---|\n"]
+        for column in columns_of(view, compiled, groups):
+            lines.append(f"| `{column.name}` | {column.sql_type} | {_cell(column.description)} |\n")
+        if has_coding_view(view, compiled, groups):
+            lines += [
+                f"\n### `views.{view['name']}_coding`\n\n",
+                "One row per coding of each coded element (source and added).\n\n",
+                "| column | description |\n",
+                "|---|---|\n",
+            ]
+            lines += [f"| `{name}` | {_cell(text)} |\n" for name, text in CODING_TEXT.items()]
     return "".join(lines)
 
 

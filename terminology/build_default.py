@@ -5,7 +5,9 @@ Sources, each pinned and recorded with its sha256 in default/sources.json:
     NamingSystems (URIs, OIDs) and table 0396, the SNOMED CT Global Patient Set value set (CC BY 4.0),
     the common UCUM units value set, and the LOINC codes enumerated in its value sets;
   * ICD-10-CM from the PyPI package simple-icd-10-cm (the CDC's public-domain tabular list);
-  * UCUM atoms from the ucum-essence.xml that the PyPI package ucumvert vendors.
+  * UCUM atoms from the ucum-essence.xml that the PyPI package ucumvert vendors;
+  * the US Core codes ehrlift's converters write themselves (us_core_codes.csv, a curated fragment), so
+    that what ehrlift emits is never counted unmapped.
 Run `make terminology-default` (needs npm and pip; nothing else is downloaded). The two PyPI packages go
 into a throw-away virtualenv: they are build inputs, not runtime dependencies of ehrlift.
 """
@@ -380,6 +382,31 @@ def ucum(essence_xml: str, pkg: Path, t: Tables, source: str) -> str:
     return version
 
 
+US_CORE_CODES = HERE / "us_core_codes.csv"
+US_CORE_SOURCE = "HL7 FHIR US Core (curated: the codes ehrlift writes, us_core_codes.csv)"
+
+
+def us_core_codes(t: Tables, path: Path = US_CORE_CODES) -> None:
+    """The US Core codes ehrlift's converters write (document, care plan and problem categories)."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if t.concept(row["system"], row["code"], row["display"], "active", None, row["version"]):
+                counts[(row["system"], row["version"])] += 1
+    for (system, version), n in sorted(counts.items()):
+        t.releases.append((system, version, US_CORE_SOURCE, "fragment", n))
+
+
+def us_core_entry() -> dict[str, str]:
+    return {
+        "name": "HL7 FHIR US Core code systems (curated in terminology/us_core_codes.csv)",
+        "version": "6.1.0",
+        "licence": "CC0-1.0",
+        "sha256": sha256_file(US_CORE_CODES),
+        "used": "the category codes ehrlift's C-CDA converter writes (a fragment)",
+    }
+
+
 def write_tables(t: Tables, out: Path) -> dict[str, str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -435,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         icd10cm(pypi["icd"], t, icd_source)
         ucum_source = f"{pypi['ucum']['package']} {pypi['ucum']['package_version']} ucum-essence.xml"
         ucum_version = ucum(pypi["ucum"]["essence_xml"], pkg, t, ucum_source)
+        us_core_codes(t)
         shas = write_tables(t, args.out)
 
     content_id = hashlib.sha256(json.dumps(shas, sort_keys=True).encode()).hexdigest()
@@ -471,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sha256": pypi["ucum"]["sha256"],
                 "used": "base units and units (atoms) plus the HL7 common UCUM units value set",
             },
+            us_core_entry(),
         ],
     }
     (args.out / "sources.json").write_text(json.dumps(sources, indent=2) + "\n", encoding="utf-8")

@@ -193,10 +193,22 @@ GOOD_MAPPINGS = [
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, view: str, rows: list[dict]) -> None:
+    """Rows written as FHIR text; a date or dateTime goes in typed, with its precision beside it."""
+    columns = {r[0] for r in con.execute(f'DESCRIBE views."{view}"').fetchall()}
     for row in rows:
+        row = dict(row)
+        for col, value in list(row.items()):
+            if isinstance(value, str) and f"{col}_precision" in columns:
+                row[col], row[f"{col}_precision"] = _typed(value)
         cols = ", ".join(f'"{c}"' for c in row)
         marks = ", ".join("?" for _ in row)
         con.execute(f'INSERT INTO views."{view}" ({cols}) VALUES ({marks})', list(row.values()))
+
+
+def _typed(text: str) -> tuple[str, str]:
+    """FHIR partial-date text as the views store it: its first day (or first moment) and the precision."""
+    precision = {4: "year", 7: "month", 10: "day"}.get(len(text), "time")
+    return {4: text + "-01-01", 7: text + "-01"}.get(len(text), text), precision
 
 
 def insert_mappings(

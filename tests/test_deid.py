@@ -13,6 +13,7 @@ from pipelines.common.errors import ConfigError, ExitCode
 from pipelines.common.warehouse import open_warehouse
 from pipelines.deid import Deidentifier, deidentify, load_rules
 from pipelines.deid.export import transform_batch
+from pipelines.deid.rules import truncate
 from pipelines.run import run_pipeline
 from tests.conftest import resource, write_ndjson
 
@@ -121,14 +122,17 @@ def test_zip3_and_the_low_population_rule(rules):
 
 def test_ages_over_89_are_grouped_and_their_birth_dates_suppressed(rules):
     d = Deidentifier(rules, SALT, "year", AS_OF)
-    assert d.age("1936-06-16") == "89"  # 89 until the day before the 90th birthday
-    assert d.age("1936-06-15") == "90+"
-    assert d.age("1901-01-01") == "90+"
-    assert d.age("2026-06-15") == "0"
-    assert d.age("1930-01-01", death="2010-01-01") == "80"  # age at death, not today
-    assert d.age("1935") == "90+"  # year only: at least 90
-    assert d.age("1950") is None  # year only, not certainly 90+: unknown
+    assert d.age("1936-06-16") == 89  # 89 until the day before the 90th birthday
+    assert (d.age("1936-06-15"), d.over_top("1936-06-15")) == (90, True)
+    assert (d.age("1901-01-01"), d.over_top("1901-01-01")) == (90, True)  # top-coded: never 125
+    assert (d.age("2026-06-15"), d.over_top("2026-06-15")) == (0, False)
+    assert d.age("1930-01-01", death="2010-01-01") == 80  # age at death, not today
+    assert d.over_top("1935") is True  # year only: at least 90
+    assert d.age("1950") is None and d.over_top("1950") is None  # year only, not certainly 90+: unknown
     assert d.age(None) is None
+    # Typed views give date objects; a partial date comes back to its precision first.
+    assert d.age(date(1936, 6, 16)) == 89
+    assert truncate(date(1935, 1, 1), "year") == "1935" and truncate(date(1935, 3, 1), "month") == "1935-03"
     assert d.birth_date("1936-06-16", None, "p1") == "1936"
     assert d.birth_date("1936-06-15", None, "p1") is None
     assert d.birth_date("1935", None, "p1") is None
@@ -201,7 +205,8 @@ def test_patient_rows_row_by_row(rules):
             "active": True,
             "gender": "female",
             "birth_date": "1957",
-            "age": "69",
+            "age": 69,
+            "age_90_plus": False,
             "deceased": False,
             "deceased_date_time": None,
             "mrn_value": d.hash("10023456"),
@@ -223,7 +228,8 @@ def test_patient_rows_row_by_row(rules):
             "active": None,
             "gender": "male",
             "birth_date": None,
-            "age": "90+",
+            "age": 90,
+            "age_90_plus": True,
             "deceased": True,
             "deceased_date_time": "2025",
             "mrn_value": None,
@@ -299,9 +305,9 @@ def test_deidentify_writes_a_separate_file_without_phi_and_audits(tmp_path, make
     assert result.tables["patient"] == 2 and result.tables["observation"] == 1
     with duckdb.connect(str(out), read_only=True) as con:
         patients = con.execute(
-            "SELECT birth_date, age, address_postal_code FROM patient ORDER BY age"
+            "SELECT birth_date, age, age_90_plus, address_postal_code FROM patient ORDER BY age"
         ).fetchall()
-        assert patients == [("1980", "46", None), (None, "90+", "011")]
+        assert patients == [("1980", 46, False, None), (None, 90, True, "011")]
         everything = " ".join(
             str(v)
             for (t,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
@@ -370,5 +376,5 @@ def test_deidentify_command(tmp_path, make_config, monkeypatch, capsys):
     assert "patient: 2 rows" in capsys.readouterr().out
     with duckdb.connect(str(out), read_only=True) as con:
         assert con.execute("SELECT value FROM deid_manifest WHERE key = 'date_mode'").fetchone() == ("shift",)
-        (birth,) = con.execute("SELECT birth_date FROM patient WHERE age <> '90+'").fetchone()
+        (birth,) = con.execute("SELECT birth_date FROM patient WHERE NOT age_90_plus").fetchone()
         assert len(birth) == 10 and birth != "1980-05-06"

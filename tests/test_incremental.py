@@ -68,7 +68,11 @@ def test_a_run_rebuilds_the_views_over_what_it_wrote_and_checks_what_they_can_af
 
     second = _run(tmp_path, "b.ndjson", OBS)
     built, suites, written = _state(tmp_path, second)
-    assert {v for v, run in built.items() if run == second} == {"observation", "observation_component"}
+    assert {v for v, run in built.items() if run == second} == {
+        "observation",
+        "observation_coding",
+        "observation_component",
+    }
     assert built["patient"] == built["condition"] == first
     # Observation suites and the suites joining the rebuilt views; not the patient or condition suites.
     assert suites == {
@@ -81,6 +85,7 @@ def test_a_run_rebuilds_the_views_over_what_it_wrote_and_checks_what_they_can_af
     # The person-level patient views are rewritten by every run once patients are linked.
     assert {w for w in written if w.startswith("views.")} == {
         "views.observation",
+        "views.observation_coding",
         "views.observation_component",
         "views.patient",
         "views.patient_source",

@@ -136,6 +136,7 @@ def test_report_data_is_exact_and_its_digest_verifies(tmp_path, two_runs):
         "run_id": second.run_id,
         "source_system": "default",
         "workers": 0,
+        "gate_override": None,
         "ehrlift_version": run["ehrlift_version"],
     }
     assert [r["run_id"] for r in data["runs"]] == [first.run_id, second.run_id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -67,7 +68,13 @@ def test_default_loads_once_with_the_shipped_counts(con) -> None:
 def test_sources_record_versions_licences_and_hashes() -> None:
     meta = default_sources()
     names = [s["name"] for s in meta["sources"]]
-    assert names[0] == "hl7.terminology.r4" and len(names) == 4
+    assert names[0] == "hl7.terminology.r4" and len(names) == 5
+    # The US Core codes ehrlift writes itself are in the default, from their curated file.
+    us_core = meta["sources"][-1]
+    assert (
+        us_core["sha256"]
+        == hashlib.sha256((DEFAULT_DIR.parent / "us_core_codes.csv").read_bytes()).hexdigest()
+    )
     for source in meta["sources"]:
         assert source["version"] and source["licence"] and len(source["sha256"]) == 64
     total = sum(p.stat().st_size for p in DEFAULT_DIR.iterdir())

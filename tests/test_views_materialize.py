@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -10,6 +12,8 @@ import orjson
 import pytest
 
 from pipelines.views import ViewDefinitionError, compile_view, materialize_views
+from pipelines.views.standard import with_codings
+from pipelines.views.table import columns_of
 
 VIEWS = Path(__file__).resolve().parents[1] / "schemas" / "views"
 REQUIRED = {
@@ -24,6 +28,18 @@ REQUIRED = {
     "diagnostic_report",
 }
 
+# Views with one row per resource and coded columns: each gets a views.<name>_coding.
+CODING_VIEWS = {
+    "allergy_intolerance",
+    "condition",
+    "diagnostic_report",
+    "encounter",
+    "immunization",
+    "medication_request",
+    "observation",
+    "patient",
+    "procedure",
+}
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
 OMB = "urn:oid:2.16.840.1.113883.6.238"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -328,8 +344,10 @@ EXPECTED = {
             "code_system": "http://www.nlm.nih.gov/research/umls/rxnorm",
             "code": "7980",
             "code_display": "Penicillin G",
-            "onset_date_time": "1985",
-            "recorded_date": "2010-06-01",
+            "onset_date_time": "1985-01-01T00:00:00Z",
+            "onset_date_time_precision": "year",
+            "recorded_date": "2010-06-01T00:00:00Z",
+            "recorded_date_precision": "day",
             "reaction_manifestation_code": "39579001",
             "reaction_manifestation_display": "Anaphylaxis",
             "reaction_severity": "severe",
@@ -347,9 +365,12 @@ EXPECTED = {
             "code": "233604007",
             "code_display": "Pneumonia",
             "code_text": "Pneumonia",
-            "onset_date_time": "2023-10-27",
-            "abatement_date_time": "2023-11-01",
-            "recorded_date": "2023-10-28T23:00:00-05:00",
+            "onset_date_time": "2023-10-27T00:00:00Z",
+            "onset_date_time_precision": "day",
+            "abatement_date_time": "2023-11-01T00:00:00Z",
+            "abatement_date_time_precision": "day",
+            "recorded_date": "2023-10-29T04:00:00Z",
+            "recorded_date_precision": "time",
         }
     ],
     "diagnostic_report": [
@@ -362,8 +383,9 @@ EXPECTED = {
             "code_system": "http://loinc.org",
             "code": "24323-8",
             "code_display": "Metabolic panel",
-            "effective_date_time": "2023-10-29T06:00:00-05:00",
-            "issued": "2023-10-29T07:15:00.000-05:00",
+            "effective_date_time": "2023-10-29T11:00:00Z",
+            "effective_date_time_precision": "time",
+            "issued": "2023-10-29T12:15:00Z",
             "performer_reference": "Organization/org-7",
             "result_count": 2,
             "conclusion": "Hyperglycaemia.",
@@ -396,8 +418,10 @@ EXPECTED = {
             "type_code": "32485007",
             "type_display": "Hospital admission",
             "type_text": "Admission",
-            "period_start": "2023-10-28T22:10:00-05:00",
-            "period_end": "2023-11-02T08:15:00-05:00",
+            "period_start": "2023-10-29T03:10:00Z",
+            "period_start_precision": "time",
+            "period_end": "2023-11-02T13:15:00Z",
+            "period_end_precision": "time",
             "reason_code": "233604007",
             "reason_display": "Pneumonia",
             "practitioner_reference": "Practitioner/pr-3",
@@ -415,7 +439,8 @@ EXPECTED = {
             "vaccine_code": "140",
             "vaccine_display": "Influenza, seasonal",
             "vaccine_text": "Flu shot",
-            "occurrence_date_time": "2023-09-30",
+            "occurrence_date_time": "2023-09-30T00:00:00Z",
+            "occurrence_date_time_precision": "day",
             "primary_source": True,
             "lot_number": "FLU-2023-A17",
             "location_reference": "Location/loc-2",
@@ -433,11 +458,12 @@ EXPECTED = {
             "medication_code": "1659149",
             "medication_display": "piperacillin / tazobactam",
             "medication_text": "Pip/Tazo",
-            "authored_on": "2023-10-28T23:30:00-05:00",
+            "authored_on": "2023-10-29T04:30:00Z",
+            "authored_on_precision": "time",
             "requester_reference": "Practitioner/pr-3",
             "reason_condition_id": "cond-1",
             "dosage_text": "4.5 g IV every 6 hours",
-            "dose_quantity_value": 4.5,
+            "dose_quantity_value": Decimal("4.5"),
             "dose_quantity_unit": "g",
         },
         {
@@ -460,9 +486,10 @@ EXPECTED = {
             "code": "2345-7",
             "code_display": "Glucose",
             "code_text": "Glucose",
-            "effective_date_time": "2023-10-29T06:00:00-05:00",
-            "issued": "2023-10-29T07:12:00.000-05:00",
-            "value_quantity_value": 7.2,
+            "effective_date_time": "2023-10-29T11:00:00Z",
+            "effective_date_time_precision": "time",
+            "issued": "2023-10-29T12:12:00Z",
+            "value_quantity_value": Decimal("7.2"),
             "value_quantity_unit": "mmol/L",
             "value_quantity_system": "http://unitsofmeasure.org",
             "value_quantity_code": "mmol/L",
@@ -477,8 +504,10 @@ EXPECTED = {
             "code_system": "http://loinc.org",
             "code": "85354-9",
             "code_display": "Blood pressure panel",
-            "effective_period_start": "2023-10-29T08:00:00-05:00",
-            "effective_period_end": "2023-10-29T08:05:00-05:00",
+            "effective_period_start": "2023-10-29T13:00:00Z",
+            "effective_period_start_precision": "time",
+            "effective_period_end": "2023-10-29T13:05:00Z",
+            "effective_period_end_precision": "time",
             "component_count": 2,
         },
         {
@@ -488,7 +517,8 @@ EXPECTED = {
             "code_system": "http://loinc.org",
             "code": "72166-2",
             "code_text": "Tobacco smoking status",
-            "effective_date_time": "2024-01-15",
+            "effective_date_time": "2024-01-15T00:00:00Z",
+            "effective_date_time_precision": "day",
             "value_codeable_concept_system": "http://snomed.info/sct",
             "value_codeable_concept_code": "266919005",
             "value_codeable_concept_display": "Never smoked",
@@ -503,7 +533,7 @@ EXPECTED = {
             "code_system": "http://loinc.org",
             "code": "8480-6",
             "code_display": "Systolic",
-            "value_quantity_value": 142.0,
+            "value_quantity_value": Decimal("142.0"),
             "value_quantity_unit": "mm[Hg]",
         },
         {
@@ -513,7 +543,7 @@ EXPECTED = {
             "code_system": "http://loinc.org",
             "code": "8462-4",
             "code_display": "Diastolic",
-            "value_quantity_value": 91.0,
+            "value_quantity_value": Decimal("91.0"),
             "value_quantity_unit": "mm[Hg]",
         },
     ],
@@ -523,8 +553,10 @@ EXPECTED = {
             "active": True,
             "gender": "female",
             "birth_date": "1961-04-12",
+            "birth_date_precision": "day",
             "deceased": True,
-            "deceased_date_time": "2023-11-02T08:15:00-05:00",
+            "deceased_date_time": "2023-11-02T13:15:00Z",
+            "deceased_date_time_precision": "time",
             "family": "Nakamura-Lee",
             "given": "Keiko Ann",
             "mrn_system": "urn:oid:1.2.840.114350.1",
@@ -547,7 +579,8 @@ EXPECTED = {
         {
             "id": "pt-2",
             "gender": "male",
-            "birth_date": "1990",
+            "birth_date": "1990-01-01",
+            "birth_date_precision": "year",
             "deceased": False,
             "family": "Silva",
             "given": "João Pedro",
@@ -586,8 +619,10 @@ EXPECTED = {
             "code": "40701008",
             "code_display": "Echocardiography",
             "code_text": "Echo",
-            "performed_period_start": "2023-10-30T10:00:00-05:00",
-            "performed_period_end": "2023-10-30T10:40:00-05:00",
+            "performed_period_start": "2023-10-30T15:00:00Z",
+            "performed_period_start_precision": "time",
+            "performed_period_end": "2023-10-30T15:40:00Z",
+            "performed_period_end_precision": "time",
             "reason_condition_id": "cond-1",
             "location_reference": "Location/loc-2",
         }
@@ -606,10 +641,23 @@ def warehouse(resources: list[dict]) -> duckdb.DuckDBPyConnection:
 
 
 def table(con: duckdb.DuckDBPyConnection, name: str) -> list[dict]:
-    """Rows of views.<name>, ordered, with NULL columns left out for readability."""
+    """Rows of views.<name>, ordered, with NULL columns left out for readability; instants shown in UTC
+    as ISO text, dates as ISO text."""
     cursor = con.execute(f'SELECT * FROM views."{name}" ORDER BY ALL')
     names = [d[0] for d in cursor.description]
-    return [{k: v for k, v in zip(names, row, strict=True) if v is not None} for row in cursor.fetchall()]
+    return [
+        {k: _text(v) for k, v in zip(names, row, strict=True) if v is not None} for row in cursor.fetchall()
+    ]
+
+
+def _text(value: object) -> object:
+    if isinstance(value, datetime):
+        utc = value.astimezone(UTC)
+        fraction = f".{utc.microsecond:06d}".rstrip("0") if utc.microsecond else ""
+        return utc.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
 
 
 def columns(con: duckdb.DuckDBPyConnection, name: str) -> list[tuple[str, str]]:
@@ -617,7 +665,11 @@ def columns(con: duckdb.DuckDBPyConnection, name: str) -> list[tuple[str, str]]:
 
 
 def declared(name: str) -> list[str]:
-    return [name for name, _, _ in compile_view(json.loads((VIEWS / f"{name}.json").read_text())).columns]
+    """The declared columns, each tagged coded column followed by its four standard columns and each
+    partial-date column by its precision."""
+    view = json.loads((VIEWS / f"{name}.json").read_text())
+    coded, groups = with_codings(view)
+    return [c.name for c in columns_of(view, compile_view(coded), groups)]
 
 
 def test_production_views_are_well_formed():
@@ -639,7 +691,10 @@ def test_production_views_are_well_formed():
 def test_materialized_rows():
     con = warehouse(ALL)
     counts = materialize_views(con, VIEWS)
-    assert counts == {name: len(rows) for name, rows in EXPECTED.items()}
+    assert {k: n for k, n in counts.items() if not k.endswith("_coding")} == {
+        name: len(rows) for name, rows in EXPECTED.items()
+    }
+    assert set(counts) - set(EXPECTED) == {f"{n}_coding" for n in CODING_VIEWS}
     for name, rows in EXPECTED.items():
         assert [c for c, _ in columns(con, name)] == declared(name)
         assert table(con, name) == rows, name
@@ -659,13 +714,15 @@ def test_missing_resource_tables_give_empty_typed_views():
     materialize_views(full, VIEWS)
     empty = duckdb.connect(":memory:")
     counts = materialize_views(empty, VIEWS)
-    assert counts == dict.fromkeys(EXPECTED, 0)
+    assert counts == dict.fromkeys([*EXPECTED, *(f"{n}_coding" for n in CODING_VIEWS)], 0)
     for name in EXPECTED:
         assert columns(empty, name) == columns(full, name), name
-    assert dict(columns(empty, "observation"))["value_quantity_value"] == "DOUBLE"
+    assert dict(columns(empty, "observation"))["value_quantity_value"] == "DECIMAL(38,10)"
     assert dict(columns(empty, "observation"))["component_count"] == "BIGINT"
     assert dict(columns(empty, "patient"))["deceased"] == "BOOLEAN"
-    assert dict(columns(empty, "patient"))["birth_date"] == "VARCHAR"
+    assert dict(columns(empty, "patient"))["birth_date"] == "DATE"
+    assert dict(columns(empty, "patient"))["birth_date_precision"] == "VARCHAR"
+    assert dict(columns(empty, "observation"))["issued"] == "TIMESTAMP WITH TIME ZONE"
 
 
 def test_rematerializing_replaces_tables():
@@ -673,7 +730,12 @@ def test_rematerializing_replaces_tables():
     first = materialize_views(con, VIEWS)
     con.execute("DELETE FROM fhir.\"Patient\" WHERE id = 'pt-2'")
     second = materialize_views(con, VIEWS)
-    assert second == {**first, "patient": 1, "patient_identifier": 2}
+    assert second == {
+        **first,
+        "patient": 1,
+        "patient_identifier": 2,
+        "patient_coding": 2,
+    }  # pt-1: marital status, language
 
 
 @pytest.mark.parametrize(

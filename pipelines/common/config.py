@@ -47,6 +47,7 @@ class RunConfig:
     run_id: str = field(default_factory=new_run_id)
     fhir_release: str = "auto"  # the release FHIR sources speak, unless a .fhir-release.csv says otherwise
     workers: int = 0  # conversion processes; 0: EHRLIFT_WORKERS, else every core
+    gate_override: str | None = None  # the reason a failed data-quality gate is overridden (recorded)
 
     def __post_init__(self) -> None:
         if not _SOURCE_SYSTEM.fullmatch(self.source_system):
@@ -58,6 +59,8 @@ class RunConfig:
             raise ConfigError("batch size must be at least 1")
         if self.workers < 0:
             raise ConfigError("workers must be 0 (every core) or more")
+        if self.gate_override is not None and not self.gate_override.strip():
+            raise ConfigError("a gate override needs a reason")
         if self.fhir_release not in FHIR_RELEASES:
             raise ConfigError(
                 f"FHIR release {self.fhir_release!r} is not one ehrlift reads",

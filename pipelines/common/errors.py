@@ -28,7 +28,11 @@ EXIT_STATUS_DOCS: dict[ExitCode, tuple[str, str]] = {
         "success (quarantined units do not fail a run; they are in `ops.quarantine`)",
         "review the quarantine",
     ),
-    ExitCode.USAGE: ("the command line is wrong", "see `ehrlift --help`"),
+    ExitCode.USAGE: (
+        "the command line is wrong, or `ehrlift sql` refused a statement (its syntax, an unknown name, "
+        "or a write on the read-only warehouse)",
+        "see `ehrlift --help`; fix the statement",
+    ),
     ExitCode.INPUT_NOT_FOUND: (
         "a source path does not exist or cannot be read",
         "fix the path; nothing was landed",

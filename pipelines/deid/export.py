@@ -14,7 +14,7 @@ from pipelines.common.config import ehrlift_version
 from pipelines.common.errors import ConfigError
 from pipelines.common.warehouse import duckdb_settings, open_warehouse
 from pipelines.deid.audit import record_access
-from pipelines.deid.rules import Deidentifier, Rules, ViewRules, load_rules
+from pipelines.deid.rules import Deidentifier, Rules, ViewRules, load_rules, truncate
 
 BATCH_ROWS = 50_000
 
@@ -153,19 +153,30 @@ def transform_batch(batch: pa.RecordBatch, rules: ViewRules, deid: Deidentifier)
         elif rule.action == "zip3":
             out[name] = pa.array([deid.zip3(v) for v in column.to_pylist()], pa.string())
         elif rule.action == "date":
-            out[name] = pa.array(
-                [deid.date(v, k) for v, k in zip(column.to_pylist(), keys, strict=True)], pa.string()
-            )
+            values = _as_given(batch, name)
+            out[name] = pa.array([deid.date(v, k) for v, k in zip(values, keys, strict=True)], pa.string())
         elif rule.action == "birth_date":
-            births = column.to_pylist()
+            births = _as_given(batch, name)
             deaths = (
                 batch.column(rule.death_column).to_pylist() if rule.death_column else [None] * len(births)
             )
             out[name] = pa.array(
                 [deid.birth_date(b, d, k) for b, d, k in zip(births, deaths, keys, strict=True)], pa.string()
             )
-            out["age"] = pa.array([deid.age(b, d) for b, d in zip(births, deaths, strict=True)], pa.string())
+            out["age"] = pa.array([deid.age(b, d) for b, d in zip(births, deaths, strict=True)], pa.int32())
+            out["age_90_plus"] = pa.array(
+                [deid.over_top(b, d) for b, d in zip(births, deaths, strict=True)], pa.bool_()
+            )
     return pa.table(out)
+
+
+def _as_given(batch: pa.RecordBatch, name: str) -> list:
+    """A typed date column's values cut back to the precision its sibling records (a year stays a year)."""
+    values = batch.column(name).to_pylist()
+    sibling = f"{name}_precision"
+    if sibling not in batch.schema.names:
+        return values
+    return [truncate(v, p) for v, p in zip(values, batch.column(sibling).to_pylist(), strict=True)]
 
 
 def _write_manifest(

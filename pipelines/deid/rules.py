@@ -149,7 +149,7 @@ class Deidentifier:
         a partial date (year, year-month) or a row without a patient keeps only its year."""
         if value is None:
             return None
-        text = str(value)
+        text = value.isoformat() if isinstance(value, date) else str(value)
         m = _DATE.match(text)
         if not m:
             return None  # not a date we can reduce: withheld rather than passed through
@@ -172,32 +172,49 @@ class Deidentifier:
         prefix = m.group(1)
         return self.rules.zip_replacement if prefix in self.rules.restricted_zip3 else prefix
 
-    def age(self, birth: Any, death: Any = None) -> str | None:
-        """Whole years at death or at the as-of date; the top code ('90+') for 90 and over."""
+    def age(self, birth: Any, death: Any = None) -> int | None:
+        """Whole years at death or at the as-of date, top-coded: 90 and over is 90 (see over_top)."""
         born = _full_date(birth)
         end = _full_date(death) or self.as_of
         if born is None:
             # A year or year-month only: the youngest age it allows decides the top code, else unknown.
-            m = _DATE.match(str(birth)) if birth is not None else None
+            m = _DATE.match(_text(birth)) if birth is not None else None
             if m and end.year - int(m.group(1)) - 1 >= self.rules.age_top:
-                return self.rules.age_label
+                return self.rules.age_top
             return None
         years = end.year - born.year - ((end.month, end.day) < (born.month, born.day))
         if years < 0:
             return None
-        return self.rules.age_label if years >= self.rules.age_top else str(years)
+        return min(years, self.rules.age_top)
+
+    def over_top(self, birth: Any, death: Any = None) -> bool | None:
+        """The Safe Harbor flag: the age is 90 or over (its exact value withheld); None when unknown."""
+        years = self.age(birth, death)
+        return None if years is None else years >= self.rules.age_top
 
     def birth_date(self, birth: Any, death: Any, patient_key: str | None) -> str | None:
         """The birth date under the date rule; none for ages 90 and over (even its year reveals the age)."""
-        if self.age(birth, death) == self.rules.age_label:
+        if self.over_top(birth, death):
             return None
         return self.date(birth, patient_key)
+
+
+def _text(value: Any) -> str:
+    """ISO text of a date value: typed views give date and datetime objects, older files strings."""
+    return value.isoformat() if isinstance(value, date) else str(value)
+
+
+def truncate(value: Any, precision: str | None) -> Any:
+    """A typed partial date back to the precision the source gave (year: 'YYYY', month: 'YYYY-MM')."""
+    if value is None or precision not in ("year", "month"):
+        return value
+    return _text(value)[: 4 if precision == "year" else 7]
 
 
 def _full_date(value: Any) -> date | None:
     if value is None:
         return None
-    m = _DATE.match(str(value))
+    m = _DATE.match(_text(value))
     if not m or m.group(3) is None:
         return None
     try:

@@ -7,8 +7,8 @@ from pathlib import Path
 import duckdb
 import orjson
 
-from pipelines.views.compiler import compile_view
 from pipelines.views.sqlval import quote_ident
+from pipelines.views.table import create_view_table
 
 _PERSONS = "(SELECT person_id AS id, resource FROM ops.person_records)"
 
@@ -62,8 +62,8 @@ def resolve_person_views(
         "AND schema_name = 'views' AND table_name = 'patient'"
     ).fetchall()[0]
     view = orjson.loads((views_dir / "patient.json").read_bytes())
-    compiled = compile_view(view, lambda _rtype: _PERSONS)
-    con.execute(f"CREATE OR REPLACE TABLE views.patient AS {compiled.sql}")
+    # Typed and with standard codes like every view (its *_coding view stays per source Patient).
+    create_view_table(con, view, "views.patient", lambda _rtype: _PERSONS, coding_view=False)
     if stamp:
         con.execute("COMMENT ON TABLE views.patient IS " + _sql_string(stamp))
     counts = {"patient": int(con.execute("SELECT count(*) FROM views.patient").fetchall()[0][0])}

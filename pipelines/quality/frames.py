@@ -30,7 +30,9 @@ def _ident(name: str) -> str:
 
 
 def _fhir_time(expr: str) -> str:
-    """A FHIR date or dateTime (year, year-month, date or instant) as a UTC timestamp: its first moment."""
+    """A FHIR date or dateTime (year, year-month, date or instant) as a UTC timestamp: its first moment.
+    Typed view columns (DATE, TIMESTAMPTZ) go through their text form, which casts back unchanged."""
+    expr = f"CAST({expr} AS VARCHAR)"
     return (
         f"try_cast(CASE length({expr}) WHEN 4 THEN {expr} || '-01-01' WHEN 7 THEN {expr} || '-01' "
         f"ELSE {expr} END AS TIMESTAMPTZ)"

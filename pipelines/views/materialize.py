@@ -10,9 +10,13 @@ from pathlib import Path
 import duckdb
 import orjson
 
+from pipelines.common.warehouse import transaction
+
+from . import standard
 from .compiler import CompiledView, compile_view, default_table
 from .errors import ViewDefinitionError
 from .sqlval import quote_ident
+from .table import create_view_table, has_coding_view
 
 _VIEW_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 
@@ -80,7 +84,8 @@ def materialize_views(
     changed: set[str] | None = None,
     run_id: str = "",
 ) -> dict[str, int]:
-    """CREATE OR REPLACE views.<name> for each ViewDefinition; return the row count of every view.
+    """CREATE OR REPLACE views.<name> for each ViewDefinition; return the row count of every view (and of
+    every views.<name>_coding).
 
     With `changed` (the resource types a run wrote), only the views over those types are rebuilt, plus
     any view that is missing or was built from another version of its definition: a view reads one
@@ -106,34 +111,39 @@ def materialize_views(
         stamp = stamps.get(view["name"])
         if changed is None or view.get("resource") in changed or stamp is None or stamp[0] != digest:
             todo.append((path, digest))
-    compiled = _compile_paths([p for p, _ in todo])
+    loaded = _compile_paths([p for p, _ in todo])
     con.execute("CREATE SCHEMA IF NOT EXISTS views")
-    for view, (_, digest) in zip(compiled, todo, strict=True):
-        assert view.name is not None  # checked by _load
-        target = f"views.{quote_ident(view.name)}"
-        if _relation_exists(con, "fhir", view.resource):
-            con.execute(f"CREATE OR REPLACE TABLE {target} AS {view.sql}")
-        else:
-            columns = ", ".join(
-                f"{quote_ident(name)} {sql_type or 'JSON'}" for name, sql_type, _ in view.columns
-            )
-            con.execute(f"CREATE OR REPLACE TABLE {target} ({columns})")
+    for (view, long), (_, digest) in zip(loaded, todo, strict=True):
+        target = f"views.{quote_ident(view['name'])}"
+        empty = not _relation_exists(con, "fhir", view["resource"])
+        built = [target, *([f"views.{quote_ident(view['name'] + '_coding')}"] if long else [])]
         stamp = f"ehrlift-view sha256={digest} run={run_id or '-'}"
-        con.execute(f"COMMENT ON TABLE {target} IS '{stamp}'")
+        # One transaction per view: its rows, column comments and stamp appear together (and the
+        # comments cost one commit, not one each).
+        with transaction(con):
+            create_view_table(con, view, target, empty=empty)
+            for table in built:
+                con.execute(f"COMMENT ON TABLE {table} IS '{stamp}'")
+    # The *_coding views count too: they are written, audited and checked like the others.
+    tables = [t for n in names for t in (n, f"{n}_coding") if t == n or _relation_exists(con, "views", t)]
     return {
         name: int(con.execute(f"SELECT count(*) FROM views.{quote_ident(name)}").fetchall()[0][0])
-        for name in names
+        for name in tables
     }
 
 
-def _compile_paths(paths: list[Path]) -> list[CompiledView]:
-    compiled = []
+def _compile_paths(paths: list[Path]) -> list[tuple[dict, bool]]:
+    """Every view compiled (with its hidden codings) before anything is written; whether it has a
+    *_coding view."""
+    out = []
     for path in paths:
         try:
-            compiled.append(compile_view(_load(path), default_table))
+            view = _load(path)
+            coded, groups = standard.with_codings(view)
+            out.append((view, has_coding_view(view, compile_view(coded, default_table), groups)))
         except ViewDefinitionError as exc:
             raise ViewDefinitionError(f"{path.name}: {exc}") from None
-    return compiled
+    return out
 
 
 def views_built_by(con: duckdb.DuckDBPyConnection, run_id: str) -> set[str]:

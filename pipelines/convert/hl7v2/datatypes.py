@@ -582,7 +582,9 @@ def xcn(ctx: Ctx, v: Comp | None) -> dict[str, str] | None:
     if name:
         prac["name"] = [name]
     if v.get(7):
-        prac["qualification"] = [{"code": {"coding": [{"code": v.code(7)}]}}]
+        # XCN-7 is a degree from HL7 table 0360 (MD, RN...): written with its system, as v2-to-FHIR maps it.
+        degree = {"system": "http://terminology.hl7.org/CodeSystem/v2-0360", "code": v.code(7)}
+        prac["qualification"] = [{"code": {"coding": [degree]}}]
     ref = ctx.share(prac)
     if name:
         ref["display"] = " ".join([*name.get("given", []), name.get("family", "")]).strip()
