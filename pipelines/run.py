@@ -15,6 +15,7 @@ from pipelines.common.errors import EhrliftError, ExitCode
 from pipelines.common.progress import Bars
 from pipelines.common.stages import StageClock, timed_stage
 from pipelines.common.warehouse import open_warehouse, resource_tables, transaction
+from pipelines.entry import interrupted
 from pipelines.identity import identify_stage
 from pipelines.land import check_sources, land_sources
 from pipelines.normalize import normalize_stage
@@ -164,15 +165,16 @@ def _run_locked(config: RunConfig) -> RunSummary:
             with timed_stage(config, "load", timed):
                 load_stage(config)
             validate_stage(config, stages=timed)  # records its own time before it finishes the run
-    except (KeyboardInterrupt, duckdb.InterruptException):
-        # Ctrl-C, in Python or inside a DuckDB query: not a bug; the next run resumes what this one left.
-        _mark_failed(config, ExitCode.INTERRUPTED, timed, status="interrupted")
-        raise KeyboardInterrupt from None
-    except EhrliftError as exc:
-        _mark_failed(config, exc.exit_code, timed)
-        raise
-    except Exception:
-        _mark_failed(config, ExitCode.INTERNAL, timed)
+    except BaseException as exc:
+        if interrupted(exc):
+            # Ctrl-C, in Python or inside a DuckDB query (which ends it with an ordinary error): not a
+            # bug; the next run resumes what this one left.
+            _mark_failed(config, ExitCode.INTERRUPTED, timed, status="interrupted")
+            raise KeyboardInterrupt from None
+        if isinstance(exc, EhrliftError):
+            _mark_failed(config, exc.exit_code, timed)
+        elif isinstance(exc, Exception):
+            _mark_failed(config, ExitCode.INTERNAL, timed)
         raise
     with open_warehouse(config.warehouse, read_only=True) as con:
         return build_summary(con, config.run_id)

@@ -4,7 +4,7 @@ POINT is `before:<stage>` (land is done, the stage has not started), `convert:<n
 batch merges, n-1 committed), `normalize:<n>` (n-1 normalize
 chunks of 10 done, the rewritten ones committed), or `duckdb:normalize`
 (while a long DuckDB query runs, the signal comes from another thread, as a terminal's Ctrl-C does).
-SIG is KILL or INT.
+SIG is KILL, INT, or WAIT (touch $CRASH_POINT_DIR/paused, then hold until $CRASH_POINT_DIR/go exists).
 """
 
 from __future__ import annotations
@@ -14,14 +14,23 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 
-def _send(sig: signal.Signals) -> None:
+def _send(sig: signal.Signals | None) -> None:
+    if sig is None:  # WAIT: tell the test we are here, then hold until it says go
+        folder = Path(os.environ["CRASH_POINT_DIR"])
+        (folder / "paused").touch()
+        for _ in range(3000):
+            if (folder / "go").exists():
+                return
+            time.sleep(0.1)
+        raise SystemExit("never told to go on")
     os.kill(os.getpid(), sig)
     time.sleep(5)  # SIGKILL never returns; SIGINT raises KeyboardInterrupt in the main thread first
 
 
-def _at_call(module, name: str, n: int, sig: signal.Signals) -> None:
+def _at_call(module, name: str, n: int, sig: signal.Signals | None) -> None:
     original = getattr(module, name)
     calls = [0]
 
@@ -34,7 +43,7 @@ def _at_call(module, name: str, n: int, sig: signal.Signals) -> None:
     setattr(module, name, wrapper)
 
 
-def _arm(point: str, sig: signal.Signals) -> None:
+def _arm(point: str, sig: signal.Signals | None) -> None:
     import pipelines.normalize
     import pipelines.run
     import pipelines.scale.writer
@@ -84,7 +93,7 @@ def _arm(point: str, sig: signal.Signals) -> None:
 if __name__ == "__main__":
     point, sig_name, sep, *argv = sys.argv[1:]
     assert sep == "--"
-    _arm(point, getattr(signal, f"SIG{sig_name}"))
+    _arm(point, None if sig_name == "WAIT" else getattr(signal, f"SIG{sig_name}"))
     from pipelines.cli import main
 
     sys.exit(main(argv))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -93,10 +94,8 @@ def assert_same(got: dict[str, list[tuple]], want: dict[str, list[tuple]]) -> No
     [
         ["before:normalize"],
         ["normalize:3"],
-        ["before:load"],
-        ["before:validate"],
         # several kill-and-resume cycles on one warehouse, each killed at a later point
-        ["convert:2", "before:normalize", "normalize:2", "before:identify", "before:load"],
+        ["convert:2", "before:normalize", "normalize:2", "before:identify", "before:load", "before:validate"],
     ],
     ids=lambda p: "+".join(p),
 )
@@ -110,4 +109,54 @@ def test_kill_then_rerun_leaves_what_a_clean_run_leaves(tmp_path, demo, points):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     # Every killed run is marked interrupted by the run after it; none stays `running`.
     assert runs(wh) == [("interrupted", None)] * len(points) + [("succeeded", 0)]
+    assert_same(snapshot(wh), clean)
+
+
+@pytest.mark.parametrize("point", ["convert:2", "duckdb:normalize"])
+def test_ctrl_c_exits_130_records_interrupted_and_the_rerun_resumes(tmp_path, demo, point):
+    sources, clean = demo
+    wh = tmp_path / "warehouse.duckdb"
+    stopped = ehrlift(sources, wh, point, "INT")
+    # DuckDB ends an interrupted query with an ordinary error: still 130 and "re-run", never a bug (70).
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    assert "re-run the same command to resume" in stopped.stderr
+    assert "Traceback" not in stopped.stderr and "internal error" not in stopped.stderr
+    assert runs(wh) == [("interrupted", 130)]
+    assert ehrlift(sources, wh).returncode == 0
+    assert runs(wh) == [("interrupted", 130), ("succeeded", 0)]
+    assert_same(snapshot(wh), clean)
+
+
+def test_a_second_run_on_the_same_warehouse_exits_4_and_corrupts_nothing(tmp_path, demo):
+    sources, clean = demo
+    wh = tmp_path / "warehouse.duckdb"
+    env = {**os.environ, "CRASH_POINT_DIR": str(tmp_path)}
+    argv = ["run", str(sources), "--warehouse", str(wh), "--no-progress", "--source-system", "demo"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tests.crash_points", "before:normalize", "WAIT", "--", *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(1200):  # converted, the warehouse closed, holding before normalize
+            if (tmp_path / "paused").exists() or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (tmp_path / "paused").exists(), first.communicate()[1][-2000:]
+        second = ehrlift(sources, wh)
+        assert second.returncode == 4
+        assert "in use by another run" in second.stderr and "Traceback" not in second.stderr
+        # The live first run is neither marked interrupted nor disturbed.
+        assert runs(wh) == [("running", None)]
+        (tmp_path / "go").touch()
+        _, err = first.communicate(timeout=300)
+        assert first.returncode == 0, err[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert runs(wh) == [("succeeded", 0)]  # the refused run recorded nothing
     assert_same(snapshot(wh), clean)
