@@ -59,13 +59,19 @@ WITH src AS (
             WHEN json_type(txt) <> 'OBJECT' THEN 'not_an_object'
         END AS early,
     FROM src
+), repeated_names AS (
+    -- JSON parsers keep one value of a repeated member name, at any depth (a Coding's "code" as much
+    -- as the resource's "id"): one row per member of every valid object, grouped by its parent object
+    SELECT DISTINCT pos FROM (
+        SELECT p.pos FROM parsed p, json_tree(p.txt) t
+        WHERE p.early IS NULL AND t.parent IS NOT NULL
+        GROUP BY p.pos, t.parent, t.key HAVING count(*) > 1
+    )
 ), keys AS (
     SELECT *,
         CASE WHEN early IS NULL
              THEN json_extract(txt, ['$.resourceType', '$.id', '$.meta.lastUpdated']) END AS k,
-        -- JSON parsers keep one value of a repeated member; only valid objects are asked (in a CASE)
-        CASE WHEN early IS NULL
-             THEN len(json_keys(txt)) <> len(list_distinct(json_keys(txt))) END AS repeated
+        early IS NULL AND pos IN (SELECT pos FROM repeated_names) AS repeated
     FROM parsed
 ), classified AS (
     SELECT pos, off, len, enc_err, txt, whole,
@@ -201,7 +207,7 @@ _MESSAGES = """
         WHEN 'invalid_resource_type' THEN 'resourceType is not a FHIR resource type name'
         WHEN 'invalid_id' THEN 'resource id is not a FHIR id'
         WHEN 'json_too_deep' THEN $deep_message
-        WHEN 'json_duplicate_key' THEN 'a member name appears twice in the resource object'
+        WHEN 'json_duplicate_key' THEN 'a member name appears twice in one object of the resource'
     END
 """
 
