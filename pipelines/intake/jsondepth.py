@@ -8,11 +8,13 @@ kept here, only ever as deep as the bound.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import ijson
+import orjson
 
 from pipelines.intake.limits import limit
 
@@ -52,6 +54,28 @@ class RepeatedNames:
         if len(out) < len(pairs):
             self.repeated = True
         return out
+
+
+def repeats(text: str) -> bool:
+    """Does any object of this JSON text, at any depth, name a member twice? False when it does not parse
+    (the caller's other checks name that).
+
+    The fast parse keeps one value per name, so when it serializes back to the very same bytes nothing
+    was dropped: a compact line (as bulk exports write them) costs a parse and a dump. Any other text is
+    parsed again with a hook that sees every object's member list.
+    """
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    if orjson.dumps(obj) == text.encode():
+        return False
+    hook = RepeatedNames()
+    try:
+        json.loads(text, object_pairs_hook=hook)
+    except (ValueError, RecursionError):
+        return False
+    return hook.repeated
 
 
 def max_depth() -> int:

@@ -48,7 +48,7 @@ _LENIENT = r"[:\[,]\s*[-+]?(?i:nan|inf)|,\s*[}\]]|[:\[,]\s*-?[0-9.]+[eE][+-]?[0-
 _CLASSIFY = """
 CREATE OR REPLACE TEMP TABLE _classified AS
 WITH src AS (
-    SELECT pos, off, len, enc_err, deep, txt, whole FROM _lines
+    SELECT pos, off, len, enc_err, deep, rep, txt, whole FROM _lines
 ), parsed AS (
     SELECT * EXCLUDE (deep),
         CASE
@@ -59,19 +59,13 @@ WITH src AS (
             WHEN json_type(txt) <> 'OBJECT' THEN 'not_an_object'
         END AS early,
     FROM src
-), repeated_names AS (
-    -- JSON parsers keep one value of a repeated member name, at any depth (a Coding's "code" as much
-    -- as the resource's "id"): one row per member of every valid object, grouped by its parent object
-    SELECT DISTINCT pos FROM (
-        SELECT p.pos FROM parsed p, json_tree(p.txt) t
-        WHERE p.early IS NULL AND t.parent IS NOT NULL
-        GROUP BY p.pos, t.parent, t.key HAVING count(*) > 1
-    )
 ), keys AS (
     SELECT *,
         CASE WHEN early IS NULL
              THEN json_extract(txt, ['$.resourceType', '$.id', '$.meta.lastUpdated']) END AS k,
-        early IS NULL AND pos IN (SELECT pos FROM repeated_names) AS repeated
+        -- JSON parsers keep one value of a repeated member name, at any depth: measured on the text
+        -- when the batch was read (jsondepth.repeats)
+        early IS NULL AND rep AS repeated
     FROM parsed
 ), classified AS (
     SELECT pos, off, len, enc_err, txt, whole,
@@ -340,6 +334,9 @@ def _line_batches(path: Path) -> Iterator[tuple[pa.Table, int]]:
                 bound = jsondepth.max_depth()
                 # Measured on the text before DuckDB or Python builds anything from a line.
                 deep = [t is not None and jsondepth.exceeds(t, bound) for t in texts]
+                rep = [
+                    t is not None and not d and jsondepth.repeats(t) for t, d in zip(texts, deep, strict=True)
+                ]
                 offsets = list(accumulate(lengths, initial=offset))
                 batch = pa.table(
                     {
@@ -349,6 +346,7 @@ def _line_batches(path: Path) -> Iterator[tuple[pa.Table, int]]:
                         "txt": pa.array(texts, pa.string()),
                         "enc_err": pa.array(errors, pa.int64()),
                         "deep": pa.array(deep, pa.bool_()),
+                        "rep": pa.array(rep, pa.bool_()),
                     }
                 )
                 pos += len(lines)
