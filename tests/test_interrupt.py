@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 
 from pipelines.common.warehouse import open_warehouse
-from pipelines.resume import mark_orphans
+from pipelines.resume import mark_orphans, mark_stage, pending_runs
 from pipelines.resume.owner import process_started
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +74,22 @@ def test_only_runs_whose_process_is_gone_are_marked_interrupted(tmp_path):
         "other-host": "running",
         "orchestrated": "running",
     }
+
+
+def test_upgrading_marks_earlier_runs_covered_and_later_unfinished_runs_are_pending(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with open_warehouse(path) as con:  # made to look like a contract-12 warehouse with a failed run
+        con.execute("DROP TABLE ops.stage_marks; DROP TABLE ops.run_owners")
+        con.execute("DELETE FROM ops.schema_version; INSERT INTO ops.schema_version VALUES (12, now())")
+        con.execute("INSERT INTO ops.runs VALUES ('old', now(), now(), 'failed', 70, 'x', '{}', NULL)")
+    with open_warehouse(path) as con:
+        # Runs from before the upgrade count as covered: their decisions are not logged twice.
+        assert pending_runs(con, "normalize", "next") == ["next"]
+        con.execute(
+            "INSERT INTO ops.runs VALUES ('killed', now(), now(), 'interrupted', NULL, 'x', '{}', NULL)"
+        )
+        con.execute("INSERT INTO ops.runs VALUES ('live', now(), NULL, 'running', NULL, 'x', '{}', NULL)")
+        assert pending_runs(con, "normalize", "next") == ["killed", "next"]
+        mark_stage(con, "normalize", ["killed", "next"], "next")
+        assert pending_runs(con, "normalize", "later") == ["later"]
+        assert pending_runs(con, "load", "later") == ["killed", "later"]
