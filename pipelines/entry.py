@@ -8,6 +8,7 @@ interrupted (exit 130), not as a bug (70).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -24,9 +25,16 @@ def _on_sigint(signum: int, frame: object) -> None:
 
 
 def install() -> None:
-    """Note every SIGINT (then raise KeyboardInterrupt, as Python's own handler does)."""
+    """Note every SIGINT from now on (then raise KeyboardInterrupt, as Python's own handler does).
+
+    Called at the start of each command, so a process that runs several (a test session) starts each
+    one unmarked. Only the main thread may set a handler; elsewhere Python's own stays.
+    """
+    global _seen
+    _seen = False
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_sigint)
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signal.SIGINT, _on_sigint)
 
 
 def interrupted(exc: BaseException | None = None) -> bool:
