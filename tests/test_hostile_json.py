@@ -133,8 +133,9 @@ def test_a_repeated_member_name_is_quarantined_at_any_depth_on_every_path(tmp_pa
         b'{"resourceType":"Patient","id":"n","name":[{"given":["A"]},{"given":["B"]}],"active":NaN}',
         b'{"resourceType":"Patient","id":"o","name":[{"given":["A"]},{"given":["B"]}]}',
         b'{"resourceType":"Patient","name":[{"given":["A"],"given":["B"]}],"id":"p"}',
-        b'{"resourceType":"Patient","id":',  # broken JSON in the same batch: never handed to the tree scan
+        b'{"resourceType":"Patient","id":',  # broken JSON in the same batch
         resource("Patient", "e"),
+        b'{"resourceType":"Patient","id":"r","x":' + b"9" * 100 + b',"name":[{"given":["A"],"given":["B"]}]}',
     )
     (src / "bundle.json").write_bytes(
         b'{"resourceType":"Bundle","type":"collection","entry":['
@@ -162,6 +163,7 @@ def test_a_repeated_member_name_is_quarantined_at_any_depth_on_every_path(tmp_pa
         ("lines.ndjson", 7, "json_duplicate_key"),
         ("lines.ndjson", 8, "invalid_json"),
         ("lines.ndjson", 9, None),
+        ("lines.ndjson", 10, "json_duplicate_key"),  # an integer past 64 bits does not hide it
         ("one.json", 1, "json_duplicate_key"),
     ]
     assert ledger_reason(con, "lines.ndjson", 5) != "json_duplicate_key"

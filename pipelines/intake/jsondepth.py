@@ -65,11 +65,10 @@ def repeats(text: str) -> bool:
     parsed again with a hook that sees every object's member list.
     """
     try:
-        obj = orjson.loads(text)
+        if orjson.dumps(orjson.loads(text)) == text.encode():
+            return False
     except orjson.JSONDecodeError:
-        return False
-    if orjson.dumps(obj) == text.encode():
-        return False
+        pass  # broken, or JSON orjson refuses (an integer past 64 bits): the exact parse decides
     hook = RepeatedNames()
     try:
         json.loads(text, object_pairs_hook=hook)
