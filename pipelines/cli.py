@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipelines import entry
 from pipelines.backload import cli as backload_cli
 from pipelines.cds import cli as cds_cli
 from pipelines.common.config import (
@@ -36,6 +37,7 @@ err = Console(stderr=True, highlight=False, markup=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    entry.install()
     parser = _parser()
     _add_global_options(parser)
     args = parser.parse_args(argv)
@@ -46,12 +48,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except EhrliftError as exc:
+        if entry.interrupted(exc):
+            err.print(entry.MESSAGE)
+            return int(ExitCode.INTERRUPTED)
         err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        err.print("interrupted: re-run the same command to resume; nothing is duplicated")
+        err.print(entry.MESSAGE)
         return int(ExitCode.INTERRUPTED)
     except Exception as exc:  # a bug: exit 70 as ops.runs records it; the traceback only with -v
+        if entry.interrupted(exc):  # Ctrl-C that native code (DuckDB) surfaced as an ordinary error
+            err.print(entry.MESSAGE)
+            return int(ExitCode.INTERRUPTED)
         logging.getLogger("pipelines").debug("internal error", exc_info=True)
         err.print(f"internal error ({type(exc).__name__}); re-run with -v for details and report it")
         return int(ExitCode.INTERNAL)

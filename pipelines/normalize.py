@@ -20,6 +20,7 @@ import orjson
 from pipelines.common.config import RunConfig, new_run_id
 from pipelines.common.progress import StageBar, stage_bar
 from pipelines.common.warehouse import open_warehouse, resource_tables, transaction
+from pipelines.resume.marks import mark_stage, pending_runs, run_filter
 from terminology import core
 from terminology.crosswalks import CrosswalkRow, load_crosswalks
 from terminology.normalize import Normalizer, iter_pairs
@@ -36,7 +37,8 @@ _LOG_COLUMNS = (
 
 
 def normalize_stage(config: RunConfig) -> dict[str, Any]:
-    """Normalize the resources this run wrote, and re-normalize older ones whose crosswalk entry changed."""
+    """Normalize the resources this run (and any killed run before it) wrote, and re-normalize older ones
+    whose crosswalk entry changed."""
     with open_warehouse(config.warehouse) as con:
         load_default_terminology(con)
         normalizer, changed = build_normalizer(con, config.warehouse)
@@ -45,11 +47,17 @@ def normalize_stage(config: RunConfig) -> dict[str, Any]:
             # A reviewed crosswalk version changes decisions for resources earlier runs wrote.
             older = _normalize_where(con, normalizer, "run_id <> ?", [config.run_id], _holding(changed))
             counts["renormalized"] = older["rewritten"]
-        own = _normalize_where(con, normalizer, "run_id = ?", [config.run_id])
+        # This run's resources and those of any killed or failed run that no normalize stage finished
+        # (ops.stage_marks): their decisions are logged under this run, so the audit stays complete.
+        runs = pending_runs(con, "normalize", config.run_id)
+        where, params = run_filter(runs)
+        own = _normalize_where(con, normalizer, where, params)
         counts["resources"] += own["resources"]
         counts["rewritten"] += own["rewritten"]
+        counts["resumed_runs"] = len(runs) - 1
         with transaction(con):
             write_mapping_log(con, config.run_id, normalizer)
+            mark_stage(con, "normalize", runs, config.run_id)
     counts["decisions"] = len(normalizer.decisions)
     counts["crosswalk_changes"] = len(changed)
     log.info(

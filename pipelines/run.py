@@ -14,20 +14,26 @@ from pipelines.common.config import RunConfig, ehrlift_version
 from pipelines.common.errors import EhrliftError, ExitCode
 from pipelines.common.progress import Bars
 from pipelines.common.stages import StageClock, timed_stage
-from pipelines.common.warehouse import open_warehouse
+from pipelines.common.warehouse import open_warehouse, resource_tables, transaction
+from pipelines.entry import interrupted
 from pipelines.identity import identify_stage
 from pipelines.land import check_sources, land_sources
 from pipelines.normalize import normalize_stage
+from pipelines.resume import mark_orphans, mark_stage, pending_runs, record_owner, run_filter, run_lock
 from pipelines.summary import RunSummary, build_summary
 
 log = logging.getLogger(__name__)
 
 
-def land_stage(config: RunConfig) -> dict[str, Any]:
-    """Start the run (ops.runs) and land its sources; returns the landing counts."""
+def land_stage(config: RunConfig, *, owned: bool = False) -> dict[str, Any]:
+    """Start the run (ops.runs) and land its sources; returns the landing counts.
+
+    owned: this process runs every stage (`ehrlift run`), so it records itself as the run's owner and a
+    later run can tell, once it is gone, that the run was killed.
+    """
     check_sources(config.sources)
     with open_warehouse(config.warehouse) as con:
-        _start_run(con, config)
+        _start_run(con, config, owned)
         result = land_sources(con, config)
     log.info("run %s landed %d files (%d new)", config.run_id, result.files_given, result.files_landed)
     return asdict(result)
@@ -66,11 +72,15 @@ def load_stage(config: RunConfig) -> dict[str, Any]:
     from pipelines.views.materialize import materialize_views, views_built_by
 
     with open_warehouse(config.warehouse) as con:
-        written = build_summary(con, config.run_id).resources_by_type
+        # This run's resources and those of any killed run whose views were never built (ops.stage_marks).
+        runs = pending_runs(con, "load", config.run_id)
+        written = resources_of_runs(con, runs)
         stale = {t for (t,) in con.execute("SELECT resource_type FROM ops.views_stale").fetchall()}
         changed = None if load_settings().refresh == "all" else set(written) | stale
         views = materialize_views(con, shipped("schemas") / "views", changed, config.run_id)
-        con.execute("DELETE FROM ops.views_stale")  # every view over them was just rebuilt
+        with transaction(con):
+            con.execute("DELETE FROM ops.views_stale")  # every view over them was just rebuilt
+            mark_stage(con, "load", runs, config.run_id)
         rebuilt = views_built_by(con, config.run_id)
         # Person ids are written into every view with a patient_id, rebuilt or not: links may have changed.
         resolved = resolve_person_views(con, shipped("schemas") / "views", rebuilt)
@@ -79,6 +89,17 @@ def load_stage(config: RunConfig) -> dict[str, Any]:
         tables |= {f"views.{v}": n for v, n in views.items() if v in rebuilt or v in resolved}
         record_access(con, "run", "write", tables, config.run_id)
     return {"views": views}
+
+
+def resources_of_runs(con: duckdb.DuckDBPyConnection, runs: list[str]) -> dict[str, int]:
+    """Stored resources per type written by these runs."""
+    where, params = run_filter(runs)
+    out = {}
+    for table in resource_tables(con):
+        n = con.execute(f'SELECT count(*) FROM fhir."{table}" WHERE {where}', params).fetchone()[0]
+        if n:
+            out[table] = n
+    return out
 
 
 def finish_run(
@@ -119,7 +140,14 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     """land → convert → normalize → identify → load → validate in one process, as `ehrlift run` does.
 
     A run the gate blocks returns normally with status 'blocked' in its summary: the caller decides.
+    One run at a time per warehouse: a second one exits 4 (pipelines.resume.run_lock).
     """
+    check_sources(config.sources)  # a mistyped source creates nothing, not even the lock file
+    with run_lock(config.warehouse, config.run_id):
+        return _run_locked(config)
+
+
+def _run_locked(config: RunConfig) -> RunSummary:
     from pipelines.validate import validate_stage
 
     bars = Bars(config.progress)
@@ -127,7 +155,7 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     try:
         with bars.running():
             with timed_stage(config, "land", timed):
-                land_stage(config)
+                land_stage(config, owned=True)
             with timed_stage(config, "convert", timed):
                 convert_stage(config, bars)
             with timed_stage(config, "normalize", timed):
@@ -137,25 +165,37 @@ def run_pipeline(config: RunConfig) -> RunSummary:
             with timed_stage(config, "load", timed):
                 load_stage(config)
             validate_stage(config, stages=timed)  # records its own time before it finishes the run
-    except (EhrliftError, KeyboardInterrupt) as exc:
-        code = exc.exit_code if isinstance(exc, EhrliftError) else ExitCode.INTERRUPTED
-        _mark_failed(config, code, timed)
-        raise
-    except Exception:
-        _mark_failed(config, ExitCode.INTERNAL, timed)
+    except BaseException as exc:
+        if interrupted(exc):
+            # Ctrl-C, in Python or inside a DuckDB query (which ends it with an ordinary error): not a
+            # bug; the next run resumes what this one left.
+            _mark_failed(config, ExitCode.INTERRUPTED, timed, status="interrupted")
+            raise KeyboardInterrupt from None
+        if isinstance(exc, EhrliftError):
+            _mark_failed(config, exc.exit_code, timed)
+        elif isinstance(exc, Exception):
+            _mark_failed(config, ExitCode.INTERNAL, timed)
         raise
     with open_warehouse(config.warehouse, read_only=True) as con:
         return build_summary(con, config.run_id)
 
 
-def _start_run(con: duckdb.DuckDBPyConnection, config: RunConfig) -> None:
+def _start_run(con: duckdb.DuckDBPyConnection, config: RunConfig, owned: bool = False) -> None:
     exists = con.execute("SELECT count(*) FROM ops.runs WHERE run_id = ?", [config.run_id]).fetchone()
     if exists and exists[0]:
         return  # an Airflow retry of the land task: the run is already recorded
-    con.execute(
-        "INSERT INTO ops.runs VALUES (?, now(), NULL, 'running', NULL, ?, ?, NULL)",
-        [config.run_id, ehrlift_version(), orjson.dumps(config.to_dict()).decode()],
-    )
+    with transaction(con):
+        orphans = mark_orphans(con, config.run_id)
+        con.execute(
+            "INSERT INTO ops.runs VALUES (?, now(), NULL, 'running', NULL, ?, ?, NULL)",
+            [config.run_id, ehrlift_version(), orjson.dumps(config.to_dict()).decode()],
+        )
+        if owned:
+            record_owner(con, config.run_id)
+    if orphans:
+        log.warning(
+            "%d earlier run(s) were killed mid-way: marked interrupted; this run resumes them", len(orphans)
+        )
 
 
 def _finish_run(
@@ -167,13 +207,15 @@ def _finish_run(
     )
 
 
-def _mark_failed(config: RunConfig, code: int, timed: list[StageClock] | None = None) -> None:
+def _mark_failed(
+    config: RunConfig, code: int, timed: list[StageClock] | None = None, status: str = "failed"
+) -> None:
     if not config.warehouse.exists():
         return  # the run stopped before it was recorded (a mistyped source): create nothing
     try:
         with open_warehouse(config.warehouse) as con:
             for clock in timed or []:
                 clock.record(con)
-            _finish_run(con, config.run_id, "failed", code, None)
+            _finish_run(con, config.run_id, status, code, None)
     except EhrliftError:
         pass  # the warehouse itself is the problem; the original error is what the operator needs

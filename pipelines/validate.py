@@ -21,6 +21,7 @@ from pipelines.quality.settings import QualitySettings, Suite, load_settings
 from pipelines.quality.sqlcheck import mapping_rows_sql, sql_outcomes
 from pipelines.quality.structure import SUITE as STRUCTURE_SUITE
 from pipelines.quality.structure import validate_structure
+from pipelines.resume.marks import mark_stage, pending_runs
 from pipelines.views.materialize import views_built_by
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ def validate_stage(
     settings = settings or load_settings()
     clock = StageClock(config.run_id, "validate")
     with open_warehouse(config.warehouse) as con:
-        outcomes = run_checks(con, config.run_id, settings)
+        # A killed run's resources that no validate stage checked are checked now (ops.stage_marks).
+        runs = pending_runs(con, "validate", config.run_id)
+        outcomes = run_checks(con, config.run_id, settings, runs)
         write_results(con, config.run_id, outcomes)
         recon = reconcile(con, config.run_id)
         check_reconciliation(recon)
@@ -56,6 +59,7 @@ def validate_stage(
         for earlier in stages or []:  # the run's earlier stages, timed in this process
             earlier.record(con)
         clock.record(con)  # before finishing, so the run's summary holds the validate stage too
+        mark_stage(con, "validate", runs, config.run_id)
         finish_run(con, config, status, code, reconciliation=recon.to_dict())
     log.info(
         "run %s validated: %d expectations, %d critical and %d warning failures",
@@ -82,8 +86,14 @@ def record_override(con: duckdb.DuckDBPyConnection, run_id: str, reason: str, fa
     )
 
 
-def run_checks(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySettings) -> list[ResultRow]:
-    """Every suite and the structural check, as result rows (pointers only, never values)."""
+def run_checks(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    settings: QualitySettings,
+    runs: list[str] | None = None,
+) -> list[ResultRow]:
+    """Every suite and the structural check (over the resources of `runs`, by default this run's), as
+    result rows (pointers only, never values)."""
     prepare(con, settings)
     validator = None
     if settings.engine == "gx":
@@ -109,7 +119,7 @@ def run_checks(con: duckdb.DuckDBPyConnection, run_id: str, settings: QualitySet
             outcomes = run_view_suite(con, validator, suite)
         rows.extend(_row(o) for o in outcomes)
         bar.advance()
-    for t in validate_structure(con, run_id, settings.max_record_pointers):
+    for t in validate_structure(con, runs or [run_id], settings.max_record_pointers):
         share = t.invalid / t.checked if t.checked else 0.0
         rows.append(
             ResultRow(

@@ -1,4 +1,6 @@
--- ehrlift warehouse contract, version 12 (additive: 12 added the ops.backload_hl7_* tables; 10
+-- ehrlift warehouse contract, version 16 (additive: 16 added ops.run_owners and ops.stage_marks (resume
+-- after a kill); 15 ops.retractions, ops.gate_overrides and ops.party_versions; 14 ops.report_signoffs;
+-- 12 the ops.backload_hl7_* tables; 10
 -- ops.cds_cards and ops.cds_feedback; 9 the ops.backload_* tables; 8 the identity tables
 -- ops.identity_links, ops.identity_decisions, ops.identity_models, ops.person_map, ops.person_records,
 -- ops.fact_duplicates; 7 ops.stage_batches; 6 ops.run_stages, ops.validation_counts and
@@ -17,11 +19,32 @@ CREATE TABLE IF NOT EXISTS ops.runs (
     run_id           VARCHAR PRIMARY KEY,
     started_at       TIMESTAMPTZ NOT NULL,
     finished_at      TIMESTAMPTZ,
-    status           VARCHAR NOT NULL,      -- running, succeeded, failed
+    status           VARCHAR NOT NULL,      -- running, succeeded, blocked, failed, interrupted
     exit_code        INTEGER,
     ehrlift_version  VARCHAR NOT NULL,
     config           JSON NOT NULL,
     summary          JSON
+);
+
+-- The process that runs an `ehrlift run` (host, pid, its start time in clock ticks since boot): the next
+-- run marks a run `interrupted` when its process is gone (killed), and never a live one.
+CREATE TABLE IF NOT EXISTS ops.run_owners (
+    run_id           VARCHAR PRIMARY KEY,
+    host             VARCHAR NOT NULL,
+    pid              INTEGER NOT NULL,
+    process_started  VARCHAR NOT NULL,      -- '' where the platform does not tell
+    recorded_at      TIMESTAMPTZ NOT NULL
+);
+
+-- Stage watermarks: a stage after convert (normalize, load, validate) covered the resources of run_id,
+-- done by by_run_id. A killed or failed run's missing marks make the next run's stages take its
+-- resources too, so every stage resumes over everything a killed run left unfinished.
+CREATE TABLE IF NOT EXISTS ops.stage_marks (
+    run_id     VARCHAR NOT NULL,
+    stage      VARCHAR NOT NULL,
+    by_run_id  VARCHAR NOT NULL,
+    marked_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (run_id, stage)
 );
 
 -- Each stage of a run: wall and CPU seconds and the process's peak RSS when the stage ended, so any
@@ -463,8 +486,8 @@ CREATE TABLE IF NOT EXISTS ops.report_signoffs (
     ehrlift_version  VARCHAR NOT NULL
 );
 
--- Retractions (version 15): a run's or a file's resources taken out of the warehouse (the ledger keeps the history;
--- the landing zone keeps the file). One row per retraction and file.
+-- Retractions (version 15): a run's or a file's resources taken out of the warehouse (the ledger keeps
+-- the history; the landing zone keeps the file). One row per retraction and file.
 CREATE TABLE IF NOT EXISTS ops.retractions (
     retraction_id VARCHAR NOT NULL,
     run_id        VARCHAR,                 -- with `ehrlift retract --run`: the run retracted

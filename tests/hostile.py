@@ -45,7 +45,7 @@ _WRAPPER = (
     "import atexit, resource, sys\n"
     "atexit.register(lambda: sys.stderr.write("
     "'PEAK_RSS_KB %d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
-    "from pipelines.cli import main\n"
+    "from pipelines.entry import main\n"
     "sys.argv = ['ehrlift', *sys.argv[1:]]\n"
     "raise SystemExit(main())\n"
 )

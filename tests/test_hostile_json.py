@@ -120,34 +120,66 @@ def test_every_bound_is_documented_with_a_documented_reason():
             check_reason(entry["reason"], "quarantined")
 
 
-def test_a_repeated_member_name_is_quarantined_on_every_path(tmp_path, make_config, warehouse):
+def test_a_repeated_member_name_is_quarantined_at_any_depth_on_every_path(tmp_path, make_config, warehouse):
     src = tmp_path / "src"
+    nested_code = b'"code":{"coding":[{"system":"http://loinc.org","code":"1","code":"2"}]}'
     write_ndjson(
         src / "lines.ndjson",
         b'{"resourceType":"Patient","id":"a","id":"b"}',  # the DuckDB fast path
         b'{"resourceType":"Patient","gender":"male","active":true,"id":"c","gender":"female"}',  # Python path
-        b'{"resourceType":"Patient","id":"d","name":[{"given":["A"],"given":["B"]}]}',  # nested: not checked
+        b'{"resourceType":"Patient","id":"d","name":[{"given":["A"],"given":["B"]}]}',  # nested, fast path
+        b'{"resourceType":"Observation","id":"m","status":"final",' + nested_code + b"}",  # three deep
+        # lenient JSON (NaN) and a late id go to the Python path; "given" in two objects is no repeat
+        b'{"resourceType":"Patient","id":"n","name":[{"given":["A"]},{"given":["B"]}],"active":NaN}',
+        b'{"resourceType":"Patient","id":"o","name":[{"given":["A"]},{"given":["B"]}]}',
+        b'{"resourceType":"Patient","name":[{"given":["A"],"given":["B"]}],"id":"p"}',
+        b'{"resourceType":"Patient","id":',  # broken JSON in the same batch
         resource("Patient", "e"),
+        b'{"resourceType":"Patient","id":"r","x":' + b"9" * 100 + b',"name":[{"given":["A"],"given":["B"]}]}',
     )
     (src / "bundle.json").write_bytes(
         b'{"resourceType":"Bundle","type":"collection","entry":['
         b'{"resource":{"resourceType":"Patient","id":"f","id":"g"}},'
         b'{"resource":{"resourceType":"Patient","id":"h"},"resource":{"resourceType":"Patient","id":"i"}},'
-        b'{"resource":{"resourceType":"Patient","id":"j"}}]}'
+        b'{"resource":{"resourceType":"Observation","id":"q","status":"final",' + nested_code + b"}},"
+        b'{"resource":{"resourceType":"Patient","id":"j","name":[{"given":["A"]},{"given":["B"]}]}}]}'
     )
-    (src / "one.json").write_bytes(b'{\n "resourceType": "Patient",\n "id": "k",\n "id": "l"\n}\n')
+    (src / "one.json").write_bytes(
+        b'{\n "resourceType": "Observation",\n "id": "k", "status": "final",\n ' + nested_code + b"\n}\n"
+    )
     run = run_pipeline(make_config(src))
     con = warehouse()
     assert [(r[0], r[1], r[4]) for r in ledger(con)] == [
         ("bundle.json", 1, "json_duplicate_key"),
         ("bundle.json", 2, "json_duplicate_key"),
-        ("bundle.json", 3, None),
+        ("bundle.json", 3, "json_duplicate_key"),
+        ("bundle.json", 4, None),
         ("lines.ndjson", 1, "json_duplicate_key"),
         ("lines.ndjson", 2, "json_duplicate_key"),
-        ("lines.ndjson", 3, None),
-        ("lines.ndjson", 4, None),
+        ("lines.ndjson", 3, "json_duplicate_key"),
+        ("lines.ndjson", 4, "json_duplicate_key"),
+        ("lines.ndjson", 5, ledger_reason(con, "lines.ndjson", 5)),
+        ("lines.ndjson", 6, None),
+        ("lines.ndjson", 7, "json_duplicate_key"),
+        ("lines.ndjson", 8, "invalid_json"),
+        ("lines.ndjson", 9, None),
+        ("lines.ndjson", 10, "json_duplicate_key"),  # an integer past 64 bits does not hide it
         ("one.json", 1, "json_duplicate_key"),
     ]
-    messages = {r[0] for r in con.execute("SELECT message FROM ops.quarantine").fetchall()}
-    assert messages == {"a member name appears twice in the resource object"}
+    assert ledger_reason(con, "lines.ndjson", 5) != "json_duplicate_key"
+    messages = {
+        r[0]
+        for r in con.execute(
+            "SELECT message FROM ops.quarantine WHERE reason_code = 'json_duplicate_key'"
+        ).fetchall()
+    }
+    assert messages == {"a member name appears twice in one object of the resource"}
     assert run.reconciles
+
+
+def ledger_reason(con, name: str, position: int) -> str | None:
+    return con.execute(
+        "SELECT l.reason FROM ops.ledger l JOIN ops.files f USING (file_sha256) "
+        "WHERE f.original_name = ? AND l.unit_position = ?",
+        [name, position],
+    ).fetchone()[0]

@@ -57,7 +57,7 @@ def test_crash_in_the_middle_of_a_file_then_rerun(
     assert ledger(con) == _expected_ledger()
     assert con.execute('SELECT count(*), count(DISTINCT id) FROM fhir."Patient"').fetchone() == (9, 9)
     assert con.execute("SELECT status, exit_code FROM ops.runs ORDER BY started_at").fetchall() == [
-        ("failed", 130),
+        ("interrupted", 130),
         ("succeeded", 0),
     ]
     # Alone in its group a.ndjson was committed before the crash; sharing one, it rolled back with b.

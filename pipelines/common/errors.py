@@ -38,8 +38,9 @@ EXIT_STATUS_DOCS: dict[ExitCode, tuple[str, str]] = {
         "fix the path; nothing was landed",
     ),
     ExitCode.WAREHOUSE: (
-        "the warehouse cannot be opened, is locked by another process, or is newer than this ehrlift",
-        "close the other process, or upgrade",
+        "the warehouse cannot be opened, is locked by another process (another `ehrlift run` holds it "
+        "for its whole run), or is newer than this ehrlift",
+        "wait for or close the other process, or upgrade",
     ),
     ExitCode.CONFIG: (
         "an invalid setting or project data file (for example a `--source-system` name)",
@@ -67,7 +68,7 @@ EXIT_STATUS_DOCS: dict[ExitCode, tuple[str, str]] = {
     ),
     ExitCode.INTERNAL: ("a bug in ehrlift", "report it with the run id from `ops.runs`"),
     ExitCode.INTERRUPTED: (
-        "interrupted (Ctrl-C)",
+        "interrupted (Ctrl-C); the run is recorded `interrupted`",
         "run the same command again: it resumes without duplicates",
     ),
 }

@@ -13,6 +13,7 @@ import duckdb
 from pipelines.common.errors import WarehouseError
 from pipelines.common.paths import shipped
 
+# 16: ops.run_owners, ops.stage_marks (resuming every stage after a killed run; orphaned runs);
 # 15: ops.retractions (ehrlift retract), ops.gate_overrides (a run's recorded gate override),
 # ops.party_versions (versions of merged people and organizations); 14: ops.report_signoffs (sign-offs of
 # the compliance report);
@@ -20,7 +21,7 @@ from pipelines.common.paths import shipped
 # and feedback; 9: ops.backload_plans, ops.backload_plan, ops.backload_ids, ops.backload_results (back-load);
 # 8: identity tables (identity_links, person_map, ...); 7: ops.stage_batches (merges of staged batches
 # from other workers); 6: ops.run_stages, ops.validation_counts, ops.views_stale
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 STORAGE_VERSION = "v1.0.0"  # DuckDB's storage format for new files: readable by DuckDB 1.0 and later
 RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # also guards table names
 
@@ -106,7 +107,13 @@ def _add_mapping_log_columns(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE ops.mapping_log ADD COLUMN IF NOT EXISTS {column} VARCHAR")
 
 
-_MIGRATIONS = {2: _add_reference_only, 3: _add_mapping_log_columns}
+def _mark_existing_runs(con: duckdb.DuckDBPyConnection) -> None:
+    from pipelines.resume.marks import mark_existing_runs
+
+    mark_existing_runs(con)
+
+
+_MIGRATIONS = {2: _add_reference_only, 3: _add_mapping_log_columns, 16: _mark_existing_runs}
 
 
 def check_version(con: duckdb.DuckDBPyConnection) -> int | None:

@@ -8,11 +8,13 @@ kept here, only ever as deep as the bound.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import ijson
+import orjson
 
 from pipelines.intake.limits import limit
 
@@ -34,14 +36,14 @@ class TooDeep:
 
 TOO_DEEP_ITEM = TooDeep()
 DUPLICATE = "json_duplicate_key"
-DUPLICATE_MESSAGE = "a member name appears twice in the resource object"
+DUPLICATE_MESSAGE = "a member name appears twice in one object of the resource"
 
 
-class TopLevelPairs:
-    """An object_pairs_hook noting whether the outermost object repeats a member name.
+class RepeatedNames:
+    """An object_pairs_hook noting whether any object, at any depth, repeats a member name.
 
-    JSON parsers keep one value (the last) of a repeated name; which one the sender meant is unknown.
-    The outermost object is the last one a parser completes, so the last call's finding is its own.
+    JSON parsers keep one value (the last) of a repeated name; which one the sender meant is unknown,
+    whether the name is the resource's own or a Coding's deep inside it.
     """
 
     def __init__(self) -> None:
@@ -49,8 +51,30 @@ class TopLevelPairs:
 
     def __call__(self, pairs: list) -> dict:
         out = dict(pairs)
-        self.repeated = len(out) < len(pairs)
+        if len(out) < len(pairs):
+            self.repeated = True
         return out
+
+
+def repeats(text: str) -> bool:
+    """Does any object of this JSON text, at any depth, name a member twice? False when it does not parse
+    (the caller's other checks name that).
+
+    The fast parse keeps one value per name, so when it serializes back to the very same bytes nothing
+    was dropped: a compact line (as bulk exports write them) costs a parse and a dump. Any other text is
+    parsed again with a hook that sees every object's member list.
+    """
+    try:
+        if orjson.dumps(orjson.loads(text)) == text.encode():
+            return False
+    except orjson.JSONDecodeError:
+        pass  # broken, or JSON orjson refuses (an integer past 64 bits): the exact parse decides
+    hook = RepeatedNames()
+    try:
+        json.loads(text, object_pairs_hook=hook)
+    except (ValueError, RecursionError):
+        return False
+    return hook.repeated
 
 
 def max_depth() -> int:
@@ -148,17 +172,15 @@ def _build(event: str, value: Any, events: Iterator[tuple[str, str, Any]]) -> An
     builder.event(event, value)
     depth = 1
     deep = repeated = False
-    # Member names of the item itself and of its "resource" object (a Bundle entry's top levels).
+    # Member names of each open object, at every depth (None for an open array).
     names: list[set[str] | None] = [set() if event == "start_map" else None]
-    key_at_top: str | None = None
     for _, event, value in events:
         if event == TOO_DEEP:
             deep = True
             continue
         if event in _STARTS:
             depth += 1
-            watch = event == "start_map" and depth == 2 and key_at_top == "resource"
-            names.append(set() if watch else None)
+            names.append(set() if event == "start_map" else None)
         elif event in _ENDS:
             depth -= 1
             names.pop()
@@ -168,8 +190,6 @@ def _build(event: str, value: Any, events: Iterator[tuple[str, str, Any]]) -> An
                 if value in seen:
                     repeated = True
                 seen.add(value)
-            if depth == 1:
-                key_at_top = value
         if not deep:
             builder.event(event, value)
         if depth == 0:

@@ -14,7 +14,7 @@ import binascii
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -24,6 +24,7 @@ import orjson
 from pipelines.common.ledger import pointer
 from pipelines.common.warehouse import resource_tables
 from pipelines.quality.r4schema import r4_schema
+from pipelines.resume.marks import run_filter
 
 log = logging.getLogger(__name__)
 SUITE = "fhir_structure"
@@ -185,8 +186,12 @@ def _model_finding(resource_type: str, error: dict) -> str:
     return f"{resource_type}{'.' + path if path else ''}: {kind}"
 
 
-def validate_structure(con: duckdb.DuckDBPyConnection, run_id: str, max_pointers: int) -> list[TypeResult]:
-    """Validate every resource this run stored (what back-load will send next), one type at a time."""
+def validate_structure(
+    con: duckdb.DuckDBPyConnection, run_ids: str | Sequence[str], max_pointers: int
+) -> list[TypeResult]:
+    """Validate every resource these runs stored (what back-load will send next), one type at a time."""
+    runs = [run_ids] if isinstance(run_ids, str) else list(run_ids)
+    where, params = run_filter(runs)
     compiled = r4_schema() is not None
     if not compiled:
         log.warning("FHIR R4 definitions not installed: structure checked with the R4B models, slowly")
@@ -197,9 +202,8 @@ def validate_structure(con: duckdb.DuckDBPyConnection, run_id: str, max_pointers
         failed: list[str] = []
         cur = con.cursor()
         cur.execute(
-            f'SELECT id, resource FROM fhir."{rtype}" WHERE run_id = ? '
-            "ORDER BY file_sha256, unit_position, id",
-            [run_id],
+            f'SELECT id, resource FROM fhir."{rtype}" WHERE {where} ORDER BY file_sha256, unit_position, id',
+            params,
         )
         while rows := cur.fetchmany(_BATCH):
             result.checked += len(rows)
@@ -213,7 +217,7 @@ def validate_structure(con: duckdb.DuckDBPyConnection, run_id: str, max_pointers
                     if len(failed) < max_pointers:
                         failed.append(rid)
         cur.close()
-        result.pointers = _pointers(con, rtype, run_id, failed)
+        result.pointers = _pointers(con, rtype, runs, failed)
         result.no_model = check is None
         if result.checked:
             results.append(result)
@@ -221,7 +225,7 @@ def validate_structure(con: duckdb.DuckDBPyConnection, run_id: str, max_pointers
     return results
 
 
-def _pointers(con: duckdb.DuckDBPyConnection, rtype: str, run_id: str, ids: list[str]) -> list[str]:
+def _pointers(con: duckdb.DuckDBPyConnection, rtype: str, runs: list[str], ids: list[str]) -> list[str]:
     """'<Type>/<id> landing/<sha256>#<unit>' for the failing resources, found in the ledger afterwards."""
     if not ids:
         return []
@@ -231,9 +235,9 @@ def _pointers(con: duckdb.DuckDBPyConnection, rtype: str, run_id: str, ids: list
         FROM fhir."{rtype}" r
         LEFT JOIN ops.ledger l
           ON l.run_id = r.run_id AND l.file_sha256 = r.file_sha256 AND l.unit_position = r.unit_position
-        WHERE r.run_id = ? AND list_contains(?, r.id)
+        WHERE list_contains(?, r.run_id) AND list_contains(?, r.id)
         """,
-        [run_id, ids],
+        [runs, ids],
     ).fetchall()
     where = {rid: pointer(sha, kind or "unit", pos, off, length) for rid, sha, pos, kind, off, length in rows}
     return [f"{rtype}/{rid} {where[rid]}" for rid in ids if rid in where]

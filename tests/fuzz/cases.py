@@ -143,5 +143,6 @@ def corpus_seeds(reader: str, limit: int = 12, max_bytes: int = 40_000) -> list[
     return out
 
 
-def seeds(reader: str) -> list[bytes]:
-    return [build() for build in HOSTILE[reader].values()] + corpus_seeds(reader)
+def seeds(reader: str, corpus: int = 12) -> list[bytes]:
+    """Every checked-in hostile case, then up to `corpus` corpus files of the reader's kind."""
+    return [build() for build in HOSTILE[reader].values()] + (corpus_seeds(reader, corpus) if corpus else [])

@@ -1,4 +1,4 @@
-"""Fuzz one reader with Hypothesis: `python -m tests.fuzz.harness READER [--examples N] [--seconds S]`.
+"""Fuzz readers with Hypothesis: `python -m tests.fuzz.harness READER... [--examples N] [--seconds S]`.
 
 Every case must end in the ledger with a documented reason (never converter_error), never crash the
 process, hang or pass the memory and CPU limits the caller sets on this process (resource.setrlimit).
@@ -182,8 +182,8 @@ class Mllp:
             assert msa[4:6] in (b"AA", b"AE", b"AR"), "an ACK code outside AA/AE/AR"
 
 
-def run(reader: str, examples: int, seed_value: int) -> None:
-    pool = seeds(reader)
+def run(reader: str, examples: int, seed_value: int, corpus_seeds: int = 12) -> None:
+    pool = seeds(reader, corpus_seeds)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if reader == "manifest":
@@ -213,19 +213,21 @@ def run(reader: str, examples: int, seed_value: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tests.fuzz.harness")
-    parser.add_argument("reader", choices=READERS)
+    parser.add_argument("readers", nargs="+", choices=READERS, metavar="READER")
     parser.add_argument("--examples", type=int, default=25)
     parser.add_argument("--seconds", type=float, default=0, help="go on with new seeds until this long")
     parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument("--corpus-seeds", type=int, default=12, help="corpus files per reader used as seeds")
     args = parser.parse_args(argv)
-    started = time.monotonic()
-    rounds = 0
-    while True:
-        run(args.reader, args.examples, args.seed + rounds)
-        rounds += 1
-        if time.monotonic() - started >= args.seconds:
-            break
-    print(f"fuzz {args.reader}: {rounds} rounds of {args.examples} examples, no failure")
+    for reader in args.readers:  # several readers share one process (and its imports)
+        started = time.monotonic()
+        rounds = 0
+        while True:
+            run(reader, args.examples, args.seed + rounds, args.corpus_seeds)
+            rounds += 1
+            if time.monotonic() - started >= args.seconds:
+                break
+        print(f"fuzz {reader}: {rounds} rounds of {args.examples} examples, no failure", flush=True)
     return 0
 
 

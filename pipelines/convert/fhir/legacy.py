@@ -67,7 +67,7 @@ class LegacyNdjsonConverter(Converter):
             raise Skip("blank_line")
         if jsondepth.exceeds(txt):
             raise Quarantine(jsondepth.REASON, jsondepth.message())
-        pairs = jsondepth.TopLevelPairs()
+        pairs = jsondepth.RepeatedNames()
         try:
             obj = simplejson.loads(txt, use_decimal=True, object_pairs_hook=pairs)
         except simplejson.JSONDecodeError as exc:

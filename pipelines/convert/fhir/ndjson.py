@@ -48,7 +48,7 @@ _LENIENT = r"[:\[,]\s*[-+]?(?i:nan|inf)|,\s*[}\]]|[:\[,]\s*-?[0-9.]+[eE][+-]?[0-
 _CLASSIFY = """
 CREATE OR REPLACE TEMP TABLE _classified AS
 WITH src AS (
-    SELECT pos, off, len, enc_err, deep, txt, whole FROM _lines
+    SELECT pos, off, len, enc_err, deep, rep, txt, whole FROM _lines
 ), parsed AS (
     SELECT * EXCLUDE (deep),
         CASE
@@ -63,9 +63,9 @@ WITH src AS (
     SELECT *,
         CASE WHEN early IS NULL
              THEN json_extract(txt, ['$.resourceType', '$.id', '$.meta.lastUpdated']) END AS k,
-        -- JSON parsers keep one value of a repeated member; only valid objects are asked (in a CASE)
-        CASE WHEN early IS NULL
-             THEN len(json_keys(txt)) <> len(list_distinct(json_keys(txt))) END AS repeated
+        -- JSON parsers keep one value of a repeated member name, at any depth: measured on the text
+        -- when the batch was read (jsondepth.repeats)
+        early IS NULL AND rep AS repeated
     FROM parsed
 ), classified AS (
     SELECT pos, off, len, enc_err, txt, whole,
@@ -201,7 +201,7 @@ _MESSAGES = """
         WHEN 'invalid_resource_type' THEN 'resourceType is not a FHIR resource type name'
         WHEN 'invalid_id' THEN 'resource id is not a FHIR id'
         WHEN 'json_too_deep' THEN $deep_message
-        WHEN 'json_duplicate_key' THEN 'a member name appears twice in the resource object'
+        WHEN 'json_duplicate_key' THEN 'a member name appears twice in one object of the resource'
     END
 """
 
@@ -369,6 +369,7 @@ def _batch(lines: list[bytes], lengths: list[int], pos: int, offset: int) -> tup
     bound = jsondepth.max_depth()
     # Measured on the text before DuckDB or Python builds anything from a line.
     deep = [t is not None and jsondepth.exceeds(t, bound) for t in texts]
+    rep = [t is not None and not d and jsondepth.repeats(t) for t, d in zip(texts, deep, strict=True)]
     offsets = list(accumulate(lengths, initial=offset))
     batch = pa.table(
         {
@@ -378,6 +379,7 @@ def _batch(lines: list[bytes], lengths: list[int], pos: int, offset: int) -> tup
             "txt": pa.array(texts, pa.string()),
             "enc_err": pa.array(errors, pa.int64()),
             "deep": pa.array(deep, pa.bool_()),
+            "rep": pa.array(rep, pa.bool_()),
         }
     )
     return batch, offsets[-1]

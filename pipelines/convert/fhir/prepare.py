@@ -130,7 +130,7 @@ def parse_line(raw: bytes) -> Any:
         ) from None
     if isinstance(obj, dict):
         # orjson keeps the last of a repeated member silently; the strict parse says whether one was.
-        pairs = jsondepth.TopLevelPairs()
+        pairs = jsondepth.RepeatedNames()
         json.loads(raw, object_pairs_hook=pairs)
         if pairs.repeated:
             raise Quarantine(jsondepth.DUPLICATE, jsondepth.DUPLICATE_MESSAGE)

@@ -36,7 +36,7 @@ class FhirResourceConverter(Converter):
         raw = ctx.path.read_bytes().removeprefix(formats.UTF8_BOM)
         if jsondepth.exceeds(raw):
             raise Quarantine(jsondepth.REASON, jsondepth.message())
-        pairs = jsondepth.TopLevelPairs()
+        pairs = jsondepth.RepeatedNames()
         try:
             obj = simplejson.loads(raw.decode("utf-8"), use_decimal=True, object_pairs_hook=pairs)
         except UnicodeDecodeError as exc:
