@@ -8,7 +8,7 @@ from functools import partial
 import duckdb
 
 from pipelines.common.warehouse import RESOURCE_TYPE, ensure_resource_table
-from pipelines.parties import merge_staged_parties
+from pipelines.parties import merge_staged_parties, settle_party_lineage
 from pipelines.result_versions import is_result, rank_sql, version_time_sql
 
 # Which row of a (type, id) group wins: a full resource over a reference-only one; then the latest
@@ -94,7 +94,9 @@ FROM _stage s JOIN _all_decided d USING (run_id, file_sha256, unit_position, res
 WHERE s.resource_type = $rtype AND d.resource_type = $rtype AND d.decision = 'accepted'
 """
 
-# A unit all of whose resources were turned away takes the outcome of the weightiest reason.
+# A unit all of whose resources were turned away takes the outcome of the weightiest reason. A merged
+# party (pipelines/parties) counts for every unit whose version went into it, accepted or identical after
+# the merge: which unit's copy is stored depends on how files fell into batches, the credit must not.
 _LEDGER_UPDATE = """
 UPDATE ops.ledger AS l SET
     outcome = CASE WHEN x.accepted > 0 THEN 'converted'
@@ -106,13 +108,14 @@ UPDATE ops.ledger AS l SET
     resource_count = x.accepted
 FROM (
     SELECT run_id, file_sha256, unit_position,
-        count(*) FILTER (WHERE decision = 'accepted') AS accepted,
+        count(*) FILTER (WHERE decision = 'accepted'
+                         OR (decision = 'duplicate_identical' AND m.id IS NOT NULL)) AS accepted,
         count(*) FILTER (WHERE decision = 'accepted' AND id_exists) AS replaced,
         count(*) FILTER (WHERE decision = 'conflicting_duplicate') AS conflicts,
         count(*) FILTER (WHERE decision = 'superseded') AS superseded,
         count(*) FILTER (WHERE decision = 'reference_only_present') AS reference_only,
         count(*) AS total
-    FROM _all_decided GROUP BY ALL
+    FROM _all_decided d LEFT JOIN _party_merged_ids m USING (resource_type, id) GROUP BY ALL
     HAVING count(*) FILTER (WHERE decision = 'accepted' AND NOT id_exists) < count(*)
 ) AS x
 WHERE l.run_id = x.run_id AND l.file_sha256 = x.file_sha256 AND l.unit_position = x.unit_position
@@ -206,6 +209,7 @@ def merge_stage(con: duckdb.DuckDBPyConnection) -> LoadResult:
             )
         if rtype in insert:
             con.execute(_INSERT.format(table=tables[rtype]), {"rtype": rtype})
+    settle_party_lineage(con, tables)
     con.execute(_LEDGER_UPDATE)
     _quarantine_conflicts(con)
     create_stage(con)  # emptied by replacing it: DuckDB keeps the memory of rows deleted from a temp table

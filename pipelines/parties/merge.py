@@ -107,6 +107,8 @@ def merge_staged_parties(con: duckdb.DuckDBPyConnection, table_for: Any) -> int:
     """
     merged_ids = 0
     rules = merge_rules()
+    # Which ids were merged in this batch: the ledger credits every unit whose version went into one.
+    con.execute("CREATE OR REPLACE TEMP TABLE _party_merged_ids (resource_type VARCHAR, id VARCHAR)")
     staged_types = {r[0] for r in con.execute("SELECT DISTINCT resource_type FROM _stage").fetchall()}
     for rtype, rule in sorted(rules["types"].items()):
         if rtype not in staged_types:
@@ -149,9 +151,31 @@ def merge_staged_parties(con: duckdb.DuckDBPyConnection, table_for: Any) -> int:
             "AND f.file_sha256 = t.file_sha256 AND list_contains($formats, f.format)",
             {"formats": rules["formats"]},
         )
+        con.execute("INSERT INTO _party_merged_ids SELECT $rtype, id FROM _party_merged", {"rtype": rtype})
         con.execute("DROP TABLE _party_merged")
         merged_ids += len(ids)
     return merged_ids
+
+
+# A merged party's stored row names one source however files fell into batches: the least file sha256 and
+# unit position among all its versions (a one-process run and a resumed one store the same row).
+_LINEAGE = """
+UPDATE {table} AS t SET file_sha256 = c.file_sha256, unit_position = c.unit_position,
+    source_system = c.source_system, source_id = c.source_id
+FROM (
+    SELECT DISTINCT ON (id) id, file_sha256, unit_position, source_system, source_id
+    FROM ops.party_versions
+    WHERE resource_type = $rtype AND id IN (SELECT id FROM _party_merged_ids WHERE resource_type = $rtype)
+    ORDER BY id, file_sha256, unit_position
+) AS c
+WHERE t.id = c.id AND NOT t.reference_only
+"""
+
+
+def settle_party_lineage(con: duckdb.DuckDBPyConnection, tables: dict[str, str]) -> None:
+    """After the merge's inserts: give every party merged in this batch its order-independent lineage."""
+    for (rtype,) in con.execute("SELECT DISTINCT resource_type FROM _party_merged_ids ORDER BY 1").fetchall():
+        con.execute(_LINEAGE.format(table=tables[rtype]), {"rtype": rtype})
 
 
 def recompute_parties(con: duckdb.DuckDBPyConnection, where: str, args: list[Any]) -> list[dict[str, Any]]:
