@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,12 +12,15 @@ import duckdb
 import orjson
 
 from pipelines.backload.checks import check_resource, references
+from pipelines.backload.patch import not_patchable
 from pipelines.backload.profiles import TargetProfile
 from pipelines.common.reasons import check_reason
 from pipelines.common.warehouse import resource_tables
 from terminology.target_codings import codings_for_target
 
 SEND, NOT_SENDABLE, UNCHANGED = "send", "not_sendable", "unchanged"
+# Refusals of a change to a resource the target already has: what refers to it still resolves.
+ON_SERVER_ANYWAY = ("backload_update_not_supported", "backload_change_not_patchable")
 
 
 @dataclass
@@ -60,11 +63,15 @@ def content_sha(body: dict[str, Any]) -> str:
 
 
 def build_plan(
-    con: duckdb.DuckDBPyConnection, target: TargetProfile, sent: dict[str, str] | None = None
+    con: duckdb.DuckDBPyConnection,
+    target: TargetProfile,
+    sent: dict[str, str] | None = None,
+    previous: Callable[[str], dict[str, Any] | None] | None = None,
 ) -> list[Entry]:
     """The writes in dependency order, then not_sendable and unchanged entries (same warehouse, same plan).
 
-    sent maps "Type/warehouse id" to the content hash already on the server (ops.backload_ids)."""
+    sent maps "Type/warehouse id" to the content hash already on the server (ops.backload_ids); previous
+    gives the body last sent for a key (a JSON Patch is the difference between it and the new body)."""
     sent = sent or {}
     entries: dict[str, Entry] = {}
     refs: dict[str, list[tuple[str, str]]] = {}  # key -> [(element path, "Type/id")]
@@ -83,20 +90,42 @@ def build_plan(
         entry.body = body
         entry.content_sha256 = content_sha(body)
         refs[entry.key] = references(body)
-        previous = sent.get(entry.key)
-        if previous == entry.content_sha256:
+        before = sent.get(entry.key)
+        if before == entry.content_sha256:
             entry.status, entry.step = UNCHANGED, "none"
-        elif previous is not None:
-            rule = target.rule(rtype)
-            if rule is None or "update" not in rule.interactions:
-                entry.refuse("backload_update_not_supported", "update")
-            else:
-                entry.step = "update"
+        elif before is not None:
+            _change(entry, body, target, previous)
     while True:
         _refuse_broken_references(entries, refs)
         ordered = _order(entries, refs, target)
         if ordered is not None:
             return ordered
+
+
+def _change(
+    entry: Entry,
+    body: dict[str, Any],
+    target: TargetProfile,
+    previous: Callable[[str], dict[str, Any] | None] | None,
+) -> None:
+    """A resource changed since it was sent: PUT where the type has update, else a JSON Patch of the
+    documented operations (refused, naming the elements, when the change needs one that is not documented)."""
+    rule = target.rule(entry.resource_type)
+    if rule is not None and "update" in rule.interactions:
+        entry.step = "update"
+        return
+    if rule is None or rule.patch is None or "patch" not in rule.interactions:
+        entry.refuse("backload_update_not_supported", "update")
+        return
+    old = previous(entry.key) if previous else None
+    if old is None:  # the body sent before is not in any stored plan: nothing to take the difference from
+        entry.refuse("backload_update_not_supported", "patch")
+        return
+    refused = not_patchable(old, body, rule.patch)
+    if refused:
+        entry.refuse("backload_change_not_patchable", ", ".join(refused))
+    else:
+        entry.step = "patch"
 
 
 def _refuse_broken_references(entries: dict[str, Entry], refs: dict[str, list[tuple[str, str]]]) -> None:
@@ -118,7 +147,7 @@ def _on_server(entry: Entry | None) -> bool:
     """Will the target have this resource (sent now, or already there from an earlier send)?"""
     if entry is None:
         return False
-    return entry.status != NOT_SENDABLE or entry.reason == "backload_update_not_supported"
+    return entry.status != NOT_SENDABLE or entry.reason in ON_SERVER_ANYWAY
 
 
 def _order(

@@ -5,17 +5,24 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from pipelines.backload.client import RetryPolicy, Target, capability
-from pipelines.backload.plan import build_plan
+from pipelines.backload.plan import Entry, build_plan
 from pipelines.backload.profiles import target_profile
 from pipelines.backload.send import SendOptions, SendResult, send_plan
-from pipelines.backload.store import latest_plan, save_plan, sent_hashes, source_run, write_plan_files
+from pipelines.backload.store import (
+    latest_plan,
+    save_plan,
+    sent_bodies,
+    sent_hashes,
+    source_run,
+    write_plan_files,
+)
 from pipelines.common.config import DEFAULT_DATA_DIR
 from pipelines.common.errors import ConfigError
 from pipelines.common.warehouse import open_warehouse
@@ -31,6 +38,7 @@ class PlanOutcome:
     run_id: str
     summary: dict[str, Any]
     folder: Path
+    entries: list[Entry] = field(default_factory=list, compare=False, repr=False)
 
 
 def plan_backload(
@@ -40,12 +48,13 @@ def plan_backload(
     target = target_profile(profile)
     with open_warehouse(warehouse) as con:
         run_id = source_run(con, override_reason)
-        entries = build_plan(con, target, sent_hashes(con, target.name))
+        sent = sent_hashes(con, target.name)
+        entries = build_plan(con, target, sent, sent_bodies(con, target.name, sent))
         plan_id, summary = save_plan(con, target.name, target.sha256, run_id, entries, override_reason)
     folder = write_plan_files(out or Path(warehouse).parent / "backload" / target.name, plan_id, target.name,
                               run_id, entries, summary)  # fmt: skip
     log.info("back-load plan %s: %s", plan_id, summary["totals"])
-    return PlanOutcome(plan_id, run_id, summary, folder)
+    return PlanOutcome(plan_id, run_id, summary, folder, entries)
 
 
 @dataclass(frozen=True)
@@ -127,7 +136,7 @@ def plan_status(con: duckdb.DuckDBPyConnection, plan_id: str) -> dict[str, Any]:
         elif "failed" in states:
             c["failed"] += 1
         elif all(s in ("created", "updated", "resolved") for s in states):
-            c["updated" if steps == ["update"] else "created"] += 1
+            c["created" if "create" in steps else "updated"] += 1
         else:
             c["pending"] += 1
     types = [{"resource_type": t, **{k: per[t][k] for k in STATUS_COLUMNS}} for t in sorted(per)]
@@ -162,8 +171,13 @@ def plan_from_params(params: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def send_from_params(plan: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
-    """Send the plan the plan task made; credentials come from the environment, never from params."""
+def send_from_params(
+    plan: dict[str, Any], params: dict[str, Any] | None, slots: int | None = None
+) -> dict[str, Any]:
+    """Send the plan the plan task made; credentials come from the environment, never from params.
+
+    slots: the Airflow pool slots the task holds. Requests in flight never exceed them, so the pool bounds
+    requests to the target, whatever concurrency a run asks for."""
     server = _param(params, "server", "EHRLIFT_BACKLOAD_SERVER")
     if not server:
         raise ConfigError("no target server", hint="set the DAG param server or EHRLIFT_BACKLOAD_SERVER")
@@ -175,6 +189,8 @@ def send_from_params(plan: dict[str, Any], params: dict[str, Any] | None) -> dic
         no_auth=bool((params or {}).get("no_auth")),
     )
     concurrency = int(_param(params, "concurrency", "EHRLIFT_BACKLOAD_CONCURRENCY", 4))
+    if slots is not None:
+        concurrency = max(1, min(concurrency, slots))
     options = SendOptions(concurrency=concurrency, dry_run=bool((params or {}).get("dry_run")))
     result = send_backload(Path(plan["warehouse"]), plan["profile"], server, auth, options)
     return result.to_dict()

@@ -20,6 +20,7 @@ import orjson
 from pipelines.backload.checks import references
 from pipelines.backload.client import Target
 from pipelines.backload.profiles import TargetProfile
+from pipelines.backload.store import sent_bodies, sent_hashes
 from pipelines.backload.writes import Item, Outcome, find_created, send_chunk, send_one
 from pipelines.common.errors import EhrliftError, ExitCode
 
@@ -68,17 +69,22 @@ class SendResult:
         }
 
 
-def load_items(con: duckdb.DuckDBPyConnection, plan_id: str) -> list[Item]:
+def load_items(con: duckdb.DuckDBPyConnection, plan_id: str, target: str) -> list[Item]:
     rows = con.execute(
         "SELECT seq, resource_type, warehouse_id, step, body, content_sha256 FROM ops.backload_plan "
         "WHERE plan_id = ? AND status = 'send' ORDER BY seq",
         [plan_id],
     ).fetchall()
     out = []
+    sent: dict[str, str] = {}
+    if any(step == "patch" for _s, _t, _w, step, _b, _c in rows):
+        sent = sent_hashes(con, target)
+    previous = sent_bodies(con, target, sent)
     for seq, rtype, wid, step, body, sha in rows:
         parsed = orjson.loads(body)
         deps = frozenset(ref for _p, ref in references(parsed) if ref != f"{rtype}/{wid}")
-        out.append(Item(seq, rtype, wid, step, parsed, sha, deps))
+        before = previous(f"{rtype}/{wid}") if step == "patch" else None
+        out.append(Item(seq, rtype, wid, step, parsed, sha, deps, before))
     return out
 
 
@@ -195,7 +201,7 @@ def send_plan(
     statement: dict[str, Any],
     options: SendOptions,
 ) -> SendResult:
-    items = load_items(con, plan_id)
+    items = load_items(con, plan_id, profile.name)
     result = SendResult(plan_id, len(items))
     states = last_states(con, plan_id)
     ids = server_ids(con, profile.name)

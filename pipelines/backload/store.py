@@ -44,6 +44,22 @@ def sent_hashes(con: duckdb.DuckDBPyConnection, target: str) -> dict[str, str]:
     return {f"{t}/{w}": sha for t, w, sha in rows if sha}
 
 
+def sent_bodies(con: duckdb.DuckDBPyConnection, target: str, sent: dict[str, str]) -> Any:
+    """A function giving the body last sent for "Type/id" (from the plan that carried it), or None."""
+
+    def body(key: str) -> dict[str, Any] | None:
+        rtype, wid = key.split("/", 1)
+        row = con.execute(
+            "SELECT p.body FROM ops.backload_plan p JOIN ops.backload_plans s USING (plan_id) "
+            "WHERE s.target = ? AND p.resource_type = ? AND p.warehouse_id = ? AND p.content_sha256 = ? "
+            "AND p.status = 'send' AND p.deferred IS NULL AND p.body IS NOT NULL LIMIT 1",
+            [target, rtype, wid, sent.get(key)],
+        ).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    return body
+
+
 def summarize(entries: list[Entry]) -> dict[str, Any]:
     """Counts per type, status and reason: what the report shows (no ids, no values)."""
     per: Counter[tuple[str, str, str]] = Counter()
