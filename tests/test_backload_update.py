@@ -1,4 +1,4 @@
-"""Changed resources after a send: JSON Patch (Millennium Patient, Encounter), PUT with If-Match, 412 handled."""
+"""Changed resources after a send: JSON Patch (Millennium Patient, Encounter), PUT with If-Match, 412."""
 
 from __future__ import annotations
 
