@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 
 from pipelines.backload.client import RetryPolicy, Target, capability
 from pipelines.backload.plan import Entry, build_plan
 from pipelines.backload.profiles import target_profile
 from pipelines.backload.send import SendOptions, SendResult, send_plan
+from pipelines.backload.site import load_site
 from pipelines.backload.store import (
     latest_plan,
     save_plan,
@@ -29,7 +31,17 @@ from pipelines.common.warehouse import open_warehouse
 from pipelines.export.auth import BackendAuth, load_signing_key
 
 log = logging.getLogger(__name__)
-STATUS_COLUMNS = ("planned", "created", "updated", "unchanged", "failed", "not_sendable", "pending")
+STATUS_COLUMNS = (
+    "planned",
+    "created",
+    "updated",
+    "unchanged",
+    "failed",
+    "not_sendable",
+    "merged",
+    "mapped",
+    "pending",
+)
 
 
 @dataclass(frozen=True)
@@ -42,15 +54,24 @@ class PlanOutcome:
 
 
 def plan_backload(
-    warehouse: Path, profile: str, out: Path | None = None, override_reason: str | None = None
+    warehouse: Path,
+    profile: str,
+    out: Path | None = None,
+    override_reason: str | None = None,
+    site_file: Path | None = None,
 ) -> PlanOutcome:
-    """Build, store and write the plan for the latest succeeded run (a blocked run only with a reason)."""
+    """Build, store and write the plan for the latest succeeded run (a blocked run only with a reason);
+    site_file: the site's opt-ins (drops, defaults, Location map), none by default."""
     target = target_profile(profile)
+    site = load_site(Path(site_file), target) if site_file else None
     with open_warehouse(warehouse) as con:
         run_id = source_run(con, override_reason)
         sent = sent_hashes(con, target.name)
-        entries = build_plan(con, target, sent, sent_bodies(con, target.name, sent))
-        plan_id, summary = save_plan(con, target.name, target.sha256, run_id, entries, override_reason)
+        entries = build_plan(con, target, sent, sent_bodies(con, target.name, sent), site)
+        record = site.record() if site else None
+        plan_id, summary = save_plan(
+            con, target.name, target.sha256, run_id, entries, override_reason, record
+        )
     folder = write_plan_files(out or Path(warehouse).parent / "backload" / target.name, plan_id, target.name,
                               run_id, entries, summary)  # fmt: skip
     log.info("back-load plan %s: %s", plan_id, summary["totals"])
@@ -116,19 +137,23 @@ def plan_status(con: duckdb.DuckDBPyConnection, plan_id: str) -> dict[str, Any]:
                 QUALIFY row_number() OVER (PARTITION BY seq ORDER BY recorded_at DESC,
                     CASE state WHEN 'intent' THEN 1 ELSE 0 END) = 1
             ), steps AS (
-                SELECT p.resource_type, p.warehouse_id, p.status, p.step, p.reason, l.state
+                SELECT p.resource_type, p.warehouse_id, p.status, p.step, p.reason, l.state, p.site_changes
                 FROM ops.backload_plan p LEFT JOIN last l USING (seq) WHERE p.plan_id = $plan
             )
-            SELECT resource_type, warehouse_id, any_value(status), list(step), list(state), any_value(reason)
+            SELECT resource_type, warehouse_id, any_value(status), list(step), list(state), any_value(reason),
+                any_value(site_changes)
             FROM steps GROUP BY resource_type, warehouse_id
             """,
         {"plan": plan_id},
     ).fetchall()
     per: dict[str, Counter[str]] = {}
     reasons: Counter[tuple[str, str]] = Counter()
-    for rtype, _wid, status, steps, states, reason in rows:
+    changed: Counter[tuple[str, str, str]] = Counter()
+    for rtype, _wid, status, steps, states, reason, site_changes in rows:
         c = per.setdefault(rtype, Counter())
         c["planned"] += 1
+        for kind, elements in orjson.loads(site_changes).items() if site_changes else ():
+            changed.update((rtype, kind, e) for e in elements)
         if status != "send":
             c[status] += 1
             if reason:
@@ -146,6 +171,11 @@ def plan_status(con: duckdb.DuckDBPyConnection, plan_id: str) -> dict[str, Any]:
         "types": types,
         "totals": totals,
         "reasons": [{"resource_type": t, "reason": r, "count": n} for (t, r), n in sorted(reasons.items())],
+        # Elements a site profile let go (dropped) or filled (defaulted): counted, never silently lost.
+        "site_changes": [
+            {"resource_type": t, "change": k, "element": e, "count": n}
+            for (t, k, e), n in sorted(changed.items())
+        ],
         "reconciles": reconciles,
         "complete": totals["pending"] == 0,
     }

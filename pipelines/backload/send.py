@@ -205,6 +205,9 @@ def send_plan(
     result = SendResult(plan_id, len(items))
     states = last_states(con, plan_id)
     ids = server_ids(con, profile.name)
+    site = con.execute("SELECT site FROM ops.backload_plans WHERE plan_id = ?", [plan_id]).fetchone()
+    for ref in orjson.loads(site[0])["existing"] if site and site[0] else ():
+        ids.setdefault(ref, (ref.split("/", 1)[1], None))  # the site's own records, already on the target
     done = {i.seq for i in items if states.get(i.seq, ("", None))[0] in DONE}
     failed = {i.seq for i in items if states.get(i.seq, ("", None))[0] == "failed"}
     todo = [i for i in items if i.seq not in done and ((i.seq in failed) == options.failed_only)]
