@@ -15,6 +15,7 @@ from pipelines.cli import main
 from pipelines.common.errors import ConfigError
 from pipelines.common.reasons import reason_codes
 from pipelines.common.warehouse import open_warehouse
+from pipelines.report.render import write_report
 from tests.backload_builders import SNOMED, build_warehouse, cc, patient, vital
 from tests.backload_server import FhirServer
 from tests.test_backload_send import _send
@@ -151,6 +152,8 @@ def test_site_changes_in_plan_files_status_and_report_and_a_send(tmp_path, capsy
         ("Observation", "dropped", "identifier"): 1,
         ("Patient", "dropped", "deceasedBoolean"): 1,
     }
+    html = write_report(wh, tmp_path / "report").html.read_text()
+    assert 'class="backload-site"' in html and "<code>deceasedBoolean</code>" in html and ">M1<" not in html
     assert main(["backload", "status", "--warehouse", str(wh)]) == 0
     out = capsys.readouterr().out
     assert "deceasedBoolean" in out and "dropped" in out and "M1" not in out
