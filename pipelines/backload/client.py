@@ -67,6 +67,8 @@ class Target:
         self.client = httpx.Client(
             timeout=self.policy.timeout,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            # Plain HTTP is allowed only to loopback (require_secure): no TLS, so no CA bundle to load.
+            verify=urlsplit(self.base).scheme == "https",
         )
         self.attempts = 0
         self._lock = threading.Lock()
@@ -104,7 +106,8 @@ class Target:
             wait=_wait(self.policy),
             reraise=True,
         )
-        content = orjson.dumps(body) if body is not None else None
+        # A prepared body arrives as bytes (serialized once, when the plan was loaded).
+        content = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
         for attempt in retrying:
             with attempt:
                 answer = self._once(method, path, content, headers)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import heapq
 import logging
+import queue
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +21,7 @@ from pipelines.backload.checks import references
 from pipelines.backload.client import Target
 from pipelines.backload.profiles import TargetProfile
 from pipelines.backload.store import sent_bodies, sent_hashes
-from pipelines.backload.writes import Item, Outcome, find_created, send_chunk, send_one
+from pipelines.backload.writes import Item, Outcome, find_created, prepare_raw, send_chunk, send_one
 from pipelines.common.errors import EhrliftError, ExitCode
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,10 @@ class SendResult:
         }
 
 
-def load_items(con: duckdb.DuckDBPyConnection, plan_id: str, target: str) -> list[Item]:
+def load_items(
+    con: duckdb.DuckDBPyConnection, plan_id: str, target: str, profile: TargetProfile | None = None
+) -> list[Item]:
+    """The plan's writes in order; with a per-resource profile, plain creates prepared as bytes."""
     rows = con.execute(
         "SELECT seq, resource_type, warehouse_id, step, body, content_sha256 FROM ops.backload_plan "
         "WHERE plan_id = ? AND status = 'send' ORDER BY seq",
@@ -84,7 +87,10 @@ def load_items(con: duckdb.DuckDBPyConnection, plan_id: str, target: str) -> lis
         parsed = orjson.loads(body)
         deps = frozenset(ref for _p, ref in references(parsed) if ref != f"{rtype}/{wid}")
         before = previous(f"{rtype}/{wid}") if step == "patch" else None
-        out.append(Item(seq, rtype, wid, step, parsed, sha, deps, before))
+        item = Item(seq, rtype, wid, step, parsed, sha, deps, before)
+        if profile is not None and profile.transaction_chunk is None:
+            prepare_raw(item, profile, body)
+        out.append(item)
     return out
 
 
@@ -140,21 +146,28 @@ class Recorder:
         self.con, self.plan_id, self.target, self.server = con, plan_id, target, server
         self.results: list[tuple] = []
         self.ids: list[tuple] = []
-        self._types: dict[str, list[str]] = {}
+        self._types: dict[str, list] = {}  # table -> [INSERT statement, column names]
 
     def _insert(self, table: str, rows: list[tuple]) -> None:
-        # One statement whatever the row count: each column goes as one list parameter, unnested.
+        # One statement and one string parameter whatever the row count: the rows as JSON arrays, parsed
+        # and cast by DuckDB (about three times cheaper than a list parameter per column).
         if table not in self._types:
             described = self.con.execute(
-                "SELECT data_type FROM information_schema.columns "
+                "SELECT column_name, data_type FROM information_schema.columns "
                 "WHERE table_schema = 'ops' AND table_name = ? ORDER BY ordinal_position",
                 [table],
             ).fetchall()
-            self._types[table] = [t for (t,) in described]
-        types = self._types[table]
-        select = ", ".join(f"unnest(?::{t}[])" for t in types)
+            as_text = {"TIMESTAMP WITH TIME ZONE": "VARCHAR"}  # orjson writes instants as RFC 3339
+            shape = ", ".join(f'"{c}": "{as_text.get(t, t)}"' for c, t in described)
+            select = ", ".join(f'CAST(r."{c}" AS {t})' for c, t in described)
+            self._types[table] = [
+                f"INSERT INTO ops.{table} SELECT {select} FROM "
+                f"(SELECT unnest(from_json(?::JSON, '[{{{shape}}}]')) AS r)",
+                [c for c, _t in described],
+            ]
+        statement, columns = self._types[table]
         self.con.execute(
-            f"INSERT INTO ops.{table} SELECT {select}", [[r[i] for r in rows] for i in range(len(types))]
+            statement, [orjson.dumps([dict(zip(columns, r, strict=True)) for r in rows]).decode()]
         )
 
     def intents(self, items: list[Item], state: str = "intent") -> None:
@@ -201,7 +214,7 @@ def send_plan(
     statement: dict[str, Any],
     options: SendOptions,
 ) -> SendResult:
-    items = load_items(con, plan_id, profile.name)
+    items = load_items(con, plan_id, profile.name, profile)
     result = SendResult(plan_id, len(items))
     states = last_states(con, plan_id)
     ids = server_ids(con, profile.name)
@@ -318,52 +331,81 @@ class Scheduler:
         self.result.interrupted = True
 
     def _loop(self) -> None:
-        """Intents are committed for a window of writes at a time (one statement), outcomes every
-        FLUSH_SECONDS or window: a kill can leave at most a window in doubt, each found again by search."""
-        inflight: dict[Future, list[Item]] = {}
-        announced: list[list[Item]] = []  # intents committed, requests not yet sent
-        window = max(WINDOW, 4 * self.options.concurrency)
+        """Intents are committed for a window of writes at a time (one statement) before any of them goes
+        out; outcomes are committed every FLUSH_SECONDS or window. A kill leaves at most a window and the
+        writes then queued in doubt, each found again by search before it is sent again.
+
+        Workers take announced writes from a queue and send them back to back; this thread only records
+        outcomes, releases what waited on them and announces the next window, so no request waits for it."""
+        n = self.options.concurrency
+        window = max(WINDOW, 4 * n)
+        work: queue.SimpleQueue = queue.SimpleQueue()
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        workers = [
+            threading.Thread(target=self._work, args=(work, done), name=f"backload-{k}", daemon=True)
+            for k in range(n if n > 1 else 0)
+        ]
+        for w in workers:
+            w.start()
+        queued, withdrawn = 0, []
         last_flush = time.monotonic()
-        with ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="backload") as pool:
-            while ((self.ready or announced) and not self.result.interrupted) or inflight:
-                if not announced and self.ready and not self.result.interrupted:
-                    while self.ready and len(announced) < window:
-                        announced.append(self._take())
-                    self.recorder.intents([i for b in announced for i in b])
-                while announced and not self.result.interrupted and len(inflight) < self.options.concurrency:
-                    batch = announced.pop(0)
-                    inflight[self._submit(pool, batch)] = batch
-                finished, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    inflight.pop(fut)
-                    got = fut.result()
+        try:
+            while True:
+                if self.ready and queued <= n and not self.result.interrupted:
+                    batches = []
+                    while self.ready and len(batches) < window:
+                        batches.append(self._take())
+                    self.recorder.intents([i for b in batches for i in b])
+                    for b in batches:
+                        work.put(b)
+                    queued += len(batches)
+                if queued == 0:
+                    break
+                if not workers:  # one at a time: in this thread, sparing a hand-off per request
+                    self._work_one(work.get(), done)
+                try:
+                    batch, got = done.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                queued -= 1
+                if got is None:
+                    withdrawn.append(batch)
+                elif isinstance(got, BaseException):
+                    raise got
+                else:
                     for o in got if isinstance(got, list) else [got]:
                         self._record(o)
                 now = time.monotonic()
-                idle = not inflight and not announced
-                if len(self.recorder.results) >= window or now - last_flush > FLUSH_SECONDS or idle:
+                if len(self.recorder.results) >= window or now - last_flush > FLUSH_SECONDS or queued == 0:
                     self.recorder.flush()
                     last_flush = now
                     if self.options.progress:
                         self.options.progress(self.progressed, self.total)
-            # Announced but never sent (Ctrl-C): withdrawn, so a re-run sends them without a search.
-            self.recorder.intents([i for b in announced for i in b], state="withdrawn")
-            self.recorder.flush()
+        finally:
+            for _ in workers:
+                work.put(None)
+            for w in workers:
+                w.join()
+        # Announced but never sent (Ctrl-C): withdrawn, so a re-run sends them without a search.
+        self.recorder.intents([i for b in withdrawn for i in b], state="withdrawn")
+        self.recorder.flush()
 
-    def _submit(self, pool: ThreadPoolExecutor, batch: list[Item]) -> Future:
-        if self.profile.transaction_chunk:
-            call: tuple = (send_chunk, self.target, self.profile, batch, self.ids)
-        else:
-            call = (send_one, self.target, self.profile, batch[0], self.ids)
-        if self.options.concurrency > 1:
-            return pool.submit(*call)
-        # One at a time: in this thread, sparing a hand-off per request (Ctrl-C only sets a flag here).
-        done: Future = Future()
+    def _work(self, work: queue.SimpleQueue, done: queue.SimpleQueue) -> None:
+        while (batch := work.get()) is not None:
+            self._work_one(batch, done)
+
+    def _work_one(self, batch: list[Item], done: queue.SimpleQueue) -> None:
+        if self.result.interrupted:  # Ctrl-C: what is still queued is not sent
+            done.put((batch, None))
+            return
         try:
-            done.set_result(call[0](*call[1:]))
+            if self.profile.transaction_chunk:
+                got: Any = send_chunk(self.target, self.profile, batch, self.ids)
+            else:
+                got = send_one(self.target, self.profile, batch[0], self.ids)
         except Exception as exc:
-            done.set_exception(exc)
-        return done
+            got = exc
+        done.put((batch, got))
 
     def _take(self) -> list[Item]:
         batch = [heapq.heappop(self.ready)[1]]

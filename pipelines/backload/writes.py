@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from pipelines.backload.checks import rewrite_references
+import orjson
+
+from pipelines.backload.checks import references, rewrite_references
 from pipelines.backload.client import AMBIGUOUS, NOT_SENT, Answer, Target, Transient
 from pipelines.backload.patch import operations_for
 from pipelines.backload.profiles import TargetProfile
@@ -33,6 +35,7 @@ class Item:
     content_sha256: str
     deps: frozenset[str]
     previous: dict[str, Any] | None = None  # a patch: the body sent before (references to warehouse ids)
+    raw: bytes | None = None  # a plain create's body as sent, references still to warehouse ids (see fill)
 
     @property
     def key(self) -> str:
@@ -75,6 +78,37 @@ def _resolver(ids: dict[str, tuple[str, str | None]]) -> Callable[[str], str]:
     return lambda ref: f"{ref.split('/')[0]}/{ids[ref][0]}" if ref in ids else ref
 
 
+def prepare_raw(item: Item, profile: TargetProfile, stored: str | None = None) -> None:
+    """Serialize a plain create once: at send time only its references are replaced, in the bytes (orjson
+    writes `"reference":"Type/id"` exactly so, and a quoted reference cannot be part of another). The plan's
+    stored body text is those bytes already when every reference in it is relative."""
+    if item.step != "create" or profile.conditional_create:
+        return
+    if (
+        stored is not None
+        and item.body.get("resourceType") == item.resource_type
+        and "contained" not in item.body
+    ):
+        raw = stored.encode()
+        found = references(item.body)
+        if len(found) == sum(raw.count(b'"reference":"' + r.encode() + b'"') for r in {r for _p, r in found}):
+            item.raw = raw
+            return
+    item.body = rewrite_references(item.body, lambda ref: ref)  # every reference in its relative form
+    item.raw = orjson.dumps({**item.body, "resourceType": item.resource_type})
+
+
+def fill(item: Item, ids: dict[str, tuple[str, str | None]]) -> bytes:
+    raw = item.raw or b""
+    for ref in item.deps:
+        if ref in ids:
+            rtype = ref.split("/", 1)[0]
+            raw = raw.replace(
+                b'"reference":"' + ref.encode() + b'"', f'"reference":"{rtype}/{ids[ref][0]}"'.encode()
+            )
+    return raw
+
+
 def send_one(
     target: Target, profile: TargetProfile, item: Item, ids: dict[str, tuple[str, str | None]]
 ) -> Outcome:
@@ -82,7 +116,9 @@ def send_one(
     server_id, version = ids.get(item.key, (None, None))
     if item.step in CHANGES and server_id:
         return send_change(target, profile, item, ids, server_id, version)
-    body = prepared(item, profile, _resolver(ids), server_id)
+    body: Any = (
+        fill(item, ids) if item.raw is not None else prepared(item, profile, _resolver(ids), server_id)
+    )
     headers = None
     if profile.conditional_create and item.step == "create":
         headers = {"If-None-Exist": f"_tag={TAG_SYSTEM}|{tag_value(profile.name, item.key)}"}
