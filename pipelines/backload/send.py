@@ -85,11 +85,12 @@ def load_items(
     previous = sent_bodies(con, target, sent)
     for seq, rtype, wid, step, body, sha in rows:
         parsed = orjson.loads(body)
-        deps = frozenset(ref for _p, ref in references(parsed) if ref != f"{rtype}/{wid}")
+        found = references(parsed)
+        deps = frozenset(ref for _p, ref in found if ref != f"{rtype}/{wid}")
         before = previous(f"{rtype}/{wid}") if step == "patch" else None
         item = Item(seq, rtype, wid, step, parsed, sha, deps, before)
         if profile is not None and profile.transaction_chunk is None:
-            prepare_raw(item, profile, body)
+            prepare_raw(item, profile, body, found)
         out.append(item)
     return out
 
@@ -191,19 +192,22 @@ class Recorder:
             key = (self.target, i.resource_type, i.warehouse_id, o.server_id, o.version_id)
             self.ids.append((*key, now, self.server, i.content_sha256))
 
-    def flush(self) -> None:
-        if not self.results:
+    def flush(self, results: list[tuple] | None = None, ids: list[tuple] | None = None) -> None:
+        """Commit outcome rows (by default those recorded so far) and the server ids they carry."""
+        if results is None:
+            results, ids = self.results, self.ids
+            self.results, self.ids = [], []
+        if not results:
             return
         self.con.execute("BEGIN TRANSACTION")
         try:
-            self._insert("backload_results", self.results)
-            if self.ids:
-                self._insert("backload_ids", self.ids)
+            self._insert("backload_results", results)
+            if ids:
+                self._insert("backload_ids", ids)
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
-        self.results, self.ids = [], []
 
 
 def send_plan(
@@ -335,77 +339,89 @@ class Scheduler:
         out; outcomes are committed every FLUSH_SECONDS or window. A kill leaves at most a window and the
         writes then queued in doubt, each found again by search before it is sent again.
 
-        Workers take announced writes from a queue and send them back to back; this thread only records
-        outcomes, releases what waited on them and announces the next window, so no request waits for it."""
+        Workers take announced writes from a queue, send them back to back and record each outcome
+        themselves (under a lock), releasing what waited on it; this thread only announces the next window
+        when the queue runs low and commits outcomes, so no request waits for it."""
         n = self.options.concurrency
         window = max(WINDOW, 4 * n)
-        work: queue.SimpleQueue = queue.SimpleQueue()
-        done: queue.SimpleQueue = queue.SimpleQueue()
+        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.lock, self.wake = threading.Lock(), threading.Event()
+        self.queued, self.withdrawn, self.error = 0, [], None
         workers = [
-            threading.Thread(target=self._work, args=(work, done), name=f"backload-{k}", daemon=True)
+            threading.Thread(target=self._work, name=f"backload-{k}", daemon=True)
             for k in range(n if n > 1 else 0)
         ]
         for w in workers:
             w.start()
-        queued, withdrawn = 0, []
         last_flush = time.monotonic()
         try:
-            while True:
-                if self.ready and queued <= n and not self.result.interrupted:
+            while self.error is None:
+                with self.lock:
                     batches = []
-                    while self.ready and len(batches) < window:
-                        batches.append(self._take())
-                    self.recorder.intents([i for b in batches for i in b])
+                    if self.queued <= n and not self.result.interrupted:
+                        while self.ready and len(batches) < window:
+                            batches.append(self._take())
+                    self.queued += len(batches)
+                    idle = self.queued == 0
+                if batches:
+                    self.recorder.intents([i for b in batches for i in b])  # committed before any is sent
                     for b in batches:
-                        work.put(b)
-                    queued += len(batches)
-                if queued == 0:
+                        self.work.put(b)
+                if idle:
                     break
-                if not workers:  # one at a time: in this thread, sparing a hand-off per request
-                    self._work_one(work.get(), done)
-                try:
-                    batch, got = done.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                queued -= 1
-                if got is None:
-                    withdrawn.append(batch)
-                elif isinstance(got, BaseException):
-                    raise got
-                else:
-                    for o in got if isinstance(got, list) else [got]:
-                        self._record(o)
+                if workers:
+                    self.wake.wait(timeout=FLUSH_SECONDS)
+                    self.wake.clear()
+                else:  # one at a time: in this thread, sparing a hand-off per request
+                    self._work_one(self.work.get())
                 now = time.monotonic()
-                if len(self.recorder.results) >= window or now - last_flush > FLUSH_SECONDS or queued == 0:
-                    self.recorder.flush()
+                if len(self.recorder.results) >= window or now - last_flush >= FLUSH_SECONDS:
+                    self._flush()
                     last_flush = now
-                    if self.options.progress:
-                        self.options.progress(self.progressed, self.total)
         finally:
             for _ in workers:
-                work.put(None)
+                self.work.put(None)
             for w in workers:
                 w.join()
+        if self.error is not None:
+            raise self.error
+        self._flush()
         # Announced but never sent (Ctrl-C): withdrawn, so a re-run sends them without a search.
-        self.recorder.intents([i for b in withdrawn for i in b], state="withdrawn")
-        self.recorder.flush()
+        self.recorder.intents([i for b in self.withdrawn for i in b], state="withdrawn")
 
-    def _work(self, work: queue.SimpleQueue, done: queue.SimpleQueue) -> None:
-        while (batch := work.get()) is not None:
-            self._work_one(batch, done)
+    def _flush(self) -> None:
+        with self.lock:  # the rows so far; workers go on recording into fresh lists meanwhile
+            results, ids = self.recorder.results, self.recorder.ids
+            self.recorder.results, self.recorder.ids = [], []
+        self.recorder.flush(results, ids)
+        if self.options.progress:
+            self.options.progress(self.progressed, self.total)
 
-    def _work_one(self, batch: list[Item], done: queue.SimpleQueue) -> None:
-        if self.result.interrupted:  # Ctrl-C: what is still queued is not sent
-            done.put((batch, None))
-            return
-        try:
-            if self.profile.transaction_chunk:
-                got: Any = send_chunk(self.target, self.profile, batch, self.ids)
+    def _work(self) -> None:
+        while (batch := self.work.get()) is not None:
+            self._work_one(batch)
+
+    def _work_one(self, batch: list[Item]) -> None:
+        got: Any = None
+        if not self.result.interrupted and self.error is None:  # Ctrl-C or an error: the rest is not sent
+            try:
+                if self.profile.transaction_chunk:
+                    got = send_chunk(self.target, self.profile, batch, self.ids)
+                else:
+                    got = send_one(self.target, self.profile, batch[0], self.ids)
+            except Exception as exc:  # raised by the main thread; the write stays in doubt (searched later)
+                self.error = exc
+                got = []
+        with self.lock:
+            self.queued -= 1
+            if got is None:
+                self.withdrawn.append(batch)
             else:
-                got = send_one(self.target, self.profile, batch[0], self.ids)
-        except Exception as exc:
-            got = exc
-        done.put((batch, got))
+                for o in got if isinstance(got, list) else [got]:
+                    self._record(o)
+            low = self.queued <= self.options.concurrency
+        if low or self.error is not None or len(self.recorder.results) >= WINDOW:
+            self.wake.set()
 
     def _take(self) -> list[Item]:
         batch = [heapq.heappop(self.ready)[1]]

@@ -78,7 +78,9 @@ def _resolver(ids: dict[str, tuple[str, str | None]]) -> Callable[[str], str]:
     return lambda ref: f"{ref.split('/')[0]}/{ids[ref][0]}" if ref in ids else ref
 
 
-def prepare_raw(item: Item, profile: TargetProfile, stored: str | None = None) -> None:
+def prepare_raw(
+    item: Item, profile: TargetProfile, stored: str | None = None, found: list[tuple[str, str]] | None = None
+) -> None:
     """Serialize a plain create once: at send time only its references are replaced, in the bytes (orjson
     writes `"reference":"Type/id"` exactly so, and a quoted reference cannot be part of another). The plan's
     stored body text is those bytes already when every reference in it is relative."""
@@ -90,7 +92,7 @@ def prepare_raw(item: Item, profile: TargetProfile, stored: str | None = None) -
         and "contained" not in item.body
     ):
         raw = stored.encode()
-        found = references(item.body)
+        found = references(item.body) if found is None else found
         if len(found) == sum(raw.count(b'"reference":"' + r.encode() + b'"') for r in {r for _p, r in found}):
             item.raw = raw
             return
