@@ -169,3 +169,20 @@ def test_a_site_profile_for_another_target_or_a_bad_map_is_refused(tmp_path):
         load_site(path, mill)  # Patients are never matched by a map: identity decides who is who
     demo = load_site(SITES / "demo-millennium.json", mill)  # the shipped demo site profile is valid
     assert demo.records["Location"] and demo.drop["Observation"] and "Encounter" in demo.defaults
+
+
+def test_a_contract_12_warehouse_gains_the_site_columns_in_place(tmp_path):
+    wh = build_warehouse(tmp_path / "w.duckdb", resources(), stand_ins=("dr",))
+    with open_warehouse(wh) as con:  # as an ehrlift of contract 12 left it
+        con.execute("ALTER TABLE ops.backload_plan DROP COLUMN site_changes")
+        con.execute("ALTER TABLE ops.backload_plan DROP COLUMN server_id")
+        con.execute("ALTER TABLE ops.backload_plans DROP COLUMN site")
+        con.execute("DELETE FROM ops.schema_version")
+        con.execute("INSERT INTO ops.schema_version VALUES (12, now())")
+    plan = plan_backload(wh, "millennium-r4", tmp_path / "out", site_file=site_file(tmp_path))
+    with open_warehouse(wh, read_only=True) as con:
+        mapped = con.execute("SELECT count(*) FROM ops.backload_plan WHERE server_id IS NOT NULL").fetchone()[
+            0
+        ]
+        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == 17
+    assert mapped == 2 and plan.summary["totals"]["mapped"] == 2
