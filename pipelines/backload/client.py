@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +31,7 @@ class RetryPolicy:
 class Answer:
     status: int
     body: Any  # parsed JSON, or None
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # case-insensitive (httpx.Headers): .get("location"), .get("etag")
     attempts: int
     issue_codes: list[str] = field(default_factory=list)
 
@@ -154,7 +155,7 @@ def _answer(response: httpx.Response) -> Answer:
         codes = sorted(
             {str(i.get("code")) for i in body.get("issue") or [] if isinstance(i, dict) and i.get("code")}
         )
-    return Answer(response.status_code, body, {k.lower(): v for k, v in response.headers.items()}, 0, codes)
+    return Answer(response.status_code, body, response.headers, 0, codes)
 
 
 class _wait(tenacity.wait.wait_base):
