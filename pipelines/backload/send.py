@@ -27,7 +27,7 @@ from pipelines.common.errors import EhrliftError, ExitCode
 log = logging.getLogger(__name__)
 DONE = ("created", "updated", "resolved")
 IN_DOUBT = ("intent", "in_doubt")  # a create that may be on the server: searched for before a resend
-WINDOW = 256  # writes announced (intent rows) per statement: at most this many in doubt after a kill
+WINDOW = 256  # writes announced (intent rows) per statement: at most 1.5 windows in doubt after a kill
 FLUSH_SECONDS = 1.0
 
 
@@ -336,21 +336,19 @@ class Scheduler:
 
     def _loop(self) -> None:
         """Intents are committed for a window of writes at a time (one statement) before any of them goes
-        out; outcomes are committed every FLUSH_SECONDS or window. A kill leaves at most a window and the
-        writes then queued in doubt, each found again by search before it is sent again.
+        out; outcomes are committed every FLUSH_SECONDS or window. A kill leaves at most a window and a half
+        in doubt, each found again by search before it is sent again.
 
         Workers take announced writes from a queue, send them back to back and record each outcome
         themselves (under a lock), releasing what waited on it; this thread only announces the next window
         when the queue runs low and commits outcomes, so no request waits for it."""
         n = self.options.concurrency
         window = max(WINDOW, 4 * n)
+        self.half = window // 2
         self.work: queue.SimpleQueue = queue.SimpleQueue()
         self.lock, self.wake = threading.Lock(), threading.Event()
         self.queued, self.withdrawn, self.error = 0, [], None
-        workers = [
-            threading.Thread(target=self._work, name=f"backload-{k}", daemon=True)
-            for k in range(n if n > 1 else 0)
-        ]
+        workers = [threading.Thread(target=self._work, name=f"backload-{k}", daemon=True) for k in range(n)]
         for w in workers:
             w.start()
         last_flush = time.monotonic()
@@ -358,7 +356,9 @@ class Scheduler:
             while self.error is None:
                 with self.lock:
                     batches = []
-                    if self.queued <= n and not self.result.interrupted:
+                    # The next window is announced while half of this one is still queued, so workers never
+                    # wait for an intent commit: a kill leaves at most one and a half windows in doubt.
+                    if self.queued <= window // 2 and not self.result.interrupted:
                         while self.ready and len(batches) < window:
                             batches.append(self._take())
                     self.queued += len(batches)
@@ -369,11 +369,8 @@ class Scheduler:
                         self.work.put(b)
                 if idle:
                     break
-                if workers:
-                    self.wake.wait(timeout=FLUSH_SECONDS)
-                    self.wake.clear()
-                else:  # one at a time: in this thread, sparing a hand-off per request
-                    self._work_one(self.work.get())
+                self.wake.wait(timeout=FLUSH_SECONDS)
+                self.wake.clear()
                 now = time.monotonic()
                 if len(self.recorder.results) >= window or now - last_flush >= FLUSH_SECONDS:
                     self._flush()
@@ -419,7 +416,7 @@ class Scheduler:
             else:
                 for o in got if isinstance(got, list) else [got]:
                     self._record(o)
-            low = self.queued <= self.options.concurrency
+            low = self.queued in (0, self.half)  # crossing half a window, or empty: time to announce more
         if low or self.error is not None or len(self.recorder.results) >= WINDOW:
             self.wake.set()
 
