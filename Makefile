@@ -110,7 +110,7 @@ fuzz: setup
 	done
 
 golden: setup
-	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py tests/test_ccda_golden.py tests/test_upgrade_golden.py tests/test_backload_plan.py tests/test_backload_hl7.py
+	EHRLIFT_REGENERATE_GOLDEN=1 $(RUN) pytest -q tests/test_golden.py tests/test_ccda_golden.py tests/test_upgrade_golden.py tests/test_backload_plan.py tests/test_backload_person.py tests/test_backload_hl7.py
 
 # Rebuild the shipped default terminology from its pinned public sources (needs npm and pip).
 terminology-default: setup

@@ -192,11 +192,14 @@ def backload_plan(params: dict[str, Any] | None) -> dict[str, Any]:
 
 
 @fail_fast
-def backload_send(plan: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
-    """Send that plan to the target server; a re-run resumes and never creates twice."""
+def backload_send(
+    plan: dict[str, Any], params: dict[str, Any] | None, slots: int | None = None
+) -> dict[str, Any]:
+    """Send that plan to the target server with at most `slots` requests in flight (the pool slots the task
+    holds); a re-run resumes and never creates twice."""
     from pipelines.backload.runner import send_from_params
 
-    return send_from_params(plan, params)
+    return send_from_params(plan, params, slots)
 
 
 @fail_fast

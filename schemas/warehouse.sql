@@ -1,6 +1,7 @@
--- ehrlift warehouse contract, version 16 (additive: 16 added ops.run_owners and ops.stage_marks (resume
--- after a kill); 15 ops.retractions, ops.gate_overrides and ops.party_versions; 14 ops.report_signoffs;
--- 12 the ops.backload_hl7_* tables; 10
+-- ehrlift warehouse contract, version 17 (additive: 17 added ops.backload_plan.site_changes and
+-- .server_id and ops.backload_plans.site (site opt-ins of a back-load); 16 ops.run_owners and
+-- ops.stage_marks (resume after a kill); 15 ops.retractions, ops.gate_overrides and ops.party_versions;
+-- 14 ops.report_signoffs; 12 the ops.backload_hl7_* tables; 10
 -- ops.cds_cards and ops.cds_feedback; 9 the ops.backload_* tables; 8 the identity tables
 -- ops.identity_links, ops.identity_decisions, ops.identity_models, ops.person_map, ops.person_records,
 -- ops.fact_duplicates; 7 ops.stage_batches; 6 ops.run_stages, ops.validation_counts and
@@ -382,7 +383,8 @@ CREATE TABLE IF NOT EXISTS ops.backload_plans (
     run_id           VARCHAR NOT NULL,      -- the run whose warehouse state the plan was built from
     override_reason  VARCHAR,               -- set when --override-gate planned a blocked run
     planned_at       TIMESTAMPTZ NOT NULL,
-    summary          JSON NOT NULL          -- counts per type, status and reason
+    summary          JSON NOT NULL,         -- counts per type, status and reason
+    site             JSON                   -- (17) the site profile: name, sha256, existing target references
 );
 
 CREATE TABLE IF NOT EXISTS ops.backload_plan (
@@ -390,13 +392,15 @@ CREATE TABLE IF NOT EXISTS ops.backload_plan (
     seq              INTEGER NOT NULL,      -- send order: dependencies first
     resource_type    VARCHAR NOT NULL,
     warehouse_id     VARCHAR NOT NULL,
-    status           VARCHAR NOT NULL,      -- send, not_sendable, unchanged
-    step             VARCHAR NOT NULL,      -- create, update, none
+    status           VARCHAR NOT NULL,      -- send, not_sendable, unchanged, merged, mapped
+    step             VARCHAR NOT NULL,      -- create, update, patch, none
     reason           VARCHAR,               -- schemas/reason_codes.json (not_sendable)
     detail           VARCHAR,               -- element names, never values
     content_sha256   VARCHAR,
     body             JSON,                  -- the request body, references still to warehouse ids
-    deferred         JSON                   -- elements left out of a create and sent by the later update
+    deferred         JSON,                  -- elements left out of a create and sent by the later update
+    site_changes     JSON,                  -- (17) {"dropped": [...], "defaulted": [...]} element names
+    server_id        VARCHAR                -- (17) status mapped: the target's existing resource (a Location)
 );
 
 -- warehouse id -> server id per target; read by whatever needs the target's id of a resource.

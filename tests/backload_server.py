@@ -74,7 +74,15 @@ class FhirServer:
         return httpx.post(f"{self.base}/__faults", json=settings).json()
 
     def writes(self) -> int:
-        return httpx.get(f"{self.base}/__stats").json()["writes"]
+        return self.stats()["writes"]
+
+    def stats(self) -> dict:
+        """writes: successful writes; maxInflight: the most write requests in flight at once."""
+        return httpx.get(f"{self.base}/__stats").json()
+
+    def seed(self, resources: list[dict]) -> list[str]:
+        """Store resources as the tenant's own records (no write rules): their server ids."""
+        return httpx.post(f"{self.base}/__seed", json={"resources": resources}).json()["ids"]
 
     def search(self, path: str) -> list[dict]:
         """Every resource a search finds (following next links)."""

@@ -1,4 +1,4 @@
-"""The backload DAG: clean import, plan -> send wiring, the pool that bounds senders; its task functions."""
+"""The backload DAG: clean import, plan -> send wiring, the pool that bounds requests; its task functions."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ print(json.dumps({
     "tasks": sorted(t.task_id for t in dag.tasks),
     "upstream_of_send": sorted(dag.get_task("send").upstream_task_ids),
     "pool": dag.get_task("send").pool,
+    "pool_slots": dag.get_task("send").pool_slots,
+    "concurrency_max": dag.params.get_param("concurrency").schema["maximum"],
     "hl7_pool": dag.get_task("send_hl7").pool,
     "upstream_of_hl7": sorted(dag.get_task("send_hl7").upstream_task_ids),
     "plan_retries": dag.get_task("plan").retries,
@@ -48,6 +50,8 @@ print(json.dumps({
         "tasks": ["plan", "send", "send_hl7"],
         "upstream_of_send": ["plan", "send_hl7"],
         "pool": "ehrlift_backload",
+        "pool_slots": 4,  # = SEND_SLOTS: the most requests the send task has in flight
+        "concurrency_max": 4,
         "hl7_pool": "ehrlift_hl7",
         "upstream_of_hl7": ["plan"],
         "plan_retries": 0,
@@ -79,3 +83,21 @@ def test_task_functions_plan_and_send(tmp_path: Path):
         assert sent["created"] == 2 and len(server.search("Patient")) == 2
         assert server.writes() == 1  # one transaction Bundle
         assert stages.backload_send(planned, params) == {"plan_id": planned["plan_id"], "planned_writes": 2}
+
+
+def test_requests_in_flight_never_exceed_the_pool_slots_the_task_holds(tmp_path: Path):
+    """The pool bounds requests: a run asking for 16 at once with 2 slots has at most 2 writes in flight."""
+    patients = [patient(f"p{n}", f"M{n}") for n in range(24)]
+    wh = build_warehouse(tmp_path / "w.duckdb", patients)
+    planned = stages.backload_plan({"warehouse": str(wh), "profile": "millennium-r4"})
+    with FhirServer("millennium") as server:
+        server.faults(delayMs=40)  # slow writes, so the sender would overlap as many as it may
+        params = {"server": server.base, "concurrency": 16, "no_auth": True}
+        assert stages.backload_send(planned, params, 2)["created"] == 24
+        assert server.stats()["maxInflight"] == 2
+    wh2 = build_warehouse(tmp_path / "w2.duckdb", patients)
+    planned = stages.backload_plan({"warehouse": str(wh2), "profile": "millennium-r4"})
+    with FhirServer("millennium") as server:
+        server.faults(delayMs=40)
+        assert stages.backload_send(planned, {**params, "server": server.base}, 6)["created"] == 24
+        assert server.stats()["maxInflight"] == 6  # the bound is the slots, not a fixed limit

@@ -36,6 +36,12 @@ def add_commands(sub: Any) -> None:
         "--override-gate", action="store_true", help="plan a run the gate blocked (needs --reason)"
     )
     plan.add_argument("--reason", default=None, help="why the gate is overridden (recorded with the plan)")
+    plan.add_argument(
+        "--site",
+        type=Path,
+        default=None,
+        help="site profile (JSON): elements to drop, defaults, Location map; none by default",
+    )
     plan.set_defaults(func=_cmd_plan)
 
     send = bsub.add_parser("send", parents=[warehouse], help="write the latest plan to a FHIR R4 server")
@@ -67,12 +73,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.reason and not args.override_gate:
         raise ConfigError("--reason goes with --override-gate")
     result = plan_backload(
-        args.warehouse, args.profile, args.out, args.reason if args.override_gate else None
+        args.warehouse, args.profile, args.out, args.reason if args.override_gate else None, args.site
     )
     table = Table("type", "status", "reason", "count", title=f"plan {result.plan_id} (run {result.run_id})")
     for row in result.summary["rows"]:
         table.add_row(row["resource_type"], row["status"], row["reason"] or "", str(row["count"]))
     out.print(table)
+    changes = result.summary.get("site_changes") or []
+    if changes:
+        site = Table("type", "site change", "element", "count", title="site profile opt-ins")
+        for row in changes:
+            site.add_row(row["resource_type"], row["change"], row["element"], str(row["count"]))
+        out.print(site)
     out.print(f"plan files: {result.folder}")
     return 0
 
@@ -108,6 +120,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for row in [*status["types"], {"resource_type": "total", **status["totals"]}]:
         table.add_row(row["resource_type"], *(str(row[k]) for k in STATUS_COLUMNS))
     out.print(table)
+    if status["site_changes"]:
+        site = Table("type", "site change", "element", "count", title="site profile opt-ins")
+        for row in status["site_changes"]:
+            site.add_row(row["resource_type"], row["change"], row["element"], str(row["count"]))
+        out.print(site)
     pending = status["totals"]["pending"]
     tail = f"; {pending} write(s) pending: run `ehrlift backload send` again" if pending else ""
     out.print("reconciles: " + ("yes" if status["reconciles"] else "NO") + tail)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +31,7 @@ class RetryPolicy:
 class Answer:
     status: int
     body: Any  # parsed JSON, or None
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # case-insensitive (httpx.Headers): .get("location"), .get("etag")
     attempts: int
     issue_codes: list[str] = field(default_factory=list)
 
@@ -67,6 +68,8 @@ class Target:
         self.client = httpx.Client(
             timeout=self.policy.timeout,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            # Plain HTTP is allowed only to loopback (require_secure): no TLS, so no CA bundle to load.
+            verify=urlsplit(self.base).scheme == "https",
         )
         self.attempts = 0
         self._lock = threading.Lock()
@@ -104,7 +107,8 @@ class Target:
             wait=_wait(self.policy),
             reraise=True,
         )
-        content = orjson.dumps(body) if body is not None else None
+        # A prepared body arrives as bytes (serialized once, when the plan was loaded).
+        content = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
         for attempt in retrying:
             with attempt:
                 answer = self._once(method, path, content, headers)
@@ -151,7 +155,7 @@ def _answer(response: httpx.Response) -> Answer:
         codes = sorted(
             {str(i.get("code")) for i in body.get("issue") or [] if isinstance(i, dict) and i.get("code")}
         )
-    return Answer(response.status_code, body, {k.lower(): v for k, v in response.headers.items()}, 0, codes)
+    return Answer(response.status_code, body, response.headers, 0, codes)
 
 
 class _wait(tenacity.wait.wait_base):

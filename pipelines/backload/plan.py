@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import orjson
 
-from pipelines.backload.checks import check_resource, references
+from pipelines.backload.checks import check_resource, references, rewrite_references
+from pipelines.backload.patch import not_patchable
 from pipelines.backload.profiles import TargetProfile
+from pipelines.backload.site import Site
 from pipelines.common.reasons import check_reason
 from pipelines.common.warehouse import resource_tables
 from terminology.target_codings import codings_for_target
 
 SEND, NOT_SENDABLE, UNCHANGED = "send", "not_sendable", "unchanged"
+MERGED = "merged"  # a source Patient whose person is sent as one surviving Patient (ops.person_map)
+MAPPED = "mapped"  # a source Location (or Practitioner) the site maps to a record the target already has
+# Refusals of a change to a resource the target already has: what refers to it still resolves.
+ON_SERVER_ANYWAY = ("backload_update_not_supported", "backload_change_not_patchable")
 
 
 @dataclass
@@ -33,6 +39,8 @@ class Entry:
     deferred: list[str] = field(default_factory=list)  # references left out of the create, sent by an update
     seq: int = 0
     followup: bool = False  # the update that completes a create made without its cycle-closing references
+    changes: dict[str, list[str]] = field(default_factory=dict)  # site opt-ins: dropped/defaulted elements
+    server_id: str | None = None  # status mapped: the target's existing resource
 
     @property
     def key(self) -> str:
@@ -45,6 +53,7 @@ class Entry:
             check_reason(reason, "not_sendable"),
             detail,
         )
+        self.changes = {}  # nothing of it is sent, so nothing was dropped or filled
 
 
 def stored_resources(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[str, str, dict[str, Any], bool]]:
@@ -60,22 +69,58 @@ def content_sha(body: dict[str, Any]) -> str:
 
 
 def build_plan(
-    con: duckdb.DuckDBPyConnection, target: TargetProfile, sent: dict[str, str] | None = None
+    con: duckdb.DuckDBPyConnection,
+    target: TargetProfile,
+    sent: dict[str, str] | None = None,
+    previous: Callable[[str], dict[str, Any] | None] | None = None,
+    site: Site | None = None,
 ) -> list[Entry]:
     """The writes in dependency order, then not_sendable and unchanged entries (same warehouse, same plan).
 
-    sent maps "Type/warehouse id" to the content hash already on the server (ops.backload_ids)."""
+    sent maps "Type/warehouse id" to the content hash already on the server (ops.backload_ids); previous
+    gives the body last sent for a key (a JSON Patch is the difference between it and the new body).
+    With a person map (the identity stage), one Patient per person is sent and every reference to a source
+    Patient points at it; a site profile drops, fills and maps what it opted into (recorded per entry)."""
     sent = sent or {}
+    site = site or Site("", target.name)
+    person_of, records = persons(con)
+    located = mapped_records(con, site)
+    existing = set(site.existing)
+
+    def repoint(ref: str) -> str:
+        rtype, _, rid = ref.partition("/")
+        if rtype == "Patient" and rid in person_of:
+            return f"Patient/{person_of[rid]}"
+        if ref in located:
+            return f"{rtype}/{located[ref]}"
+        return ref
+
     entries: dict[str, Entry] = {}
     refs: dict[str, list[tuple[str, str]]] = {}  # key -> [(element path, "Type/id")]
     for rtype, rid, resource, stand_in in stored_resources(con):
         entry = Entry(rtype, rid)
         entries[entry.key] = entry
+        if rtype == "Patient" and person_of.get(rid, rid) != rid:
+            entry.status, entry.step = MERGED, "none"
+            entry.reason = check_reason("backload_merged_into_person", MERGED)
+            continue
+        if entry.key in located:
+            entry.status, entry.step, entry.server_id = MAPPED, "none", located[entry.key]
+            continue
+        if rtype == "Location" and "Location" in site.records and not target.rule(rtype):
+            entry.refuse("backload_location_unmapped")
+            continue
         if stand_in and not target.send_stand_ins:
             entry.refuse("backload_stand_in")
             continue
+        if rtype == "Patient" and rid in records:
+            # The person record: every source's identifiers; its links name source Patients never sent.
+            resource = {k: v for k, v in records[rid].items() if k != "link"}
         body = {k: v for k, v in resource.items() if k not in target.server_managed}
+        if person_of or located:
+            body = rewrite_references(body, repoint)
         body, _text_only = codings_for_target(body, target.codings)
+        body, entry.changes = site.apply(rtype, body, target)
         problem = check_resource(rtype, resource, body, target)
         if problem:
             entry.refuse(*problem)
@@ -83,23 +128,77 @@ def build_plan(
         entry.body = body
         entry.content_sha256 = content_sha(body)
         refs[entry.key] = references(body)
-        previous = sent.get(entry.key)
-        if previous == entry.content_sha256:
+        before = sent.get(entry.key)
+        if before == entry.content_sha256:
             entry.status, entry.step = UNCHANGED, "none"
-        elif previous is not None:
-            rule = target.rule(rtype)
-            if rule is None or "update" not in rule.interactions:
-                entry.refuse("backload_update_not_supported", "update")
-            else:
-                entry.step = "update"
+        elif before is not None:
+            _change(entry, body, target, previous)
     while True:
-        _refuse_broken_references(entries, refs)
+        _refuse_broken_references(entries, refs, existing)
         ordered = _order(entries, refs, target)
         if ordered is not None:
             return ordered
 
 
-def _refuse_broken_references(entries: dict[str, Entry], refs: dict[str, list[tuple[str, str]]]) -> None:
+def _change(
+    entry: Entry,
+    body: dict[str, Any],
+    target: TargetProfile,
+    previous: Callable[[str], dict[str, Any] | None] | None,
+) -> None:
+    """A resource changed since it was sent: PUT where the type has update, else a JSON Patch of the
+    documented operations (refused, naming the elements, when the change needs one that is not documented)."""
+    rule = target.rule(entry.resource_type)
+    if rule is not None and "update" in rule.interactions:
+        entry.step = "update"
+        return
+    if rule is None or rule.patch is None or "patch" not in rule.interactions:
+        entry.refuse("backload_update_not_supported", "update")
+        return
+    old = previous(entry.key) if previous else None
+    if old is None:  # the body sent before is not in any stored plan: nothing to take the difference from
+        entry.refuse("backload_update_not_supported", "patch")
+        return
+    refused = not_patchable(old, body, rule.patch)
+    if refused:
+        entry.refuse("backload_change_not_patchable", ", ".join(refused))
+    else:
+        entry.step = "patch"
+
+
+def persons(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """(source Patient id -> person id, person id -> person record) from the identity stage, else empty."""
+    tables = {
+        t
+        for (t,) in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = 'ops' AND table_name IN ('person_map', 'person_records')"
+        ).fetchall()
+    }
+    if tables != {"person_map", "person_records"}:
+        return {}, {}
+    person_of = dict(con.execute("SELECT patient_id, person_id FROM ops.person_map").fetchall())
+    rows = con.execute("SELECT person_id, resource FROM ops.person_records").fetchall()
+    return person_of, {p: orjson.loads(r) for p, r in rows}
+
+
+def mapped_records(con: duckdb.DuckDBPyConnection, site: Site) -> dict[str, str]:
+    """ "Type/warehouse id" -> the target's id, for every source record the site maps to an existing one."""
+    out = {}
+    tables = set(resource_tables(con))
+    for rtype in sorted(site.records):
+        if rtype not in tables:
+            continue
+        for rid, text in con.execute(f'SELECT id, resource FROM fhir."{rtype}" ORDER BY id').fetchall():
+            found = site.existing_id(rtype, rid, orjson.loads(text))
+            if found:
+                out[f"{rtype}/{rid}"] = found
+    return out
+
+
+def _refuse_broken_references(
+    entries: dict[str, Entry], refs: dict[str, list[tuple[str, str]]], existing: set[str]
+) -> None:
     # To a fixpoint: refusing one resource can leave another pointing at something that will not exist.
     changed = True
     while changed:
@@ -108,7 +207,9 @@ def _refuse_broken_references(entries: dict[str, Entry], refs: dict[str, list[tu
             entry = entries[key]
             if entry.status == NOT_SENDABLE:
                 continue
-            bad = sorted({path for path, ref in pointers if not _on_server(entries.get(ref))})
+            bad = sorted(
+                {p for p, ref in pointers if ref not in existing and not _on_server(entries.get(ref))}
+            )
             if bad:
                 entry.refuse("backload_reference_not_sendable", ", ".join(bad))
                 changed = True
@@ -116,9 +217,9 @@ def _refuse_broken_references(entries: dict[str, Entry], refs: dict[str, list[tu
 
 def _on_server(entry: Entry | None) -> bool:
     """Will the target have this resource (sent now, or already there from an earlier send)?"""
-    if entry is None:
+    if entry is None or entry.status == MERGED:
         return False
-    return entry.status != NOT_SENDABLE or entry.reason == "backload_update_not_supported"
+    return entry.status != NOT_SENDABLE or entry.reason in ON_SERVER_ANYWAY
 
 
 def _order(

@@ -24,6 +24,7 @@ class TypeRule:
     categories: frozenset[str] | None
     max_categories: int | None
     match: dict[str, str] | None  # search parameter -> element, to find an in-doubt create on the server
+    patch: tuple[tuple[str, str], ...] | None = None  # documented JSON Patch (op, path) pairs
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TargetProfile:
     default_interactions: tuple[str, ...]
     send_stand_ins: bool  # reference-only stand-ins written as they are (else not_sendable)
     sha256: str
+    conflict_retries: int = 3  # re-reads after a 412 (version conflict) before the write is failed
 
     def rule(self, resource_type: str) -> TypeRule | None:
         if self.types is None:
@@ -82,6 +84,7 @@ def target_profile(name: str) -> TargetProfile:
                 frozenset(r["categories"]) if "categories" in r else None,
                 r.get("max_categories"),
                 r.get("match"),
+                tuple((op, path) for op, path in r["patch"]["operations"]) if "patch" in r else None,
             )
             for t, r in data["types"].items()
         }
@@ -99,4 +102,5 @@ def target_profile(name: str) -> TargetProfile:
         default_interactions=tuple(data.get("default_interactions", ("create", "update"))),
         send_stand_ins=bool(data.get("send_stand_ins")),
         sha256=hashlib.sha256(raw).hexdigest(),
+        conflict_retries=int(data.get("conflict_retries", 3)),
     )

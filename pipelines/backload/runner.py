@@ -5,24 +5,43 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 
 from pipelines.backload.client import RetryPolicy, Target, capability
-from pipelines.backload.plan import build_plan
+from pipelines.backload.plan import Entry, build_plan
 from pipelines.backload.profiles import target_profile
 from pipelines.backload.send import SendOptions, SendResult, send_plan
-from pipelines.backload.store import latest_plan, save_plan, sent_hashes, source_run, write_plan_files
+from pipelines.backload.site import load_site
+from pipelines.backload.store import (
+    latest_plan,
+    save_plan,
+    sent_bodies,
+    sent_hashes,
+    source_run,
+    write_plan_files,
+)
 from pipelines.common.config import DEFAULT_DATA_DIR
 from pipelines.common.errors import ConfigError
 from pipelines.common.warehouse import open_warehouse
 from pipelines.export.auth import BackendAuth, load_signing_key
 
 log = logging.getLogger(__name__)
-STATUS_COLUMNS = ("planned", "created", "updated", "unchanged", "failed", "not_sendable", "pending")
+STATUS_COLUMNS = (
+    "planned",
+    "created",
+    "updated",
+    "unchanged",
+    "failed",
+    "not_sendable",
+    "merged",
+    "mapped",
+    "pending",
+)
 
 
 @dataclass(frozen=True)
@@ -31,21 +50,32 @@ class PlanOutcome:
     run_id: str
     summary: dict[str, Any]
     folder: Path
+    entries: list[Entry] = field(default_factory=list, compare=False, repr=False)
 
 
 def plan_backload(
-    warehouse: Path, profile: str, out: Path | None = None, override_reason: str | None = None
+    warehouse: Path,
+    profile: str,
+    out: Path | None = None,
+    override_reason: str | None = None,
+    site_file: Path | None = None,
 ) -> PlanOutcome:
-    """Build, store and write the plan for the latest succeeded run (a blocked run only with a reason)."""
+    """Build, store and write the plan for the latest succeeded run (a blocked run only with a reason);
+    site_file: the site's opt-ins (drops, defaults, Location map), none by default."""
     target = target_profile(profile)
+    site = load_site(Path(site_file), target) if site_file else None
     with open_warehouse(warehouse) as con:
         run_id = source_run(con, override_reason)
-        entries = build_plan(con, target, sent_hashes(con, target.name))
-        plan_id, summary = save_plan(con, target.name, target.sha256, run_id, entries, override_reason)
+        sent = sent_hashes(con, target.name)
+        entries = build_plan(con, target, sent, sent_bodies(con, target.name, sent), site)
+        record = site.record() if site else None
+        plan_id, summary = save_plan(
+            con, target.name, target.sha256, run_id, entries, override_reason, record
+        )
     folder = write_plan_files(out or Path(warehouse).parent / "backload" / target.name, plan_id, target.name,
                               run_id, entries, summary)  # fmt: skip
     log.info("back-load plan %s: %s", plan_id, summary["totals"])
-    return PlanOutcome(plan_id, run_id, summary, folder)
+    return PlanOutcome(plan_id, run_id, summary, folder, entries)
 
 
 @dataclass(frozen=True)
@@ -107,19 +137,23 @@ def plan_status(con: duckdb.DuckDBPyConnection, plan_id: str) -> dict[str, Any]:
                 QUALIFY row_number() OVER (PARTITION BY seq ORDER BY recorded_at DESC,
                     CASE state WHEN 'intent' THEN 1 ELSE 0 END) = 1
             ), steps AS (
-                SELECT p.resource_type, p.warehouse_id, p.status, p.step, p.reason, l.state
+                SELECT p.resource_type, p.warehouse_id, p.status, p.step, p.reason, l.state, p.site_changes
                 FROM ops.backload_plan p LEFT JOIN last l USING (seq) WHERE p.plan_id = $plan
             )
-            SELECT resource_type, warehouse_id, any_value(status), list(step), list(state), any_value(reason)
+            SELECT resource_type, warehouse_id, any_value(status), list(step), list(state), any_value(reason),
+                any_value(site_changes)
             FROM steps GROUP BY resource_type, warehouse_id
             """,
         {"plan": plan_id},
     ).fetchall()
     per: dict[str, Counter[str]] = {}
     reasons: Counter[tuple[str, str]] = Counter()
-    for rtype, _wid, status, steps, states, reason in rows:
+    changed: Counter[tuple[str, str, str]] = Counter()
+    for rtype, _wid, status, steps, states, reason, site_changes in rows:
         c = per.setdefault(rtype, Counter())
         c["planned"] += 1
+        for kind, elements in orjson.loads(site_changes).items() if site_changes else ():
+            changed.update((rtype, kind, e) for e in elements)
         if status != "send":
             c[status] += 1
             if reason:
@@ -127,7 +161,7 @@ def plan_status(con: duckdb.DuckDBPyConnection, plan_id: str) -> dict[str, Any]:
         elif "failed" in states:
             c["failed"] += 1
         elif all(s in ("created", "updated", "resolved") for s in states):
-            c["updated" if steps == ["update"] else "created"] += 1
+            c["created" if "create" in steps else "updated"] += 1
         else:
             c["pending"] += 1
     types = [{"resource_type": t, **{k: per[t][k] for k in STATUS_COLUMNS}} for t in sorted(per)]
@@ -137,6 +171,11 @@ def plan_status(con: duckdb.DuckDBPyConnection, plan_id: str) -> dict[str, Any]:
         "types": types,
         "totals": totals,
         "reasons": [{"resource_type": t, "reason": r, "count": n} for (t, r), n in sorted(reasons.items())],
+        # Elements a site profile let go (dropped) or filled (defaulted): counted, never silently lost.
+        "site_changes": [
+            {"resource_type": t, "change": k, "element": e, "count": n}
+            for (t, k, e), n in sorted(changed.items())
+        ],
         "reconciles": reconciles,
         "complete": totals["pending"] == 0,
     }
@@ -162,8 +201,13 @@ def plan_from_params(params: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def send_from_params(plan: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
-    """Send the plan the plan task made; credentials come from the environment, never from params."""
+def send_from_params(
+    plan: dict[str, Any], params: dict[str, Any] | None, slots: int | None = None
+) -> dict[str, Any]:
+    """Send the plan the plan task made; credentials come from the environment, never from params.
+
+    slots: the Airflow pool slots the task holds. Requests in flight never exceed them, so the pool bounds
+    requests to the target, whatever concurrency a run asks for."""
     server = _param(params, "server", "EHRLIFT_BACKLOAD_SERVER")
     if not server:
         raise ConfigError("no target server", hint="set the DAG param server or EHRLIFT_BACKLOAD_SERVER")
@@ -175,6 +219,8 @@ def send_from_params(plan: dict[str, Any], params: dict[str, Any] | None) -> dic
         no_auth=bool((params or {}).get("no_auth")),
     )
     concurrency = int(_param(params, "concurrency", "EHRLIFT_BACKLOAD_CONCURRENCY", 4))
+    if slots is not None:
+        concurrency = max(1, min(concurrency, slots))
     options = SendOptions(concurrency=concurrency, dry_run=bool((params or {}).get("dry_run")))
     result = send_backload(Path(plan["warehouse"]), plan["profile"], server, auth, options)
     return result.to_dict()

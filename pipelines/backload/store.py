@@ -44,6 +44,22 @@ def sent_hashes(con: duckdb.DuckDBPyConnection, target: str) -> dict[str, str]:
     return {f"{t}/{w}": sha for t, w, sha in rows if sha}
 
 
+def sent_bodies(con: duckdb.DuckDBPyConnection, target: str, sent: dict[str, str]) -> Any:
+    """A function giving the body last sent for "Type/id" (from the plan that carried it), or None."""
+
+    def body(key: str) -> dict[str, Any] | None:
+        rtype, wid = key.split("/", 1)
+        row = con.execute(
+            "SELECT p.body FROM ops.backload_plan p JOIN ops.backload_plans s USING (plan_id) "
+            "WHERE s.target = ? AND p.resource_type = ? AND p.warehouse_id = ? AND p.content_sha256 = ? "
+            "AND p.status = 'send' AND p.deferred IS NULL AND p.body IS NOT NULL LIMIT 1",
+            [target, rtype, wid, sent.get(key)],
+        ).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    return body
+
+
 def summarize(entries: list[Entry]) -> dict[str, Any]:
     """Counts per type, status and reason: what the report shows (no ids, no values)."""
     per: Counter[tuple[str, str, str]] = Counter()
@@ -58,19 +74,35 @@ def summarize(entries: list[Entry]) -> dict[str, Any]:
     totals: Counter[str] = Counter()
     for r in rows:
         totals[r["status"]] += r["count"]
-    return {
+    changed: Counter[tuple[str, str, str]] = Counter(
+        (e.resource_type, kind, element)
+        for e in entries
+        if not e.followup
+        for kind, elements in e.changes.items()
+        for element in elements
+    )
+    out = {
         "rows": rows,
         "totals": dict(sorted(totals.items())),
         "writes": sum(1 for e in entries if e.status == "send"),
     }
+    if changed:  # only with a site profile, so plans without one keep their exact summary
+        out["site_changes"] = [
+            {"resource_type": t, "change": k, "element": el, "count": n}
+            for (t, k, el), n in sorted(changed.items())
+        ]
+    return out
 
 
-def plan_id_of(target: str, entries: list[Entry]) -> str:
+def plan_id_of(target: str, entries: list[Entry], site: dict[str, Any] | None = None) -> str:
     h = hashlib.sha256(target.encode())
+    if site:
+        h.update(orjson.dumps(site, option=orjson.OPT_SORT_KEYS))
     for e in entries:
-        h.update(
-            orjson.dumps([e.seq, e.key, e.status, e.step, e.reason, e.detail, e.content_sha256, e.deferred])
-        )
+        row = [e.seq, e.key, e.status, e.step, e.reason, e.detail, e.content_sha256, e.deferred]
+        if e.changes or e.server_id:
+            row += [e.changes, e.server_id]
+        h.update(orjson.dumps(row, option=orjson.OPT_SORT_KEYS))
     return h.hexdigest()[:16]
 
 
@@ -81,19 +113,31 @@ def save_plan(
     run_id: str,
     entries: list[Entry],
     override_reason: str | None,
+    site: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Store the plan (a re-plan of the same warehouse replaces the identical plan, never doubles it)."""
-    plan_id = plan_id_of(target, entries)
+    plan_id = plan_id_of(target, entries, site)
     summary = summarize(entries)
     with transaction(con):
         con.execute("DELETE FROM ops.backload_plan WHERE plan_id = ?", [plan_id])
         con.execute("DELETE FROM ops.backload_plans WHERE plan_id = ?", [plan_id])
         con.execute(
-            "INSERT INTO ops.backload_plans VALUES (?, ?, ?, ?, ?, now(), ?)",
-            [plan_id, target, profile_sha, run_id, override_reason, orjson.dumps(summary).decode()],
+            "INSERT INTO ops.backload_plans (plan_id, target, profile_sha256, run_id, override_reason, "
+            "planned_at, summary, site) VALUES (?, ?, ?, ?, ?, now(), ?, ?)",
+            [
+                plan_id,
+                target,
+                profile_sha,
+                run_id,
+                override_reason,
+                orjson.dumps(summary).decode(),
+                orjson.dumps(site).decode() if site else None,
+            ],
         )
         con.executemany(
-            "INSERT INTO ops.backload_plan VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO ops.backload_plan (plan_id, seq, resource_type, warehouse_id, status, step, reason, "
+            "detail, content_sha256, body, deferred, site_changes, server_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     plan_id,
@@ -107,6 +151,8 @@ def save_plan(
                     e.content_sha256,
                     orjson.dumps(e.body).decode() if e.body is not None else None,
                     orjson.dumps(e.deferred).decode() if e.deferred else None,
+                    orjson.dumps(e.changes).decode() if e.changes else None,
+                    e.server_id,
                 )
                 for e in entries
             ],
@@ -124,6 +170,8 @@ def write_plan_files(
     lines = [
         orjson.dumps(
             {
+                **({"site_changes": e.changes} if e.changes else {}),
+                **({"server_id": e.server_id} if e.server_id else {}),
                 "seq": e.seq,
                 "resource_type": e.resource_type,
                 "warehouse_id": e.warehouse_id,

@@ -11,13 +11,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from pipelines.backload.checks import rewrite_references
+import orjson
+
+from pipelines.backload.checks import references, rewrite_references
 from pipelines.backload.client import AMBIGUOUS, NOT_SENT, Answer, Target, Transient
+from pipelines.backload.patch import operations_for
 from pipelines.backload.profiles import TargetProfile
 
 TAG_SYSTEM = "urn:ehrlift:backload"  # generic targets: an opaque tag makes every create conditional
 _LOCATION = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/([^/]+))?/?$")
 CLOCK_SKEW = timedelta(minutes=5)
+JSON_PATCH = "application/json-patch+json"
+CHANGES = ("update", "patch")
 
 
 @dataclass
@@ -29,6 +34,8 @@ class Item:
     body: dict[str, Any]
     content_sha256: str
     deps: frozenset[str]
+    previous: dict[str, Any] | None = None  # a patch: the body sent before (references to warehouse ids)
+    raw: bytes | None = None  # a plain create's body as sent, references still to warehouse ids (see fill)
 
     @property
     def key(self) -> str:
@@ -55,7 +62,7 @@ def prepared(
 ) -> dict:
     body = rewrite_references(item.body, resolve)
     body["resourceType"] = item.resource_type
-    if item.step == "update" and server_id:
+    if item.step in CHANGES and server_id:
         body["id"] = server_id
     if profile.conditional_create and item.step == "create":
         meta = dict(body.get("meta") or {})
@@ -67,26 +74,119 @@ def prepared(
     return body
 
 
+def _resolver(ids: dict[str, tuple[str, str | None]]) -> Callable[[str], str]:
+    return lambda ref: f"{ref.split('/')[0]}/{ids[ref][0]}" if ref in ids else ref
+
+
+def prepare_raw(
+    item: Item, profile: TargetProfile, stored: str | None = None, found: list[tuple[str, str]] | None = None
+) -> None:
+    """Serialize a plain create once: at send time only its references are replaced, in the bytes (orjson
+    writes `"reference":"Type/id"` exactly so, and a quoted reference cannot be part of another). The plan's
+    stored body text is those bytes already when every reference in it is relative."""
+    if item.step != "create" or profile.conditional_create:
+        return
+    if (
+        stored is not None
+        and item.body.get("resourceType") == item.resource_type
+        and "contained" not in item.body
+    ):
+        raw = stored.encode()
+        found = references(item.body) if found is None else found
+        if len(found) == sum(raw.count(b'"reference":"' + r.encode() + b'"') for r in {r for _p, r in found}):
+            item.raw = raw
+            return
+    item.body = rewrite_references(item.body, lambda ref: ref)  # every reference in its relative form
+    item.raw = orjson.dumps({**item.body, "resourceType": item.resource_type})
+
+
+def fill(item: Item, ids: dict[str, tuple[str, str | None]]) -> bytes:
+    raw = item.raw or b""
+    for ref in item.deps:
+        if ref in ids:
+            rtype = ref.split("/", 1)[0]
+            raw = raw.replace(
+                b'"reference":"' + ref.encode() + b'"', f'"reference":"{rtype}/{ids[ref][0]}"'.encode()
+            )
+    return raw
+
+
 def send_one(
     target: Target, profile: TargetProfile, item: Item, ids: dict[str, tuple[str, str | None]]
 ) -> Outcome:
-    """POST (create) or PUT (update) one resource, references rewritten to server ids."""
-    server_id = ids.get(item.key, (None, None))[0]
-    body = prepared(item, profile, lambda ref: f"{ref.split('/')[0]}/{ids[ref][0]}", server_id)
+    """POST (create), PUT (update) or PATCH one resource, references rewritten to server ids."""
+    server_id, version = ids.get(item.key, (None, None))
+    if item.step in CHANGES and server_id:
+        return send_change(target, profile, item, ids, server_id, version)
+    body: Any = (
+        fill(item, ids) if item.raw is not None else prepared(item, profile, _resolver(ids), server_id)
+    )
     headers = None
     if profile.conditional_create and item.step == "create":
         headers = {"If-None-Exist": f"_tag={TAG_SYSTEM}|{tag_value(profile.name, item.key)}"}
     try:
-        if item.step == "update" and server_id:
-            answer = target.request("PUT", f"{item.resource_type}/{server_id}", body)
-        else:
-            answer = target.request("POST", item.resource_type, body, headers, idempotent=headers is not None)
+        answer = target.request("POST", item.resource_type, body, headers, idempotent=headers is not None)
     except Transient as exc:
         if exc.status == AMBIGUOUS and item.step == "create":
             # The server may have created it: a later run finds it by search before writing again.
             return Outcome(item, "in_doubt", None, ["timeout"], 0)
         return _exhausted(item, exc)
     return _outcome(item, answer.status, answer, answer.headers.get("location"), answer.body)
+
+
+def send_change(
+    target: Target,
+    profile: TargetProfile,
+    item: Item,
+    ids: dict[str, tuple[str, str | None]],
+    server_id: str,
+    version: str | None,
+) -> Outcome:
+    """PUT or JSON Patch with If-Match: the version last recorded, then after each 412 (someone changed the
+    resource on the server since) the version re-read, and for a patch the operations taken again against
+    the server's current copy; after conflict_retries re-reads the write fails as a version conflict."""
+    path = f"{item.resource_type}/{server_id}"
+    body = prepared(item, profile, _resolver(ids), server_id)
+    rule = profile.rule(item.resource_type)
+    attempts = 0
+    try:
+        for _ in range(profile.conflict_retries + 1):
+            current: dict[str, Any] | None = None
+            if item.step == "patch" or version is None:  # a patch is located on the server's current copy
+                read = target.request("GET", path)
+                attempts += read.attempts
+                if read.status != 200 or not isinstance(read.body, dict):
+                    return _outcome(item, read.status if read.status >= 300 else 502, read, None, None)
+                current = read.body
+                version = version or _version(read)
+            match = {"If-Match": f'W/"{version}"'} if version else {}
+            if item.step == "patch":
+                assert rule is not None and rule.patch is not None and current is not None
+                old = rewrite_references(item.previous or {}, _resolver(ids))
+                ops = operations_for(old, body, current, rule.patch)
+                if not ops:  # the server already holds the change
+                    return Outcome(item, "updated", 200, [], attempts, server_id, _version_of(current))
+                answer = target.request("PATCH", path, ops, {**match, "Content-Type": JSON_PATCH})
+            else:
+                answer = target.request("PUT", path, body, match)
+            attempts += answer.attempts
+            if answer.status != 412:
+                got = _outcome(item, answer.status, answer, None, answer.body, server_id)
+                got.attempts = attempts
+                return got
+            version = None  # re-read
+    except Transient as exc:
+        return _exhausted(item, exc)
+    return Outcome(item, "failed", 412, ["version-conflict"], attempts)
+
+
+def _version_of(resource: dict[str, Any]) -> str | None:
+    return (resource.get("meta") or {}).get("versionId")
+
+
+def _version(answer: Answer) -> str | None:
+    body = answer.body if isinstance(answer.body, dict) else {}
+    return _version_of(body) or answer.headers.get("etag", "").removeprefix("W/").strip('"') or None
 
 
 def send_chunk(
@@ -102,8 +202,11 @@ def send_chunk(
     for i in items:
         server_id = ids.get(i.key, (None, None))[0]
         body = prepared(i, profile, resolve, server_id)
-        if i.step == "update" and server_id:
+        if i.step in CHANGES and server_id:
             request = {"method": "PUT", "url": f"{i.resource_type}/{server_id}"}
+            version = ids.get(i.key, (None, None))[1]
+            if version:
+                request["ifMatch"] = f'W/"{version}"'  # a 412 fails the chunk: each is then sent alone
         else:
             request = {
                 "method": "POST",
@@ -118,8 +221,9 @@ def send_chunk(
         return [_exhausted(i, exc) for i in items]
     got = answer.body.get("entry") if isinstance(answer.body, dict) else None
     if answer.status >= 300 or not isinstance(got, list) or len(got) != len(items):
-        if 400 <= answer.status < 500 and len(items) > 1:
-            # One refused resource fails the whole transaction: send each alone to learn which.
+        if (400 <= answer.status < 500 and len(items) > 1) or answer.status == 412:
+            # One refused resource fails the whole transaction: send each alone to learn which (and a
+            # version conflict is resolved per resource, by re-reading it).
             return _one_by_one(target, profile, items, ids)
         return [
             _outcome(i, answer.status if answer.status >= 300 else 502, answer, None, None) for i in items
@@ -148,10 +252,13 @@ def _one_by_one(
     return out
 
 
-def _outcome(item: Item, status: int, answer: Answer, location: str | None, body: Any) -> Outcome:
+def _outcome(
+    item: Item, status: int, answer: Answer, location: str | None, body: Any, known_id: str | None = None
+) -> Outcome:
+    """known_id: the server id an update or patch wrote to (Millennium answers those with no body)."""
     if status >= 300 or status < 200:
         return Outcome(item, "failed", status, answer.issue_codes, answer.attempts)
-    server_id, version = None, None
+    server_id, version = known_id, None
     if location:
         m = _LOCATION.search(location.split("?")[0])
         if m:

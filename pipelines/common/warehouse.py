@@ -13,6 +13,7 @@ import duckdb
 from pipelines.common.errors import WarehouseError
 from pipelines.common.paths import shipped
 
+# 17: ops.backload_plan.site_changes and .server_id, ops.backload_plans.site (back-load site opt-ins);
 # 16: ops.run_owners, ops.stage_marks (resuming every stage after a killed run; orphaned runs);
 # 15: ops.retractions (ehrlift retract), ops.gate_overrides (a run's recorded gate override),
 # ops.party_versions (versions of merged people and organizations); 14: ops.report_signoffs (sign-offs of
@@ -21,7 +22,7 @@ from pipelines.common.paths import shipped
 # and feedback; 9: ops.backload_plans, ops.backload_plan, ops.backload_ids, ops.backload_results (back-load);
 # 8: identity tables (identity_links, person_map, ...); 7: ops.stage_batches (merges of staged batches
 # from other workers); 6: ops.run_stages, ops.validation_counts, ops.views_stale
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 STORAGE_VERSION = "v1.0.0"  # DuckDB's storage format for new files: readable by DuckDB 1.0 and later
 RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # also guards table names
 
@@ -113,7 +114,18 @@ def _mark_existing_runs(con: duckdb.DuckDBPyConnection) -> None:
     mark_existing_runs(con)
 
 
-_MIGRATIONS = {2: _add_reference_only, 3: _add_mapping_log_columns, 16: _mark_existing_runs}
+def _add_backload_site_columns(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("ALTER TABLE ops.backload_plan ADD COLUMN IF NOT EXISTS site_changes JSON")
+    con.execute("ALTER TABLE ops.backload_plan ADD COLUMN IF NOT EXISTS server_id VARCHAR")
+    con.execute("ALTER TABLE ops.backload_plans ADD COLUMN IF NOT EXISTS site JSON")
+
+
+_MIGRATIONS = {
+    2: _add_reference_only,
+    3: _add_mapping_log_columns,
+    16: _mark_existing_runs,
+    17: _add_backload_site_columns,
+}
 
 
 def check_version(con: duckdb.DuckDBPyConnection) -> int | None:

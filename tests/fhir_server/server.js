@@ -6,7 +6,11 @@
 // API does for what the profile encodes: per-resource writes only (Bundle POSTs and If-None-Exist refused),
 // server-assigned ids with an empty 201 body and a Location header, 422 OperationOutcomes for unsupported
 // fields, modifier extensions, implicit rules, mixed proprietary/standard codings and Observation
-// categories other than vital signs and laboratory. POST /__faults injects failures for retry tests.
+// categories other than vital signs and laboratory; updates (PUT) and JSON Patches (PATCH) need If-Match with the
+// current version (412 otherwise) and a patch may use only the operations the profile documents (422).
+// POST /__faults injects failures for retry tests; POST /__seed stores resources as the tenant's own records
+// (existing Locations, Organizations) without the write rules; GET /__stats counts writes and the most
+// requests seen in flight at once.
 'use strict';
 
 const http = require('node:http');
@@ -29,7 +33,7 @@ for (const f of SEARCH_PARAMETER_BUNDLE_FILES) indexSearchParameterBundle(readJs
 const router = new FhirRouter();
 const repo = new MemoryRepository();
 const faults = { status: 0, count: 0, retryAfter: null, delayMs: 0, delayCount: -1, garbage: 0 };
-const counts = { writes: 0 };
+const counts = { writes: 0, inflight: 0, maxInflight: 0 };
 
 function outcome(status, code, diagnostics) {
   return [status, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code, diagnostics }] }];
@@ -86,6 +90,22 @@ function millenniumRefusal(type, body, interaction) {
   return null;
 }
 
+// A JSON Patch may use only the operations the profile documents for the type (e.g. patient_patch.yaml).
+function patchRefusal(type, ops) {
+  const rule = profile.types[type];
+  if (!rule || !rule.interactions.includes('patch')) return outcome(405, 'not-supported', 'interaction');
+  if (!Array.isArray(ops)) return outcome(400, 'structure', 'patch body');
+  const documented = (rule.patch && rule.patch.operations) || [];
+  for (const op of ops) {
+    const ok = documented.some(([name, p]) => {
+      const re = new RegExp('^' + p.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{index\}/g, '\\d+') + '$');
+      return name === op.op && re.test(op.path);
+    });
+    if (!ok) return outcome(422, 'business-rule', 'unsupported patch operation ' + op.op + ' ' + op.path);
+  }
+  return null;
+}
+
 function capability() {
   const types = [];
   if (mode === 'millennium') {
@@ -138,7 +158,12 @@ async function handle(req, res, raw) {
     Object.assign(faults, JSON.parse(raw || '{}'));
     return send(res, 200, { faults, writes: counts.writes });
   }
-  if (path === '/__stats') return send(res, 200, { writes: counts.writes });
+  if (path === '/__stats') return send(res, 200, { writes: counts.writes, maxInflight: counts.maxInflight });
+  if (path === '/__seed' && req.method === 'POST') {
+    const made = [];
+    for (const r of JSON.parse(raw).resources) made.push((await repo.createResource(r)).id);
+    return send(res, 200, { ids: made });
+  }
   if (faults.garbage > 0) {
     faults.garbage -= 1;
     res.writeHead(200, { 'content-type': 'text/html' });
@@ -171,9 +196,30 @@ async function handle(req, res, raw) {
     if (parts.length === 0) return send(res, 422, outcome(422, 'not-supported', 'Bundle interactions')[1]);
     if (req.headers['if-none-exist']) return send(res, 422, outcome(422, 'not-supported', 'If-None-Exist')[1]);
     const interaction = req.method === 'POST' ? 'create' : req.method === 'PUT' ? 'update' : 'patch';
-    if (interaction !== 'patch') {
-      const refusal = millenniumRefusal(parts[0], body || {}, interaction);
-      if (refusal) return send(res, refusal[0], refusal[1]);
+    const refusal = interaction === 'patch'
+      ? patchRefusal(parts[0], body)
+      : millenniumRefusal(parts[0], body || {}, interaction);
+    if (refusal) return send(res, refusal[0], refusal[1]);
+  }
+  if ((req.method === 'PUT' || req.method === 'PATCH') && parts.length === 2) {
+    // Millennium answers 412 to an update or patch without the current version in If-Match (appointment.md#update);
+    // a generic server checks it when it is sent (FHIR R4 http.html#concurrency).
+    const match = /"([^"]+)"/.exec(req.headers['if-match'] || '');
+    if (mode === 'millennium' && !match) return send(res, 412, outcome(412, 'conflict', 'If-Match')[1]);
+    if (match) {
+      let current;
+      try {
+        current = await repo.readResource(parts[0], parts[1]);
+      } catch {
+        return send(res, 404, outcome(404, 'not-found', 'resource')[1]);
+      }
+      if (current.meta.versionId !== match[1]) return send(res, 412, outcome(412, 'conflict', 'version')[1]);
+      if (req.method === 'PATCH' && Array.isArray(body)) {
+        // Millennium documents `add /telecom/-` as the way to add a first telecom too; RFC 6902 needs the array.
+        const absent = new Set(body.filter((op) => op.op === 'add' && /^\/[a-zA-Z]+\/-$/.test(op.path))
+          .map((op) => op.path.split('/')[1]).filter((name) => current[name] === undefined));
+        body = [...absent].map((name) => ({ op: 'add', path: '/' + name, value: [] })).concat(body);
+      }
     }
   }
   const query = Object.fromEntries(url.searchParams.entries());
@@ -189,12 +235,18 @@ async function handle(req, res, raw) {
     headers.location = `http://${req.headers.host}/fhir/${resource.resourceType}/${resource.id}/_history/${resource.meta.versionId}`;
     headers.etag = `W/"${resource.meta.versionId}"`;
   }
-  if (mode === 'millennium' && write && status === 201) return send(res, 201, undefined, headers);
+  // Millennium answers a create 201, an update or patch 200, each with an empty body (the ids in the headers).
+  if (mode === 'millennium' && write && status < 300) return send(res, status, undefined, headers);
   return send(res, status, resource || result, headers);
 }
 
 const server = http.createServer((req, res) => {
   const chunks = [];
+  if (req.method !== 'GET' && !req.url.includes('/__')) {  // writes in flight at once (the pool bound test)
+    counts.inflight += 1;
+    counts.maxInflight = Math.max(counts.maxInflight, counts.inflight);
+    res.on('close', () => { counts.inflight -= 1; });
+  }
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {
     handle(req, res, Buffer.concat(chunks).toString('utf8')).catch((e) => {
