@@ -1,10 +1,10 @@
 """Airflow DAG for the back-load into the target EHR: plan (from the latest succeeded run), then send.
 
 Triggered by hand (or after ehr_migration) with params server, profile and concurrency. The pool
-`ehrlift_backload` bounds requests, not senders: the send task holds SEND_SLOTS pool slots and keeps at most
-that many requests in flight (the concurrency param may lower it, never raise it), so create the pool with as
-many slots as requests the target may see at once (`airflow pools set ehrlift_backload 4 "requests to the
-target EHR"`); a pool smaller than SEND_SLOTS never runs the task. Raise SEND_SLOTS here to send wider.
+`ehrlift_backload` bounds requests, not senders: the send task holds BACKLOAD_SEND_SLOTS (pipelines/tasks.py)
+pool slots and keeps at most that many requests in flight (the concurrency param may lower it, never raise
+it), so create the pool with as many slots as requests the target may see at once (`airflow pools set
+ehrlift_backload 4 "requests to the target EHR"`); a smaller pool never runs the task.
 Credentials come from the environment (EHRLIFT_BACKLOAD_CLIENT_ID, _KEY (a private key file path), _KID,
 _TOKEN_URL), never from params. A run blocked by a critical expectation
 is refused by the plan task (exit status 7); a failed or killed send resumes on retry without duplicates.
@@ -21,8 +21,6 @@ from airflow.sdk import Param, dag, task
 
 from pipelines import tasks as stages
 
-SEND_SLOTS = 4  # pool slots the send task holds = its most requests in flight to the target
-
 
 @dag(
     dag_id="backload",
@@ -35,7 +33,11 @@ SEND_SLOTS = 4  # pool slots the send task holds = its most requests in flight t
         "server": Param(None, type=["null", "string"], description="target FHIR base URL"),
         "profile": Param("millennium-r4", type="string", description="terminology/targets/<name>.json"),
         "concurrency": Param(
-            SEND_SLOTS, type="integer", minimum=1, maximum=SEND_SLOTS, description="requests in flight"
+            stages.BACKLOAD_SEND_SLOTS,
+            type="integer",
+            minimum=1,
+            maximum=stages.BACKLOAD_SEND_SLOTS,
+            description="requests in flight",
         ),
         "warehouse": Param(None, type=["null", "string"], description="DuckDB warehouse file"),
         "dry_run": Param(False, type="boolean", description="check capabilities and count; write nothing"),
@@ -55,9 +57,9 @@ def backload():
     def plan(params=None) -> dict:
         return stages.backload_plan(params)
 
-    @task(pool="ehrlift_backload", pool_slots=SEND_SLOTS)
+    @task(pool="ehrlift_backload", pool_slots=stages.BACKLOAD_SEND_SLOTS)
     def send(planned: dict, params=None) -> dict:
-        return stages.backload_send(planned, params, SEND_SLOTS)
+        return stages.backload_send(planned, params, stages.BACKLOAD_SEND_SLOTS)
 
     # HL7 v2 feeds (param hl7_to) after the plan's gate check and before the FHIR send: one DuckDB writer at a
     # time. Pool ehrlift_hl7: slots x hl7_connections bounds the connections to the interface.

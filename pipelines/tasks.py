@@ -14,6 +14,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 # gate. Under Airflow these fail the task at once instead of spending its retries.
 FINAL_EXIT_STATUSES = frozenset({3, 5, 6, 7})
 
+# Pool slots the back-load send task holds: its most requests in flight to the target (the DAG's
+# concurrency param may lower it, never raise it); schemas/airflow_pools.json sizes the pool to match.
+BACKLOAD_SEND_SLOTS = 4
+
 
 def fail_fast(fn: F) -> F:
     """Re-raise an EhrliftError whose status retrying cannot change as Airflow's AirflowFailException

@@ -83,6 +83,7 @@ def test_payers_become_coverage_with_payer_member_and_holder():
     assert doc.converted[f"{T}60"] == 1
     # policy-2 names no payer: no Coverage, but counted, though its Coverage Activity converted.
     assert doc.unconsumed == {f"{T}61 (policy without a payer)": 1}
+    assert (doc.found[f"{T}61"], doc.converted[f"{T}61"]) == (2, 1)
 
 
 def test_a_coverage_activity_without_any_payer_is_one_skipped_entry():
@@ -93,7 +94,8 @@ def test_a_coverage_activity_without_any_payer_is_one_skipped_entry():
     found, doc, _ = _convert(data)
     assert "Coverage" not in found
     assert doc.converted[f"{T}60"] == 0
-    assert doc.unconsumed == {f"{T}60 (no policy with a payer)": 1}
+    assert doc.unconsumed == {f"{T}60 (no policy with a payer)": 1, f"{T}61 (policy without a payer)": 2}
+    assert (doc.found[f"{T}61"], doc.converted[f"{T}61"]) == (2, 0)
 
 
 def test_planned_encounters_become_appointments_and_plans_become_requests():

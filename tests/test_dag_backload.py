@@ -50,7 +50,7 @@ print(json.dumps({
         "tasks": ["plan", "send", "send_hl7"],
         "upstream_of_send": ["plan", "send_hl7"],
         "pool": "ehrlift_backload",
-        "pool_slots": 4,  # = SEND_SLOTS: the most requests the send task has in flight
+        "pool_slots": 4,  # = BACKLOAD_SEND_SLOTS: the most requests the send task has in flight
         "concurrency_max": 4,
         "hl7_pool": "ehrlift_hl7",
         "upstream_of_hl7": ["plan"],

@@ -165,6 +165,18 @@ class Doc:
         self.converted[item] += 1
         counts[1] += 1
 
+    def count_nested(self, label: str, item: str, converted: bool, reason: str) -> None:
+        """An item inside an entry (a policy in a Coverage Activity), counted as entries are: found, and
+        converted or not consumed for a reason (no record values)."""
+        self.found[item] += 1
+        counts = self.by_section.setdefault((label, item), [0, 0])
+        counts[0] += 1
+        if converted:
+            self.converted[item] += 1
+            counts[1] += 1
+        else:
+            self.unconsumed[f"{item} ({reason})"] += 1
+
     def finish(self) -> Converted:
         resources = [stage_dict(r) for r in self.out.values()]
         items = {key: (found, converted) for key, (found, converted) in sorted(self.by_section.items())}

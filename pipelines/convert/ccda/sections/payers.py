@@ -15,7 +15,7 @@ from pipelines.convert.ccda.datatypes import (
     identifier,
     template_ids,
 )
-from pipelines.convert.ccda.document import Doc, EntrySkipped, Section, entry_label
+from pipelines.convert.ccda.document import Doc, EntrySkipped, Section, entry_label, section_label
 from pipelines.convert.ccda.header import organization
 from pipelines.convert.ccda.sections.common import base
 
@@ -36,13 +36,16 @@ def coverage_activity(doc: Doc, stmt: Any, section: Section) -> None:
             if POLICY in template_ids(act) or not template_ids(act)
         ]
     )
-    unpaid = [p for p in policies if policy_coverage(doc, p) is None]
-    if len(unpaid) == len(policies):
+    # Each policy is counted on its own (found, converted or not), so a policy without a payer inside
+    # an activity that converted is not lost without a trace in the document's accounting.
+    label = section_label(section.element)
+    made = 0
+    for policy in policies:
+        coverage = policy_coverage(doc, policy)
+        made += coverage is not None
+        doc.count_nested(label, entry_label(policy), coverage is not None, "policy without a payer")
+    if not made:
         raise EntrySkipped("no policy with a payer")
-    # The entry counts as converted, so each policy it could not carry is counted on its own: nothing
-    # in a Payers section is lost without a trace in the document's accounting.
-    for policy in unpaid:
-        doc.unconsumed[f"{entry_label(policy)} (policy without a payer)"] += 1
 
 
 def policy_coverage(doc: Doc, policy: Any) -> dict[str, str] | None:
