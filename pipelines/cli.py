@@ -9,13 +9,12 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipelines import entry
 from pipelines.backload import cli as backload_cli
 from pipelines.cds import cli as cds_cli
+from pipelines.common import interrupt
 from pipelines.common.config import (
     DEFAULT_DATA_DIR,
     DEFAULT_SOURCE_SYSTEM,
@@ -23,6 +22,8 @@ from pipelines.common.config import (
     RunConfig,
     ehrlift_version,
 )
+from pipelines.common.console import err, out
+from pipelines.common.console import warehouse_arg as _warehouse_arg
 from pipelines.common.errors import ConfigError, EhrliftError, ExitCode
 from pipelines.identity import cli as identity_cli
 from pipelines.remap import cli as remap_cli
@@ -31,13 +32,9 @@ from pipelines.retract import cli as retract_cli
 from pipelines.summary import RunSummary
 from pipelines.views import cli as views_cli
 
-# Markup off: paths, server diagnostics and file names may hold "[...]", which must print as written.
-out = Console(highlight=False, markup=False)
-err = Console(stderr=True, highlight=False, markup=False)
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    entry.install()
+    interrupt.install()
     parser = _parser()
     _add_global_options(parser)
     args = parser.parse_args(argv)
@@ -48,17 +45,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except EhrliftError as exc:
-        if entry.interrupted(exc):
-            err.print(entry.MESSAGE)
+        if interrupt.interrupted(exc):
+            err.print(interrupt.MESSAGE)
             return int(ExitCode.INTERRUPTED)
         err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        err.print(entry.MESSAGE)
+        err.print(interrupt.MESSAGE)
         return int(ExitCode.INTERRUPTED)
     except Exception as exc:  # a bug: exit 70 as ops.runs records it; the traceback only with -v
-        if entry.interrupted(exc):  # Ctrl-C that native code (DuckDB) surfaced as an ordinary error
-            err.print(entry.MESSAGE)
+        if interrupt.interrupted(exc):  # Ctrl-C that native code (DuckDB) surfaced as an ordinary error
+            err.print(interrupt.MESSAGE)
             return int(ExitCode.INTERRUPTED)
         logging.getLogger("pipelines").debug("internal error", exc_info=True)
         err.print(f"internal error ({type(exc).__name__}); re-run with -v for details and report it")
@@ -634,14 +631,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _warehouse_arg(path: Path | None) -> Path:
-    import os
-
-    if path is None:
-        path = Path(os.environ.get("EHRLIFT_WAREHOUSE") or DEFAULT_DATA_DIR / "warehouse.duckdb")
-    return path.absolute()  # resolved once, at the edge (see RunConfig)
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
     from pipelines.report import write_report
 
@@ -703,7 +692,7 @@ def _cmd_deidentify(args: argparse.Namespace) -> int:
 
 
 def print_summary(summary: RunSummary, config: RunConfig) -> None:
-    from pipelines.run import run_report_path
+    from pipelines.common.runrecord import run_report_path
 
     table = Table(title=f"run {summary.run_id}", title_justify="left")
     for col in ("format", "files", "units in", "converted", "quarantined", "skipped"):

@@ -1,48 +1,12 @@
-"""The `ehrlift` console script: Ctrl-C ends it with 130 and a plain line at any moment, even while loading.
-
-Python turns SIGINT into KeyboardInterrupt, but native code may turn it into something else: DuckDB
-stops the query and raises an ordinary error ("Query interrupted"). The handler installed here notes
-that the operator asked to stop, so whatever error the interrupt surfaces as, the run is recorded as
-interrupted (exit 130), not as a bug (70).
-"""
+"""The `ehrlift` console script: Ctrl-C ends it with 130 and a plain line at any moment, even while
+loading (see pipelines.common.interrupt), and native allocators fit an address-space cap."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
 
-_seen = False
-INTERRUPTED = 130
-MESSAGE = "interrupted: re-run the same command to resume; nothing is duplicated"
-
-
-def _on_sigint(signum: int, frame: object) -> None:
-    global _seen
-    _seen = True
-    raise KeyboardInterrupt
-
-
-def install() -> None:
-    """Note every SIGINT from now on (then raise KeyboardInterrupt, as Python's own handler does).
-
-    Called at the start of each command, so a process that runs several (a test session) starts each
-    one unmarked. Only the main thread may set a handler; elsewhere Python's own stays.
-    """
-    global _seen
-    _seen = False
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        with contextlib.suppress(ValueError):  # not the main thread
-            signal.signal(signal.SIGINT, _on_sigint)
-
-
-def interrupted(exc: BaseException | None = None) -> bool:
-    """Did the operator interrupt (this exception, or any SIGINT since install())?"""
-    if isinstance(exc, KeyboardInterrupt) or _seen:
-        return True
-    duckdb = sys.modules.get("duckdb")
-    return duckdb is not None and isinstance(exc, duckdb.InterruptException)
+from pipelines.common.interrupt import INTERRUPTED, install
 
 
 def fit_address_space() -> None:

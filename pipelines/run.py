@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -12,10 +11,11 @@ import orjson
 
 from pipelines.common.config import RunConfig, ehrlift_version
 from pipelines.common.errors import EhrliftError, ExitCode
+from pipelines.common.interrupt import interrupted
 from pipelines.common.progress import Bars
+from pipelines.common.runrecord import record_finish
 from pipelines.common.stages import StageClock, timed_stage
 from pipelines.common.warehouse import open_warehouse, resource_tables, transaction
-from pipelines.entry import interrupted
 from pipelines.identity import identify_stage
 from pipelines.land import check_sources, land_sources
 from pipelines.normalize import normalize_stage
@@ -102,40 +102,6 @@ def resources_of_runs(con: duckdb.DuckDBPyConnection, runs: list[str]) -> dict[s
     return out
 
 
-def finish_run(
-    con: duckdb.DuckDBPyConnection,
-    config: RunConfig,
-    status: str,
-    code: int,
-    reconciliation: dict[str, Any] | None = None,
-) -> RunSummary:
-    """Record the run's end (status, exit code, summary) and write its JSON report beside the warehouse."""
-    summary = build_summary(con, config.run_id)
-    summary.status = status
-    _finish_run(con, config.run_id, status, code, summary)
-    write_run_report(config, summary, reconciliation)
-    return summary
-
-
-def run_report_path(config: RunConfig) -> Path:
-    return config.warehouse.parent / "runs" / f"{config.run_id}.json"
-
-
-def write_run_report(
-    config: RunConfig, summary: RunSummary, reconciliation: dict[str, Any] | None = None
-) -> Path:
-    """The run's config and reconciliation beside the warehouse: counts and reason codes, never values."""
-    path = run_report_path(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(
-        orjson.dumps(
-            {"config": config.to_dict(), "summary": summary.to_dict(), "reconciliation": reconciliation},
-            option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
-        )
-    )
-    return path
-
-
 def run_pipeline(config: RunConfig) -> RunSummary:
     """land → convert → normalize → identify → load → validate in one process, as `ehrlift run` does.
 
@@ -198,15 +164,6 @@ def _start_run(con: duckdb.DuckDBPyConnection, config: RunConfig, owned: bool = 
         )
 
 
-def _finish_run(
-    con: duckdb.DuckDBPyConnection, run_id: str, status: str, code: int, summary: RunSummary | None
-) -> None:
-    con.execute(
-        "UPDATE ops.runs SET finished_at = now(), status = ?, exit_code = ?, summary = ? WHERE run_id = ?",
-        [status, int(code), orjson.dumps(summary.to_dict()).decode() if summary else None, run_id],
-    )
-
-
 def _mark_failed(
     config: RunConfig, code: int, timed: list[StageClock] | None = None, status: str = "failed"
 ) -> None:
@@ -216,6 +173,6 @@ def _mark_failed(
         with open_warehouse(config.warehouse) as con:
             for clock in timed or []:
                 clock.record(con)
-            _finish_run(con, config.run_id, status, code, None)
+            record_finish(con, config.run_id, status, code, None)
     except EhrliftError:
         pass  # the warehouse itself is the problem; the original error is what the operator needs

@@ -11,6 +11,7 @@ import orjson
 from pipelines.common.config import RunConfig
 from pipelines.common.errors import ExitCode
 from pipelines.common.progress import stage_bar
+from pipelines.common.runrecord import finish_run
 from pipelines.common.stages import StageClock
 from pipelines.common.warehouse import open_warehouse
 from pipelines.quality.frames import prepare
@@ -35,8 +36,6 @@ def validate_stage(
     A blocked run is recorded with status 'blocked' and exit code 7; the caller decides how to fail
     (the CLI exits 7, the Airflow task raises). Warnings never block; they are in the results.
     """
-    from pipelines.run import finish_run
-
     settings = settings or load_settings()
     clock = StageClock(config.run_id, "validate")
     with open_warehouse(config.warehouse) as con:

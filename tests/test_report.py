@@ -11,10 +11,11 @@ import duckdb
 import orjson
 import pytest
 
+from pipelines.common.runrecord import finish_run
 from pipelines.common.warehouse import open_warehouse
 from pipelines.report import write_report
 from pipelines.report.data import aggregate_value, safe_config
-from pipelines.run import convert_stage, finish_run, land_stage, load_stage, run_pipeline
+from pipelines.run import convert_stage, land_stage, load_stage, run_pipeline
 from tests.chromium import find_browser, load_page
 from tests.conftest import resource, write_ndjson
 

@@ -226,7 +226,7 @@ _CLIPPED = """JSON.stringify((() => {
 
 
 def test_first_screen_shows_verdict_diff_and_signoff_and_no_chart_label_is_clipped(tmp_path, reviewed):
-    from pipelines.report.signoff import sign_report
+    from pipelines.report.sign import sign_report
     from tests.chromium import find_browser, load_page
 
     browser = find_browser()

@@ -111,7 +111,7 @@ def test_ranges_after_a_crash_start_where_the_committed_lines_end(tmp_path, monk
     path = tmp_path / "data" / "landing" / "x"
     _export(path, 200)
     monkeypatch.setattr(ndjson, "CHUNK_BYTES", 512)
-    monkeypatch.setattr("pipelines.scale.stage.landed_path", lambda config, sha: path)
+    monkeypatch.setattr("pipelines.scale.slices.landed_path", lambda config, sha: path)
     config = RunConfig(sources=(str(path),), warehouse=tmp_path / "data" / "w.duckdb", run_id=RUN_ID)
     size = path.stat().st_size
     fresh = ranges.cut_ranges(

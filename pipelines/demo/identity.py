@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import date
 
 from pipelines.common.paths import shipped
-from pipelines.demo.records import CODES, PEOPLE, Address, PatientRecord, make_uid
+from pipelines.demo.records import CODES, PEOPLE, Address, PatientRecord, make_uid, patient_key
 
 TRUTH_NAME = "identity-truth.csv"
 TRUTH_COLUMNS = ("source", "identifier_system", "identifier_value", "person", "role", "lookalike_of")
@@ -121,7 +121,6 @@ def person_id(p: PatientRecord) -> str:
 def truth_rows(p: PatientRecord, variants: dict[str, PatientRecord]) -> list[tuple[str, ...]]:
     """One row per source identifier of the person: (source, system, value, person, role, look-alike of)."""
     from pipelines.demo.ccda import ROOT
-    from pipelines.demo.model import patient_key
 
     person = person_id(p)
     role = lookalike_role(p.index) or ""

@@ -19,6 +19,7 @@ from pipelines.demo.records import (
     export_time,
     make_uid,
     mrn_for,
+    patient_key,
     weighted,
 )
 
@@ -26,11 +27,6 @@ _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _BIRTH_FIRST = date(1920, 1, 1).toordinal()
 _BIRTH_LAST = date(2024, 6, 30).toordinal()
 COHORTS = ("main", "bundle", "defect", "dstu2")
-
-
-def patient_key(seed: int, index: int, cohort: str = "main") -> str:
-    """The random-stream key of one patient: patient k of a seed is the same whatever the count."""
-    return f"{seed}:{index}" if cohort == "main" else f"{seed}:{cohort}:{index}"
 
 
 def iter_patients(

@@ -218,3 +218,8 @@ def birth_ts(patient: PatientRecord) -> int:
 
 def age_at(patient: PatientRecord, ts: int) -> float:
     return (ts - birth_ts(patient)) / YEAR
+
+
+def patient_key(seed: int, index: int, cohort: str = "main") -> str:
+    """The random-stream key of one patient: patient k of a seed is the same whatever the count."""
+    return f"{seed}:{index}" if cohort == "main" else f"{seed}:{cohort}:{index}"

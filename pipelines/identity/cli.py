@@ -48,7 +48,7 @@ def _warehouse(path: Path | None) -> Path:
 
 
 def _print(text: str) -> None:
-    from pipelines.cli import out
+    from pipelines.common.console import out
 
     out.print(text, soft_wrap=True)
 

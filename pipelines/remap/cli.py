@@ -18,7 +18,8 @@ def add_commands(sub) -> None:
 
 
 def _cmd_normalize(args: argparse.Namespace) -> int:
-    from pipelines.cli import _warehouse_arg, out
+    from pipelines.common.console import out
+    from pipelines.common.console import warehouse_arg as _warehouse_arg
     from pipelines.remap import normalize_warehouse
 
     result = normalize_warehouse(_warehouse_arg(args.warehouse))

@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipelines.common.errors import ExitCode
-
-DECISIONS = ("approved", "approved-with-conditions", "rejected")  # as ops.report_signoffs' CHECK
+from pipelines.report.signoff import DECISIONS
 
 
 def add_commands(report: argparse.ArgumentParser) -> None:
@@ -33,8 +32,9 @@ def add_commands(report: argparse.ArgumentParser) -> None:
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
-    from pipelines.cli import _warehouse_arg, out
-    from pipelines.report.signoff import sign_report
+    from pipelines.common.console import out
+    from pipelines.common.console import warehouse_arg as _warehouse_arg
+    from pipelines.report.sign import sign_report
 
     result = sign_report(
         _warehouse_arg(args.warehouse),

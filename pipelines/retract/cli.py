@@ -28,7 +28,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_retract(args: argparse.Namespace) -> int:
-    from pipelines.cli import out
+    from pipelines.common.console import out
     from pipelines.retract import retract
 
     warehouse = RunConfig.from_env((), warehouse=args.warehouse).warehouse

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pipelines.common.config import RunConfig
 from pipelines.convert import handler_for
 from pipelines.scale.plan import FileWork
-from pipelines.scale.slices import Slice
+from pipelines.scale.slices import Slice, file_context
 
 READ_BYTES = 16 << 20  # the cutting pass reads this much at a time (it only counts newlines)
 
@@ -26,8 +26,6 @@ def rangeable(work: FileWork) -> bool:
 def cut_ranges(config: RunConfig, work: FileWork, first_index: int) -> list[Slice] | None:
     """The file's ranges after what an interrupted run committed, as slices with indexes from
     first_index; None when the file is one range or cannot be read (the group path then handles it)."""
-    from pipelines.scale.stage import file_context
-
     handler = handler_for(work.format)
     try:
         cuts, lines = _cuts(file_context(config, work).path, handler.range_chunk_bytes())

@@ -14,8 +14,9 @@ from typing import Any
 from pipelines.common import unit as unit_module
 from pipelines.common.config import RunConfig
 from pipelines.common.ledger import LedgerWriter
-from pipelines.common.unit import Converter, Unit, UnreadableFile, convert_one
+from pipelines.common.unit import Converter, FileContext, Unit, UnreadableFile, convert_one
 from pipelines.convert import handler_for
+from pipelines.land import landed_path
 from pipelines.scale.plan import FileWork
 
 
@@ -74,8 +75,6 @@ def sliceable(work: FileWork, slice_bytes: int) -> bool:
 
 def cut_slices(config: RunConfig, work: FileWork, first_index: int, slice_units: int) -> Iterator[Slice]:
     """Read the file's units once and yield them in slices; indexes count up from first_index."""
-    from pipelines.scale.stage import file_context
-
     handler = handler_for(work.format)
     ctx = file_context(config, work)
     index, total, prev_end = first_index, 0, 0
@@ -119,8 +118,6 @@ def span_slices(config: RunConfig, work: FileWork, first_index: int, slice_units
 
     For workers on other machines, which read their span from the shared landing folder.
     """
-    from pipelines.scale.stage import file_context
-
     handler = handler_for(work.format)
     positions = 0
     try:
@@ -159,8 +156,6 @@ def _read_span(handler: Converter, ctx, span: tuple[int, int]) -> list[Unit]:
 
 def convert_slice(config: RunConfig, piece: Slice, emit: Callable[..., None], con) -> None:
     """Convert one slice's units; emit(files, reached) is called at each commit point."""
-    from pipelines.scale.stage import file_context
-
     work = piece.work
     handler = handler_for(work.format)
     ctx = file_context(config, work, piece.index)
@@ -196,3 +191,17 @@ def _convert_range(piece: Slice, handler, ctx, writer: LedgerWriter, emit: Calla
     writer.flush()
     status = ("converted", piece.total_units) if piece.last else ("partial", None)
     emit([(work.seq, work.handler, *status)], piece.bytes)
+
+
+def file_context(config: RunConfig, work: FileWork, group: int | None = None) -> FileContext:
+    return FileContext(
+        config.run_id,
+        work.seq,
+        work.sha,
+        landed_path(config, work.sha),
+        work.format,
+        work.detail,
+        work.source_system,
+        work.declared,
+        group,
+    )

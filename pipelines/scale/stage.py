@@ -19,14 +19,13 @@ import pyarrow as pa
 
 from pipelines.common.config import RunConfig
 from pipelines.common.ledger import LedgerWriter
-from pipelines.common.unit import BatchConverter, FileContext, Unit, UnreadableFile, convert_units
+from pipelines.common.unit import BatchConverter, Unit, UnreadableFile, convert_units
 from pipelines.common.warehouse import apply_contract
 from pipelines.convert import handler_for
-from pipelines.land import landed_path
 from pipelines.load import create_stage
 from pipelines.scale import limits as scale_limits
 from pipelines.scale.plan import FileWork, Group
-from pipelines.scale.slices import Slice, convert_slice
+from pipelines.scale.slices import Slice, convert_slice, file_context
 
 # What a batch carries, in the order the writer inserts it.
 TABLES = ("_stage", "ops.ledger", "ops.quarantine", "ops.unconsumed", "ops.unit_items")
@@ -160,20 +159,6 @@ def convert_group(config: RunConfig, group: Group, sink: Callable[[Batch], None]
         assert writer is not None
         writer.flush()
         emit()
-
-
-def file_context(config: RunConfig, work: FileWork, group: int | None = None) -> FileContext:
-    return FileContext(
-        config.run_id,
-        work.seq,
-        work.sha,
-        landed_path(config, work.sha),
-        work.format,
-        work.detail,
-        work.source_system,
-        work.declared,
-        group,
-    )
 
 
 def _staged(con: duckdb.DuckDBPyConnection) -> int:

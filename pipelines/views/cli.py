@@ -46,7 +46,7 @@ def _warehouse(path: Path | None) -> Path:
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    from pipelines.cli import out
+    from pipelines.common.console import out
     from pipelines.views.suite import run_suite
 
     if not args.dir.is_dir():
@@ -59,7 +59,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pipelines.cli import out
+    from pipelines.common.console import out
     from pipelines.views.access import export_parquet
 
     rows = export_parquet(_warehouse(args.warehouse), args.out, args.view)
@@ -107,7 +107,7 @@ def _lines(interactive: bool):
 def _show(columns: list[str], rows: list[tuple], *, as_csv: bool) -> None:
     from rich.table import Table
 
-    from pipelines.cli import out
+    from pipelines.common.console import out
 
     if not columns:
         return

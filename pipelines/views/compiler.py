@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from . import functions  # noqa: F401 - registers FHIRPath's functions with .translate
 from .errors import ViewDefinitionError
 from .sqlval import (
     JSON,

@@ -22,7 +22,7 @@ from .sqlval import (
     sql_string,
     to_list,
 )
-from .translate import Scope, item_scope, navigate, translate
+from .translate import Scope, item_scope, navigate, register, translate
 
 # FHIRPath System types named in ofType()/is/as, mapped to the FHIR types they hold.
 _SYSTEM_TYPES = {
@@ -289,3 +289,7 @@ def call(node: ast.Call, target: Val, implicit: bool, scope: Scope) -> Val:
         arity(0)
         return boundary(target, name == "lowBoundary", scope)
     raise ViewDefinitionError(f"unsupported FHIRPath function {name}()")
+
+
+register("call", call)
+register("of_type", of_type)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from . import fhirpath as ast
 from . import schema
@@ -26,6 +27,21 @@ from .sqlval import (
     to_list,
     typed_null,
 )
+
+# FHIRPath's functions and the is/as operators live in .functions, which builds on this module and
+# registers them here when imported (the compiler imports both): this module never imports it back.
+_FUNCTIONS: dict[str, Callable[..., Any]] = {}
+
+
+def register(name: str, fn: Callable[..., Any]) -> None:
+    _FUNCTIONS[name] = fn
+
+
+def _functions(name: str) -> Callable[..., Any]:
+    try:
+        return _FUNCTIONS[name]
+    except KeyError:
+        raise RuntimeError("pipelines.views.functions is not imported: import the compiler") from None
 
 
 @dataclass(frozen=True)
@@ -65,19 +81,15 @@ def translate(node: object, scope: Scope) -> Val:
     if isinstance(node, ast.Index):
         return indexer(translate(node.target, scope), translate(node.index, scope), scope)
     if isinstance(node, ast.Call):
-        from .functions import call  # functions builds on this module
-
         target = scope.this if node.target is None else translate(node.target, scope)
-        return call(node, target, node.target is None, scope)
+        return _functions("call")(node, target, node.target is None, scope)
     if isinstance(node, ast.Unary):
         return unary(node, scope)
     if isinstance(node, ast.Binary):
         return binary(node, scope)
     if isinstance(node, ast.TypeOp):
-        from .functions import of_type
-
         operand = translate(node.operand, scope)
-        typed = of_type(operand, node.type_name, scope.fresh)
+        typed = _functions("of_type")(operand, node.type_name, scope.fresh)
         if node.op == "as":
             return typed
         exists = f"({to_list(typed)} IS NOT NULL AND len({to_list(typed)}) > 0)"

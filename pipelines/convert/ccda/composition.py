@@ -17,8 +17,9 @@ from pipelines.convert.ccda.datatypes import (
 )
 from pipelines.convert.ccda.datatypes import identifier as make_identifier
 from pipelines.convert.ccda.document import Doc
-from pipelines.convert.ccda.header import author_refs, practitioner
+from pipelines.convert.ccda.header import author_refs
 from pipelines.convert.ccda.narrative import XHTML_DIV, Narrative
+from pipelines.convert.ccda.practitioners import practitioner
 from pipelines.convert.ccda.sections import ConvertedSection
 
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"

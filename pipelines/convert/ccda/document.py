@@ -56,7 +56,7 @@ class Doc:
         # (section, entry kind) -> [found, converted], for the warehouse's per-section accounting.
         self.by_section: dict[tuple[str, str], list[int]] = {}
         self._narrative: dict[str, Any] | None = None
-        # Header parties already converted, by their element's bytes (see header.practitioner).
+        # Header parties already converted, by their element's bytes (see practitioners.practitioner).
         self.parties: dict[bytes, dict[str, str] | None] = {}
         self._tree = root.getroottree()
         self.patient_ref: dict[str, str] = {}

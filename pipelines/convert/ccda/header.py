@@ -5,14 +5,11 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from lxml import etree
-
-from pipelines.convert.ccda import parties, places
+from pipelines.convert.ccda import places
 from pipelines.convert.ccda.datatypes import (
     NS,
     SDTC,
     absent,
-    add_contacts,
     addresses,
     child,
     children,
@@ -24,12 +21,12 @@ from pipelines.convert.ccda.datatypes import (
     id_pairs,
     identifier,
     identifiers,
-    pairs_key,
     telecoms,
     ts,
 )
 from pipelines.convert.ccda.document import Doc
 from pipelines.convert.ccda.maps import concept
+from pipelines.convert.ccda.practitioners import organization, practitioner
 
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
 CDC_RACE = "urn:oid:2.16.840.1.113883.6.238"
@@ -137,69 +134,6 @@ def _race_ethnicity(person: Any, doc: Doc) -> list[dict[str, Any]]:
             parts.append({"url": "text", "valueString": ", ".join(texts) or "Unknown"})
             out.append({"url": f"{US_CORE}us-core-{name}", "extension": parts})
     return out
-
-
-def practitioner(doc: Doc, assigned: Any) -> dict[str, str] | None:
-    """assignedAuthor / assignedEntity -> Practitioner (a person) or Organization (no person named)."""
-    if assigned is None:
-        return None
-    person = child(assigned, "assignedPerson")
-    if person is None:
-        return organization(doc, child(assigned, "representedOrganization"))
-    pairs = id_pairs(assigned)
-    # The same author recurs on entry after entry, byte for byte: with an <id> the Practitioner depends
-    # only on the element's content (never on its position), so a repeat is the reference already made.
-    seen = etree.tostring(assigned, with_tail=False) if pairs else None
-    if seen is not None and seen in doc.parties:
-        ref = doc.parties[seen]
-        return dict(ref) if ref is not None else None
-    ref = _practitioner(doc, assigned, person, pairs)
-    if seen is not None:
-        doc.parties[seen] = ref
-        return dict(ref) if ref is not None else None
-    return ref
-
-
-def _practitioner(
-    doc: Doc, assigned: Any, person: Any, pairs: list[tuple[str, str | None]]
-) -> dict[str, str] | None:
-    res: dict[str, Any] = {
-        "resourceType": "Practitioner",
-        "id": doc.rid("Practitioner", assigned, pairs_key(pairs)),
-    }
-    ids = [identifier(r, e) for r, e in pairs]
-    if ids:
-        res["identifier"] = ids
-    names = human_names(person)
-    if names:
-        res["name"] = names
-    add_contacts(res, assigned)
-    qual = codeable(child(assigned, "code"), doc)
-    if qual:
-        res["qualification"] = [{"code": qual}]
-    if len(res) == 2:
-        return None  # neither an id nor a name: nothing to identify the person by
-    ref = doc.emit(res, assigned)
-    parties.practitioner_role(
-        doc, assigned, ref, organization(doc, child(assigned, "representedOrganization"))
-    )
-    return ref
-
-
-def organization(doc: Doc, org: Any) -> dict[str, str] | None:
-    if org is None or org.get("nullFlavor"):
-        return None
-    res: dict[str, Any] = {"resourceType": "Organization", "id": doc.rid("Organization", org)}
-    ids = identifiers(org)
-    if ids:
-        res["identifier"] = ids
-    name = clean(" ".join(clean(n.text) or "" for n in children(org, "name")))
-    if name:
-        res["name"] = name
-    add_contacts(res, org)
-    if "identifier" not in res and "name" not in res:
-        return None
-    return doc.emit(res, org)
 
 
 def author_refs(doc: Doc, el: Any, authors: Any = None, devices: bool = False) -> list[dict[str, str]]:

@@ -15,6 +15,7 @@ from pipelines.convert.ccda.datatypes import (
     ts,
 )
 from pipelines.convert.ccda.document import Doc
+from pipelines.convert.ccda.practitioners import organization, practitioner
 from pipelines.convert.fhir.prepare import warehouse_id
 
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
@@ -29,34 +30,6 @@ NOT_TARGETS = frozenset(
     {"Patient", "Practitioner", "PractitionerRole", "Organization", "Location", "Device", "Medication"}
     | {"Provenance", "RelatedPerson"}
 )
-
-
-def practitioner_role(
-    doc: Doc, assigned: Any, practitioner: dict[str, str], organization: dict[str, str] | None
-) -> dict[str, str] | None:
-    """An author's or performer's role: the person, the organization they act for, their specialty
-    (assignedAuthor/code, NUCC taxonomy in US documents). None when neither organization nor code."""
-    specialty = codeable(child(assigned, "code"), doc)
-    if organization is None and specialty is None:
-        return None
-    code = ((specialty or {}).get("coding") or [{}])[0]
-    key = "|".join(
-        [
-            practitioner["reference"],
-            (organization or {}).get("reference", ""),
-            f"{code.get('system', '')}|{code.get('code', '')}",
-        ]
-    )
-    res: dict[str, Any] = {
-        "resourceType": "PractitionerRole",
-        "id": warehouse_id(doc.source_system, "PractitionerRole", key),
-        "practitioner": practitioner,
-    }
-    if organization is not None:
-        res["organization"] = organization
-    if specialty is not None:
-        res["specialty"] = [specialty]
-    return doc.emit(res, assigned)
 
 
 def related_persons(doc: Doc) -> list[dict[str, str]]:
@@ -102,8 +75,6 @@ def _instant(value: str | None) -> str | None:
 def _author_agents(doc: Doc, el: Any) -> tuple[list[dict[str, Any]], str | None]:
     """el's <author>s as Provenance agents (who, on behalf of whom) and the first author time that is an
     instant."""
-    from pipelines.convert.ccda.header import organization, practitioner  # header builds on this module
-
     agents, when = [], None
     for author in children(el, "author"):
         assigned = child(author, "assignedAuthor")
@@ -127,8 +98,6 @@ def _type(code: str, display: str) -> dict[str, Any]:
 
 def document_provenance(doc: Doc, composition: dict[str, str]) -> dict[str, str] | None:
     """The document's authorship: its authors, legal authenticator and custodian, of the Composition."""
-    from pipelines.convert.ccda.header import organization, practitioner
-
     agents, when = _author_agents(doc, doc.root)
     legal = child(child(doc.root, "legalAuthenticator"), "assignedEntity")
     who = practitioner(doc, legal) if legal is not None else None

@@ -16,6 +16,7 @@ from pipelines.convert.ccda.datatypes import (
     telecoms,
 )
 from pipelines.convert.ccda.document import Doc
+from pipelines.convert.ccda.practitioners import organization
 
 FDA_UDI = "2.16.840.1.113883.3.3719"
 DEVICE_NAME = {"manufacturerModelName": "model-name", "softwareName": "other"}
@@ -63,8 +64,6 @@ def encompassing_location(doc: Doc) -> None:
     facility = child(child(enc, "location"), "healthCareFacility")
     if facility is None:
         return
-    from pipelines.convert.ccda.header import organization  # header imports nothing from here
-
     org = organization(doc, child(facility, "serviceProviderOrganization"))
     ref = location(doc, facility, child(facility, "location"), org)
     encounter = doc.out.get(tuple(doc.encounter_ref["reference"].split("/", 1)))  # type: ignore[arg-type]
@@ -106,8 +105,6 @@ def authoring_device(doc: Doc, assigned: Any) -> dict[str, str] | None:
     tel = telecoms(assigned)
     if tel:
         res["contact"] = tel
-    from pipelines.convert.ccda.header import organization
-
     owner = organization(doc, child(assigned, "representedOrganization"))
     if owner:
         res["owner"] = owner

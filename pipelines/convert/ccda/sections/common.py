@@ -18,8 +18,9 @@ from pipelines.convert.ccda.datatypes import (
     value,
 )
 from pipelines.convert.ccda.document import Doc
-from pipelines.convert.ccda.header import author_refs, author_time, practitioner
+from pipelines.convert.ccda.header import author_refs, author_time
 from pipelines.convert.ccda.maps import concept
+from pipelines.convert.ccda.practitioners import practitioner
 
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 US_CORE_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/us-core-category"

@@ -7,8 +7,9 @@ from typing import Any
 from pipelines.convert.ccda import places
 from pipelines.convert.ccda.datatypes import absent, child, children, codeable, coding
 from pipelines.convert.ccda.document import Doc, Section
-from pipelines.convert.ccda.header import ACT_CODE, practitioner
+from pipelines.convert.ccda.header import ACT_CODE
 from pipelines.convert.ccda.maps import concept
+from pipelines.convert.ccda.practitioners import practitioner
 from pipelines.convert.ccda.sections.common import base, reason_codes, related, set_effective, status_code
 from pipelines.convert.ccda.sections.problems import condition
 from pipelines.convert.ccda.sections.procedures import planned

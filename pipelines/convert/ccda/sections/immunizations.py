@@ -6,8 +6,8 @@ from typing import Any
 
 from pipelines.convert.ccda.datatypes import NS, absent, child, clean, codeable, quantity
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
-from pipelines.convert.ccda.header import organization
 from pipelines.convert.ccda.maps import concept
+from pipelines.convert.ccda.practitioners import organization
 from pipelines.convert.ccda.sections.common import (
     RELATIONSHIP,
     base,

@@ -16,8 +16,9 @@ from pipelines.convert.ccda.datatypes import (
     xsi_type,
 )
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section
-from pipelines.convert.ccda.header import author_refs, author_time, organization
+from pipelines.convert.ccda.header import author_refs, author_time
 from pipelines.convert.ccda.maps import concept
+from pipelines.convert.ccda.practitioners import organization
 from pipelines.convert.ccda.sections.common import (
     AUTHOR,
     RELATIONSHIP,

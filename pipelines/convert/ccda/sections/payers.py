@@ -16,7 +16,7 @@ from pipelines.convert.ccda.datatypes import (
     template_ids,
 )
 from pipelines.convert.ccda.document import Doc, EntrySkipped, Section, entry_label, section_label
-from pipelines.convert.ccda.header import organization
+from pipelines.convert.ccda.practitioners import organization
 from pipelines.convert.ccda.sections.common import base
 
 T = "2.16.840.1.113883.10.20.22.4."
