@@ -1,6 +1,6 @@
 """Building and sending at once: a forked builder process streams checked messages in plan order while this
-process records them (plan rows committed before a message goes) and sends them; ACK outcomes are written in
-group commits on one writer thread, so the warehouse never holds the sender up for long."""
+process journals them (each control id on disk before its message goes) and sends them; ACK outcomes are
+journaled in groups on one writer thread, and the journal is folded into the warehouse once, at the end."""
 
 from __future__ import annotations
 
@@ -15,27 +15,27 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from pipelines.backload.hl7 import journal
+from pipelines.backload.hl7.journal import Journal, line
 from pipelines.backload.hl7.mllp import Item, Lanes, Outcome, SendPolicy
 from pipelines.backload.hl7.plan import Planned, Prepared, build
 from pipelines.common.errors import EhrliftError
 from pipelines.common.warehouse import transaction
 
-# Messages per hand-over from the builder, and so per plan commit: small at first so sending starts soon,
-# then doubling, since a commit's cost is mostly its flush to disk, whatever its size.
+# Messages per hand-over from the builder, and so per journal flush of plan lines: small at first so sending
+# starts soon, then doubling, since a flush's cost is mostly its fsync, whatever its size.
 FIRST_CHUNK, MAX_CHUNK = 16, 1024
-LINGER = 0.1  # seconds an ACK outcome may wait for others to share its commit
+LINGER = 0.1  # seconds an ACK outcome may wait for others to share its fsync
 
 PLAN_TYPES = (
     "VARCHAR", "INTEGER", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR",
     "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "TIMESTAMPTZ", "VARCHAR",
 )  # fmt: skip  # ops.backload_hl7_messages, in column order
-_RESULT_TYPES = (
-    "VARCHAR", "INTEGER", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "INTEGER", "TIMESTAMPTZ",
-)  # fmt: skip  # ops.backload_hl7_results
 
 
 def insert(con: duckdb.DuckDBPyConnection, table: str, types: tuple[str, ...], rows: list[tuple]) -> None:
@@ -54,15 +54,20 @@ def plan_row(plan_id: str, target: str, run_id: str, p: Planned, now: datetime) 
     )  # fmt: skip
 
 
+def plan_line(p: Planned) -> str:
+    """What building decided, for the journal: codes and hashes only, never the message or record ids."""
+    return line("P", p.seq, p.status, p.reason, p.detail, p.control_id, p.message_type, p.content_sha256)
+
+
 class Recorder:
-    """The one thread that writes while messages go out. Plan rows are committed before their messages are
-    sent; outcomes go in group commits (whatever came in while the last commit ran), and a sender waits once
+    """The one thread that writes while messages go out. Plan lines are on disk before their messages are
+    sent; outcomes go in group writes (whatever came in while the last fsync ran), and a sender waits once
     `bound` outcomes are unrecorded, so a kill leaves at most about that many ACKs to be sent again."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, plan_id: str, target: str, bound: int) -> None:
-        self.con, self.plan_id, self.target, self.bound = con, plan_id, target, max(1, bound)
+    def __init__(self, journal: Journal, bound: int) -> None:
+        self.journal, self.bound = journal, max(1, bound)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="hl7-recorder")
-        self.plans: list[tuple] = []
+        self.plans: list[str] = []
         self.waiting: list[asyncio.Future[None]] = []  # plan() calls whose rows are not yet committed
         self.outcomes: list[Outcome] = []
         self.inflight = 0
@@ -95,19 +100,19 @@ class Recorder:
                 if not w.done():
                     w.set_result(None)
 
-    def _write(self, plans: list[tuple], outcomes: list[Outcome]) -> None:
-        now = datetime.now(UTC)
-        rows = [
-            (self.plan_id, o.item.seq, self.target, o.item.control_id, o.state, o.ack_code,
-             ",".join(o.error_codes) or None, o.attempts, now)
-            for o in outcomes
-        ]  # fmt: skip
-        with transaction(self.con):
-            insert(self.con, "ops.backload_hl7_messages", PLAN_TYPES, plans)
-            insert(self.con, "ops.backload_hl7_results", _RESULT_TYPES, rows)
+    def _write(self, plans: list[str], outcomes: list[Outcome]) -> None:
+        now = f"{datetime.now(UTC).timestamp():.6f}"
+        self.journal.write(
+            plans
+            + [
+                line("R", o.item.seq, o.item.control_id, o.state, o.ack_code, ",".join(o.error_codes),
+                     o.attempts, now)
+                for o in outcomes
+            ]
+        )  # fmt: skip
 
-    async def plan(self, rows: list[tuple]) -> None:
-        """Returns once the rows are committed (not waiting for the outcomes that keep coming meanwhile)."""
+    async def plan(self, rows: list[str]) -> None:
+        """Returns once the lines are on disk (not waiting for the outcomes that keep coming meanwhile)."""
         committed = asyncio.get_running_loop().create_future()
         self.plans.extend(rows)
         self.waiting.append(committed)
@@ -117,7 +122,7 @@ class Recorder:
         if not committed.done():
             task.result()  # the writer failed (raises); or it stopped before taking the rows
             committed.cancel()
-            raise EhrliftError("the HL7 plan rows were not recorded")
+            raise EhrliftError("the HL7 plan lines were not recorded")
 
     async def outcome(self, o: Outcome) -> None:
         self.tally[o.state] += 1
@@ -177,7 +182,6 @@ async def _pipeline(
     rec: Recorder,
     address: tuple[str, int],
     policy: SendPolicy,
-    plan_row_of: Callable[[Planned], tuple],
     acked: dict[str, str],
 ) -> Counter[str]:
     loop = asyncio.get_running_loop()
@@ -199,7 +203,7 @@ async def _pipeline(
             done += len(built)
             for p, decided in zip(chunk, built, strict=True):
                 p.status, p.reason, p.detail, p.control_id, p.message_type, p.content_sha256, p.text = decided
-            await rec.plan([plan_row_of(p) for p in chunk])
+            await rec.plan([plan_line(p) for p in chunk])
             for p in chunk:
                 statuses[p.status] += 1
                 if p.status == "send" and p.control_id not in acked:
@@ -228,9 +232,19 @@ def build_and_send(
     address: tuple[str, int],
     policy: SendPolicy,
     batch: int,
+    journal_dir: Path,
     check: Callable[[list[Planned]], None] | None = None,
 ) -> dict[str, Any]:
-    """Build (in a forked process, which reads nothing from the warehouse) while sending; counts out."""
+    """Build (in a forked process, which reads nothing from the warehouse) while sending; counts out.
+
+    The plan's rows (what is to be sent, before building) are committed first, in one insert; while sending,
+    only the journal is written; it is folded into the tables in one go at the end (or by the next run)."""
+    now = datetime.now(UTC)
+    with transaction(con):
+        insert(con, "ops.backload_hl7_messages", PLAN_TYPES,
+               [plan_row(plan_id, prep.target, run_id, p, now) for p, _r, _pt in prep.work])  # fmt: skip
+    path = journal_dir / f"{plan_id}.jnl"
+    jnl = Journal(path, plan_id, prep.target, run_id, now)
     source, sink = multiprocessing.Pipe(duplex=False)
     child: multiprocessing.process.BaseProcess | threading.Thread
     if can_fork():
@@ -242,20 +256,18 @@ def build_and_send(
     else:  # the same stream from a thread: correct, without the overlap
         child = threading.Thread(target=_builder, args=(prep, check, sink, False), daemon=True)
         child.start()
-    rec = Recorder(con, plan_id, prep.target, batch)
-    now = datetime.now(UTC)
-
-    def row(p: Planned) -> tuple:
-        return plan_row(plan_id, prep.target, run_id, p, now)
-
+    rec = Recorder(jnl, batch)
     try:
-        statuses = asyncio.run(_pipeline(prep.work, source, rec, address, policy, row, prep.acknowledged))
+        statuses = asyncio.run(_pipeline(prep.work, source, rec, address, policy, prep.acknowledged))
     finally:
         source.close()
         child.join(10)
         if child.is_alive() and not isinstance(child, threading.Thread):
             child.terminate()
             child.join(5)
+        jnl.close()
+        # What was sent, as sent (this process still has the texts; a fold after a kill has only the codes).
+        journal.apply(con, path, {p.seq: p.text for p, _r, _pt in prep.work if p.text is not None})
     return {
         **{k: statuses.get(k, 0) for k in ("send", "not_sendable", "unchanged", "sent")},
         "done": rec.tally["done"],
