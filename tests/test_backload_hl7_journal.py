@@ -183,3 +183,23 @@ def test_the_journal_holds_codes_only(tmp_path, monkeypatch):
         assert kind in ("P", "R")
         for f in fields:
             assert re.fullmatch(r"[A-Za-z0-9_.,;:^ ()/-]*", f), f
+
+
+def test_several_builders_hand_over_in_plan_order(tmp_path):
+    """Builders take every other chunk; the sender reads them in turn, so the plan and the order the peer sees
+    are those of a single builder (control ids differ: MSH-7 is each warehouse's run start)."""
+    runs = {}
+    for builders in (1, 2):
+        wh = build_warehouse(tmp_path / f"b{builders}" / "w.duckdb", _many(60))  # chunks of 16, 32, 64
+        with Peer() as peer:
+            result = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", builders=builders))
+        with duckdb.connect(str(wh), read_only=True) as con:
+            plan = con.execute(
+                "SELECT seq, kind, warehouse_id, status, control_id "
+                "FROM ops.backload_hl7_messages ORDER BY seq"
+            ).fetchall()
+        seq_of = {row[4]: row[0] for row in plan}
+        received = [seq_of[cid] for cid in peer.received]  # in the order they arrived
+        runs[builders] = (result["sent"], result["done"], [r[:4] for r in plan], received)
+    assert runs[1][0] == runs[1][1] == 65
+    assert runs[2] == runs[1] and runs[1][3] == sorted(runs[1][3])

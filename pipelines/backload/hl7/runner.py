@@ -50,6 +50,7 @@ class Hl7Options:
     validate: str = "structure"  # structure, full (hl7apy parses every message as well)
     policy: SendPolicy = field(default_factory=SendPolicy)
     override_reason: str | None = None
+    builders: int | None = None  # builder processes; None: one per core the sender leaves free
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
@@ -102,7 +103,16 @@ def backload_hl7(warehouse: Path, options: Hl7Options) -> dict[str, Any]:
         plan_id = hashlib.sha256(f"{options.profile}\0{run_id}\0{datetime.now(UTC).isoformat()}".encode())
         plan_id_text = plan_id.hexdigest()[:16]
         result = build_and_send(
-            con, prep, plan_id_text, run_id, address, options.policy, options.batch, folder(warehouse), check
+            con,
+            prep,
+            plan_id_text,
+            run_id,
+            address,
+            options.policy,
+            options.batch,
+            folder(warehouse),
+            check,
+            options.builders,
         )
         log.info("HL7 back-load plan %s sent: %s", plan_id_text, result)
         return {"plan_id": plan_id_text, **result}

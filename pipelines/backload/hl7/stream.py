@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import multiprocessing
+import os
 import signal
 import threading
 from collections import Counter
@@ -172,10 +173,30 @@ class Recorder:
             self.pool.shutdown(wait=True)
 
 
+def chunks(n: int) -> list[tuple[int, int]]:
+    """The hand-over schedule: (start, end) of each chunk of a plan of n messages."""
+    out, start, size = [], 0, FIRST_CHUNK
+    while start < n:
+        out.append((start, min(start + size, n)))
+        start, size = start + size, min(size * 2, MAX_CHUNK)
+    return out
+
+
+def default_builders() -> int:
+    """Builder processes: one per core the sender leaves free (at least one, at most four)."""
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
 def _builder(
-    prep: Prepared, check: Callable[[list[Planned]], None] | None, out: Connection, forked: bool = True
+    prep: Prepared,
+    check: Callable[[list[Planned]], None] | None,
+    out: Connection,
+    forked: bool = True,
+    part: int = 0,
+    parts: int = 1,
 ) -> None:
-    """The builder: messages in plan order, a chunk at a time; stops when the reader goes away."""
+    """A builder: its share of the chunks (every parts-th from part), each in plan order; stops when the
+    reader goes away."""
     if forked:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sender handles Ctrl-C and closes the pipe
         # What was read before the fork lives as long as this process, and what it builds is freed by
@@ -184,15 +205,13 @@ def _builder(
         gc.freeze()
         gc.disable()
     try:
-        start, size = 0, FIRST_CHUNK
-        while start < len(prep.work):
-            chunk = [build(prep, *w) for w in prep.work[start : start + size]]
+        for start, end in chunks(len(prep.work))[part::parts]:
+            chunk = [build(prep, *w) for w in prep.work[start:end]]
             if check is not None:
                 check(chunk)
             # What building decided, as plain tuples: the sender has the rest of each Planned (forked copy).
             out.send([(p.status, p.reason, p.detail, p.control_id, p.message_type, p.content_sha256, p.text)
                       for p in chunk])  # fmt: skip
-            start, size = start + size, min(size * 2, MAX_CHUNK)
         out.send(None)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the sender stopped (killed or interrupted): nothing more to do
@@ -206,7 +225,7 @@ def _builder(
 
 async def _pipeline(
     work: list[tuple[Planned, Any, Any]],
-    source: Connection,
+    sources: list[Connection],
     rec: Recorder,
     address: tuple[str, int],
     policy: SendPolicy,
@@ -216,19 +235,18 @@ async def _pipeline(
     reader = ThreadPoolExecutor(1, thread_name_prefix="hl7-plan-reader")
     lanes = Lanes(address[0], address[1], policy, rec.outcome)
     statuses: Counter[str] = Counter()
-    done = 0  # messages of work received so far (chunks come in plan order)
     try:
-        while True:
+        # Chunk j comes from builder j % len(sources): read in turn, they come in plan order.
+        for j, (start, end) in enumerate(chunks(len(work))):
             try:
-                built = await loop.run_in_executor(reader, source.recv)
+                built = await loop.run_in_executor(reader, sources[j % len(sources)].recv)
             except EOFError:
-                raise EhrliftError("the HL7 message builder stopped before the plan was complete") from None
-            if built is None:
-                break
+                built = None
             if isinstance(built, tuple):
                 raise EhrliftError(f"building the HL7 messages failed ({built[1]})")
-            chunk = [w[0] for w in work[done : done + len(built)]]
-            done += len(built)
+            if built is None or len(built) != end - start:
+                raise EhrliftError("the HL7 message builder stopped before the plan was complete")
+            chunk = [w[0] for w in work[start:end]]
             for p, decided in zip(chunk, built, strict=True):
                 p.status, p.reason, p.detail, p.control_id, p.message_type, p.content_sha256, p.text = decided
             await rec.plan([plan_line(p) for p in chunk])
@@ -262,8 +280,10 @@ def build_and_send(
     batch: int,
     journal_dir: Path,
     check: Callable[[list[Planned]], None] | None = None,
+    builders: int | None = None,
 ) -> dict[str, Any]:
-    """Build (in a forked process, which reads nothing from the warehouse) while sending; counts out.
+    """Build (in forked processes, which read nothing from the warehouse; `builders` of them, by default
+    one per free core) while sending; counts out.
 
     The plan's rows (what is to be sent, before building) are committed first, in one insert; while sending,
     only the journal is written; it is folded into the tables in one go at the end (or by the next run)."""
@@ -275,26 +295,35 @@ def build_and_send(
     # every few hundred allocations (it cost the sender more than its sending did).
     gc.freeze()
     jnl = Journal(path, plan_id, prep.target, run_id, now)
-    source, sink = multiprocessing.Pipe(duplex=False)
-    child: multiprocessing.process.BaseProcess | threading.Thread
-    if can_fork():
-        child = multiprocessing.get_context("fork").Process(
-            target=_builder, args=(prep, check, sink), daemon=True, name="hl7-builder"
-        )
-        child.start()
-        sink.close()
-    else:  # the same stream from a thread: correct, without the overlap
-        child = threading.Thread(target=_builder, args=(prep, check, sink, False), daemon=True)
-        child.start()
+    forked = can_fork()
+    parts = max(1, builders or default_builders()) if forked else 1
+    sources: list[Connection] = []
+    children: list[multiprocessing.process.BaseProcess | threading.Thread] = []
+    for part in range(parts):
+        source, sink = multiprocessing.Pipe(duplex=False)
+        sources.append(source)
+        if forked:
+            child: multiprocessing.process.BaseProcess | threading.Thread = multiprocessing.get_context(
+                "fork"
+            ).Process(target=_builder, args=(prep, check, sink, True, part, parts), daemon=True,
+                      name=f"hl7-builder-{part}")  # fmt: skip
+            child.start()
+            sink.close()
+        else:  # the same stream from a thread: correct, without the overlap
+            child = threading.Thread(target=_builder, args=(prep, check, sink, False), daemon=True)
+            child.start()
+        children.append(child)
     rec = Recorder(jnl, batch)
     try:
-        statuses = asyncio.run(_pipeline(prep.work, source, rec, address, policy, prep.acknowledged))
+        statuses = asyncio.run(_pipeline(prep.work, sources, rec, address, policy, prep.acknowledged))
     finally:
-        source.close()
-        child.join(10)
-        if child.is_alive() and not isinstance(child, threading.Thread):
-            child.terminate()
-            child.join(5)
+        for source in sources:
+            source.close()
+        for child in children:
+            child.join(10)
+            if child.is_alive() and not isinstance(child, threading.Thread):
+                child.terminate()
+                child.join(5)
         jnl.close()
         gc.unfreeze()
         # What was sent, as sent (this process still has the texts; a fold after a kill has only the codes).
