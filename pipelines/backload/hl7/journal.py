@@ -31,7 +31,7 @@ def folder(warehouse: Path | str) -> Path:
     return Path(f"{warehouse}.hl7-journal")
 
 
-def _clean(value: object) -> str:
+def clean(value: object) -> str:
     """One field: None as empty; tabs and line ends cannot occur in codes, but never split a line."""
     if value is None:
         return ""
@@ -39,7 +39,7 @@ def _clean(value: object) -> str:
 
 
 def line(kind: str, *values: object) -> str:
-    return "\t".join((kind, *(_clean(v) for v in values))) + "\n"
+    return "\t".join((kind, *(clean(v) for v in values))) + "\n"
 
 
 class Journal:

@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from pipelines.backload.hl7 import journal
-from pipelines.backload.hl7.journal import Journal, line
+from pipelines.backload.hl7.journal import Journal, clean, line
 from pipelines.backload.hl7.mllp import Item, Lanes, Outcome, SendPolicy
 from pipelines.backload.hl7.plan import Planned, Prepared, build
 from pipelines.common.errors import EhrliftError
@@ -83,7 +83,12 @@ _SKELETON = ("kind", "resource_type", "warehouse_id", "patient_id", "status", "r
 
 def plan_line(p: Planned) -> str:
     """What building decided, for the journal: codes and hashes only, never the message or record ids."""
-    return line("P", p.seq, p.status, p.reason, p.detail, p.control_id, p.message_type, p.content_sha256)
+    # Only the finding's text (field and segment names) could hold a separator; the rest are codes and hashes.
+    detail = clean(p.detail) if p.detail else ""
+    return (
+        f"P\t{p.seq}\t{p.status}\t{p.reason or ''}\t{detail}\t{p.control_id or ''}\t{p.message_type or ''}"
+        f"\t{p.content_sha256 or ''}\n"
+    )
 
 
 class Recorder:
