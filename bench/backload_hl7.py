@@ -4,7 +4,7 @@ side by side with a bare python-hl7 client sending the same prebuilt messages, a
 warehouse reads (build, check, record, send: what the target is about); the `ehrlift backload hl7` command
 with its start-up; and building + checking alone vs hl7apy's parse of the same messages.
 
-    uv run python bench/backload_hl7.py [--patients 20] [--copies 20] [--runs 3]
+    uv run python bench/backload_hl7.py [--patients 20] [--copies 20] [--runs 3] [--builders N]
 
 The warehouse is the demo data (`ehrlift demo-data` + `ehrlift run`) in a temporary folder, copied fresh
 for every timed back-load (a second one on the same warehouse would find everything acknowledged); no
@@ -142,12 +142,16 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=20)
     parser.add_argument("--copies", type=int, default=20, help="copies of the demo's records (own ids)")
     parser.add_argument("--runs", type=int, default=3, help="timed back-loads (each against a bare send)")
+    parser.add_argument(
+        "--builders", type=int, default=None, help="builder processes (default: one per core left free)"
+    )
     args = parser.parse_args()
 
     from hl7apy.parser import parse_message
 
     from pipelines.backload.hl7 import runner
     from pipelines.backload.hl7.runner import Hl7Options, backload_hl7
+    from pipelines.backload.hl7.stream import default_builders
     from pipelines.backload.hl7.structure import rules
 
     rules("2.5.1")  # compiled once per process (the command's start-up line below includes it)
@@ -180,7 +184,11 @@ def main() -> None:
         server.start()
         ready.wait(30)
         to = f"127.0.0.1:{port.value}"
-        print(f"messages: {n} ({args.patients} demo patients x {args.copies}); cpus: {os.cpu_count()}")
+        builders = args.builders or default_builders()
+        print(
+            f"messages: {n} ({args.patients} demo patients x {args.copies}); cpus: {os.cpu_count()}; "
+            f"builder processes: {builders}"
+        )
         try:
             for run in range(1, args.runs + 1):
                 load = os.getloadavg()[0]
@@ -191,7 +199,7 @@ def main() -> None:
                 stage.clear()
                 cpu.clear()
                 t0 = time.perf_counter()
-                result = backload_hl7(copy, Hl7Options(to=to))
+                result = backload_hl7(copy, Hl7Options(to=to, builders=args.builders))
                 ours = time.perf_counter() - t0
                 assert result["done"] == result["sent"] == n, result
                 print(
@@ -203,7 +211,7 @@ def main() -> None:
                     f"      CPU per message: bare client {1e6 * bare_cpu / n:5.0f} us | "
                     f"stage {1e6 * cpu[0] / n:5.0f} us "
                     f"(sender {1e6 * cpu[1] / n:.0f} us with its writer thread, "
-                    f"builder {1e6 * cpu[2] / n:.0f} us)"
+                    f"builder{'s' if builders > 1 else ''} {1e6 * cpu[2] / n:.0f} us)"
                 )
             copy = _fresh(wh, root, "command")
             cmd = [

@@ -25,7 +25,6 @@ from pipelines.backload.hl7.runner import Hl7Options, backload_hl7
 from pipelines.backload.hl7.segments import Header
 from pipelines.backload.hl7.structure import check
 from pipelines.common.reasons import reason_codes
-from pipelines.common.warehouse import duckdb_settings
 from tests.backload_builders import build_warehouse
 from tests.hl7_node_peer import NodePeer
 from tests.hl7_peer import Peer
@@ -382,32 +381,33 @@ def test_changed_registration_goes_as_a31_and_only_it_is_sent(tmp_path):
     assert len(peer.accepted) == 6
 
 
-def test_every_message_is_in_the_stored_plan_before_it_is_sent(tmp_path):
-    """The builder streams while the sender sends: a message reaches the peer only once its plan row (and
-    control id) is committed, so a kill at any point leaves nothing sent that a resume does not know."""
+def test_every_message_is_in_the_journal_before_it_is_sent(tmp_path):
+    """The builder streams while the sender sends: a message reaches the peer only once its control id is in
+    the send journal on disk, so a kill at any point leaves nothing sent that a resume does not know."""
+    from pipelines.backload.hl7.journal import folder
+
     res = resources()
     for i in range(40):  # several of the builder's chunks (16, 32, ...)
         res.append({**res[0], "id": f"px{i}", "identifier": [{"system": "urn:oid:1.2.3", "value": f"X{i}"}]})
     wh = build_warehouse(tmp_path / "w.duckdb", res)
     missing: list[str] = []
-    # The same database instance as the sender's (same settings), read while its writer thread commits.
-    seen = duckdb.connect(str(wh), config=duckdb_settings())
 
     def stored(cid: str) -> None:
-        cur = seen.cursor()
-        n = cur.execute(
-            "SELECT count(*) FROM ops.backload_hl7_messages WHERE control_id = ?", [cid]
-        ).fetchone()
-        if not n[0]:
+        # Complete lines only: a line is on disk whole before the message goes.
+        lines = "".join(p.read_text().rpartition("\n")[0] for p in folder(wh).glob("*.jnl")).split("\n")
+        if not any(ln.startswith("P\t") and ln.split("\t")[5] == cid for ln in lines):
             missing.append(cid)
 
-    try:
-        with Peer(on_receive=stored) as peer:
-            result = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", batch=4))
-    finally:
-        seen.close()
+    with Peer(on_receive=stored) as peer:
+        result = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", batch=4))
     assert (result["sent"], result["done"], result["failed"]) == (45, 45, 0)
     assert len(peer.accepted) == 45 and missing == []
+    with duckdb.connect(str(wh), read_only=True) as con:  # folded into the tables at the end
+        n = con.execute(
+            "SELECT count(DISTINCT control_id) FROM ops.backload_hl7_results WHERE state = 'done'"
+        )
+        assert n.fetchone()[0] == 45
+    assert not list(folder(wh).glob("*.jnl"))
 
 
 def test_a_builder_failure_stops_the_run_with_a_clear_error_and_no_values(tmp_path, monkeypatch, capfd):
@@ -426,16 +426,17 @@ def test_a_builder_failure_stops_the_run_with_a_clear_error_and_no_values(tmp_pa
     assert "MRN" not in out + err
 
 
-def test_recorder_group_commits_with_at_most_batch_outcomes_unrecorded(tmp_path):
+def test_recorder_group_writes_with_at_most_batch_outcomes_unrecorded(tmp_path):
     import asyncio
+    from datetime import UTC, datetime
 
+    from pipelines.backload.hl7.journal import Journal, read
     from pipelines.backload.hl7.mllp import Item, Outcome
     from pipelines.backload.hl7.stream import Recorder
-    from pipelines.common.warehouse import open_warehouse
 
-    wh = build_warehouse(tmp_path / "w.duckdb", resources())
-    con = open_warehouse(wh)
-    rec = Recorder(con, "plan", "millennium-r4", bound=8)
+    path = tmp_path / "j" / "plan.jnl"
+    jnl = Journal(path, "plan", "millennium-r4", "run", datetime.now(UTC))
+    rec = Recorder(jnl, bound=8)
     writes: list[int] = []
     write = rec._write
 
@@ -454,11 +455,11 @@ def test_recorder_group_commits_with_at_most_batch_outcomes_unrecorded(tmp_path)
 
     try:
         asyncio.run(send_forty())
-        stored = con.execute("SELECT count(DISTINCT control_id) FROM ops.backload_hl7_results").fetchone()[0]
     finally:
-        con.close()
-    assert stored == 40 and sum(writes) == 40
-    assert len(writes) < 40 and max(writes) <= 8  # group commits, none larger than the bound
+        jnl.close()
+    stored = read(path)
+    assert stored is not None and len({r[1] for r in stored.results}) == 40 and sum(writes) == 40
+    assert len(writes) < 40 and max(writes) <= 8  # group writes, none larger than the bound
     assert max(unrecorded) < 8  # the sender waited whenever the bound was reached
 
 

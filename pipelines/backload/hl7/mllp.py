@@ -138,7 +138,8 @@ class Lanes:
         attempts = 0
         while True:
             attempts += 1
-            await self.pace.wait()
+            if self.pace.gap:  # no coroutine per message when no rate is set
+                await self.pace.wait()
             try:
                 if conn is None:
                     conn = await asyncio.wait_for(

@@ -13,6 +13,7 @@ from typing import Any
 
 import duckdb
 
+from pipelines.backload.hl7.journal import folder, recover
 from pipelines.backload.hl7.messages import KINDS
 from pipelines.backload.hl7.mllp import SendPolicy
 from pipelines.backload.hl7.plan import Planned, build, prepare
@@ -49,6 +50,7 @@ class Hl7Options:
     validate: str = "structure"  # structure, full (hl7apy parses every message as well)
     policy: SendPolicy = field(default_factory=SendPolicy)
     override_reason: str | None = None
+    builders: int | None = None  # builder processes; None: one per core the sender leaves free
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
@@ -67,7 +69,7 @@ def parse_target(to: str) -> tuple[str, int]:
 
 
 def backload_hl7(warehouse: Path, options: Hl7Options) -> dict[str, Any]:
-    """Plan, then send what is not yet acknowledged (each message stored before it goes); counts out."""
+    """Plan, then send what is not yet acknowledged (each message journaled before it goes); counts out."""
     if options.version not in VERSIONS:
         raise ConfigError(f"--version must be one of {', '.join(VERSIONS)}")
     address = parse_target(options.to) if options.to else None
@@ -78,6 +80,7 @@ def backload_hl7(warehouse: Path, options: Hl7Options) -> dict[str, Any]:
             [run_id],
         ).fetchone()[0]
         when = f"{started}+0000"  # MSH-7: the run's start, so the same warehouse gives the same plan
+        recover(con, warehouse)  # what a killed send left in its journal, before anything is decided
         acked = acknowledged(con, options.profile)
         prep = prepare(
             con, options.profile, list(options.kinds), Header(version=options.version), when, acked,
@@ -100,7 +103,16 @@ def backload_hl7(warehouse: Path, options: Hl7Options) -> dict[str, Any]:
         plan_id = hashlib.sha256(f"{options.profile}\0{run_id}\0{datetime.now(UTC).isoformat()}".encode())
         plan_id_text = plan_id.hexdigest()[:16]
         result = build_and_send(
-            con, prep, plan_id_text, run_id, address, options.policy, options.batch, check
+            con,
+            prep,
+            plan_id_text,
+            run_id,
+            address,
+            options.policy,
+            options.batch,
+            folder(warehouse),
+            check,
+            options.builders,
         )
         log.info("HL7 back-load plan %s sent: %s", plan_id_text, result)
         return {"plan_id": plan_id_text, **result}

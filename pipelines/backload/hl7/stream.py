@@ -1,6 +1,6 @@
 """Building and sending at once: a forked builder process streams checked messages in plan order while this
-process records them (plan rows committed before a message goes) and sends them; ACK outcomes are written in
-group commits on one writer thread, so the warehouse never holds the sender up for long."""
+process journals them (each control id on disk before its message goes) and sends them; ACK outcomes are
+journaled in groups on one writer thread, and the journal is folded into the warehouse once, at the end."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import multiprocessing
+import os
 import signal
 import threading
 from collections import Counter
@@ -15,36 +16,41 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
+from pipelines.backload.hl7 import journal
+from pipelines.backload.hl7.journal import Journal, clean, line
 from pipelines.backload.hl7.mllp import Item, Lanes, Outcome, SendPolicy
 from pipelines.backload.hl7.plan import Planned, Prepared, build
 from pipelines.common.errors import EhrliftError
 from pipelines.common.warehouse import transaction
 
-# Messages per hand-over from the builder, and so per plan commit: small at first so sending starts soon,
-# then doubling, since a commit's cost is mostly its flush to disk, whatever its size.
+# Messages per hand-over from the builder, and so per journal flush of plan lines: small at first so sending
+# starts soon, then doubling, since a flush's cost is mostly its fsync, whatever its size.
 FIRST_CHUNK, MAX_CHUNK = 16, 1024
-LINGER = 0.1  # seconds an ACK outcome may wait for others to share its commit
+LINGER = 0.1  # seconds an ACK outcome may wait for others to share its fsync
 
 PLAN_TYPES = (
     "VARCHAR", "INTEGER", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR",
     "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "TIMESTAMPTZ", "VARCHAR",
 )  # fmt: skip  # ops.backload_hl7_messages, in column order
-_RESULT_TYPES = (
-    "VARCHAR", "INTEGER", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "INTEGER", "TIMESTAMPTZ",
-)  # fmt: skip  # ops.backload_hl7_results
+
+
+ARROW = {"VARCHAR": pa.string(), "INTEGER": pa.int32(), "TIMESTAMPTZ": pa.timestamp("us", tz="UTC")}
 
 
 def insert(con: duckdb.DuckDBPyConnection, table: str, types: tuple[str, ...], rows: list[tuple]) -> None:
-    """Many rows in one statement (column arrays unnested): executemany costs a statement per row."""
+    """Many rows in one statement, handed over as an Arrow table (Python lists as parameters cost about
+    a tenth of a millisecond a row to convert)."""
     if not rows:
         return
-    columns = [list(c) for c in zip(*rows, strict=True)]
-    select = ", ".join(f"unnest(${i}::{t}[])" for i, t in enumerate(types, start=1))
-    con.execute(f"INSERT INTO {table} SELECT {select}", columns)
+    columns = [pa.array(c, type=ARROW[t]) for c, t in zip(zip(*rows, strict=True), types, strict=True)]
+    rows_in = pa.Table.from_arrays(columns, names=[f"c{i}" for i in range(len(types))])  # noqa: F841
+    con.execute(f"INSERT INTO {table} SELECT * FROM rows_in")
 
 
 def plan_row(plan_id: str, target: str, run_id: str, p: Planned, now: datetime) -> tuple:
@@ -54,15 +60,46 @@ def plan_row(plan_id: str, target: str, run_id: str, p: Planned, now: datetime) 
     )  # fmt: skip
 
 
+def store_plan(
+    con: duckdb.DuckDBPyConnection, plan_id: str, target: str, run_id: str, now: datetime, work: list[Planned]
+) -> None:
+    """The plan's rows before building (what is to be sent, per record; refusals known at planning): the
+    journal's lines name them by seq. Only the columns that vary are handed over."""
+    planned = pa.table(  # noqa: F841 (read by name in the statement)
+        {
+            "seq": pa.array([p.seq for p in work], pa.int32()),
+            **{c: pa.array([getattr(p, c) for p in work], pa.string()) for c in _SKELETON},
+        }
+    )
+    con.execute(
+        "INSERT INTO ops.backload_hl7_messages SELECT $1, seq, $2, kind, NULL, resource_type, warehouse_id, "
+        "patient_id, status, reason, detail, NULL, NULL, NULL, $3, $4 FROM planned",
+        [plan_id, target, now, run_id],
+    )
+
+
+_SKELETON = ("kind", "resource_type", "warehouse_id", "patient_id", "status", "reason", "detail")
+
+
+def plan_line(p: Planned) -> str:
+    """What building decided, for the journal: codes and hashes only, never the message or record ids."""
+    # Only the finding's text (field and segment names) could hold a separator; the rest are codes and hashes.
+    detail = clean(p.detail) if p.detail else ""
+    return (
+        f"P\t{p.seq}\t{p.status}\t{p.reason or ''}\t{detail}\t{p.control_id or ''}\t{p.message_type or ''}"
+        f"\t{p.content_sha256 or ''}\n"
+    )
+
+
 class Recorder:
-    """The one thread that writes while messages go out. Plan rows are committed before their messages are
-    sent; outcomes go in group commits (whatever came in while the last commit ran), and a sender waits once
+    """The one thread that writes while messages go out. Plan lines are on disk before their messages are
+    sent; outcomes go in group writes (whatever came in while the last fsync ran), and a sender waits once
     `bound` outcomes are unrecorded, so a kill leaves at most about that many ACKs to be sent again."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, plan_id: str, target: str, bound: int) -> None:
-        self.con, self.plan_id, self.target, self.bound = con, plan_id, target, max(1, bound)
+    def __init__(self, journal: Journal, bound: int) -> None:
+        self.journal, self.bound = journal, max(1, bound)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="hl7-recorder")
-        self.plans: list[tuple] = []
+        self.plans: list[str] = []
         self.waiting: list[asyncio.Future[None]] = []  # plan() calls whose rows are not yet committed
         self.outcomes: list[Outcome] = []
         self.inflight = 0
@@ -95,19 +132,19 @@ class Recorder:
                 if not w.done():
                     w.set_result(None)
 
-    def _write(self, plans: list[tuple], outcomes: list[Outcome]) -> None:
-        now = datetime.now(UTC)
-        rows = [
-            (self.plan_id, o.item.seq, self.target, o.item.control_id, o.state, o.ack_code,
-             ",".join(o.error_codes) or None, o.attempts, now)
-            for o in outcomes
-        ]  # fmt: skip
-        with transaction(self.con):
-            insert(self.con, "ops.backload_hl7_messages", PLAN_TYPES, plans)
-            insert(self.con, "ops.backload_hl7_results", _RESULT_TYPES, rows)
+    def _write(self, plans: list[str], outcomes: list[Outcome]) -> None:
+        now = f"{datetime.now(UTC).timestamp():.6f}"
+        self.journal.write(
+            plans
+            + [
+                line("R", o.item.seq, o.item.control_id, o.state, o.ack_code, ",".join(o.error_codes),
+                     o.attempts, now)
+                for o in outcomes
+            ]
+        )  # fmt: skip
 
-    async def plan(self, rows: list[tuple]) -> None:
-        """Returns once the rows are committed (not waiting for the outcomes that keep coming meanwhile)."""
+    async def plan(self, rows: list[str]) -> None:
+        """Returns once the lines are on disk (not waiting for the outcomes that keep coming meanwhile)."""
         committed = asyncio.get_running_loop().create_future()
         self.plans.extend(rows)
         self.waiting.append(committed)
@@ -117,7 +154,7 @@ class Recorder:
         if not committed.done():
             task.result()  # the writer failed (raises); or it stopped before taking the rows
             committed.cancel()
-            raise EhrliftError("the HL7 plan rows were not recorded")
+            raise EhrliftError("the HL7 plan lines were not recorded")
 
     async def outcome(self, o: Outcome) -> None:
         self.tally[o.state] += 1
@@ -141,25 +178,45 @@ class Recorder:
             self.pool.shutdown(wait=True)
 
 
+def chunks(n: int) -> list[tuple[int, int]]:
+    """The hand-over schedule: (start, end) of each chunk of a plan of n messages."""
+    out, start, size = [], 0, FIRST_CHUNK
+    while start < n:
+        out.append((start, min(start + size, n)))
+        start, size = start + size, min(size * 2, MAX_CHUNK)
+    return out
+
+
+def default_builders() -> int:
+    """Builder processes: one per core the sender leaves free (at least one, at most four)."""
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
 def _builder(
-    prep: Prepared, check: Callable[[list[Planned]], None] | None, out: Connection, forked: bool = True
+    prep: Prepared,
+    check: Callable[[list[Planned]], None] | None,
+    out: Connection,
+    forked: bool = True,
+    part: int = 0,
+    parts: int = 1,
 ) -> None:
-    """The builder: messages in plan order, a chunk at a time; stops when the reader goes away."""
+    """A builder: its share of the chunks (every parts-th from part), each in plan order; stops when the
+    reader goes away."""
     if forked:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sender handles Ctrl-C and closes the pipe
-        # What was read before the fork lives as long as this process: keep the collector from walking it
-        # again and again (a fifth of the building time otherwise).
+        # What was read before the fork lives as long as this process, and what it builds is freed by
+        # reference counts: the collector would only walk them again and again (a sixth of the building
+        # time). The process ends with the plan, so a rare cycle lives until then at most.
         gc.freeze()
+        gc.disable()
     try:
-        start, size = 0, FIRST_CHUNK
-        while start < len(prep.work):
-            chunk = [build(prep, *w) for w in prep.work[start : start + size]]
+        for start, end in chunks(len(prep.work))[part::parts]:
+            chunk = [build(prep, *w) for w in prep.work[start:end]]
             if check is not None:
                 check(chunk)
             # What building decided, as plain tuples: the sender has the rest of each Planned (forked copy).
             out.send([(p.status, p.reason, p.detail, p.control_id, p.message_type, p.content_sha256, p.text)
                       for p in chunk])  # fmt: skip
-            start, size = start + size, min(size * 2, MAX_CHUNK)
         out.send(None)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the sender stopped (killed or interrupted): nothing more to do
@@ -173,33 +230,31 @@ def _builder(
 
 async def _pipeline(
     work: list[tuple[Planned, Any, Any]],
-    source: Connection,
+    sources: list[Connection],
     rec: Recorder,
     address: tuple[str, int],
     policy: SendPolicy,
-    plan_row_of: Callable[[Planned], tuple],
     acked: dict[str, str],
 ) -> Counter[str]:
     loop = asyncio.get_running_loop()
     reader = ThreadPoolExecutor(1, thread_name_prefix="hl7-plan-reader")
     lanes = Lanes(address[0], address[1], policy, rec.outcome)
     statuses: Counter[str] = Counter()
-    done = 0  # messages of work received so far (chunks come in plan order)
     try:
-        while True:
+        # Chunk j comes from builder j % len(sources): read in turn, they come in plan order.
+        for j, (start, end) in enumerate(chunks(len(work))):
             try:
-                built = await loop.run_in_executor(reader, source.recv)
+                built = await loop.run_in_executor(reader, sources[j % len(sources)].recv)
             except EOFError:
-                raise EhrliftError("the HL7 message builder stopped before the plan was complete") from None
-            if built is None:
-                break
+                built = None
             if isinstance(built, tuple):
                 raise EhrliftError(f"building the HL7 messages failed ({built[1]})")
-            chunk = [w[0] for w in work[done : done + len(built)]]
-            done += len(built)
+            if built is None or len(built) != end - start:
+                raise EhrliftError("the HL7 message builder stopped before the plan was complete")
+            chunk = [w[0] for w in work[start:end]]
             for p, decided in zip(chunk, built, strict=True):
                 p.status, p.reason, p.detail, p.control_id, p.message_type, p.content_sha256, p.text = decided
-            await rec.plan([plan_row_of(p) for p in chunk])
+            await rec.plan([plan_line(p) for p in chunk])
             for p in chunk:
                 statuses[p.status] += 1
                 if p.status == "send" and p.control_id not in acked:
@@ -228,34 +283,56 @@ def build_and_send(
     address: tuple[str, int],
     policy: SendPolicy,
     batch: int,
+    journal_dir: Path,
     check: Callable[[list[Planned]], None] | None = None,
+    builders: int | None = None,
 ) -> dict[str, Any]:
-    """Build (in a forked process, which reads nothing from the warehouse) while sending; counts out."""
-    source, sink = multiprocessing.Pipe(duplex=False)
-    child: multiprocessing.process.BaseProcess | threading.Thread
-    if can_fork():
-        child = multiprocessing.get_context("fork").Process(
-            target=_builder, args=(prep, check, sink), daemon=True, name="hl7-builder"
-        )
-        child.start()
-        sink.close()
-    else:  # the same stream from a thread: correct, without the overlap
-        child = threading.Thread(target=_builder, args=(prep, check, sink, False), daemon=True)
-        child.start()
-    rec = Recorder(con, plan_id, prep.target, batch)
+    """Build (in forked processes, which read nothing from the warehouse; `builders` of them, by default
+    one per free core) while sending; counts out.
+
+    The plan's rows (what is to be sent, before building) are committed first, in one insert; while sending,
+    only the journal is written; it is folded into the tables in one go at the end (or by the next run)."""
     now = datetime.now(UTC)
-
-    def row(p: Planned) -> tuple:
-        return plan_row(plan_id, prep.target, run_id, p, now)
-
+    with transaction(con):
+        store_plan(con, plan_id, prep.target, run_id, now, [w[0] for w in prep.work])
+    path = journal_dir / f"{plan_id}.jnl"
+    # The plan's resources, read before, live until the send ends: keep the collector from walking them at
+    # every few hundred allocations (it cost the sender more than its sending did).
+    gc.freeze()
+    jnl = Journal(path, plan_id, prep.target, run_id, now)
+    forked = can_fork()
+    parts = max(1, builders or default_builders()) if forked else 1
+    sources: list[Connection] = []
+    children: list[multiprocessing.process.BaseProcess | threading.Thread] = []
+    for part in range(parts):
+        source, sink = multiprocessing.Pipe(duplex=False)
+        sources.append(source)
+        if forked:
+            child: multiprocessing.process.BaseProcess | threading.Thread = multiprocessing.get_context(
+                "fork"
+            ).Process(target=_builder, args=(prep, check, sink, True, part, parts), daemon=True,
+                      name=f"hl7-builder-{part}")  # fmt: skip
+            child.start()
+            sink.close()
+        else:  # the same stream from a thread: correct, without the overlap
+            child = threading.Thread(target=_builder, args=(prep, check, sink, False), daemon=True)
+            child.start()
+        children.append(child)
+    rec = Recorder(jnl, batch)
     try:
-        statuses = asyncio.run(_pipeline(prep.work, source, rec, address, policy, row, prep.acknowledged))
+        statuses = asyncio.run(_pipeline(prep.work, sources, rec, address, policy, prep.acknowledged))
     finally:
-        source.close()
-        child.join(10)
-        if child.is_alive() and not isinstance(child, threading.Thread):
-            child.terminate()
-            child.join(5)
+        for source in sources:
+            source.close()
+        for child in children:
+            child.join(10)
+            if child.is_alive() and not isinstance(child, threading.Thread):
+                child.terminate()
+                child.join(5)
+        jnl.close()
+        gc.unfreeze()
+        # What was sent, as sent (this process still has the texts; a fold after a kill has only the codes).
+        journal.apply(con, path, {p.seq: p.text for p, _r, _pt in prep.work if p.text is not None})
     return {
         **{k: statuses.get(k, 0) for k in ("send", "not_sendable", "unchanged", "sent")},
         "done": rec.tally["done"],

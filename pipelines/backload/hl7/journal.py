@@ -1,0 +1,194 @@
+"""The send journal: an append-only file beside the warehouse that records, with one write and one fsync per
+group, each planned message's control id before it is sent and each ACK outcome; folded into
+ops.backload_hl7_messages/results in one set-based statement each at the end of a send, or, after a kill, at
+the start of the next run. It holds codes only (control ids, statuses, reason codes, field names, content
+hashes), never message content or record ids: those are in the plan rows, committed before sending starts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from pipelines.common.errors import EhrliftError
+from pipelines.common.warehouse import transaction
+
+log = logging.getLogger(__name__)
+
+MAGIC = "ehrlift-hl7-journal"
+VERSION = "1"
+# Fields per line kind: H(eader), P(lan: what building decided), R(esult: one ACK outcome).
+FIELDS = {"H": 6, "P": 7, "R": 7}
+
+
+def folder(warehouse: Path | str) -> Path:
+    return Path(f"{warehouse}.hl7-journal")
+
+
+def clean(value: object) -> str:
+    """One field: None as empty; tabs and line ends cannot occur in codes, but never split a line."""
+    if value is None:
+        return ""
+    return str(value).replace("\t", " ").replace("\n", " ").replace("\r", " ")
+
+
+def line(kind: str, *values: object) -> str:
+    return "\t".join((kind, *(clean(v) for v in values))) + "\n"
+
+
+class Journal:
+    """One plan's journal, open for appending. write() returns once the lines are on disk (fsync)."""
+
+    def __init__(self, path: Path, plan_id: str, target: str, run_id: str, planned_at: datetime) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.write([line("H", MAGIC, VERSION, plan_id, target, run_id, planned_at.isoformat())])
+        # The file's name must survive a crash too, or the next run would not find what it holds.
+        with contextlib.suppress(OSError):
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def write(self, lines: list[str]) -> None:
+        data = "".join(lines).encode()
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class Read:
+    """What a journal file holds: its header and its complete lines (a torn last line is left out)."""
+
+    plan_id: str
+    target: str
+    run_id: str
+    plans: list[list[str]] = field(default_factory=list)
+    results: list[list[str]] = field(default_factory=list)
+    torn: bool = False
+
+
+def read(path: Path) -> Read | None:
+    """None when the header itself never reached the disk whole (nothing was sent under it)."""
+    data = path.read_bytes()
+    complete, _, tail = data.rpartition(b"\n")
+    lines = complete.decode("utf-8", errors="replace").split("\n") if complete else []
+    torn = bool(tail)  # a kill mid-write leaves a last line without its end: never acted upon
+    if not lines:
+        return None
+    head = lines[0].split("\t")
+    if len(head) != FIELDS["H"] + 1 or head[0] != "H" or head[1] != MAGIC:
+        raise EhrliftError(f"the HL7 send journal {path.name} is not one this version writes")
+    out = Read(plan_id=head[3], target=head[4], run_id=head[5], torn=torn)
+    for n, text in enumerate(lines[1:], start=2):
+        parts = text.split("\t")
+        kind = parts[0]
+        if kind not in ("P", "R") or len(parts) != FIELDS[kind] + 1 or not parts[1].isdigit():
+            raise EhrliftError(
+                f"the HL7 send journal {path.name} is damaged at line {n}",
+                hint="it is kept as it is; the messages it lists can be checked against the receiver's log",
+            )
+        (out.plans if kind == "P" else out.results).append(parts[1:])
+    return out
+
+
+def fold(con: duckdb.DuckDBPyConnection, j: Read, texts: dict[int, str] | None = None) -> None:
+    """Apply a journal to the tables: plan rows get what building decided (and the sent text, when this
+    process still has it); outcomes are inserted once (a plan whose outcomes are already in is not folded
+    again); rows never built are removed (nothing was sent for them)."""
+    texts = texts or {}
+    plans, r = j.plans, j.results
+    seqs = [int(p[0]) for p in plans]
+    # Arrow tables the statements read by name (DuckDB's replacement scans): set-based, no per-row cost.
+    built = pa.table(  # noqa: F841
+        {
+            "seq": pa.array(seqs, pa.int32()),
+            **{name: pa.array([p[i] or None for p in plans], pa.string()) for i, name in _PLAN_FIELDS},
+            "message": pa.array([texts.get(s) for s in seqs], pa.string()),
+        }
+    )
+    outcomes = pa.table(  # noqa: F841
+        {
+            "seq": pa.array([int(x[0]) for x in r], pa.int32()),
+            "control_id": pa.array([x[1] for x in r], pa.string()),
+            "state": pa.array([x[2] for x in r], pa.string()),
+            "ack_code": pa.array([x[3] or None for x in r], pa.string()),
+            "error_codes": pa.array([x[4] or None for x in r], pa.string()),
+            "attempts": pa.array([int(x[5]) for x in r], pa.int32()),
+            "recorded": pa.array([float(x[6]) for x in r], pa.float64()),
+        }
+    )
+    with transaction(con):
+        con.execute(
+            """
+            UPDATE ops.backload_hl7_messages m SET status = j.status, reason = j.reason, detail = j.detail,
+                control_id = j.control_id, message_type = j.message_type, content_sha256 = j.sha,
+                message = coalesce(j.message, m.message)
+            FROM built j WHERE m.plan_id = $1 AND m.seq = j.seq
+            """,
+            [j.plan_id],
+        )
+        con.execute(
+            "DELETE FROM ops.backload_hl7_messages "
+            "WHERE plan_id = ? AND status = 'send' AND control_id IS NULL",
+            [j.plan_id],
+        )
+        # Outcomes once: a plan whose outcomes are in was folded already (a crash before the file went).
+        con.execute(
+            """
+            INSERT INTO ops.backload_hl7_results
+            SELECT $1, seq, $2, control_id, state, ack_code, error_codes, attempts, to_timestamp(recorded)
+            FROM outcomes
+            WHERE NOT EXISTS (SELECT 1 FROM ops.backload_hl7_results WHERE plan_id = $1)
+            """,
+            [j.plan_id, j.target],
+        )
+
+
+_PLAN_FIELDS = (
+    (1, "status"),
+    (2, "reason"),
+    (3, "detail"),
+    (4, "control_id"),
+    (5, "message_type"),
+    (6, "sha"),
+)
+
+
+def apply(con: duckdb.DuckDBPyConnection, path: Path, texts: dict[int, str] | None = None) -> Read | None:
+    """Fold one journal file, then remove it (a crash in between folds it again, harmlessly)."""
+    j = read(path)
+    if j is not None:
+        fold(con, j, texts)
+        if j.torn:
+            log.warning("HL7 send journal of plan %s: a torn last line was ignored", j.plan_id)
+    path.unlink()
+    return j
+
+
+def recover(con: duckdb.DuckDBPyConnection, warehouse: Path | str) -> int:
+    """At the start of a run: fold whatever an interrupted send left, oldest first; then drop plan rows
+    that were never built (a kill before their journal lines: nothing of theirs was sent). Journals folded."""
+    found = sorted(folder(warehouse).glob("*.jnl"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    for path in found:
+        j = apply(con, path)
+        if j is not None:
+            log.info("HL7 back-load: the journal of interrupted plan %s was applied", j.plan_id)
+    con.execute("DELETE FROM ops.backload_hl7_messages WHERE status = 'send' AND control_id IS NULL")
+    return len(found)

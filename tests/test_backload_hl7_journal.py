@@ -1,0 +1,205 @@
+"""The HL7 back-load's send journal: it survives kill -9 and is applied by the next run (nothing lost or sent
+twice), a torn last line is ignored, it is folded into the tables exactly once, and it holds codes only."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import duckdb
+import pytest
+
+from pipelines.backload.hl7 import journal
+from pipelines.backload.hl7.journal import Journal, folder, line, read, recover
+from pipelines.backload.hl7.plan import build_plan
+from pipelines.backload.hl7.runner import Hl7Options, backload_hl7
+from pipelines.backload.hl7.segments import Header
+from pipelines.backload.hl7.stream import PLAN_TYPES, insert, plan_line
+from pipelines.common.errors import EhrliftError
+from pipelines.common.warehouse import open_warehouse
+from tests.backload_builders import build_warehouse
+from tests.hl7_peer import Peer
+from tests.hl7back_builders import resources
+
+SECRETS = ("O'Brien", "MRN", "1980", "Denver", "303-555", "2345-7", "LOT-9", "Ann")
+
+
+def _many(n: int) -> list[dict]:
+    res = resources()
+    for i in range(n):
+        res.append({**res[0], "id": f"px{i}", "identifier": [{"system": "urn:oid:1.2.3", "value": f"X{i}"}]})
+    return res
+
+
+def _counts(wh, plan_id):
+    with duckdb.connect(str(wh), read_only=True) as con:
+        msgs = con.execute(
+            "SELECT count(*), count(control_id) FROM ops.backload_hl7_messages WHERE plan_id = ?", [plan_id]
+        ).fetchone()
+        results = con.execute(
+            "SELECT count(*) FROM ops.backload_hl7_results WHERE plan_id = ?", [plan_id]
+        ).fetchone()[0]
+    return msgs, results
+
+
+def test_journal_survives_kill_and_the_next_run_applies_it_first(tmp_path):
+    wh = build_warehouse(tmp_path / "w.duckdb", _many(30))
+    cmd = [sys.executable, "-m", "pipelines.cli", "backload", "hl7", "--warehouse", str(wh), "--batch", "3"]
+    with Peer(delay=0.02) as peer:
+        cmd += ["--to", f"127.0.0.1:{peer.port}"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(peer.accepted) < 8 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the send ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        left = list(folder(wh).glob("*.jnl"))
+        assert len(left) == 1  # the killed send's journal, not folded
+        killed = read(left[0])
+        assert killed is not None
+        journaled = {r[1] for r in killed.results if r[2] == "done"}
+        assert journaled and journaled <= set(peer.accepted)
+        (_rows, built), results = _counts(wh, killed.plan_id)
+        assert built == 0 and results == 0  # while sending, only the journal was written
+        sent_before = dict(peer.received)
+
+        final = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+        assert final.returncode == 0, final.stderr.decode()[-2000:]
+    assert not list(folder(wh).glob("*.jnl"))
+    (_rows, built), results = _counts(wh, killed.plan_id)
+    assert results == len(killed.results) and built == sum(1 for p in killed.plans if p[4])
+    # What the journal held as acknowledged was not sent again; everything acknowledged once.
+    assert all(peer.received[cid] == sent_before[cid] for cid in journaled)
+    assert len(peer.accepted) == len(set(peer.accepted))
+    with duckdb.connect(str(wh), read_only=True) as con:
+        planned = {r[0] for r in con.execute(
+            "SELECT DISTINCT control_id FROM ops.backload_hl7_messages WHERE status = 'send'"
+        ).fetchall()}  # fmt: skip
+    assert sorted(peer.accepted) == sorted(planned)
+
+
+def _journaled_plan(tmp_path):
+    """A stored plan (as a send stores it before building) and a journal of it: every message built, the
+    first three acknowledged, then a line torn by a kill mid-write."""
+    wh = build_warehouse(tmp_path / "w.duckdb", resources())
+    con = open_warehouse(wh)
+    planned = build_plan(
+        con, "millennium-r4", ["adt", "oru", "vxu", "mdm"], Header(), "20250101120000+0000", {}
+    )
+    now = datetime.now(UTC)
+    skeleton = [  # as stored before building: no control id yet; refused at planning already
+        ("p1", p.seq, "millennium-r4", p.kind, None, p.resource_type, p.warehouse_id, p.patient_id,
+         "send" if p.status != "not_sendable" else p.status, p.reason, p.detail, None, None, None, now, "r1")
+        for p in planned
+    ]  # fmt: skip
+    insert(con, "ops.backload_hl7_messages", PLAN_TYPES, skeleton)
+    path = folder(wh) / "p1.jnl"
+    j = Journal(path, "p1", "millennium-r4", "r1", now)
+    sendable = [p for p in planned if p.status == "send"]
+    j.write([plan_line(p) for p in planned])
+    stamp = f"{now.timestamp():.6f}"
+    j.write([line("R", p.seq, p.control_id, "done", "AA", "", 1, stamp) for p in sendable[:3]])
+    j.write([f"R\t{sendable[3].seq}\t{sendable[3].control_id}\tdo"])  # torn: no line end
+    j.close()
+    return wh, con, path, planned, sendable
+
+
+def test_a_torn_last_line_is_ignored_and_the_journal_is_folded_exactly_once(tmp_path):
+    wh, con, path, planned, sendable = _journaled_plan(tmp_path)
+    try:
+        held = read(path)
+        assert held is not None and held.torn and len(held.results) == 3
+        journal.fold(con, held)  # as if a crash came after the fold's commit, before the file was removed
+        assert recover(con, wh) == 1
+        assert not path.exists()
+        assert recover(con, wh) == 0  # nothing left to apply
+        rows = con.execute(
+            "SELECT seq, control_id, state, ack_code, attempts FROM ops.backload_hl7_results "
+            "WHERE plan_id = 'p1' ORDER BY seq"
+        ).fetchall()
+        assert rows == [(p.seq, p.control_id, "done", "AA", 1) for p in sendable[:3]]
+        stored = con.execute(
+            "SELECT seq, status, reason, control_id, message_type, content_sha256 "
+            "FROM ops.backload_hl7_messages WHERE plan_id = 'p1' ORDER BY seq"
+        ).fetchall()
+        assert stored == [
+            (p.seq, p.status, p.reason, p.control_id, p.message_type, p.content_sha256) for p in planned
+        ]
+    finally:
+        con.close()
+
+
+def test_a_damaged_middle_line_stops_with_a_clear_error_and_keeps_the_journal(tmp_path):
+    wh, con, path, _planned, _sendable = _journaled_plan(tmp_path)
+    try:
+        text = path.read_text().split("\n")
+        text[2] = "X\tnot a journal line"
+        path.write_text("\n".join(text))
+        with pytest.raises(EhrliftError, match="damaged at line 3"):
+            recover(con, wh)
+        assert path.exists()
+    finally:
+        con.close()
+
+
+def test_plan_rows_never_built_are_dropped_when_no_journal_line_names_them(tmp_path):
+    """A kill after the plan's rows were stored but before their journal lines: nothing of theirs was sent,
+    so the next run removes them (they would otherwise count as pending forever)."""
+    wh, con, path, planned, _sendable = _journaled_plan(tmp_path)
+    try:
+        path.write_text(path.read_text().split("\n", 1)[0] + "\n")  # the header only
+        recover(con, wh)
+        left = con.execute("SELECT count(*) FROM ops.backload_hl7_messages WHERE plan_id = 'p1'").fetchone()
+        assert left[0] == sum(1 for p in planned if p.status != "send")  # refused at planning: kept
+    finally:
+        con.close()
+
+
+def test_the_journal_holds_codes_only(tmp_path, monkeypatch):
+    """Control ids, statuses, reason codes, field names and hashes: never message content or record ids."""
+    copies: list[str] = []
+    apply = journal.apply
+
+    def keep(con, path, texts=None):
+        copies.append(path.read_text())
+        return apply(con, path, texts)
+
+    monkeypatch.setattr(journal, "apply", keep)
+    wh = build_warehouse(tmp_path / "w.duckdb", resources())
+    with Peer() as peer:
+        result = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}"))
+    assert result["done"] == 5 and len(copies) == 1
+    text = copies[0]
+    for secret in (*SECRETS, "MSH|", "PID", "p1", "p0", "Patient/"):
+        assert secret not in text
+    for ln in text.splitlines()[1:]:
+        kind, *fields = ln.split("\t")
+        assert kind in ("P", "R")
+        for f in fields:
+            assert re.fullmatch(r"[A-Za-z0-9_.,;:^ ()/-]*", f), f
+
+
+def test_several_builders_hand_over_in_plan_order(tmp_path):
+    """Builders take every other chunk; the sender reads them in turn, so the plan and the order the peer sees
+    are those of a single builder (control ids differ: MSH-7 is each warehouse's run start)."""
+    runs = {}
+    for builders in (1, 2):
+        wh = build_warehouse(tmp_path / f"b{builders}" / "w.duckdb", _many(60))  # chunks of 16, 32, 64
+        with Peer() as peer:
+            result = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", builders=builders))
+        with duckdb.connect(str(wh), read_only=True) as con:
+            plan = con.execute(
+                "SELECT seq, kind, warehouse_id, status, control_id "
+                "FROM ops.backload_hl7_messages ORDER BY seq"
+            ).fetchall()
+        seq_of = {row[4]: row[0] for row in plan}
+        received = [seq_of[cid] for cid in peer.received]  # in the order they arrived
+        runs[builders] = (result["sent"], result["done"], [r[:4] for r in plan], received)
+    assert runs[1][0] == runs[1][1] == 65
+    assert runs[2] == runs[1] and runs[1][3] == sorted(runs[1][3])
