@@ -7,6 +7,7 @@ import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -23,17 +24,25 @@ _FEATURES = (
 
 @dataclass(slots=True)
 class ScoredPairs:
-    """Pairs at or above the record floor: (left id, right id, match probability, guard name or None)."""
+    """The trained model; the pairs at or above the record floor are in the TEMP table id_scored."""
 
-    pairs: list[tuple[str, str, float, str | None]]
     model_version: str
     model: dict[str, Any]
     trained: str  # em (u sampled, m by EM), u (u sampled only) or priors (model.json as it is)
     compared: int
 
 
+def empty_scores(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE OR REPLACE TEMP TABLE id_scored (l VARCHAR, r VARCHAR, score DOUBLE, guard VARCHAR)")
+
+
 def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: int) -> ScoredPairs:
-    """Train (u by sampling; m by EM when the data is large enough) and predict over the blocked pairs."""
+    """Train (u by sampling; m by EM when the data is large enough) and score the blocked pairs.
+
+    The pairs never pass through Python: splink scores them into a DuckDB table (spilled to disk past
+    the memory limit), those over the record floor are written to a Parquet file and read into the
+    TEMP table id_scored (l, r, score, guard) of the warehouse connection.
+    """
     from splink import DuckDBAPI, Linker
 
     # splink logs training progress (comparison names and counts only); our own summary lines suffice.
@@ -71,13 +80,22 @@ def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: in
             name = linker.inference.predict().physical_name
             compared = int(sp.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0])
             guard_sql = " ".join(f"WHEN {g['sql']} THEN '{g['name']}'" for g in cfg.guards)
-            guard = f"CASE {guard_sql} END" if guard_sql else "NULL"
-            rows = sp.execute(
-                f"SELECT unique_id_l, unique_id_r, match_probability, {guard} FROM {name} "
-                "WHERE match_probability >= ? ORDER BY unique_id_l, unique_id_r",
-                [float(t["record_floor"])],
-            ).fetchall()
+            guard = f"CASE {guard_sql} END" if guard_sql else "CAST(NULL AS VARCHAR)"
+            path = Path(spill) / "scored.parquet"
+            sp.execute(
+                "COPY (SELECT least(unique_id_l, unique_id_r) AS l, "
+                f"greatest(unique_id_l, unique_id_r) AS r, match_probability AS score, {guard} AS guard "
+                f"FROM {name} WHERE match_probability >= {float(t['record_floor'])!r}) "
+                f"TO {_literal(path)} (FORMAT parquet)"
+            )
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE id_scored AS "
+                f"SELECT l, r, score, guard FROM read_parquet({_literal(path)})"
+            )
         finally:
             sp.close()
-    pairs = [(min(a, b), max(a, b), float(p), g) for a, b, p, g in rows]
-    return ScoredPairs(pairs, version, model, trained, compared)
+    return ScoredPairs(version, model, trained, compared)
+
+
+def _literal(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
