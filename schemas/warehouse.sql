@@ -1,5 +1,5 @@
--- ehrlift warehouse contract, version 12 (additive: 12 added the ops.backload_hl7_* tables; 10
--- ops.cds_cards and ops.cds_feedback; 9 the ops.backload_* tables; 8 the identity tables
+-- ehrlift warehouse contract, version 16 (additive: 16 added ops.identity_runs; 12 the
+-- ops.backload_hl7_* tables; 10 ops.cds_cards and ops.cds_feedback; 9 the ops.backload_* tables; 8 the identity tables
 -- ops.identity_links, ops.identity_decisions, ops.identity_models, ops.person_map, ops.person_records,
 -- ops.fact_duplicates; 7 ops.stage_batches; 6 ops.run_stages, ops.validation_counts and
 -- ops.views_stale; 4 ops.unit_items; 3 the terminology schema; 2 ops.unconsumed and
@@ -340,6 +340,16 @@ CREATE TABLE IF NOT EXISTS ops.person_records (
     resource          JSON NOT NULL,          -- the surviving Patient, assembled by survivorship rules
     members           INTEGER NOT NULL,
     run_id            VARCHAR NOT NULL
+);
+-- One row per linking (version 16): a digest of what it depended on (source Patients, reviewers'
+-- decisions, identity data files), and the run whose decisions stand: itself, or, when nothing had
+-- changed, the earlier run whose decisions it kept without running the model.
+CREATE TABLE IF NOT EXISTS ops.identity_runs (
+    run_id            VARCHAR NOT NULL,
+    input_digest      VARCHAR NOT NULL,       -- sha256 over row hashes: no record values
+    source_patients   BIGINT NOT NULL,
+    decided_by        VARCHAR NOT NULL,       -- the run whose identity_links and person_map stand
+    recorded_at       TIMESTAMPTZ NOT NULL
 );
 -- The same fact arriving by several paths: every copy but the survivor, never deleted from fhir.*.
 CREATE TABLE IF NOT EXISTS ops.fact_duplicates (

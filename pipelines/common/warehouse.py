@@ -13,11 +13,12 @@ import duckdb
 from pipelines.common.errors import WarehouseError
 from pipelines.common.paths import shipped
 
+# 16: ops.identity_runs (what each patient linking depended on, so an unchanged one is skipped);
 # 12: ops.backload_hl7_messages, ops.backload_hl7_results (HL7 v2 back-load over MLLP); 10: CDS Hooks cards
 # and feedback; 9: ops.backload_plans, ops.backload_plan, ops.backload_ids, ops.backload_results (back-load);
 # 8: identity tables (identity_links, person_map, ...); 7: ops.stage_batches (merges of staged batches
 # from other workers); 6: ops.run_stages, ops.validation_counts, ops.views_stale
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 16
 STORAGE_VERSION = "v1.0.0"  # DuckDB's storage format for new files: readable by DuckDB 1.0 and later
 RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # also guards table names
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +13,11 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from pipelines.common.errors import ConfigError
 from pipelines.identity.config import IdentityConfig, load_config
 from pipelines.identity.decide import cluster, decide_pairs
 from pipelines.identity.features import build_features
+from pipelines.identity.inputs import input_digest, record_inputs, standing_decision
 from pipelines.identity.model import empty_scores, score_pairs
 from pipelines.identity.person import iter_person_records, map_persons
 from pipelines.identity.rules import build_rule_pairs, build_trusted
@@ -34,6 +37,7 @@ class LinkResult:
     model_version: str | None = None
     trained: str | None = None
     seconds: float = 0.0
+    decided_by: str | None = None  # the run whose decisions stand (an earlier one when nothing changed)
     model: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -42,41 +46,58 @@ class LinkResult:
 
 
 def link_patients(
-    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig | None = None
+    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig | None = None, force: bool = False
 ) -> LinkResult:
     """Decide every candidate pair, form persons; replace identity_links, person_map, person_records.
 
     The candidate pairs stay in DuckDB from scoring to storing (TEMP tables id_scored, id_decisions,
-    id_comp): memory does not grow with their number.
+    id_comp): memory does not grow with their number. When no source Patient, reviewer decision or
+    identity data file changed since the last linking, its decisions stand: the model is not run (nor
+    splink imported) and the tables are left as they are, unless `force`.
     """
     started = time.monotonic()
     cfg = cfg or load_config()
-    result = LinkResult()
-    result.source_patients = build_features(con, cfg)
-    build_rule_pairs(con, cfg)
-    build_trusted(con, cfg)
-    empty_scores(con)
-    if result.source_patients >= 2:
-        scored = score_pairs(con, cfg, result.source_patients)
-        result.pairs_scored, result.model_version, result.trained = (
-            scored.compared,
-            scored.model_version,
-            scored.trained,
+    limit = str(cfg.thresholds.get("memory_limit", "256MB"))
+    previous = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    # The warehouse connection holds the pairs' TEMP tables: bounded, they spill rather than grow.
+    con.execute(f"SET memory_limit = '{_setting(limit)}'")
+    try:
+        digest, present = input_digest(con, cfg)
+        standing = None if force else standing_decision(con, digest, present)
+        if standing is not None:
+            result = _standing(con, standing)
+            record_inputs(con, run_id, digest, present, standing)
+            log.info("identity: no source patient or decision changed; the decisions of an earlier run stand")
+            return result
+        result = LinkResult()
+        result.source_patients = build_features(con, cfg)
+        build_rule_pairs(con, cfg)
+        build_trusted(con, cfg)
+        empty_scores(con)
+        if result.source_patients >= 2:
+            scored = score_pairs(con, cfg, result.source_patients)
+            result.pairs_scored, result.model_version, result.trained = (
+                scored.compared,
+                scored.model_version,
+                scored.trained,
+            )
+            result.model = scored.model
+        decide_pairs(con, cfg)
+        cluster(con)
+        result.persons = map_persons(con, cfg.survivorship)
+        result.pairs = dict(
+            con.execute("SELECT decision, count(*) FROM id_decisions GROUP BY 1 ORDER BY 1").fetchall()
         )
-        result.model = scored.model
-    decide_pairs(con, cfg)
-    cluster(con)
-    result.persons = map_persons(con, cfg.survivorship)
-    result.pairs = dict(
-        con.execute("SELECT decision, count(*) FROM id_decisions GROUP BY 1 ORDER BY 1").fetchall()
-    )
-    result.methods = dict(
-        con.execute(
-            "SELECT method, count(*) FROM id_decisions WHERE decision = 'link' GROUP BY 1 ORDER BY 1"
-        ).fetchall()
-    )
-    _store(con, run_id, cfg, result)
-    result.seconds = round(time.monotonic() - started, 3)
+        result.methods = dict(
+            con.execute(
+                "SELECT method, count(*) FROM id_decisions WHERE decision = 'link' GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+        )
+        _store(con, run_id, cfg, result, digest)
+    finally:
+        _drop_temp_tables(con)
+        con.execute(f"SET memory_limit = '{_setting(previous)}'")
+        result.seconds = round(time.monotonic() - started, 3)
     log.info(
         "identity: %d source patients -> %d persons; pairs %s",
         result.source_patients,
@@ -86,7 +107,46 @@ def link_patients(
     return result
 
 
-def _store(con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig, result: LinkResult) -> None:
+def _drop_temp_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """The stage's TEMP tables (features, pairs, decisions) go once stored: a run's connection lives on."""
+    names = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE temporary AND starts_with(table_name, 'id_')"
+    ).fetchall()
+    for (name,) in names:
+        con.execute(f'DROP TABLE IF EXISTS temp."{name}"')
+
+
+def _setting(value: str) -> str:
+    if not re.fullmatch(r"[0-9.]+ ?[A-Za-z]*", value):
+        raise ConfigError("thresholds.json: memory_limit must be a size such as 256MB")
+    return value
+
+
+def _standing(con: duckdb.DuckDBPyConnection, decided_by: str) -> LinkResult:
+    """Counts of the decisions that stand, read back from the tables (nothing is recomputed)."""
+    result = LinkResult(decided_by=decided_by)
+    result.source_patients, result.persons = con.execute(
+        "SELECT count(*), count(DISTINCT person_id) FROM ops.person_map"
+    ).fetchall()[0]
+    result.pairs = dict(
+        con.execute("SELECT decision, count(*) FROM ops.identity_links GROUP BY 1 ORDER BY 1").fetchall()
+    )
+    result.methods = dict(
+        con.execute(
+            "SELECT method, count(*) FROM ops.identity_links WHERE decision = 'link' GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    )
+    model = con.execute(
+        "SELECT model_version, trained FROM ops.identity_models WHERE run_id = ?", [decided_by]
+    ).fetchall()
+    if model:
+        result.model_version, result.trained = model[0]
+    return result
+
+
+def _store(
+    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig, result: LinkResult, digest: str
+) -> None:
     try:
         con.execute("BEGIN TRANSACTION")
         con.execute("DELETE FROM ops.identity_links")
@@ -103,7 +163,7 @@ def _store(con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig, res
             [run_id],
         )
         con.execute("DELETE FROM ops.person_records")
-        for batch in iter_person_records(con, cfg.survivorship, result.persons):
+        for batch in iter_person_records(con, cfg.survivorship):
             rows = pa.table(
                 {
                     "person": [r[0] for r in batch],
@@ -134,6 +194,8 @@ def _store(con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig, res
                     orjson.dumps(result.model).decode(),
                 ],
             )
+        record_inputs(con, run_id, digest, result.source_patients, run_id)
+        result.decided_by = run_id
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import tempfile
@@ -14,6 +13,7 @@ import duckdb
 import orjson
 
 from pipelines.identity.config import IdentityConfig
+from pipelines.identity.train import train
 
 log = logging.getLogger(__name__)
 _FEATURES = (
@@ -28,7 +28,7 @@ class ScoredPairs:
 
     model_version: str
     model: dict[str, Any]
-    trained: str  # em (u sampled, m by EM), u (u sampled only) or priors (model.json as it is)
+    trained: str  # em (m by EM), u (u sampled, no EM) or priors (nothing could be estimated)
     compared: int
 
 
@@ -37,7 +37,7 @@ def empty_scores(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: int) -> ScoredPairs:
-    """Train (u by sampling; m by EM when the data is large enough) and score the blocked pairs.
+    """Train on the run's data (train.py: what it supports, priors elsewhere) and score the blocked pairs.
 
     The pairs never pass through Python: splink scores them into a DuckDB table (spilled to disk past
     the memory limit), those over the record floor are written to a Parquet file and read into the
@@ -47,8 +47,6 @@ def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: in
 
     # splink logs training progress (comparison names and counts only); our own summary lines suffice.
     logging.getLogger("splink").setLevel(logging.ERROR)
-    settings = copy.deepcopy(cfg.model)
-    settings["blocking_rules_to_generate_predictions"] = list(cfg.blocking)
     t = cfg.thresholds
     features = con.sql(f"SELECT {_FEATURES} FROM id_features").to_arrow_table()
     with tempfile.TemporaryDirectory(prefix="ehrlift-identity-") as spill:
@@ -59,22 +57,14 @@ def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: in
         try:
             sp.execute("SET preserve_insertion_order = false")
             db_api = DuckDBAPI(sp)
-            linker = Linker(db_api.register(features, table_name="id_features"), settings, log_level=None)
-            trained = "priors"
-            if records >= int(t.get("min_records_for_u", 200)):
-                linker.training.estimate_u_using_random_sampling(
-                    max_pairs=float(t.get("u_max_pairs", 1e6)), seed=1
-                )
-                trained = "u"
-            if records >= int(t.get("min_records_for_em", 1000)):
-                linker.training.estimate_probability_two_random_records_match(
-                    t["prior_blocking_rules"], recall=float(t.get("prior_recall", 0.7))
-                )
-                for rule in t["em_blocking_rules"]:
-                    linker.training.estimate_parameters_using_expectation_maximisation(rule)
-                trained = "em"
+            frame = db_api.register(features, table_name="id_features")
+            fitted = train(sp, db_api, frame, cfg, records)
+            linker = Linker(frame, fitted.settings, log_level=None)
+            trained = fitted.trained
             model = linker.misc.save_model_to_json()
+            model.pop("linker_uid", None)  # random per Linker: the same data and priors give one version
             version = hashlib.sha256(orjson.dumps(model, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+            model["parameter_estimates"] = fitted.estimates  # estimated or prior, and why, per parameter
             # Every blocked pair is scored into a DuckDB table (spilled to disk past the memory limit), so
             # memory does not grow with the number of candidate pairs; only those over the floor come back.
             name = linker.inference.predict().physical_name

@@ -18,7 +18,7 @@ class Member:
     resource: dict[str, Any] | None = None  # read only while its person record is built
 
 
-_CHUNK = 5_000  # persons whose source Patients are read and assembled at once: memory stays bounded
+_BATCH = 2_000  # source Patients read and assembled at once (whole persons): memory stays bounded
 
 
 def _rank(rules: dict[str, Any], m: Member) -> tuple[int, float, str]:
@@ -72,7 +72,10 @@ def person_record(rules: dict[str, Any], members: list[Member], see_also: list[s
 
 
 def map_persons(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> int:
-    """TEMP id_person_map (patient_id, person_id, survivor, person_no) from id_cluster; returns persons.
+    """TEMP id_person_map (patient_id, person_id, survivor, batch) from id_cluster; returns persons.
+
+    `batch` numbers groups of whole persons of about _BATCH source Patients, the unit that
+    iter_person_records reads at once.
 
     Each cluster's survivor is its best-ranked source, then the most recently updated, then the smallest
     id (as survivor() orders them); the survivor's id is the person id.
@@ -93,52 +96,61 @@ def map_persons(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> int:
             SELECT comp, arg_min(patient_id, (rank, -updated, patient_id)) AS person_id
             FROM ranked GROUP BY comp
         )
-        SELECT r.patient_id, h.person_id, r.patient_id = h.person_id AS survivor,
-            dense_rank() OVER (ORDER BY h.person_id) AS person_no
+        SELECT r.patient_id, h.person_id, r.patient_id = h.person_id AS survivor
         FROM ranked r JOIN heads h USING (comp)
         """,
         [int(rules.get("default_rank", 9))],
     )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE id_person_batch AS
+        WITH sizes AS (SELECT person_id, count(*) AS n FROM id_person_map GROUP BY person_id)
+        SELECT person_id, (sum(n) OVER (ORDER BY person_id) - n) // {_BATCH} AS batch FROM sizes
+        """
+    )
     return int(con.execute("SELECT count(DISTINCT person_id) FROM id_person_map").fetchall()[0][0])
 
 
-def _see_also(con: duckdb.DuckDBPyConnection, first: int, last: int) -> dict[str, list[str]]:
-    """Review pairs between two persons: each person's record points at the other's source Patient."""
-    rows = con.execute(
+def _see_also(con: duckdb.DuckDBPyConnection) -> None:
+    """TEMP id_see_also (person_id, other, batch): a review pair between two persons points each person's
+    record at the other's source Patient."""
+    con.execute(
         """
+        CREATE OR REPLACE TEMP TABLE id_see_also AS
         WITH pairs AS (
-            SELECT a.person_id AS pa, b.person_id AS pb, a.person_no AS na, b.person_no AS nb, d.l, d.r
+            SELECT a.person_id AS pa, b.person_id AS pb, d.l, d.r
             FROM id_decisions d
             JOIN id_person_map a ON a.patient_id = d.l JOIN id_person_map b ON b.patient_id = d.r
             WHERE d.decision = 'review' AND a.person_id <> b.person_id
-        )
-        SELECT pa, r FROM pairs WHERE na BETWEEN $first AND $last
-        UNION ALL SELECT pb, l FROM pairs WHERE nb BETWEEN $first AND $last
-        """,
-        {"first": first, "last": last},
-    ).fetchall()
-    out: dict[str, list[str]] = {}
-    for person, other in rows:
-        out.setdefault(person, []).append(other)
-    return out
+        ),
+        both_ways AS (SELECT pa AS person_id, r AS other FROM pairs UNION ALL SELECT pb, l FROM pairs)
+        SELECT w.person_id, w.other, b.batch FROM both_ways w JOIN id_person_batch b USING (person_id)
+        """
+    )
 
 
 def iter_person_records(
-    con: duckdb.DuckDBPyConnection, rules: dict[str, Any], persons: int
+    con: duckdb.DuckDBPyConnection, rules: dict[str, Any]
 ) -> Iterator[list[tuple[str, str, int]]]:
-    """(person id, record JSON, member count) in batches of _CHUNK persons, from id_person_map."""
-    for first in range(1, persons + 1, _CHUNK):
-        last = first + _CHUNK - 1
+    """(person id, record JSON, member count) for whole persons, about _BATCH source Patients at a time."""
+    _see_also(con)
+    batches = con.execute("SELECT coalesce(max(batch), -1) FROM id_person_batch").fetchall()[0][0]
+    for batch in range(int(batches) + 1):
         rows = con.execute(
             """
             SELECT m.person_id, s.id, s.format, coalesce(epoch(TRY_CAST(s.last_updated AS TIMESTAMPTZ)), 0),
                 CAST(s.r AS VARCHAR)
-            FROM id_person_map m JOIN id_source s ON s.id = m.patient_id
-            WHERE m.person_no BETWEEN ? AND ? ORDER BY m.person_id, s.id
+            FROM id_person_map m JOIN id_person_batch b USING (person_id)
+            JOIN id_source s ON s.id = m.patient_id
+            WHERE b.batch = ? ORDER BY m.person_id, s.id
             """,
-            [first, last],
+            [batch],
         ).fetchall()
-        see_also = _see_also(con, first, last)
+        see_also: dict[str, list[str]] = {}
+        for person, other in con.execute(
+            "SELECT person_id, other FROM id_see_also WHERE batch = ?", [batch]
+        ).fetchall():
+            see_also.setdefault(person, []).append(other)
         groups: dict[str, list[Member]] = {}
         for person, pid, fmt, updated, text in rows:
             groups.setdefault(person, []).append(Member(pid, fmt, float(updated), orjson.loads(text)))
