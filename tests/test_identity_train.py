@@ -109,3 +109,30 @@ def test_em_runs_seeded_with_the_priors_when_its_sessions_have_the_pairs(con, tm
     for patient_id, person in mapped.items():
         by_person.setdefault(person, set()).add(truth[patient_id])
     assert all(len(people) == 1 for people in by_person.values())
+
+
+def test_scoring_in_chunks_decides_as_scoring_at_once(con, tmp_path):
+    small_population(con, 40, 80)
+    identify(con, "r1")
+    once = con.execute(
+        "SELECT left_patient_id, right_patient_id, method, rule, score, decision FROM ops.identity_links "
+        "ORDER BY ALL"
+    ).fetchall()
+    mapped = persons(con)
+    chunked = rules_folder(tmp_path, thresholds={"predict_chunk_records": 20})  # 4 x 4 chunks
+    identify(con, "r2", chunked, force=True)
+    assert (
+        con.execute(
+            "SELECT left_patient_id, right_patient_id, method, rule, score, decision FROM ops.identity_links "
+            "ORDER BY ALL"
+        ).fetchall()
+        == once
+    )
+    assert persons(con) == mapped
+    assert (
+        con.execute("SELECT pairs_scored FROM ops.identity_models ORDER BY run_id").fetchall()
+        == [(con.execute("SELECT pairs_scored FROM ops.identity_models WHERE run_id = 'r1'").fetchone()[0],)]
+        * 2
+    )
+    # nothing of the stage stays behind in the connection
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()[0] == 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +41,9 @@ def empty_scores(con: duckdb.DuckDBPyConnection) -> None:
 def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: int) -> ScoredPairs:
     """Train on the run's data (train.py: what it supports, priors elsewhere) and score the blocked pairs.
 
-    The pairs never pass through Python: splink scores them into a DuckDB table (spilled to disk past
-    the memory limit), those over the record floor are written to a Parquet file and read into the
-    TEMP table id_scored (l, r, score, guard) of the warehouse connection.
+    The pairs never pass through Python: splink scores them chunk by chunk in a scratch DuckDB (spilled
+    to disk past the memory limit), those over the record floor are written to Parquet files and read
+    into the TEMP table id_scored (l, r, score, guard) of the warehouse connection.
     """
     from splink import DuckDBAPI, Linker
 
@@ -50,9 +52,11 @@ def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: in
     t = cfg.thresholds
     features = con.sql(f"SELECT {_FEATURES} FROM id_features").to_arrow_table()
     with tempfile.TemporaryDirectory(prefix="ehrlift-identity-") as spill:
+        # A scratch database file, not an in-memory one: splink's tables are then evicted to disk past
+        # the memory limit rather than held.
         sp = duckdb.connect(
-            ":memory:",
-            config={"temp_directory": spill, "threads": 2, "memory_limit": t.get("memory_limit", "1GB")},
+            str(Path(spill) / "scoring.duckdb"),
+            config={"temp_directory": spill, "threads": 2, "memory_limit": t.get("memory_limit", "256MB")},
         )
         try:
             sp.execute("SET preserve_insertion_order = false")
@@ -65,26 +69,45 @@ def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: in
             model.pop("linker_uid", None)  # random per Linker: the same data and priors give one version
             version = hashlib.sha256(orjson.dumps(model, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
             model["parameter_estimates"] = fitted.estimates  # estimated or prior, and why, per parameter
-            # Every blocked pair is scored into a DuckDB table (spilled to disk past the memory limit), so
-            # memory does not grow with the number of candidate pairs; only those over the floor come back.
-            name = linker.inference.predict().physical_name
-            compared = int(sp.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0])
-            guard_sql = " ".join(f"WHEN {g['sql']} THEN '{g['name']}'" for g in cfg.guards)
-            guard = f"CASE {guard_sql} END" if guard_sql else "CAST(NULL AS VARCHAR)"
-            path = Path(spill) / "scored.parquet"
-            sp.execute(
-                "COPY (SELECT least(unique_id_l, unique_id_r) AS l, "
-                f"greatest(unique_id_l, unique_id_r) AS r, match_probability AS score, {guard} AS guard "
-                f"FROM {name} WHERE match_probability >= {float(t['record_floor'])!r}) "
-                f"TO {_literal(path)} (FORMAT parquet)"
-            )
+            compared, parts = _predict_in_chunks(sp, linker, cfg, records, Path(spill))
+            files = "[" + ", ".join(_literal(p) for p in parts) + "]"
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE id_scored AS "
-                f"SELECT l, r, score, guard FROM read_parquet({_literal(path)})"
+                f"SELECT l, r, score, guard FROM read_parquet({files})"
             )
         finally:
             sp.close()
     return ScoredPairs(version, model, trained, compared)
+
+
+def _predict_in_chunks(
+    sp: duckdb.DuckDBPyConnection, linker: Any, cfg: IdentityConfig, records: int, spill: Path
+) -> tuple[int, list[Path]]:
+    """Score the blocked pairs chunk by chunk (splink splits records into n x n slices); each chunk's
+    pairs over the record floor go to a Parquet file and its table is dropped, so the pairs held at
+    once depend on the chunk size (predict_chunk_records), not on the number of records."""
+    t = cfg.thresholds
+    n = max(1, math.ceil(records / int(t.get("predict_chunk_records", 20_000))))
+    guard_sql = " ".join(f"WHEN {g['sql']} THEN '{g['name']}'" for g in cfg.guards)
+    guard = f"CASE {guard_sql} END" if guard_sql else "CAST(NULL AS VARCHAR)"
+    compared = 0
+    parts: list[Path] = []
+    for left, right in itertools.product(range(1, n + 1), repeat=2):
+        chunk = linker.inference.predict_chunk(
+            left_chunk=(left, n), right_chunk=(right, n), warning_mode="never"
+        )
+        name = chunk.physical_name
+        compared += int(sp.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0])
+        path = spill / f"scored-{left}-{right}.parquet"
+        sp.execute(
+            "COPY (SELECT least(unique_id_l, unique_id_r) AS l, "
+            f"greatest(unique_id_l, unique_id_r) AS r, match_probability AS score, {guard} AS guard "
+            f"FROM {name} WHERE match_probability >= {float(t['record_floor'])!r}) "
+            f"TO {_literal(path)} (FORMAT parquet)"
+        )
+        chunk.drop_table_from_database_and_remove_from_cache()
+        parts.append(path)
+    return compared, parts
 
 
 def _literal(path: Path) -> str:
