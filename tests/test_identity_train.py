@@ -69,7 +69,7 @@ def test_a_tiny_run_keeps_every_prior_and_says_why(con):
     assert persons(con)["a"] == persons(con)["b"] != persons(con)["c"]
 
 
-def test_a_small_run_samples_u_and_keeps_priors_only_where_the_data_is_thin(con):
+def test_a_small_run_samples_u_and_keeps_priors_only_where_the_data_is_thin(con, tmp_path):
     truth = small_population(con, 40, 80)  # about 3,000 random pairs: enough for common levels only
     identify(con, "r1")
     trained, model = saved_model(con, "r1")
@@ -79,18 +79,27 @@ def test_a_small_run_samples_u_and_keeps_priors_only_where_the_data_is_thin(con)
     check_every_parameter_says_where_it_came_from(estimates)
     u = {name: e["u"] for name, e in estimates["levels"].items()}
     sampled = {name for name, e in u.items() if e["source"] == "sampled"}
-    kept = {name for name, e in u.items() if e["source"] == "prior"}
-    # the levels most random pairs fall in are estimated; an exact birth date is too rare to say anything
-    assert {"given: different", "family: different", "birth_date: different"} <= sampled
-    assert "birth_date: exact" in kept
+    # the levels most random pairs fall in are estimated; levels too rare in 80 records keep the prior
+    assert {"given: different", "family: different", "birth_date: different", "sex: exact"} <= sampled
     assert all(u[name]["pairs"] >= 10 for name in sampled)
+    assert u["given: transposed"] == {"source": "prior", "why": "level not seen among the random pairs"}
+    assert u["given: nickname"]["source"] == "prior"
+    assert u["given: nickname"]["why"].endswith("random pairs (fewer than 10)")
     levels = {
         (c["output_column_name"], lv.get("label_for_charts")): lv
         for c in model["comparisons"]
         for lv in c["comparison_levels"]
     }
     assert levels[("given", "different")]["u_probability"] != 0.983  # the prior of model.json
+    assert levels[("given", "transposed")]["u_probability"] == 0.0001  # the prior, kept
     assert trained == "u"
+    # Random pairs of a small, duplicate-heavy load are often one person's records: a level where they
+    # would be too many of its pairs (an exact birth date here) keeps its prior.
+    identify(con, "r2", rules_folder(tmp_path, thresholds={"max_match_share_for_u": 0.3}))
+    u = {name: e["u"] for name, e in saved_model(con, "r2")[1]["parameter_estimates"]["levels"].items()}
+    assert u["birth_date: exact"]["source"] == "prior"
+    assert "expected to be one person's records (more than 30%)" in u["birth_date: exact"]["why"]
+    assert u["birth_date: different"]["source"] == "sampled"
 
 
 def test_em_runs_seeded_with_the_priors_when_its_sessions_have_the_pairs(con, tmp_path):
@@ -136,3 +145,9 @@ def test_scoring_in_chunks_decides_as_scoring_at_once(con, tmp_path):
     )
     # nothing of the stage stays behind in the connection
     assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()[0] == 0
+    assert (
+        con.execute(
+            "SELECT count(*) FROM duckdb_views() WHERE temporary AND starts_with(view_name, 'id_')"
+        ).fetchone()[0]
+        == 0
+    )

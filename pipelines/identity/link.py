@@ -109,11 +109,15 @@ def link_patients(
 
 def _drop_temp_tables(con: duckdb.DuckDBPyConnection) -> None:
     """The stage's TEMP tables (features, pairs, decisions) go once stored: a run's connection lives on."""
-    names = con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE temporary AND starts_with(table_name, 'id_')"
-    ).fetchall()
-    for (name,) in names:
-        con.execute(f'DROP TABLE IF EXISTS temp."{name}"')
+    for kind, names in (
+        ("VIEW", "SELECT view_name FROM duckdb_views() WHERE temporary AND starts_with(view_name, 'id_')"),
+        (
+            "TABLE",
+            "SELECT table_name FROM duckdb_tables() WHERE temporary AND starts_with(table_name, 'id_')",
+        ),
+    ):
+        for (name,) in con.execute(names).fetchall():
+            con.execute(f'DROP {kind} IF EXISTS temp."{name}"')
 
 
 def _setting(value: str) -> str:

@@ -60,7 +60,9 @@ def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: in
         )
         try:
             sp.execute("SET preserve_insertion_order = false")
-            db_api = DuckDBAPI(sp)
+            # splink's intermediate tables as Parquet files, not DuckDB storage: the buffer pool then
+            # holds only what a query is working on.
+            db_api = DuckDBAPI(sp, materialisation="parquet", materialisation_dir=str(Path(spill) / "splink"))
             frame = db_api.register(features, table_name="id_features")
             fitted = train(sp, db_api, frame, cfg, records)
             linker = Linker(frame, fitted.settings, log_level=None)

@@ -96,7 +96,7 @@ def train(
     out.estimates["random_pairs"] = sampled
     min_pairs = int(t.get("min_random_pairs_for_u", 1000))
     min_seen = float(t.get("min_level_pairs_for_u", 10))
-    max_share = float(t.get("max_match_share_for_u", 0.2))
+    max_share = float(t.get("max_match_share_for_u", 0.5))
     before = copy.deepcopy(settings)
     if sampled >= min_pairs:
         linker = Linker(frame, settings, log_level=None)
