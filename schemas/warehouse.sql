@@ -322,11 +322,11 @@ CREATE TABLE IF NOT EXISTS ops.identity_decisions (
 CREATE TABLE IF NOT EXISTS ops.identity_models (
     run_id            VARCHAR NOT NULL,
     model_version     VARCHAR NOT NULL,
-    trained           VARCHAR NOT NULL,       -- em (m estimated from the run's data) or priors
+    trained           VARCHAR NOT NULL,       -- em (m by EM), u (u sampled only) or priors (none estimated)
     rules_version     VARCHAR NOT NULL,       -- digest of schemas/identity/*
     records           BIGINT NOT NULL,
     pairs_scored      BIGINT NOT NULL,
-    model             JSON NOT NULL,          -- the trained splink model (settings and parameters)
+    model             JSON NOT NULL,          -- the trained splink model; parameter_estimates per parameter
     created_at        TIMESTAMPTZ NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ops.person_map (
