@@ -57,7 +57,7 @@ def link_patients(
     """
     started = time.monotonic()
     cfg = cfg or load_config()
-    limit = str(cfg.thresholds.get("memory_limit", "256MB"))
+    limit = str(cfg.thresholds.get("link_memory_limit", "128MB"))
     previous = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
     # The warehouse connection holds the pairs' TEMP tables: bounded, they spill rather than grow.
     con.execute(f"SET memory_limit = '{_setting(limit)}'")
