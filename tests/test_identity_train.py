@@ -3,6 +3,7 @@ prior kept with its reason, saved with the run."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import orjson
@@ -151,3 +152,30 @@ def test_scoring_in_chunks_decides_as_scoring_at_once(con, tmp_path):
         ).fetchone()[0]
         == 0
     )
+
+
+def test_scoring_starts_again_with_a_larger_cap_when_splink_runs_out_of_memory(con, tmp_path, caplog):
+    small_population(con, 40, 80)
+    identify(con, "r1")
+    once = con.execute(
+        "SELECT left_patient_id, right_patient_id, decision FROM ops.identity_links ORDER BY ALL"
+    ).fetchall()
+    tight = rules_folder(tmp_path, thresholds={"memory_limit": "1MB", "max_memory_limit": "2GB"})
+    with caplog.at_level(logging.WARNING, logger="pipelines.identity.model"):
+        identify(con, "r2", tight, force=True)
+    retries = [r.getMessage() for r in caplog.records if "memory cap" in r.getMessage()]
+    assert retries and retries[0] == "identity scoring needs more than its 1 MB memory cap: again with 2 MB"
+    assert (
+        con.execute(
+            "SELECT left_patient_id, right_patient_id, decision FROM ops.identity_links ORDER BY ALL"
+        ).fetchall()
+        == once
+    )
+
+
+def test_out_of_memory_past_the_largest_cap_stops_the_stage(con, tmp_path):
+    small_population(con, 40, 80)
+    tight = rules_folder(tmp_path, thresholds={"memory_limit": "1MB", "max_memory_limit": "1MB"})
+    with pytest.raises(Exception, match=r"(?i)out of memory"):
+        identify(con, "r1", tight)
+    assert con.execute("SELECT count(*) FROM ops.person_map").fetchone()[0] == 0

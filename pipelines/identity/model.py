@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import logging
 import math
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import duckdb
 import orjson
 
+from pipelines.common.errors import ConfigError
 from pipelines.identity.config import IdentityConfig
 from pipelines.identity.train import train
 
@@ -38,25 +40,61 @@ def empty_scores(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE OR REPLACE TEMP TABLE id_scored (l VARCHAR, r VARCHAR, score DOUBLE, guard VARCHAR)")
 
 
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(MB|MiB|GB|GiB)\s*", re.IGNORECASE)
+
+
+def _megabytes(text: str) -> int:
+    found = _SIZE.fullmatch(str(text))
+    if not found:
+        raise ConfigError(f"thresholds.json: a memory size must read like 192MB or 2GB, not {text!r}")
+    value, unit = float(found.group(1)), found.group(2).upper()
+    return int(value * 1024) if unit.startswith("G") else int(value)
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: int) -> ScoredPairs:
     """Train on the run's data (train.py: what it supports, priors elsewhere) and score the blocked pairs.
 
     The pairs never pass through Python: splink scores them chunk by chunk in a scratch DuckDB (spilled
     to disk past the memory limit), those over the record floor are written to Parquet files and read
-    into the TEMP table id_scored (l, r, score, guard) of the warehouse connection.
+    into the TEMP table id_scored (l, r, score, guard) of the warehouse connection. Some of splink's
+    queries (an EM session's pairs against every record) need more than the cap on a large load: then
+    the scoring starts again with twice the cap, up to max_memory_limit.
     """
+    t = cfg.thresholds
+    cap = _megabytes(t.get("memory_limit", "192MB"))
+    ceiling = _megabytes(t.get("max_memory_limit", "2GB"))
+    while True:
+        try:
+            return _score(con, cfg, records, cap)
+        except Exception as exc:
+            if not _out_of_memory(exc) or cap * 2 > ceiling:
+                raise
+            log.warning(
+                "identity scoring needs more than its %d MB memory cap: again with %d MB", cap, cap * 2
+            )
+            cap *= 2
+
+
+def _score(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: int, cap: int) -> ScoredPairs:
     from splink import DuckDBAPI, Linker
 
     # splink logs training progress (comparison names and counts only); our own summary lines suffice.
     logging.getLogger("splink").setLevel(logging.ERROR)
-    t = cfg.thresholds
     features = con.sql(f"SELECT {_FEATURES} FROM id_features").to_arrow_table()
     with tempfile.TemporaryDirectory(prefix="ehrlift-identity-") as spill:
         # A scratch database file, not an in-memory one: splink's tables are then evicted to disk past
         # the memory limit rather than held.
         sp = duckdb.connect(
             str(Path(spill) / "scoring.duckdb"),
-            config={"temp_directory": spill, "threads": 2, "memory_limit": t.get("memory_limit", "256MB")},
+            config={"temp_directory": spill, "threads": 2, "memory_limit": f"{cap}MB"},
         )
         try:
             sp.execute("SET preserve_insertion_order = false")
