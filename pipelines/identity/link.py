@@ -18,7 +18,7 @@ from pipelines.identity.config import IdentityConfig, load_config
 from pipelines.identity.decide import cluster, decide_pairs
 from pipelines.identity.features import build_features
 from pipelines.identity.inputs import input_digest, record_inputs, standing_decision
-from pipelines.identity.model import empty_scores, score_pairs
+from pipelines.identity.model import empty_scores, megabytes, out_of_memory, score_pairs
 from pipelines.identity.person import iter_person_records, map_persons
 from pipelines.identity.rules import build_rule_pairs, build_trusted
 
@@ -57,10 +57,36 @@ def link_patients(
     """
     started = time.monotonic()
     cfg = cfg or load_config()
-    limit = str(cfg.thresholds.get("link_memory_limit", "128MB"))
+    cap = megabytes(cfg.thresholds.get("link_memory_limit", "256MB"))
+    ceiling = megabytes(cfg.thresholds.get("max_memory_limit", "2GB"))
+    while True:
+        try:
+            result = _link(con, run_id, cfg, force, cap)
+            break
+        except Exception as exc:
+            if not out_of_memory(exc) or cap * 2 > ceiling:
+                raise
+            log.warning(
+                "identity linking needs more than its %d MB memory cap: again with %d MB", cap, cap * 2
+            )
+            cap *= 2
+    result.seconds = round(time.monotonic() - started, 3)
+    log.info(
+        "identity: %d source patients -> %d persons; pairs %s",
+        result.source_patients,
+        result.persons,
+        result.pairs,
+    )
+    return result
+
+
+def _link(
+    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig, force: bool, cap: int
+) -> LinkResult:
+    """One attempt at linking with the warehouse connection capped at `cap` MB."""
     previous = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
     # The warehouse connection holds the pairs' TEMP tables: bounded, they spill rather than grow.
-    con.execute(f"SET memory_limit = '{_setting(limit)}'")
+    con.execute(f"SET memory_limit = '{cap}MB'")
     try:
         digest, present = input_digest(con, cfg)
         standing = None if force else standing_decision(con, digest, present)
@@ -97,13 +123,6 @@ def link_patients(
     finally:
         _drop_temp_tables(con)
         con.execute(f"SET memory_limit = '{_setting(previous)}'")
-        result.seconds = round(time.monotonic() - started, 3)
-    log.info(
-        "identity: %d source patients -> %d persons; pairs %s",
-        result.source_patients,
-        result.persons,
-        result.pairs,
-    )
     return result
 
 

@@ -43,7 +43,7 @@ def empty_scores(con: duckdb.DuckDBPyConnection) -> None:
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(MB|MiB|GB|GiB)\s*", re.IGNORECASE)
 
 
-def _megabytes(text: str) -> int:
+def megabytes(text: str) -> int:
     found = _SIZE.fullmatch(str(text))
     if not found:
         raise ConfigError(f"thresholds.json: a memory size must read like 192MB or 2GB, not {text!r}")
@@ -51,7 +51,7 @@ def _megabytes(text: str) -> int:
     return int(value * 1024) if unit.startswith("G") else int(value)
 
 
-def _out_of_memory(exc: BaseException | None) -> bool:
+def out_of_memory(exc: BaseException | None) -> bool:
     while exc is not None:
         if isinstance(exc, duckdb.OutOfMemoryException):
             return True
@@ -69,13 +69,13 @@ def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: in
     the scoring starts again with twice the cap, up to max_memory_limit.
     """
     t = cfg.thresholds
-    cap = _megabytes(t.get("memory_limit", "192MB"))
-    ceiling = _megabytes(t.get("max_memory_limit", "2GB"))
+    cap = megabytes(t.get("memory_limit", "192MB"))
+    ceiling = megabytes(t.get("max_memory_limit", "2GB"))
     while True:
         try:
             return _score(con, cfg, records, cap)
         except Exception as exc:
-            if not _out_of_memory(exc) or cap * 2 > ceiling:
+            if not out_of_memory(exc) or cap * 2 > ceiling:
                 raise
             log.warning(
                 "identity scoring needs more than its %d MB memory cap: again with %d MB", cap, cap * 2
