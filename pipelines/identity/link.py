@@ -57,7 +57,7 @@ def link_patients(
     """
     started = time.monotonic()
     cfg = cfg or load_config()
-    cap = megabytes(cfg.thresholds.get("link_memory_limit", "256MB"))
+    cap = megabytes(cfg.thresholds.get("link_memory_limit", "128MB"))
     ceiling = megabytes(cfg.thresholds.get("max_memory_limit", "2GB"))
     while True:
         try:

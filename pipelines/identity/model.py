@@ -69,7 +69,7 @@ def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: in
     the scoring starts again with twice the cap, up to max_memory_limit.
     """
     t = cfg.thresholds
-    cap = megabytes(t.get("memory_limit", "192MB"))
+    cap = megabytes(t.get("memory_limit", "256MB"))
     ceiling = megabytes(t.get("max_memory_limit", "2GB"))
     while True:
         try:
@@ -98,9 +98,7 @@ def _score(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: int, ca
         )
         try:
             sp.execute("SET preserve_insertion_order = false")
-            # splink's intermediate tables as Parquet files, not DuckDB storage: the buffer pool then
-            # holds only what a query is working on.
-            db_api = DuckDBAPI(sp, materialisation="parquet", materialisation_dir=str(Path(spill) / "splink"))
+            db_api = DuckDBAPI(sp)
             frame = db_api.register(features, table_name="id_features")
             fitted = train(sp, db_api, frame, cfg, records)
             linker = Linker(frame, fitted.settings, log_level=None)
