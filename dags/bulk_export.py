@@ -1,10 +1,11 @@
-"""Airflow DAG for scheduled FHIR bulk exports: export, land, convert, normalize, load, finish, validate.
+"""Airflow DAG for scheduled FHIR bulk exports: export, land, convert, normalize, identify, load, validate.
 
 Each run asks the server only for what changed since the last finished run (`_since`, remembered per
 server, scope and selection beside the warehouse). The export task kicks off (or resumes) the job,
 polls it and downloads its files; the normal stages then migrate them; `finish_export` moves `_since`
 on once they are loaded. If a stage fails for good, the next run resumes the same downloaded job, so
-nothing is skipped. Settings come from the params below or, when left empty, from the environment
+nothing is skipped. The identify task links the source Patients into persons before load, as in
+the ehr_migration DAG. Settings come from the params below or, when left empty, from the environment
 (EHRLIFT_EXPORT_SERVER, _SCOPE, _GROUP, _CLIENT_ID, _KEY (a private key file path), _KID, _TOKEN_URL);
 no secret belongs in a param, this file or the logs.
 """
@@ -63,6 +64,10 @@ def bulk_export():
         return stages.normalize(config)
 
     @task
+    def identify(config: dict) -> dict:
+        return stages.identify(config)
+
+    @task
     def load(config: dict) -> dict:
         return stages.load(config)
 
@@ -79,6 +84,7 @@ def bulk_export():
         land(config)
         >> convert(config)
         >> normalize(config)
+        >> identify(config)
         >> load(config)
         >> finish_export(config)
         >> validate(config)

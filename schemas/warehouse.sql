@@ -1,5 +1,6 @@
--- ehrlift warehouse contract, version 17 (additive: 17 added ops.backload_plan.site_changes and
--- .server_id and ops.backload_plans.site (site opt-ins of a back-load); 16 ops.run_owners and
+-- ehrlift warehouse contract, version 18 (additive: 18 added ops.identity_runs; 17
+-- ops.backload_plan.site_changes and .server_id and ops.backload_plans.site (site opt-ins of a back-load);
+-- 16 ops.run_owners and
 -- ops.stage_marks (resume after a kill); 15 ops.retractions, ops.gate_overrides and ops.party_versions;
 -- 14 ops.report_signoffs; 12 the ops.backload_hl7_* tables; 10
 -- ops.cds_cards and ops.cds_feedback; 9 the ops.backload_* tables; 8 the identity tables
@@ -346,11 +347,11 @@ CREATE TABLE IF NOT EXISTS ops.identity_decisions (
 CREATE TABLE IF NOT EXISTS ops.identity_models (
     run_id            VARCHAR NOT NULL,
     model_version     VARCHAR NOT NULL,
-    trained           VARCHAR NOT NULL,       -- em (m estimated from the run's data) or priors
+    trained           VARCHAR NOT NULL,       -- em (m by EM), u (u sampled only) or priors (none estimated)
     rules_version     VARCHAR NOT NULL,       -- digest of schemas/identity/*
     records           BIGINT NOT NULL,
     pairs_scored      BIGINT NOT NULL,
-    model             JSON NOT NULL,          -- the trained splink model (settings and parameters)
+    model             JSON NOT NULL,          -- the trained splink model; parameter_estimates per parameter
     created_at        TIMESTAMPTZ NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ops.person_map (
@@ -364,6 +365,16 @@ CREATE TABLE IF NOT EXISTS ops.person_records (
     resource          JSON NOT NULL,          -- the surviving Patient, assembled by survivorship rules
     members           INTEGER NOT NULL,
     run_id            VARCHAR NOT NULL
+);
+-- One row per linking (version 16): a digest of what it depended on (source Patients, reviewers'
+-- decisions, identity data files), and the run whose decisions stand: itself, or, when nothing had
+-- changed, the earlier run whose decisions it kept without running the model.
+CREATE TABLE IF NOT EXISTS ops.identity_runs (
+    run_id            VARCHAR NOT NULL,
+    input_digest      VARCHAR NOT NULL,       -- sha256 over row hashes: no record values
+    source_patients   BIGINT NOT NULL,
+    decided_by        VARCHAR NOT NULL,       -- the run whose identity_links and person_map stand
+    recorded_at       TIMESTAMPTZ NOT NULL
 );
 -- The same fact arriving by several paths: every copy but the survivor, never deleted from fhir.*.
 CREATE TABLE IF NOT EXISTS ops.fact_duplicates (

@@ -51,13 +51,23 @@ print(json.dumps({
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {
         "errors": {},
-        "tasks": ["convert", "export", "finish_export", "land", "load", "normalize", "validate"],
+        "tasks": [
+            "convert",
+            "export",
+            "finish_export",
+            "identify",
+            "land",
+            "load",
+            "normalize",
+            "validate",
+        ],
         "upstream": {
             "export": [],
             "land": ["export"],
             "convert": ["export", "land"],
             "normalize": ["convert", "export"],
-            "load": ["export", "normalize"],
+            "identify": ["export", "normalize"],
+            "load": ["export", "identify"],
             "finish_export": ["export", "load"],
             "validate": ["export", "finish_export"],
         },
@@ -66,6 +76,7 @@ print(json.dumps({
             "land": 2,
             "convert": 2,
             "normalize": 2,
+            "identify": 2,
             "load": 2,
             "finish_export": 2,
             "validate": 0,
@@ -92,7 +103,7 @@ print(json.dumps({
 def scheduled_run(params: dict, *, fail_at: str | None = None) -> dict:
     """The DAG's tasks in its order, as Airflow would call them (each gets the export task's config)."""
     config = stages.bulk_export(params)
-    for name in ("land", "convert", "normalize", "load"):
+    for name in ("land", "convert", "normalize", "identify", "load"):
         if name == fail_at:
             return config  # the stage failed for good: nothing after it runs in this DAG run
         getattr(stages, name)(config)
@@ -135,6 +146,11 @@ def test_scheduled_runs_are_incremental_and_load_the_warehouse(tmp_path, warehou
     assert con.execute(
         """SELECT json_extract_string(resource, '$.gender') FROM fhir."Patient" WHERE source_id = 'p1'"""
     ).fetchall() == [("male",)]
+    # the identify task ran between normalize and load: every source Patient belongs to one person
+    assert con.execute(
+        'SELECT count(*), count(DISTINCT m.patient_id) FROM fhir."Patient" p '
+        "JOIN ops.person_map m ON m.patient_id = p.id"
+    ).fetchone() == (3, 3)
     runs = con.execute("SELECT run_id, status FROM ops.runs ORDER BY run_id").fetchall()
     assert [r[0] for r in runs] == sorted([first["run_id"], second["run_id"]])
     assert {r[1] for r in runs} == {"succeeded"}

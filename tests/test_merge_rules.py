@@ -139,7 +139,7 @@ def test_a_version_1_warehouse_migrates_in_place(tmp_path: Path):
     con.close()
     with open_warehouse(path) as con:
         found = con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0]
-        assert found == SCHEMA_VERSION == 17
+        assert found == SCHEMA_VERSION == 18
         assert con.execute('SELECT id, reference_only FROM fhir."Patient"').fetchall() == [("x", False)]
         assert con.execute("SELECT count(*) FROM ops.unconsumed").fetchone()[0] == 0
 

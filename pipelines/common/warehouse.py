@@ -13,6 +13,7 @@ import duckdb
 from pipelines.common.errors import WarehouseError
 from pipelines.common.paths import shipped
 
+# 18: ops.identity_runs (what each patient linking depended on, so an unchanged one is skipped);
 # 17: ops.backload_plan.site_changes and .server_id, ops.backload_plans.site (back-load site opt-ins);
 # 16: ops.run_owners, ops.stage_marks (resuming every stage after a killed run; orphaned runs);
 # 15: ops.retractions (ehrlift retract), ops.gate_overrides (a run's recorded gate override),
@@ -22,7 +23,7 @@ from pipelines.common.paths import shipped
 # and feedback; 9: ops.backload_plans, ops.backload_plan, ops.backload_ids, ops.backload_results (back-load);
 # 8: identity tables (identity_links, person_map, ...); 7: ops.stage_batches (merges of staged batches
 # from other workers); 6: ops.run_stages, ops.validation_counts, ops.views_stale
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 18
 STORAGE_VERSION = "v1.0.0"  # DuckDB's storage format for new files: readable by DuckDB 1.0 and later
 RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # also guards table names
 

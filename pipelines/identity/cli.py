@@ -25,6 +25,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     link.add_argument(
         "--rules", type=Path, default=None, help="folder of identity data files (default shipped)"
     )
+    link.add_argument(
+        "--force",
+        action="store_true",
+        help="run the model even when no source patient or decision changed since the last linking",
+    )
     link.set_defaults(func=_cmd_link)
 
     review = isub.add_parser("review", help="write the pairs awaiting clerical review (.csv or .xlsx)")
@@ -59,12 +64,16 @@ def _cmd_link(args: argparse.Namespace) -> int:
 
     run_id = new_run_id()
     with open_warehouse(_warehouse(args.warehouse)) as con:
-        result = identify(con, run_id, args.rules)
+        result = identify(con, run_id, args.rules, force=args.force)
         audit_link(con, run_id, result)
         views = refresh_views(con)
     link = result["link"]
     _print(f"identity {run_id}: {link['source_patients']} source patients -> {link['persons']} persons")
     _print("pairs: " + ", ".join(f"{k} {v}" for k, v in link["pairs"].items()))
+    if link["decided_by"] != run_id:
+        _print(
+            f"nothing changed since {link['decided_by']}: its decisions stand (--force to re-run the model)"
+        )
     dupes = {t: c["duplicates"] for t, c in result["facts"].items() if c["duplicates"]}
     _print("duplicate facts: " + (", ".join(f"{t} {n}" for t, n in dupes.items()) or "none"))
     if views:

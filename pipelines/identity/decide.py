@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import duckdb
+import pyarrow as pa
 
 from pipelines.identity.config import IdentityConfig
-from pipelines.identity.model import ScoredPairs
 from pipelines.identity.rules import Pair, conflicts
 
 Trusted = dict[str, dict[str, set[str]]]
-
-
-@dataclass(slots=True)
-class PairDecision:
-    left: str
-    right: str
-    method: str  # rule, model or review
-    rule: str | None
-    score: float | None
-    decision: str  # link, no_link or review
-    reviewer: str | None = None
 
 
 def classify(score: float, thresholds: dict) -> str:
@@ -31,39 +20,116 @@ def classify(score: float, thresholds: dict) -> str:
     return "no_link"
 
 
-def decide_pairs(
-    cfg: IdentityConfig,
-    rules: dict[Pair, tuple[str, str]],
-    scored: ScoredPairs | None,
-    reviewed: dict[Pair, tuple[str, str]],
-    trusted: Trusted,
-) -> list[PairDecision]:
-    """A reviewer's decision wins; then a rule; then the model, capped by guards and known conflicts."""
-    model = {(a, b): (p, g) for a, b, p, g in scored.pairs} if scored else {}
-    out: list[PairDecision] = []
-    for key in sorted(rules.keys() | model.keys() | reviewed.keys()):
-        a, b = key
-        score, guard = model.get(key, (None, None))
-        if key in reviewed:
-            decision, reviewer = reviewed[key]
-            out.append(PairDecision(a, b, "review", "reviewer_decision", score, decision, reviewer))
-            continue
-        conflict = conflicts(trusted.get(a, {}), trusted.get(b, {}))
-        if key in rules:
-            rule, outcome = rules[key]
-            if conflict and outcome == "link":
-                outcome, rule = "review", f"{rule}+known_conflict"
-            out.append(PairDecision(a, b, "rule", rule, score, outcome))
-            continue
-        assert score is not None
-        outcome, rule = classify(score, cfg.thresholds), None
-        if guard is not None and outcome != "no_link":
-            outcome = next(g["outcome"] for g in cfg.guards if g["name"] == guard)
-            rule = guard
-        if conflict and outcome == "link":
-            outcome, rule = "review", "known_conflict"
-        out.append(PairDecision(a, b, "model", rule, score, outcome))
-    return out
+def decide_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
+    """TEMP id_decisions (l, r, method, rule, score, decision, reviewer) from id_rule_pairs, id_scored,
+    ops.identity_decisions and id_trusted.
+
+    A reviewer's decision wins; then a rule; then the model (classify's thresholds), capped by its guards;
+    a link across a known conflict (different values of one trusted identifier) becomes a review.
+    """
+    con.execute("CREATE OR REPLACE TEMP TABLE id_guards (name VARCHAR, outcome VARCHAR)")
+    if cfg.guards:
+        con.executemany(
+            "INSERT INTO id_guards VALUES (?, ?)", [(g["name"], g["outcome"]) for g in cfg.guards]
+        )
+    t = cfg.thresholds
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE id_reviewed AS
+        SELECT left_patient_id AS l, right_patient_id AS r, arg_max(decision, decided_at) AS decision,
+            arg_max(reviewer, decided_at) AS reviewer
+        FROM ops.identity_decisions GROUP BY ALL;
+        CREATE OR REPLACE TEMP TABLE id_candidates AS
+        SELECT l, r FROM id_rule_pairs UNION SELECT l, r FROM id_scored UNION SELECT l, r FROM id_reviewed;
+        CREATE OR REPLACE TEMP TABLE id_conflicts AS
+        SELECT DISTINCT c.l, c.r FROM id_candidates c
+        JOIN id_trusted a ON a.patient_id = c.l
+        JOIN id_trusted b ON b.patient_id = c.r AND b.system = a.system
+        WHERE NOT list_has_any(a.vals, b.vals);
+        """
+    )
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE id_decisions AS
+        WITH x AS (
+            SELECT c.l, c.r, s.score, v.decision AS reviewed, v.reviewer, p.rule AS rule_name,
+                p.outcome AS rule_outcome, k.l IS NOT NULL AS conflict,
+                CASE WHEN s.score >= $link THEN 'link' WHEN s.score >= $review THEN 'review'
+                    ELSE 'no_link' END AS model_outcome,
+                s.guard, g.outcome AS guard_outcome
+            FROM id_candidates c
+            LEFT JOIN id_scored s USING (l, r)
+            LEFT JOIN id_reviewed v USING (l, r)
+            LEFT JOIN id_rule_pairs p USING (l, r)
+            LEFT JOIN id_conflicts k USING (l, r)
+            LEFT JOIN id_guards g ON g.name = s.guard
+        ),
+        y AS (
+            SELECT *,
+                CASE WHEN guard IS NOT NULL AND model_outcome <> 'no_link' THEN guard_outcome
+                    ELSE model_outcome END AS guarded,
+                CASE WHEN guard IS NOT NULL AND model_outcome <> 'no_link' THEN guard END AS guard_rule
+            FROM x
+        )
+        SELECT l, r,
+            CASE WHEN reviewed IS NOT NULL THEN 'review' WHEN rule_name IS NOT NULL THEN 'rule'
+                ELSE 'model' END AS method,
+            CASE WHEN reviewed IS NOT NULL THEN 'reviewer_decision'
+                WHEN rule_name IS NOT NULL AND conflict AND rule_outcome = 'link'
+                    THEN rule_name || '+known_conflict'
+                WHEN rule_name IS NOT NULL THEN rule_name
+                WHEN conflict AND guarded = 'link' THEN 'known_conflict'
+                ELSE guard_rule END AS rule,
+            score,
+            CASE WHEN reviewed IS NOT NULL THEN reviewed
+                WHEN rule_name IS NOT NULL AND conflict AND rule_outcome = 'link' THEN 'review'
+                WHEN rule_name IS NOT NULL THEN rule_outcome
+                WHEN conflict AND guarded = 'link' THEN 'review'
+                ELSE guarded END AS decision,
+            CASE WHEN reviewed IS NOT NULL THEN reviewer END AS reviewer
+        FROM y
+        """,
+        {"link": float(t["link"]), "review": float(t["review"])},
+    )
+
+
+def _components(con: duckdb.DuckDBPyConnection) -> None:
+    """TEMP id_comp (node, comp): connected components of the link decisions among present Patients.
+
+    Label propagation (each node takes its neighbours' smallest label) with pointer jumping: the labels
+    only ever decrease, so it ends, after a number of rounds that grows with a component's diameter.
+    """
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE id_edges AS
+        WITH e AS (
+            SELECT d.l, d.r FROM id_decisions d
+            JOIN id_source a ON a.id = d.l JOIN id_source b ON b.id = d.r
+            WHERE d.decision = 'link'
+        )
+        SELECT l AS a, r AS b FROM e UNION ALL SELECT r, l FROM e;
+        CREATE OR REPLACE TEMP TABLE id_comp AS SELECT id AS node, id AS comp FROM id_source;
+        """
+    )
+    while True:
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE id_comp_next AS
+            WITH nb AS (
+                SELECT c.node, least(c.comp, coalesce(min(n.comp), c.comp)) AS comp
+                FROM id_comp c LEFT JOIN id_edges e ON e.a = c.node LEFT JOIN id_comp n ON n.node = e.b
+                GROUP BY c.node, c.comp
+            )
+            SELECT nb.node, least(nb.comp, j.comp) AS comp FROM nb JOIN nb j ON j.node = nb.comp
+            """
+        )
+        changed = con.execute(
+            "SELECT count(*) FROM id_comp c JOIN id_comp_next n USING (node) WHERE c.comp <> n.comp"
+        ).fetchall()[0][0]
+        con.execute("CREATE OR REPLACE TEMP TABLE id_comp AS SELECT * FROM id_comp_next")
+        if not changed:
+            break
+    con.execute("DROP TABLE id_comp_next; DROP TABLE id_edges")
 
 
 class _Clusters:
@@ -104,18 +170,101 @@ class _Clusters:
         return True
 
 
-def cluster(ids: list[str], decisions: list[PairDecision], trusted: Trusted) -> dict[str, list[str]]:
-    """{root: members}: links applied strongest first; one that would join a conflict becomes a review."""
-    apart = {(d.left, d.right) for d in decisions if d.method == "review" and d.decision == "no_link"}
-    clusters = _Clusters(ids, trusted, apart)
-    strength = {"review": 0, "rule": 1, "model": 2}
-    links = [
-        d
-        for d in decisions
-        if d.decision == "link" and d.left in clusters.parent and d.right in clusters.parent
+def cluster(con: duckdb.DuckDBPyConnection) -> int:
+    """TEMP id_cluster (patient_id, comp): links applied strongest first; one that would join a conflict
+    becomes a review. Returns the number of components that needed the ordered merge.
+
+    A component with no conflict among its members (trusted identifiers, a reviewer's no-link) merges
+    whole whatever the order, so it is settled in SQL; only the rare components holding a conflict are
+    read into Python and merged link by link (reviewer's, then rules, then the model by score).
+    """
+    _components(con)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE id_split AS
+        SELECT DISTINCT ca.comp FROM id_comp ca
+        JOIN id_comp cb ON cb.comp = ca.comp AND ca.node < cb.node
+        JOIN id_trusted ta ON ta.patient_id = ca.node
+        JOIN id_trusted tb ON tb.patient_id = cb.node AND tb.system = ta.system
+        WHERE NOT list_has_any(ta.vals, tb.vals)
+        UNION
+        SELECT ca.comp FROM id_decisions d
+        JOIN id_comp ca ON ca.node = d.l JOIN id_comp cb ON cb.node = d.r
+        WHERE d.method = 'review' AND d.decision = 'no_link' AND ca.comp = cb.comp
+        """
+    )
+    con.execute("CREATE OR REPLACE TEMP TABLE id_refused (l VARCHAR, r VARCHAR)")
+    con.execute("CREATE OR REPLACE TEMP TABLE id_resplit (node VARCHAR, comp VARCHAR)")
+    split = int(con.execute("SELECT count(*) FROM id_split").fetchall()[0][0])
+    if split:
+        _split_conflicts(con)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE id_cluster AS
+        SELECT c.node AS patient_id, coalesce(s.comp, c.comp) AS comp
+        FROM id_comp c LEFT JOIN id_resplit s USING (node);
+        UPDATE id_decisions SET decision = 'review',
+            rule = coalesce(id_decisions.rule, id_decisions.method) || '+cluster_conflict'
+        FROM id_refused f WHERE f.l = id_decisions.l AND f.r = id_decisions.r;
+        """
+    )
+    return split
+
+
+def _split_conflicts(con: duckdb.DuckDBPyConnection) -> None:
+    """The ordered merge of the components holding a conflict, into id_resplit and id_refused."""
+    nodes = [
+        r[0]
+        for r in con.execute(
+            "SELECT node FROM id_comp WHERE comp IN (SELECT comp FROM id_split) ORDER BY node"
+        ).fetchall()
     ]
-    links.sort(key=lambda d: (strength[d.method], -(d.score or 0.0), d.left, d.right))
-    for d in links:
-        if not clusters.union(d.left, d.right, reviewed=d.method == "review"):
-            d.decision, d.rule = "review", f"{d.rule or d.method}+cluster_conflict"
-    return {root: sorted(m) for root, m in clusters.members.items()}
+    con.execute("CREATE OR REPLACE TEMP TABLE id_split_nodes AS SELECT unnest(?) AS node", [nodes])
+    trusted: Trusted = {}
+    for patient, system, vals in con.execute(
+        "SELECT patient_id, system, vals FROM id_trusted "
+        "WHERE patient_id IN (SELECT node FROM id_split_nodes)"
+    ).fetchall():
+        trusted.setdefault(patient, {})[system] = set(vals)
+    scope = "d.l IN (SELECT node FROM id_split_nodes) AND d.r IN (SELECT node FROM id_split_nodes)"
+    apart = {
+        (a, b)
+        for a, b in con.execute(
+            f"SELECT l, r FROM id_decisions d WHERE {scope} AND method = 'review' AND decision = 'no_link'"
+        ).fetchall()
+    }
+    links = con.execute(
+        f"""
+        SELECT l, r, method FROM id_decisions d WHERE {scope} AND decision = 'link'
+        ORDER BY CASE method WHEN 'review' THEN 0 WHEN 'rule' THEN 1 ELSE 2 END,
+            -coalesce(score, 0.0), l, r
+        """
+    ).fetchall()
+    clusters = _Clusters(nodes, trusted, apart)
+    refused = [(a, b) for a, b, method in links if not clusters.union(a, b, reviewed=method == "review")]
+    label = {}
+    for members in clusters.members.values():
+        first = min(members)
+        for m in members:
+            label[m] = first
+    con.register(
+        "id_refused_new",
+        pa.table(
+            {"l": [a for a, _ in refused], "r": [b for _, b in refused]},
+            schema=pa.schema([("l", pa.string()), ("r", pa.string())]),
+        ),
+    )
+    con.register(
+        "id_resplit_new",
+        pa.table(
+            {"node": list(label), "comp": list(label.values())},
+            schema=pa.schema([("node", pa.string()), ("comp", pa.string())]),
+        ),
+    )
+    try:
+        con.execute("INSERT INTO id_refused SELECT l, r FROM id_refused_new")
+        con.execute("INSERT INTO id_resplit SELECT node, comp FROM id_resplit_new")
+    finally:
+        con.unregister("id_refused_new")
+        con.unregister("id_resplit_new")
+    con.execute("DROP TABLE id_split_nodes")

@@ -53,7 +53,8 @@ def build_features(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> int:
     tail = int(cfg.rules.get("id_tail_digits", 4))
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE id_source AS
+        -- A view, not a copy: the resources stay in the warehouse's own (evictable) blocks.
+        CREATE OR REPLACE TEMP VIEW id_source AS
         SELECT p.id, p.resource AS r, p.source_system, coalesce(f.format, 'unknown') AS format,
             p.last_updated
         FROM {table} p LEFT JOIN ops.files f USING (file_sha256)

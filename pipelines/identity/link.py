@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,12 +13,14 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from pipelines.common.errors import ConfigError
 from pipelines.identity.config import IdentityConfig, load_config
-from pipelines.identity.decide import PairDecision, cluster, decide_pairs
+from pipelines.identity.decide import cluster, decide_pairs
 from pipelines.identity.features import build_features
-from pipelines.identity.model import ScoredPairs, score_pairs
-from pipelines.identity.person import build_persons, load_members
-from pipelines.identity.rules import Pair, rule_pairs, trusted_identifiers
+from pipelines.identity.inputs import input_digest, record_inputs, standing_decision
+from pipelines.identity.model import empty_scores, megabytes, out_of_memory, score_pairs
+from pipelines.identity.person import iter_person_records, map_persons
+from pipelines.identity.rules import build_rule_pairs, build_trusted
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class LinkResult:
     model_version: str | None = None
     trained: str | None = None
     seconds: float = 0.0
+    decided_by: str | None = None  # the run whose decisions stand (an earlier one when nothing changed)
     model: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -42,46 +45,31 @@ class LinkResult:
         return out
 
 
-def reviewed_decisions(con: duckdb.DuckDBPyConnection) -> dict[Pair, tuple[str, str]]:
-    """The latest reviewer decision per pair, from every import so far."""
-    rows = con.execute(
-        """
-        SELECT left_patient_id, right_patient_id, arg_max(decision, decided_at), arg_max(reviewer, decided_at)
-        FROM ops.identity_decisions GROUP BY ALL
-        """
-    ).fetchall()
-    return {(a, b): (d, r) for a, b, d, r in rows}
-
-
 def link_patients(
-    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig | None = None
+    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig | None = None, force: bool = False
 ) -> LinkResult:
-    """Decide every candidate pair, form persons; replace identity_links, person_map, person_records."""
+    """Decide every candidate pair, form persons; replace identity_links, person_map, person_records.
+
+    The candidate pairs stay in DuckDB from scoring to storing (TEMP tables id_scored, id_decisions,
+    id_comp): memory does not grow with their number. When no source Patient, reviewer decision or
+    identity data file changed since the last linking, its decisions stand: the model is not run (nor
+    splink imported) and the tables are left as they are, unless `force`.
+    """
     started = time.monotonic()
     cfg = cfg or load_config()
-    result = LinkResult()
-    result.source_patients = build_features(con, cfg)
-    rules = rule_pairs(con, cfg)
-    trusted = trusted_identifiers(con, cfg)
-    reviewed = reviewed_decisions(con)
-    scored: ScoredPairs | None = None
-    if result.source_patients >= 2:
-        scored = score_pairs(con, cfg, result.source_patients)
-        result.pairs_scored, result.model_version, result.trained = (
-            scored.compared,
-            scored.model_version,
-            scored.trained,
-        )
-        result.model = scored.model
-    decisions = decide_pairs(cfg, rules, scored, reviewed, trusted)
-    scored = None  # the decisions carry the scores; the pair list can go
-    members = load_members(con)
-    clusters = cluster(sorted(members), decisions, trusted)
-    mapping, records = build_persons(con, cfg.survivorship, members, clusters, decisions)
-    result.persons = len(records)
-    result.pairs = dict(sorted(Counter(d.decision for d in decisions).items()))
-    result.methods = dict(sorted(Counter(d.method for d in decisions if d.decision == "link").items()))
-    _store(con, run_id, cfg, decisions, mapping, records, result)
+    cap = megabytes(cfg.thresholds.get("link_memory_limit", "128MB"))
+    ceiling = megabytes(cfg.thresholds.get("max_memory_limit", "2GB"))
+    while True:
+        try:
+            result = _link(con, run_id, cfg, force, cap)
+            break
+        except Exception as exc:
+            if not out_of_memory(exc) or cap * 2 > ceiling:
+                raise
+            log.warning(
+                "identity linking needs more than its %d MB memory cap: again with %d MB", cap, cap * 2
+            )
+            cap *= 2
     result.seconds = round(time.monotonic() - started, 3)
     log.info(
         "identity: %d source patients -> %d persons; pairs %s",
@@ -92,55 +80,129 @@ def link_patients(
     return result
 
 
+def _link(
+    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig, force: bool, cap: int
+) -> LinkResult:
+    """One attempt at linking with the warehouse connection capped at `cap` MB."""
+    previous = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    # The warehouse connection holds the pairs' TEMP tables: bounded, they spill rather than grow.
+    con.execute(f"SET memory_limit = '{cap}MB'")
+    try:
+        digest, present = input_digest(con, cfg)
+        standing = None if force else standing_decision(con, digest, present)
+        if standing is not None:
+            result = _standing(con, standing)
+            record_inputs(con, run_id, digest, present, standing)
+            log.info("identity: no source patient or decision changed; the decisions of an earlier run stand")
+            return result
+        result = LinkResult()
+        result.source_patients = build_features(con, cfg)
+        build_rule_pairs(con, cfg)
+        build_trusted(con, cfg)
+        empty_scores(con)
+        if result.source_patients >= 2:
+            scored = score_pairs(con, cfg, result.source_patients)
+            result.pairs_scored, result.model_version, result.trained = (
+                scored.compared,
+                scored.model_version,
+                scored.trained,
+            )
+            result.model = scored.model
+        decide_pairs(con, cfg)
+        cluster(con)
+        result.persons = map_persons(con, cfg.survivorship)
+        result.pairs = dict(
+            con.execute("SELECT decision, count(*) FROM id_decisions GROUP BY 1 ORDER BY 1").fetchall()
+        )
+        result.methods = dict(
+            con.execute(
+                "SELECT method, count(*) FROM id_decisions WHERE decision = 'link' GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+        )
+        _store(con, run_id, cfg, result, digest)
+    finally:
+        _drop_temp_tables(con)
+        con.execute(f"SET memory_limit = '{_setting(previous)}'")
+    return result
+
+
+def _drop_temp_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """The stage's TEMP tables (features, pairs, decisions) go once stored: a run's connection lives on."""
+    for kind, names in (
+        ("VIEW", "SELECT view_name FROM duckdb_views() WHERE temporary AND starts_with(view_name, 'id_')"),
+        (
+            "TABLE",
+            "SELECT table_name FROM duckdb_tables() WHERE temporary AND starts_with(table_name, 'id_')",
+        ),
+    ):
+        for (name,) in con.execute(names).fetchall():
+            con.execute(f'DROP {kind} IF EXISTS temp."{name}"')
+
+
+def _setting(value: str) -> str:
+    if not re.fullmatch(r"[0-9.]+ ?[A-Za-z]*", value):
+        raise ConfigError("thresholds.json: memory_limit must be a size such as 256MB")
+    return value
+
+
+def _standing(con: duckdb.DuckDBPyConnection, decided_by: str) -> LinkResult:
+    """Counts of the decisions that stand, read back from the tables (nothing is recomputed)."""
+    result = LinkResult(decided_by=decided_by)
+    result.source_patients, result.persons = con.execute(
+        "SELECT count(*), count(DISTINCT person_id) FROM ops.person_map"
+    ).fetchall()[0]
+    result.pairs = dict(
+        con.execute("SELECT decision, count(*) FROM ops.identity_links GROUP BY 1 ORDER BY 1").fetchall()
+    )
+    result.methods = dict(
+        con.execute(
+            "SELECT method, count(*) FROM ops.identity_links WHERE decision = 'link' GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    )
+    model = con.execute(
+        "SELECT model_version, trained FROM ops.identity_models WHERE run_id = ?", [decided_by]
+    ).fetchall()
+    if model:
+        result.model_version, result.trained = model[0]
+    return result
+
+
 def _store(
-    con: duckdb.DuckDBPyConnection,
-    run_id: str,
-    cfg: IdentityConfig,
-    decisions: list[PairDecision],
-    mapping: list[tuple[str, str, bool]],
-    records: list[tuple[str, str, int]],
-    result: LinkResult,
+    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig, result: LinkResult, digest: str
 ) -> None:
-    links = pa.table(
-        {
-            "l": [d.left for d in decisions],
-            "r": [d.right for d in decisions],
-            "method": [d.method for d in decisions],
-            "rule": [d.rule for d in decisions],
-            "model": [result.model_version if d.method == "model" else None for d in decisions],
-            "score": pa.array([d.score for d in decisions], pa.float64()),
-            "decision": [d.decision for d in decisions],
-            "reviewer": [d.reviewer for d in decisions],
-        }
-    )
-    persons = pa.table(
-        {"p": [m[0] for m in mapping], "person": [m[1] for m in mapping], "s": [m[2] for m in mapping]}
-    )
-    person_rows = pa.table(
-        {
-            "person": [r[0] for r in records],
-            "res": [r[1] for r in records],
-            "n": pa.array([r[2] for r in records], pa.int32()),
-        }
-    )
-    con.register("id_links_new", links)
-    con.register("id_persons_new", persons)
-    con.register("id_records_new", person_rows)
     try:
         con.execute("BEGIN TRANSACTION")
         con.execute("DELETE FROM ops.identity_links")
         con.execute(
-            "INSERT INTO ops.identity_links "
-            "SELECT l, r, method, rule, model, score, decision, reviewer, ?, now() FROM id_links_new",
-            [run_id],
+            "INSERT INTO ops.identity_links SELECT l, r, method, rule, "
+            "CASE WHEN method = 'model' THEN ? END, score, decision, reviewer, ?, now() "
+            "FROM id_decisions ORDER BY l, r",
+            [result.model_version, run_id],
         )
         con.execute("DELETE FROM ops.person_map")
-        con.execute("INSERT INTO ops.person_map SELECT p, person, s, ? FROM id_persons_new", [run_id])
-        con.execute("DELETE FROM ops.person_records")
         con.execute(
-            "INSERT INTO ops.person_records SELECT person, CAST(res AS JSON), n, ? FROM id_records_new",
+            "INSERT INTO ops.person_map SELECT patient_id, person_id, survivor, ? FROM id_person_map "
+            "ORDER BY patient_id",
             [run_id],
         )
+        con.execute("DELETE FROM ops.person_records")
+        for batch in iter_person_records(con, cfg.survivorship):
+            rows = pa.table(
+                {
+                    "person": [r[0] for r in batch],
+                    "res": [r[1] for r in batch],
+                    "n": pa.array([r[2] for r in batch], pa.int32()),
+                }
+            )
+            con.register("id_records_new", rows)
+            try:
+                con.execute(
+                    "INSERT INTO ops.person_records "
+                    "SELECT person, CAST(res AS JSON), n, ? FROM id_records_new",
+                    [run_id],
+                )
+            finally:
+                con.unregister("id_records_new")
         con.execute("DELETE FROM ops.identity_models WHERE run_id = ?", [run_id])
         if result.model is not None:
             con.execute(
@@ -155,13 +217,12 @@ def _store(
                     orjson.dumps(result.model).decode(),
                 ],
             )
+        record_inputs(con, run_id, digest, result.source_patients, run_id)
+        result.decided_by = run_id
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    finally:
-        for name in ("id_links_new", "id_persons_new", "id_records_new"):
-            con.unregister(name)
 
 
 def save_model(path: Path, result: LinkResult) -> Path | None:

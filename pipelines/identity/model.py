@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
+import itertools
 import logging
+import math
+import re
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import orjson
 
+from pipelines.common.errors import ConfigError
 from pipelines.identity.config import IdentityConfig
+from pipelines.identity.train import train
 
 log = logging.getLogger(__name__)
 _FEATURES = (
@@ -23,61 +28,125 @@ _FEATURES = (
 
 @dataclass(slots=True)
 class ScoredPairs:
-    """Pairs at or above the record floor: (left id, right id, match probability, guard name or None)."""
+    """The trained model; the pairs at or above the record floor are in the TEMP table id_scored."""
 
-    pairs: list[tuple[str, str, float, str | None]]
     model_version: str
     model: dict[str, Any]
-    trained: str  # em (u sampled, m by EM), u (u sampled only) or priors (model.json as it is)
+    trained: str  # em (m by EM), u (u sampled, no EM) or priors (nothing could be estimated)
     compared: int
 
 
+def empty_scores(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE OR REPLACE TEMP TABLE id_scored (l VARCHAR, r VARCHAR, score DOUBLE, guard VARCHAR)")
+
+
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(MB|MiB|GB|GiB)\s*", re.IGNORECASE)
+
+
+def megabytes(text: str) -> int:
+    found = _SIZE.fullmatch(str(text))
+    if not found:
+        raise ConfigError(f"thresholds.json: a memory size must read like 192MB or 2GB, not {text!r}")
+    value, unit = float(found.group(1)), found.group(2).upper()
+    return int(value * 1024) if unit.startswith("G") else int(value)
+
+
+def out_of_memory(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: int) -> ScoredPairs:
-    """Train (u by sampling; m by EM when the data is large enough) and predict over the blocked pairs."""
+    """Train on the run's data (train.py: what it supports, priors elsewhere) and score the blocked pairs.
+
+    The pairs never pass through Python: splink scores them chunk by chunk in a scratch DuckDB (spilled
+    to disk past the memory limit), those over the record floor are written to Parquet files and read
+    into the TEMP table id_scored (l, r, score, guard) of the warehouse connection. Some of splink's
+    queries (an EM session's pairs against every record) need more than the cap on a large load: then
+    the scoring starts again with twice the cap, up to max_memory_limit.
+    """
+    t = cfg.thresholds
+    cap = megabytes(t.get("memory_limit", "256MB"))
+    ceiling = megabytes(t.get("max_memory_limit", "2GB"))
+    while True:
+        try:
+            return _score(con, cfg, records, cap)
+        except Exception as exc:
+            if not out_of_memory(exc) or cap * 2 > ceiling:
+                raise
+            log.warning(
+                "identity scoring needs more than its %d MB memory cap: again with %d MB", cap, cap * 2
+            )
+            cap *= 2
+
+
+def _score(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: int, cap: int) -> ScoredPairs:
     from splink import DuckDBAPI, Linker
 
     # splink logs training progress (comparison names and counts only); our own summary lines suffice.
     logging.getLogger("splink").setLevel(logging.ERROR)
-    settings = copy.deepcopy(cfg.model)
-    settings["blocking_rules_to_generate_predictions"] = list(cfg.blocking)
-    t = cfg.thresholds
     features = con.sql(f"SELECT {_FEATURES} FROM id_features").to_arrow_table()
     with tempfile.TemporaryDirectory(prefix="ehrlift-identity-") as spill:
+        # A scratch database file, not an in-memory one: splink's tables are then evicted to disk past
+        # the memory limit rather than held.
         sp = duckdb.connect(
-            ":memory:",
-            config={"temp_directory": spill, "threads": 2, "memory_limit": t.get("memory_limit", "1GB")},
+            str(Path(spill) / "scoring.duckdb"),
+            config={"temp_directory": spill, "threads": 2, "memory_limit": f"{cap}MB"},
         )
         try:
             sp.execute("SET preserve_insertion_order = false")
             db_api = DuckDBAPI(sp)
-            linker = Linker(db_api.register(features, table_name="id_features"), settings, log_level=None)
-            trained = "priors"
-            if records >= int(t.get("min_records_for_u", 200)):
-                linker.training.estimate_u_using_random_sampling(
-                    max_pairs=float(t.get("u_max_pairs", 1e6)), seed=1
-                )
-                trained = "u"
-            if records >= int(t.get("min_records_for_em", 1000)):
-                linker.training.estimate_probability_two_random_records_match(
-                    t["prior_blocking_rules"], recall=float(t.get("prior_recall", 0.7))
-                )
-                for rule in t["em_blocking_rules"]:
-                    linker.training.estimate_parameters_using_expectation_maximisation(rule)
-                trained = "em"
+            frame = db_api.register(features, table_name="id_features")
+            fitted = train(sp, db_api, frame, cfg, records)
+            linker = Linker(frame, fitted.settings, log_level=None)
+            trained = fitted.trained
             model = linker.misc.save_model_to_json()
+            model.pop("linker_uid", None)  # random per Linker: the same data and priors give one version
             version = hashlib.sha256(orjson.dumps(model, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-            # Every blocked pair is scored into a DuckDB table (spilled to disk past the memory limit), so
-            # memory does not grow with the number of candidate pairs; only those over the floor come back.
-            name = linker.inference.predict().physical_name
-            compared = int(sp.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0])
-            guard_sql = " ".join(f"WHEN {g['sql']} THEN '{g['name']}'" for g in cfg.guards)
-            guard = f"CASE {guard_sql} END" if guard_sql else "NULL"
-            rows = sp.execute(
-                f"SELECT unique_id_l, unique_id_r, match_probability, {guard} FROM {name} "
-                "WHERE match_probability >= ? ORDER BY unique_id_l, unique_id_r",
-                [float(t["record_floor"])],
-            ).fetchall()
+            model["parameter_estimates"] = fitted.estimates  # estimated or prior, and why, per parameter
+            compared, parts = _predict_in_chunks(sp, linker, cfg, records, Path(spill))
+            files = "[" + ", ".join(_literal(p) for p in parts) + "]"
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE id_scored AS "
+                f"SELECT l, r, score, guard FROM read_parquet({files})"
+            )
         finally:
             sp.close()
-    pairs = [(min(a, b), max(a, b), float(p), g) for a, b, p, g in rows]
-    return ScoredPairs(pairs, version, model, trained, compared)
+    return ScoredPairs(version, model, trained, compared)
+
+
+def _predict_in_chunks(
+    sp: duckdb.DuckDBPyConnection, linker: Any, cfg: IdentityConfig, records: int, spill: Path
+) -> tuple[int, list[Path]]:
+    """Score the blocked pairs chunk by chunk (splink splits records into n x n slices); each chunk's
+    pairs over the record floor go to a Parquet file and its table is dropped, so the pairs held at
+    once depend on the chunk size (predict_chunk_records), not on the number of records."""
+    t = cfg.thresholds
+    n = max(1, math.ceil(records / int(t.get("predict_chunk_records", 20_000))))
+    guard_sql = " ".join(f"WHEN {g['sql']} THEN '{g['name']}'" for g in cfg.guards)
+    guard = f"CASE {guard_sql} END" if guard_sql else "CAST(NULL AS VARCHAR)"
+    compared = 0
+    parts: list[Path] = []
+    for left, right in itertools.product(range(1, n + 1), repeat=2):
+        chunk = linker.inference.predict_chunk(
+            left_chunk=(left, n), right_chunk=(right, n), warning_mode="never"
+        )
+        name = chunk.physical_name
+        compared += int(sp.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0])
+        path = spill / f"scored-{left}-{right}.parquet"
+        sp.execute(
+            "COPY (SELECT least(unique_id_l, unique_id_r) AS l, "
+            f"greatest(unique_id_l, unique_id_r) AS r, match_probability AS score, {guard} AS guard "
+            f"FROM {name} WHERE match_probability >= {float(t['record_floor'])!r}) "
+            f"TO {_literal(path)} (FORMAT parquet)"
+        )
+        chunk.drop_table_from_database_and_remove_from_cache()
+        parts.append(path)
+    return compared, parts
+
+
+def _literal(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"

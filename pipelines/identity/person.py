@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import orjson
-
-from pipelines.identity.decide import PairDecision
 
 
 @dataclass(slots=True)
@@ -19,24 +18,7 @@ class Member:
     resource: dict[str, Any] | None = None  # read only while its person record is built
 
 
-_CHUNK = 5_000  # persons whose source Patients are read at once: memory stays bounded
-
-
-def load_members(con: duckdb.DuckDBPyConnection) -> dict[str, Member]:
-    rows = con.execute(
-        "SELECT id, format, coalesce(epoch(TRY_CAST(last_updated AS TIMESTAMPTZ)), 0) "
-        "FROM id_source ORDER BY id"
-    ).fetchall()
-    return {i: Member(i, fmt, float(t)) for i, fmt, t in rows}
-
-
-def _read_resources(con: duckdb.DuckDBPyConnection, members: list[Member]) -> None:
-    by_id = {m.id: m for m in members}
-    rows = con.execute(
-        "SELECT id, CAST(r AS VARCHAR) FROM id_source WHERE id IN (SELECT unnest(?))", [list(by_id)]
-    ).fetchall()
-    for i, text in rows:
-        by_id[i].resource = orjson.loads(text)
+_BATCH = 2_000  # source Patients read and assembled at once (whole persons): memory stays bounded
 
 
 def _rank(rules: dict[str, Any], m: Member) -> tuple[int, float, str]:
@@ -89,39 +71,90 @@ def person_record(rules: dict[str, Any], members: list[Member], see_also: list[s
     return res
 
 
-def build_persons(
-    con: duckdb.DuckDBPyConnection,
-    rules: dict[str, Any],
-    members: dict[str, Member],
-    clusters: dict[str, list[str]],
-    decisions: list[PairDecision],
-) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str, int]]]:
-    """(person_map rows, person_records rows): every source Patient maps to exactly one person."""
-    person_of: dict[str, str] = {}
-    chosen: dict[str, list[Member]] = {}
-    for ids in clusters.values():
-        group = [members[i] for i in ids]
-        head = survivor(rules, group).id
-        chosen[head] = group
-        for i in ids:
-            person_of[i] = head
-    review: dict[str, list[str]] = {}
-    for d in decisions:
-        both = d.left in person_of and d.right in person_of
-        if d.decision == "review" and both and person_of[d.left] != person_of[d.right]:
-            review.setdefault(person_of[d.left], []).append(d.right)
-            review.setdefault(person_of[d.right], []).append(d.left)
-    mapping = [(i, p, i == p) for i, p in sorted(person_of.items())]
-    records: list[tuple[str, str, int]] = []
-    heads = sorted(chosen)
-    for start in range(0, len(heads), _CHUNK):
-        batch = heads[start : start + _CHUNK]
-        _read_resources(con, [m for head in batch for m in chosen[head]])
-        for head in batch:
-            group = chosen[head]
-            records.append(
-                (head, orjson.dumps(person_record(rules, group, review.get(head, []))).decode(), len(group))
-            )
-            for m in group:
-                m.resource = None
-    return mapping, records
+def map_persons(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> int:
+    """TEMP id_person_map (patient_id, person_id, survivor, batch) from id_cluster; returns persons.
+
+    `batch` numbers groups of whole persons of about _BATCH source Patients, the unit that
+    iter_person_records reads at once.
+
+    Each cluster's survivor is its best-ranked source, then the most recently updated, then the smallest
+    id (as survivor() orders them); the survivor's id is the person id.
+    """
+    con.execute("CREATE OR REPLACE TEMP TABLE id_rank (format VARCHAR, rank INTEGER)")
+    ranks = [(k, int(v)) for k, v in rules.get("source_rank", {}).items()]
+    if ranks:
+        con.executemany("INSERT INTO id_rank VALUES (?, ?)", ranks)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE id_person_map AS
+        WITH ranked AS (
+            SELECT c.patient_id, c.comp, coalesce(k.rank, ?) AS rank,
+                coalesce(epoch(TRY_CAST(s.last_updated AS TIMESTAMPTZ)), 0) AS updated
+            FROM id_cluster c JOIN id_source s ON s.id = c.patient_id LEFT JOIN id_rank k USING (format)
+        ),
+        heads AS (
+            SELECT comp, arg_min(patient_id, (rank, -updated, patient_id)) AS person_id
+            FROM ranked GROUP BY comp
+        )
+        SELECT r.patient_id, h.person_id, r.patient_id = h.person_id AS survivor
+        FROM ranked r JOIN heads h USING (comp)
+        """,
+        [int(rules.get("default_rank", 9))],
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE id_person_batch AS
+        WITH sizes AS (SELECT person_id, count(*) AS n FROM id_person_map GROUP BY person_id)
+        SELECT person_id, (sum(n) OVER (ORDER BY person_id) - n) // {_BATCH} AS batch FROM sizes
+        """
+    )
+    return int(con.execute("SELECT count(DISTINCT person_id) FROM id_person_map").fetchall()[0][0])
+
+
+def _see_also(con: duckdb.DuckDBPyConnection) -> None:
+    """TEMP id_see_also (person_id, other, batch): a review pair between two persons points each person's
+    record at the other's source Patient."""
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE id_see_also AS
+        WITH pairs AS (
+            SELECT a.person_id AS pa, b.person_id AS pb, d.l, d.r
+            FROM id_decisions d
+            JOIN id_person_map a ON a.patient_id = d.l JOIN id_person_map b ON b.patient_id = d.r
+            WHERE d.decision = 'review' AND a.person_id <> b.person_id
+        ),
+        both_ways AS (SELECT pa AS person_id, r AS other FROM pairs UNION ALL SELECT pb, l FROM pairs)
+        SELECT w.person_id, w.other, b.batch FROM both_ways w JOIN id_person_batch b USING (person_id)
+        """
+    )
+
+
+def iter_person_records(
+    con: duckdb.DuckDBPyConnection, rules: dict[str, Any]
+) -> Iterator[list[tuple[str, str, int]]]:
+    """(person id, record JSON, member count) for whole persons, about _BATCH source Patients at a time."""
+    _see_also(con)
+    batches = con.execute("SELECT coalesce(max(batch), -1) FROM id_person_batch").fetchall()[0][0]
+    for batch in range(int(batches) + 1):
+        rows = con.execute(
+            """
+            SELECT m.person_id, s.id, s.format, coalesce(epoch(TRY_CAST(s.last_updated AS TIMESTAMPTZ)), 0),
+                CAST(s.r AS VARCHAR)
+            FROM id_person_map m JOIN id_person_batch b USING (person_id)
+            JOIN id_source s ON s.id = m.patient_id
+            WHERE b.batch = ? ORDER BY m.person_id, s.id
+            """,
+            [batch],
+        ).fetchall()
+        see_also: dict[str, list[str]] = {}
+        for person, other in con.execute(
+            "SELECT person_id, other FROM id_see_also WHERE batch = ?", [batch]
+        ).fetchall():
+            see_also.setdefault(person, []).append(other)
+        groups: dict[str, list[Member]] = {}
+        for person, pid, fmt, updated, text in rows:
+            groups.setdefault(person, []).append(Member(pid, fmt, float(updated), orjson.loads(text)))
+        yield [
+            (head, orjson.dumps(person_record(rules, group, see_also.get(head, []))).decode(), len(group))
+            for head, group in groups.items()
+        ]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import duckdb
 
 from pipelines.identity.config import IdentityConfig
@@ -11,58 +9,53 @@ from pipelines.identity.config import IdentityConfig
 Pair = tuple[str, str]
 
 
-def pair(a: str, b: str) -> Pair:
-    return (a, b) if a < b else (b, a)
+def build_rule_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
+    """TEMP id_rule_pairs (l, r, rule, outcome): one row per pair, l < r; outcome is 'link' or 'review'.
 
-
-def rule_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> dict[Pair, tuple[str, str]]:
-    """{pair: (rule, outcome)} from identifiers and source links; outcome is 'link' or 'review'."""
-    found: dict[Pair, tuple[str, str]] = {}
+    A shared identifier of a linking system links; a source link links or asks for review by its type;
+    when both name a pair, a link wins over a review and an identifier over a source link.
+    """
     systems = list(cfg.rules.get("link_on_identifier", []))
-    if systems:
-        rows = con.execute(
-            """
-            SELECT a.patient_id, b.patient_id FROM id_identifiers a
+    con.execute("CREATE OR REPLACE TEMP TABLE id_link_types (link_type VARCHAR, outcome VARCHAR)")
+    types = [(k, v) for k, v in cfg.rules.get("patient_link_types", {}).items() if v in ("link", "review")]
+    if types:
+        con.executemany("INSERT INTO id_link_types VALUES (?, ?)", types)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE id_rule_pairs AS
+        WITH found AS (
+            SELECT DISTINCT a.patient_id AS l, b.patient_id AS r, 'same_identifier' AS rule,
+                'link' AS outcome, 0 AS pref
+            FROM id_identifiers a
             JOIN id_identifiers b ON a.system = b.system AND a.value = b.value AND a.patient_id < b.patient_id
             WHERE list_contains(?, a.system)
-            """,
-            [systems],
-        ).fetchall()
-        for a, b in rows:
-            found[pair(a, b)] = ("same_identifier", "link")
-    outcomes = cfg.rules.get("patient_link_types", {})
-    rows = con.execute(
-        """
-        SELECT l.patient_id, l.other_id, l.link_type, l.format FROM id_links l
-        JOIN id_features f ON f.unique_id = l.other_id WHERE l.patient_id <> l.other_id
-        """
-    ).fetchall()
-    for a, b, link_type, fmt in rows:
-        outcome = outcomes.get(link_type)
-        if outcome is None:
-            continue
-        merge = fmt == "hl7v2" and link_type in ("replaces", "replaced-by")
-        rule = "hl7_merge" if merge else f"patient_link_{link_type}"
-        key = pair(a, b)
-        if key not in found or (found[key][1] == "review" and outcome == "link"):
-            found[key] = (rule, outcome)
-    return found
+            UNION ALL
+            SELECT least(k.patient_id, k.other_id), greatest(k.patient_id, k.other_id),
+                CASE WHEN k.format = 'hl7v2' AND k.link_type IN ('replaces', 'replaced-by') THEN 'hl7_merge'
+                    ELSE 'patient_link_' || k.link_type END,
+                t.outcome, 1
+            FROM id_links k JOIN id_link_types t USING (link_type)
+            JOIN id_features f ON f.unique_id = k.other_id
+            WHERE k.patient_id <> k.other_id
+        )
+        SELECT l, r, arg_min(rule, (outcome <> 'link', pref, rule)) AS rule,
+            min(outcome) AS outcome  -- 'link' < 'review'
+        FROM found GROUP BY l, r
+        """,
+        [systems],
+    )
 
 
-def trusted_identifiers(
-    con: duckdb.DuckDBPyConnection, cfg: IdentityConfig
-) -> dict[str, dict[str, set[str]]]:
-    """{patient id: {trusted system: values}}: two patients with disjoint values of one system conflict."""
-    out: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-    systems = list(cfg.rules.get("trusted_identifiers", []))
-    if not systems:
-        return out
-    rows = con.execute(
-        "SELECT patient_id, system, value FROM id_identifiers WHERE list_contains(?, system)", [systems]
-    ).fetchall()
-    for patient, system, value in rows:
-        out[patient][system].add(value)
-    return out
+def build_trusted(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
+    """TEMP id_trusted (patient_id, system, vals): each patient's values of each trusted system."""
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE id_trusted AS
+        SELECT patient_id, system, list(DISTINCT value ORDER BY value) AS vals FROM id_identifiers
+        WHERE list_contains(?, system) GROUP BY ALL
+        """,
+        [list(cfg.rules.get("trusted_identifiers", []))],
+    )
 
 
 def conflicts(left: dict[str, set[str]], right: dict[str, set[str]]) -> bool:

@@ -19,10 +19,15 @@ from pipelines.identity.views import resolve_person_views
 log = logging.getLogger(__name__)
 
 
-def identify(con: duckdb.DuckDBPyConnection, run_id: str, rules_dir: Path | None = None) -> dict[str, Any]:
-    """Link source Patients into persons and mark duplicate facts; returns counts (never record values)."""
+def identify(
+    con: duckdb.DuckDBPyConnection, run_id: str, rules_dir: Path | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Link source Patients into persons and mark duplicate facts; returns counts (never record values).
+
+    Linking is skipped (the last decisions stand) when nothing it depends on changed, unless `force`.
+    """
     cfg = load_config(rules_dir)
-    linked = link_patients(con, run_id, cfg)
+    linked = link_patients(con, run_id, cfg, force=force)
     facts = mark_duplicates(con, cfg, run_id)
     return {"link": linked.to_dict(), "facts": facts, "_model": linked}
 
