@@ -632,9 +632,11 @@ def _is_loopback(host: str) -> bool:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.common.progress import Bars
     from pipelines.report import write_report
 
-    files = write_report(_warehouse_arg(args.warehouse), args.out, args.run_id)
+    with Bars(True).running():  # a bar on a terminal only
+        files = write_report(_warehouse_arg(args.warehouse), args.out, args.run_id)
     out.print(f"compliance report for {files.run_id}: {files.html.resolve()}", soft_wrap=True)
     out.print(f"data: {files.data.resolve()}", soft_wrap=True)
     out.print(f"sha256 of the data: {files.digest}", soft_wrap=True)

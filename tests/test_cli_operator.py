@@ -86,29 +86,38 @@ def test_only_ehrlifts_own_lines_reach_the_operator(tmp_path, verbose):
     assert "great_expectations" not in done.stderr
 
 
-def test_an_interactive_run_shows_a_bar_with_counts_for_each_long_stage(tmp_path):
+def _on_a_terminal(args: list[str]) -> str:
+    """What a command shows on a terminal (its stderr on a pseudo-terminal)."""
     import pty
 
-    src = tmp_path / "src"
-    lines = [resource("Patient", f"p{i}", gender="female") for i in range(30)]
-    write_ndjson(src / "p.ndjson", *lines)
     master, slave = pty.openpty()
-    args = [sys.executable, "-m", "pipelines.cli", "run", str(src), "--warehouse", str(tmp_path / "w.duckdb")]
     env = dict(os.environ, TERM="xterm", COLUMNS="140")
-    with subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=slave, env=env) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", *args], stdout=subprocess.DEVNULL, stderr=slave, env=env
+    ) as proc:
         os.close(slave)
         seen = b""
         while True:
             try:
                 chunk = os.read(master, 65536)
-            except OSError:  # the run ended and closed its side of the terminal
+            except OSError:  # the command ended and closed its side of the terminal
                 break
             if not chunk:
                 break
             seen += chunk
-        assert proc.wait(timeout=600) == 0
+        assert proc.wait(timeout=600) == 0, seen.decode(errors="replace")[-2000:]
     os.close(master)
-    screen = seen.decode(errors="replace")
-    assert re.search(r"convert\s.*100%|convert\s.*bytes|convert\s.*[kK]B", screen)
+    return seen.decode(errors="replace")
+
+
+def test_an_interactive_run_shows_a_bar_with_counts_for_each_long_stage(tmp_path):
+    src = tmp_path / "src"
+    write_ndjson(src / "p.ndjson", *(resource("Patient", f"p{i}", gender="female") for i in range(30)))
+    wh = str(tmp_path / "w.duckdb")
+    screen = _on_a_terminal(["run", str(src), "--warehouse", wh])
+    assert re.search(r"convert\s.*[kK]?B", screen)
     assert re.search(r"normalize\s.*30/30 resources", screen), screen[-2000:]
+    assert re.search(r"load\s.*(\d+)/\1 views", screen), screen[-2000:]
     assert re.search(r"validate\s.*(\d+)/\1 suites", screen), screen[-2000:]
+    screen = _on_a_terminal(["report", "--warehouse", wh])
+    assert re.search(r"report\s.*3/3 steps", screen), screen[-2000:]

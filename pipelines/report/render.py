@@ -12,6 +12,7 @@ import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from pipelines.common.errors import ConfigError, WarehouseError
+from pipelines.common.progress import stage_bar
 from pipelines.common.warehouse import open_warehouse
 from pipelines.report import charts
 from pipelines.report.cli import DECISIONS
@@ -59,21 +60,26 @@ def write_report(warehouse: Path, out_dir: Path | None = None, run_id: str | Non
                 raise ConfigError(f"no run {run_id!r} in the warehouse", hint="see ops.runs for run ids")
         out = Path(out_dir) if out_dir is not None else default_out_dir(Path(warehouse), run_id)
         docs = default_out_dir(Path(warehouse), run_id) / "data-docs" / "index.html"
+        bar = stage_bar("report", "steps")  # Data Docs, the data, the page
+        bar.total(3)
         if not docs.is_file():
             # Rendered here rather than by every run: the validate stage spares a run GX's import.
             from pipelines.quality.datadocs import data_docs_from_warehouse
 
             data_docs_from_warehouse(con, Path(warehouse), run_id)
+        bar.advance()
         link = Path(os.path.relpath(docs, out.resolve() if out.exists() else out.absolute())).as_posix()
         data = collect(con, run_id, data_docs=link if docs.is_file() else None)
         payload = canonical_json(data)
         digest = hashlib.sha256(payload).hexdigest()
         # Sign-offs are shown but not part of the digest: they sign it.
         signed = signoffs(con, run_id, digest)
+        bar.advance()
     out.mkdir(parents=True, exist_ok=True)
     data_path, html_path = out / DATA_NAME, out / HTML_NAME
     _write_atomic(data_path, payload)
     _write_atomic(html_path, render_html(orjson.loads(payload), digest, signed).encode("utf-8"))
+    bar.advance()
     return ReportFiles(html_path, data_path, digest, run_id, verdict_line(data["verdict"]))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import orjson
 
+from pipelines.common.progress import stage_bar
 from pipelines.common.warehouse import transaction
 
 from . import standard
@@ -113,6 +114,8 @@ def materialize_views(
             todo.append((path, digest))
     loaded = _compile_paths([p for p, _ in todo])
     con.execute("CREATE SCHEMA IF NOT EXISTS views")
+    bar = stage_bar("load", "views")
+    bar.total(len(todo))
     for (view, long), (_, digest) in zip(loaded, todo, strict=True):
         target = f"views.{quote_ident(view['name'])}"
         empty = not _relation_exists(con, "fhir", view["resource"])
@@ -124,6 +127,7 @@ def materialize_views(
             create_view_table(con, view, target, empty=empty)
             for table in built:
                 con.execute(f"COMMENT ON TABLE {table} IS '{stamp}'")
+        bar.advance()
     # The *_coding views count too: they are written, audited and checked like the others.
     tables = [t for n in names for t in (n, f"{n}_coding") if t == n or _relation_exists(con, "views", t)]
     return {
