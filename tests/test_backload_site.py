@@ -14,7 +14,7 @@ from pipelines.backload.site import load_site
 from pipelines.cli import main
 from pipelines.common.errors import ConfigError
 from pipelines.common.reasons import reason_codes
-from pipelines.common.warehouse import open_warehouse
+from pipelines.common.warehouse import SCHEMA_VERSION, open_warehouse
 from pipelines.report.render import write_report
 from tests.backload_builders import SNOMED, build_warehouse, cc, patient, vital
 from tests.backload_server import FhirServer
@@ -184,5 +184,5 @@ def test_a_contract_12_warehouse_gains_the_site_columns_in_place(tmp_path):
         mapped = con.execute("SELECT count(*) FROM ops.backload_plan WHERE server_id IS NOT NULL").fetchone()[
             0
         ]
-        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == 17
+        assert con.execute("SELECT max(version) FROM ops.schema_version").fetchone()[0] == SCHEMA_VERSION
     assert mapped == 2 and plan.summary["totals"]["mapped"] == 2
