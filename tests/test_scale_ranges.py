@@ -7,11 +7,9 @@ import pytest
 
 from pipelines.common.config import RunConfig
 from pipelines.convert.fhir import ndjson
-from pipelines.run import convert_stage, land_stage
+from pipelines.run import land_stage
 from pipelines.scale import ranges
-from tests.test_scale import _contents
-
-RUN_ID = "run-20260101T000000Z-4a9e11"
+from tests.test_scale import RUN_ID, _contents, _convert
 
 
 def _line(i: int) -> bytes:
@@ -51,19 +49,6 @@ def test_cuts_fall_where_the_converter_closes_its_batches(tmp_path, monkeypatch,
     data = path.read_bytes()
     assert lines[:-1] == [data[:c].count(b"\n") for c in cuts[:-1]]
     assert lines[-1] == sum(len(b.column("pos")) for b, _ in ndjson._line_batches(path))
-
-
-def _convert(tmp_path, name: str, src, workers: int) -> tuple[dict, dict]:
-    config = RunConfig(
-        sources=(str(src),),
-        warehouse=tmp_path / name / "warehouse.duckdb",
-        progress=False,
-        run_id=RUN_ID,
-        workers=workers,
-    )
-    land_stage(config)
-    totals = convert_stage(config)
-    return totals, _contents(config.warehouse)
 
 
 def test_a_split_file_converts_exactly_as_an_unsplit_one_in_one_process_and_pooled(tmp_path, monkeypatch):
