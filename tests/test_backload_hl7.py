@@ -474,3 +474,16 @@ def test_without_fork_the_builder_runs_in_a_thread_with_the_same_outcome(tmp_pat
     with duckdb.connect(str(wh), read_only=True) as con:
         stored = con.execute("SELECT status, count(*) FROM ops.backload_hl7_messages GROUP BY ALL ORDER BY 1")
         assert stored.fetchall() == [("not_sendable", 1), ("send", 5)]
+
+
+def test_a_send_on_a_terminal_shows_acknowledged_of_planned_messages(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from pipelines.common.progress import Bars
+
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    bars = Bars(True)
+    with Peer(mode="AA") as peer, bars.running():
+        _, result = _send(tmp_path, peer)
+    (task,) = [t for t in bars._progress.tasks if t.description == "hl7 send"]
+    assert result["sent"] == 5 and (task.completed, task.total, task.fields["unit"]) == (5, 5, "messages")

@@ -47,6 +47,7 @@ def add_commands(bsub: Any) -> None:
 def _cmd_hl7(args: argparse.Namespace) -> int:
     from pipelines.backload.hl7.mllp import SendPolicy
     from pipelines.backload.hl7.runner import Hl7Options, backload_hl7, parse_kinds, refused
+    from pipelines.common.progress import Bars
 
     if not 1 <= args.connections <= 16:
         raise ConfigError("--connections must be between 1 and 16")
@@ -66,7 +67,8 @@ def _cmd_hl7(args: argparse.Namespace) -> int:
         ),
         override_reason=args.reason if args.override_gate else None,
     )
-    result = backload_hl7(args.warehouse, options)
+    with Bars(True).running():  # a bar on a terminal only
+        result = backload_hl7(args.warehouse, options)
     table = Table("outcome", "messages", title=f"HL7 back-load plan {result['plan_id']}")
     for key, value in result.items():
         if key != "plan_id":

@@ -27,6 +27,7 @@ from pipelines.backload.hl7.journal import Journal, clean, line
 from pipelines.backload.hl7.mllp import Item, Lanes, Outcome, SendPolicy
 from pipelines.backload.hl7.plan import Planned, Prepared, build
 from pipelines.common.errors import EhrliftError
+from pipelines.common.progress import StageBar, stage_bar
 from pipelines.common.warehouse import transaction
 
 # Messages per hand-over from the builder, and so per journal flush of plan lines: small at first so sending
@@ -238,7 +239,8 @@ async def _pipeline(
 ) -> Counter[str]:
     loop = asyncio.get_running_loop()
     reader = ThreadPoolExecutor(1, thread_name_prefix="hl7-plan-reader")
-    lanes = Lanes(address[0], address[1], policy, rec.outcome)
+    bar = stage_bar("hl7 send", "messages")  # acknowledged of those known to go, on a terminal
+    lanes = Lanes(address[0], address[1], policy, _counted(rec.outcome, bar))
     statuses: Counter[str] = Counter()
     try:
         # Chunk j comes from builder j % len(sources): read in turn, they come in plan order.
@@ -260,6 +262,7 @@ async def _pipeline(
                 if p.status == "send" and p.control_id not in acked:
                     statuses["sent"] += 1
                     lanes.put(Item(p.seq, p.control_id or "", p.patient_id or "", (p.text or "").encode()))
+            bar.total(statuses["sent"])
         await lanes.close()
     finally:
         for t in lanes.tasks:
@@ -267,6 +270,16 @@ async def _pipeline(
         reader.shutdown(wait=False, cancel_futures=True)
         await rec.close()
     return statuses
+
+
+def _counted(record: Any, bar: StageBar) -> Any:
+    """The recorder's outcome callback, advancing the bar by each message's final outcome."""
+
+    async def outcome(o: Outcome) -> None:
+        await record(o)
+        bar.advance()
+
+    return outcome
 
 
 def can_fork() -> bool:
