@@ -121,3 +121,5 @@ def test_an_interactive_run_shows_a_bar_with_counts_for_each_long_stage(tmp_path
     assert re.search(r"validate\s.*(\d+)/\1 suites", screen), screen[-2000:]
     screen = _on_a_terminal(["report", "--warehouse", wh])
     assert re.search(r"report\s.*3/3 steps", screen), screen[-2000:]
+    screen = _on_a_terminal(["normalize", "--warehouse", wh])
+    assert re.search(r"normalize\s.*30/30 resources", screen), screen[-2000:]

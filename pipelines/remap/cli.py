@@ -20,9 +20,11 @@ def add_commands(sub) -> None:
 def _cmd_normalize(args: argparse.Namespace) -> int:
     from pipelines.common.console import out
     from pipelines.common.console import warehouse_arg as _warehouse_arg
+    from pipelines.common.progress import Bars
     from pipelines.remap import normalize_warehouse
 
-    result = normalize_warehouse(_warehouse_arg(args.warehouse))
+    with Bars(True).running():  # normalize, load and validate bars, on a terminal only
+        result = normalize_warehouse(_warehouse_arg(args.warehouse))
     out.print(
         f"normalize run {result['run_id']}: {result['resources']} resources read, {result['rewritten']} "
         f"rewritten, {result['decisions']} mapping decisions ({result['crosswalk_changes']} crosswalk "
