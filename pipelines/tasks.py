@@ -53,6 +53,16 @@ def default_warehouse() -> Path:
     return (base / DEFAULT_DATA_DIR / "warehouse.duckdb").resolve()
 
 
+def _timed(config: dict[str, Any], name: str, stage: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """One stage of the run the config names, its seconds and peak memory recorded (ops.run_stages)."""
+    from pipelines.common.config import RunConfig
+    from pipelines.common.stages import timed_stage
+
+    run = RunConfig.from_dict(config)
+    with timed_stage(run, name):
+        return stage(run)
+
+
 @fail_fast
 def configure(
     sources: list[str],
@@ -79,24 +89,16 @@ def configure(
 
 @fail_fast
 def land(config: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.common.config import RunConfig
-    from pipelines.common.stages import timed_stage
     from pipelines.run import land_stage
 
-    run = RunConfig.from_dict(config)
-    with timed_stage(run, "land"):
-        return land_stage(run)
+    return _timed(config, "land", land_stage)
 
 
 @fail_fast
 def convert(config: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.common.config import RunConfig
-    from pipelines.common.stages import timed_stage
     from pipelines.run import convert_stage
 
-    run = RunConfig.from_dict(config)
-    with timed_stage(run, "convert"):
-        return convert_stage(run)
+    return _timed(config, "convert", convert_stage)
 
 
 @fail_fast
@@ -128,35 +130,23 @@ def merge_chunks(config: dict[str, Any], chunks: list[dict[str, Any]]) -> dict[s
 
 @fail_fast
 def normalize(config: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.common.config import RunConfig
-    from pipelines.common.stages import timed_stage
     from pipelines.normalize import normalize_stage
 
-    run = RunConfig.from_dict(config)
-    with timed_stage(run, "normalize"):
-        return normalize_stage(run)
+    return _timed(config, "normalize", normalize_stage)
 
 
 @fail_fast
 def identify(config: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.common.config import RunConfig
-    from pipelines.common.stages import timed_stage
     from pipelines.identity import identify_stage
 
-    run = RunConfig.from_dict(config)
-    with timed_stage(run, "identify"):
-        return identify_stage(run)
+    return _timed(config, "identify", identify_stage)
 
 
 @fail_fast
 def load(config: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.common.config import RunConfig
-    from pipelines.common.stages import timed_stage
     from pipelines.run import load_stage
 
-    run = RunConfig.from_dict(config)
-    with timed_stage(run, "load"):
-        return load_stage(run)
+    return _timed(config, "load", load_stage)
 
 
 @fail_fast

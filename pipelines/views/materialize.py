@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -45,9 +45,8 @@ def _load(path: Path) -> dict:
     return view
 
 
-def compile_views(views_dir: Path, table_for: Callable[[str], str] = default_table) -> list[CompiledView]:
-    """Compile every *.json ViewDefinition in `views_dir` (sorted by file name), rejecting duplicates."""
-    compiled: list[CompiledView] = []
+def _definitions(views_dir: Path) -> Iterator[tuple[Path, dict]]:
+    """Every *.json ViewDefinition in `views_dir`, sorted by file name; a view name used twice is refused."""
     seen: dict[str, str] = {}
     for path in sorted(Path(views_dir).glob("*.json")):
         view = _load(path)
@@ -56,6 +55,13 @@ def compile_views(views_dir: Path, table_for: Callable[[str], str] = default_tab
                 f"{path.name}: view name {view['name']!r} is also used by {seen[view['name']]}"
             )
         seen[view["name"]] = path.name
+        yield path, view
+
+
+def compile_views(views_dir: Path, table_for: Callable[[str], str] = default_table) -> list[CompiledView]:
+    """Compile every *.json ViewDefinition in `views_dir` (sorted by file name), rejecting duplicates."""
+    compiled: list[CompiledView] = []
+    for path, view in _definitions(views_dir):
         try:
             compiled.append(compile_view(view, table_for))
         except ViewDefinitionError as exc:
@@ -99,14 +105,7 @@ def materialize_views(
     stamps = view_stamps(con)
     todo: list[tuple[Path, str]] = []
     names: list[str] = []
-    seen: dict[str, str] = {}
-    for path in sorted(Path(views_dir).glob("*.json")):
-        view = _load(path)
-        if view["name"] in seen:
-            raise ViewDefinitionError(
-                f"{path.name}: view name {view['name']!r} is also used by {seen[view['name']]}"
-            )
-        seen[view["name"]] = path.name
+    for path, view in _definitions(views_dir):
         names.append(view["name"])
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         stamp = stamps.get(view["name"])
