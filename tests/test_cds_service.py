@@ -150,14 +150,20 @@ def test_person_map_joins_source_patients_into_one_chart(tmp_path):
     assert "Condition 3" in summary["detail"] and "Patient 2" in summary["detail"]
 
 
-def test_busy_warehouse_keeps_the_last_snapshot_and_the_spool(tmp_path):
-    wh = tmp_path / "wh.duckdb"
+def _refreshed_state(tmp_path, wh):
+    """The service state of a small issues warehouse, its first snapshot taken (no server started)."""
     issues_warehouse(wh)
     cfg = cds_config.load(
         write_config(tmp_path, "http://127.0.0.1:1", Client.rsa()), warehouse=wh, host=None, port=None
     )
     state = create_app(cfg).state.cds
     state.refresh()
+    return state
+
+
+def test_busy_warehouse_keeps_the_last_snapshot_and_the_spool(tmp_path):
+    wh = tmp_path / "wh.duckdb"
+    state = _refreshed_state(tmp_path, wh)
     first = state.snapshot
     state.spool.append("invocation", issuer="i", hook="patient-view", service=REVIEW, cards=0, issued=[])
     writer = subprocess.Popen(
@@ -175,15 +181,15 @@ def test_busy_warehouse_keeps_the_last_snapshot_and_the_spool(tmp_path):
     try:
         assert writer.stdout.readline().strip() == "ok"
         state.refresh()
-        assert state.snapshot is first and cfg.spool_path.exists()
+        assert state.snapshot is first and state.config.spool_path.exists()
         with pytest.raises(WarehouseError, match="open"):
-            merge(cfg.spool_path, wh)
+            merge(state.config.spool_path, wh)
     finally:
         writer.kill()
         writer.wait(timeout=30)
     state.refresh()
     assert state.snapshot is not first and state.snapshot.generation == 2
-    queued = [json.loads(line)["kind"] for line in cfg.spool_path.read_text().splitlines()]
+    queued = [json.loads(line)["kind"] for line in state.config.spool_path.read_text().splitlines()]
     assert queued == ["snapshot"]  # the merged invocation left; the new snapshot's own audit row waits
     con = duckdb.connect(str(wh), read_only=True)
     kinds = con.execute("SELECT detail->>'$.kind' FROM ops.phi_access WHERE command = 'cds-hooks' ORDER BY 1")
@@ -344,12 +350,7 @@ def test_refresh_sees_a_new_run_and_skips_an_unchanged_warehouse(tmp_path):
     from tests.cds_builders import WarehouseBuilder
 
     wh = tmp_path / "wh.duckdb"
-    issues_warehouse(wh)
-    cfg = cds_config.load(
-        write_config(tmp_path, "http://127.0.0.1:1", Client.rsa()), warehouse=wh, host=None, port=None
-    )
-    state = create_app(cfg).state.cds
-    state.refresh()
+    state = _refreshed_state(tmp_path, wh)
     first = state.snapshot
     body = patient_view(
         "x",

@@ -28,6 +28,19 @@ HOST = "127.0.0.1"
 STEP = 10.0  # seconds any single wait may take before the test fails rather than hangs
 
 
+async def write_unended_frame(writer: asyncio.StreamWriter, megabytes: int) -> None:
+    """A frame's start and one message, then `megabytes` MiB of one OBX never ended; a listener that
+    answers and closes mid-way ends the writing."""
+    writer.write(b"\x0b" + message(7))
+    chunk = b"OBX|1|ED|PDF||" + b"A" * (1 << 20) + b"\r"
+    try:
+        for _ in range(megabytes):
+            writer.write(chunk)
+            await asyncio.wait_for(writer.drain(), STEP)
+    except ConnectionError:
+        pass  # the listener answered, drained a while and closed
+
+
 def message(i: int, *, control: str | None = None, trigger: str = "A01", charset: str = "") -> bytes:
     """An invented ADT message; each i gives distinct bytes."""
     control = f"CTL{i:06d}" if control is None else control

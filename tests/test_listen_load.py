@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.test_listen import HOST, STEP, exchange, message, msa, run
+from tests.test_listen import HOST, STEP, exchange, message, msa, run, write_unended_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 IDLE = 4.0  # seconds; the shipped default is listen_idle_timeout_seconds (600) in schemas/input_limits.json
@@ -55,14 +55,7 @@ async def _traffic(port: int, pid: int) -> None:
     before = _kib(pid, "VmRSS")
     # 100 MB inside one frame, never ended: answered AR at the frame bound, never held whole.
     reader, writer = await asyncio.open_connection(HOST, port)
-    writer.write(b"\x0b" + message(7))
-    chunk = b"OBX|1|ED|PDF||" + b"A" * (1 << 20) + b"\r"
-    try:
-        for _ in range(100):
-            writer.write(chunk)
-            await asyncio.wait_for(writer.drain(), STEP)
-    except ConnectionError:
-        pass  # the listener answered, drained a while and closed
+    await write_unended_frame(writer, 100)
     answer = await asyncio.wait_for(reader.read(4096), STEP)
     assert b"MSA|AR|CTL000007" in answer
     writer.close()
