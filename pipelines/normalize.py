@@ -28,8 +28,8 @@ from terminology.terms import WarehouseTerminology
 
 log = logging.getLogger(__name__)
 CHUNK = 5_000
-# A member's string value without escapes, as DuckDB's regexp_extract_all finds it in the stored text.
-_MEMBER = r'"{}"\s*:\s*"([^"\\]*)"'
+# A system or code member whose string value has no escapes, as regexp_extract_all finds it in the text.
+_MEMBERS = r'"(?:system|code)"\s*:\s*"[^"\\]*"'
 
 _LOG_COLUMNS = (
     "run_id, source_system, source_code, source_display, target_system, target_code, target_display, method, "
@@ -207,19 +207,17 @@ def _normalize_where(
     bar = stage_bar("normalize", "resources") if keep is None else StageBar()
     if bar.watched:  # counted only for an operator watching the bar
         bar.total(sum(_count(con, f'fhir."{t}"', where, params) for t in tables))
+    prefilter = ""
+    if codes is not None:
+        # A cheap text pre-filter before parsing: only rows mentioning one of the codes.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _norm_codes AS SELECT unnest(?::VARCHAR[]) AS needle",
+            [[orjson.dumps(c).decode() for c in codes]],
+        )
+        prefilter = " AND EXISTS (SELECT 1 FROM _norm_codes n WHERE contains(t.resource::VARCHAR, n.needle))"
+    _prefetch(con, normalizer, [f'fhir."{t}"' for t in tables], where + prefilter, params)
     for table in tables:
         quoted = f'fhir."{table}"'
-        prefilter = ""
-        if codes is not None:
-            # A cheap text pre-filter before parsing: only rows mentioning one of the codes.
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE _norm_codes AS SELECT unnest(?::VARCHAR[]) AS needle",
-                [[orjson.dumps(c).decode() for c in codes]],
-            )
-            prefilter = (
-                " AND EXISTS (SELECT 1 FROM _norm_codes n WHERE contains(t.resource::VARCHAR, n.needle))"
-            )
-        _prefetch(con, normalizer, quoted, where + prefilter, params)
         for chunk in _without_cycle_collection(chunks(con, quoted, where + prefilter, params)):
             bar.advance(len(chunk))
             updates_id, updates_json = [], []
@@ -261,20 +259,25 @@ def _normalize_where(
 
 
 def _prefetch(
-    con: duckdb.DuckDBPyConnection, normalizer: Normalizer, quoted: str, where: str, params: list[Any]
+    con: duckdb.DuckDBPyConnection, normalizer: Normalizer, tables: list[str], where: str, params: list[Any]
 ) -> None:
-    """The terminology rows the table's rows can ask for, fetched before the walk in one query per
+    """The terminology rows the tables' rows can ask for, fetched before the walk in one query per
     terminology table: the distinct systems and codes written in the rows' text (DuckDB scans it on
     every core). A code spelled with a JSON escape is not seen here and is fetched when decided."""
-    found = []
-    for member in ("system", "code"):
-        (values,) = con.execute(
-            "SELECT list(DISTINCT v) FROM (SELECT "
-            f"unnest(regexp_extract_all(t.resource::VARCHAR, ?, 1)) AS v FROM {quoted} t WHERE ({where}))",
-            [_MEMBER.format(member), *params],
-        ).fetchone()
-        found.append(values or [])
-    normalizer.prefetch_sets(*found)
+    if not tables:
+        return
+    texts = " UNION ALL ".join(
+        f"SELECT unnest(regexp_extract_all(t.resource::VARCHAR, ?)) AS v FROM {quoted} t WHERE ({where})"
+        for quoted in tables
+    )
+    (matches,) = con.execute(
+        f"SELECT list(DISTINCT v) FROM ({texts})", [x for _ in tables for x in (_MEMBERS, *params)]
+    ).fetchone()
+    found: dict[str, set[str]] = {"system": set(), "code": set()}
+    for match in matches or ():
+        ((member, value),) = orjson.loads("{" + match + "}").items()
+        found[member].add(value)
+    normalizer.prefetch_sets(found["system"], found["code"])
 
 
 def _parse(text: str) -> tuple[Any, bytes | None]:
