@@ -23,12 +23,13 @@ from pipelines.common.warehouse import open_warehouse, resource_tables, transact
 from pipelines.resume.marks import mark_stage, pending_runs, run_filter
 from terminology import core
 from terminology.crosswalks import CrosswalkRow, load_crosswalks
-from terminology.normalize import Normalizer, iter_pairs
+from terminology.normalize import Normalizer
 from terminology.terms import WarehouseTerminology
 
 log = logging.getLogger(__name__)
 CHUNK = 5_000
-_PREFETCH_WORTH = 50
+# A system or code member whose string value has no escapes, as regexp_extract_all finds it in the text.
+_MEMBERS = r'"(?:system|code)"\s*:\s*"[^"\\]*"'
 
 _LOG_COLUMNS = (
     "run_id, source_system, source_code, source_display, target_system, target_code, target_display, method, "
@@ -206,40 +207,43 @@ def _normalize_where(
     bar = stage_bar("normalize", "resources") if keep is None else StageBar()
     if bar.watched:  # counted only for an operator watching the bar
         bar.total(sum(_count(con, f'fhir."{t}"', where, params) for t in tables))
+    prefilter = ""
+    if codes is not None:
+        # A cheap text pre-filter before parsing: only rows mentioning one of the codes.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _norm_codes AS SELECT unnest(?::VARCHAR[]) AS needle",
+            [[orjson.dumps(c).decode() for c in codes]],
+        )
+        prefilter = " AND EXISTS (SELECT 1 FROM _norm_codes n WHERE contains(t.resource::VARCHAR, n.needle))"
+    _prefetch(con, normalizer, [f'fhir."{t}"' for t in tables], where + prefilter, params)
     for table in tables:
         quoted = f'fhir."{table}"'
-        prefilter = ""
-        if codes is not None:
-            # A cheap text pre-filter before parsing: only rows mentioning one of the codes.
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE _norm_codes AS SELECT unnest(?::VARCHAR[]) AS needle",
-                [[orjson.dumps(c).decode() for c in codes]],
-            )
-            prefilter = (
-                " AND EXISTS (SELECT 1 FROM _norm_codes n WHERE contains(t.resource::VARCHAR, n.needle))"
-            )
-        fresh = True
         for chunk in _without_cycle_collection(chunks(con, quoted, where + prefilter, params)):
+            bar.advance(len(chunk))
             updates_id, updates_json = [], []
-            parsed = [(rid, source, *parse_exact(text)) for rid, text, source in chunk]
-            bar.advance(len(parsed))
-            if fresh:
-                # While new codes keep appearing, fetch their terminology rows for the chunk in one go.
-                normalizer.prefetch(p for _, _, r, _ in parsed for p in iter_pairs(r))
-            known = len(normalizer.decisions)
-            for rid, source, resource, baseline in parsed:
+            for rid, text, source in chunk:
+                resource, exact = _parse(text)
                 if keep is not None and not keep(resource):
                     continue
                 counts["resources"] += 1
-                out = orjson.dumps(normalizer.normalize(resource, source))
+                before = normalizer.changes
+                normalizer.normalize(resource, source)
+                if normalizer.changes == before:
+                    continue  # nothing stripped or added: the stored text stands as it is
+                baseline = exact
+                if baseline is None:
+                    # Rewritten text keeps every number as written: when the fast parse does not give the
+                    # stored bytes back, the resource is normalized again from an exact parse (uncounted).
+                    baseline = text.encode()
+                    if orjson.dumps(orjson.loads(baseline)) != baseline:
+                        exact_doc, baseline = _parse_verbatim(text)
+                        resource = normalizer.reapply(exact_doc, source)
+                out = orjson.dumps(resource)
                 # Only a resource whose codings changed is rewritten: the others keep their stored text
                 # byte for byte, however its source spelled it (escaped slashes, spacing, exponents).
                 if out != baseline:
                     updates_id.append(rid)
                     updates_json.append(out.decode())
-            # Worth a batch fetch for the next chunk only while many new codes appear; the few that
-            # trickle in later are fetched one by one.
-            fresh = len(normalizer.decisions) - known > _PREFETCH_WORTH
             if updates_id:
                 counts["rewritten"] += len(updates_id)
                 with transaction(con):
@@ -252,6 +256,37 @@ def _normalize_where(
                     # Rows of earlier runs may be among them: their views are rebuilt by the next load.
                     con.execute("INSERT OR IGNORE INTO ops.views_stale VALUES (?)", [table])
     return counts
+
+
+def _prefetch(
+    con: duckdb.DuckDBPyConnection, normalizer: Normalizer, tables: list[str], where: str, params: list[Any]
+) -> None:
+    """The terminology rows the tables' rows can ask for, fetched before the walk in one query per
+    terminology table: the distinct systems and codes written in the rows' text (DuckDB scans it on
+    every core). A code spelled with a JSON escape is not seen here and is fetched when decided."""
+    if not tables:
+        return
+    texts = " UNION ALL ".join(
+        f"SELECT unnest(regexp_extract_all(t.resource::VARCHAR, ?)) AS v FROM {quoted} t WHERE ({where})"
+        for quoted in tables
+    )
+    (matches,) = con.execute(
+        f"SELECT list(DISTINCT v) FROM ({texts})", [x for _ in tables for x in (_MEMBERS, *params)]
+    ).fetchone()
+    found: dict[str, set[str]] = {"system": set(), "code": set()}
+    for match in matches or ():
+        ((member, value),) = orjson.loads("{" + match + "}").items()
+        found[member].add(value)
+    normalizer.prefetch_sets(found["system"], found["code"])
+
+
+def _parse(text: str) -> tuple[Any, bytes | None]:
+    """(resource, None) from the fast parser; (resource, its exact serialization) where only the exact
+    parser reads it (an integer beyond 64 bits)."""
+    try:
+        return orjson.loads(text), None
+    except orjson.JSONDecodeError:
+        return parse_exact(text)
 
 
 def _count(con: duckdb.DuckDBPyConnection, quoted: str, where: str, params: list[Any]) -> int:
@@ -282,6 +317,10 @@ def parse_exact(text: str) -> tuple[Any, bytes]:
             return doc, raw
     except orjson.JSONDecodeError:
         pass  # e.g. an integer beyond 64 bits: the exact parser keeps it
+    return _parse_verbatim(text)
+
+
+def _parse_verbatim(text: str) -> tuple[Any, bytes]:
     doc = json.loads(text, parse_float=orjson.Fragment, parse_int=orjson.Fragment)
     return doc, orjson.dumps(doc)
 

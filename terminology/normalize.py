@@ -101,12 +101,25 @@ class Normalizer:
         self._plan_ids: list[tuple[str, ...]] = []
         self._plan_counts: Counter[tuple[int, str]] = Counter()
         self.decisions: dict[str, Decision] = {}
+        # Bumped whenever a walk strips or adds anything: a resource whose walk left it unchanged needs no
+        # serializing, comparing or rewriting.
+        self.changes = 0
 
     # --- applying ------------------------------------------------------------------------------------
 
     def normalize(self, resource: dict[str, Any], data_source: str = "") -> dict[str, Any]:
         """Normalize every Coding and Quantity unit of a resource in place; returns it."""
         self._walk(resource, data_source)
+        return resource
+
+    def reapply(self, resource: dict[str, Any], data_source: str = "") -> dict[str, Any]:
+        """Normalize a second parse of a resource already normalized and counted (one whose numbers must
+        be kept verbatim): same decisions, but counted once."""
+        counts, plan_counts = self._counts.copy(), self._plan_counts.copy()
+        try:
+            self._walk(resource, data_source)
+        finally:
+            self._counts, self._plan_counts = counts, plan_counts
         return resource
 
     def _walk(self, node: dict[str, Any], src: str) -> None:
@@ -144,6 +157,7 @@ class Normalizer:
                 continue
             key.append((c.get("system"), c.get("code"), c.get("display")))
         if strip:
+            self.changes += 1
             codings[:] = [c for c in codings if not (type(c) is dict and "extension" in c and _is_added(c))]
         try:
             plan_key = tuple(key)
@@ -155,8 +169,10 @@ class Normalizer:
         if plan is None:
             plan = self._plan(plan_key)
         self._plan_counts[(plan[0], src)] += 1
-        for added in plan[1]:
-            codings.append(dict(added))
+        if plan[1]:
+            self.changes += 1
+            for added in plan[1]:
+                codings.append(dict(added))
 
     def _plan(self, key: tuple[tuple[Any, Any, Any], ...]) -> tuple[int, list[dict[str, Any]]]:
         """The decisions for one distinct coding array and the codings to add to it (each target once)."""
@@ -186,6 +202,7 @@ class Normalizer:
     def _quantity(self, q: dict[str, Any], src: str) -> None:
         ext = q.get("extension")
         if ext and any(e.get("url") == EXT_UNIT for e in ext):
+            self.changes += 1
             _restore_unit(q)
         system, code = q.get("system"), q.get("code")
         raw = code if code is not None else q.get("unit")
@@ -201,6 +218,7 @@ class Normalizer:
                 original["code"] = code
             if not original:
                 original["display"] = raw  # the unit arrived as text only; FHIR forbids an empty Coding
+            self.changes += 1
             q["system"], q["code"] = decision.target_system, decision.target_code
             q.setdefault("extension", []).append({"url": EXT_UNIT, "valueCoding": original})
 
@@ -220,6 +238,14 @@ class Normalizer:
                 todo.append((uri or raw or "", code))
         if todo:
             self.terms.prefetch(todo)
+
+    def prefetch_sets(self, systems: Iterable[str], codes: Iterable[str]) -> None:
+        """Let the terminology fetch, in one query, every (system, code) pair these systems (as written
+        in the resources: canonicalized here) and codes can form: a superset of what decisions will ask."""
+        uris = {(self._system(raw)[0] or raw) for raw in systems if raw}
+        wanted = {c for c in codes if c}
+        if uris and wanted:
+            self.terms.prefetch_sets(uris, wanted)
 
     def decide(self, raw_system: Any, code: Any, display: Any) -> Decision:
         try:

@@ -6,7 +6,7 @@ import csv
 import hashlib
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -61,6 +61,9 @@ class Terminology:
         return self.maps.get((system, code), [])
 
     def prefetch(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Nothing to fetch when everything is in memory."""
+
+    def prefetch_sets(self, systems: Iterable[str], codes: Iterable[str]) -> None:
         """Nothing to fetch when everything is in memory."""
 
     def is_ucum(self, unit: str) -> bool:
@@ -120,51 +123,87 @@ class WarehouseTerminology(Terminology):
                     ).fetchall()
                 }
         self._fetched: set[tuple[str, str]] = set()
+        # Fetched as products: every pair of a system set and a code set (prefetch_sets).
+        self._products: list[tuple[frozenset[str], frozenset[str]]] = []
+
+    def fetched(self, system: str, code: str) -> bool:
+        return (system, code) in self._fetched or any(
+            system in systems and code in codes for systems, codes in self._products
+        )
 
     def prefetch(self, pairs: Iterable[tuple[str, str]]) -> None:
-        todo = sorted({p for p in pairs if p not in self._fetched})
+        todo = sorted({p for p in pairs if not self.fetched(*p)})
         if not todo:
             return
-        self._fetched.update(todo)
         self.con.execute(
             "CREATE OR REPLACE TEMP TABLE _norm_keys AS "
             "SELECT unnest(?::VARCHAR[]) AS system, unnest(?::VARCHAR[]) AS code",
             [[s for s, _ in todo], [c for _, c in todo]],
         )
+        self._fetch("JOIN _norm_keys k USING (system, code)", lambda s, c: True)
+        self._fetched.update(todo)
+        self.con.execute("DROP TABLE _norm_keys")
+
+    def prefetch_sets(self, systems: Iterable[str], codes: Iterable[str]) -> None:
+        """Every (system, code) pair of systems x codes in one query per table: a run's texts name a few
+        dozen systems and a vocabulary of codes, where a walk collecting exact pairs costs a pass in Python.
+        Pairs already fetched are skipped, so no list gains a row twice."""
+        systems, codes = frozenset(systems), frozenset(codes)
+        if not systems or not codes:
+            return
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE _norm_system_set AS SELECT unnest(?::VARCHAR[]) AS system",
+            [sorted(systems)],
+        )
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE _norm_code_set AS SELECT unnest(?::VARCHAR[]) AS code",
+            [sorted(codes)],
+        )
+        known = self.fetched
+        self._fetch(
+            "SEMI JOIN _norm_system_set USING (system) SEMI JOIN _norm_code_set USING (code)",
+            lambda s, c: not known(s, c),
+        )
+        self._products.append((systems, codes))
+        self.con.execute("DROP TABLE _norm_system_set")
+        self.con.execute("DROP TABLE _norm_code_set")
+
+    def _fetch(self, join: str, new: Callable[[str, str], bool]) -> None:
+        """Concepts, replacements and maps of the keys the join selects (columns system, code)."""
         if "concepts" in self.has:
             for s, c, d, st in self.con.execute(
-                "SELECT c.system, c.code, c.display, c.status FROM terminology.concepts c "
-                "JOIN _norm_keys k USING (system, code)"
+                f"SELECT system, code, display, status FROM terminology.concepts {join}"
             ).fetchall():
                 self.concepts[(s, c)] = (d, st)
         if "replacements" in self.has:
             for s, c, t, rel in self.con.execute(
-                "SELECT r.system, r.code, r.target_code, r.relation FROM terminology.replacements r "
-                "JOIN _norm_keys k USING (system, code) ORDER BY ALL"
+                "SELECT system, code, target_code, relation "
+                f"FROM terminology.replacements {join} ORDER BY ALL"
             ).fetchall():
-                self.replaced[(s, c)].append((t, rel))
+                if new(s, c):
+                    self.replaced[(s, c)].append((t, rel))
         if "maps" in self.has:
             for row in self.con.execute(
-                "SELECT m.source_system, m.source_code, m.map, m.map_version, m.target_system, "
-                "m.target_code, m.target_display, m.equivalence, m.author FROM terminology.maps m "
-                "JOIN _norm_keys k ON m.source_system = k.system AND m.source_code = k.code "
-                "WHERE m.map NOT LIKE 'crosswalk:%' ORDER BY ALL"
+                "SELECT system, code, map, map_version, target_system, target_code, target_display, "
+                "equivalence, author FROM (SELECT * EXCLUDE (source_system, source_code), "
+                "source_system AS system, source_code AS code FROM terminology.maps "
+                f"WHERE map NOT LIKE 'crosswalk:%') {join} ORDER BY ALL"
             ).fetchall():
-                self.maps[(row[0], row[1])].append(Mapping(*row[2:]))
-        self.con.execute("DROP TABLE _norm_keys")
+                if new(row[0], row[1]):
+                    self.maps[(row[0], row[1])].append(Mapping(*row[2:]))
 
     def concept(self, system: str, code: str) -> tuple[str | None, str] | None:
-        if (system, code) not in self._fetched:
+        if not self.fetched(system, code):
             self.prefetch([(system, code)])  # chains and crosswalk targets: rare, fetched one by one
         return self.concepts.get((system, code))
 
     def replacements(self, system: str, code: str) -> list[tuple[str, str]]:
-        if (system, code) not in self._fetched:
+        if not self.fetched(system, code):
             self.prefetch([(system, code)])
         return self.replaced.get((system, code), [])
 
     def mappings(self, system: str, code: str) -> list[Mapping]:
-        if (system, code) not in self._fetched:
+        if not self.fetched(system, code):
             self.prefetch([(system, code)])
         return self.maps.get((system, code), [])
 

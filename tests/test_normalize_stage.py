@@ -146,25 +146,30 @@ def test_renormalize_rewrites_resources_whose_codes_changed_status(lab_run, ware
     assert not any('"code":"2345-7","display"' in d for d in docs)  # the crosswalk target is no longer added
 
 
-def test_a_chunk_fetches_its_terminology_in_one_query_not_one_per_code(tmp_path, make_config, monkeypatch):
+def test_a_table_fetches_its_terminology_in_one_query_not_one_per_code(tmp_path, make_config, monkeypatch):
     from pipelines.run import convert_stage, land_stage
     from terminology.terms import WarehouseTerminology
 
-    queries: list[int] = []
-    real = WarehouseTerminology.prefetch
+    bulk: list[tuple[set, set]] = []
+    single: list[list] = []
+    real_sets, real_one = WarehouseTerminology.prefetch_sets, WarehouseTerminology.prefetch
 
-    def counting(self, pairs):
+    def sets(self, systems, codes):
+        bulk.append((set(systems), set(codes)))
+        return real_sets(self, systems, codes)
+
+    def one(self, pairs):
         pairs = list(pairs)
-        new = {p for p in pairs if p not in self._fetched}
-        if new:
-            queries.append(len(new))
-        return real(self, pairs)
+        single.append(pairs)
+        return real_one(self, pairs)
 
-    monkeypatch.setattr(WarehouseTerminology, "prefetch", counting)
+    monkeypatch.setattr(WarehouseTerminology, "prefetch_sets", sets)
+    monkeypatch.setattr(WarehouseTerminology, "prefetch", one)
     observations = [_obs(f"o{i}", {"system": HOSP, "code": f"LOCAL-{i}"}) for i in range(40)]
     config = make_config(write_ndjson(tmp_path / "src" / "obs.ndjson", *observations))
     land_stage(config)
     convert_stage(config)
     normalize_stage(config)
-    assert queries and queries[0] >= 40  # the chunk's codes, fetched together
-    assert len(queries) <= 3
+    assert len(bulk) == 1  # the table's systems and codes, read from its text in SQL
+    assert {f"LOCAL-{i}" for i in range(40)} <= bulk[0][1] and HOSP in bulk[0][0]
+    assert single == []  # no decision had to ask for a pair of its own
