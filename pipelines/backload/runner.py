@@ -13,6 +13,7 @@ import duckdb
 import orjson
 
 from pipelines.backload.client import RetryPolicy, Target, capability
+from pipelines.backload.journal import recover
 from pipelines.backload.plan import Entry, build_plan
 from pipelines.backload.profiles import target_profile
 from pipelines.backload.send import SendOptions, SendResult, send_plan
@@ -66,6 +67,7 @@ def plan_backload(
     site = load_site(Path(site_file), target) if site_file else None
     with open_warehouse(warehouse) as con:
         run_id = source_run(con, override_reason)
+        recover(con, warehouse)  # an interrupted send's outcomes count as sent before anything is planned
         sent = sent_hashes(con, target.name)
         entries = build_plan(con, target, sent, sent_bodies(con, target.name, sent), site)
         record = site.record() if site else None
@@ -115,7 +117,7 @@ def send_backload(
         statement = capability(target)
         with open_warehouse(warehouse) as con:
             plan_id = latest_plan(con, target_rules.name)
-            return send_plan(con, target_rules, target, plan_id, statement, options)
+            return send_plan(con, target_rules, target, plan_id, statement, options, Path(warehouse))
     finally:
         target.close()
 
