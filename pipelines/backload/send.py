@@ -94,6 +94,7 @@ def load_items(
         sent = sent_hashes(con, target)
     previous = sent_bodies(con, target, sent)
     per_resource = profile is not None and profile.transaction_chunk is None
+    creates: dict[str, bytes] = {}  # key -> this plan's create body, for a cycle's followup patch
     for seq, rtype, wid, step, body, sha in rows:
         text = body.encode()
         key = f"{rtype}/{wid}"
@@ -107,11 +108,16 @@ def load_items(
         ):
             deps = frozenset(r.decode() for r in found) - {key}
             out.append(Item(seq, rtype, wid, step, text, sha, deps, raw=text))
+            creates[key] = text
             continue
         parsed = orjson.loads(text)
         refs = references(parsed)
         deps = frozenset(ref for _p, ref in refs if ref != key)
-        before = previous(key) if step == "patch" else None
+        before = None
+        if step == "patch":  # a cycle's followup patches what this plan's create sent, else the last send
+            before = orjson.loads(creates[key]) if key in creates else previous(key)
+        elif step == "create":
+            creates[key] = text
         item = Item(seq, rtype, wid, step, text, sha, deps, before, parsed=parsed)
         if per_resource:
             prepare_raw(item, profile, text, refs)  # type: ignore[arg-type]
@@ -292,7 +298,7 @@ class Scheduler:
         creates = {i.key for i in todo if i.step == "create"}
         for i in todo:
             open_deps = {d for d in i.deps if d not in ids}
-            if i.step == "update" and i.key in creates:
+            if i.step in ("update", "patch") and i.key in creates:
                 open_deps.add(i.key)  # a cycle's followup waits for its own create
             if open_deps - creates:
                 recorder.outcome(Outcome(i, "failed", None, ["dependency-not-sent"], 0))
