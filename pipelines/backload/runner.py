@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,12 +114,22 @@ def send_backload(
     """Send the latest plan for the profile; the CapabilityStatement is read before any write."""
     target_rules = target_profile(profile)
     target = Target(server, _auth(auth), no_auth=auth.no_auth, concurrency=options.concurrency, policy=policy)
+    # The CapabilityStatement is read while the warehouse opens and the plan loads (both come before any
+    # write); its failure is the one reported, as when it was read first.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="backload-metadata")
     try:
-        statement = capability(target)
-        with open_warehouse(warehouse) as con:
-            plan_id = latest_plan(con, target_rules.name)
-            return send_plan(con, target_rules, target, plan_id, statement, options, Path(warehouse))
+        asked = pool.submit(capability, target)
+        try:
+            with open_warehouse(warehouse) as con:
+                plan_id = latest_plan(con, target_rules.name)
+                return send_plan(con, target_rules, target, plan_id, asked.result, options, Path(warehouse))
+        except Exception:
+            failed = asked.exception()
+            if failed is not None:
+                raise failed from None
+            raise
     finally:
+        pool.shutdown(wait=True)
         target.close()
 
 

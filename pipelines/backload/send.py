@@ -196,11 +196,12 @@ def send_plan(
     profile: TargetProfile,
     target: Target,
     plan_id: str,
-    statement: dict[str, Any],
+    statement: Callable[[], dict[str, Any]],
     options: SendOptions,
     warehouse: Path,
 ) -> SendResult:
-    """Send the plan's open writes; what an interrupted send left in its journal is folded in first."""
+    """Send the plan's open writes; what an interrupted send left in its journal is folded in first.
+    statement gives the server's CapabilityStatement (read meanwhile), checked before any write."""
     journals = journal_folder(warehouse)
     recover(con, warehouse)
     items = load_items(con, plan_id, profile.name, profile)
@@ -213,12 +214,14 @@ def send_plan(
     done = {i.seq for i in items if states.get(i.seq, ("", None))[0] in DONE}
     failed = {i.seq for i in items if states.get(i.seq, ("", None))[0] == "failed"}
     todo = [i for i in items if i.seq not in done and ((i.seq in failed) == options.failed_only)]
-    result.missing = missing_interactions(statement, todo, profile)
+    result.missing = missing_interactions(statement(), todo, profile)
     if result.missing:
         raise CapabilityMismatch(result.missing)
     if options.dry_run:
         result.counts.update(f"would_{i.step}" for i in todo)
         return result
+    if not todo:
+        return result  # nothing to send: no journal
     journal = Journal(journals / f"{plan_id}.jnl", plan_id, profile.name, target.base)
     recorder = Recorder(journal)
     try:
