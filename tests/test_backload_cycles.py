@@ -101,3 +101,31 @@ def test_the_cycle_is_sent_as_create_then_patch_to_the_millennium_server(tmp_pat
         "Patient": 1,
     }
     assert status["totals"]["not_sendable"] == 2
+
+
+def test_a_replan_after_only_the_create_went_still_patches_the_closing_reference(tmp_path):
+    """A kill between a cycle's create and its patch, then a re-plan: the server has the Encounter without
+    its extension, so the new plan patches it (never `unchanged`)."""
+    wh = build_warehouse(tmp_path / "w.duckdb", resources())
+    site = site_file(tmp_path)
+    plan_id = plan_backload(wh, "millennium-r4", tmp_path / "out", site_file=site).plan_id
+    with open_warehouse(wh) as con:  # as the journal's fold leaves it: everything but the patch went
+        con.execute(
+            "INSERT INTO ops.backload_ids SELECT target, resource_type, warehouse_id, 'srv-' || seq, '1', "
+            "now(), 'http://127.0.0.1:1/fhir', content_sha256 FROM ops.backload_plan JOIN ops.backload_plans "
+            "USING (plan_id) WHERE plan_id = ? AND status = 'send' AND step = 'create'",
+            [plan_id],
+        )
+    again = plan_backload(wh, "millennium-r4", tmp_path / "out2", site_file=site)
+    with open_warehouse(wh, read_only=True) as con:
+        rows = con.execute(
+            "SELECT resource_type || '/' || warehouse_id, status, step FROM ops.backload_plan "
+            "WHERE plan_id = ? AND status <> 'not_sendable' ORDER BY seq",
+            [again.plan_id],
+        ).fetchall()
+    assert rows == [
+        ("Encounter/e1", "send", "patch"),
+        ("Organization/o1", "unchanged", "none"),
+        ("Patient/p1", "unchanged", "none"),
+        ("Condition/c1", "unchanged", "none"),
+    ]

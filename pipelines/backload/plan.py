@@ -262,7 +262,8 @@ def _order(
                     "backload_reference_cycle", ", ".join(_closing(deps[refused] - placed, refs[refused]))
                 )
                 for f in followups:  # undo, so the next attempt starts from the full bodies
-                    entries[f.key].body, entries[f.key].deferred = f.body, []
+                    e = entries[f.key]
+                    e.body, e.deferred, e.content_sha256 = f.body, [], f.content_sha256
                 return None
             _defer(sending[k], deps[k] - placed, refs[k], target, followups)
             heap.append(prio(k))
@@ -349,4 +350,7 @@ def _defer(
     )
     entry.body = {k: v for k, v in entry.body.items() if k not in tops}
     entry.deferred = sorted(tops)
+    # The create records what it sends: a re-plan after a kill between the two writes still sees the
+    # followup's elements as missing on the server, never as unchanged.
+    entry.content_sha256 = content_sha(entry.body)
     out.append(follow)
