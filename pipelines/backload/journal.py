@@ -53,7 +53,8 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._write(line("H", MAGIC, VERSION, plan_id, target, server), sync=True)
+        # On disk with the first intents (their fsync): until then nothing was sent under this header.
+        self._write(line("H", MAGIC, VERSION, plan_id, target, server), sync=False)
         with contextlib.suppress(OSError):  # the file's name must survive a crash too
             dfd = os.open(path.parent, os.O_RDONLY)
             try:
