@@ -6,8 +6,11 @@ Sends a warehouse (the demo warehouse when --warehouse names one, else a generat
 Millennium-mode server (tests/fhir_server; `make fhir-server` first) at N = 1, 4 and 16 concurrent
 connections. Each side gets a fresh server; the two sides alternate for --rounds rounds and the ratio is
 of the medians (every round is printed too), so a burst of load on a shared machine lands on both sides.
-ehrlift's figure includes what the bare client skips: the intent/outcome rows in DuckDB, reference
-rewriting, dependency order and opening the warehouse. Plan time is measured on a
+ehrlift's figure includes what the bare client skips: opening the warehouse, loading the plan, the send
+journal (intents fsynced before each window, outcomes appended, folded into DuckDB at the end), reference
+rewriting and dependency order. CPU microseconds per request (process_time of this process, every
+thread, over the timed section: insensitive to the machine's load, unlike the rates) are printed for
+both clients. Plan time is measured on a
 generated warehouse of --plan-resources resources and reported per 100k.
 """
 
@@ -73,12 +76,13 @@ class Server:
         self.proc.wait(timeout=10)
 
 
-def ehrlift_rate(warehouse: Path, concurrency: int) -> tuple[float, int]:
+def ehrlift_rate(warehouse: Path, concurrency: int) -> tuple[float, int, float]:
+    """(writes/s, writes, CPU microseconds per write: this process, every thread, the whole call)."""
     with open_warehouse(warehouse) as con:  # a fresh server each time: forget what was sent
         for table in ("backload_results", "backload_ids"):
             con.execute(f"DELETE FROM ops.{table}")
     with Server() as server:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = send_backload(
             warehouse,
             "millennium-r4",
@@ -87,12 +91,13 @@ def ehrlift_rate(warehouse: Path, concurrency: int) -> tuple[float, int]:
             SendOptions(concurrency=concurrency),
             RetryPolicy(),
         )
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     sent = result.counts["created"] + result.counts["updated"]
-    return sent / seconds, sent
+    return sent / seconds, sent, cpu / sent * 1e6
 
 
-def bare_rate(bodies: list[tuple[str, bytes]], concurrency: int) -> float:
+def bare_rate(bodies: list[tuple[str, bytes]], concurrency: int) -> tuple[float, float]:
+    """(requests/s, CPU microseconds per request) of a bare httpx client posting the prepared bodies."""
     with Server() as server:
         client = httpx.Client(limits=httpx.Limits(max_connections=concurrency))
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
@@ -101,13 +106,13 @@ def bare_rate(bodies: list[tuple[str, bytes]], concurrency: int) -> float:
         def post(item: tuple[str, bytes]) -> int:
             return client.post(f"{server.base}/{item[0]}", content=item[1], headers=headers).status_code
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             statuses = list(pool.map(post, bodies))
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         client.close()
     assert all(s == 201 for s in statuses), "the bare client's POSTs must succeed too"
-    return len(bodies) / seconds
+    return len(bodies) / seconds, cpu / len(bodies) * 1e6
 
 
 def prepared_bodies(warehouse: Path) -> list[tuple[str, bytes]]:
@@ -156,21 +161,27 @@ def main() -> None:
         rows = []
         load = os.getloadavg()[0]
         for n in (1, 4, 16):
-            bares, ourss = [], []
+            bares, ourss, bare_cpu, our_cpu = [], [], [], []
             for _ in range(args.rounds):
-                bares.append(bare_rate(bodies, n))
-                ours, sent = ehrlift_rate(wh, n)
+                rate, cpu = bare_rate(bodies, n)
+                bares.append(rate)
+                bare_cpu.append(cpu)
+                ours, sent, cpu = ehrlift_rate(wh, n)
                 ourss.append(ours)
+                our_cpu.append(cpu)
             bare, ours = statistics.median(bares), statistics.median(ourss)
             rounds = [round(o / b, 2) for o, b in zip(ourss, bares, strict=True)]
             rows.append({"N": n, "writes": sent, "ehrlift_rps": round(ours, 1), "bare_rps": round(bare, 1),
-                         "ratio": round(ours / bare, 2), "rounds": rounds})  # fmt: skip
+                         "ratio": round(ours / bare, 2), "rounds": rounds,
+                         "ehrlift_cpu_us": round(statistics.median(our_cpu)),
+                         "bare_cpu_us": round(statistics.median(bare_cpu))})  # fmt: skip
         load_after = os.getloadavg()[0]
         per_100k = plan_seconds_per_100k(args.plan_resources, work)
     print(f"load average (1 min) {load:.1f} before, {load_after:.1f} after, on {os.cpu_count()} cores")
     for r in rows:
         print(f"N={r['N']:>2}  writes {r['writes']}  ehrlift {r['ehrlift_rps']} req/s  bare httpx "
-              f"{r['bare_rps']} req/s  ratio {r['ratio']} (target >= 0.8; rounds {r['rounds']})")  # fmt: skip
+              f"{r['bare_rps']} req/s  ratio {r['ratio']} (target >= 0.8; rounds {r['rounds']})  "
+              f"CPU/request ehrlift {r['ehrlift_cpu_us']} us, bare {r['bare_cpu_us']} us")  # fmt: skip
     print(f"plan: {per_100k:.1f} s per 100k resources (millennium-r4, {args.plan_resources} generated)")
     print(json.dumps({"send": rows, "plan_seconds_per_100k": round(per_100k, 2), "load": [load, load_after]}))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 
 from pipelines.common.errors import ConfigError, InputNotFoundError
 
@@ -81,7 +82,10 @@ def codings_for_target(
 ) -> tuple[dict[str, Any], list[str]]:
     """A copy of the resource whose coding arrays the target accepts, and the paths of arrays left with
     no acceptable coding (their text is kept, so nothing readable is lost)."""
-    out = copy.deepcopy(resource)
+    try:  # a resource is JSON: a round trip through orjson copies it several times faster than deepcopy
+        out = orjson.loads(orjson.dumps(resource))
+    except TypeError:
+        out = copy.deepcopy(resource)
     issues: list[str] = []
     _walk(out, "", target, code_values or {}, tenant, issues)
     return out, issues

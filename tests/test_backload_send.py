@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from pipelines.backload.client import RetryPolicy, Target, Transient
+from pipelines.backload.journal import folder as journal_folder
 from pipelines.backload.runner import AuthOptions, backload_status, plan_backload, send_backload
 from pipelines.backload.send import CapabilityMismatch, SendOptions, last_states
 from pipelines.cli import main
@@ -263,12 +264,16 @@ def test_killed_sender_resumes_with_exactly_one_resource_per_create(tmp_path):
     plan_id = plan_backload(wh, "millennium-r4", tmp_path / "out").plan_id
     with FhirServer("millennium") as server:
         server.faults(delayMs=60)  # slow writes, so each kill lands with requests in flight
-        for _ in range(3):
+        for kill in range(3):
             proc = _sender(wh, server)
             _wait_for_writes(server, proc, server.writes() + 5)
             proc.kill()  # SIGKILL: no clean-up of any kind
             proc.wait(timeout=30)
             _settle(server)
+            if kill == 0:  # the send wrote its journal, not the warehouse: intents are on disk
+                assert (journal_folder(wh) / f"{plan_id}.jnl").read_bytes().count(b"\nI\t") >= 5
+                with open_warehouse(wh, read_only=True) as con:
+                    assert con.execute("SELECT count(*) FROM ops.backload_results").fetchone()[0] == 0
         proc = _sender(wh, server)
         # Counted once the killed sender's last requests are done: these writes are the new sender's own,
         # so Ctrl-C reaches it inside its send loop, not while it is still starting.
@@ -294,6 +299,7 @@ def test_killed_sender_resumes_with_exactly_one_resource_per_create(tmp_path):
             "SELECT count(*) FROM ops.backload_results WHERE state = 'resolved'"
         ).fetchone()[0]
     assert resolved >= 1  # a kill left creates in doubt that were found on the server, not sent again
+    assert not list(journal_folder(wh).glob("*.jnl"))  # every journal was folded and removed
     # Ctrl-C let the writes in flight finish and recorded them: nothing was left in doubt by it.
     assert "intent" not in {state for state, _at in states.values()}
 

@@ -7,7 +7,7 @@ from typing import Any
 IGNORED = ("resourceType", "id")
 
 
-def _kinds(operations: tuple[tuple[str, str], ...]) -> dict[str, dict[str, Any]]:
+def patch_kinds(operations: tuple[tuple[str, str], ...]) -> dict[str, dict[str, Any]]:
     """Per top-level element, how the documented operations can change it: whole (replace /E), list (add
     /E/- and remove /E/{index}), item fields (replace /E/{index}/f) or object fields (replace /E/f)."""
     out: dict[str, dict[str, Any]] = {}
@@ -37,7 +37,7 @@ def not_patchable(
     old: dict[str, Any], new: dict[str, Any], operations: tuple[tuple[str, str], ...]
 ) -> list[str]:
     """The changed elements no documented operation can express (element names, never values)."""
-    kinds = _kinds(operations)
+    kinds = patch_kinds(operations)
     refused = []
     for e in changed(old, new):
         k = kinds.get(e)
@@ -46,8 +46,18 @@ def not_patchable(
     return refused
 
 
+def only_added(before: Any, after: Any) -> bool:
+    """A list change that only appends items (what `add /E/-` expresses, whether or not E exists yet)."""
+    before, after = before or [], after or []
+    return isinstance(before, list) and isinstance(after, list) and all(x in after for x in before)
+
+
+def _as_list(k: dict[str, Any], before: Any, after: Any) -> bool:
+    return k["add"] and (k["remove"] or only_added(before, after))
+
+
 def _expressible(k: dict[str, Any], before: Any, after: Any) -> bool:
-    if k["add"] and k["remove"]:
+    if _as_list(k, before, after):
         return isinstance(before or [], list) and isinstance(after or [], list)
     if after is None:
         return False  # no documented remove of the whole element
@@ -82,12 +92,12 @@ def operations_for(
 ) -> list[dict[str, Any]]:
     """The JSON Patch turning what we sent before (old) into new on the server's current copy: list items are
     located on the server (removing only what we sent, never what the EHR added), the rest replaced."""
-    kinds = _kinds(operations)
+    kinds = patch_kinds(operations)
     ops: list[dict[str, Any]] = []
     for e in changed(old, new):
         k = kinds[e]
         before, after, current = old.get(e), new.get(e), server.get(e)
-        if k["add"] and k["remove"]:
+        if _as_list(k, before, after):
             before, after, current = before or [], after or [], current or []
             gone = [x for x in before if x not in after]
             drop = sorted(

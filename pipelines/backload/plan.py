@@ -12,7 +12,7 @@ import duckdb
 import orjson
 
 from pipelines.backload.checks import check_resource, references, rewrite_references
-from pipelines.backload.patch import not_patchable
+from pipelines.backload.patch import not_patchable, patch_kinds
 from pipelines.backload.profiles import TargetProfile
 from pipelines.backload.site import Site
 from pipelines.common.reasons import check_reason
@@ -246,12 +246,26 @@ def _order(
     followups: list[Entry] = []
     placed: set[str] = set()
     while len(placed) < len(sending):
-        if not heap:  # only cycles remain: break the first one in order
-            k = min((k for k in sending if k not in placed), key=prio)
-            if not _defer(sending[k], deps[k] - placed, refs[k], target, followups):
+        if not heap:  # only cycles remain: break one, the first in order whose closing references can wait
+            stuck = sorted((k for k in sending if k not in placed), key=prio)
+            k, first = None, None
+            for c in stuck:  # a write merely waiting on a cycle is not one to break
+                can = _followup_step(sending[c], deps[c] - placed, refs[c], target) is not None
+                if (can or first is None) and _on_cycle(c, deps, placed):
+                    first = first or c
+                    if can:
+                        k = c
+                        break
+            if k is None:
+                refused = first or stuck[0]
+                sending[refused].refuse(
+                    "backload_reference_cycle", ", ".join(_closing(deps[refused] - placed, refs[refused]))
+                )
                 for f in followups:  # undo, so the next attempt starts from the full bodies
-                    entries[f.key].body, entries[f.key].deferred = f.body, []
+                    e = entries[f.key]
+                    e.body, e.deferred, e.content_sha256 = f.body, [], f.content_sha256
                 return None
+            _defer(sending[k], deps[k] - placed, refs[k], target, followups)
             heap.append(prio(k))
         _rank, rtype, rid = heapq.heappop(heap)
         k = f"{rtype}/{rid}"
@@ -273,30 +287,70 @@ def _order(
     return out
 
 
+def _on_cycle(start: str, deps: dict[str, set[str]], placed: set[str]) -> bool:
+    """Does start reach itself through writes not yet placed? (Only asked when the order is stuck.)"""
+    seen: set[str] = set()
+    stack = [d for d in deps[start] if d not in placed]
+    while stack:
+        k = stack.pop()
+        if k == start:
+            return True
+        if k not in seen:
+            seen.add(k)
+            stack.extend(d for d in deps[k] if d not in placed and d not in seen)
+    return False
+
+
+def _closing(open_refs: set[str], pointers: list[tuple[str, str]]) -> list[str]:
+    return sorted({p for p, ref in pointers if ref in open_refs})
+
+
+def _top(path: str) -> str:
+    return path.split(".")[0].split("[")[0]
+
+
+def _followup_step(
+    entry: Entry, open_refs: set[str], pointers: list[tuple[str, str]], target: TargetProfile
+) -> str | None:
+    """How the references closing a cycle can follow the create: "update" (PUT of the whole body) where the
+    type has update; "patch" where it has only patch and the profile documents `add /E/-` for every element
+    holding them (each reference item added to the created resource, which does not have E yet: a replace
+    needs the member present, RFC 6902 4.3); None when neither, or an element is required on create."""
+    rule = target.rule(entry.resource_type)
+    tops = {_top(p) for p in _closing(open_refs, pointers)}
+    if rule is None or entry.step != "create" or any(t in rule.required for t in tops):
+        return None
+    if "update" in rule.interactions:
+        return "update"
+    if "patch" in rule.interactions and rule.patch:
+        kinds = patch_kinds(rule.patch)
+        if all(t in kinds and kinds[t]["add"] and isinstance((entry.body or {}).get(t), list) for t in tops):
+            return "patch"
+    return None
+
+
 def _defer(
     entry: Entry,
     open_refs: set[str],
     pointers: list[tuple[str, str]],
     target: TargetProfile,
     out: list[Entry],
-) -> bool:
-    rule = target.rule(entry.resource_type)
-    paths = sorted({p for p, ref in pointers if ref in open_refs})
-    tops = {p.split(".")[0].split("[")[0] for p in paths}
-    updatable = rule is not None and "update" in rule.interactions and entry.step == "create"
-    if not updatable or any(t in rule.required for t in tops):  # type: ignore[union-attr]
-        entry.refuse("backload_reference_cycle", ", ".join(paths))
-        return False
-    assert entry.body is not None
+) -> None:
+    """Create without the elements closing the cycle; a followup (update or JSON Patch) sends them after."""
+    step = _followup_step(entry, open_refs, pointers, target)
+    assert step is not None and entry.body is not None
+    tops = {_top(p) for p in _closing(open_refs, pointers)}
     follow = Entry(
         entry.resource_type,
         entry.warehouse_id,
-        step="update",
+        step=step,
         body=entry.body,
         content_sha256=entry.content_sha256,
         followup=True,
     )
     entry.body = {k: v for k, v in entry.body.items() if k not in tops}
     entry.deferred = sorted(tops)
+    # The create records what it sends: a re-plan after a kill between the two writes still sees the
+    # followup's elements as missing on the server, never as unchanged.
+    entry.content_sha256 = content_sha(entry.body)
     out.append(follow)
-    return True

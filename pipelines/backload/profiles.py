@@ -53,6 +53,7 @@ class TargetProfile:
         return self.order.index(resource_type) if resource_type in self.order else len(self.order)
 
 
+@cache  # asked for every key of every planned resource, against a few fixed element sets
 def accepts(name: str, elements: frozenset[str] | tuple[str, ...]) -> bool:
     """Is a JSON key one of the elements, choice types (`value[x]`) included?"""
     if name in elements:

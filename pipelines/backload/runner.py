@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import duckdb
 import orjson
 
 from pipelines.backload.client import RetryPolicy, Target, capability
+from pipelines.backload.journal import recover
 from pipelines.backload.plan import Entry, build_plan
 from pipelines.backload.profiles import target_profile
 from pipelines.backload.send import SendOptions, SendResult, send_plan
@@ -66,6 +68,7 @@ def plan_backload(
     site = load_site(Path(site_file), target) if site_file else None
     with open_warehouse(warehouse) as con:
         run_id = source_run(con, override_reason)
+        recover(con, warehouse)  # an interrupted send's outcomes count as sent before anything is planned
         sent = sent_hashes(con, target.name)
         entries = build_plan(con, target, sent, sent_bodies(con, target.name, sent), site)
         record = site.record() if site else None
@@ -111,12 +114,22 @@ def send_backload(
     """Send the latest plan for the profile; the CapabilityStatement is read before any write."""
     target_rules = target_profile(profile)
     target = Target(server, _auth(auth), no_auth=auth.no_auth, concurrency=options.concurrency, policy=policy)
+    # The CapabilityStatement is read while the warehouse opens and the plan loads (both come before any
+    # write); its failure is the one reported, as when it was read first.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="backload-metadata")
     try:
-        statement = capability(target)
-        with open_warehouse(warehouse) as con:
-            plan_id = latest_plan(con, target_rules.name)
-            return send_plan(con, target_rules, target, plan_id, statement, options)
+        asked = pool.submit(capability, target)
+        try:
+            with open_warehouse(warehouse) as con:
+                plan_id = latest_plan(con, target_rules.name)
+                return send_plan(con, target_rules, target, plan_id, asked.result, options, Path(warehouse))
+        except Exception:
+            failed = asked.exception()
+            if failed is not None:
+                raise failed from None
+            raise
     finally:
+        pool.shutdown(wait=True)
         target.close()
 
 

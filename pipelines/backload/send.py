@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import logging
 import queue
+import re
 import signal
 import threading
 import time
@@ -12,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -19,6 +21,8 @@ import orjson
 
 from pipelines.backload.checks import references
 from pipelines.backload.client import Target
+from pipelines.backload.journal import Journal, fold, outcome_line, recover
+from pipelines.backload.journal import folder as journal_folder
 from pipelines.backload.profiles import TargetProfile
 from pipelines.backload.store import sent_bodies, sent_hashes
 from pipelines.backload.writes import Item, Outcome, find_created, prepare_raw, send_chunk, send_one
@@ -27,7 +31,7 @@ from pipelines.common.errors import EhrliftError, ExitCode
 log = logging.getLogger(__name__)
 DONE = ("created", "updated", "resolved")
 IN_DOUBT = ("intent", "in_doubt")  # a create that may be on the server: searched for before a resend
-WINDOW = 256  # writes announced (intent rows) per statement: at most 1.5 windows in doubt after a kill
+WINDOW = 256  # writes announced (intent lines) per fsync: at most 1.5 windows in doubt after a kill
 FLUSH_SECONDS = 1.0
 
 
@@ -69,10 +73,16 @@ class SendResult:
         }
 
 
+# `"reference":"Type/id"` as orjson writes it (a quote inside a string value is escaped: this is a key)
+_REFERENCE = re.compile(rb'[{,]"reference":"([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})"')
+
+
 def load_items(
     con: duckdb.DuckDBPyConnection, plan_id: str, target: str, profile: TargetProfile | None = None
 ) -> list[Item]:
-    """The plan's writes in order; with a per-resource profile, plain creates prepared as bytes."""
+    """The plan's writes in order; with a per-resource profile, plain creates prepared as bytes. A plain
+    create whose stored text holds only relative references is neither parsed nor serialized again: its
+    references are read from the bytes."""
     rows = con.execute(
         "SELECT seq, resource_type, warehouse_id, step, body, content_sha256 FROM ops.backload_plan "
         "WHERE plan_id = ? AND status = 'send' ORDER BY seq",
@@ -83,14 +93,34 @@ def load_items(
     if any(step == "patch" for _s, _t, _w, step, _b, _c in rows):
         sent = sent_hashes(con, target)
     previous = sent_bodies(con, target, sent)
+    per_resource = profile is not None and profile.transaction_chunk is None
+    creates: dict[str, bytes] = {}  # key -> this plan's create body, for a cycle's followup patch
     for seq, rtype, wid, step, body, sha in rows:
-        parsed = orjson.loads(body)
-        found = references(parsed)
-        deps = frozenset(ref for _p, ref in found if ref != f"{rtype}/{wid}")
-        before = previous(f"{rtype}/{wid}") if step == "patch" else None
-        item = Item(seq, rtype, wid, step, parsed, sha, deps, before)
-        if profile is not None and profile.transaction_chunk is None:
-            prepare_raw(item, profile, body, found)
+        text = body.encode()
+        key = f"{rtype}/{wid}"
+        quick = per_resource and step == "create" and not profile.conditional_create  # type: ignore[union-attr]
+        found = _REFERENCE.findall(text) if quick else None
+        if (
+            found is not None
+            and text.startswith(b'{"resourceType":"' + rtype.encode() + b'"')
+            and text.count(b'"reference":') == len(found)
+            and b'"contained":' not in text
+        ):
+            deps = frozenset(r.decode() for r in found) - {key}
+            out.append(Item(seq, rtype, wid, step, text, sha, deps, raw=text))
+            creates[key] = text
+            continue
+        parsed = orjson.loads(text)
+        refs = references(parsed)
+        deps = frozenset(ref for _p, ref in refs if ref != key)
+        before = None
+        if step == "patch":  # a cycle's followup patches what this plan's create sent, else the last send
+            before = orjson.loads(creates[key]) if key in creates else previous(key)
+        elif step == "create":
+            creates[key] = text
+        item = Item(seq, rtype, wid, step, text, sha, deps, before, parsed=parsed)
+        if per_resource:
+            prepare_raw(item, profile, text, refs)  # type: ignore[arg-type]
         out.append(item)
     return out
 
@@ -138,76 +168,27 @@ def missing_interactions(
 
 
 class Recorder:
-    """Result rows written in batches; an intent is always committed before its request goes out.
+    """Intents and outcomes into the send journal (folded into the warehouse when the send ends): no request
+    waits for the warehouse, and an intent is always on disk before its request goes out."""
 
-    Rows go in as one statement per batch (column lists, unnested): DuckDB's executemany or a long VALUES
-    list costs about a millisecond a row, which would make the warehouse the bottleneck of a back-load."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, plan_id: str, target: str, server: str) -> None:
-        self.con, self.plan_id, self.target, self.server = con, plan_id, target, server
-        self.results: list[tuple] = []
-        self.ids: list[tuple] = []
-        self._types: dict[str, list] = {}  # table -> [INSERT statement, column names]
-
-    def _insert(self, table: str, rows: list[tuple]) -> None:
-        # One statement and one string parameter whatever the row count: the rows as JSON arrays, parsed
-        # and cast by DuckDB (about three times cheaper than a list parameter per column).
-        if table not in self._types:
-            described = self.con.execute(
-                "SELECT column_name, data_type FROM information_schema.columns "
-                "WHERE table_schema = 'ops' AND table_name = ? ORDER BY ordinal_position",
-                [table],
-            ).fetchall()
-            as_text = {"TIMESTAMP WITH TIME ZONE": "VARCHAR"}  # orjson writes instants as RFC 3339
-            shape = ", ".join(f'"{c}": "{as_text.get(t, t)}"' for c, t in described)
-            select = ", ".join(f'CAST(r."{c}" AS {t})' for c, t in described)
-            self._types[table] = [
-                f"INSERT INTO ops.{table} SELECT {select} FROM "
-                f"(SELECT unnest(from_json(?::JSON, '[{{{shape}}}]')) AS r)",
-                [c for c, _t in described],
-            ]
-        statement, columns = self._types[table]
-        self.con.execute(
-            statement, [orjson.dumps([dict(zip(columns, r, strict=True)) for r in rows]).decode()]
-        )
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.results: list[bytes] = []
 
     def intents(self, items: list[Item], state: str = "intent") -> None:
-        now = datetime.now(UTC)
-        empty = (None, None, None, None)  # http_status, issue_codes, attempts, server_id
-        head = (self.plan_id,)
-        rows = [
-            (*head, i.seq, self.target, i.resource_type, i.warehouse_id, i.step, state, *empty, now)
-            for i in items
-        ]
-        if rows:
-            self._insert("backload_results", rows)
+        self.journal.intents([i.seq for i in items], state)
 
     def outcome(self, o: Outcome) -> None:
-        now = datetime.now(UTC)
         i = o.item
-        codes = ",".join(o.issue_codes) or None
-        row = (self.plan_id, i.seq, self.target, i.resource_type, i.warehouse_id, i.step, o.state)
-        self.results.append((*row, o.http_status, codes, o.attempts, o.server_id, now))
-        if o.state in DONE and o.server_id:
-            key = (self.target, i.resource_type, i.warehouse_id, o.server_id, o.version_id)
-            self.ids.append((*key, now, self.server, i.content_sha256))
+        self.results.append(
+            outcome_line(i.seq, o.state, o.http_status, o.issue_codes, o.attempts, o.server_id, o.version_id)
+        )
 
-    def flush(self, results: list[tuple] | None = None, ids: list[tuple] | None = None) -> None:
-        """Commit outcome rows (by default those recorded so far) and the server ids they carry."""
+    def flush(self, results: list[bytes] | None = None) -> None:
+        """Append outcome lines (by default those recorded so far) to the journal."""
         if results is None:
-            results, ids = self.results, self.ids
-            self.results, self.ids = [], []
-        if not results:
-            return
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            self._insert("backload_results", results)
-            if ids:
-                self._insert("backload_ids", ids)
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+            results, self.results = self.results, []
+        self.journal.outcomes(results)
 
 
 def send_plan(
@@ -215,9 +196,14 @@ def send_plan(
     profile: TargetProfile,
     target: Target,
     plan_id: str,
-    statement: dict[str, Any],
+    statement: Callable[[], dict[str, Any]],
     options: SendOptions,
+    warehouse: Path,
 ) -> SendResult:
+    """Send the plan's open writes; what an interrupted send left in its journal is folded in first.
+    statement gives the server's CapabilityStatement (read meanwhile), checked before any write."""
+    journals = journal_folder(warehouse)
+    recover(con, warehouse)
     items = load_items(con, plan_id, profile.name, profile)
     result = SendResult(plan_id, len(items))
     states = last_states(con, plan_id)
@@ -228,18 +214,26 @@ def send_plan(
     done = {i.seq for i in items if states.get(i.seq, ("", None))[0] in DONE}
     failed = {i.seq for i in items if states.get(i.seq, ("", None))[0] == "failed"}
     todo = [i for i in items if i.seq not in done and ((i.seq in failed) == options.failed_only)]
-    result.missing = missing_interactions(statement, todo, profile)
+    result.missing = missing_interactions(statement(), todo, profile)
     if result.missing:
         raise CapabilityMismatch(result.missing)
     if options.dry_run:
         result.counts.update(f"would_{i.step}" for i in todo)
         return result
-    recorder = Recorder(con, plan_id, profile.name, target.base)
-    undecided = _resolve_in_doubt(profile, target, todo, states, ids, recorder, result)
-    recorder.flush()
-    # A create whose resource the server already has (resolved, or written under an earlier plan) is done.
-    todo = [i for i in todo if i.seq not in undecided and not (i.step == "create" and i.key in ids)]
-    Scheduler(profile, target, todo, ids, recorder, result, options, len(done)).run()
+    if not todo:
+        return result  # nothing to send: no journal
+    journal = Journal(journals / f"{plan_id}.jnl", plan_id, profile.name, target.base)
+    recorder = Recorder(journal)
+    try:
+        undecided = _resolve_in_doubt(profile, target, todo, states, ids, recorder, result)
+        recorder.flush()
+        # A create whose resource the server already has (resolved, or written under an earlier plan) is done.
+        todo = [i for i in todo if i.seq not in undecided and not (i.step == "create" and i.key in ids)]
+        Scheduler(profile, target, todo, ids, recorder, result, options, len(done)).run()
+    finally:
+        recorder.flush()
+        journal.close()
+        fold(con, journal.path)  # one transaction; on a failure the file stays for the next send
     return result
 
 
@@ -307,7 +301,7 @@ class Scheduler:
         creates = {i.key for i in todo if i.step == "create"}
         for i in todo:
             open_deps = {d for d in i.deps if d not in ids}
-            if i.step == "update" and i.key in creates:
+            if i.step in ("update", "patch") and i.key in creates:
                 open_deps.add(i.key)  # a cycle's followup waits for its own create
             if open_deps - creates:
                 recorder.outcome(Outcome(i, "failed", None, ["dependency-not-sent"], 0))
@@ -335,13 +329,13 @@ class Scheduler:
         self.result.interrupted = True
 
     def _loop(self) -> None:
-        """Intents are committed for a window of writes at a time (one statement) before any of them goes
-        out; outcomes are committed every FLUSH_SECONDS or window. A kill leaves at most a window and a half
-        in doubt, each found again by search before it is sent again.
+        """Intents go to the journal (one fsynced write) for a window of writes at a time before any of them
+        goes out; outcome lines are appended every FLUSH_SECONDS or window. A kill leaves at most a window and
+        a half in doubt, each found again by search before it is sent again.
 
         Workers take announced writes from a queue, send them back to back and record each outcome
         themselves (under a lock), releasing what waited on it; this thread only announces the next window
-        when the queue runs low and commits outcomes, so no request waits for it."""
+        when the queue runs low and appends outcomes, so no request waits for it."""
         n = self.options.concurrency
         window = max(WINDOW, 4 * n)
         self.half = window // 2
@@ -387,10 +381,9 @@ class Scheduler:
         self.recorder.intents([i for b in self.withdrawn for i in b], state="withdrawn")
 
     def _flush(self) -> None:
-        with self.lock:  # the rows so far; workers go on recording into fresh lists meanwhile
-            results, ids = self.recorder.results, self.recorder.ids
-            self.recorder.results, self.recorder.ids = [], []
-        self.recorder.flush(results, ids)
+        with self.lock:  # the lines so far; workers go on recording into a fresh list meanwhile
+            results, self.recorder.results = self.recorder.results, []
+        self.recorder.flush(results)
         if self.options.progress:
             self.options.progress(self.progressed, self.total)
 

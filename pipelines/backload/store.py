@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from pipelines.backload.plan import Entry
+from pipelines.backload.plan import Entry, content_sha
 from pipelines.common.errors import ConfigError, WarehouseError
 from pipelines.common.warehouse import transaction
 from pipelines.quality.gate import GateBlocked
@@ -49,13 +49,19 @@ def sent_bodies(con: duckdb.DuckDBPyConnection, target: str, sent: dict[str, str
 
     def body(key: str) -> dict[str, Any] | None:
         rtype, wid = key.split("/", 1)
-        row = con.execute(
+        rows = con.execute(
             "SELECT p.body FROM ops.backload_plan p JOIN ops.backload_plans s USING (plan_id) "
             "WHERE s.target = ? AND p.resource_type = ? AND p.warehouse_id = ? AND p.content_sha256 = ? "
-            "AND p.status = 'send' AND p.deferred IS NULL AND p.body IS NOT NULL LIMIT 1",
+            "AND p.status = 'send' AND p.body IS NOT NULL",
             [target, rtype, wid, sent.get(key)],
-        ).fetchone()
-        return orjson.loads(row[0]) if row else None
+        ).fetchall()
+        # The body that hashes to what was sent: a cycle's create without its deferred elements carried
+        # the whole body's hash in plans stored before it recorded its own.
+        for (text,) in rows:
+            parsed = orjson.loads(text)
+            if content_sha(parsed) == sent.get(key):
+                return parsed
+        return None
 
     return body
 

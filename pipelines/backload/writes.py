@@ -6,7 +6,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -31,15 +31,27 @@ class Item:
     resource_type: str
     warehouse_id: str
     step: str  # create, update
-    body: dict[str, Any]
+    text: bytes  # the body as the plan stored it
     content_sha256: str
     deps: frozenset[str]
     previous: dict[str, Any] | None = None  # a patch: the body sent before (references to warehouse ids)
     raw: bytes | None = None  # a plain create's body as sent, references still to warehouse ids (see fill)
+    parsed: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> str:
         return f"{self.resource_type}/{self.warehouse_id}"
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """Parsed when first needed: a plain create sent as its stored bytes never is."""
+        if self.parsed is None:
+            self.parsed = orjson.loads(self.text)
+        return self.parsed
+
+    @body.setter
+    def body(self, value: dict[str, Any]) -> None:
+        self.parsed = value
 
 
 @dataclass
@@ -79,7 +91,10 @@ def _resolver(ids: dict[str, tuple[str, str | None]]) -> Callable[[str], str]:
 
 
 def prepare_raw(
-    item: Item, profile: TargetProfile, stored: str | None = None, found: list[tuple[str, str]] | None = None
+    item: Item,
+    profile: TargetProfile,
+    stored: bytes | None = None,
+    found: list[tuple[str, str]] | None = None,
 ) -> None:
     """Serialize a plain create once: at send time only its references are replaced, in the bytes (orjson
     writes `"reference":"Type/id"` exactly so, and a quoted reference cannot be part of another). The plan's
@@ -91,7 +106,7 @@ def prepare_raw(
         and item.body.get("resourceType") == item.resource_type
         and "contained" not in item.body
     ):
-        raw = stored.encode()
+        raw = stored
         found = references(item.body) if found is None else found
         if len(found) == sum(raw.count(b'"reference":"' + r.encode() + b'"') for r in {r for _p, r in found}):
             item.raw = raw
