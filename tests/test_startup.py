@@ -84,17 +84,18 @@ def _views(wh: Path) -> dict[str, list[tuple]]:
 def test_a_one_file_ndjson_run_imports_no_library_it_does_not_need(tmp_path):
     wh = _base(tmp_path)
     src = write_ndjson(tmp_path / "inc" / "one.ndjson", _obs("o-new"))
+    # Printed by an exit handler: the console script ends the process without returning.
     code = (
-        "import sys; from pipelines.entry import main; "
+        "import atexit, sys; from pipelines.entry import main; "
+        f"atexit.register(lambda: print('LOADED', sorted(m for m in {NOT_NEEDED!r} if m in sys.modules))); "
         f"sys.argv = ['ehrlift', 'run', {str(src)!r}, '--warehouse', {str(wh)!r}, '--no-progress']; "
-        "rc = main(); "
-        f"print('LOADED', sorted(m for m in {NOT_NEEDED!r} if m in sys.modules), rc)"
+        "sys.exit(main())"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "LOADED [] 0"
+    assert proc.stdout.strip().splitlines()[-1] == "LOADED []"
 
 
 def test_the_cli_loads_no_converter_until_a_file_needs_it():
@@ -225,3 +226,21 @@ def test_landing_records_every_file_whatever_the_number_of_rows_per_statement(tm
             "SELECT count(*), count(DISTINCT seq), count(DISTINCT file_sha256) FROM ops.run_files"
         )
         assert rows.fetchone() == (files, files, files)
+
+
+def test_the_console_script_ends_without_teardown_yet_runs_exit_handlers_and_flushes(tmp_path):
+    code = (
+        "import atexit, sys; from pipelines.entry import main; "
+        "atexit.register(lambda: sys.stderr.write('HANDLER RAN')); "
+        "sys.argv = ['ehrlift', 'terminology', 'status', '--warehouse', sys.argv[1]]; "
+        "sys.exit(main())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "none.duckdb")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 4, proc.stderr[-2000:]  # no warehouse there: a coded exit, as before
+    assert proc.stderr.endswith("HANDLER RAN") and "no warehouse" in proc.stderr
