@@ -18,6 +18,7 @@ from pipelines import formats
 from pipelines.common.config import RunConfig
 from pipelines.common.errors import InputNotFoundError
 from pipelines.common.ledger import LedgerWriter
+from pipelines.common.rows import insert_values
 from pipelines.common.unit import FileContext, Unit
 from pipelines.common.warehouse import file_processed, transaction
 from pipelines.fhir_release import Declarations
@@ -108,7 +109,6 @@ def land_sources(con: duckdb.DuckDBPyConnection, config: RunConfig) -> LandResul
     return result
 
 
-_ROWS_PER_INSERT = 200
 _FILES_COLUMNS = (
     "file_sha256",
     "size_bytes",
@@ -165,14 +165,7 @@ class _LandGroup:
             )
 
     def _insert(self, sql: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-        # Parameterised VALUES, a bounded number of rows per statement: registering an Arrow table
-        # would make DuckDB import pandas (~0.25 s CPU and ~45 MB), a run's largest fixed cost.
-        one = "(" + ", ".join("?" * len(columns)) + ")"
-        names = ", ".join(columns)
-        for start in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[start : start + _ROWS_PER_INSERT]
-            values = f"(VALUES {', '.join([one] * len(chunk))}) AS landed({names})"
-            self.con.execute(sql.format(rows=values), [v for row in chunk for v in row])
+        insert_values(self.con, sql, columns, rows)  # not Arrow: pyarrow and DuckDB would import pandas
         rows.clear()
 
     def commit(self) -> None:
