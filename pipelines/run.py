@@ -15,7 +15,7 @@ from pipelines.common.interrupt import interrupted
 from pipelines.common.progress import Bars
 from pipelines.common.runrecord import record_finish
 from pipelines.common.stages import StageClock, timed_stage
-from pipelines.common.warehouse import held_warehouse, open_warehouse, resource_tables, transaction
+from pipelines.common.warehouse import held_warehouse, open_warehouse, rows_per_table, transaction
 from pipelines.identity import identify_stage
 from pipelines.land import check_sources, land_sources
 from pipelines.normalize import normalize_stage
@@ -144,14 +144,7 @@ def _decisions_changed(con: duckdb.DuckDBPyConnection, runs: list[str]) -> bool:
 
 def resources_of_runs(con: duckdb.DuckDBPyConnection, runs: list[str]) -> dict[str, int]:
     """Stored resources per type written by these runs."""
-    where, params = run_filter(runs)
-    tables = resource_tables(con)
-    if not tables:
-        return {}
-    # One statement for every table rather than one each.
-    sql = " UNION ALL ".join(f'SELECT ?, count(*) FROM fhir."{t}" WHERE {where}' for t in tables)
-    rows = con.execute(sql, [v for t in tables for v in (t, *params)]).fetchall()
-    return {table: n for table, n in sorted(rows) if n}
+    return rows_per_table(con, *run_filter(runs))
 
 
 def run_pipeline(config: RunConfig) -> RunSummary:

@@ -244,3 +244,16 @@ def test_the_console_script_ends_without_teardown_yet_runs_exit_handlers_and_flu
     )
     assert proc.returncode == 4, proc.stderr[-2000:]  # no warehouse there: a coded exit, as before
     assert proc.stderr.endswith("HANDLER RAN") and "no warehouse" in proc.stderr
+
+
+def test_structure_validation_compiles_the_schema_only_for_types_a_run_stored(tmp_path):
+    from pipelines.quality import structure
+
+    wh = _base(tmp_path)
+    structure._compiled.cache_clear()
+    with open_warehouse(wh, read_only=True) as con:
+        assert structure.validate_structure(con, ["a-run-that-stored-nothing"], 5) == []
+        assert structure._compiled.cache_info().currsize == 0
+        (run,) = con.execute("SELECT run_id FROM ops.runs").fetchone()
+        checked = {t.resource_type: t.checked for t in structure.validate_structure(con, [run], 5)}
+    assert checked == {"Condition": 1, "Observation": 3, "Patient": 2}

@@ -204,6 +204,17 @@ def resource_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in rows]
 
 
+def rows_per_table(con: duckdb.DuckDBPyConnection, where: str, params: list) -> dict[str, int]:
+    """Rows matching `where` in each resource table, in one statement for every table (a statement per
+    table cost a one-file run one query for each type the warehouse has); tables without any left out."""
+    tables = resource_tables(con)
+    if not tables:
+        return {}
+    sql = " UNION ALL ".join(f'SELECT ?, count(*) FROM fhir."{t}" WHERE {where}' for t in tables)
+    rows = con.execute(sql, [v for t in tables for v in (t, *params)]).fetchall()
+    return {table: n for table, n in sorted(rows) if n}
+
+
 def file_processed(con: duckdb.DuckDBPyConnection, sha: str, handler: str) -> bool:
     """Has any run already converted this file with this handler? Then a re-run adds nothing."""
     row = con.execute(
