@@ -182,14 +182,14 @@ def select(group: Group, alias: str) -> tuple[list[str], str]:
     return items, f"LEFT JOIN _std_chosen {alias} ON {on}"
 
 
-def create_coding_view(con: duckdb.DuckDBPyConnection, name: str, only: str | None = None) -> None:
-    """views.<name>_coding from the temp tables; with `only` (SQL selecting resource ids), just the rows
-    of those resources are replaced."""
+def create_coding_view(con: duckdb.DuckDBPyConnection, name: str, replaced: str | None = None) -> None:
+    """views.<name>_coding from the temp tables; with `replaced` (a condition on `id` following it, such
+    as "IN (SELECT ...)"), the rows it selects are deleted and the temp tables' rows added."""
     table = f"views.{quote_ident(name + '_coding')}"
-    if only is None:
+    if replaced is None:
         head = f"CREATE OR REPLACE TABLE {table} AS"
     else:
-        con.execute(f"DELETE FROM {table} WHERE id IN ({only})")
+        con.execute(f"DELETE FROM {table} WHERE id {replaced}")
         head = f"INSERT INTO {table}"
     con.execute(f"""
         {head}

@@ -137,9 +137,12 @@ def create_view_table(
     comes from one resource, so the result is the full rebuild's rows, the replaced ones last).
     """
     coded, groups = standard.with_codings(view)
+    replaced = None
     if only is not None:
         inner = table_for
         table_for = lambda rtype: f"(SELECT * FROM {inner(rtype)} WHERE id IN ({only[1]}))"  # noqa: E731
+        # The rows of those resources, and of any resource no longer stored (a merged party, say).
+        replaced = f"IN ({only[1]}) OR {{key}} NOT IN (SELECT id FROM {inner(view['resource'])})"
     compiled = compile_view(coded, table_for)
     columns = list(columns_of(view, compiled, groups))
     long = coding_view and has_coding_view(view, compiled, groups)
@@ -171,10 +174,13 @@ def create_view_table(
         if only is None:
             con.execute(f"CREATE OR REPLACE TABLE {target} AS {rows}")
         else:
-            con.execute(f"DELETE FROM {target} WHERE {quote_ident(only[0])} IN ({only[1]})")
+            key = quote_ident(only[0])
+            con.execute(f"DELETE FROM {target} WHERE {key} {replaced.format(key=key)}")
             con.execute(f"INSERT INTO {target} {rows}")
         if long:
-            standard.create_coding_view(con, view["name"], None if only is None else only[1])
+            standard.create_coding_view(
+                con, view["name"], None if replaced is None else replaced.format(key="id")
+            )
         standard.drop_temps(con)
     if only is not None:
         return columns  # the table and its comments stay; only rows were replaced
