@@ -3,8 +3,11 @@ loading (see pipelines.common.interrupt), and native allocators fit an address-s
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import sys
+import threading
 
 from pipelines.common.interrupt import INTERRUPTED, install
 
@@ -43,4 +46,23 @@ def main() -> int:
         # Still loading: nothing was started, so nothing needs resuming.
         sys.stderr.write("interrupted before anything was done\n")
         return INTERRUPTED
-    return cli_main()
+    code = cli_main()
+    exit_now(code)
+    return code
+
+
+def exit_now(code: int) -> None:
+    """End the process without tearing the interpreter down, once the command is done.
+
+    Freeing every object of pandas, pyarrow, the FHIR schema validator and DuckDB one by one cost a
+    one-file run 0.2-0.3 s of CPU after its work was done and recorded. Exit handlers still run and
+    the output is flushed; every warehouse connection is closed by then (committed work is in DuckDB's
+    log in any case). With another thread still running, the ordinary exit waits for it instead.
+    """
+    if threading.active_count() > 1:
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said
+            stream.flush()
+    os._exit(code)

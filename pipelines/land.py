@@ -13,12 +13,12 @@ from urllib.parse import unquote, urlparse
 
 import duckdb
 import orjson
-import pyarrow as pa
 
 from pipelines import formats
 from pipelines.common.config import RunConfig
 from pipelines.common.errors import InputNotFoundError
 from pipelines.common.ledger import LedgerWriter
+from pipelines.common.rows import insert_values
 from pipelines.common.unit import FileContext, Unit
 from pipelines.common.warehouse import file_processed, transaction
 from pipelines.fhir_release import Declarations
@@ -156,23 +156,16 @@ class _LandGroup:
     def flush(self) -> None:
         """Insert the group's buffered rows: one statement per table, not two per file."""
         if self.files_rows:
-            self._insert(
-                "INSERT INTO ops.files SELECT *, now() FROM _ehrlift_landed", _FILES_COLUMNS, self.files_rows
-            )
+            self._insert("INSERT INTO ops.files SELECT *, now() FROM {rows}", _FILES_COLUMNS, self.files_rows)
         if self.run_files_rows:
             self._insert(
-                "INSERT INTO ops.run_files SELECT *, NULL, 'pending', NULL FROM _ehrlift_landed",
+                "INSERT INTO ops.run_files SELECT *, NULL, 'pending', NULL FROM {rows}",
                 ("run_id", "seq", "file_sha256", "landing"),
                 self.run_files_rows,
             )
 
     def _insert(self, sql: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-        batch = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
-        self.con.register("_ehrlift_landed", batch)
-        try:
-            self.con.execute(sql)
-        finally:
-            self.con.unregister("_ehrlift_landed")
+        insert_values(self.con, sql, columns, rows)  # not Arrow: pyarrow and DuckDB would import pandas
         rows.clear()
 
     def commit(self) -> None:

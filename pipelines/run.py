@@ -15,7 +15,7 @@ from pipelines.common.interrupt import interrupted
 from pipelines.common.progress import Bars
 from pipelines.common.runrecord import record_finish
 from pipelines.common.stages import StageClock, timed_stage
-from pipelines.common.warehouse import open_warehouse, resource_tables, transaction
+from pipelines.common.warehouse import held_warehouse, open_warehouse, rows_per_table, transaction
 from pipelines.identity import identify_stage
 from pipelines.land import check_sources, land_sources
 from pipelines.normalize import normalize_stage
@@ -77,13 +77,17 @@ def load_stage(config: RunConfig) -> dict[str, Any]:
         written = resources_of_runs(con, runs)
         stale = {t for (t,) in con.execute("SELECT resource_type FROM ops.views_stale").fetchall()}
         changed = None if load_settings().refresh == "all" else set(written) | stale
-        views = materialize_views(con, shipped("schemas") / "views", changed, config.run_id)
+        rows_of = {} if changed is None else narrow_refresh(con, runs, set(written) - stale)
+        views = materialize_views(con, shipped("schemas") / "views", changed, config.run_id, rows_of)
         with transaction(con):
             con.execute("DELETE FROM ops.views_stale")  # every view over them was just rebuilt
             mark_stage(con, "load", runs, config.run_id)
         rebuilt = views_built_by(con, config.run_id)
         # Person ids are written into every view with a patient_id, rebuilt or not: links may have changed.
-        resolved = resolve_person_views(con, shipped("schemas") / "views", rebuilt)
+        # The person-level views.patient is rebuilt only when these runs wrote person records.
+        where, params = run_filter(runs)
+        persons = con.execute(f"SELECT count(*) FROM ops.person_records WHERE {where}", params).fetchall()
+        resolved = resolve_person_views(con, shipped("schemas") / "views", rebuilt, bool(persons[0][0]))
         views |= resolved
         tables = {f"fhir.{t}": n for t, n in written.items()}
         tables |= {f"views.{v}": n for v, n in views.items() if v in rebuilt or v in resolved}
@@ -91,15 +95,56 @@ def load_stage(config: RunConfig) -> dict[str, Any]:
     return {"views": views}
 
 
+def narrow_refresh(con: duckdb.DuckDBPyConnection, runs: list[str], types: set[str]) -> dict[str, str]:
+    """Per resource type the runs wrote: SQL selecting the ids whose view rows are to be replaced.
+
+    Only the rows of those resources can differ from a full rebuild, unless the runs' terminology
+    decisions differ from the ones already logged: a view row's standard columns follow the latest
+    decision for each coding, so then every row may change and nothing is narrowed (empty answer).
+    Also empty when the written resources are most of their table, where a full rebuild is cheaper.
+    """
+    if not types or _decisions_changed(con, runs):
+        return {}
+    where, params = run_filter(runs)
+    con.execute("CREATE OR REPLACE TEMP TABLE _refresh_ids (resource_type VARCHAR, id VARCHAR)")
+    out = {}
+    for rtype in sorted(types):
+        con.execute(
+            f'INSERT INTO _refresh_ids SELECT ?, id FROM fhir."{rtype}" WHERE {where}', [rtype, *params]
+        )
+        n, total = con.execute(
+            f"SELECT (SELECT count(*) FROM _refresh_ids WHERE resource_type = ?), "
+            f'(SELECT count(*) FROM fhir."{rtype}")',
+            [rtype],
+        ).fetchall()[0]
+        if n * 2 <= total:
+            out[rtype] = f"SELECT id FROM _refresh_ids WHERE resource_type = '{rtype}'"
+    return out
+
+
+_DECISION = (
+    "SELECT source_system AS s, source_code AS c, source_display AS d, arg_max(method, run_id) AS m, "
+    "arg_max(reason, run_id) AS r, arg_max(target_system, run_id) AS ts, arg_max(target_code, run_id) AS tc, "
+    "arg_max(target_display, run_id) AS td FROM ops.mapping_log "
+    "WHERE coalesce(kind, 'coding') = 'coding' AND {where} GROUP BY ALL"
+)
+
+
+def _decisions_changed(con: duckdb.DuckDBPyConnection, runs: list[str]) -> bool:
+    """Did these runs log a coding decision that differs from (or is absent among) earlier runs' latest?"""
+    mine, params = run_filter(runs)
+    sql = (
+        f"WITH mine AS ({_DECISION.format(where=mine)}), before AS ({_DECISION.format(where='NOT ' + mine)}) "
+        "SELECT count(*) FROM mine n LEFT JOIN before b ON n.s IS NOT DISTINCT FROM b.s "
+        "AND n.c IS NOT DISTINCT FROM b.c AND n.d IS NOT DISTINCT FROM b.d "
+        "WHERE (n.m, n.r, n.ts, n.tc, n.td) IS DISTINCT FROM (b.m, b.r, b.ts, b.tc, b.td)"
+    )
+    return bool(con.execute(sql, params + params).fetchall()[0][0])
+
+
 def resources_of_runs(con: duckdb.DuckDBPyConnection, runs: list[str]) -> dict[str, int]:
     """Stored resources per type written by these runs."""
-    where, params = run_filter(runs)
-    out = {}
-    for table in resource_tables(con):
-        n = con.execute(f'SELECT count(*) FROM fhir."{table}" WHERE {where}', params).fetchone()[0]
-        if n:
-            out[table] = n
-    return out
+    return rows_per_table(con, *run_filter(runs))
 
 
 def run_pipeline(config: RunConfig) -> RunSummary:
@@ -109,7 +154,7 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     One run at a time per warehouse: a second one exits 4 (pipelines.resume.run_lock).
     """
     check_sources(config.sources)  # a mistyped source creates nothing, not even the lock file
-    with run_lock(config.warehouse, config.run_id):
+    with run_lock(config.warehouse, config.run_id), held_warehouse(config.warehouse):
         return _run_locked(config)
 
 

@@ -60,6 +60,28 @@ class RunSummary:
         return out
 
 
+def _names(con: duckdb.DuckDBPyConnection, schema: str) -> list[str]:
+    rows = con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = ? ORDER BY 1", [schema]
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _counts(
+    con: duckdb.DuckDBPyConnection, schema: str, tables: list[str], extra: str, params: list
+) -> list[tuple[str, int, int]]:
+    """(table, rows, `extra`) for each table, in the tables' order: one statement, not one per table."""
+    if not tables:
+        return []
+    sql = " UNION ALL ".join(
+        f'SELECT {i} AS i, ? AS t, count(*), {extra} FROM {schema}."{t}"' for i, t in enumerate(tables)
+    )
+    rows = con.execute(
+        f"SELECT t, * EXCLUDE (i, t) FROM ({sql}) ORDER BY i", [v for t in tables for v in (t, *params)]
+    ).fetchall()
+    return [(t, int(n), int(x)) for t, n, x in rows]
+
+
 def build_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> RunSummary:
     row = con.execute(
         "SELECT status, config->>'warehouse' FROM ops.runs WHERE run_id = ?", [run_id]
@@ -90,12 +112,8 @@ def build_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> RunSummary:
             [run_id, outcome],
         ).fetchall():
             target[reason] = n
-    for (table,) in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'fhir' ORDER BY 1"
-    ).fetchall():
-        total, this_run = con.execute(
-            f'SELECT count(*), count(*) FILTER (WHERE run_id = ?) FROM fhir."{table}"', [run_id]
-        ).fetchone() or (0, 0)
+    fhir = _names(con, "fhir")
+    for table, total, this_run in _counts(con, "fhir", fhir, "count(*) FILTER (WHERE run_id = ?)", [run_id]):
         summary.warehouse_resources[table] = total
         if this_run:
             summary.resources_by_type[table] = this_run
@@ -105,11 +123,8 @@ def build_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> RunSummary:
         [run_id],
     ).fetchall():
         summary.unconsumed.setdefault(container, {})[item] = int(n)
-    for (table,) in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'views' ORDER BY 1"
-    ).fetchall():
-        n = con.execute(f'SELECT count(*) FROM views."{table}"').fetchone()
-        summary.views[table] = n[0] if n else 0
+    for table, n, _ in _counts(con, "views", _names(con, "views"), "0", []):
+        summary.views[table] = n
     summary.stages = stage_times(con, run_id)
     failed: dict[str, list[str]] = {"critical": [], "warning": []}
     evaluated = 0

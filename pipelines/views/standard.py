@@ -182,9 +182,17 @@ def select(group: Group, alias: str) -> tuple[list[str], str]:
     return items, f"LEFT JOIN _std_chosen {alias} ON {on}"
 
 
-def create_coding_view(con: duckdb.DuckDBPyConnection, name: str) -> None:
+def create_coding_view(con: duckdb.DuckDBPyConnection, name: str, replaced: str | None = None) -> None:
+    """views.<name>_coding from the temp tables; with `replaced` (a condition on `id` following it, such
+    as "IN (SELECT ...)"), the rows it selects are deleted and the temp tables' rows added."""
+    table = f"views.{quote_ident(name + '_coding')}"
+    if replaced is None:
+        head = f"CREATE OR REPLACE TABLE {table} AS"
+    else:
+        con.execute(f"DELETE FROM {table} WHERE id {replaced}")
+        head = f"INSERT INTO {table}"
     con.execute(f"""
-        CREATE OR REPLACE TABLE views.{quote_ident(name + "_coding")} AS
+        {head}
         SELECT c.id, c.element, c.position, c.system, c.code, c.display, c.origin, c.method, c.reason,
                coalesce(c.standard_method AND p.position = c.position, FALSE) AS is_standard
         FROM _std_codings c JOIN _std_chosen p USING (__row, element)

@@ -127,10 +127,22 @@ def create_view_table(
     *,
     coding_view: bool = True,
     empty: bool = False,
+    only: tuple[str, str] | None = None,
 ) -> list[Column]:
     """CREATE OR REPLACE `target` (and views.<name>_coding when the view has one row per resource and
-    coding_view is set); with `empty`, only the typed shape. Returns the columns, commented in DuckDB."""
+    coding_view is set); with `empty`, only the typed shape. Returns the columns, commented in DuckDB.
+
+    only=(key column, SQL selecting resource ids): the existing table keeps its other rows and only
+    the rows of those resources are replaced, computed from those resources alone (each view row
+    comes from one resource, so the result is the full rebuild's rows, the replaced ones last).
+    """
     coded, groups = standard.with_codings(view)
+    replaced = None
+    if only is not None:
+        inner = table_for
+        table_for = lambda rtype: f"(SELECT * FROM {inner(rtype)} WHERE id IN ({only[1]}))"  # noqa: E731
+        # The rows of those resources, and of any resource no longer stored (a merged party, say).
+        replaced = f"IN ({only[1]}) OR {{key}} NOT IN (SELECT id FROM {inner(view['resource'])})"
     compiled = compile_view(coded, table_for)
     columns = list(columns_of(view, compiled, groups))
     long = coding_view and has_coding_view(view, compiled, groups)
@@ -158,13 +170,20 @@ def create_view_table(
                 joins.append(join)
             else:
                 select += _typed_sql(name, None if collection else declared[name].get("type"))
-        con.execute(
-            f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)} FROM _std_rows v "
-            f"{' '.join(joins)} ORDER BY v.__row"
-        )
+        rows = f"SELECT {', '.join(select)} FROM _std_rows v {' '.join(joins)} ORDER BY v.__row"
+        if only is None:
+            con.execute(f"CREATE OR REPLACE TABLE {target} AS {rows}")
+        else:
+            key = quote_ident(only[0])
+            con.execute(f"DELETE FROM {target} WHERE {key} {replaced.format(key=key)}")
+            con.execute(f"INSERT INTO {target} {rows}")
         if long:
-            standard.create_coding_view(con, view["name"])
+            standard.create_coding_view(
+                con, view["name"], None if replaced is None else replaced.format(key="id")
+            )
         standard.drop_temps(con)
+    if only is not None:
+        return columns  # the table and its comments stay; only rows were replaced
     for column in columns:
         con.execute(
             f"COMMENT ON COLUMN {target}.{quote_ident(column.name)} IS {sql_string(column.description)}"
