@@ -13,13 +13,15 @@ export EHRLIFT_CORPUS ?= $(abspath ../shared/corpus)
 .PHONY: run test setup lint format bench golden clean browser fhir-server hl7-server redis terminology-default data-docs-assets docs fuzz airflow
 
 setup: .venv/.synced schemas/fhir-r4/r4.schema.json
+	@$(RUN) python -m compileall -q -j 0 pipelines terminology dags >/dev/null
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
 	.tools/bin/python -m pip install --quiet uv
 
-# Bytecode compiled once here: a one-file `ehrlift run` otherwise compiles its imports every time
-# where .pyc files are not written (PYTHONDONTWRITEBYTECODE, read-only installs).
+# Bytecode compiled once here (and ehrlift's own modules on every setup, only those that changed): a
+# one-file `ehrlift run` otherwise compiles its imports every time where .pyc files are not written
+# (PYTHONDONTWRITEBYTECODE, read-only installs).
 .venv/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --compile-bytecode
 	@touch $@
