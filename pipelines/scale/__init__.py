@@ -22,7 +22,7 @@ from pipelines.scale.ranges import cut_ranges, rangeable
 from pipelines.scale.slices import Slice, cut_slices, sliceable
 from pipelines.scale.spool import batch_dir, read_batch, spool_task, stage_root
 from pipelines.scale.stage import Batch, convert_task
-from pipelines.scale.writer import apply_batch
+from pipelines.scale.writer import apply_batch, bounded_writer
 
 __all__ = ["convert_pending", "worker_count"]
 
@@ -67,11 +67,12 @@ def convert_pending(
     )
     tasks = _tasks(config, groups, bounds)
     processes: set[str] = set()
-    if pooled:
-        _pooled(con, config, tasks, workers, advance, totals, processes)
-    else:
-        for task in tasks:
-            _in_process(con, config, task, advance, totals, processes)
+    with bounded_writer(con):
+        if pooled:
+            _pooled(con, config, tasks, workers, advance, totals, processes)
+        else:
+            for task in tasks:
+                _in_process(con, config, task, advance, totals, processes)
     if processes:
         totals["worker_processes"] = len(processes)  # how many processes converted this run's batches
     return dict(totals)

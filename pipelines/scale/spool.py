@@ -54,8 +54,10 @@ def write_batch(root: Path, batch: Batch) -> Path:
 
 
 def read_batch(path: Path) -> Batch:
+    """The batch in the folder; its tables stay Parquet files that the writer's DuckDB reads itself
+    (read through pyarrow, every batch's rows passed through Python's heap and stayed there)."""
     meta = orjson.loads((path / "batch.json").read_bytes())
-    tables = {t: pq.read_table(path / f"{t}.parquet") for t in TABLES if (path / f"{t}.parquet").exists()}
+    tables = {t: path / f"{t}.parquet" for t in TABLES if (path / f"{t}.parquet").exists()}
     files = [(int(s), h, st, u) for s, h, st, u in meta["files"]]
     return Batch(
         int(meta["group"]), int(meta["number"]), tables, files, int(meta["reached"]), str(meta["worker"])
