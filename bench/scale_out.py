@@ -221,9 +221,16 @@ def airflow_round(root: Path, src: Path, limits: Path, workers: int) -> dict:
         state = wait_for(finished, "the DAG run", 3600)
         with sqlite3.connect(home / "airflow.db", timeout=30) as db:
             tasks = db.execute(
-                "SELECT task_id, start_date, end_date, hostname FROM task_instance "
+                "SELECT task_id, start_date, end_date, hostname, state FROM task_instance "
                 "WHERE dag_id = 'ehr_migration'"
             ).fetchall()
+            # Each convert task returns the EHRLIFT_WORKER_NAME of the Celery worker that ran it.
+            returned = [
+                v
+                for (v,) in db.execute(
+                    "SELECT value FROM xcom WHERE dag_id = 'ehr_migration' AND task_id = 'convert'"
+                ).fetchall()
+            ]
             run = db.execute(
                 "SELECT start_date, end_date FROM dag_run WHERE dag_id = 'ehr_migration'"
             ).fetchone()
@@ -239,20 +246,33 @@ def airflow_round(root: Path, src: Path, limits: Path, workers: int) -> dict:
                 os.killpg(proc.pid, signal.SIGKILL)
     phases = {}
     for phase in PHASES:
-        spans = [(parse(s), parse(e)) for t, s, e, _h in tasks if t == phase and s and e]
+        spans = [(parse(s), parse(e)) for t, s, e, _h, _st in tasks if t == phase and s and e]
         if spans:
             phases[phase] = round(max(e for _s, e in spans) - min(s for s, _e in spans), 2)
-    hosts = sorted({h for t, _s, _e, h in tasks if t == "convert" and h})
     return {
         "workers": workers,
         "state": state,
+        "task_states": {t: st for t, _s, _e, _h, st in tasks if t != "convert"},
         "convert_tasks": sum(1 for t, *_ in tasks if t == "convert"),
-        "convert_hosts": hosts,
+        "convert_hosts": _convert_workers(returned),
         "convert_seconds": phases.get("convert", 0.0),
         "phases": phases,
         "dag_seconds": round(parse(run[1]) - parse(run[0]), 2),
         "worker_memory": sampler.report(),
     }
+
+
+def _convert_workers(values: list) -> dict[str, int]:
+    """Convert tasks per worker name (name:pid in each task's returned value)."""
+    out: dict[str, int] = {}
+    for value in values:
+        try:
+            data = json.loads(value) if isinstance(value, (str, bytes)) else value
+            name = str(data["worker"]).split(":")[0]
+        except (TypeError, ValueError, KeyError):
+            name = "unknown"
+        out[name] = out.get(name, 0) + 1
+    return out
 
 
 def parse(text: str) -> float:
@@ -294,6 +314,7 @@ def main() -> None:
     parser.add_argument("--slice-units", type=int, default=250)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--skip-airflow", action="store_true", help="only the in-process pool rounds")
+    parser.add_argument("--keep", action="store_true", help="keep the Airflow homes and their task logs")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers it started on the way out
     counts = [int(w) for w in args.workers.split(",")]
@@ -324,12 +345,15 @@ def main() -> None:
             r["convert_ratio"] = round(base / r["convert_seconds"], 3)
             r["dag_ratio"] = round(base_dag / r["dag_seconds"], 3)
             print(
-                f"celery workers={r['workers']}: {r['state']}, {r['convert_tasks']} convert tasks on "
-                f"{len(r['convert_hosts'])} worker(s), convert phase {r['convert_seconds']:8.2f} s "
+                f"celery workers={r['workers']}: {r['state']}, {r['convert_tasks']} convert tasks "
+                f"(by worker: {r['convert_hosts']}), convert phase {r['convert_seconds']:8.2f} s "
                 f"({args.messages / r['convert_seconds']:.0f} msg/s, speed-up {r['convert_ratio']:.2f}x), "
                 f"whole DAG run {r['dag_seconds']:.1f} s (speed-up {r['dag_ratio']:.2f}x)"
             )
             print("  phases (s)   " + ", ".join(f"{p} {t:.2f}" for p, t in r["phases"].items()))
+            failed = {t: st for t, st in r["task_states"].items() if st != "success"}
+            if failed:
+                print(f"  NOTE: tasks not successful: {failed}")
             for name, m in r["worker_memory"].items():
                 print(
                     f"  worker {name}: peak RSS {m['peak_rss_mb']:.0f} MB (its tree; largest process "
@@ -342,7 +366,10 @@ def main() -> None:
             json.dumps({"messages": args.messages, "pool": rounds, "celery": celery}, indent=2)
         )
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from pipelines.common.stages import StageClock, credit_cpu
 from pipelines.load import create_stage
 from pipelines.scale import limits as scale_limits
 from pipelines.scale.spool import read_batch, write_batch
@@ -52,11 +53,24 @@ def test_a_spooled_batch_reaches_the_writer_as_parquet_files_with_the_rows_writt
     batch = Batch(
         3, 0, {"_stage": stage, "ops.ledger": stage.slice(0, 0)}, [(1, "hl7v2", "partial", None)], 9
     )
+    batch.cpu_seconds = 1.5
     write_batch(tmp_path, batch)
     back = read_batch(tmp_path / "g000003" / "b00000")
     # An empty table is not written; the other is a file the writer's DuckDB reads, never a Python table.
     assert set(back.tables) == {"_stage"} and set(back.tables) <= set(TABLES)
     assert isinstance(back.tables["_stage"], Path)
     assert (back.group, back.number, back.files, back.reached) == (3, 0, [(1, "hl7v2", "partial", None)], 9)
+    assert back.cpu_seconds == 1.5  # what the worker spent converting it, credited to the convert stage
     read = con.execute("SELECT * FROM read_parquet(?) ORDER BY id", [str(back.tables["_stage"])]).fetchall()
     assert read == con.execute("SELECT * FROM _stage ORDER BY id").fetchall()
+
+
+def test_a_stage_counts_the_cpu_workers_spent_for_it_and_a_later_stage_does_not():
+    convert = StageClock("r", "convert")
+    credit_cpu(5.0)
+    credit_cpu(-1.0)  # never negative
+    convert.stop()
+    after = StageClock("r", "normalize")
+    after.stop()
+    assert 5.0 <= convert._cpu_seconds < 5.9  # this process's own CPU in between is a fraction of that
+    assert after._cpu_seconds < 0.9

@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.common.config import RunConfig
+from pipelines.common.stages import credit_cpu
 from pipelines.load import create_stage
 from pipelines.scale import limits as scale_limits
 from pipelines.scale.limits import Limits
@@ -162,6 +163,7 @@ def _merge_spooled(
         if path.is_dir():
             batch = read_batch(path)
             processes.add(batch.worker)
+            credit_cpu(batch.cpu_seconds)  # the stage's CPU includes what the workers spent converting
             totals.update(apply_batch(con, config.run_id, batch))
             advance(batch.reached - reached)
             reached = batch.reached

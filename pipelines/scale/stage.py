@@ -46,6 +46,7 @@ class Batch:
     files: list[tuple[int, str, str, int | None]] = field(default_factory=list)
     reached: int = 0
     worker: str = field(default_factory=lambda: worker_name())  # the process that converted it
+    cpu_seconds: float = 0.0  # CPU the converting process spent on the batch (set when it is spooled)
 
 
 def worker_name() -> str:
