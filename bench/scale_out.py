@@ -51,15 +51,19 @@ def wait_for(check, what: str, attempts: int, pause: float = 1.0):
 
 
 def write_archive(path: Path, messages: int) -> None:
-    """Result-like ADT updates: patients recur, so merging has duplicates to settle."""
+    """Result-like ADT updates: patients recur, so merging has duplicates to settle.
+
+    Each patient keeps one name, birth date and sex across its updates; with one birth date for every
+    patient, the identify stage's linking model refused the data (every pair agreed on it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as out:
         for i in range(messages):
+            n = i % 500
             when = f"2024{1 + i % 12:02d}{1 + i % 27:02d}0800"
             out.write(
                 f"MSH|^~\\&|REG|HOSP|EHR|HOSP|{when}||ADT^A08^ADT_A01|C{i}|P|2.5.1\r"
                 f"EVN|A08|{when}\r"
-                f"PID|1||MRN{i % 5000}^^^HOSP^MR||Person{i % 5000}^Test{i % 3}||19700101|F\r"
+                f"PID|1||MRN{n}^^^HOSP^MR||Person{n}^Given{n % 97}||{_born(n)}|{'FM'[n % 2]}\r"
                 f"PV1|1|I|W^{i % 9}^1\r"
                 f"NK1|1|Kin^Next|SPO\r\n"
             )
@@ -125,6 +129,10 @@ class TreeSampler(threading.Thread):
             }
             for name in self.roots
         }
+
+
+def _born(n: int) -> str:
+    return f"{1930 + n % 70}{1 + n % 12:02d}{1 + n % 28:02d}"
 
 
 def limits_file(path: Path, slice_units: int) -> Path:
@@ -228,7 +236,8 @@ def airflow_round(root: Path, src: Path, limits: Path, workers: int) -> dict:
             returned = [
                 v
                 for (v,) in db.execute(
-                    "SELECT value FROM xcom WHERE dag_id = 'ehr_migration' AND task_id = 'convert'"
+                    "SELECT value FROM xcom WHERE dag_id = 'ehr_migration' AND task_id = 'convert' "
+                    "AND key = 'return_value'"
                 ).fetchall()
             ]
             run = db.execute(
