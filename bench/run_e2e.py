@@ -15,9 +15,11 @@ side in the same run, each in its own process:
   bench/ccda.py; without it the column is left out with a NOTE);
 - NDJSON: DuckDB persisting the same objects into a table of a database file.
 
-Prints messages|documents|resources per second, the ratio ehrlift / peer, ehrlift's seconds per stage
-(from the run record, ops.run_stages) and peak RSS, at both sizes, then how the peak RSS grew.
-Writes bench/out/run_e2e.json.
+Prints messages|documents|resources per second, the ratio ehrlift / peer, and for each of ehrlift's
+stages (from the run record, ops.run_stages) its wall seconds, its CPU seconds per 1,000 units (the
+run's own process, so it does not swell with the machine's load as wall time does) and the process's
+peak RSS at the stage's end, at both sizes; then how the peak RSS grew, for the whole process tree
+(conversion workers included) and stage by stage. Writes bench/out/run_e2e.json.
 """
 
 from __future__ import annotations
@@ -202,6 +204,8 @@ def child(mode: str, workdir: Path, args: list[str]) -> dict:
             "cpu_seconds": usage.ru_utime + usage.ru_stime,
             "peak_rss_mb": usage.ru_maxrss / 1024,
             "stages": {s: t["seconds"] for s, t in summary["stages"].items()},
+            "stage_cpu_seconds": {s: t["cpu_seconds"] for s, t in summary["stages"].items()},
+            "stage_peak_rss_mb": {s: t["peak_rss_mb"] for s, t in summary["stages"].items()},
             "units": summary["totals"]["units"],
             "converted": summary["totals"]["converted"],
             "resources": sum(summary["resources_by_type"].values()),
@@ -272,7 +276,7 @@ def compare(fmt: str, copies: int, ccda_docs: int, peer_python: str) -> dict:
         f"{ours['resources'] / ours['seconds']:9,.0f} resources/s  peak RSS {ours['peak_rss_mb']:.0f} MB  "
         f"(CPU {ours['cpu_seconds']:.1f} s)"
     )
-    print("  stages        " + ", ".join(f"{s} {t:.2f} s" for s, t in ours["stages"].items()))
+    print_stages(ours, units, unit)
     ratio = None
     if other:
         peer_rate = other["units"] / other["seconds"]
@@ -284,6 +288,43 @@ def compare(fmt: str, copies: int, ccda_docs: int, peer_python: str) -> dict:
         )
         print(f"  ratio ehrlift / {name}: {ratio:.3f}x")
     return {"format": fmt, "copies": copies, "units": units, "ehrlift": ours, "peer": other, "ratio": ratio}
+
+
+def _stage_order(ours: dict) -> list[str]:
+    from pipelines.common.stages import STAGES
+
+    return [s for s in STAGES if s in ours["stages"]] + [s for s in ours["stages"] if s not in STAGES]
+
+
+def print_stages(ours: dict, units: int, unit: str) -> None:
+    """Per stage: wall seconds, CPU ms per 1,000 units and the run process's peak RSS at its end."""
+    print(f"  {'stage':<10}{'wall s':>8}{'CPU s':>8}{'CPU s/1k ' + unit:>16}{'peak RSS MB':>13}")
+    for s in _stage_order(ours):
+        cpu = ours["stage_cpu_seconds"][s]
+        print(
+            f"  {s:<10}{ours['stages'][s]:8.2f}{cpu:8.2f}{1000 * cpu / max(1, units):16.3f}"
+            f"{ours['stage_peak_rss_mb'][s]:13.0f}"
+        )
+
+
+def growth(fmt: str, scale: int, small: dict, large: dict) -> dict:
+    """How peak RSS grew from the small to the large stream: whole tree, and per stage."""
+    a, b = small["ehrlift"], large["ehrlift"]
+    out = {"process_tree": b["peak_rss_mb"] / a["peak_rss_mb"], "stages": {}}
+    print(
+        f"{fmt}: input grew {scale}x; ehrlift peak RSS {a['peak_rss_mb']:.0f} -> {b['peak_rss_mb']:.0f} MB, "
+        f"{out['process_tree']:.2f}x (target: within 1.2x)"
+    )
+    cells = []
+    for s in _stage_order(b):
+        if s in a["stage_peak_rss_mb"]:
+            ratio = b["stage_peak_rss_mb"][s] / max(1e-9, a["stage_peak_rss_mb"][s])
+            cpu_a = a["stage_cpu_seconds"][s] / max(1, small["units"])
+            cpu_b = b["stage_cpu_seconds"][s] / max(1, large["units"])
+            out["stages"][s] = {"rss_growth": ratio, "cpu_per_unit_small": cpu_a, "cpu_per_unit_large": cpu_b}
+            cells.append(f"{s} {ratio:.2f}x")
+    print("  peak RSS growth by stage: " + ", ".join(cells))
+    return out
 
 
 def main() -> None:
@@ -308,9 +349,9 @@ def main() -> None:
             results.append(small)
             continue
         large = compare(fmt, args.copies * args.scale, args.ccda_docs, args.peer_python)
-        growth = large["ehrlift"]["peak_rss_mb"] / small["ehrlift"]["peak_rss_mb"]
-        print(f"{fmt}: input grew {args.scale}x; ehrlift peak RSS grew {growth:.2f}x (target: within 1.2x)")
-        large["rss_growth"] = growth
+        grew = growth(fmt, args.scale, small, large)
+        large["rss_growth"] = grew["process_tree"]
+        large["rss_growth_by_stage"] = grew["stages"]
         large["marginal"] = marginal(fmt, small, large)
         results += [small, large]
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")

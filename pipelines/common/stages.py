@@ -15,6 +15,16 @@ import duckdb
 STAGES = ("land", "convert", "normalize", "identify", "load", "validate")
 
 
+# CPU seconds that other processes (the conversion pool's workers) spent on this process's behalf;
+# a stage's clock adds what was credited while it ran, so a pooled stage's CPU is not just the writer's.
+_credited = [0.0]
+
+
+def credit_cpu(seconds: float) -> None:
+    """Count CPU seconds another process spent for the stage running now into that stage's CPU."""
+    _credited[0] += max(0.0, seconds)
+
+
 def peak_rss_mb() -> float:
     """The process's peak resident set so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -28,13 +38,13 @@ class StageClock:
         self.run_id = run_id
         self.stage = stage
         self._wall = time.perf_counter()
-        self._cpu = time.process_time()
+        self._cpu = time.process_time() + _credited[0]
         self._started = time.time()
 
     def stop(self) -> None:
         """Freeze the stage's times now, to be written later (by `record`)."""
         self._seconds = round(time.perf_counter() - self._wall, 3)
-        self._cpu_seconds = round(time.process_time() - self._cpu, 3)
+        self._cpu_seconds = round(time.process_time() + _credited[0] - self._cpu, 3)
         self._peak = peak_rss_mb()
 
     def record(self, con: duckdb.DuckDBPyConnection) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.common.config import RunConfig
+from pipelines.common.stages import credit_cpu
 from pipelines.load import create_stage
 from pipelines.scale import limits as scale_limits
 from pipelines.scale.limits import Limits
@@ -22,7 +23,7 @@ from pipelines.scale.ranges import cut_ranges, rangeable
 from pipelines.scale.slices import Slice, cut_slices, sliceable
 from pipelines.scale.spool import batch_dir, read_batch, spool_task, stage_root
 from pipelines.scale.stage import Batch, convert_task
-from pipelines.scale.writer import apply_batch
+from pipelines.scale.writer import apply_batch, bounded_writer
 
 __all__ = ["convert_pending", "worker_count"]
 
@@ -67,11 +68,12 @@ def convert_pending(
     )
     tasks = _tasks(config, groups, bounds)
     processes: set[str] = set()
-    if pooled:
-        _pooled(con, config, tasks, workers, advance, totals, processes)
-    else:
-        for task in tasks:
-            _in_process(con, config, task, advance, totals, processes)
+    with bounded_writer(con):
+        if pooled:
+            _pooled(con, config, tasks, workers, advance, totals, processes)
+        else:
+            for task in tasks:
+                _in_process(con, config, task, advance, totals, processes)
     if processes:
         totals["worker_processes"] = len(processes)  # how many processes converted this run's batches
     return dict(totals)
@@ -161,6 +163,7 @@ def _merge_spooled(
         if path.is_dir():
             batch = read_batch(path)
             processes.add(batch.worker)
+            credit_cpu(batch.cpu_seconds)  # the stage's CPU includes what the workers spent converting
             totals.update(apply_batch(con, config.run_id, batch))
             advance(batch.reached - reached)
             reached = batch.reached

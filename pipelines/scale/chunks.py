@@ -24,7 +24,7 @@ from pipelines.scale.ranges import cut_ranges, rangeable
 from pipelines.scale.slices import Slice, sliceable, span_slices
 from pipelines.scale.spool import batch_dir, read_batch, spool_task, stage_root
 from pipelines.scale.stage import worker_name
-from pipelines.scale.writer import apply_batch
+from pipelines.scale.writer import apply_batch, bounded_writer
 
 
 def plan(config: RunConfig, max_chunks: int = 64) -> list[dict[str, Any]]:
@@ -62,7 +62,7 @@ def merge(config: RunConfig, chunks: list[dict[str, Any]]) -> dict[str, int]:
     """Commit every staged batch in plan order, one transaction each; a retry skips what committed."""
     root = stage_root(config)
     totals: Counter[str] = Counter()
-    with open_warehouse(config.warehouse) as con:
+    with open_warehouse(config.warehouse) as con, bounded_writer(con):
         create_stage(con)
         done = set(
             con.execute(

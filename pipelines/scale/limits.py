@@ -22,6 +22,7 @@ class Limits:
     pool_min_groups: int
     pool_min_bytes: int
     slice_units: int
+    writer_flush_mb: int
 
 
 def limits() -> Limits:

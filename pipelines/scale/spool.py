@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import orjson
@@ -45,6 +46,7 @@ def write_batch(root: Path, batch: Batch) -> Path:
                 "files": batch.files,
                 "reached": batch.reached,
                 "worker": batch.worker,
+                "cpu_seconds": batch.cpu_seconds,
             }
         )
     )
@@ -54,11 +56,19 @@ def write_batch(root: Path, batch: Batch) -> Path:
 
 
 def read_batch(path: Path) -> Batch:
+    """The batch in the folder; its tables stay Parquet files that the writer's DuckDB reads itself
+    (read through pyarrow, every batch's rows passed through Python's heap and stayed there)."""
     meta = orjson.loads((path / "batch.json").read_bytes())
-    tables = {t: pq.read_table(path / f"{t}.parquet") for t in TABLES if (path / f"{t}.parquet").exists()}
+    tables = {t: path / f"{t}.parquet" for t in TABLES if (path / f"{t}.parquet").exists()}
     files = [(int(s), h, st, u) for s, h, st, u in meta["files"]]
     return Batch(
-        int(meta["group"]), int(meta["number"]), tables, files, int(meta["reached"]), str(meta["worker"])
+        int(meta["group"]),
+        int(meta["number"]),
+        tables,
+        files,
+        int(meta["reached"]),
+        str(meta["worker"]),
+        float(meta.get("cpu_seconds", 0.0)),
     )
 
 
@@ -73,8 +83,11 @@ def spool_task(config: dict, task: Group | Slice, root: str) -> int:
     base = Path(root)
     shutil.rmtree(group_dir(base, task.index), ignore_errors=True)
     written = [0]
+    clock = [time.process_time()]
 
     def sink(batch: Batch) -> None:
+        now = time.process_time()
+        batch.cpu_seconds, clock[0] = now - clock[0], now
         write_batch(base, batch)
         written[0] += 1
 

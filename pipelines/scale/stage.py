@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -41,10 +42,11 @@ class Batch:
 
     group: int
     number: int
-    tables: dict[str, pa.Table]
+    tables: dict[str, pa.Table | Path]  # a Path: the table's rows in a spooled Parquet file
     files: list[tuple[int, str, str, int | None]] = field(default_factory=list)
     reached: int = 0
     worker: str = field(default_factory=lambda: worker_name())  # the process that converted it
+    cpu_seconds: float = 0.0  # CPU the converting process spent on the batch (set when it is spooled)
 
 
 def worker_name() -> str:

@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from pipelines.common.warehouse import transaction
 from pipelines.load import merge_stage
+from pipelines.scale import limits as scale_limits
 from pipelines.scale.stage import TABLES, Batch
+
+
+@contextmanager
+def bounded_writer(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Have the writer's DuckDB hand freed memory back to the system after any statement whose peak
+    passed writer_flush_mb (schemas/scale_limits.json), for as long as it merges batches.
+
+    DuckDB's allocator otherwise keeps what a statement freed, up to 128 MB per thread, and each batch's
+    merge peaks at a different place in that cache; the process grew with the number of batches.
+    """
+    previous = con.execute("SELECT current_setting('allocator_flush_threshold')").fetchall()[0][0]
+    con.execute(f"SET allocator_flush_threshold = '{scale_limits.limits().writer_flush_mb}MB'")
+    try:
+        yield
+    finally:
+        con.execute("SET allocator_flush_threshold = ?", [str(previous)])
 
 
 def apply_batch(
@@ -26,6 +46,9 @@ def apply_batch(
     with transaction(con):
         for table in TABLES:
             rows = batch.tables.get(table)
+            if isinstance(rows, Path):  # a spooled batch: DuckDB reads the Parquet file itself
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?)", [str(rows)])
+                continue
             if rows is None or not rows.num_rows:
                 continue
             con.register("_ehrlift_rows", rows)
