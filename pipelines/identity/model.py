@@ -21,7 +21,7 @@ from pipelines.identity.train import train
 log = logging.getLogger(__name__)
 _FEATURES = (
     "unique_id, given, given_nick, family, birth_date, birth_date_swapped, birth_year, sex, postcode, "
-    "street, phone, id_tail"
+    "street, phone, id_tail, family_given_like"
 )
 
 
