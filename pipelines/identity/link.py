@@ -68,20 +68,25 @@ def link_patients(
     cap = megabytes(cfg.thresholds.get("memory_limit", "256MB"))
     ceiling = megabytes(cfg.thresholds.get("max_memory_limit", "2GB"))
     root = work or work_folder(con)
+    made = root is not None and not root.exists()
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-    while True:
-        try:
-            with tempfile.TemporaryDirectory(prefix="identity-", dir=root) as scratch:
-                result = _link(con, run_id, cfg, force, cap, Path(scratch))
-            break
-        except Exception as exc:
-            if not out_of_memory(exc) or cap * 2 > ceiling:
-                raise
-            log.warning(
-                "identity linking needs more than its %d MB memory cap: again with %d MB", cap, cap * 2
-            )
-            cap *= 2
+    try:
+        while True:
+            try:
+                with tempfile.TemporaryDirectory(prefix="identity-", dir=root) as scratch:
+                    result = _link(con, run_id, cfg, force, cap, Path(scratch))
+                break
+            except Exception as exc:
+                if not out_of_memory(exc) or cap * 2 > ceiling:
+                    raise
+                log.warning(
+                    "identity linking needs more than its %d MB memory cap: again with %d MB", cap, cap * 2
+                )
+                cap *= 2
+    finally:
+        if made and root is not None and not any(root.iterdir()):
+            root.rmdir()  # nothing of the linking stays beside the warehouse
     result.seconds = round(time.monotonic() - started, 3)
     log.info(
         "identity: %d source patients -> %d persons; pairs %s",
