@@ -4,7 +4,9 @@ Not a timed test. `python bench/identity.py --people 10000 --records 100000` bui
 (pipelines/demo/identity_population.py) and loads its source Patients into a fresh warehouse in a child
 process, then runs the linking stage once and scores its links against the truth; the peak RSS printed
 is the linking process's alone (the population and the truth are not in it). Twins and namesakes are
-different people: any link between them is counted and printed.
+different people: any link between them is counted and printed. `--series` links three sizes (about
+90k, 2.4M and 8M candidate pairs), each in a process of its own, and prints the peak RSS of each and
+the ratio of the largest to the smallest (memory flat in the number of pairs: at most 1.2).
 """
 
 from __future__ import annotations
@@ -126,58 +128,118 @@ def build(folder: Path, seed: int, people: int, records: int) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--people", type=int, default=10_000)
-    parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--build-into", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.build_into:
-        build(args.build_into, args.seed, args.people, args.records)
-        return
+def _size_args(people: int, records: int, seed: int) -> list[str]:
+    return [sys.executable, __file__, "--people", str(people), "--records", str(records), "--seed", str(seed)]
+
+
+def measure(people: int, records: int, seed: int) -> dict:
+    """Build the population in a child process, link it here once; the metrics, counts and peak RSS."""
     with tempfile.TemporaryDirectory(prefix="ehrlift-bench-identity-") as tmp:
         folder = bench_rules(Path(tmp) / "identity")
         subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--people",
-                str(args.people),
-                "--records",
-                str(args.records),
-                "--seed",
-                str(args.seed),
-                "--build-into",
-                tmp,
-            ],
+            [*_size_args(people, records, seed), "--build-into", tmp],
             check=True,
+            stdout=subprocess.DEVNULL,
         )
         con = open_warehouse(Path(tmp) / "warehouse.duckdb")
         cfg = load_config(folder)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         started = time.monotonic()
-        result = link_patients(con, "bench", cfg)
+        result = link_patients(con, "bench", cfg, work=Path(tmp) / "work")
         seconds = time.monotonic() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the truth is read
         load = os.getloadavg()
         known = orjson.loads((Path(tmp) / "truth.json").read_bytes())
         metrics = score(con, known["truth"], known["lookalike"])
         con.close()
+    return {
+        "people": people,
+        "source_patients": result.source_patients,
+        "pairs_scored": result.pairs_scored,
+        "seconds": round(seconds, 1),
+        "pairs_per_s": round(result.pairs_scored / seconds),
+        "load": round(load[0], 2),
+        "decisions": result.pairs,
+        "persons": result.persons,
+        "trained": result.trained,
+        "peak_rss_mib": round(peak / 1024),
+        "rss_before_mib": round(rss_before / 1024),
+        "memory_limit": cfg.thresholds.get("memory_limit"),
+        **metrics,
+    }
+
+
+def report(m: dict) -> None:
     print(
-        f"linking: {seconds:.1f} s, {result.pairs_scored} pairs scored "
-        f"({result.pairs_scored / seconds:.0f} pairs/s); load average {load[0]:.2f} {load[1]:.2f}"
+        f"{m['people']} people, {m['source_patients']} source Patients: linking {m['seconds']:.1f} s, "
+        f"{m['pairs_scored']} pairs scored ({m['pairs_per_s']} pairs/s); load average {m['load']:.2f}"
     )
-    print(f"decisions: {result.pairs}; persons: {result.persons}; model trained by {result.trained}")
+    print(f"decisions: {m['decisions']}; persons: {m['persons']}; model trained by {m['trained']}")
     print(
-        f"precision {metrics['precision']}  recall {metrics['recall']}  F1 {metrics['f1']}  "
-        f"(true pairs {metrics['true_pairs']}, predicted {metrics['predicted_pairs']})"
+        f"precision {m['precision']}  recall {m['recall']}  F1 {m['f1']}  "
+        f"(true pairs {m['true_pairs']}, predicted {m['predicted_pairs']})"
     )
-    print(f"look-alike (twin, namesake) pairs linked: {metrics['lookalike_pairs_linked']}")
+    print(f"look-alike (twin, namesake) pairs linked: {m['lookalike_pairs_linked']}")
     print(
-        f"peak RSS while linking: {peak / 1024:.0f} MiB "
-        f"(after imports and opening: {rss_before / 1024:.0f} MiB)"
+        f"peak RSS while linking: {m['peak_rss_mib']} MiB (after imports and opening: "
+        f"{m['rss_before_mib']} MiB; memory_limit {m['memory_limit']})"
     )
+
+
+def series(sizes: list[tuple[int, int]], seed: int) -> None:
+    """Each size linked in a process of its own, so each peak RSS is that size's alone; then the ratio."""
+    rows = []
+    for people, records in sizes:
+        out = subprocess.run(
+            [*_size_args(people, records, seed), "--json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        m = orjson.loads(out.strip().splitlines()[-1])
+        report(m)
+        rows.append(m)
+    print("\npairs scored | source Patients | peak RSS MiB | precision | recall | F1 | pairs/s | look-alikes")
+    for m in rows:
+        print(
+            f"{m['pairs_scored']:>12} | {m['source_patients']:>15} | {m['peak_rss_mib']:>12} | "
+            f"{m['precision']} | {m['recall']} | {m['f1']} | {m['pairs_per_s']} | "
+            f"{m['lookalike_pairs_linked']}"
+        )
+    pairs = [m["pairs_scored"] for m in rows]
+    peaks = [m["peak_rss_mib"] for m in rows]
+    print(
+        f"pairs span {max(pairs) / max(1, min(pairs)):.1f}x; peak RSS ratio (largest / smallest) "
+        f"{max(peaks) / min(peaks):.2f} (target <= 1.2)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--people", type=int, default=10_000)
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--series",
+        nargs="?",
+        const="1000:10000,10000:100000,20000:200000",
+        help="people:records sizes, each linked in its own process (default about 90k, 2.4M and 8M pairs)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the measures as one JSON line")
+    parser.add_argument("--build-into", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.build_into:
+        build(args.build_into, args.seed, args.people, args.records)
+        return
+    if args.series:
+        sizes = [tuple(int(x) for x in size.split(":")) for size in args.series.split(",")]
+        series([(p, r) for p, r in sizes], args.seed)
+        return
+    m = measure(args.people, args.records, args.seed)
+    if args.json:
+        print(orjson.dumps(m).decode())
+    else:
+        report(m)
 
 
 if __name__ == "__main__":

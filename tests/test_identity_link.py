@@ -180,6 +180,34 @@ def test_twins_and_namesakes_stay_apart(con):
     assert len(set(mapped.values())) == 4
 
 
+def test_twins_with_names_the_wrong_way_round_go_to_review_never_link(con, tmp_path):
+    """Twins Emily and Angela Scott, each recorded once with the names swapped and misspelt: "Scott" is a
+    given name too, so the records cannot be turned back; they share the 'given' and differ in a
+    'family' that is (a misspelling of) a given name on both sides."""
+    rows = (
+        ("hl7v2", patient("e1", "Scott", "Emaly", "1941-10-05")),
+        ("ccda", patient("a1", "Scott", "Antela", "1941-10-05")),
+        # a married name is not a given name: the same woman's records still link
+        ("hl7v2", patient("m1", "Maria", "Okafor", "1980-02-11", zip="02119", line="7 Elm St")),
+        ("ccda", patient("m2", "Maria", "Lindqvist", "1980-02-11", zip="02119", line="7 Elm St")),
+    )
+    load(con, *rows)
+    identify(con, "r1")
+    found = links(con)
+    assert found[("a1", "e1")] == ("model", "possible_twin_transposed", "review")
+    assert found[("m1", "m2")][2] == "link"
+    mapped = persons(con)
+    assert mapped["a1"] != mapped["e1"] and mapped["m1"] == mapped["m2"]
+    # without the guard the model links the twins: the rule, not the model, keeps them apart
+    guards = [g for g in load_config().guards if g["name"] != "possible_twin_transposed"]
+    identify(con, "r2", rules_folder(tmp_path, guards={"guards": guards}), force=True)
+    assert links(con)[("a1", "e1")] == ("model", None, "link")
+    # the similarity that marks a family field as a given name is data
+    shutil.rmtree(tmp_path / "identity-rules")
+    identify(con, "r3", rules_folder(tmp_path, thresholds={"given_like_similarity": 0.95}), force=True)
+    assert links(con)[("a1", "e1")] == ("model", None, "link")
+
+
 def test_thresholds_decide_link_review_and_no_link(con, tmp_path):
     rows = (("hl7v2", patient("a", "Elena", "Muñoz")), ("ccda", patient("b", "Elena", "Munoz", zip="02119")))
     load(con, *rows)

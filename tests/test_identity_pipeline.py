@@ -6,11 +6,14 @@ import csv
 import logging
 from collections import defaultdict
 
+import orjson
 import pytest
 
 from pipelines.demo import generate_demo_data
 from pipelines.demo.identity import TRUTH_NAME
 from pipelines.run import run_pipeline
+from tests.conftest import REPO
+from tests.identity_digest import linking_digest
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +123,13 @@ def test_no_record_values_in_the_run_logs(demo_run):
     assert any("identity:" in line for line in lines)
     for r in rows:
         assert r["identifier_value"] not in text
+
+
+def test_the_demo_links_as_before_one_memory_cap(demo_run):
+    """The same links, rules, scores (to 6 places) and person ids as the linking with two DuckDBs."""
+    from pipelines.common.warehouse import open_warehouse
+
+    _, config, _ = demo_run
+    golden = orjson.loads((REPO / "tests" / "golden" / "identity" / "decisions.json").read_bytes())
+    with open_warehouse(config.warehouse, read_only=True) as con:
+        assert linking_digest(con) == golden["demo"]

@@ -6,12 +6,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import duckdb
 import orjson
 import pytest
 
 from pipelines.common.warehouse import open_warehouse
 from pipelines.demo.identity_population import iter_population
 from pipelines.identity import identify
+from pipelines.identity.config import load_config
+from tests.conftest import REPO
+from tests.identity_digest import linking_digest
 from tests.test_identity_link import load, patient, persons, rules_folder
 
 
@@ -154,17 +158,56 @@ def test_scoring_in_chunks_decides_as_scoring_at_once(con, tmp_path):
     )
 
 
-def test_scoring_starts_again_with_a_larger_cap_when_splink_runs_out_of_memory(con, tmp_path, caplog):
+def test_linking_makes_the_decisions_it_made_before_one_memory_cap(con, tmp_path):
+    """The same links, rules, scores (to 6 places) and person ids as the linking with two DuckDBs
+    (with the guards it had then: the transposed-twin guard came later and changes a decision here)."""
+    small_population(con, 150, 1500)
+    guards = [g for g in load_config().guards if g["name"] != "possible_twin_transposed"]
+    identify(con, "r1", rules_folder(tmp_path, guards={"guards": guards}))
+    golden = orjson.loads((REPO / "tests" / "golden" / "identity" / "decisions.json").read_bytes())
+    assert linking_digest(con) == golden["population"]
+
+
+def test_linking_runs_in_one_duckdb_with_its_scratch_files_in_the_work_folder(con, tmp_path, monkeypatch):
+    from pipelines.identity import model
+    from pipelines.identity.link import link_patients
+
+    small_population(con, 40, 80)
+    work = tmp_path / "work"
+    seen: dict[str, object] = {}
+    real = model._predict_in_chunks
+
+    def spy(sp, linker, cfg, records, spill):
+        # splink's cursor works in the warehouse's own DuckDB (one cap), on a scratch file in `work`
+        seen["files"] = [
+            r[0] for r in con.execute("SELECT path FROM duckdb_databases() WHERE path IS NOT NULL").fetchall()
+        ]
+        seen["limit"] = sp.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        return real(sp, linker, cfg, records, spill)
+
+    monkeypatch.setattr(model, "_predict_in_chunks", spy)
+    link_patients(con, "r1", work=work)
+    assert any(f.startswith(str(work)) and f.endswith("scoring.duckdb") for f in seen["files"])
+    cap = load_config().thresholds["memory_limit"]
+    fresh = duckdb.connect()
+    fresh.execute(f"SET memory_limit = '{cap}'")
+    assert seen["limit"] == fresh.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert not work.exists()  # the scratch files, and the folder made for them, go when linking ends
+    assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] != seen["limit"]
+    assert not con.execute("SELECT 1 FROM duckdb_databases() WHERE database_name = 'id_scratch'").fetchall()
+
+
+def test_linking_starts_again_with_a_larger_cap_when_it_runs_out_of_memory(con, tmp_path, caplog):
     small_population(con, 40, 80)
     identify(con, "r1")
     once = con.execute(
         "SELECT left_patient_id, right_patient_id, decision FROM ops.identity_links ORDER BY ALL"
     ).fetchall()
     tight = rules_folder(tmp_path, thresholds={"memory_limit": "1MB", "max_memory_limit": "2GB"})
-    with caplog.at_level(logging.WARNING, logger="pipelines.identity.model"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.identity.link"):
         identify(con, "r2", tight, force=True)
     retries = [r.getMessage() for r in caplog.records if "memory cap" in r.getMessage()]
-    assert retries and retries[0] == "identity scoring needs more than its 1 MB memory cap: again with 2 MB"
+    assert retries and retries[0] == "identity linking needs more than its 1 MB memory cap: again with 2 MB"
     assert (
         con.execute(
             "SELECT left_patient_id, right_patient_id, decision FROM ops.identity_links ORDER BY ALL"

@@ -49,9 +49,9 @@ def model_runs(monkeypatch) -> list[str]:
     calls: list[str] = []
     real = link_module.score_pairs
 
-    def counting(con, cfg, records):
+    def counting(con, cfg, records, work):
         calls.append("scored")
-        return real(con, cfg, records)
+        return real(con, cfg, records, work)
 
     monkeypatch.setattr(link_module, "score_pairs", counting)
     return calls

@@ -51,6 +51,7 @@ def build_features(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> int:
     given = _CLEAN.format("r ->> '$.name[0].given[0]'")
     family = _CLEAN.format("r ->> '$.name[0].family'")
     tail = int(cfg.rules.get("id_tail_digits", 4))
+    similarity = float(cfg.thresholds.get("given_like_similarity", 0.88))
     con.execute(
         f"""
         -- A view, not a copy: the resources stay in the warehouse's own (evictable) blocks.
@@ -77,6 +78,13 @@ def build_features(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> int:
             l ->> '$.type' AS link_type, s.format
         FROM id_source s, unnest(CAST(json_extract(s.r, '$.link[*]') AS JSON[])) AS t(l)
         WHERE l ->> '$.other.reference' IS NOT NULL;
+        -- A family field holding (a misspelling of) a known given name: the sign of a record whose
+        -- names may be the wrong way round (names compared once each, not per record).
+        CREATE OR REPLACE TEMP TABLE id_given_like AS
+        SELECT DISTINCT f.family FROM (
+            SELECT {family} AS family FROM id_source UNION SELECT {given} FROM id_source
+        ) f, id_given g
+        WHERE f.family IS NOT NULL AND jaro_winkler_similarity(f.family, g.name) >= {similarity};
         CREATE OR REPLACE TEMP TABLE id_features AS
         WITH raw AS (
             SELECT *, {given} AS given0, {family} AS family0 FROM id_source
@@ -104,6 +112,7 @@ def build_features(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> int:
             FROM oriented
         )
         SELECT b.*, coalesce(n.given, b.given) AS given_nick,
+            b.family IN (SELECT family FROM id_given_like) AS family_given_like,
             TRY_CAST(left(b.birth_date, 4) AS INTEGER) AS birth_year,
             CASE WHEN b.birth_date IS NOT NULL
                 THEN left(b.birth_date, 5) || substr(b.birth_date, 9, 2) || '-' || substr(b.birth_date, 6, 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,30 +47,46 @@ class LinkResult:
 
 
 def link_patients(
-    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig | None = None, force: bool = False
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    cfg: IdentityConfig | None = None,
+    force: bool = False,
+    work: Path | None = None,
 ) -> LinkResult:
     """Decide every candidate pair, form persons; replace identity_links, person_map, person_records.
 
-    The candidate pairs stay in DuckDB from scoring to storing (TEMP tables id_scored, id_decisions,
-    id_comp): memory does not grow with their number. When no source Patient, reviewer decision or
-    identity data file changed since the last linking, its decisions stand: the model is not run (nor
-    splink imported) and the tables are left as they are, unless `force`.
+    The whole linking runs in the warehouse's DuckDB under one small memory cap (thresholds.json
+    memory_limit): one buffer pool holds the features, splink's tables (a scratch database file in a
+    work folder, `work` or beside the warehouse) and the TEMP tables of scored pairs, decisions and
+    components, and past the cap they spill to disk, so memory does not grow with the number of pairs.
+    When no source Patient, reviewer decision or identity data file changed since the last linking, its
+    decisions stand: the model is not run (nor splink imported) and the tables are left as they are,
+    unless `force`.
     """
     started = time.monotonic()
     cfg = cfg or load_config()
-    cap = megabytes(cfg.thresholds.get("link_memory_limit", "128MB"))
+    cap = megabytes(cfg.thresholds.get("memory_limit", "256MB"))
     ceiling = megabytes(cfg.thresholds.get("max_memory_limit", "2GB"))
-    while True:
-        try:
-            result = _link(con, run_id, cfg, force, cap)
-            break
-        except Exception as exc:
-            if not out_of_memory(exc) or cap * 2 > ceiling:
-                raise
-            log.warning(
-                "identity linking needs more than its %d MB memory cap: again with %d MB", cap, cap * 2
-            )
-            cap *= 2
+    root = work or work_folder(con)
+    made = root is not None and not root.exists()
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    try:
+        while True:
+            try:
+                with tempfile.TemporaryDirectory(prefix="identity-", dir=root) as scratch:
+                    result = _link(con, run_id, cfg, force, cap, Path(scratch))
+                break
+            except Exception as exc:
+                if not out_of_memory(exc) or cap * 2 > ceiling:
+                    raise
+                log.warning(
+                    "identity linking needs more than its %d MB memory cap: again with %d MB", cap, cap * 2
+                )
+                cap *= 2
+    finally:
+        if made and root is not None and not any(root.iterdir()):
+            root.rmdir()  # nothing of the linking stays beside the warehouse
     result.seconds = round(time.monotonic() - started, 3)
     log.info(
         "identity: %d source patients -> %d persons; pairs %s",
@@ -80,12 +97,19 @@ def link_patients(
     return result
 
 
+def work_folder(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The folder beside the warehouse file for the linking's scratch files (None: the system's temp)."""
+    (path,) = con.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchall()[0]
+    return Path(path).parent / "work" if path else None
+
+
 def _link(
-    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig, force: bool, cap: int
+    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig, force: bool, cap: int, work: Path
 ) -> LinkResult:
-    """One attempt at linking with the warehouse connection capped at `cap` MB."""
+    """One attempt at linking with the warehouse's DuckDB capped at `cap` MB."""
     previous = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-    # The warehouse connection holds the pairs' TEMP tables: bounded, they spill rather than grow.
     con.execute(f"SET memory_limit = '{cap}MB'")
     try:
         digest, present = input_digest(con, cfg)
@@ -101,7 +125,7 @@ def _link(
         build_trusted(con, cfg)
         empty_scores(con)
         if result.source_patients >= 2:
-            scored = score_pairs(con, cfg, result.source_patients)
+            scored = score_pairs(con, cfg, result.source_patients, work)
             result.pairs_scored, result.model_version, result.trained = (
                 scored.compared,
                 scored.model_version,

@@ -7,7 +7,6 @@ import itertools
 import logging
 import math
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from pipelines.identity.train import train
 log = logging.getLogger(__name__)
 _FEATURES = (
     "unique_id, given, given_nick, family, birth_date, birth_date_swapped, birth_year, sex, postcode, "
-    "street, phone, id_tail"
+    "street, phone, id_tail, family_given_like"
 )
 
 
@@ -59,63 +58,48 @@ def out_of_memory(exc: BaseException | None) -> bool:
     return False
 
 
-def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: int) -> ScoredPairs:
+def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: int, work: Path) -> ScoredPairs:
     """Train on the run's data (train.py: what it supports, priors elsewhere) and score the blocked pairs.
 
-    The pairs never pass through Python: splink scores them chunk by chunk in a scratch DuckDB (spilled
-    to disk past the memory limit), those over the record floor are written to Parquet files and read
-    into the TEMP table id_scored (l, r, score, guard) of the warehouse connection. Some of splink's
-    queries (an EM session's pairs against every record) need more than the cap on a large load: then
-    the scoring starts again with twice the cap, up to max_memory_limit.
+    splink runs on a second cursor of the linking's own DuckDB (one buffer pool, one memory cap), its
+    tables in a scratch database file in `work` (ATTACHed as id_scratch) so that they are evicted to
+    disk rather than held. The pairs never pass through Python: they are scored chunk by chunk, those
+    over the record floor written to Parquet files and read into the TEMP table id_scored (l, r, score,
+    guard) of the warehouse connection.
     """
-    t = cfg.thresholds
-    cap = megabytes(t.get("memory_limit", "256MB"))
-    ceiling = megabytes(t.get("max_memory_limit", "2GB"))
-    while True:
-        try:
-            return _score(con, cfg, records, cap)
-        except Exception as exc:
-            if not out_of_memory(exc) or cap * 2 > ceiling:
-                raise
-            log.warning(
-                "identity scoring needs more than its %d MB memory cap: again with %d MB", cap, cap * 2
-            )
-            cap *= 2
-
-
-def _score(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: int, cap: int) -> ScoredPairs:
     from splink import DuckDBAPI, Linker
 
     # splink logs training progress (comparison names and counts only); our own summary lines suffice.
     logging.getLogger("splink").setLevel(logging.ERROR)
-    features = con.sql(f"SELECT {_FEATURES} FROM id_features").to_arrow_table()
-    with tempfile.TemporaryDirectory(prefix="ehrlift-identity-") as spill:
-        # A scratch database file, not an in-memory one: splink's tables are then evicted to disk past
-        # the memory limit rather than held.
-        sp = duckdb.connect(
-            str(Path(spill) / "scoring.duckdb"),
-            config={"temp_directory": spill, "threads": 2, "memory_limit": f"{cap}MB"},
+    scratch = work / "scoring.duckdb"
+    con.execute(f"ATTACH {_literal(scratch)} AS id_scratch")
+    order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
+    sp = con.cursor()
+    try:
+        con.execute("SET preserve_insertion_order = false")
+        con.execute(
+            f"CREATE TABLE id_scratch.main.id_features AS SELECT {_FEATURES} FROM temp.id_features "
+            "ORDER BY unique_id"
         )
-        try:
-            sp.execute("SET preserve_insertion_order = false")
-            db_api = DuckDBAPI(sp)
-            frame = db_api.register(features, table_name="id_features")
-            fitted = train(sp, db_api, frame, cfg, records)
-            linker = Linker(frame, fitted.settings, log_level=None)
-            trained = fitted.trained
-            model = linker.misc.save_model_to_json()
-            model.pop("linker_uid", None)  # random per Linker: the same data and priors give one version
-            version = hashlib.sha256(orjson.dumps(model, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-            model["parameter_estimates"] = fitted.estimates  # estimated or prior, and why, per parameter
-            compared, parts = _predict_in_chunks(sp, linker, cfg, records, Path(spill))
-            files = "[" + ", ".join(_literal(p) for p in parts) + "]"
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE id_scored AS "
-                f"SELECT l, r, score, guard FROM read_parquet({files})"
-            )
-        finally:
-            sp.close()
-    return ScoredPairs(version, model, trained, compared)
+        sp.execute("USE id_scratch")
+        db_api = DuckDBAPI(sp)
+        frame = db_api.register("id_features", table_name="id_features")
+        fitted = train(sp, db_api, frame, cfg, records)
+        linker = Linker(frame, fitted.settings, log_level=None)
+        model = linker.misc.save_model_to_json()
+        model.pop("linker_uid", None)  # random per Linker: the same data and priors give one version
+        version = hashlib.sha256(orjson.dumps(model, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+        model["parameter_estimates"] = fitted.estimates  # estimated or prior, and why, per parameter
+        compared, parts = _predict_in_chunks(sp, linker, cfg, records, work)
+        files = "[" + ", ".join(_literal(p) for p in parts) + "]"
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE id_scored AS SELECT l, r, score, guard FROM read_parquet({files})"
+        )
+    finally:
+        sp.close()
+        con.execute(f"SET preserve_insertion_order = {'true' if order else 'false'}")
+        con.execute("DETACH DATABASE IF EXISTS id_scratch")
+    return ScoredPairs(version, model, fitted.trained, compared)
 
 
 def _predict_in_chunks(
