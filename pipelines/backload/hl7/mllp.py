@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hl7.mllp import open_hl7_connection
 
@@ -125,7 +126,25 @@ class Lanes:
         self.idle: list[asyncio.Future[None] | None] = [None] * n
         self.closed = False
         self.lane_of: dict[str, int] = {}
+        # The ACK timeout: while a lane waits, since[k] is when its message went; a watchdog ticking at an
+        # eighth of the timeout aborts a connection that waited longer (readblock then fails, and the same
+        # message goes again on a new one). A timer per message would cost more than the rest of its sending.
+        self.since: list[float | None] = [None] * n
+        self.writers: list[Any] = [None] * n
+        self.expired = [False] * n
+        self.loop = asyncio.get_running_loop()
+        self.tick = max(0.01, policy.timeout / 8)
+        self.watchdog = self.loop.call_later(self.tick, self._watch)
         self.tasks = [asyncio.create_task(self._lane(k)) for k in range(n)]
+
+    def _watch(self) -> None:
+        now = self.loop.time()
+        for k, since in enumerate(self.since):
+            if since is not None and now - since >= self.policy.timeout:
+                self.since[k], self.expired[k] = None, True
+                with contextlib.suppress(Exception):
+                    self.writers[k].transport.abort()
+        self.watchdog = self.loop.call_later(self.tick, self._watch)
 
     def put(self, item: Item) -> None:
         lane = self.lane_of.get(item.patient_id)
@@ -147,6 +166,7 @@ class Lanes:
         try:
             await asyncio.gather(*self.tasks)
         finally:
+            self.watchdog.cancel()
             for t in self.tasks:
                 t.cancel()
 
@@ -164,15 +184,17 @@ class Lanes:
                     await idle
                     self.idle[k] = None
                     continue
-                outcome, conn, used = await self._one(queue.popleft(), conn, used)
+                outcome, conn, used = await self._one(k, queue.popleft(), conn, used)
                 done = record(outcome)
                 if done is not None:
                     await done
         finally:
             _close(conn)
 
-    async def _one(self, it: Item, conn: tuple | None, used: int) -> tuple[Outcome, tuple | None, int]:
-        policy = self.policy
+    async def _one(
+        self, k: int, it: Item, conn: tuple | None, used: int
+    ) -> tuple[Outcome, tuple | None, int]:
+        policy, since, clock = self.policy, self.since, self.loop.time
         attempts = 0
         while True:
             attempts += 1
@@ -185,13 +207,20 @@ class Lanes:
                     )
                     used = 0
                 reader, writer = conn
+                self.writers[k] = writer
+                since[k] = clock()
                 writer.writeblock(it.payload)
-                async with asyncio.timeout(policy.timeout):  # no task per message, unlike wait_for
-                    await writer.drain()
-                    block = await reader.readblock()
+                await writer.drain()
+                block = await reader.readblock()
+                since[k] = None
+                if self.expired[k]:  # aborted by the watchdog as the ACK came in: the ACK counts
+                    self.expired[k], conn = False, _close(conn)
             except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 # No ACK (or a broken connection): reconnect and send the same bytes, same control id.
-                log.warning("no ACK for message #%d (%s); reconnecting", it.seq, type(exc).__name__)
+                since[k] = None
+                why = "TimeoutError" if self.expired[k] else type(exc).__name__
+                self.expired[k] = False
+                log.warning("no ACK for message #%d (%s); reconnecting", it.seq, why)
                 conn = _close(conn)
                 if attempts >= policy.max_attempts:
                     return Outcome(it, "failed", None, ["timeout"], attempts), conn, used
