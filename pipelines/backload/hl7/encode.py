@@ -26,7 +26,12 @@ _MISSING = object()
 
 def esc(value: Any) -> str:
     """A leaf value with the delimiters escaped (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\); line breaks as \\.br\\."""
-    s = value if isinstance(value, str) else ("" if value is None else str(value))
+    if value.__class__ is str:
+        s = value
+    elif value is None:
+        return ""
+    else:
+        s = str(value)
     if s.isalnum() or _SPECIAL.search(s) is None:  # isalnum: codes and numbers, without the regex
         return s
     return _SPECIAL.sub(lambda m: _ESCAPES[m.group(0)], s)

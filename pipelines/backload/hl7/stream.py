@@ -31,8 +31,10 @@ from pipelines.common.progress import StageBar, stage_bar
 from pipelines.common.warehouse import transaction
 
 # Messages per hand-over from the builder, and so per journal flush of plan lines: small at first so sending
-# starts soon, then doubling, since a flush's cost is mostly its fsync, whatever its size.
-FIRST_CHUNK, MAX_CHUNK = 16, 1024
+# starts soon, then doubling to a bound. The bound is kept small since the last chunk is sent after it is
+# all built (its sending is the part of the stage that overlaps no building): a flush costs mostly its
+# fsync, on the writer thread, while the lane still sends the previous chunk.
+FIRST_CHUNK, MAX_CHUNK = 16, 256
 LINGER = 0.1  # seconds an ACK outcome may wait for others to share its fsync
 
 PLAN_TYPES = (
