@@ -30,6 +30,7 @@ class Built:
     message_type: str  # MSH-9
     structure: str  # the hl7apy message structure checked against
     text: str  # segments joined by CR, with a final CR
+    segments: list[str] = field(default_factory=list)  # the same, one string per segment
 
 
 @dataclass
@@ -87,8 +88,9 @@ def assemble(ctx: Context, code: str, event: str, control_id: str, when: str, bo
     head = ctx._mshs.get(key)  # the same for every message of a kind in a plan (MSH-10 a placeholder)
     if head is None:
         head = ctx._mshs[key] = seg.msh(ctx.header, _msg_type(v, code, event), control_id, when)
-    text = "\r".join([head, *[s for s in body if s]]) + "\r"
-    return Built(code.lower(), f"{code}^{event}", _structure(v, event), text)
+    segments = [head, *[s for s in body if s]]
+    text = "\r".join(segments) + "\r"
+    return Built(code.lower(), f"{code}^{event}", _structure(v, event), text, segments)
 
 
 def adt(ctx: Context, patient: dict[str, Any], control_id: str, when: str, update: bool) -> Built:
