@@ -87,11 +87,13 @@ def _scale(wh: Path, copies: int) -> None:
 
 
 def _fresh(wh: Path, root: Path, name: str) -> Path:
-    """A copy of the warehouse (and the landing zone its document urls point into) nothing was sent from."""
+    """A copy of the warehouse (and the landing zone its document urls point into) nothing was sent from.
+    The landing zone is copied, not linked: a document's file must resolve inside the warehouse's folder,
+    or its MDM would be refused (hl7_document_content_missing) and not measured."""
     copy = root / name / wh.name
     copy.parent.mkdir()
     shutil.copy(wh, copy)
-    (copy.parent / "landing").symlink_to(wh.parent / "landing")
+    shutil.copytree(wh.parent / "landing", copy.parent / "landing", symlinks=False)
     return copy
 
 
