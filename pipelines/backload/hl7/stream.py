@@ -63,17 +63,23 @@ def plan_row(plan_id: str, target: str, run_id: str, p: Planned, now: datetime) 
     )  # fmt: skip
 
 
-def store_plan(
-    con: duckdb.DuckDBPyConnection, plan_id: str, target: str, run_id: str, now: datetime, work: list[Planned]
-) -> None:
-    """The plan's rows before building (what is to be sent, per record; refusals known at planning): the
-    journal's lines name them by seq. Only the columns that vary are handed over."""
-    planned = pa.table(  # noqa: F841 (read by name in the statement)
+def plan_table(work: list[Planned]) -> pa.Table:
+    """The plan's rows before building (what is to be sent, per record; refusals known at planning), as an
+    Arrow table: made before the builders fork, so that storing it after touches no object the builders
+    share (a touched page is copied, and the Planned objects lie one to a page among the resources)."""
+    return pa.table(
         {
             "seq": pa.array([p.seq for p in work], pa.int32()),
             **{c: pa.array([getattr(p, c) for p in work], pa.string()) for c in _SKELETON},
         }
     )
+
+
+def store_plan(
+    con: duckdb.DuckDBPyConnection, plan_id: str, target: str, run_id: str, now: datetime, planned: pa.Table
+) -> None:
+    """The plan's rows (plan_table): the journal's lines name them by seq. Only the columns that vary are
+    handed over."""
     con.execute(
         "INSERT INTO ops.backload_hl7_messages SELECT $1, seq, $2, kind, NULL, resource_type, warehouse_id, "
         "patient_id, status, reason, detail, NULL, NULL, NULL, $3, $4 FROM planned",
@@ -234,11 +240,13 @@ def _builder(
             if check is not None:
                 check(chunk)
             # What the sender needs and nothing more, ready to use: the chunk's journal lines as one text
-            # (written as they are), and per message its status, control id and the bytes that go.
+            # (written as they are), and per message its seq, status, control id, patient (its lane) and
+            # the bytes that go. The sender reads none of the plan's objects it shares with this process.
             out.send((
                 "chunk",
                 "".join([plan_line(p) for p in chunk]),
-                [(p.status, p.control_id, None if p.text is None else p.text.encode()) for p in chunk],
+                [(p.seq, p.status, p.control_id, p.patient_id or "",
+                  None if p.text is None else p.text.encode()) for p in chunk],
             ))  # fmt: skip
         out.send(None)
     except (BrokenPipeError, ConnectionResetError, EOFError):
@@ -252,7 +260,7 @@ def _builder(
 
 
 async def _pipeline(
-    work: list[tuple[Planned, Any, Any]],
+    n: int,
     sources: list[Connection],
     rec: Recorder,
     address: tuple[str, int],
@@ -270,7 +278,7 @@ async def _pipeline(
     statuses: Counter[str] = Counter()
     try:
         # Chunk j comes from builder j % len(sources): read in turn, they come in plan order.
-        for j, (start, end) in enumerate(chunks(len(work))):
+        for j, (start, end) in enumerate(chunks(n)):
             try:
                 built = await loop.run_in_executor(reader, sources[j % len(sources)].recv)
             except EOFError:
@@ -282,13 +290,13 @@ async def _pipeline(
             _, lines, decided = built
             await rec.plan([lines])  # on disk before any of the chunk's messages goes
             going = 0
-            for (p, _res, _patient), (status, cid, payload) in zip(work[start:end], decided, strict=True):
+            for seq, status, cid, patient, payload in decided:
                 statuses[status] += 1
                 if payload is not None:
-                    sent[p.seq] = payload
+                    sent[seq] = payload
                     if cid not in acked:
                         going += 1
-                        put(Item(p.seq, cid, p.patient_id or "", payload))
+                        put(Item(seq, cid, patient, payload))
             statuses["sent"] += going
             bar.total(statuses["sent"])
         await lanes.close()
@@ -335,6 +343,7 @@ def build_and_send(
     only the journal is written; it is folded into the tables in one go at the end (or by the next run)."""
     now = datetime.now(UTC)
     path = journal_dir / f"{plan_id}.jnl"
+    planned = plan_table([w[0] for w in prep.work])
     # The plan's resources, read before, live until the send ends: keep the collector from walking them at
     # every few hundred allocations (it cost the sender more than its sending did).
     gc.freeze()
@@ -359,7 +368,7 @@ def build_and_send(
             child.start()
             sink.close()
         with transaction(con):
-            store_plan(con, plan_id, prep.target, run_id, now, [w[0] for w in prep.work])
+            store_plan(con, plan_id, prep.target, run_id, now, planned)
         if not forked:  # the same stream from a thread: correct, without the overlap
             source, sink = multiprocessing.Pipe(duplex=False)
             thread = threading.Thread(target=_builder, args=(prep, check, sink, False), daemon=True)
@@ -368,7 +377,9 @@ def build_and_send(
             thread.start()
         jnl = Journal(path, plan_id, prep.target, run_id, now)
         rec = Recorder(jnl, batch)
-        statuses = asyncio.run(_pipeline(prep.work, sources, rec, address, policy, prep.acknowledged, sent))
+        statuses = asyncio.run(
+            _pipeline(len(prep.work), sources, rec, address, policy, prep.acknowledged, sent)
+        )
     finally:
         for source in sources:
             source.close()
