@@ -392,7 +392,7 @@ def build_and_send(
         if jnl is not None:
             jnl.close()
             # What was sent, as sent (this process still has the bytes; a fold after a kill has only codes).
-            journal.apply(con, path, {seq: payload.decode() for seq, payload in sent.items()})
+            journal.apply(con, path, sent)
     return {
         **{k: statuses.get(k, 0) for k in ("send", "not_sendable", "unchanged", "sent")},
         "done": rec.tally["done"],
