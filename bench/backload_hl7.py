@@ -1,8 +1,9 @@
 """HL7 v2 back-load benchmark: messages/s over loopback with ACKs against the hl7 package's MLLP server,
 ehrlift's whole back-load (`backload_hl7`: read the warehouse, build, check, record, send, record the ACKs)
-side by side with a bare python-hl7 client sending the same prebuilt messages, and the stage of it after the
-warehouse reads (build, check, record, send: what the target is about); the `ehrlift backload hl7` command
-with its start-up; and building + checking alone vs hl7apy's parse of the same messages.
+side by side with a bare python-hl7 client sending the same prebuilt messages (and ehrlift's lanes alone
+sending them), and the stage of it after the warehouse reads (build, check, record, send: what the target
+is about); the `ehrlift backload hl7` command with its start-up; and building + checking alone vs hl7apy's
+parse of the same messages.
 
     uv run python bench/backload_hl7.py [--patients 20] [--copies 20] [--runs 3] [--builders N]
 
@@ -87,11 +88,13 @@ def _scale(wh: Path, copies: int) -> None:
 
 
 def _fresh(wh: Path, root: Path, name: str) -> Path:
-    """A copy of the warehouse (and the landing zone its document urls point into) nothing was sent from."""
+    """A copy of the warehouse (and the landing zone its document urls point into) nothing was sent from.
+    The landing zone is copied, not linked: a document's file must resolve inside the warehouse's folder,
+    or its MDM would be refused (hl7_document_content_missing) and not measured."""
     copy = root / name / wh.name
     copy.parent.mkdir()
     shutil.copy(wh, copy)
-    (copy.parent / "landing").symlink_to(wh.parent / "landing")
+    shutil.copytree(wh.parent / "landing", copy.parent / "landing", symlinks=False)
     return copy
 
 
@@ -119,6 +122,21 @@ async def _bare(port: int, payloads: list[bytes]) -> None:
         await writer.drain()
         await reader.readblock()
     writer.close()
+
+
+async def _lanes(port: int, payloads: list[bytes]) -> None:
+    """ehrlift's sending alone (its lanes, ACK reading and outcome notes) over the prebuilt messages."""
+    from pipelines.backload.hl7.mllp import Item, Outcome, SendPolicy, send_all
+
+    # MSH-10 is each message's control id: the ACK must name it.
+    items = [Item(i, p.split(b"\r", 1)[0].split(b"|")[9].decode(), "", p) for i, p in enumerate(payloads)]
+    states: list[str] = []
+
+    def note(o: Outcome) -> None:
+        states.append(o.state)
+
+    await send_all("127.0.0.1", port, items, SendPolicy(), note)
+    assert states == ["done"] * len(items)
 
 
 def _build_and_check(wh: Path) -> tuple[float, list[str]]:
@@ -195,6 +213,9 @@ def main() -> None:
                 t0, c0 = time.perf_counter(), time.process_time()
                 asyncio.run(_bare(port.value, payloads))
                 bare, bare_cpu = time.perf_counter() - t0, time.process_time() - c0
+                t0, c0 = time.perf_counter(), time.process_time()
+                asyncio.run(_lanes(port.value, payloads))
+                lanes, lanes_cpu = time.perf_counter() - t0, time.process_time() - c0
                 copy = _fresh(wh, root, f"run{run}")
                 stage.clear()
                 cpu.clear()
@@ -212,6 +233,10 @@ def main() -> None:
                     f"stage {1e6 * cpu[0] / n:5.0f} us "
                     f"(sender {1e6 * cpu[1] / n:.0f} us with its writer thread, "
                     f"builder{'s' if builders > 1 else ''} {1e6 * cpu[2] / n:.0f} us)"
+                )
+                print(
+                    f"      ehrlift's lanes alone (prebuilt messages, no building or recording): "
+                    f"{n / lanes:6.0f} msg/s = {bare / lanes:.2f}x, CPU {1e6 * lanes_cpu / n:.0f} us/message"
                 )
             copy = _fresh(wh, root, "command")
             cmd = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import re
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 from urllib.parse import unquote
 
@@ -26,7 +26,12 @@ _MISSING = object()
 
 def esc(value: Any) -> str:
     """A leaf value with the delimiters escaped (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\); line breaks as \\.br\\."""
-    s = value if isinstance(value, str) else ("" if value is None else str(value))
+    if value.__class__ is str:
+        s = value
+    elif value is None:
+        return ""
+    else:
+        s = str(value)
     if s.isalnum() or _SPECIAL.search(s) is None:  # isalnum: codes and numbers, without the regex
         return s
     return _SPECIAL.sub(lambda m: _ESCAPES[m.group(0)], s)
@@ -54,9 +59,24 @@ def comp_at(position: int, value: str | None) -> str:
 
 def segment(name: str, fields: dict[int, str | None]) -> str:
     """A segment from {field number: encoded value}; empty trailing fields dropped."""
+    out = [name]
+    last = 0
+    for n, v in fields.items():  # in ascending order, as every builder writes them
+        if v:
+            if n <= last:
+                return _segment_any_order(name, fields)
+            if n - last > 1:
+                out += _EMPTY[: n - last - 1]
+            out.append(v)
+            last = n
+    return "|".join(out)
+
+
+_EMPTY = [""] * 300  # more fields than any segment has
+
+
+def _segment_any_order(name: str, fields: dict[int, str | None]) -> str:
     present = [n for n, v in fields.items() if v]
-    if not present:
-        return name
     out = [""] * (max(present) + 1)
     out[0] = name
     for n in present:
@@ -188,6 +208,7 @@ def is_code(system: str | None, code: str | None, display: str | None = None) ->
     return comp(esc(code), esc(display), esc(system_name(system)))
 
 
+@lru_cache(maxsize=4096)  # a plan meets a handful of systems, each in thousands of identifiers and codes
 def local_name(system: str) -> str | None:
     """The sender's own name inside an ehrlift local system (urn:ehrlift:hl7v2:<source>:<name>)."""
     m = _LOCAL.match(system)
@@ -197,6 +218,7 @@ def local_name(system: str) -> str | None:
 # --- identifiers, names, addresses, telecom ----------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)
 def authority(system: str | None) -> str | None:
     """Identifier.system -> HD (namespace&universal id&type), the way the reader takes it back."""
     if not system:

@@ -108,7 +108,7 @@ def read(path: Path) -> Read | None:
     return out
 
 
-def fold(con: duckdb.DuckDBPyConnection, j: Read, texts: dict[int, str] | None = None) -> None:
+def fold(con: duckdb.DuckDBPyConnection, j: Read, texts: dict[int, str | bytes] | None = None) -> None:
     """Apply a journal to the tables: plan rows get what building decided (and the sent text, when this
     process still has it); outcomes are inserted once (a plan whose outcomes are already in is not folded
     again); rows never built are removed (nothing was sent for them)."""
@@ -120,7 +120,8 @@ def fold(con: duckdb.DuckDBPyConnection, j: Read, texts: dict[int, str] | None =
         {
             "seq": pa.array(seqs, pa.int32()),
             **{name: pa.array([p[i] or None for p in plans], pa.string()) for i, name in _PLAN_FIELDS},
-            "message": pa.array([texts.get(s) for s in seqs], pa.string()),
+            # The sent bytes as they went (UTF-8), decoded by DuckDB: no Python string per message.
+            "message": pa.array([_utf8(texts.get(s)) for s in seqs], pa.binary()),
         }
     )
     outcomes = pa.table(  # noqa: F841
@@ -139,7 +140,7 @@ def fold(con: duckdb.DuckDBPyConnection, j: Read, texts: dict[int, str] | None =
             """
             UPDATE ops.backload_hl7_messages m SET status = j.status, reason = j.reason, detail = j.detail,
                 control_id = j.control_id, message_type = j.message_type, content_sha256 = j.sha,
-                message = coalesce(j.message, m.message)
+                message = coalesce(decode(j.message), m.message)
             FROM built j WHERE m.plan_id = $1 AND m.seq = j.seq
             """,
             [j.plan_id],
@@ -161,6 +162,10 @@ def fold(con: duckdb.DuckDBPyConnection, j: Read, texts: dict[int, str] | None =
         )
 
 
+def _utf8(text: str | bytes | None) -> bytes | None:
+    return text.encode() if isinstance(text, str) else text
+
+
 _PLAN_FIELDS = (
     (1, "status"),
     (2, "reason"),
@@ -171,7 +176,9 @@ _PLAN_FIELDS = (
 )
 
 
-def apply(con: duckdb.DuckDBPyConnection, path: Path, texts: dict[int, str] | None = None) -> Read | None:
+def apply(
+    con: duckdb.DuckDBPyConnection, path: Path, texts: dict[int, str | bytes] | None = None
+) -> Read | None:
     """Fold one journal file, then remove it (a crash in between folds it again, harmlessly)."""
     j = read(path)
     if j is not None:

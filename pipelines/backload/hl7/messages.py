@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ class Built:
     message_type: str  # MSH-9
     structure: str  # the hl7apy message structure checked against
     text: str  # segments joined by CR, with a final CR
+    segments: list[str] = field(default_factory=list)  # the same, one string per segment
 
 
 @dataclass
@@ -40,6 +42,16 @@ class Context:
     # A patient's PID and a visit's PV1, built once: every message of the patient carries them.
     _pids: dict[str, str] = field(default_factory=dict)
     _pv1s: dict[str, str] = field(default_factory=dict)
+    _real_root: str | None = None
+    _mshs: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
+
+    def real_root(self) -> str | None:
+        """files_root with its links resolved, once (every document's url is checked against it)."""
+        if self.files_root is None:
+            return None
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.files_root)
+        return self._real_root
 
     def pid(self, patient: dict[str, Any]) -> str:
         return _once(self._pids, patient.get("id"), lambda: seg.pid(patient, self.coder))
@@ -72,9 +84,13 @@ def _msg_type(version: str, code: str, event: str) -> str:
 
 def assemble(ctx: Context, code: str, event: str, control_id: str, when: str, body: list[str]) -> Built:
     v = ctx.header.version
-    head = seg.msh(ctx.header, _msg_type(v, code, event), control_id, when)
-    text = "\r".join([head, *[s for s in body if s]]) + "\r"
-    return Built(code.lower(), f"{code}^{event}", _structure(v, event), text)
+    key = (code, event, control_id, when)
+    head = ctx._mshs.get(key)  # the same for every message of a kind in a plan (MSH-10 a placeholder)
+    if head is None:
+        head = ctx._mshs[key] = seg.msh(ctx.header, _msg_type(v, code, event), control_id, when)
+    segments = [head, *[s for s in body if s]]
+    text = "\r".join(segments) + "\r"
+    return Built(code.lower(), f"{code}^{event}", _structure(v, event), text, segments)
 
 
 def adt(ctx: Context, patient: dict[str, Any], control_id: str, when: str, update: bool) -> Built:
@@ -162,10 +178,13 @@ def _bytes(ctx: Context, a: dict[str, Any]) -> bytes | None:
         except ValueError:
             return None
     url = a.get("url")
-    if url and ctx.files_root is not None and "://" not in url and not url.startswith("/"):
-        path = (ctx.files_root / url).resolve()
-        if path.is_relative_to(ctx.files_root.resolve()) and path.is_file():
-            return path.read_bytes()
+    root = ctx.real_root()
+    if url and root is not None and "://" not in url and not url.startswith("/"):
+        # Resolved (links followed) and kept inside the root: a url cannot reach outside it.
+        path = os.path.realpath(os.path.join(root, url))
+        if path.startswith(root + os.sep) and os.path.isfile(path):
+            with open(path, "rb") as f:
+                return f.read()
     return None
 
 

@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hl7.mllp import open_hl7_connection
 
@@ -29,7 +31,7 @@ class SendPolicy:
     reconnect_after: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     seq: int
     control_id: str
@@ -37,7 +39,7 @@ class Item:
     payload: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     item: Item
     state: str  # done, failed
@@ -48,6 +50,21 @@ class Outcome:
 
 def read_ack(block: bytes) -> tuple[str | None, str | None, list[str]]:
     """(MSA-1, MSA-2, ERR codes) from an ACK; codes only, texts are never kept."""
+    # The usual ACK, one MSA and no ERR: its MSA line alone is read, without decoding the whole block.
+    if b"ERR" not in block and block.count(b"MSA|") == 1:
+        i = block.find(b"MSA|")
+        if i == 0 or block[i - 1] in b"\r\n":
+            end = len(block)
+            for stop in (block.find(b"\r", i), block.find(b"\n", i)):
+                if 0 <= stop < end:
+                    end = stop
+            parts = block[i:end].decode("utf-8", errors="replace").split("|")
+            if len(parts) > 2:
+                return parts[1].strip() or None, parts[2].strip() or None, []
+    return _read_ack(block)
+
+
+def _read_ack(block: bytes) -> tuple[str | None, str | None, list[str]]:
     code = ref = None
     errors: list[str] = []
     for line in block.decode("utf-8", errors="replace").replace("\n", "\r").split("\r"):
@@ -96,45 +113,88 @@ Record = Callable[[Outcome], Awaitable[None] | None]
 
 class Lanes:
     """Connections fed as messages become ready: each patient's messages go in order on one connection
-    (registration before results). record may be a coroutine: the sender waits on it (backpressure)."""
+    (registration before results). record returns None, or an awaitable the sender waits on (backpressure).
+
+    A lane takes its messages from a plain deque and sleeps on one future only when it has run dry, so a
+    message costs no queue machinery; the ACK wait is one timer per connection, re-armed per message."""
 
     def __init__(self, host: str, port: int, policy: SendPolicy, record: Record) -> None:
         self.host, self.port, self.policy, self.record = host, port, policy, record
         self.pace = _Pace(policy.rate)
-        self.queues: list[asyncio.Queue[Item | None]] = [
-            asyncio.Queue() for _ in range(max(1, policy.connections))
-        ]
+        n = max(1, policy.connections)
+        self.queues: list[deque[Item]] = [deque() for _ in range(n)]
+        self.idle: list[asyncio.Future[None] | None] = [None] * n
+        self.closed = False
         self.lane_of: dict[str, int] = {}
-        self.tasks = [asyncio.create_task(self._lane(q)) for q in self.queues]
+        # The ACK timeout: while a lane waits, since[k] is when its message went; a watchdog ticking at an
+        # eighth of the timeout aborts a connection that waited longer (readblock then fails, and the same
+        # message goes again on a new one). A timer per message would cost more than the rest of its sending.
+        self.since: list[float | None] = [None] * n
+        self.writers: list[Any] = [None] * n
+        self.expired = [False] * n
+        self.loop = asyncio.get_running_loop()
+        self.tick = max(0.01, policy.timeout / 8)
+        self.watchdog = self.loop.call_later(self.tick, self._watch)
+        self.tasks = [asyncio.create_task(self._lane(k)) for k in range(n)]
+
+    def _watch(self) -> None:
+        now = self.loop.time()
+        for k, since in enumerate(self.since):
+            if since is not None and now - since >= self.policy.timeout:
+                self.since[k], self.expired[k] = None, True
+                with contextlib.suppress(Exception):
+                    self.writers[k].transport.abort()
+        self.watchdog = self.loop.call_later(self.tick, self._watch)
 
     def put(self, item: Item) -> None:
-        lane = self.lane_of.setdefault(item.patient_id, len(self.lane_of) % len(self.queues))
-        self.queues[lane].put_nowait(item)
+        lane = self.lane_of.get(item.patient_id)
+        if lane is None:
+            lane = self.lane_of[item.patient_id] = len(self.lane_of) % len(self.queues)
+        self.queues[lane].append(item)
+        self._wake(lane)
+
+    def _wake(self, lane: int) -> None:
+        idle = self.idle[lane]
+        if idle is not None and not idle.done():
+            idle.set_result(None)
 
     async def close(self) -> None:
         """No more messages: wait for every lane to finish what it was given."""
-        for q in self.queues:
-            q.put_nowait(None)
+        self.closed = True
+        for k in range(len(self.queues)):
+            self._wake(k)
         try:
             await asyncio.gather(*self.tasks)
         finally:
+            self.watchdog.cancel()
             for t in self.tasks:
                 t.cancel()
 
-    async def _lane(self, queue: asyncio.Queue[Item | None]) -> None:
+    async def _lane(self, k: int) -> None:
+        queue, record = self.queues[k], self.record
+        loop = asyncio.get_running_loop()
         conn: tuple | None = None
         used = 0  # messages answered on this connection
         try:
-            while (it := await queue.get()) is not None:
-                outcome, conn, used = await self._one(it, conn, used)
-                done = self.record(outcome)
+            while True:
+                if not queue:
+                    if self.closed:
+                        return
+                    self.idle[k] = idle = loop.create_future()
+                    await idle
+                    self.idle[k] = None
+                    continue
+                outcome, conn, used = await self._one(k, queue.popleft(), conn, used)
+                done = record(outcome)
                 if done is not None:
                     await done
         finally:
             _close(conn)
 
-    async def _one(self, it: Item, conn: tuple | None, used: int) -> tuple[Outcome, tuple | None, int]:
-        policy = self.policy
+    async def _one(
+        self, k: int, it: Item, conn: tuple | None, used: int
+    ) -> tuple[Outcome, tuple | None, int]:
+        policy, since, clock = self.policy, self.since, self.loop.time
         attempts = 0
         while True:
             attempts += 1
@@ -147,13 +207,20 @@ class Lanes:
                     )
                     used = 0
                 reader, writer = conn
+                self.writers[k] = writer
+                since[k] = clock()
                 writer.writeblock(it.payload)
-                async with asyncio.timeout(policy.timeout):  # no task per message, unlike wait_for
-                    await writer.drain()
-                    block = await reader.readblock()
+                await writer.drain()
+                block = await reader.readblock()
+                since[k] = None
+                if self.expired[k]:  # aborted by the watchdog as the ACK came in: the ACK counts
+                    self.expired[k], conn = False, _close(conn)
             except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 # No ACK (or a broken connection): reconnect and send the same bytes, same control id.
-                log.warning("no ACK for message #%d (%s); reconnecting", it.seq, type(exc).__name__)
+                since[k] = None
+                why = "TimeoutError" if self.expired[k] else type(exc).__name__
+                self.expired[k] = False
+                log.warning("no ACK for message #%d (%s); reconnecting", it.seq, why)
                 conn = _close(conn)
                 if attempts >= policy.max_attempts:
                     return Outcome(it, "failed", None, ["timeout"], attempts), conn, used

@@ -243,23 +243,15 @@ def _obx(
         status = "X"
         # OBX-2 may stay empty with X from 2.5 on; 2.3.1's definitions require it: an empty ST then.
         kind = "ST" if version == "2.3.1" else None
-    return segment(
-        "OBX",
-        {
-            1: str(set_id),
-            2: kind,
-            3: coder.cwe(item.get("code")),
-            4: sub_id,
-            5: value,
-            6: units,
-            7: rr,
-            8: interp,
-            11: status,
-            14: when,
-            17: coder.cwe(item.get("method")),
-            20: coder.cwe(item.get("bodySite")) if version != "2.3.1" else None,
-        },
-    )
+    code = coder.cwe(item.get("code"))
+    method = coder.cwe(item.get("method"))
+    site = coder.cwe(item.get("bodySite")) if version != "2.3.1" else None
+    # The OBX template, written out (an OBX per result makes this the builders' hottest line): fields in
+    # order, empty ones empty, trailing ones dropped. No encoded value ends with "|" (they are escaped).
+    return (
+        f"OBX|{set_id}|{kind or ''}|{code or ''}|{sub_id}|{value or ''}|{units or ''}|{rr or ''}|{interp}"
+        f"|||{status}|||{when or ''}|||{method or ''}|||{site or ''}"
+    ).rstrip("|")
 
 
 def _num(v: Any) -> str | None:
@@ -274,6 +266,21 @@ def _unit(q: dict[str, Any]) -> str | None:
     code, unit = q.get("code"), q.get("unit")
     if not code and not unit:
         return None
+    key = (code, unit, q.get("system"))
+    if not all(k is None or k.__class__ is str for k in key):  # malformed: built as it is, not kept
+        return _unit_of(q, code, unit)
+    found = _UNITS.get(key)  # a lab's few units, in result after result
+    if found is None:
+        if len(_UNITS) >= 10_000:
+            _UNITS.clear()
+        found = _UNITS[key] = _unit_of(q, code, unit)
+    return found
+
+
+_UNITS: dict[tuple[Any, Any, Any], str] = {}
+
+
+def _unit_of(q: dict[str, Any], code: Any, unit: Any) -> str:
     if q.get("system") == "http://unitsofmeasure.org" and code:
         return comp(esc(code), esc(unit) if unit != code else None, "UCUM")
     return comp(esc(code or unit), esc(unit) if code and unit != code else None)

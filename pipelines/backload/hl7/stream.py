@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from pipelines.backload.hl7 import journal
-from pipelines.backload.hl7.journal import Journal, clean, line
+from pipelines.backload.hl7.journal import Journal, clean
 from pipelines.backload.hl7.mllp import Item, Lanes, Outcome, SendPolicy
 from pipelines.backload.hl7.plan import Planned, Prepared, build
 from pipelines.common.errors import EhrliftError
@@ -31,8 +31,10 @@ from pipelines.common.progress import StageBar, stage_bar
 from pipelines.common.warehouse import transaction
 
 # Messages per hand-over from the builder, and so per journal flush of plan lines: small at first so sending
-# starts soon, then doubling, since a flush's cost is mostly its fsync, whatever its size.
-FIRST_CHUNK, MAX_CHUNK = 16, 1024
+# starts soon, then doubling to a bound. The bound is kept small since the last chunk is sent after it is
+# all built (its sending is the part of the stage that overlaps no building): a flush costs mostly its
+# fsync, on the writer thread, while the lane still sends the previous chunk.
+FIRST_CHUNK, MAX_CHUNK = 16, 256
 LINGER = 0.1  # seconds an ACK outcome may wait for others to share its fsync
 
 PLAN_TYPES = (
@@ -61,17 +63,23 @@ def plan_row(plan_id: str, target: str, run_id: str, p: Planned, now: datetime) 
     )  # fmt: skip
 
 
-def store_plan(
-    con: duckdb.DuckDBPyConnection, plan_id: str, target: str, run_id: str, now: datetime, work: list[Planned]
-) -> None:
-    """The plan's rows before building (what is to be sent, per record; refusals known at planning): the
-    journal's lines name them by seq. Only the columns that vary are handed over."""
-    planned = pa.table(  # noqa: F841 (read by name in the statement)
+def plan_table(work: list[Planned]) -> pa.Table:
+    """The plan's rows before building (what is to be sent, per record; refusals known at planning), as an
+    Arrow table: made before the builders fork, so that storing it after touches no object the builders
+    share (a touched page is copied, and the Planned objects lie one to a page among the resources)."""
+    return pa.table(
         {
             "seq": pa.array([p.seq for p in work], pa.int32()),
             **{c: pa.array([getattr(p, c) for p in work], pa.string()) for c in _SKELETON},
         }
     )
+
+
+def store_plan(
+    con: duckdb.DuckDBPyConnection, plan_id: str, target: str, run_id: str, now: datetime, planned: pa.Table
+) -> None:
+    """The plan's rows (plan_table): the journal's lines name them by seq. Only the columns that vary are
+    handed over."""
     con.execute(
         "INSERT INTO ops.backload_hl7_messages SELECT $1, seq, $2, kind, NULL, resource_type, warehouse_id, "
         "patient_id, status, reason, detail, NULL, NULL, NULL, $3, $4 FROM planned",
@@ -135,14 +143,16 @@ class Recorder:
 
     def _write(self, plans: list[str], outcomes: list[Outcome]) -> None:
         now = f"{datetime.now(UTC).timestamp():.6f}"
+        # Every field is a code: a control id (hex), a state, an ACK code and ERR codes (letters and digits
+        # only, see read_ack), a count: none can hold a tab or a line end, so no field needs cleaning.
         self.journal.write(
             plans
             + [
-                line("R", o.item.seq, o.item.control_id, o.state, o.ack_code, ",".join(o.error_codes),
-                     o.attempts, now)
+                f"R\t{o.item.seq}\t{o.item.control_id}\t{o.state}\t{o.ack_code or ''}\t"
+                f"{','.join(o.error_codes)}\t{o.attempts}\t{now}\n"
                 for o in outcomes
             ]
-        )  # fmt: skip
+        )
 
     async def plan(self, rows: list[str]) -> None:
         """Returns once the lines are on disk (not waiting for the outcomes that keep coming meanwhile)."""
@@ -157,15 +167,29 @@ class Recorder:
             committed.cancel()
             raise EhrliftError("the HL7 plan lines were not recorded")
 
-    async def outcome(self, o: Outcome) -> None:
+    def note(self, o: Outcome) -> Awaitable[None] | None:
+        """Take one outcome; None, or (once `bound` outcomes are unrecorded) what the sender must await."""
         self.tally[o.state] += 1
-        self.outcomes.append(o)
-        if len(self.outcomes) >= self.bound // 2:
+        outcomes = self.outcomes
+        outcomes.append(o)
+        if len(outcomes) >= self.bound // 2:
             self.enough.set()
+        if self.task is None or self.task.done():
+            self._kick()
+        if len(outcomes) + self.inflight >= self.bound:
+            return self._below_bound()
+        return None
+
+    async def _below_bound(self) -> None:
         task = self._kick()
         while len(self.outcomes) + self.inflight >= self.bound:
             await task
             task = self._kick() if self.outcomes else task
+
+    async def outcome(self, o: Outcome) -> None:
+        waiting = self.note(o)
+        if waiting is not None:
+            await waiting
 
     async def close(self) -> None:
         try:
@@ -215,9 +239,15 @@ def _builder(
             chunk = [build(prep, *w) for w in prep.work[start:end]]
             if check is not None:
                 check(chunk)
-            # What building decided, as plain tuples: the sender has the rest of each Planned (forked copy).
-            out.send([(p.status, p.reason, p.detail, p.control_id, p.message_type, p.content_sha256, p.text)
-                      for p in chunk])  # fmt: skip
+            # What the sender needs and nothing more, ready to use: the chunk's journal lines as one text
+            # (written as they are), and per message its seq, status, control id, patient (its lane) and
+            # the bytes that go. The sender reads none of the plan's objects it shares with this process.
+            out.send((
+                "chunk",
+                "".join([plan_line(p) for p in chunk]),
+                [(p.seq, p.status, p.control_id, p.patient_id or "",
+                  None if p.text is None else p.text.encode()) for p in chunk],
+            ))  # fmt: skip
         out.send(None)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the sender stopped (killed or interrupted): nothing more to do
@@ -230,38 +260,44 @@ def _builder(
 
 
 async def _pipeline(
-    work: list[tuple[Planned, Any, Any]],
+    n: int,
     sources: list[Connection],
     rec: Recorder,
     address: tuple[str, int],
     policy: SendPolicy,
     acked: dict[str, str],
+    sent: dict[int, bytes],
 ) -> Counter[str]:
+    """Chunks in, messages out: per message a status count and, when it goes, one Item on a lane; the bytes
+    that went are kept in `sent` (by seq) for the fold."""
     loop = asyncio.get_running_loop()
     reader = ThreadPoolExecutor(1, thread_name_prefix="hl7-plan-reader")
     bar = stage_bar("hl7 send", "messages")  # acknowledged of those known to go, on a terminal
-    lanes = Lanes(address[0], address[1], policy, _counted(rec.outcome, bar))
+    lanes = Lanes(address[0], address[1], policy, _counted(rec.note, bar) if bar.watched else rec.note)
+    put = lanes.put
     statuses: Counter[str] = Counter()
     try:
         # Chunk j comes from builder j % len(sources): read in turn, they come in plan order.
-        for j, (start, end) in enumerate(chunks(len(work))):
+        for j, (start, end) in enumerate(chunks(n)):
             try:
                 built = await loop.run_in_executor(reader, sources[j % len(sources)].recv)
             except EOFError:
                 built = None
-            if isinstance(built, tuple):
+            if isinstance(built, tuple) and built[0] == "error":
                 raise EhrliftError(f"building the HL7 messages failed ({built[1]})")
-            if built is None or len(built) != end - start:
+            if not isinstance(built, tuple) or len(built[2]) != end - start:
                 raise EhrliftError("the HL7 message builder stopped before the plan was complete")
-            chunk = [w[0] for w in work[start:end]]
-            for p, decided in zip(chunk, built, strict=True):
-                p.status, p.reason, p.detail, p.control_id, p.message_type, p.content_sha256, p.text = decided
-            await rec.plan([plan_line(p) for p in chunk])
-            for p in chunk:
-                statuses[p.status] += 1
-                if p.status == "send" and p.control_id not in acked:
-                    statuses["sent"] += 1
-                    lanes.put(Item(p.seq, p.control_id or "", p.patient_id or "", (p.text or "").encode()))
+            _, lines, decided = built
+            await rec.plan([lines])  # on disk before any of the chunk's messages goes
+            going = 0
+            for seq, status, cid, patient, payload in decided:
+                statuses[status] += 1
+                if payload is not None:
+                    sent[seq] = payload
+                    if cid not in acked:
+                        going += 1
+                        put(Item(seq, cid, patient, payload))
+            statuses["sent"] += going
             bar.total(statuses["sent"])
         await lanes.close()
     finally:
@@ -275,9 +311,9 @@ async def _pipeline(
 def _counted(record: Any, bar: StageBar) -> Any:
     """The recorder's outcome callback, advancing the bar by each message's final outcome."""
 
-    async def outcome(o: Outcome) -> None:
-        await record(o)
+    def outcome(o: Outcome) -> Awaitable[None] | None:
         bar.advance()
+        return record(o)
 
     return outcome
 
@@ -306,34 +342,44 @@ def build_and_send(
     The plan's rows (what is to be sent, before building) are committed first, in one insert; while sending,
     only the journal is written; it is folded into the tables in one go at the end (or by the next run)."""
     now = datetime.now(UTC)
-    with transaction(con):
-        store_plan(con, plan_id, prep.target, run_id, now, [w[0] for w in prep.work])
     path = journal_dir / f"{plan_id}.jnl"
+    planned = plan_table([w[0] for w in prep.work])
     # The plan's resources, read before, live until the send ends: keep the collector from walking them at
     # every few hundred allocations (it cost the sender more than its sending did).
     gc.freeze()
-    jnl = Journal(path, plan_id, prep.target, run_id, now)
     forked = can_fork()
     parts = max(1, builders or default_builders()) if forked else 1
     sources: list[Connection] = []
     children: list[multiprocessing.process.BaseProcess | threading.Thread] = []
-    for part in range(parts):
-        source, sink = multiprocessing.Pipe(duplex=False)
-        sources.append(source)
-        if forked:
-            child: multiprocessing.process.BaseProcess | threading.Thread = multiprocessing.get_context(
-                "fork"
-            ).Process(target=_builder, args=(prep, check, sink, True, part, parts), daemon=True,
-                      name=f"hl7-builder-{part}")  # fmt: skip
+    jnl: Journal | None = None
+    sent: dict[int, bytes] = {}
+    try:
+        # Forked builders start first, so building overlaps storing the plan's rows (nothing is sent before
+        # those rows are committed and the journal is open: the pipeline starts after both). A builder
+        # thread would share the rows being stored: it starts after them.
+        for part in range(parts if forked else 0):
+            source, sink = multiprocessing.Pipe(duplex=False)
+            child = multiprocessing.get_context("fork").Process(
+                target=_builder, args=(prep, check, sink, True, part, parts), daemon=True,
+                name=f"hl7-builder-{part}",
+            )  # fmt: skip
+            sources.append(source)
+            children.append(child)
             child.start()
             sink.close()
-        else:  # the same stream from a thread: correct, without the overlap
-            child = threading.Thread(target=_builder, args=(prep, check, sink, False), daemon=True)
-            child.start()
-        children.append(child)
-    rec = Recorder(jnl, batch)
-    try:
-        statuses = asyncio.run(_pipeline(prep.work, sources, rec, address, policy, prep.acknowledged))
+        with transaction(con):
+            store_plan(con, plan_id, prep.target, run_id, now, planned)
+        if not forked:  # the same stream from a thread: correct, without the overlap
+            source, sink = multiprocessing.Pipe(duplex=False)
+            thread = threading.Thread(target=_builder, args=(prep, check, sink, False), daemon=True)
+            sources.append(source)
+            children.append(thread)
+            thread.start()
+        jnl = Journal(path, plan_id, prep.target, run_id, now)
+        rec = Recorder(jnl, batch)
+        statuses = asyncio.run(
+            _pipeline(len(prep.work), sources, rec, address, policy, prep.acknowledged, sent)
+        )
     finally:
         for source in sources:
             source.close()
@@ -342,10 +388,11 @@ def build_and_send(
             if child.is_alive() and not isinstance(child, threading.Thread):
                 child.terminate()
                 child.join(5)
-        jnl.close()
         gc.unfreeze()
-        # What was sent, as sent (this process still has the texts; a fold after a kill has only the codes).
-        journal.apply(con, path, {p.seq: p.text for p, _r, _pt in prep.work if p.text is not None})
+        if jnl is not None:
+            jnl.close()
+            # What was sent, as sent (this process still has the bytes; a fold after a kill has only codes).
+            journal.apply(con, path, sent)
     return {
         **{k: statuses.get(k, 0) for k in ("send", "not_sendable", "unchanged", "sent")},
         "done": rec.tally["done"],

@@ -110,18 +110,20 @@ def rules(version: str) -> Rules:
 
 def check(message: str, structure: str, version: str) -> list[str]:
     """Findings for one built message (segment and field names, never values); empty when it conforms."""
+    return check_segments([s for s in message.split("\r") if s], structure, version)
+
+
+def check_segments(lines: list[str], structure: str, version: str) -> list[str]:
+    """check() of a message given as its segments (none empty), as the builders have them: a patient's
+    PID and a kind's MSH are then the same string objects message after message, their hashes known."""
     r = rules(version)
     grammar = r.messages.get(structure)
     if grammar is None:
         return [f"no message structure {structure} in {version}"]
-    lines = [s for s in message.split("\r") if s]
     names = [s[:3] for s in lines]
     findings = list(_order(version, structure, tuple(names)))
     memo = _memo.setdefault(version, {})
     for line, name in zip(lines, names, strict=True):
-        if name == "MSH":  # its control id makes every MSH new
-            findings.extend(_fields(line, name, version))
-            continue
         found = memo.get(line)
         if found is None:
             if len(memo) >= _MEMO_SIZE:
@@ -129,6 +131,13 @@ def check(message: str, structure: str, version: str) -> list[str]:
             found = memo[line] = tuple(_fields(line, name, version))
         findings.extend(found)
     return findings
+
+
+@cache
+def control_id_fits(version: str) -> bool:
+    """Whether MSH-10 takes any control id ehrlift makes (20 characters) in this version."""
+    rule = next((f for f in rules(version).segments["MSH"] if f.number == 10), None)
+    return rule is not None and rule.leaf is not None and (rule.leaf.max_len or 20) >= 20
 
 
 @lru_cache(maxsize=4096)  # messages of one kind come in a few shapes
