@@ -16,6 +16,7 @@ from typing import Any
 
 import duckdb
 import orjson
+import pyarrow as pa
 
 from terminology.normalize import strip_added
 
@@ -72,9 +73,11 @@ def _instant(text: str) -> tuple[int, datetime | str]:
         return 0, text  # not an instant: never later than one
 
 
-# Versions that take part: full (not reference-only) versions from files of the formats that merge.
+# Versions that take part: full (not reference-only) versions of the merged types from files of the
+# formats that merge. Each statement covers every type at once, so a batch costs a fixed handful of
+# statements however many types it stages.
 _STAGED = (
-    "FROM _stage s JOIN ops.files f USING (file_sha256) WHERE s.resource_type = $rtype "
+    "FROM _stage s JOIN ops.files f USING (file_sha256) WHERE list_contains($types, s.resource_type) "
     "AND NOT s.reference_only AND list_contains($formats, f.format)"
 )
 _HELD = (
@@ -82,20 +85,27 @@ _HELD = (
     "AND list_contains($formats, f.format)"
 )
 # Each version as it arrived, once per file: what a retraction recomputes the merged resource from.
-_RECORD = """
+_RECORD = f"""
 INSERT INTO ops.party_versions
 SELECT DISTINCT s.resource_type, s.id, s.content_sha256, s.file_sha256, s.unit_position, s.run_id,
        s.source_system, s.source_id, s.last_updated, s.resource
-{staged} AND NOT EXISTS (
+{_STAGED} AND NOT EXISTS (
     SELECT 1 FROM ops.party_versions v WHERE v.resource_type = s.resource_type AND v.id = s.id
     AND v.content_sha256 = s.content_sha256 AND v.file_sha256 = s.file_sha256)
 """
-_CANDIDATES = f"""
-WITH s AS (SELECT s.id, s.content_sha256 {_STAGED}),
-e AS (SELECT t.id, t.content_sha256 {_HELD} AND t.id IN (SELECT id FROM s))
-SELECT id FROM (SELECT * FROM s UNION ALL SELECT * FROM e)
-GROUP BY id HAVING count(DISTINCT content_sha256) > 1
-"""
+# One branch per type: its warehouse table's versions of the ids listed (by type) in `{among}`.
+_HELD_BRANCH = (
+    "SELECT '{rtype}' AS resource_type, t.id, {column} {held} "
+    "AND t.id IN (SELECT id FROM {among} WHERE resource_type = '{rtype}')"
+)
+_MERGED = pa.schema([(c, pa.string()) for c in ("resource_type", "id", "resource", "sha", "lu")])
+
+
+def _held(tables: dict[str, str], column: str, among: str) -> str:
+    return " UNION ALL ".join(
+        _HELD_BRANCH.format(rtype=rtype, column=column, held=_HELD.format(table=table), among=among)
+        for rtype, table in tables.items()
+    )
 
 
 def merge_staged_parties(con: duckdb.DuckDBPyConnection, table_for: Any) -> int:
@@ -105,56 +115,68 @@ def merge_staged_parties(con: duckdb.DuckDBPyConnection, table_for: Any) -> int:
     accepts one and counts the rest as identical; a differing warehouse version is removed, as the merged
     one replaces it. `table_for(rtype)` gives (creating it if needed) the resource table's quoted name.
     """
-    merged_ids = 0
     rules = merge_rules()
     # Which ids were merged in this batch: the ledger credits every unit whose version went into one.
     con.execute("CREATE OR REPLACE TEMP TABLE _party_merged_ids (resource_type VARCHAR, id VARCHAR)")
     staged_types = {r[0] for r in con.execute("SELECT DISTINCT resource_type FROM _stage").fetchall()}
-    for rtype, rule in sorted(rules["types"].items()):
-        if rtype not in staged_types:
-            continue
-        table = table_for(rtype)
-        args = {"rtype": rtype, "formats": rules["formats"]}
-        con.execute(_RECORD.format(staged=_STAGED), args)
-        ids = [r[0] for r in con.execute(_CANDIDATES.format(table=table), args).fetchall()]
-        if not ids:
-            continue
-        versions: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
-        for rid, text in con.execute(
-            f"SELECT s.id, s.resource {_STAGED} AND list_contains($ids, s.id) "
-            f"UNION ALL SELECT t.id, t.resource::VARCHAR {_HELD.format(table=table)} "
-            "AND list_contains($ids, t.id)",
-            {**args, "ids": ids},
-        ).fetchall():
-            versions[rid].append(strip_added(orjson.loads(text)))
-        rows = []
-        for rid in ids:
-            merged = merge_resources(versions[rid], rule.get("alias"))
-            body = orjson.dumps(merged)
-            stamp = merged.get("meta", {}).get("lastUpdated")
-            rows.append((rid, body.decode("utf-8"), hashlib.sha256(body).hexdigest(), stamp))
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _party_merged "
-            "(id VARCHAR, resource VARCHAR, sha VARCHAR, lu VARCHAR)"
-        )
-        con.executemany("INSERT INTO _party_merged VALUES (?, ?, ?, ?)", rows)
+    types = sorted(t for t in rules["types"] if t in staged_types)
+    if not types:
+        return 0
+    tables = {rtype: table_for(rtype) for rtype in types}
+    args = {"types": types, "formats": rules["formats"]}
+    con.execute(_RECORD, args)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _party_staged AS "
+        f"SELECT s.resource_type, s.id, s.content_sha256, s.resource {_STAGED}",
+        args,
+    )
+    formats = {"formats": rules["formats"]}
+    con.execute(
+        "INSERT INTO _party_merged_ids SELECT resource_type, id FROM ("
+        "SELECT resource_type, id, content_sha256 FROM _party_staged "
+        f"UNION ALL {_held(tables, 't.content_sha256', '_party_staged')}) "
+        "GROUP BY resource_type, id HAVING count(DISTINCT content_sha256) > 1",
+        formats,
+    )
+    versions: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for rtype, rid, text in con.execute(
+        "SELECT resource_type, id, resource FROM _party_staged JOIN _party_merged_ids "
+        f"USING (resource_type, id) UNION ALL {_held(tables, 't.resource::VARCHAR', '_party_merged_ids')}",
+        formats,
+    ).fetchall():
+        versions.setdefault((rtype, rid), []).append(strip_added(orjson.loads(text)))
+    con.execute("DROP TABLE _party_staged")
+    if not versions:
+        return 0
+    rows = []
+    for (rtype, rid), found in versions.items():
+        merged = merge_resources(found, rules["types"][rtype].get("alias"))
+        body = orjson.dumps(merged)
+        stamp = merged.get("meta", {}).get("lastUpdated")
+        rows.append((rtype, rid, body.decode("utf-8"), hashlib.sha256(body).hexdigest(), stamp))
+    merged_table = pa.Table.from_arrays(
+        [pa.array(col, pa.string()) for col in zip(*rows, strict=True)], schema=_MERGED
+    )
+    con.register("_party_merged", merged_table)
+    try:
         con.execute(
             "UPDATE _stage SET resource = m.resource, content_sha256 = m.sha, last_updated = m.lu "
-            "FROM _party_merged m, ops.files f WHERE _stage.id = m.id AND _stage.resource_type = $rtype "
-            "AND NOT _stage.reference_only AND f.file_sha256 = _stage.file_sha256 "
-            "AND list_contains($formats, f.format)",
-            args,
+            "FROM _party_merged m, ops.files f WHERE _stage.id = m.id "
+            "AND _stage.resource_type = m.resource_type AND NOT _stage.reference_only "
+            "AND f.file_sha256 = _stage.file_sha256 AND list_contains($formats, f.format)",
+            formats,
         )
-        con.execute(
-            f"DELETE FROM {table} t USING _party_merged m, ops.files f "
-            "WHERE t.id = m.id AND t.content_sha256 <> m.sha AND NOT t.reference_only "
-            "AND f.file_sha256 = t.file_sha256 AND list_contains($formats, f.format)",
-            {"formats": rules["formats"]},
-        )
-        con.execute("INSERT INTO _party_merged_ids SELECT $rtype, id FROM _party_merged", {"rtype": rtype})
-        con.execute("DROP TABLE _party_merged")
-        merged_ids += len(ids)
-    return merged_ids
+        for rtype in sorted({r[0] for r in rows}):
+            con.execute(
+                f"DELETE FROM {tables[rtype]} t USING _party_merged m, ops.files f "
+                "WHERE m.resource_type = $rtype AND t.id = m.id AND t.content_sha256 <> m.sha "
+                "AND NOT t.reference_only AND f.file_sha256 = t.file_sha256 "
+                "AND list_contains($formats, f.format)",
+                {**formats, "rtype": rtype},
+            )
+    finally:
+        con.unregister("_party_merged")
+    return len(rows)
 
 
 # A merged party's stored row names one source however files fell into batches: the least file sha256 and
