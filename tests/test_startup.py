@@ -17,9 +17,10 @@ from pipelines.views.materialize import _definitions, materialize_views, resourc
 from tests.conftest import resource, write_ndjson
 
 # Libraries a one-file NDJSON run has no use for: other formats' parsers, the GX engine, the identity
-# model, pydantic models, report rendering, the back-load client. pyarrow and pandas are not listed:
-# the convert stage hands its staged rows to DuckDB as Arrow, and DuckDB imports pandas to scan them.
+# model, pydantic models, report rendering, the back-load client, and pandas: the stages hand rows to
+# DuckDB as Arrow tables built without pyarrow's pandas probe (pipelines.common.arrow).
 NOT_NEEDED = (
+    "pandas",
     "lxml",
     "hl7",
     "hl7apy",
@@ -254,10 +255,10 @@ def test_structure_validation_compiles_the_schema_only_for_types_a_run_stored(tm
     from pipelines.quality import structure
 
     wh = _base(tmp_path)
-    structure._compiled.cache_clear()
+    structure._validator.cache_clear()
     with open_warehouse(wh, read_only=True) as con:
         assert structure.validate_structure(con, ["a-run-that-stored-nothing"], 5) == []
-        assert structure._compiled.cache_info().currsize == 0
+        assert structure._validator.cache_info().currsize == 0
         (run,) = con.execute("SELECT run_id FROM ops.runs").fetchone()
         checked = {t.resource_type: t.checked for t in structure.validate_structure(con, [run], 5)}
     assert checked == {"Condition": 1, "Observation": 5, "Patient": 2}
