@@ -14,7 +14,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipelines import fhir_versions, formats
 from pipelines.common import arrow
@@ -244,7 +243,8 @@ class FhirNdjsonConverter(BatchConverter):
             batch = _mark_whole(batch, whole)
             if skip_through:
                 # Lines an interrupted run already committed are not converted again.
-                batch = batch.filter(pc.greater(batch["pos"], arrow.scalar(skip_through, pa.int64())))
+                # Positions run consecutively through a batch, so those lines are a prefix of it.
+                batch = batch.slice(max(0, skip_through - batch["pos"][0].as_py() + 1))
             if batch.num_rows:
                 con.register("_lines", batch)
                 try:
@@ -316,9 +316,13 @@ def _mark_whole(batch: pa.Table, whole_file: bool) -> pa.Table:
     read as R4 only when valid R4. Real exports (two lines or more) keep the per-line release check alone.
     """
     if whole_file:
-        # A line that is not UTF-8 (txt null) counts as a line too.
-        blank = pc.sum(pc.equal(batch["txt"], arrow.scalar("", pa.string()))).as_py() or 0
-        whole_file = batch.num_rows - blank == 1
+        # A line that is not UTF-8 (txt null) counts as a line too; counting stops at the second.
+        lines = 0
+        for text in batch["txt"]:
+            lines += not text.is_valid or text.as_py() != ""
+            if lines > 1:
+                break
+        whole_file = lines == 1
     return batch.append_column("whole", arrow.array([whole_file] * batch.num_rows, pa.bool_()))
 
 
