@@ -252,17 +252,20 @@ def test_the_console_script_ends_without_teardown_yet_runs_exit_handlers_and_flu
     assert proc.stderr.endswith("HANDLER RAN") and "no warehouse" in proc.stderr
 
 
-def test_structure_validation_compiles_the_schema_only_for_types_a_run_stored(tmp_path):
+def test_structure_validation_compiles_the_schema_only_for_types_a_run_stored(tmp_path, monkeypatch):
     from pipelines.quality import structure
 
     wh = _base(tmp_path)
-    structure._validator.cache_clear()
+    compiled = []
+    build = structure._validator
+    monkeypatch.setattr(structure, "_validator", lambda t, nested: compiled.append(t) or build(t, nested))
     with open_warehouse(wh, read_only=True) as con:
         assert structure.validate_structure(con, ["a-run-that-stored-nothing"], 5) == []
-        assert structure._validator.cache_info().currsize == 0
+        assert compiled == []
         (run,) = con.execute("SELECT run_id FROM ops.runs").fetchone()
         checked = {t.resource_type: t.checked for t in structure.validate_structure(con, [run], 5)}
     assert checked == {"Condition": 1, "Observation": 5, "Patient": 2}
+    assert sorted(compiled) == ["Condition", "Observation", "Patient"]  # one type at a time
 
 
 def _threads_after_landing(make_config, src: Path, name: str, **changes) -> int:

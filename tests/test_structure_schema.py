@@ -203,16 +203,27 @@ def test_a_nested_type_written_with_escapes_is_compiled_too():
     assert check(text) == ["MedicationRequest.contained.ingredientz: extra_forbidden"]
 
 
-def test_one_type_compiles_only_what_it_reaches():
+def _counting_compiles(monkeypatch) -> list[frozenset[str]]:
+    compiled: list[frozenset[str]] = []
+    build = structure._validator
+
+    def spy(rtype, nested):
+        compiled.append(nested)
+        return build(rtype, nested)
+
+    monkeypatch.setattr(structure, "_validator", spy)
+    return compiled
+
+
+def test_one_type_compiles_only_what_it_reaches(monkeypatch):
     # Observation reaches data types, not other resources' definitions, until a nested resource needs one.
-    structure._validator.cache_clear()
+    compiled = _counting_compiles(monkeypatch)
     check = structure._schema_check("Observation")
     assert check(orjson.dumps(OBS).decode()) is None
-    assert structure._validator.cache_info().currsize == 1
+    assert compiled == [frozenset()]
     defs = dict(r4schema.r4_schema()["$defs"])
     assert "Patient" not in structure._reachable(defs | {"ResourceList": {"type": "object"}}, "Observation")
     contained = {**OBS, "contained": [{"resourceType": "Patient", "id": "p"}]}
     assert check(orjson.dumps(contained).decode()) is None
-    assert structure._validator.cache_info().currsize == 2  # recompiled once, with Patient
     assert check(orjson.dumps(contained).decode()) is None
-    assert structure._validator.cache_info().currsize == 2
+    assert compiled == [frozenset(), frozenset({"Patient"})]  # recompiled once, with Patient

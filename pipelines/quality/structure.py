@@ -58,10 +58,9 @@ class TypeResult:
         return f"{self.invalid} of {self.checked} resources invalid" + (f": {top}" if top else "")
 
 
-@cache
 def _validator(resource_type: str, nested: frozenset[str]):
     """The compiled check of one type whose nested resources (contained, Bundle entries, Parameters)
-    are of the types in `nested`; compiled on first use and kept for the process.
+    are of the types in `nested`. A check keeps only its latest (see _schema_check).
 
     The resource is validated wrapped as {resourceType: resource}. Only the definitions reachable from
     the type are compiled, and R4's ResourceList (what a nested resource is checked against) picks the
@@ -84,6 +83,23 @@ def _validator(resource_type: str, nested: frozenset[str]):
         "$defs": {name: defs[name] for name in _reachable(defs, resource_type)},
         "type": "object",
         "properties": {resource_type: {"$ref": f"#/$defs/{resource_type}"}},
+    }
+    return jsonschema_rs.validator_for(root, pattern_options=jsonschema_rs.RegexOptions())
+
+
+@cache
+def _whole():
+    """Every R4 type in one validator (~40 MB): what checks a resource holding a nested resource without
+    a resourceType, which R4's ResourceList checks against every type. Compiled only if one is met."""
+    import jsonschema_rs
+
+    schema = r4_schema()
+    assert schema is not None
+    root = {
+        "$schema": schema["$schema"],
+        "$defs": schema["$defs"],
+        "type": "object",
+        "properties": {t: {"$ref": f"#/$defs/{t}"} for t in schema["x-resource-types"]},
     }
     return jsonschema_rs.validator_for(root, pattern_options=jsonschema_rs.RegexOptions())
 
@@ -158,7 +174,8 @@ def _schema_check(resource_type: str) -> Check | None:
     if schema is None or resource_type not in schema["x-resource-types"]:
         return None
     known = frozenset(schema["x-resource-types"])
-    # The nested types met so far: the validator is recompiled (cached) when a resource brings new ones.
+    # The nested types met so far: the validator is recompiled when a resource brings new ones (at most
+    # once per R4 type), and the one it replaces is dropped.
     state = {"nested": frozenset(), "validator": _validator(resource_type, frozenset())}
 
     def check(text: str) -> list[str] | None:
@@ -179,8 +196,8 @@ def _schema_check(resource_type: str) -> Check | None:
         if validator.is_valid(doc) and not long_findings:
             return None
         errors = list(validator.iter_errors(doc))
-        if _untyped_nested(errors) and state["nested"] != known:
-            errors = list(_validator(resource_type, known).iter_errors(doc))
+        if _untyped_nested(errors):
+            errors = list(_whole().iter_errors(doc))
         found = [f for e in errors for f in _schema_findings(resource_type, e)]
         return found + [f for f in long_findings if f not in found]
 
