@@ -9,7 +9,8 @@ opens the same warehouse with duckdb and inserts the same JSON line into a table
 measured alone (wall seconds, CPU seconds, peak RSS from wait4); the first pair warms the byte-code
 cache and is not counted. Prints medians, the ratio ehrlift / baseline, and ehrlift's per-stage
 seconds (from the run record). Writes bench/out/one_file.json. --code runs the ehrlift of another
-source tree (an export of an earlier commit) with this checkout's environment, for a before/after.
+source tree (an export of an earlier commit, with this checkout's schemas/fhir-r4/node_modules and
+r4.schema.json linked in) with this checkout's environment, for a before/after.
 Quote CPU beside wall: on a loaded machine wall times lie.
 """
 
@@ -111,6 +112,12 @@ def main() -> None:
     ap.add_argument("--code", type=Path, default=REPO, help="source tree to run (default this checkout)")
     args = ap.parse_args()
     CODE[0] = args.code.resolve()
+    for need in ("node_modules", "r4.schema.json"):
+        if not (CODE[0] / "schemas" / "fhir-r4" / need).exists():
+            # Without them the run validates with the R4B models: another (slower) program.
+            raise SystemExit(
+                f"{CODE[0]} has no schemas/fhir-r4/{need}: link this checkout's (make setup makes it)"
+            )
     base, line = build_base(args.patients)
     one_pair(base, line, 0)  # warms the byte-code cache; not counted
     pairs = [one_pair(base, line, n) for n in range(1, args.repeats + 1)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict
 from typing import Any
 
@@ -15,7 +16,13 @@ from pipelines.common.interrupt import interrupted
 from pipelines.common.progress import Bars
 from pipelines.common.runrecord import record_finish
 from pipelines.common.stages import StageClock, timed_stage
-from pipelines.common.warehouse import held_warehouse, open_warehouse, rows_per_table, transaction
+from pipelines.common.warehouse import (
+    THREADS_ENV,
+    held_warehouse,
+    open_warehouse,
+    rows_per_table,
+    transaction,
+)
 from pipelines.identity import identify_stage
 from pipelines.land import check_sources, land_sources
 from pipelines.normalize import normalize_stage
@@ -48,14 +55,36 @@ def convert_stage(config: RunConfig, bars: Bars | None = None) -> dict[str, int]
     from pipelines.scale import convert_pending
 
     with open_warehouse(config.warehouse) as con:
-        size = con.execute(
+        advance = (bars or Bars(False)).bar("convert", pending_bytes(con, config.run_id))
+        return convert_pending(con, config, advance)
+
+
+def pending_bytes(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
+    """Bytes of the run's landed files still to convert."""
+    return int(
+        con.execute(
             "SELECT coalesce(sum(f.size_bytes), 0) FROM ops.run_files rf "
             "JOIN ops.files f USING (file_sha256) "
             "WHERE rf.run_id = ? AND rf.status IN ('pending', 'partial')",
-            [config.run_id],
+            [run_id],
         ).fetchall()[0][0]
-        advance = (bars or Bars(False)).bar("convert", int(size))
-        return convert_pending(con, config, advance)
+    )
+
+
+def fit_threads(config: RunConfig) -> None:
+    """One DuckDB thread for a run whose pending input is under small_run_bytes (schemas/scale_limits.json).
+
+    Each further DuckDB thread keeps allocator caches of its own (15-20 MB of a one-file run's ~250 MB
+    peak) and a few files give threads little to share. Set on the held warehouse, for this run only;
+    EHRLIFT_DUCKDB_THREADS, when set, is DuckDB's thread count for every connection instead.
+    """
+    from pipelines.scale.limits import limits
+
+    if os.environ.get(THREADS_ENV):
+        return
+    with open_warehouse(config.warehouse) as con:
+        if pending_bytes(con, config.run_id) < limits().small_run_bytes:
+            con.execute("SET threads = 1")
 
 
 def load_stage(config: RunConfig) -> dict[str, Any]:
@@ -167,6 +196,7 @@ def _run_locked(config: RunConfig) -> RunSummary:
         with bars.running():
             with timed_stage(config, "land", timed):
                 land_stage(config, owned=True)
+                fit_threads(config)
             with timed_stage(config, "convert", timed):
                 convert_stage(config, bars)
             with timed_stage(config, "normalize", timed):

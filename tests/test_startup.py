@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from pipelines.cli import main
@@ -17,9 +18,10 @@ from pipelines.views.materialize import _definitions, materialize_views, resourc
 from tests.conftest import resource, write_ndjson
 
 # Libraries a one-file NDJSON run has no use for: other formats' parsers, the GX engine, the identity
-# model, pydantic models, report rendering, the back-load client. pyarrow and pandas are not listed:
-# the convert stage hands its staged rows to DuckDB as Arrow, and DuckDB imports pandas to scan them.
+# model, pydantic models, report rendering, the back-load client, and pandas: the stages hand rows to
+# DuckDB as Arrow tables built without pyarrow's pandas probe (pipelines.common.arrow).
 NOT_NEEDED = (
+    "pandas",
     "lxml",
     "hl7",
     "hl7apy",
@@ -250,14 +252,51 @@ def test_the_console_script_ends_without_teardown_yet_runs_exit_handlers_and_flu
     assert proc.stderr.endswith("HANDLER RAN") and "no warehouse" in proc.stderr
 
 
-def test_structure_validation_compiles_the_schema_only_for_types_a_run_stored(tmp_path):
+def test_structure_validation_compiles_the_schema_only_for_types_a_run_stored(tmp_path, monkeypatch):
     from pipelines.quality import structure
 
     wh = _base(tmp_path)
-    structure._compiled.cache_clear()
+    compiled = []
+    build = structure._validator
+    monkeypatch.setattr(structure, "_validator", lambda t, nested: compiled.append(t) or build(t, nested))
     with open_warehouse(wh, read_only=True) as con:
         assert structure.validate_structure(con, ["a-run-that-stored-nothing"], 5) == []
-        assert structure._compiled.cache_info().currsize == 0
+        assert compiled == []
         (run,) = con.execute("SELECT run_id FROM ops.runs").fetchone()
         checked = {t.resource_type: t.checked for t in structure.validate_structure(con, [run], 5)}
     assert checked == {"Condition": 1, "Observation": 5, "Patient": 2}
+    assert sorted(compiled) == ["Condition", "Observation", "Patient"]  # one type at a time
+
+
+def _threads_after_landing(make_config, src: Path, name: str, **changes) -> int:
+    import dataclasses
+
+    from pipelines.run import fit_threads, land_stage
+    from pipelines.scale import limits as scale_limits
+
+    config = make_config(src, warehouse=src.parents[1] / name / "warehouse.duckdb")
+    shipped_limits = scale_limits.limits()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scale_limits, "limits", lambda: dataclasses.replace(shipped_limits, **changes))
+        with held_warehouse(config.warehouse):
+            land_stage(config)
+            fit_threads(config)
+            with open_warehouse(config.warehouse) as con:  # another cursor: the setting is the database's
+                return int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
+
+
+def test_a_small_run_works_on_one_duckdb_thread_and_a_larger_one_keeps_them(
+    tmp_path, make_config, monkeypatch
+):
+    monkeypatch.delenv("EHRLIFT_DUCKDB_THREADS", raising=False)
+    src = write_ndjson(tmp_path / "in" / "a.ndjson", _obs("o1"), _obs("o2"))
+    size = src.stat().st_size
+    assert _threads_after_landing(make_config, src, "small", small_run_bytes=size + 1) == 1
+    default = int(duckdb.connect().execute("SELECT current_setting('threads')").fetchall()[0][0])
+    assert _threads_after_landing(make_config, src, "large", small_run_bytes=size) == default
+
+
+def test_the_operators_thread_count_wins(tmp_path, make_config, monkeypatch):
+    monkeypatch.setenv("EHRLIFT_DUCKDB_THREADS", "3")
+    src = write_ndjson(tmp_path / "in" / "a.ndjson", _obs("o1"))
+    assert _threads_after_landing(make_config, src, "set", small_run_bytes=1 << 30) == 3

@@ -135,3 +135,95 @@ def test_megabyte_strings_are_checked_without_handing_them_whole_to_the_validato
     assert check(orjson.dumps(bad).decode()) == ["Binary.data: pattern"]
     not_base64 = {**good, "data": "!!!!" + data}  # within the prefix: the validator's own finding
     assert check(orjson.dumps(not_base64).decode()) == ["Binary.data: pattern"]
+
+
+def _whole_schema_findings(rtype: str, resource: dict) -> list[str] | None:
+    """What the check found when every R4 type was compiled into one validator (the reference)."""
+    import jsonschema_rs
+
+    schema = r4schema.r4_schema()
+    root = {
+        "$schema": schema["$schema"],
+        "$defs": schema["$defs"],
+        "type": "object",
+        "properties": {t: {"$ref": f"#/$defs/{t}"} for t in schema["x-resource-types"]},
+    }
+    validator = jsonschema_rs.validator_for(root, pattern_options=jsonschema_rs.RegexOptions())
+    doc = {rtype: resource}
+    found = [f for e in validator.iter_errors(doc) for f in structure._schema_findings(rtype, e)]
+    return found or None
+
+
+NESTED = [
+    ("Observation", OBS),
+    (
+        "MedicationRequest",
+        {**MED, "contained": [{"resourceType": "Medication", "id": "m", "ingredientz": []}]},
+    ),
+    ("MedicationRequest", {**MED, "contained": [{"resourceType": "NoSuchType"}, {"id": "no-type"}]}),
+    (
+        "Bundle",
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [
+                {"resource": {**OBS, "status": 7}},
+                {"resource": {"resourceType": "Patient", "gender": [], "contained": [{**MED, "intent": 1}]}},
+                {"resource": {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": {"x": 1}}]}},
+            ],
+        },
+    ),
+    (
+        "Parameters",
+        {"resourceType": "Parameters", "parameter": [{"name": "p", "resource": {**OBS, "note": []}}]},
+    ),
+    # No resourceType of its own, and a nested one: the nested type is still compiled.
+    (
+        "Observation",
+        {k: v for k, v in OBS.items() if k != "resourceType"} | {"contained": [{**MED, "bad": 1}]},
+    ),
+]
+
+
+@pytest.mark.parametrize(("rtype", "resource"), NESTED)
+def test_compiling_only_the_types_met_finds_what_the_whole_schema_finds(rtype, resource):
+    check = structure._schema_check(rtype)
+    assert check(orjson.dumps(resource).decode()) == _whole_schema_findings(rtype, resource)
+
+
+def test_a_nested_type_written_with_escapes_is_compiled_too():
+    med = {**MED, "contained": [{"resourceType": "Medication", "id": "m", "ingredientz": []}]}
+    text = (
+        orjson.dumps(med)
+        .decode()
+        .replace('"resourceType":"Medication"', '"resource\\u0054ype":"Medic\\u0061tion"')
+    )
+    assert orjson.loads(text) == med
+    check = structure._schema_check("MedicationRequest")
+    assert check(text) == ["MedicationRequest.contained.ingredientz: extra_forbidden"]
+
+
+def _counting_compiles(monkeypatch) -> list[frozenset[str]]:
+    compiled: list[frozenset[str]] = []
+    build = structure._validator
+
+    def spy(rtype, nested):
+        compiled.append(nested)
+        return build(rtype, nested)
+
+    monkeypatch.setattr(structure, "_validator", spy)
+    return compiled
+
+
+def test_one_type_compiles_only_what_it_reaches(monkeypatch):
+    # Observation reaches data types, not other resources' definitions, until a nested resource needs one.
+    compiled = _counting_compiles(monkeypatch)
+    check = structure._schema_check("Observation")
+    assert check(orjson.dumps(OBS).decode()) is None
+    assert compiled == [frozenset()]
+    defs = dict(r4schema.r4_schema()["$defs"])
+    assert "Patient" not in structure._reachable(defs | {"ResourceList": {"type": "object"}}, "Observation")
+    contained = {**OBS, "contained": [{"resourceType": "Patient", "id": "p"}]}
+    assert check(orjson.dumps(contained).decode()) is None
+    assert check(orjson.dumps(contained).decode()) is None
+    assert compiled == [frozenset(), frozenset({"Patient"})]  # recompiled once, with Patient

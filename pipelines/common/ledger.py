@@ -6,8 +6,8 @@ import hashlib
 from typing import TYPE_CHECKING
 
 import duckdb
-import pyarrow as pa
 
+from pipelines.common import arrow
 from pipelines.common.reasons import check_reason
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def _append(
     first = next(iter(columns.values()))
     if not first:
         return
-    batch = pa.table(columns)
+    batch = arrow.table(columns)
     names = list(columns)
     select = list(names)
     if extra:

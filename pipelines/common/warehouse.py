@@ -107,9 +107,13 @@ def open_warehouse(path: Path | str, *, read_only: bool = False) -> duckdb.DuckD
     return con
 
 
+THREADS_ENV = "EHRLIFT_DUCKDB_THREADS"
+
+
 def duckdb_settings() -> dict[str, str]:
     """Settings for every DuckDB file ehrlift creates or opens (the warehouse, the analyst file)."""
-    return {
+    threads = {"threads": os.environ[THREADS_ENV]} if os.environ.get(THREADS_ENV) else {}
+    return threads | {
         # Bounded by default so a migration shares an Airflow worker politely; DuckDB spills beyond it.
         "memory_limit": os.environ.get("EHRLIFT_DUCKDB_MEMORY_LIMIT", "4GB"),
         # A new file is written in a storage format that released DuckDB tools (the CLI, DBeaver, R and

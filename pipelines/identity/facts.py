@@ -13,6 +13,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from pipelines.common import arrow
 from pipelines.common.warehouse import resource_tables
 from pipelines.identity.config import IdentityConfig
 
@@ -198,9 +199,9 @@ def mark_duplicates(
     total = 0
 
     def flush() -> None:
-        table = pa.table(
+        table = arrow.table(
             {
-                k: pa.array([r[i] for r in pending], pa.string())
+                k: arrow.array([r[i] for r in pending], pa.string())
                 for i, k in enumerate(("t", "id", "s", "k", "rule"))
             }
         )

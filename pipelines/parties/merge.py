@@ -18,6 +18,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from pipelines.common import arrow
 from terminology.normalize import strip_added
 
 _RULES = Path(__file__).resolve().parents[2] / "schemas" / "party_merge.json"
@@ -155,7 +156,7 @@ def merge_staged_parties(con: duckdb.DuckDBPyConnection, table_for: Any) -> int:
         stamp = merged.get("meta", {}).get("lastUpdated")
         rows.append((rtype, rid, body.decode("utf-8"), hashlib.sha256(body).hexdigest(), stamp))
     merged_table = pa.Table.from_arrays(
-        [pa.array(col, pa.string()) for col in zip(*rows, strict=True)], schema=_MERGED
+        [arrow.array(col, pa.string()) for col in zip(*rows, strict=True)], schema=_MERGED
     )
     con.register("_party_merged", merged_table)
     try:

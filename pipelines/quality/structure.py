@@ -58,13 +58,39 @@ class TypeResult:
         return f"{self.invalid} of {self.checked} resources invalid" + (f": {top}" if top else "")
 
 
-@cache
-def _compiled():
-    """One validator for every resource type, compiled once per process.
+def _validator(resource_type: str, nested: frozenset[str]):
+    """The compiled check of one type whose nested resources (contained, Bundle entries, Parameters)
+    are of the types in `nested`. A check keeps only its latest (see _schema_check).
 
-    The resource is validated wrapped as {resourceType: resource}, so the root's properties pick the
-    type's definition by name (a hash lookup) rather than trying R4's ResourceList type by type.
+    The resource is validated wrapped as {resourceType: resource}. Only the definitions reachable from
+    the type are compiled, and R4's ResourceList (what a nested resource is checked against) picks the
+    definition only of the types in `nested`: its `if resourceType is T then T` clauses for other types
+    can never apply to such a resource, so the findings are those of the whole schema. Compiling the
+    whole of R4 took ~40 MB and 0.07 s; one type takes a few MB and milliseconds.
     """
+    import jsonschema_rs
+
+    schema = r4_schema()
+    assert schema is not None
+    defs = dict(schema["$defs"])
+    listed = defs["ResourceList"]
+    clauses = [c for c in listed["allOf"] if _clause_type(c) in nested]
+    defs["ResourceList"] = {k: v for k, v in listed.items() if k != "allOf"} | (
+        {"allOf": clauses} if clauses else {}  # an empty allOf is not a valid schema
+    )
+    root = {
+        "$schema": schema["$schema"],
+        "$defs": {name: defs[name] for name in _reachable(defs, resource_type)},
+        "type": "object",
+        "properties": {resource_type: {"$ref": f"#/$defs/{resource_type}"}},
+    }
+    return jsonschema_rs.validator_for(root, pattern_options=jsonschema_rs.RegexOptions())
+
+
+@cache
+def _whole():
+    """Every R4 type in one validator (~40 MB): what checks a resource holding a nested resource without
+    a resourceType, which R4's ResourceList checks against every type. Compiled only if one is met."""
     import jsonschema_rs
 
     schema = r4_schema()
@@ -78,6 +104,65 @@ def _compiled():
     return jsonschema_rs.validator_for(root, pattern_options=jsonschema_rs.RegexOptions())
 
 
+def _clause_type(clause: dict) -> str:
+    return clause["if"]["properties"]["resourceType"]["const"]
+
+
+def _reachable(defs: dict, start: str) -> set[str]:
+    """The definitions a definition refers to, directly or not (itself included)."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        stack: list = [defs[name]]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                ref = node.get("$ref")
+                if isinstance(ref, str):
+                    todo.append(ref.rsplit("/", 1)[-1])
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+    return seen
+
+
+# A resourceType member as JSON text writes it; with an escape (\uXXXX) in the text the parsed
+# resource is searched instead, so a nested resource is never left out of the compiled types.
+_TYPE_MEMBER = re.compile(r'"resourceType"\s*:\s*"([A-Za-z]+)"')
+
+
+def _nested_types(text: str, obj: object) -> set[str]:
+    """The resourceType of every resource nested in this one (contained, entries, parameters)."""
+    if "\\u" not in text:
+        names = _TYPE_MEMBER.findall(text)
+        if isinstance(obj, dict) and obj.get("resourceType") in names:
+            names.remove(obj["resourceType"])  # its own (a nested one of the same type stays)
+        return set(names)
+    found: set[str] = set()
+    stack = list(obj.values()) if isinstance(obj, dict) else [obj]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("resourceType"), str):
+                found.add(node["resourceType"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def _untyped_nested(errors: list) -> bool:
+    """Is a nested resource missing its resourceType? R4's ResourceList then checks it against every type."""
+    return any(
+        e.kind.name == "required" and str(e.kind.property) == "resourceType" and len(e.instance_path) > 1
+        for e in errors
+    )
+
+
 @cache
 def schema_check(resource_type: str) -> Check | None:
     """The compiled R4 JSON Schema check of one type, or None without the schema or for a type R4 lacks."""
@@ -88,7 +173,10 @@ def _schema_check(resource_type: str) -> Check | None:
     schema = r4_schema()
     if schema is None or resource_type not in schema["x-resource-types"]:
         return None
-    validator = _compiled()
+    known = frozenset(schema["x-resource-types"])
+    # The nested types met so far: the validator is recompiled when a resource brings new ones (at most
+    # once per R4 type), and the one it replaces is dropped.
+    state = {"nested": frozenset(), "validator": _validator(resource_type, frozenset())}
 
     def check(text: str) -> list[str] | None:
         # Keyed by the table's type: a resource stored under the wrong type fails its resourceType const.
@@ -97,12 +185,20 @@ def _schema_check(resource_type: str) -> Check | None:
         except orjson.JSONDecodeError:
             # Valid JSON that no double can hold (a 1,000-digit number): FHIR's decimal cannot carry it.
             return [f"{resource_type}: number_out_of_range"]
+        more = (_nested_types(text, doc[resource_type]) & known) - state["nested"]
+        if more:
+            state["nested"] = state["nested"] | more
+            state["validator"] = _validator(resource_type, state["nested"])
+        validator = state["validator"]
         long_findings: list[str] = []
         if len(text) > _LONG_STRING:
             doc = {resource_type: _shorten(doc[resource_type], resource_type, long_findings)}
         if validator.is_valid(doc) and not long_findings:
             return None
-        found = [f for e in validator.iter_errors(doc) for f in _schema_findings(resource_type, e)]
+        errors = list(validator.iter_errors(doc))
+        if _untyped_nested(errors):
+            errors = list(_whole().iter_errors(doc))
+        found = [f for e in errors for f in _schema_findings(resource_type, e)]
         return found + [f for f in long_findings if f not in found]
 
     return check
@@ -196,7 +292,7 @@ def validate_structure(
     if not compiled:
         log.warning("FHIR R4 definitions not installed: structure checked with the R4B models, slowly")
     results = []
-    # Only the types these runs stored: the schema is compiled (0.07 s, ~40 MB) only when there are any.
+    # Only the types these runs stored, each compiled on first use (pipelines.quality.structure._validator).
     for rtype in rows_per_table(con, where, params):
         result = TypeResult(rtype, checker="R4 definition" if compiled else "R4B model")
         check = _schema_check(rtype) if compiled else _model_check(rtype)

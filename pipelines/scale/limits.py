@@ -23,6 +23,7 @@ class Limits:
     pool_min_bytes: int
     slice_units: int
     writer_flush_mb: int
+    small_run_bytes: int
 
 
 def limits() -> Limits:

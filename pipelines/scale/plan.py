@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
+from pipelines.common import arrow
 from pipelines.convert import handler_for
 from pipelines.scale.limits import Limits
 
@@ -73,7 +73,7 @@ def pending_files(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[list[Fil
     ).fetchall()
     if not rows:
         return [], []
-    con.register("_pending_sha", pa.table({"sha": [r[1] for r in rows]}))
+    con.register("_pending_sha", arrow.table({"sha": [r[1] for r in rows]}))
     try:
         # A file read under another declared release is converted again; the same reading is not.
         done = set(
@@ -114,7 +114,7 @@ def pending_files(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[list[Fil
         )
     if already:
         con.register(
-            "_already", pa.table({"seq": [a[0] for a in already], "handler": [a[1] for a in already]})
+            "_already", arrow.table({"seq": [a[0] for a in already], "handler": [a[1] for a in already]})
         )
         try:
             con.execute(

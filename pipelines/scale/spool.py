@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import orjson
-import pyarrow.parquet as pq
 
 from pipelines.common.config import RunConfig
 from pipelines.scale.plan import Group
@@ -31,6 +30,8 @@ def batch_dir(root: Path, group: int, number: int) -> Path:
 
 def write_batch(root: Path, batch: Batch) -> Path:
     """Write then rename: the writer sees a batch folder only once every file in it is complete."""
+    import pyarrow.parquet as pq  # only where batches are spooled (~9 MB): a one-process run never is
+
     final = batch_dir(root, batch.group, batch.number)
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

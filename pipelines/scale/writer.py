@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from pipelines.common import arrow
 from pipelines.common.warehouse import transaction
 from pipelines.load import merge_stage
 from pipelines.scale import limits as scale_limits
@@ -63,12 +64,12 @@ def apply_batch(
         counts["superseded"] += merged.superseded
         counts["conflicts"] += merged.conflicts
         if batch.files:
-            files = pa.table(
+            files = arrow.table(
                 {
-                    "seq": pa.array([f[0] for f in batch.files], pa.int32()),
+                    "seq": arrow.array([f[0] for f in batch.files], pa.int32()),
                     "handler": [f[1] for f in batch.files],
                     "status": [f[2] for f in batch.files],
-                    "units": pa.array([f[3] for f in batch.files], pa.int64()),
+                    "units": arrow.array([f[3] for f in batch.files], pa.int64()),
                 }
             )
             con.register("_ehrlift_files", files)

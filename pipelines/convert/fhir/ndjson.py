@@ -14,9 +14,9 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipelines import fhir_versions, formats
+from pipelines.common import arrow
 from pipelines.common.ledger import LedgerWriter
 from pipelines.common.unit import (
     BatchConverter,
@@ -243,7 +243,8 @@ class FhirNdjsonConverter(BatchConverter):
             batch = _mark_whole(batch, whole)
             if skip_through:
                 # Lines an interrupted run already committed are not converted again.
-                batch = batch.filter(pc.greater(batch["pos"], skip_through))
+                # Positions run consecutively through a batch, so those lines are a prefix of it.
+                batch = batch.slice(max(0, skip_through - batch["pos"][0].as_py() + 1))
             if batch.num_rows:
                 con.register("_lines", batch)
                 try:
@@ -315,10 +316,14 @@ def _mark_whole(batch: pa.Table, whole_file: bool) -> pa.Table:
     read as R4 only when valid R4. Real exports (two lines or more) keep the per-line release check alone.
     """
     if whole_file:
-        # A line that is not UTF-8 (txt null) counts as a line too.
-        lines = pc.fill_null(pc.not_equal(batch["txt"], ""), True)
-        whole_file = pc.sum(lines).as_py() == 1
-    return batch.append_column("whole", pa.repeat(pa.scalar(whole_file), batch.num_rows))
+        # A line that is not UTF-8 (txt null) counts as a line too; counting stops at the second.
+        lines = 0
+        for text in batch["txt"]:
+            lines += not text.is_valid or text.as_py() != ""
+            if lines > 1:
+                break
+        whole_file = lines == 1
+    return batch.append_column("whole", arrow.array([whole_file] * batch.num_rows, pa.bool_()))
 
 
 def _line_batches(path: Path) -> Iterator[tuple[pa.Table, int]]:
@@ -371,15 +376,15 @@ def _batch(lines: list[bytes], lengths: list[int], pos: int, offset: int) -> tup
     deep = [t is not None and jsondepth.exceeds(t, bound) for t in texts]
     rep = [t is not None and not d and jsondepth.repeats(t) for t, d in zip(texts, deep, strict=True)]
     offsets = list(accumulate(lengths, initial=offset))
-    batch = pa.table(
+    batch = arrow.table(
         {
-            "pos": pa.array(range(pos + 1, pos + 1 + len(lines)), pa.int64()),
-            "off": pa.array(offsets[:-1], pa.int64()),
-            "len": pa.array(lengths, pa.int64()),
-            "txt": pa.array(texts, pa.string()),
-            "enc_err": pa.array(errors, pa.int64()),
-            "deep": pa.array(deep, pa.bool_()),
-            "rep": pa.array(rep, pa.bool_()),
+            "pos": arrow.array(range(pos + 1, pos + 1 + len(lines)), pa.int64()),
+            "off": arrow.array(offsets[:-1], pa.int64()),
+            "len": arrow.array(lengths, pa.int64()),
+            "txt": arrow.array(texts, pa.string()),
+            "enc_err": arrow.array(errors, pa.int64()),
+            "deep": arrow.array(deep, pa.bool_()),
+            "rep": arrow.array(rep, pa.bool_()),
         }
     )
     return batch, offsets[-1]
