@@ -136,9 +136,14 @@ def fold(
     again); rows never built are removed (nothing was sent for them).
 
     `built` (built_table) is what the sending process journaled, as it still holds it: used when it has
-    as many rows as the journal has plan lines (else the lines are read, as after a kill)."""
+    as many rows as the journal has plan lines (else the lines are read, as after a kill, with the texts
+    it holds)."""
     plans, r = j.plans, j.results
     if built is None or built.num_rows != len(plans):
+        if built is not None and texts is None:
+            texts = dict(
+                zip(built.column("seq").to_pylist(), built.column("message").to_pylist(), strict=True)
+            )
         texts = texts or {}
         seqs = [int(p[0]) for p in plans]
         columns = [[p[i] or None for p in plans] for i in range(1, len(BUILT_COLUMNS) - 1)]
