@@ -209,6 +209,11 @@ def _time_of(res: dict[str, Any]) -> str:
     return ts((res.get("effectivePeriod") or {}).get("start")) or ""
 
 
+PLACEHOLDER = "CONTROLID"  # MSH-10 while building: the control id is a hash of the message built with it
+_PLACED = f"|{PLACEHOLDER}|"
+_BUILDERS = {"oru": m.oru, "vxu": m.vxu, "mdm": m.mdm}
+
+
 def _build(
     p: Planned,
     ctx: m.Context,
@@ -219,14 +224,12 @@ def _build(
     acknowledged: dict[str, str],
     sent_patients: set[str],
 ) -> None:
-    placeholder = "CONTROLID"
     key = f"{p.kind}:{p.resource_type}/{p.warehouse_id}"
     try:
         if p.kind == "adt":
-            built = m.adt(ctx, res, placeholder, when, update=False)
+            built = m.adt(ctx, res, PLACEHOLDER, when, update=False)
         else:
-            builder = {"oru": m.oru, "vxu": m.vxu, "mdm": m.mdm}[p.kind]
-            built = builder(ctx, res, patient, placeholder, when)
+            built = _BUILDERS[p.kind](ctx, res, patient, PLACEHOLDER, when)
     except m.NotBuildable as exc:
         p.refuse(exc.reason, exc.detail)
         return
@@ -237,8 +240,8 @@ def _build(
         p.message_type = built.message_type
         return
     if p.kind == "adt" and key in sent_patients:  # registered before with other content: an update
-        built = m.adt(ctx, res, placeholder, when, update=True)
-    text = built.text.replace(f"|{placeholder}|", f"|{cid}|", 1)
+        built = m.adt(ctx, res, PLACEHOLDER, when, update=True)
+    text = built.text.replace(_PLACED, f"|{cid}|", 1)
     # Checked with the placeholder in MSH-10 where the version's MSH-10 takes a control id (20 characters)
     # as readily: the MSH line is then the same for every message of a kind, and its findings are known.
     version = ctx.header.version
