@@ -214,7 +214,7 @@ def chunk_columns(chunk: list[Planned]) -> tuple[list, ...]:
         [p.control_id for p in chunk],
         [p.message_type for p in chunk],
         [p.content_sha256 for p in chunk],
-        [None if p.text is None else p.text.encode() for p in chunk],
+        [p.data if p.data is not None or p.text is None else p.text.encode() for p in chunk],
     )
 
 
