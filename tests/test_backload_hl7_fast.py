@@ -85,3 +85,39 @@ def test_no_ack_within_the_timeout_resends_the_same_message_then_fails(caplog):
     assert (o.state, o.ack_code, o.error_codes, o.attempts) == ("failed", None, ["timeout"], 2)
     assert peer.received["CID0001"] == 2
     assert sum("(TimeoutError)" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_long_segment_is_checked_as_a_short_one_without_being_remembered():
+    """A document's content (tens of kB, never met again) is checked field by field like any segment, but
+    neither the line nor the field is kept in the check's memos."""
+    from pipelines.backload.hl7 import structure
+
+    head = "MSH|^~\\&|S|S|R|R|20250101||MDM^T02^MDM_T02|CONTROLID|P|2.5.1"
+    body = [
+        "EVN|T02|20250101",
+        "PID|1||X1^^^A^MR||Doe^J",
+        "PV1|1|N",
+        segment("TXA", {1: "1", 2: "CN", 3: "TX", 12: "D1", 17: "AU"}),
+    ]
+    content = "A" * (structure._MEMO_LONGEST + 10)
+    good = f"OBX|1|ED|DOC^document^L|1|^application^pdf^Base64^{content}||||||F"
+    bad = good.replace("||||||F", "||||||?")  # OBX-11 no code of table 0085
+    for obx in (good, bad):
+        short = obx.replace(content, "A")
+        expected = check_segments([head, *body, short], "MDM_T02", "2.5.1")
+        memo = structure._memo["2.5.1"]
+        assert check_segments([head, *body, obx], "MDM_T02", "2.5.1") == expected
+        assert obx not in memo and not any(
+            content in k for m in structure._field_memos("2.5.1", "OBX") for k in m
+        )
+        assert expected == ([] if obx is good else ["OBX-11 is not a code of table 0085"])
+
+
+def test_the_bytes_that_go_are_the_text_encoded(tmp_path):
+    wh = build_warehouse(tmp_path / "w.duckdb", resources())
+    with duckdb.connect(str(wh), read_only=True) as con:
+        planned = build_plan(con, "millennium-r4", ["adt", "oru", "vxu", "mdm"], Header(),
+                             "20250101120000+0000", {}, tmp_path)  # fmt: skip
+    sent = [p for p in planned if p.text]
+    assert sent and all(p.data == p.text.encode() for p in sent)
+    assert all(p.data is None for p in planned if p.status != "send")

@@ -19,7 +19,7 @@ from pipelines.backload.hl7.journal import Journal, folder, line, read, recover
 from pipelines.backload.hl7.plan import build_plan
 from pipelines.backload.hl7.runner import Hl7Options, backload_hl7
 from pipelines.backload.hl7.segments import Header
-from pipelines.backload.hl7.stream import PLAN_TYPES, insert, plan_line
+from pipelines.backload.hl7.stream import PLAN_TYPES, chunk_columns, insert, plan_line
 from pipelines.common.errors import EhrliftError
 from pipelines.common.warehouse import open_warehouse
 from tests.backload_builders import build_warehouse
@@ -135,6 +135,41 @@ def test_a_torn_last_line_is_ignored_and_the_journal_is_folded_exactly_once(tmp_
         con.close()
 
 
+_STORED = (
+    "SELECT seq, status, reason, detail, control_id, message_type, content_sha256, message "
+    "FROM ops.backload_hl7_messages WHERE plan_id = 'p1' ORDER BY seq"
+)
+
+
+def _folded(tmp_path, name, built_of):
+    """The plan's rows after applying its journal, with the sent texts, from the lines or from columns."""
+    _wh, con, path, planned, _sendable = _journaled_plan(tmp_path / name)
+    try:
+        built = built_of(planned)
+        texts = None if built is not None else {p.seq: p.text.encode() for p in planned if p.text}
+        journal.apply(con, path, texts, built)
+        return con.execute(_STORED).fetchall(), planned
+    finally:
+        con.close()
+
+
+def test_the_sender_folds_its_own_columns_exactly_as_the_journal_lines_fold(tmp_path):
+    """The sending process folds what it journaled from the columns it still holds (no line re-read): the
+    rows are those the journal's lines give; columns that do not match the lines are not used."""
+    from_lines, planned = _folded(tmp_path, "lines", lambda planned: None)
+    from_columns, _ = _folded(
+        tmp_path, "columns", lambda planned: journal.built_table(chunk_columns(planned))
+    )
+    assert from_columns == from_lines
+    assert {r[0]: r[7] for r in from_lines} == {p.seq: p.text for p in planned}  # the sent texts, as sent
+    assert any(r[3] for r in from_lines)  # a refusal's finding, folded both ways
+    # Fewer rows than plan lines (a write that failed after its lines reached the disk): the lines are
+    # folded, with the texts the columns hold (here the first two messages').
+    short, _ = _folded(tmp_path, "short", lambda planned: journal.built_table(chunk_columns(planned[:2])))
+    assert [r[:7] for r in short] == [r[:7] for r in from_lines]
+    assert [r[7] for r in short] == [r[7] if r[0] in (1, 2) else None for r in from_lines]
+
+
 def test_a_damaged_middle_line_stops_with_a_clear_error_and_keeps_the_journal(tmp_path):
     wh, con, path, _planned, _sendable = _journaled_plan(tmp_path)
     try:
@@ -166,9 +201,9 @@ def test_the_journal_holds_codes_only(tmp_path, monkeypatch):
     copies: list[str] = []
     apply = journal.apply
 
-    def keep(con, path, texts=None):
+    def keep(con, path, *rest):
         copies.append(path.read_text())
-        return apply(con, path, texts)
+        return apply(con, path, *rest)
 
     monkeypatch.setattr(journal, "apply", keep)
     wh = build_warehouse(tmp_path / "w.duckdb", resources())

@@ -108,22 +108,47 @@ def read(path: Path) -> Read | None:
     return out
 
 
-def fold(con: duckdb.DuckDBPyConnection, j: Read, texts: dict[int, str | bytes] | None = None) -> None:
-    """Apply a journal to the tables: plan rows get what building decided (and the sent text, when this
-    process still has it); outcomes are inserted once (a plan whose outcomes are already in is not folded
-    again); rows never built are removed (nothing was sent for them)."""
-    texts = texts or {}
-    plans, r = j.plans, j.results
-    seqs = [int(p[0]) for p in plans]
-    # Arrow tables the statements read by name (DuckDB's replacement scans): set-based, no per-row cost.
-    built = pa.table(  # noqa: F841
+# What building decided per message, in the order of a P line's fields after its seq, then the sent bytes.
+BUILT_COLUMNS = ("seq", "status", "reason", "detail", "control_id", "message_type", "sha", "message")
+
+
+def built_table(columns: tuple[list, ...] | list[list]) -> pa.Table:
+    """What building decided (BUILT_COLUMNS, one list each, None for empty) as the Arrow table fold reads."""
+    seqs, *codes, messages = columns
+    return pa.table(
         {
             "seq": pa.array(seqs, pa.int32()),
-            **{name: pa.array([p[i] or None for p in plans], pa.string()) for i, name in _PLAN_FIELDS},
+            **{name: pa.array(c, pa.string()) for name, c in zip(BUILT_COLUMNS[1:-1], codes, strict=True)},
             # The sent bytes as they went (UTF-8), decoded by DuckDB: no Python string per message.
-            "message": pa.array([_utf8(texts.get(s)) for s in seqs], pa.binary()),
+            "message": pa.array(messages, pa.binary()),
         }
     )
+
+
+def fold(
+    con: duckdb.DuckDBPyConnection,
+    j: Read,
+    texts: dict[int, str | bytes] | None = None,
+    built: pa.Table | None = None,
+) -> None:
+    """Apply a journal to the tables: plan rows get what building decided (and the sent text, when this
+    process still has it); outcomes are inserted once (a plan whose outcomes are already in is not folded
+    again); rows never built are removed (nothing was sent for them).
+
+    `built` (built_table) is what the sending process journaled, as it still holds it: used when it has
+    as many rows as the journal has plan lines (else the lines are read, as after a kill, with the texts
+    it holds)."""
+    plans, r = j.plans, j.results
+    if built is None or built.num_rows != len(plans):
+        if built is not None and texts is None:
+            texts = dict(
+                zip(built.column("seq").to_pylist(), built.column("message").to_pylist(), strict=True)
+            )
+        texts = texts or {}
+        seqs = [int(p[0]) for p in plans]
+        columns = [[p[i] or None for p in plans] for i in range(1, len(BUILT_COLUMNS) - 1)]
+        built = built_table((seqs, *columns, [_utf8(texts.get(s)) for s in seqs]))
+    # Arrow tables the statements read by name (DuckDB's replacement scans): set-based, no per-row cost.
     outcomes = pa.table(  # noqa: F841
         {
             "seq": pa.array([int(x[0]) for x in r], pa.int32()),
@@ -166,23 +191,16 @@ def _utf8(text: str | bytes | None) -> bytes | None:
     return text.encode() if isinstance(text, str) else text
 
 
-_PLAN_FIELDS = (
-    (1, "status"),
-    (2, "reason"),
-    (3, "detail"),
-    (4, "control_id"),
-    (5, "message_type"),
-    (6, "sha"),
-)
-
-
 def apply(
-    con: duckdb.DuckDBPyConnection, path: Path, texts: dict[int, str | bytes] | None = None
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    texts: dict[int, str | bytes] | None = None,
+    built: pa.Table | None = None,
 ) -> Read | None:
     """Fold one journal file, then remove it (a crash in between folds it again, harmlessly)."""
     j = read(path)
     if j is not None:
-        fold(con, j, texts)
+        fold(con, j, texts, built)
         if j.torn:
             log.warning("HL7 send journal of plan %s: a torn last line was ignored", j.plan_id)
     path.unlink()

@@ -24,7 +24,7 @@ class NotBuildable(Exception):
         self.reason, self.detail = reason, detail
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per message: a frozen dataclass's __init__ costs a setattr call per field
 class Built:
     kind: str
     message_type: str  # MSH-9
@@ -72,10 +72,13 @@ def _once(memo: dict[str, str], key: Any, make: Callable[[], str]) -> str:
     return text
 
 
+_STRUCTURES = {"R01": "ORU_R01", "V04": "VXU_V04", "T02": "MDM_T02"}
+
+
 def _structure(version: str, event: str) -> str:
     if event in ("A28", "A31"):
         return "ADT_A05" if version != "2.3.1" else "ADT_A01"
-    return {"R01": "ORU_R01", "V04": "VXU_V04", "T02": "MDM_T02"}[event]
+    return _STRUCTURES[event]
 
 
 def _msg_type(version: str, code: str, event: str) -> str:

@@ -42,11 +42,12 @@ class Planned:
     content_sha256: str | None = None
     text: str | None = None
     seq: int = 0
+    data: bytes | None = None  # text as sent (UTF-8), encoded once: its hash is the content hash
     sort_time: str = ""
 
     def refuse(self, reason: str, detail: str) -> None:
         self.status, self.reason, self.detail = "not_sendable", check_reason(reason, "not_sendable"), detail
-        self.text = None
+        self.text = self.data = None
 
 
 class Store:
@@ -209,6 +210,12 @@ def _time_of(res: dict[str, Any]) -> str:
     return ts((res.get("effectivePeriod") or {}).get("start")) or ""
 
 
+PLACEHOLDER = "CONTROLID"  # MSH-10 while building: the control id is a hash of the message built with it
+_PLACED = f"|{PLACEHOLDER}|"
+_PLACED_BYTES = _PLACED.encode()
+_BUILDERS = {"oru": m.oru, "vxu": m.vxu, "mdm": m.mdm}
+
+
 def _build(
     p: Planned,
     ctx: m.Context,
@@ -219,26 +226,27 @@ def _build(
     acknowledged: dict[str, str],
     sent_patients: set[str],
 ) -> None:
-    placeholder = "CONTROLID"
     key = f"{p.kind}:{p.resource_type}/{p.warehouse_id}"
     try:
         if p.kind == "adt":
-            built = m.adt(ctx, res, placeholder, when, update=False)
+            built = m.adt(ctx, res, PLACEHOLDER, when, update=False)
         else:
-            builder = {"oru": m.oru, "vxu": m.vxu, "mdm": m.mdm}[p.kind]
-            built = builder(ctx, res, patient, placeholder, when)
+            built = _BUILDERS[p.kind](ctx, res, patient, PLACEHOLDER, when)
     except m.NotBuildable as exc:
         p.refuse(exc.reason, exc.detail)
         return
-    sha = hashlib.sha256(built.text.encode()).hexdigest()
+    data = built.text.encode()
+    sha = hashlib.sha256(data).hexdigest()
     cid = control_id(target, p.kind, key, sha)
     if acknowledged.get(cid) == key:
         p.status, p.control_id, p.content_sha256 = "unchanged", cid, sha
         p.message_type = built.message_type
         return
     if p.kind == "adt" and key in sent_patients:  # registered before with other content: an update
-        built = m.adt(ctx, res, placeholder, when, update=True)
-    text = built.text.replace(f"|{placeholder}|", f"|{cid}|", 1)
+        built = m.adt(ctx, res, PLACEHOLDER, when, update=True)
+        data = built.text.encode()
+    placed = f"|{cid}|"
+    text = built.text.replace(_PLACED, placed, 1)
     # Checked with the placeholder in MSH-10 where the version's MSH-10 takes a control id (20 characters)
     # as readily: the MSH line is then the same for every message of a kind, and its findings are known.
     version = ctx.header.version
@@ -251,3 +259,5 @@ def _build(
         p.refuse("hl7_structure", "; ".join(sorted(set(findings))[:5]))
         return
     p.text = text
+    # The bytes that go, from those already encoded for the hash (a document's message is tens of kB).
+    p.data = data.replace(_PLACED_BYTES, placed.encode(), 1)

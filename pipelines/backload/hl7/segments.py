@@ -211,7 +211,7 @@ def components(obs: dict[str, Any]) -> list[dict[str, Any]]:
 def own_obx(obs: dict[str, Any]) -> bool:
     """Whether an Observation goes as an OBX of its own: not a panel that only groups its components (such
     an OBX would have no value, which OBX-2's condition refuses unless OBX-11 is X)."""
-    return any(k in obs for k in VALUE_KEYS) or bool(obs.get("dataAbsentReason")) or not components(obs)
+    return not obs.keys().isdisjoint(VALUE_KEYS) or bool(obs.get("dataAbsentReason")) or not components(obs)
 
 
 def obxs(obs: dict[str, Any], first: int, sub_id: int, coder: Coder, version: str) -> list[str]:
@@ -238,7 +238,8 @@ def _obx(
     if ranges:
         low, high = (ranges[0].get("low") or {}).get("value"), (ranges[0].get("high") or {}).get("value")
         rr = esc(ranges[0].get("text")) or (f"{_num(low) or ''}-{_num(high) or ''}" if low or high else None)
-    interp = "~".join(x for x in (_v2_code(i, "0078") for i in item.get("interpretation") or []) if x)
+    interps = item.get("interpretation")
+    interp = "~".join(x for x in (_v2_code(i, "0078") for i in interps) if x) if interps else ""
     if not kind and item.get("dataAbsentReason"):
         status = "X"
         # OBX-2 may stay empty with X from 2.5 on; 2.3.1's definitions require it: an empty ST then.

@@ -203,6 +203,21 @@ class Recorder:
             self.pool.shutdown(wait=True)
 
 
+def chunk_columns(chunk: list[Planned]) -> tuple[list, ...]:
+    """What building decided for a chunk, one list per journal.BUILT_COLUMNS (as the journal's P lines
+    hold it: the finding's text cleaned the same way), the sent bytes last."""
+    return (
+        [p.seq for p in chunk],
+        [p.status for p in chunk],
+        [p.reason for p in chunk],
+        [clean(p.detail) if p.detail else None for p in chunk],
+        [p.control_id for p in chunk],
+        [p.message_type for p in chunk],
+        [p.content_sha256 for p in chunk],
+        [p.data if p.data is not None or p.text is None else p.text.encode() for p in chunk],
+    )
+
+
 def chunks(n: int) -> list[tuple[int, int]]:
     """The hand-over schedule: (start, end) of each chunk of a plan of n messages."""
     out, start, size = [], 0, FIRST_CHUNK
@@ -240,14 +255,11 @@ def _builder(
             if check is not None:
                 check(chunk)
             # What the sender needs and nothing more, ready to use: the chunk's journal lines as one text
-            # (written as they are), and per message its seq, status, control id, patient (its lane) and
-            # the bytes that go. The sender reads none of the plan's objects it shares with this process.
-            out.send((
-                "chunk",
-                "".join([plan_line(p) for p in chunk]),
-                [(p.seq, p.status, p.control_id, p.patient_id or "",
-                  None if p.text is None else p.text.encode()) for p in chunk],
-            ))  # fmt: skip
+            # (written as they are), its messages' patients (their lanes), and what building decided as
+            # columns (journal.BUILT_COLUMNS: the sender sends from them and folds them as they are, with no
+            # object per message). The sender reads none of the plan's objects it shares with this process.
+            out.send(("chunk", "".join([plan_line(p) for p in chunk]), [p.patient_id or "" for p in chunk],
+                      chunk_columns(chunk)))  # fmt: skip
         out.send(None)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the sender stopped (killed or interrupted): nothing more to do
@@ -266,10 +278,11 @@ async def _pipeline(
     address: tuple[str, int],
     policy: SendPolicy,
     acked: dict[str, str],
-    sent: dict[int, bytes],
+    decided: list[list],
 ) -> Counter[str]:
-    """Chunks in, messages out: per message a status count and, when it goes, one Item on a lane; the bytes
-    that went are kept in `sent` (by seq) for the fold."""
+    """Chunks in, messages out: per message a status count and, when it goes, one Item on a lane; what
+    building decided (the bytes that go included) is kept in `decided`, a list per journal.BUILT_COLUMNS,
+    for the fold."""
     loop = asyncio.get_running_loop()
     reader = ThreadPoolExecutor(1, thread_name_prefix="hl7-plan-reader")
     bar = stage_bar("hl7 send", "messages")  # acknowledged of those known to go, on a terminal
@@ -287,16 +300,17 @@ async def _pipeline(
                 raise EhrliftError(f"building the HL7 messages failed ({built[1]})")
             if not isinstance(built, tuple) or len(built[2]) != end - start:
                 raise EhrliftError("the HL7 message builder stopped before the plan was complete")
-            _, lines, decided = built
+            _, lines, patients, columns = built
             await rec.plan([lines])  # on disk before any of the chunk's messages goes
+            for kept, column in zip(decided, columns, strict=True):  # folded as journaled, at the end
+                kept.extend(column)
+            seqs, states, cids, payloads = columns[0], columns[1], columns[4], columns[-1]
+            statuses.update(states)
             going = 0
-            for seq, status, cid, patient, payload in decided:
-                statuses[status] += 1
-                if payload is not None:
-                    sent[seq] = payload
-                    if cid not in acked:
-                        going += 1
-                        put(Item(seq, cid, patient, payload))
+            for seq, cid, patient, payload in zip(seqs, cids, patients, payloads, strict=True):
+                if payload is not None and cid not in acked:
+                    going += 1
+                    put(Item(seq, cid, patient, payload))
             statuses["sent"] += going
             bar.total(statuses["sent"])
         await lanes.close()
@@ -352,7 +366,7 @@ def build_and_send(
     sources: list[Connection] = []
     children: list[multiprocessing.process.BaseProcess | threading.Thread] = []
     jnl: Journal | None = None
-    sent: dict[int, bytes] = {}
+    decided: list[list] = [[] for _ in journal.BUILT_COLUMNS]  # what is journaled, as columns
     try:
         # Forked builders start first, so building overlaps storing the plan's rows (nothing is sent before
         # those rows are committed and the journal is open: the pipeline starts after both). A builder
@@ -378,7 +392,7 @@ def build_and_send(
         jnl = Journal(path, plan_id, prep.target, run_id, now)
         rec = Recorder(jnl, batch)
         statuses = asyncio.run(
-            _pipeline(len(prep.work), sources, rec, address, policy, prep.acknowledged, sent)
+            _pipeline(len(prep.work), sources, rec, address, policy, prep.acknowledged, decided)
         )
     finally:
         for source in sources:
@@ -391,8 +405,9 @@ def build_and_send(
         gc.unfreeze()
         if jnl is not None:
             jnl.close()
-            # What was sent, as sent (this process still has the bytes; a fold after a kill has only codes).
-            journal.apply(con, path, sent)
+            # What was journaled and sent, as this process still holds it (a fold after a kill reads the
+            # journal's lines, and has codes only).
+            journal.apply(con, path, None, journal.built_table(decided))
     return {
         **{k: statuses.get(k, 0) for k in ("send", "not_sendable", "unchanged", "sent")},
         "done": rec.tally["done"],

@@ -124,6 +124,9 @@ def check_segments(lines: list[str], structure: str, version: str) -> list[str]:
     findings = list(_order(version, structure, tuple(names)))
     memo = _memo.setdefault(version, {})
     for line, name in zip(lines, names, strict=True):
+        if len(line) > _MEMO_LONGEST:  # a document's content: never met again, and costly to hash and keep
+            findings.extend(_fields(line, name, version))
+            continue
         found = memo.get(line)
         if found is None:
             if len(memo) >= _MEMO_SIZE:
@@ -153,6 +156,7 @@ def _order(version: str, structure: str, names: tuple[str, ...]) -> tuple[str, .
 # Findings per segment text: a patient's PID and PV1 recur in every message of theirs.
 _memo: dict[str, dict[str, tuple[str, ...]]] = {}
 _MEMO_SIZE = 50_000
+_MEMO_LONGEST = 2_000  # characters: a longer segment or field is checked without being remembered
 
 
 def _match(nodes: tuple[Node, ...], names: list[str], i: int, findings: list[str]) -> int:
@@ -211,6 +215,11 @@ def _fields(line: str, name: str, version: str) -> list[str]:
     memos = _field_memos(version, name)
     for number, raw in enumerate(parts[first:n_rules], start=first):
         if not raw:
+            continue
+        if len(raw) > _MEMO_LONGEST:
+            found = _field(name, number, raw, *by_number[number])
+            if found:
+                findings.extend(found)
             continue
         memo = memos[number]
         found = memo.get(raw)
