@@ -39,8 +39,31 @@ def decide_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
         SELECT left_patient_id AS l, right_patient_id AS r, arg_max(decision, decided_at) AS decision,
             arg_max(reviewer, decided_at) AS reviewer
         FROM ops.identity_decisions GROUP BY ALL;
+        CREATE OR REPLACE TEMP TABLE id_decisions (
+            l VARCHAR, r VARCHAR, method VARCHAR, rule VARCHAR, score DOUBLE, decision VARCHAR,
+            reviewer VARCHAR
+        );
+        """
+    )
+    # The pairs are decided in parts (by a hash of the left record), each part's union and joins
+    # alone in memory, so the working set stays the size of a part whatever the number of pairs.
+    (pairs,) = con.execute(
+        "SELECT (SELECT count(*) FROM id_scored) + (SELECT count(*) FROM id_rule_pairs) "
+        "+ (SELECT count(*) FROM id_reviewed)"
+    ).fetchall()[0]
+    parts = max(1, -(-int(pairs) // int(t.get("decide_part_pairs", 250_000))))
+    for part in range(parts):
+        _decide_part(con, t, f"hash(l) % {parts} = {part}")
+    con.execute("DROP TABLE IF EXISTS id_candidates; DROP TABLE IF EXISTS id_conflicts")
+
+
+def _decide_part(con: duckdb.DuckDBPyConnection, t: dict, part: str) -> None:
+    """Append to id_decisions the decisions of the candidate pairs whose left record satisfies `part`."""
+    con.execute(
+        f"""
         CREATE OR REPLACE TEMP TABLE id_candidates AS
-        SELECT l, r FROM id_rule_pairs UNION SELECT l, r FROM id_scored UNION SELECT l, r FROM id_reviewed;
+        SELECT l, r FROM id_rule_pairs WHERE {part} UNION SELECT l, r FROM id_scored WHERE {part}
+        UNION SELECT l, r FROM id_reviewed WHERE {part};
         CREATE OR REPLACE TEMP TABLE id_conflicts AS
         SELECT DISTINCT c.l, c.r FROM id_candidates c
         JOIN id_trusted a ON a.patient_id = c.l
@@ -49,8 +72,8 @@ def decide_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
         """
     )
     con.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE id_decisions AS
+        f"""
+        INSERT INTO id_decisions
         WITH x AS (
             SELECT c.l, c.r, s.score, v.decision AS reviewed, v.reviewer, p.rule AS rule_name,
                 p.outcome AS rule_outcome, k.l IS NOT NULL AS conflict,
@@ -58,9 +81,9 @@ def decide_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
                     ELSE 'no_link' END AS model_outcome,
                 s.guard, g.outcome AS guard_outcome
             FROM id_candidates c
-            LEFT JOIN id_scored s USING (l, r)
-            LEFT JOIN id_reviewed v USING (l, r)
-            LEFT JOIN id_rule_pairs p USING (l, r)
+            LEFT JOIN (SELECT * FROM id_scored WHERE {part}) s USING (l, r)
+            LEFT JOIN (SELECT * FROM id_reviewed WHERE {part}) v USING (l, r)
+            LEFT JOIN (SELECT * FROM id_rule_pairs WHERE {part}) p USING (l, r)
             LEFT JOIN id_conflicts k USING (l, r)
             LEFT JOIN id_guards g ON g.name = s.guard
         ),
