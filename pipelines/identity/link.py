@@ -110,7 +110,13 @@ def _link(
 ) -> LinkResult:
     """One attempt at linking with the warehouse's DuckDB capped at `cap` MB."""
     previous = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    flush = con.execute("SELECT current_setting('allocator_flush_threshold')").fetchall()[0][0]
     con.execute(f"SET memory_limit = '{cap}MB'")
+    # Memory a query freed goes back to the system when it ends rather than staying cached by the
+    # allocator (128MB by default): otherwise the process holds the cap and that cache on top of it.
+    con.execute(
+        f"SET allocator_flush_threshold = '{_setting(cfg.thresholds.get('allocator_flush', '16MB'))}'"
+    )
     try:
         digest, present = input_digest(con, cfg)
         standing = None if force else standing_decision(con, digest, present)
@@ -147,6 +153,7 @@ def _link(
     finally:
         _drop_temp_tables(con)
         con.execute(f"SET memory_limit = '{_setting(previous)}'")
+        con.execute(f"SET allocator_flush_threshold = '{_setting(flush)}'")
     return result
 
 
