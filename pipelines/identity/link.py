@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.common.errors import ConfigError
 from pipelines.identity.config import IdentityConfig, load_config
@@ -149,7 +150,7 @@ def _link(
                 "SELECT method, count(*) FROM id_decisions WHERE decision = 'link' GROUP BY 1 ORDER BY 1"
             ).fetchall()
         )
-        _store(con, run_id, cfg, result, digest)
+        _store(con, run_id, cfg, result, digest, work)
     finally:
         _drop_temp_tables(con)
         con.execute(f"SET memory_limit = '{_setting(previous)}'")
@@ -199,41 +200,51 @@ def _standing(con: duckdb.DuckDBPyConnection, decided_by: str) -> LinkResult:
 
 
 def _store(
-    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig, result: LinkResult, digest: str
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    cfg: IdentityConfig,
+    result: LinkResult,
+    digest: str,
+    work: Path,
 ) -> None:
+    # The person records are assembled before the transaction, batch by batch into a Parquet file in
+    # the work folder, and stored in one statement: appended batch by batch inside the transaction,
+    # they were held in memory until it committed, a little more for every person.
+    records = work / "person_records.parquet"
+    schema = pa.schema([("person", pa.string()), ("res", pa.string()), ("n", pa.int32())])
+    with pq.ParquetWriter(records, schema) as writer:
+        for batch in iter_person_records(con, cfg.survivorship):
+            writer.write_table(
+                pa.table(
+                    {
+                        "person": [r[0] for r in batch],
+                        "res": [r[1] for r in batch],
+                        "n": pa.array([r[2] for r in batch], pa.int32()),
+                    },
+                    schema=schema,
+                )
+            )
+    # No ORDER BY: sorting every pair of a large load holds it whole in the transaction; readers order.
     try:
         con.execute("BEGIN TRANSACTION")
         con.execute("DELETE FROM ops.identity_links")
         con.execute(
             "INSERT INTO ops.identity_links SELECT l, r, method, rule, "
             "CASE WHEN method = 'model' THEN ? END, score, decision, reviewer, ?, now() "
-            "FROM id_decisions ORDER BY l, r",
+            "FROM id_decisions",
             [result.model_version, run_id],
         )
         con.execute("DELETE FROM ops.person_map")
         con.execute(
-            "INSERT INTO ops.person_map SELECT patient_id, person_id, survivor, ? FROM id_person_map "
-            "ORDER BY patient_id",
+            "INSERT INTO ops.person_map SELECT patient_id, person_id, survivor, ? FROM id_person_map",
             [run_id],
         )
         con.execute("DELETE FROM ops.person_records")
-        for batch in iter_person_records(con, cfg.survivorship):
-            rows = pa.table(
-                {
-                    "person": [r[0] for r in batch],
-                    "res": [r[1] for r in batch],
-                    "n": pa.array([r[2] for r in batch], pa.int32()),
-                }
-            )
-            con.register("id_records_new", rows)
-            try:
-                con.execute(
-                    "INSERT INTO ops.person_records "
-                    "SELECT person, CAST(res AS JSON), n, ? FROM id_records_new",
-                    [run_id],
-                )
-            finally:
-                con.unregister("id_records_new")
+        con.execute(
+            "INSERT INTO ops.person_records SELECT person, CAST(res AS JSON), n, ? "
+            f"FROM read_parquet({_literal(records)})",
+            [run_id],
+        )
         con.execute("DELETE FROM ops.identity_models WHERE run_id = ?", [run_id])
         if result.model is not None:
             con.execute(
@@ -254,6 +265,10 @@ def _store(
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def _literal(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 def save_model(path: Path, result: LinkResult) -> Path | None:
