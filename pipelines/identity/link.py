@@ -66,7 +66,7 @@ def link_patients(
     """
     started = time.monotonic()
     cfg = cfg or load_config()
-    cap = megabytes(cfg.thresholds.get("memory_limit", "256MB"))
+    cap = megabytes(cfg.thresholds.get("memory_limit", "128MB"))
     ceiling = megabytes(cfg.thresholds.get("max_memory_limit", "2GB"))
     root = work or work_folder(con)
     made = root is not None and not root.exists()
@@ -173,7 +173,7 @@ def _drop_temp_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 def _setting(value: str) -> str:
     if not re.fullmatch(r"[0-9.]+ ?[A-Za-z]*", value):
-        raise ConfigError("thresholds.json: memory_limit must be a size such as 256MB")
+        raise ConfigError("thresholds.json: memory_limit and allocator_flush must be sizes such as 128MB")
     return value
 
 
