@@ -214,11 +214,12 @@ def cluster(con: duckdb.DuckDBPyConnection) -> int:
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE id_split AS
-        SELECT DISTINCT ca.comp FROM id_comp ca
-        JOIN id_comp cb ON cb.comp = ca.comp AND ca.node < cb.node
-        JOIN id_trusted ta ON ta.patient_id = ca.node
-        JOIN id_trusted tb ON tb.patient_id = cb.node AND tb.system = ta.system
-        WHERE NOT list_has_any(ta.vals, tb.vals)
+        WITH t AS (
+            SELECT c.node, c.comp, t.system, t.vals FROM id_comp c JOIN id_trusted t ON t.patient_id = c.node
+        )
+        SELECT DISTINCT a.comp FROM t a
+        JOIN t b ON b.comp = a.comp AND b.system = a.system AND a.node < b.node
+        WHERE NOT list_has_any(a.vals, b.vals)
         UNION
         SELECT ca.comp FROM id_decisions d
         JOIN id_comp ca ON ca.node = d.l JOIN id_comp cb ON cb.node = d.r
