@@ -222,3 +222,56 @@ def test_out_of_memory_past_the_largest_cap_stops_the_stage(con, tmp_path):
     with pytest.raises(Exception, match=r"(?i)out of memory"):
         identify(con, "r1", tight)
     assert con.execute("SELECT count(*) FROM ops.person_map").fetchone()[0] == 0
+
+
+def test_deciding_in_parts_decides_as_deciding_at_once(con, tmp_path):
+    small_population(con, 40, 80)
+    identify(con, "r1")
+    once = linking_digest(con)
+    parts = rules_folder(tmp_path, thresholds={"decide_part_pairs": 7})  # many parts of a few pairs
+    identify(con, "r2", parts, force=True)
+    assert linking_digest(con) == once
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()[0] == 0
+
+
+def test_an_em_session_past_em_max_pairs_learns_from_a_bounded_sample(con, tmp_path):
+    small_population(con, 40, 80)
+    loose = {"min_pairs_for_em": 5, "min_pairs_for_prior": 1}
+    identify(con, "r1", rules_folder(tmp_path / "all", thresholds=loose))
+    whole = saved_model(con, "r1")[1]["parameter_estimates"]["em_sessions"]
+    assert all("sampled_pairs" not in s for s in whole)  # under em_max_pairs: every blocked pair
+    sampled = {**loose, "em_max_pairs": 20}
+    identify(con, "r2", rules_folder(tmp_path / "sampled", thresholds=sampled), force=True)
+    trained, model = saved_model(con, "r2")
+    sessions = model["parameter_estimates"]["em_sessions"]
+    assert [s["pairs"] for s in sessions] == [s["pairs"] for s in whole]
+    ran = [s for s in sessions if s["ran"]]
+    assert ran and all(s["sampled_pairs"] == 20 for s in ran if s["pairs"] > 20)
+    assert any("sampled_pairs" in s for s in ran)
+    assert trained == "em"
+    check_every_parameter_says_where_it_came_from(model["parameter_estimates"])
+
+
+def test_linking_restores_the_connection_settings_it_changes(con, tmp_path, monkeypatch):
+    from pipelines.identity import model
+
+    small_population(con, 40, 80)
+    before = con.execute(
+        "SELECT current_setting('threads'), current_setting('allocator_flush_threshold')"
+    ).fetchall()
+    seen = {}
+    real = model._predict_in_chunks
+
+    def spy(sp, *args):
+        seen["threads"] = sp.execute("SELECT current_setting('threads')").fetchall()[0][0]
+        return real(sp, *args)
+
+    monkeypatch.setattr(model, "_predict_in_chunks", spy)
+    identify(con, "r1", rules_folder(tmp_path, thresholds={"predict_threads": 1}))
+    assert seen["threads"] == 1
+    assert (
+        con.execute(
+            "SELECT current_setting('threads'), current_setting('allocator_flush_threshold')"
+        ).fetchall()
+        == before
+    )

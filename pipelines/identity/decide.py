@@ -39,8 +39,31 @@ def decide_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
         SELECT left_patient_id AS l, right_patient_id AS r, arg_max(decision, decided_at) AS decision,
             arg_max(reviewer, decided_at) AS reviewer
         FROM ops.identity_decisions GROUP BY ALL;
+        CREATE OR REPLACE TEMP TABLE id_decisions (
+            l VARCHAR, r VARCHAR, method VARCHAR, rule VARCHAR, score DOUBLE, decision VARCHAR,
+            reviewer VARCHAR
+        );
+        """
+    )
+    # The pairs are decided in parts (by a hash of the left record), each part's union and joins
+    # alone in memory, so the working set stays the size of a part whatever the number of pairs.
+    (pairs,) = con.execute(
+        "SELECT (SELECT count(*) FROM id_scored) + (SELECT count(*) FROM id_rule_pairs) "
+        "+ (SELECT count(*) FROM id_reviewed)"
+    ).fetchall()[0]
+    parts = max(1, -(-int(pairs) // int(t.get("decide_part_pairs", 250_000))))
+    for part in range(parts):
+        _decide_part(con, t, f"hash(l) % {parts} = {part}")
+    con.execute("DROP TABLE IF EXISTS id_candidates; DROP TABLE IF EXISTS id_conflicts")
+
+
+def _decide_part(con: duckdb.DuckDBPyConnection, t: dict, part: str) -> None:
+    """Append to id_decisions the decisions of the candidate pairs whose left record satisfies `part`."""
+    con.execute(
+        f"""
         CREATE OR REPLACE TEMP TABLE id_candidates AS
-        SELECT l, r FROM id_rule_pairs UNION SELECT l, r FROM id_scored UNION SELECT l, r FROM id_reviewed;
+        SELECT l, r FROM id_rule_pairs WHERE {part} UNION SELECT l, r FROM id_scored WHERE {part}
+        UNION SELECT l, r FROM id_reviewed WHERE {part};
         CREATE OR REPLACE TEMP TABLE id_conflicts AS
         SELECT DISTINCT c.l, c.r FROM id_candidates c
         JOIN id_trusted a ON a.patient_id = c.l
@@ -49,8 +72,8 @@ def decide_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
         """
     )
     con.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE id_decisions AS
+        f"""
+        INSERT INTO id_decisions
         WITH x AS (
             SELECT c.l, c.r, s.score, v.decision AS reviewed, v.reviewer, p.rule AS rule_name,
                 p.outcome AS rule_outcome, k.l IS NOT NULL AS conflict,
@@ -58,9 +81,9 @@ def decide_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
                     ELSE 'no_link' END AS model_outcome,
                 s.guard, g.outcome AS guard_outcome
             FROM id_candidates c
-            LEFT JOIN id_scored s USING (l, r)
-            LEFT JOIN id_reviewed v USING (l, r)
-            LEFT JOIN id_rule_pairs p USING (l, r)
+            LEFT JOIN (SELECT * FROM id_scored WHERE {part}) s USING (l, r)
+            LEFT JOIN (SELECT * FROM id_reviewed WHERE {part}) v USING (l, r)
+            LEFT JOIN (SELECT * FROM id_rule_pairs WHERE {part}) p USING (l, r)
             LEFT JOIN id_conflicts k USING (l, r)
             LEFT JOIN id_guards g ON g.name = s.guard
         ),
@@ -98,17 +121,19 @@ def _components(con: duckdb.DuckDBPyConnection) -> None:
 
     Label propagation (each node takes its neighbours' smallest label) with pointer jumping: the labels
     only ever decrease, so it ends, after a number of rounds that grows with a component's diameter.
+    It runs on integer node numbers given in id order (so the smallest number is the smallest id, and
+    the labels are those of the ids), a fraction of the memory of the ids' strings per edge.
     """
     con.execute(
         """
+        CREATE OR REPLACE TEMP TABLE id_nodes AS
+        SELECT id, CAST(row_number() OVER (ORDER BY id) AS INTEGER) AS n FROM id_source;
         CREATE OR REPLACE TEMP TABLE id_edges AS
-        WITH e AS (
-            SELECT d.l, d.r FROM id_decisions d
-            JOIN id_source a ON a.id = d.l JOIN id_source b ON b.id = d.r
-            WHERE d.decision = 'link'
-        )
-        SELECT l AS a, r AS b FROM e UNION ALL SELECT r, l FROM e;
-        CREATE OR REPLACE TEMP TABLE id_comp AS SELECT id AS node, id AS comp FROM id_source;
+        SELECT a.n AS a, b.n AS b FROM id_decisions d
+        JOIN id_nodes a ON a.id = d.l JOIN id_nodes b ON b.id = d.r
+        WHERE d.decision = 'link';
+        INSERT INTO id_edges SELECT b, a FROM id_edges;
+        CREATE OR REPLACE TEMP TABLE id_comp_n AS SELECT n AS node, n AS comp FROM id_nodes;
         """
     )
     while True:
@@ -117,19 +142,26 @@ def _components(con: duckdb.DuckDBPyConnection) -> None:
             CREATE OR REPLACE TEMP TABLE id_comp_next AS
             WITH nb AS (
                 SELECT c.node, least(c.comp, coalesce(min(n.comp), c.comp)) AS comp
-                FROM id_comp c LEFT JOIN id_edges e ON e.a = c.node LEFT JOIN id_comp n ON n.node = e.b
+                FROM id_comp_n c LEFT JOIN id_edges e ON e.a = c.node LEFT JOIN id_comp_n n ON n.node = e.b
                 GROUP BY c.node, c.comp
             )
             SELECT nb.node, least(nb.comp, j.comp) AS comp FROM nb JOIN nb j ON j.node = nb.comp
             """
         )
         changed = con.execute(
-            "SELECT count(*) FROM id_comp c JOIN id_comp_next n USING (node) WHERE c.comp <> n.comp"
+            "SELECT count(*) FROM id_comp_n c JOIN id_comp_next n USING (node) WHERE c.comp <> n.comp"
         ).fetchall()[0][0]
-        con.execute("CREATE OR REPLACE TEMP TABLE id_comp AS SELECT * FROM id_comp_next")
+        con.execute("CREATE OR REPLACE TEMP TABLE id_comp_n AS SELECT * FROM id_comp_next")
         if not changed:
             break
-    con.execute("DROP TABLE id_comp_next; DROP TABLE id_edges")
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE id_comp AS
+        SELECT a.id AS node, b.id AS comp FROM id_comp_n c
+        JOIN id_nodes a ON a.n = c.node JOIN id_nodes b ON b.n = c.comp;
+        DROP TABLE id_comp_next; DROP TABLE id_edges; DROP TABLE id_comp_n; DROP TABLE id_nodes;
+        """
+    )
 
 
 class _Clusters:
@@ -182,11 +214,12 @@ def cluster(con: duckdb.DuckDBPyConnection) -> int:
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE id_split AS
-        SELECT DISTINCT ca.comp FROM id_comp ca
-        JOIN id_comp cb ON cb.comp = ca.comp AND ca.node < cb.node
-        JOIN id_trusted ta ON ta.patient_id = ca.node
-        JOIN id_trusted tb ON tb.patient_id = cb.node AND tb.system = ta.system
-        WHERE NOT list_has_any(ta.vals, tb.vals)
+        WITH t AS (
+            SELECT c.node, c.comp, t.system, t.vals FROM id_comp c JOIN id_trusted t ON t.patient_id = c.node
+        )
+        SELECT DISTINCT a.comp FROM t a
+        JOIN t b ON b.comp = a.comp AND b.system = a.system AND a.node < b.node
+        WHERE NOT list_has_any(a.vals, b.vals)
         UNION
         SELECT ca.comp FROM id_decisions d
         JOIN id_comp ca ON ca.node = d.l JOIN id_comp cb ON cb.node = d.r

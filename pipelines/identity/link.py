@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.common.errors import ConfigError
 from pipelines.identity.config import IdentityConfig, load_config
@@ -65,7 +66,7 @@ def link_patients(
     """
     started = time.monotonic()
     cfg = cfg or load_config()
-    cap = megabytes(cfg.thresholds.get("memory_limit", "256MB"))
+    cap = megabytes(cfg.thresholds.get("memory_limit", "128MB"))
     ceiling = megabytes(cfg.thresholds.get("max_memory_limit", "2GB"))
     root = work or work_folder(con)
     made = root is not None and not root.exists()
@@ -110,7 +111,13 @@ def _link(
 ) -> LinkResult:
     """One attempt at linking with the warehouse's DuckDB capped at `cap` MB."""
     previous = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    flush = con.execute("SELECT current_setting('allocator_flush_threshold')").fetchall()[0][0]
     con.execute(f"SET memory_limit = '{cap}MB'")
+    # Memory a query freed goes back to the system when it ends rather than staying cached by the
+    # allocator (128MB by default): otherwise the process holds the cap and that cache on top of it.
+    con.execute(
+        f"SET allocator_flush_threshold = '{_setting(cfg.thresholds.get('allocator_flush', '16MB'))}'"
+    )
     try:
         digest, present = input_digest(con, cfg)
         standing = None if force else standing_decision(con, digest, present)
@@ -143,10 +150,11 @@ def _link(
                 "SELECT method, count(*) FROM id_decisions WHERE decision = 'link' GROUP BY 1 ORDER BY 1"
             ).fetchall()
         )
-        _store(con, run_id, cfg, result, digest)
+        _store(con, run_id, cfg, result, digest, work)
     finally:
         _drop_temp_tables(con)
         con.execute(f"SET memory_limit = '{_setting(previous)}'")
+        con.execute(f"SET allocator_flush_threshold = '{_setting(flush)}'")
     return result
 
 
@@ -165,7 +173,7 @@ def _drop_temp_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 def _setting(value: str) -> str:
     if not re.fullmatch(r"[0-9.]+ ?[A-Za-z]*", value):
-        raise ConfigError("thresholds.json: memory_limit must be a size such as 256MB")
+        raise ConfigError("thresholds.json: memory_limit and allocator_flush must be sizes such as 128MB")
     return value
 
 
@@ -192,41 +200,51 @@ def _standing(con: duckdb.DuckDBPyConnection, decided_by: str) -> LinkResult:
 
 
 def _store(
-    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig, result: LinkResult, digest: str
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    cfg: IdentityConfig,
+    result: LinkResult,
+    digest: str,
+    work: Path,
 ) -> None:
+    # The person records are assembled before the transaction, batch by batch into a Parquet file in
+    # the work folder, and stored in one statement: appended batch by batch inside the transaction,
+    # they were held in memory until it committed, a little more for every person.
+    records = work / "person_records.parquet"
+    schema = pa.schema([("person", pa.string()), ("res", pa.string()), ("n", pa.int32())])
+    with pq.ParquetWriter(records, schema) as writer:
+        for batch in iter_person_records(con, cfg.survivorship):
+            writer.write_table(
+                pa.table(
+                    {
+                        "person": [r[0] for r in batch],
+                        "res": [r[1] for r in batch],
+                        "n": pa.array([r[2] for r in batch], pa.int32()),
+                    },
+                    schema=schema,
+                )
+            )
+    # No ORDER BY: sorting every pair of a large load holds it whole in the transaction; readers order.
     try:
         con.execute("BEGIN TRANSACTION")
         con.execute("DELETE FROM ops.identity_links")
         con.execute(
             "INSERT INTO ops.identity_links SELECT l, r, method, rule, "
             "CASE WHEN method = 'model' THEN ? END, score, decision, reviewer, ?, now() "
-            "FROM id_decisions ORDER BY l, r",
+            "FROM id_decisions",
             [result.model_version, run_id],
         )
         con.execute("DELETE FROM ops.person_map")
         con.execute(
-            "INSERT INTO ops.person_map SELECT patient_id, person_id, survivor, ? FROM id_person_map "
-            "ORDER BY patient_id",
+            "INSERT INTO ops.person_map SELECT patient_id, person_id, survivor, ? FROM id_person_map",
             [run_id],
         )
         con.execute("DELETE FROM ops.person_records")
-        for batch in iter_person_records(con, cfg.survivorship):
-            rows = pa.table(
-                {
-                    "person": [r[0] for r in batch],
-                    "res": [r[1] for r in batch],
-                    "n": pa.array([r[2] for r in batch], pa.int32()),
-                }
-            )
-            con.register("id_records_new", rows)
-            try:
-                con.execute(
-                    "INSERT INTO ops.person_records "
-                    "SELECT person, CAST(res AS JSON), n, ? FROM id_records_new",
-                    [run_id],
-                )
-            finally:
-                con.unregister("id_records_new")
+        con.execute(
+            "INSERT INTO ops.person_records SELECT person, CAST(res AS JSON), n, ? "
+            f"FROM read_parquet({_literal(records)})",
+            [run_id],
+        )
         con.execute("DELETE FROM ops.identity_models WHERE run_id = ?", [run_id])
         if result.model is not None:
             con.execute(
@@ -247,6 +265,10 @@ def _store(
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def _literal(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 def save_model(path: Path, result: LinkResult) -> Path | None:

@@ -90,7 +90,14 @@ def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: in
         model.pop("linker_uid", None)  # random per Linker: the same data and priors give one version
         version = hashlib.sha256(orjson.dumps(model, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
         model["parameter_estimates"] = fitted.estimates  # estimated or prior, and why, per parameter
-        compared, parts = _predict_in_chunks(sp, linker, cfg, records, work)
+        # Blocking a chunk joins it on every prediction rule at once, and each join takes buffers per
+        # thread whatever the chunk's size: fewer threads here let the chunks fit the cap.
+        threads = sp.execute("SELECT current_setting('threads')").fetchall()[0][0]
+        sp.execute(f"SET threads = {int(cfg.thresholds.get('predict_threads', threads))}")
+        try:
+            compared, parts = _predict_in_chunks(sp, linker, cfg, records, work)
+        finally:
+            sp.execute(f"SET threads = {int(threads)}")
         files = "[" + ", ".join(_literal(p) for p in parts) + "]"
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE id_scored AS SELECT l, r, score, guard FROM read_parquet({files})"

@@ -18,7 +18,7 @@ class Member:
     resource: dict[str, Any] | None = None  # read only while its person record is built
 
 
-_BATCH = 2_000  # source Patients read and assembled at once (whole persons): memory stays bounded
+_BATCH = 1_000  # source Patients read and assembled at once (whole persons): memory stays bounded
 
 
 def _rank(rules: dict[str, Any], m: Member) -> tuple[int, float, str]:

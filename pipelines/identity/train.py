@@ -127,13 +127,20 @@ def train(
     linker = Linker(frame, settings, log_level=None)
 
     # m by EM, seeded with the priors, in each session whose blocked pairs are enough to learn from.
+    # A session over more than em_max_pairs blocked pairs learns from a deterministic sample of them
+    # (splink keeps a record on each side by a hash of its id), so that its working set does not grow
+    # with the number of pairs; matches and non-matches are kept alike, so m is estimated the same.
     min_em = int(t.get("min_pairs_for_em", 1000))
+    max_em = int(float(t.get("em_max_pairs", 0))) or None
     ran = False
     for rule in t["em_blocking_rules"]:
         n = _pairs(sp, table, rule)
-        session = {"blocking_rule": rule, "pairs": n, "ran": n >= min_em}
+        session: dict[str, Any] = {"blocking_rule": rule, "pairs": n, "ran": n >= min_em}
         if n >= min_em:
-            linker.training.estimate_parameters_using_expectation_maximisation(rule)
+            sample = max_em if max_em is not None and n > max_em else None
+            if sample is not None:
+                session["sampled_pairs"] = sample
+            linker.training.estimate_parameters_using_expectation_maximisation(rule, max_pairs=sample)
             ran = True
         else:
             session["why"] = f"{n} blocked pairs (fewer than {min_em})"
