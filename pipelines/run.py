@@ -72,7 +72,7 @@ def pending_bytes(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
 
 
 def fit_threads(config: RunConfig) -> None:
-    """One DuckDB thread for a run whose pending input is under small_run_bytes (schemas/scale_limits.json).
+    """One DuckDB thread for a run whose pending input is some but under small_run_bytes (scale_limits.json).
 
     Each further DuckDB thread keeps allocator caches of its own (15-20 MB of a one-file run's ~250 MB
     peak) and a few files give threads little to share. Set on the held warehouse, for this run only;
@@ -83,7 +83,8 @@ def fit_threads(config: RunConfig) -> None:
     if os.environ.get(THREADS_ENV):
         return
     with open_warehouse(config.warehouse) as con:
-        if pending_bytes(con, config.run_id) < limits().small_run_bytes:
+        # Nothing to convert is a resume whose later stages may have a whole killed run's work left.
+        if 0 < pending_bytes(con, config.run_id) < limits().small_run_bytes:
             con.execute("SET threads = 1")
 
 

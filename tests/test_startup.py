@@ -268,7 +268,7 @@ def test_structure_validation_compiles_the_schema_only_for_types_a_run_stored(tm
     assert sorted(compiled) == ["Condition", "Observation", "Patient"]  # one type at a time
 
 
-def _threads_after_landing(make_config, src: Path, name: str, **changes) -> int:
+def _threads_after_landing(make_config, src: Path, name: str, *, resume: bool = False, **changes) -> int:
     import dataclasses
 
     from pipelines.run import fit_threads, land_stage
@@ -280,7 +280,8 @@ def _threads_after_landing(make_config, src: Path, name: str, **changes) -> int:
         mp.setattr(scale_limits, "limits", lambda: dataclasses.replace(shipped_limits, **changes))
         with held_warehouse(config.warehouse):
             land_stage(config)
-            fit_threads(config)
+            # A resume of another run: its files are converted, nothing of this run is pending.
+            fit_threads(dataclasses.replace(config, run_id="run-resumed") if resume else config)
             with open_warehouse(config.warehouse) as con:  # another cursor: the setting is the database's
                 return int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
 
@@ -294,6 +295,9 @@ def test_a_small_run_works_on_one_duckdb_thread_and_a_larger_one_keeps_them(
     assert _threads_after_landing(make_config, src, "small", small_run_bytes=size + 1) == 1
     default = int(duckdb.connect().execute("SELECT current_setting('threads')").fetchall()[0][0])
     assert _threads_after_landing(make_config, src, "large", small_run_bytes=size) == default
+    assert (
+        _threads_after_landing(make_config, src, "resume", resume=True, small_run_bytes=size + 1) == default
+    )
 
 
 def test_the_operators_thread_count_wins(tmp_path, make_config, monkeypatch):
