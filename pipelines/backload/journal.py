@@ -13,7 +13,6 @@ and lives only until it is folded."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import duckdb
 
+from pipelines.backload.appendfile import clean, open_append, write_all
 from pipelines.common.errors import EhrliftError
 from pipelines.common.warehouse import transaction
 
@@ -36,38 +36,21 @@ def folder(warehouse: Path | str) -> Path:
     return Path(f"{warehouse}.fhir-journal")
 
 
-def _field(value: object) -> str:
-    if value is None:
-        return ""
-    return str(value).replace("\t", " ").replace("\n", " ").replace("\r", " ")
-
-
 def line(kind: str, *values: object) -> bytes:
-    return ("\t".join((kind, *(_field(v) for v in values))) + "\n").encode()
+    return ("\t".join((kind, *(clean(v) for v in values))) + "\n").encode()
 
 
 class Journal:
     """One plan's journal, open for appending. intents() returns once its lines are on disk (fsync)."""
 
     def __init__(self, path: Path, plan_id: str, target: str, server: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.fd = open_append(path)
         # On disk with the first intents (their fsync): until then nothing was sent under this header.
         self._write(line("H", MAGIC, VERSION, plan_id, target, server), sync=False)
-        with contextlib.suppress(OSError):  # the file's name must survive a crash too
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
 
     def _write(self, data: bytes, *, sync: bool) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-        if sync:
-            os.fsync(self.fd)
+        write_all(self.fd, data, sync=sync)
 
     def intents(self, seqs: list[int], state: str = "intent") -> None:
         """On disk before any of these writes is sent (outcomes appended since go down with them)."""

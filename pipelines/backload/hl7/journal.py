@@ -6,7 +6,6 @@ hashes), never message content or record ids: those are in the plan rows, commit
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from pipelines.backload.appendfile import clean, open_append, write_all
 from pipelines.common.errors import EhrliftError
 from pipelines.common.warehouse import transaction
 
@@ -31,13 +31,6 @@ def folder(warehouse: Path | str) -> Path:
     return Path(f"{warehouse}.hl7-journal")
 
 
-def clean(value: object) -> str:
-    """One field: None as empty; tabs and line ends cannot occur in codes, but never split a line."""
-    if value is None:
-        return ""
-    return str(value).replace("\t", " ").replace("\n", " ").replace("\r", " ")
-
-
 def line(kind: str, *values: object) -> str:
     return "\t".join((kind, *(clean(v) for v in values))) + "\n"
 
@@ -46,25 +39,12 @@ class Journal:
     """One plan's journal, open for appending. write() returns once the lines are on disk (fsync)."""
 
     def __init__(self, path: Path, plan_id: str, target: str, run_id: str, planned_at: datetime) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.fd = open_append(path)
         self.write([line("H", MAGIC, VERSION, plan_id, target, run_id, planned_at.isoformat())])
-        # The file's name must survive a crash too, or the next run would not find what it holds.
-        with contextlib.suppress(OSError):
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
 
     def write(self, lines: list[str]) -> None:
-        data = "".join(lines).encode()
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        os.fsync(self.fd)
+        write_all(self.fd, "".join(lines).encode(), sync=True)
 
     def close(self) -> None:
         if self.fd >= 0:

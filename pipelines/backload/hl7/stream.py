@@ -22,8 +22,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from pipelines.backload.appendfile import clean
 from pipelines.backload.hl7 import journal
-from pipelines.backload.hl7.journal import Journal, clean
+from pipelines.backload.hl7.journal import Journal
 from pipelines.backload.hl7.mllp import Item, Lanes, Outcome, SendPolicy
 from pipelines.backload.hl7.plan import Planned, Prepared, build
 from pipelines.common.errors import EhrliftError
