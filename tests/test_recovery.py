@@ -84,35 +84,67 @@ def test_crash_while_merging_a_file_then_rerun(tmp_path, make_config, warehouse,
     ]
 
 
-def test_a_large_ndjson_file_commits_in_chunks_and_resumes_after_a_crash(
-    tmp_path, make_config, warehouse, monkeypatch
-):
+def _crash_on_third_ndjson_batch(tmp_path, make_config, monkeypatch, src) -> int:
+    """Run with batches of a few lines (each a commit), killed in the third; the committed units."""
     from pipelines.convert.fhir import ndjson
 
-    src = write_ndjson(tmp_path / "src" / "big.ndjson", *[resource("Patient", f"p{i}") for i in range(40)])
     monkeypatch.setattr(ndjson, "CHUNK_BYTES", 200)  # about five lines a batch, each batch a commit
     original = FhirNdjsonConverter._convert_batch
     calls = {"n": 0}
 
-    def crash_on_third_batch(self, con, params, writer, preparer, ctx, result):
+    def crash_on_third_batch(self, *args):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        original(self, con, params, writer, preparer, ctx, result)
+        original(self, *args)
 
     monkeypatch.setattr(FhirNdjsonConverter, "_convert_batch", crash_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(make_config(src))
-    with open_warehouse(tmp_path / "data" / "warehouse.duckdb") as con:
-        committed = con.execute("SELECT count(*) FROM ops.ledger").fetchone()[0]
-        assert 0 < committed < 40  # two batches survived the crash
-        assert con.execute("SELECT status FROM ops.run_files").fetchall() == [("partial",)]
     monkeypatch.setattr(FhirNdjsonConverter, "_convert_batch", original)
+    with open_warehouse(tmp_path / "data" / "warehouse.duckdb") as con:
+        assert con.execute("SELECT status FROM ops.run_files").fetchall() == [("partial",)]
+        return con.execute("SELECT count(*) FROM ops.ledger").fetchone()[0]
+
+
+def test_a_large_ndjson_file_commits_in_chunks_and_resumes_after_a_crash(
+    tmp_path, make_config, warehouse, monkeypatch
+):
+    src = write_ndjson(tmp_path / "src" / "big.ndjson", *[resource("Patient", f"p{i}") for i in range(40)])
+    committed = _crash_on_third_ndjson_batch(tmp_path, make_config, monkeypatch, src)
+    assert 0 < committed < 40  # two batches survived the crash
     rerun = run_pipeline(make_config(src))
     con = warehouse()
     assert rerun.totals.units == 40 - committed
     assert ledger(con) == [("big.ndjson", i, "ndjson_line", "converted", None, 1) for i in range(1, 41)]
     assert con.execute('SELECT count(*), count(DISTINCT id) FROM fhir."Patient"').fetchone() == (40, 40)
+
+
+def test_a_rerun_with_larger_batches_skips_the_committed_prefix_of_its_first_batch(
+    tmp_path, make_config, warehouse, monkeypatch
+):
+    """A resumed NDJSON file whose committed lines end inside a batch: only the lines after them convert."""
+    from pipelines.convert.fhir import ndjson
+
+    src = write_ndjson(tmp_path / "src" / "big.ndjson", *[resource("Patient", f"p{i}") for i in range(30)])
+    committed = _crash_on_third_ndjson_batch(tmp_path, make_config, monkeypatch, src)
+    assert 0 < committed < 30
+    # The re-run reads the whole file as one batch: its first `committed` lines are already in.
+    monkeypatch.setattr(ndjson, "CHUNK_BYTES", 1 << 20)
+    original = FhirNdjsonConverter._convert_batch
+    seen: list[list[int]] = []
+
+    def spy(self, con, *args):
+        seen.append([p for (p,) in con.execute("SELECT pos FROM _lines ORDER BY pos").fetchall()])
+        original(self, con, *args)
+
+    monkeypatch.setattr(FhirNdjsonConverter, "_convert_batch", spy)
+    rerun = run_pipeline(make_config(src))
+    assert seen == [list(range(committed + 1, 31))]
+    assert rerun.totals.units == 30 - committed
+    con = warehouse()
+    assert ledger(con) == [("big.ndjson", i, "ndjson_line", "converted", None, 1) for i in range(1, 31)]
+    assert con.execute('SELECT count(*), count(DISTINCT id) FROM fhir."Patient"').fetchone() == (30, 30)
 
 
 @pytest.mark.parametrize(("units", "resources"), [(4, 10**9), (10**9, 4)], ids=["by-units", "by-resources"])
