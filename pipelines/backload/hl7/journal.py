@@ -128,18 +128,43 @@ def fold(
         seqs = [int(p[0]) for p in plans]
         columns = [[p[i] or None for p in plans] for i in range(1, len(BUILT_COLUMNS) - 1)]
         built = built_table((seqs, *columns, [_utf8(texts.get(s)) for s in seqs]))
-    # Arrow tables the statements read by name (DuckDB's replacement scans): set-based, no per-row cost.
-    outcomes = pa.table(  # noqa: F841
-        {
-            "seq": pa.array([int(x[0]) for x in r], pa.int32()),
-            "control_id": pa.array([x[1] for x in r], pa.string()),
-            "state": pa.array([x[2] for x in r], pa.string()),
-            "ack_code": pa.array([x[3] or None for x in r], pa.string()),
-            "error_codes": pa.array([x[4] or None for x in r], pa.string()),
-            "attempts": pa.array([int(x[5]) for x in r], pa.int32()),
-            "recorded": pa.array([float(x[6]) for x in r], pa.float64()),
-        }
+    store(con, j.plan_id, j.target, built, outcomes_of(r))
+
+
+# An ACK outcome, in the order of an R line's fields.
+OUTCOME_COLUMNS = ("seq", "control_id", "state", "ack_code", "error_codes", "attempts", "recorded")
+_OUTCOME_TYPES = (pa.int32(), pa.string(), pa.string(), pa.string(), pa.string(), pa.int32(), pa.float64())
+
+
+def outcome_table(columns: tuple[list, ...] | list[list]) -> pa.Table:
+    """ACK outcomes (OUTCOME_COLUMNS, one list each, None for empty; `recorded` in epoch seconds)."""
+    return pa.table(
+        {n: pa.array(c, t) for n, c, t in zip(OUTCOME_COLUMNS, columns, _OUTCOME_TYPES, strict=True)}
     )
+
+
+def outcomes_of(results: list[list[str]]) -> pa.Table:
+    """The outcome_table of a journal's R lines (Read.results)."""
+    r = results
+    return outcome_table(
+        (
+            [int(x[0]) for x in r],
+            [x[1] for x in r],
+            [x[2] for x in r],
+            [x[3] or None for x in r],
+            [x[4] or None for x in r],
+            [int(x[5]) for x in r],
+            [float(x[6]) for x in r],
+        )
+    )
+
+
+def store(
+    con: duckdb.DuckDBPyConnection, plan_id: str, target: str, built: pa.Table, outcomes: pa.Table
+) -> None:
+    """One transaction: the plan rows get what building decided, rows never built go, outcomes go in once
+    (a plan whose outcomes are in was folded already)."""
+    # Arrow tables the statements read by name (DuckDB's replacement scans): set-based, no per-row cost.
     with transaction(con):
         con.execute(
             """
@@ -148,12 +173,12 @@ def fold(
                 message = coalesce(decode(j.message), m.message)
             FROM built j WHERE m.plan_id = $1 AND m.seq = j.seq
             """,
-            [j.plan_id],
+            [plan_id],
         )
         con.execute(
             "DELETE FROM ops.backload_hl7_messages "
             "WHERE plan_id = ? AND status = 'send' AND control_id IS NULL",
-            [j.plan_id],
+            [plan_id],
         )
         # Outcomes once: a plan whose outcomes are in was folded already (a crash before the file went).
         con.execute(
@@ -163,7 +188,7 @@ def fold(
             FROM outcomes
             WHERE NOT EXISTS (SELECT 1 FROM ops.backload_hl7_results WHERE plan_id = $1)
             """,
-            [j.plan_id, j.target],
+            [plan_id, target],
         )
 
 
@@ -185,6 +210,15 @@ def apply(
             log.warning("HL7 send journal of plan %s: a torn last line was ignored", j.plan_id)
     path.unlink()
     return j
+
+
+def apply_held(
+    con: duckdb.DuckDBPyConnection, path: Path, plan_id: str, target: str, built: pa.Table, outcomes: pa.Table
+) -> None:
+    """Fold what the sending process journaled, as it still holds it (every write of the journal having
+    succeeded), without reading the file back; then remove it."""
+    store(con, plan_id, target, built, outcomes)
+    path.unlink()
 
 
 def recover(con: duckdb.DuckDBPyConnection, warehouse: Path | str) -> int:

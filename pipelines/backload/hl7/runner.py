@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 from collections import Counter
@@ -102,18 +103,24 @@ def backload_hl7(warehouse: Path, options: Hl7Options) -> dict[str, Any]:
         # Sending: a plan of its own per invocation, its rows stored as they are built, each before it goes.
         plan_id = hashlib.sha256(f"{options.profile}\0{run_id}\0{datetime.now(UTC).isoformat()}".encode())
         plan_id_text = plan_id.hexdigest()[:16]
-        result = build_and_send(
-            con,
-            prep,
-            plan_id_text,
-            run_id,
-            address,
-            options.policy,
-            options.batch,
-            folder(warehouse),
-            check,
-            options.builders,
-        )
+        try:
+            result = build_and_send(
+                con,
+                prep,
+                plan_id_text,
+                run_id,
+                address,
+                options.policy,
+                options.batch,
+                folder(warehouse),
+                check,
+                options.builders,
+            )
+        finally:
+            # build_and_send froze the collector over the plan's objects: they go first, by their reference
+            # counts, so that unfreezing hands the collector nothing of theirs to walk.
+            del prep
+            gc.unfreeze()
         log.info("HL7 back-load plan %s sent: %s", plan_id_text, result)
         return {"plan_id": plan_id_text, **result}
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from pipelines.backload.appendfile import clean
 from pipelines.backload.hl7 import journal
-from pipelines.backload.hl7.journal import Journal
+from pipelines.backload.hl7.journal import OUTCOME_COLUMNS, Journal
 from pipelines.backload.hl7.mllp import Item, Lanes, Outcome, SendPolicy
 from pipelines.backload.hl7.plan import Planned, Prepared, build
 from pipelines.common.errors import EhrliftError
@@ -117,6 +117,8 @@ class Recorder:
         self.enough = asyncio.Event()  # set when a commit should not wait for more outcomes
         self.closing = False
         self.tally: Counter[str] = Counter()
+        # Every outcome written, as journal.OUTCOME_COLUMNS: the fold at the end reads no line back.
+        self.written: tuple[list, ...] = tuple([] for _ in OUTCOME_COLUMNS)
 
     def _kick(self) -> asyncio.Task:
         if self.task is None or self.task.done():
@@ -144,16 +146,26 @@ class Recorder:
 
     def _write(self, plans: list[str], outcomes: list[Outcome]) -> None:
         now = f"{datetime.now(UTC).timestamp():.6f}"
+        stamp = float(now)  # as the line reads back
         # Every field is a code: a control id (hex), a state, an ACK code and ERR codes (letters and digits
         # only, see read_ack), a count: none can hold a tab or a line end, so no field needs cleaning.
+        errors = [",".join(o.error_codes) for o in outcomes]
         self.journal.write(
             plans
             + [
-                f"R\t{o.item.seq}\t{o.item.control_id}\t{o.state}\t{o.ack_code or ''}\t"
-                f"{','.join(o.error_codes)}\t{o.attempts}\t{now}\n"
-                for o in outcomes
+                f"R\t{o.item.seq}\t{o.item.control_id}\t{o.state}\t{o.ack_code or ''}\t{e}\t"
+                f"{o.attempts}\t{now}\n"
+                for o, e in zip(outcomes, errors, strict=True)
             ]
         )
+        seqs, cids, states, acks, errs, attempts, recorded = self.written  # as the lines read back
+        seqs.extend([o.item.seq for o in outcomes])
+        cids.extend([o.item.control_id for o in outcomes])
+        states.extend([o.state for o in outcomes])
+        acks.extend([o.ack_code or None for o in outcomes])
+        errs.extend([e or None for e in errors])
+        attempts.extend([o.attempts for o in outcomes])
+        recorded.extend([stamp] * len(outcomes))
 
     async def plan(self, rows: list[str]) -> None:
         """Returns once the lines are on disk (not waiting for the outcomes that keep coming meanwhile)."""
@@ -279,10 +291,10 @@ async def _pipeline(
     address: tuple[str, int],
     policy: SendPolicy,
     acked: dict[str, str],
-    decided: list[list],
+    decided: list[pa.Table],
 ) -> Counter[str]:
     """Chunks in, messages out: per message a status count and, when it goes, one Item on a lane; what
-    building decided (the bytes that go included) is kept in `decided`, a list per journal.BUILT_COLUMNS,
+    building decided (the bytes that go included) is kept in `decided`, a journal.built_table per chunk,
     for the fold."""
     loop = asyncio.get_running_loop()
     reader = ThreadPoolExecutor(1, thread_name_prefix="hl7-plan-reader")
@@ -294,7 +306,7 @@ async def _pipeline(
         # Chunk j comes from builder j % len(sources): read in turn, they come in plan order.
         for j, (start, end) in enumerate(chunks(n)):
             try:
-                built = await loop.run_in_executor(reader, sources[j % len(sources)].recv)
+                built, table = await loop.run_in_executor(reader, _receive, sources[j % len(sources)])
             except EOFError:
                 built = None
             if isinstance(built, tuple) and built[0] == "error":
@@ -303,8 +315,7 @@ async def _pipeline(
                 raise EhrliftError("the HL7 message builder stopped before the plan was complete")
             _, lines, patients, columns = built
             await rec.plan([lines])  # on disk before any of the chunk's messages goes
-            for kept, column in zip(decided, columns, strict=True):  # folded as journaled, at the end
-                kept.extend(column)
+            decided.append(table)  # folded as journaled, at the end
             seqs, states, cids, payloads = columns[0], columns[1], columns[4], columns[-1]
             statuses.update(states)
             going = 0
@@ -321,6 +332,16 @@ async def _pipeline(
         reader.shutdown(wait=False, cancel_futures=True)
         await rec.close()
     return statuses
+
+
+def _receive(source: Connection) -> tuple[Any, pa.Table | None]:
+    """One hand-over from a builder and, for a chunk, its columns as the table the fold reads: made here, on
+    the reader's thread while earlier messages go, so that the sent bytes are copied once, chunk by chunk,
+    and the end of the send has no large table to make."""
+    built = source.recv()
+    if isinstance(built, tuple) and built[0] == "chunk" and len(built) == 4:
+        return built, journal.built_table(built[3])
+    return built, None
 
 
 def _counted(record: Any, bar: StageBar) -> Any:
@@ -360,14 +381,16 @@ def build_and_send(
     path = journal_dir / f"{plan_id}.jnl"
     planned = plan_table([w[0] for w in prep.work])
     # The plan's resources, read before, live until the send ends: keep the collector from walking them at
-    # every few hundred allocations (it cost the sender more than its sending did).
+    # every few hundred allocations (it cost the sender more than its sending did). Left frozen: the caller
+    # unfreezes once it has let them go (runner.backload_hl7).
     gc.freeze()
     forked = can_fork()
     parts = max(1, builders or default_builders()) if forked else 1
     sources: list[Connection] = []
     children: list[multiprocessing.process.BaseProcess | threading.Thread] = []
     jnl: Journal | None = None
-    decided: list[list] = [[] for _ in journal.BUILT_COLUMNS]  # what is journaled, as columns
+    decided: list[pa.Table] = []  # what is journaled, a table per chunk
+    whole = False
     try:
         # Forked builders start first, so building overlaps storing the plan's rows (nothing is sent before
         # those rows are committed and the journal is open: the pipeline starts after both). A builder
@@ -395,20 +418,26 @@ def build_and_send(
         statuses = asyncio.run(
             _pipeline(len(prep.work), sources, rec, address, policy, prep.acknowledged, decided)
         )
+        whole = True  # every journal write succeeded: what this process holds is what the file says
     finally:
         for source in sources:
             source.close()
+        if jnl is not None:
+            jnl.close()
+            # What was journaled and sent, as this process still holds it (a fold after a kill reads the
+            # journal's lines, and has codes only).
+            held = pa.concat_tables(decided) if decided else None
+            if whole and held is not None:
+                journal.apply_held(con, path, plan_id, prep.target, held, journal.outcome_table(rec.written))
+            else:
+                journal.apply(con, path, None, held)
+        # The builders exit while the journal is folded. The caller unfreezes the collector once it has let
+        # the plan's objects go: unfrozen while still held, they could cost a full collection's walk.
         for child in children:
             child.join(10)
             if child.is_alive() and not isinstance(child, threading.Thread):
                 child.terminate()
                 child.join(5)
-        gc.unfreeze()
-        if jnl is not None:
-            jnl.close()
-            # What was journaled and sent, as this process still holds it (a fold after a kill reads the
-            # journal's lines, and has codes only).
-            journal.apply(con, path, None, journal.built_table(decided))
     return {
         **{k: statuses.get(k, 0) for k in ("send", "not_sendable", "unchanged", "sent")},
         "done": rec.tally["done"],
