@@ -233,6 +233,52 @@ def test_the_sender_folds_its_held_outcomes_exactly_as_the_journal_lines_fold(tm
         con.close()
 
 
+def _sent_plan(tmp_path, name, monkeypatch, least=None, failing=False):
+    """A whole send of 60 patients' messages; the plan rows and results as stored after it."""
+    from pipelines.backload.hl7 import stream
+
+    if least is not None:
+        monkeypatch.setattr(stream, "INFOLD_ROWS", least)
+    if failing:
+        update = journal.update_plan_rows
+
+        def refuse_parts(con, plan_id, built, keep_texts=True):
+            if not keep_texts:
+                raise duckdb.IOException("disk full")
+            return update(con, plan_id, built, keep_texts)
+
+        monkeypatch.setattr(journal, "update_plan_rows", refuse_parts)
+    wh = build_warehouse(tmp_path / name / "w.duckdb", _many(60))
+    with Peer() as peer:
+        result = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}"))
+    monkeypatch.undo()
+    assert result["failed"] == 0 and result["done"] == result["sent"] > 60
+    with duckdb.connect(str(wh), read_only=True) as con:
+        rows = con.execute(
+            # (control ids and hashes differ between warehouses: MSH-7 is each one's run start)
+            "SELECT seq, kind, warehouse_id, status, reason, message_type, control_id IS NOT NULL, "
+            "contains(message, '|' || control_id || '|'), content_sha256 IS NOT NULL "
+            "FROM ops.backload_hl7_messages ORDER BY seq"
+        ).fetchall()
+        results = con.execute(
+            "SELECT seq, state, ack_code FROM ops.backload_hl7_results ORDER BY seq"
+        ).fetchall()
+    assert not list(folder(wh).glob("*.jnl"))
+    return rows, results
+
+
+def test_a_large_plan_goes_into_the_plan_rows_part_by_part_while_sending(tmp_path, monkeypatch):
+    """Past INFOLD_ROWS built rows, what building decided goes into the plan rows while later messages are
+    sent; the end puts in the rest. The rows, the texts and the results are those of a send that puts
+    everything in at the end, and when such an update fails, the end puts everything in."""
+    at_end = _sent_plan(tmp_path, "end", monkeypatch)
+    in_parts = _sent_plan(tmp_path, "parts", monkeypatch, least=20)
+    failed = _sent_plan(tmp_path, "failed", monkeypatch, least=20, failing=True)
+    assert in_parts == at_end == failed
+    rows, _results = at_end
+    assert all(r[6] and r[7] and r[8] for r in rows if r[3] == "send")  # id, text with its id, hash
+
+
 def test_a_damaged_middle_line_stops_with_a_clear_error_and_keeps_the_journal(tmp_path):
     wh, con, path, _planned, _sendable = _journaled_plan(tmp_path)
     try:

@@ -159,6 +159,24 @@ def outcomes_of(results: list[list[str]]) -> pa.Table:
     )
 
 
+def update_plan_rows(
+    con: duckdb.DuckDBPyConnection, plan_id: str, built: pa.Table, keep_texts: bool = True
+) -> None:
+    """The plan rows get what building decided (built_table). `keep_texts`: a row's sent text, once in, is
+    kept where `built` has none (a fold from the journal's lines alone); without it the statement reads no
+    stored text, so that putting a plan in part by part costs each part alone."""
+    message = "coalesce(decode(j.message), m.message)" if keep_texts else "decode(j.message)"
+    con.execute(
+        f"""
+        UPDATE ops.backload_hl7_messages m SET status = j.status, reason = j.reason, detail = j.detail,
+            control_id = j.control_id, message_type = j.message_type, content_sha256 = j.sha,
+            message = {message}
+        FROM built j WHERE m.plan_id = $1 AND m.seq = j.seq
+        """,
+        [plan_id],
+    )
+
+
 def store(
     con: duckdb.DuckDBPyConnection, plan_id: str, target: str, built: pa.Table, outcomes: pa.Table
 ) -> None:
@@ -166,15 +184,7 @@ def store(
     (a plan whose outcomes are in was folded already)."""
     # Arrow tables the statements read by name (DuckDB's replacement scans): set-based, no per-row cost.
     with transaction(con):
-        con.execute(
-            """
-            UPDATE ops.backload_hl7_messages m SET status = j.status, reason = j.reason, detail = j.detail,
-                control_id = j.control_id, message_type = j.message_type, content_sha256 = j.sha,
-                message = coalesce(decode(j.message), m.message)
-            FROM built j WHERE m.plan_id = $1 AND m.seq = j.seq
-            """,
-            [plan_id],
-        )
+        update_plan_rows(con, plan_id, built)
         con.execute(
             "DELETE FROM ops.backload_hl7_messages "
             "WHERE plan_id = ? AND status = 'send' AND control_id IS NULL",

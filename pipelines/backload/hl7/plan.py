@@ -23,6 +23,8 @@ from terminology.target_codings import code_values
 
 ORDER = {"adt": 0, "oru": 1, "vxu": 2, "mdm": 3}
 SUBJECT = {"DiagnosticReport": "subject", "Immunization": "patient", "DocumentReference": "subject"}
+# Looked up by one message each (a report's results and specimens): a builder process need not keep them.
+LOOKED_UP_ONCE = frozenset({"Observation", "Specimen"})
 LOOKUP_TYPES = (
     "Patient", "Encounter", "Observation", "Practitioner", "Organization", "Location", "Specimen",
 )  # fmt: skip
@@ -57,6 +59,9 @@ class Store:
     def __init__(self, con: duckdb.DuckDBPyConnection, types: Iterable[str]) -> None:
         self.raw: dict[str, str] = {}
         self.parsed: dict[str, dict[str, Any]] = {}
+        # Types whose parsed resources are not kept: a builder process that meets each of them once (a
+        # report's observations) would otherwise keep them all, and fresh memory costs a page fault a page.
+        self.once: frozenset[str] = frozenset()
         self.stand_in: set[str] = set()
         tables = set(resource_tables(con))
         for t in sorted(set(types) & tables):
@@ -90,7 +95,9 @@ class Store:
             body = self.raw.get(key)
             if body is None:
                 return None
-            found = self.parsed[key] = orjson.loads(body)
+            found = orjson.loads(body)
+            if key.partition("/")[0] not in self.once:
+                self.parsed[key] = found
         return found
 
     def get(self, ref: Any) -> dict[str, Any] | None:
@@ -131,6 +138,7 @@ class Prepared:
     acknowledged: dict[str, str]
     sent_patients: set[str]
     work: list[tuple[Planned, dict[str, Any] | None, dict[str, Any] | None]]  # (message, resource, patient)
+    store: Store | None = None
 
 
 def prepare(
@@ -186,7 +194,7 @@ def prepare(
     work.sort(key=lambda w: w[0].status != "send")  # stable: the sendable ones first, in patient order
     for i, (p, _res, _patient) in enumerate(work, start=1):
         p.seq = i
-    return Prepared(ctx, target, when, acknowledged, sent_patients, work)
+    return Prepared(ctx, target, when, acknowledged, sent_patients, work, store)
 
 
 def build(prep: Prepared, p: Planned, res: dict[str, Any] | None, patient: dict[str, Any] | None) -> Planned:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import multiprocessing
 import os
 import signal
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -26,10 +27,12 @@ from pipelines.backload.appendfile import clean
 from pipelines.backload.hl7 import journal
 from pipelines.backload.hl7.journal import OUTCOME_COLUMNS, Journal
 from pipelines.backload.hl7.mllp import Item, Lanes, Outcome, SendPolicy
-from pipelines.backload.hl7.plan import Planned, Prepared, build
+from pipelines.backload.hl7.plan import LOOKED_UP_ONCE, Planned, Prepared, build
 from pipelines.common.errors import EhrliftError
 from pipelines.common.progress import StageBar, stage_bar
 from pipelines.common.warehouse import transaction
+
+log = logging.getLogger(__name__)
 
 # Messages per hand-over from the builder, and so per journal flush of plan lines: small at first so sending
 # starts soon, then doubling to a bound. The bound is kept small since the last chunk is sent after it is
@@ -37,6 +40,9 @@ from pipelines.common.warehouse import transaction
 # fsync, on the writer thread, while the lane still sends the previous chunk.
 FIRST_CHUNK, MAX_CHUNK = 16, 256
 LINGER = 0.1  # seconds an ACK outcome may wait for others to share its fsync
+# Built rows that wait before they go into the plan rows while sending (a smaller plan's go in at the end:
+# an update costs milliseconds whatever its size, and each one shares the cores with sending).
+INFOLD_ROWS = 8192
 
 PLAN_TYPES = (
     "VARCHAR", "INTEGER", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR",
@@ -216,6 +222,45 @@ class Recorder:
             self.pool.shutdown(wait=True)
 
 
+class Infold:
+    """Puts what building decided (the sent texts among them) into the plan rows while later messages go,
+    once at least `least` rows wait, on a thread and a cursor of its own: a large plan's texts are then
+    written (and their log synced) while sending, not all at the end. Tables go in after their journal lines
+    are on disk. A failed update stops these: the end then puts everything in."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, plan_id: str, least: int | None = None) -> None:
+        self.con, self.plan_id, self.least = con, plan_id, least or INFOLD_ROWS
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="hl7-infold")
+        self.waiting: list[pa.Table] = []
+        self.rows = 0
+        self.sent: list[tuple[pa.Table, Future[None]]] = []
+
+    def add(self, table: pa.Table) -> None:
+        self.waiting.append(table)
+        self.rows += table.num_rows
+        if self.rows >= self.least:
+            part = pa.concat_tables(self.waiting)
+            self.waiting, self.rows = [], 0
+            self.sent.append((part, self.pool.submit(self._update, part)))
+
+    def _update(self, part: pa.Table) -> None:
+        with self.con.cursor() as cursor:
+            journal.update_plan_rows(cursor, self.plan_id, part, keep_texts=False)
+
+    def rest(self) -> pa.Table | None:
+        """Once every update has ended: what the end must still put in (everything, when one failed)."""
+        self.pool.shutdown(wait=True)
+        failed = [f for _t, f in self.sent if f.exception() is not None]
+        if failed:  # the class only: a database error may quote a value
+            log.warning(
+                "HL7 back-load: the sent texts go in at the end (%s)", type(failed[0].exception()).__name__
+            )
+            left = [t for t, _f in self.sent] + self.waiting
+        else:
+            left = self.waiting
+        return pa.concat_tables(left) if left else None
+
+
 def chunk_columns(chunk: list[Planned]) -> tuple[list, ...]:
     """What building decided for a chunk, one list per journal.BUILT_COLUMNS (as the journal's P lines
     hold it: the finding's text cleaned the same way), the sent bytes last."""
@@ -262,6 +307,10 @@ def _builder(
         # time). The process ends with the plan, so a rare cycle lives until then at most.
         gc.freeze()
         gc.disable()
+        # Nothing this process builds is needed once handed over: what it does not keep, the allocator
+        # reuses, where fresh memory would cost a page fault a page (a plan's texts run to hundreds of MB).
+        if prep.store is not None:
+            prep.store.once = LOOKED_UP_ONCE
     try:
         for start, end in chunks(len(prep.work))[part::parts]:
             chunk = [build(prep, *w) for w in prep.work[start:end]]
@@ -273,6 +322,9 @@ def _builder(
             # object per message). The sender reads none of the plan's objects it shares with this process.
             out.send(("chunk", "".join([plan_line(p) for p in chunk]), [p.patient_id or "" for p in chunk],
                       chunk_columns(chunk)))  # fmt: skip
+            if forked:
+                for p in chunk:
+                    p.text = p.data = None
         out.send(None)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the sender stopped (killed or interrupted): nothing more to do
@@ -292,6 +344,7 @@ async def _pipeline(
     policy: SendPolicy,
     acked: dict[str, str],
     decided: list[pa.Table],
+    infold: Infold,
 ) -> Counter[str]:
     """Chunks in, messages out: per message a status count and, when it goes, one Item on a lane; what
     building decided (the bytes that go included) is kept in `decided`, a journal.built_table per chunk,
@@ -315,7 +368,8 @@ async def _pipeline(
                 raise EhrliftError("the HL7 message builder stopped before the plan was complete")
             _, lines, patients, columns = built
             await rec.plan([lines])  # on disk before any of the chunk's messages goes
-            decided.append(table)  # folded as journaled, at the end
+            decided.append(table)  # as journaled: into the plan rows while later chunks go, or at the end
+            infold.add(table)
             seqs, states, cids, payloads = columns[0], columns[1], columns[4], columns[-1]
             statuses.update(states)
             going = 0
@@ -390,6 +444,7 @@ def build_and_send(
     children: list[multiprocessing.process.BaseProcess | threading.Thread] = []
     jnl: Journal | None = None
     decided: list[pa.Table] = []  # what is journaled, a table per chunk
+    infold: Infold | None = None
     whole = False
     try:
         # Forked builders start first, so building overlaps storing the plan's rows (nothing is sent before
@@ -415,8 +470,9 @@ def build_and_send(
             thread.start()
         jnl = Journal(path, plan_id, prep.target, run_id, now)
         rec = Recorder(jnl, batch)
+        infold = Infold(con, plan_id)
         statuses = asyncio.run(
-            _pipeline(len(prep.work), sources, rec, address, policy, prep.acknowledged, decided)
+            _pipeline(len(prep.work), sources, rec, address, policy, prep.acknowledged, decided, infold)
         )
         whole = True  # every journal write succeeded: what this process holds is what the file says
     finally:
@@ -426,11 +482,12 @@ def build_and_send(
             jnl.close()
             # What was journaled and sent, as this process still holds it (a fold after a kill reads the
             # journal's lines, and has codes only).
-            held = pa.concat_tables(decided) if decided else None
-            if whole and held is not None:
-                journal.apply_held(con, path, plan_id, prep.target, held, journal.outcome_table(rec.written))
+            rest = infold.rest() if infold is not None else None  # once the updates under way have ended
+            if whole and decided:
+                rest = rest if rest is not None else journal.built_table([[] for _ in journal.BUILT_COLUMNS])
+                journal.apply_held(con, path, plan_id, prep.target, rest, journal.outcome_table(rec.written))
             else:
-                journal.apply(con, path, None, held)
+                journal.apply(con, path, None, pa.concat_tables(decided) if decided else None)
         # The builders exit while the journal is folded. The caller unfreezes the collector once it has let
         # the plan's objects go: unfrozen while still held, they could cost a full collection's walk.
         for child in children:
