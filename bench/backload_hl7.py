@@ -5,12 +5,13 @@ sending them), and the stage of it after the warehouse reads (build, check, reco
 is about); the `ehrlift backload hl7` command with its start-up; and building + checking alone vs hl7apy's
 parse of the same messages.
 
-    uv run python bench/backload_hl7.py [--patients 20] [--copies 20] [--runs 3] [--builders N]
+    uv run python bench/backload_hl7.py [--patients 20] [--copies 20] [--large 10] [--runs 3] [--builders N]
 
 The warehouse is the demo data (`ehrlift demo-data` + `ehrlift run`) in a temporary folder, copied fresh
 for every timed back-load (a second one on the same warehouse would find everything acknowledged); no
-message is built twice in a run. The server runs in its own process. Targets: >= 0.7x the bare client,
-and building + checking >= 20x hl7apy's parse.
+message is built twice in a run. The server runs in its own process. Two sizes, `--copies` and `--large`
+times as many. Targets: >= 0.7x the bare client, and building + checking >= 20x hl7apy's parse (at the
+smaller size).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -159,6 +161,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=20)
     parser.add_argument("--copies", type=int, default=20, help="copies of the demo's records (own ids)")
+    parser.add_argument(
+        "--large", type=int, default=10, help="the second size: this many times the copies (1: one size)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="timed back-loads (each against a bare send)")
     parser.add_argument(
         "--builders", type=int, default=None, help="builder processes (default: one per core left free)"
@@ -167,16 +172,50 @@ def main() -> None:
 
     from hl7apy.parser import parse_message
 
-    from pipelines.backload.hl7 import runner
-    from pipelines.backload.hl7.runner import Hl7Options, backload_hl7
-    from pipelines.backload.hl7.stream import default_builders
     from pipelines.backload.hl7.structure import rules
 
     rules("2.5.1")  # compiled once per process (the command's start-up line below includes it)
-    stage: list[float] = []  # seconds in the build+check+record+send stage (after the warehouse reads)
-    timed_stage = runner.build_and_send
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        base = _warehouse(root / "base", args.patients)
+        port, ready = multiprocessing.Value("i", 0), multiprocessing.Event()
+        server = multiprocessing.Process(target=_server, args=(port, ready), daemon=True)
+        server.start()
+        ready.wait(30)
+        try:
+            sizes = [args.copies] + ([args.copies * args.large] if args.large > 1 else [])
+            for copies in sizes:
+                wh = _fresh(base, root, f"size{copies}")
+                _scale(wh, copies)
+                _measure(wh, root / f"runs{copies}", args, copies, port.value)
+        finally:
+            server.terminate()
 
+        wh = _fresh(base, root, "build")
+        _scale(wh, args.copies)
+        build, texts = _build_and_check(wh)
+        t0 = time.perf_counter()
+        for text in texts:
+            parse_message(text, find_groups=True)
+        parse = time.perf_counter() - t0
+    print(f"ehrlift build+check alone ({len(texts)} messages): {len(texts) / build:8.0f} msg/s")
+    print(
+        f"hl7apy parse of the same:      {len(texts) / parse:8.0f} msg/s  "
+        f"(build+check is {parse / build:.1f}x; target >= 20x)"
+    )
+
+
+def _measure(wh: Path, root: Path, args: argparse.Namespace, copies: int, port: int) -> None:
+    """At one size: per run a bare send, ehrlift's lanes alone and the back-load (its stage timed), then the
+    command once, start-up included; a summary line with the median ratio and the stage's peak RSS."""
+    from pipelines.backload.hl7 import runner
+    from pipelines.backload.hl7.runner import Hl7Options, backload_hl7
+    from pipelines.backload.hl7.stream import default_builders
+
+    root.mkdir(parents=True)
+    stage: list[float] = []  # seconds in the build+check+record+send stage (after the warehouse reads)
     cpu: list[float] = []  # the stage's CPU seconds: total, this process (all threads), the builder
+    timed_stage = runner.build_and_send
 
     def timed(*a, **k):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -191,85 +230,68 @@ def main() -> None:
             cpu[:] = [own + child, own, child]
 
     runner.build_and_send = timed
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        wh = _warehouse(root, args.patients)
-        _scale(wh, args.copies)
+    try:
         payloads = _prebuilt(_fresh(wh, root, "prebuilt"))
         n = len(payloads)
-        port, ready = multiprocessing.Value("i", 0), multiprocessing.Event()
-        server = multiprocessing.Process(target=_server, args=(port, ready), daemon=True)
-        server.start()
-        ready.wait(30)
-        to = f"127.0.0.1:{port.value}"
+        to = f"127.0.0.1:{port}"
         builders = args.builders or default_builders()
         print(
-            f"messages: {n} ({args.patients} demo patients x {args.copies}); cpus: {os.cpu_count()}; "
+            f"\n== {n} messages ({args.patients} demo patients x {copies}); cpus: {os.cpu_count()}; "
             f"builder processes: {builders}"
         )
-        try:
-            for run in range(1, args.runs + 1):
-                load = os.getloadavg()[0]
-                t0, c0 = time.perf_counter(), time.process_time()
-                asyncio.run(_bare(port.value, payloads))
-                bare, bare_cpu = time.perf_counter() - t0, time.process_time() - c0
-                t0, c0 = time.perf_counter(), time.process_time()
-                asyncio.run(_lanes(port.value, payloads))
-                lanes, lanes_cpu = time.perf_counter() - t0, time.process_time() - c0
-                copy = _fresh(wh, root, f"run{run}")
-                stage.clear()
-                cpu.clear()
-                t0 = time.perf_counter()
-                result = backload_hl7(copy, Hl7Options(to=to, builders=args.builders))
-                ours = time.perf_counter() - t0
-                assert result["done"] == result["sent"] == n, result
-                print(
-                    f"run {run} (load {load:.1f}): bare python-hl7 {n / bare:6.0f} msg/s | "
-                    f"build+check+record+send {n / stage[0]:6.0f} msg/s = {bare / stage[0]:.2f}x "
-                    f"(target >= 0.7x) | whole backload_hl7 {n / ours:6.0f} msg/s = {bare / ours:.2f}x"
-                )
-                print(
-                    f"      CPU per message: bare client {1e6 * bare_cpu / n:5.0f} us | "
-                    f"stage {1e6 * cpu[0] / n:5.0f} us "
-                    f"(sender {1e6 * cpu[1] / n:.0f} us with its writer thread, "
-                    f"builder{'s' if builders > 1 else ''} {1e6 * cpu[2] / n:.0f} us)"
-                )
-                print(
-                    f"      ehrlift's lanes alone (prebuilt messages, no building or recording): "
-                    f"{n / lanes:6.0f} msg/s = {bare / lanes:.2f}x, CPU {1e6 * lanes_cpu / n:.0f} us/message"
-                )
-            copy = _fresh(wh, root, "command")
-            cmd = [
-                sys.executable,
-                "-m",
-                "pipelines.cli",
-                "backload",
-                "hl7",
-                "--warehouse",
-                str(copy),
-                "--to",
-                to,
-            ]
+        ratios: list[float] = []
+        for run in range(1, args.runs + 1):
+            load = os.getloadavg()[0]
+            t0, c0 = time.perf_counter(), time.process_time()
+            asyncio.run(_bare(port, payloads))
+            bare, bare_cpu = time.perf_counter() - t0, time.process_time() - c0
+            t0, c0 = time.perf_counter(), time.process_time()
+            asyncio.run(_lanes(port, payloads))
+            lanes, lanes_cpu = time.perf_counter() - t0, time.process_time() - c0
+            copy = _fresh(wh, root, f"run{run}")
+            stage.clear()
+            cpu.clear()
             t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
-            command = time.perf_counter() - t0
+            result = backload_hl7(copy, Hl7Options(to=to, builders=args.builders))
+            ours = time.perf_counter() - t0
+            assert result["done"] == result["sent"] == n, result
+            ratios.append(bare / stage[0])
             print(
-                f"`ehrlift backload hl7` command, start-up included: {command:.2f} s "
-                f"({n / command:.0f} msg/s)"
+                f"run {run} (load {load:.1f}): bare python-hl7 {n / bare:6.0f} msg/s | "
+                f"build+check+record+send {n / stage[0]:6.0f} msg/s = {bare / stage[0]:.2f}x "
+                f"(target >= 0.7x) | whole backload_hl7 {n / ours:6.0f} msg/s = {bare / ours:.2f}x"
             )
-        finally:
-            server.terminate()
-
-        build, texts = _build_and_check(_fresh(wh, root, "build"))
+            print(
+                f"      CPU per message: bare client {1e6 * bare_cpu / n:5.0f} us | "
+                f"stage {1e6 * cpu[0] / n:5.0f} us "
+                f"(sender {1e6 * cpu[1] / n:.0f} us with its threads, "
+                f"builder{'s' if builders > 1 else ''} {1e6 * cpu[2] / n:.0f} us)"
+            )
+            print(
+                f"      ehrlift's lanes alone (prebuilt messages, no building or recording): "
+                f"{n / lanes:6.0f} msg/s = {bare / lanes:.2f}x, CPU {1e6 * lanes_cpu / n:.0f} us/message"
+            )
+        copy = _fresh(wh, root, "command")
+        cmd = [sys.executable, "-m", "pipelines.cli", "backload", "hl7", "--warehouse", str(copy), "--to", to]
         t0 = time.perf_counter()
-        for text in texts:
-            parse_message(text, find_groups=True)
-        parse = time.perf_counter() - t0
-    print(f"ehrlift build+check alone:     {len(texts) / build:8.0f} msg/s")
-    print(
-        f"hl7apy parse of the same:      {len(texts) / parse:8.0f} msg/s  "
-        f"(build+check is {parse / build:.1f}x; target >= 20x)"
-    )
+        done = subprocess.run(
+            [sys.executable, "-c", _RSS_OF, *cmd], check=True, capture_output=True, text=True, cwd=REPO
+        )
+        command = time.perf_counter() - t0
+        print(
+            f"`ehrlift backload hl7` command, start-up included: {command:.2f} s ({n / command:.0f} msg/s), "
+            f"peak RSS {done.stdout.strip()} MB (with its builder)"
+        )
+        print(f"median stage ratio at {n} messages: {statistics.median(ratios):.2f}x (target >= 0.7x)")
+    finally:
+        runner.build_and_send = timed_stage
+
+
+# Runs a command and prints the peak RSS of it and its children, in MB (what the user's machine holds).
+_RSS_OF = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+    "print(round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))"
+)
 
 
 if __name__ == "__main__":

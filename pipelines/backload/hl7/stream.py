@@ -1,6 +1,7 @@
 """Building and sending at once: a forked builder process streams checked messages in plan order while this
 process journals them (each control id on disk before its message goes) and sends them; ACK outcomes are
-journaled in groups on one writer thread, and the journal is folded into the warehouse once, at the end."""
+journaled in groups on one writer thread, and what the journal lists goes into the warehouse at the end (a
+large plan's built rows in parts while sending)."""
 
 from __future__ import annotations
 
@@ -430,7 +431,8 @@ def build_and_send(
     one per free core) while sending; counts out.
 
     The plan's rows (what is to be sent, before building) are committed first, in one insert; while sending,
-    only the journal is written; it is folded into the tables in one go at the end (or by the next run)."""
+    the journal is written (and a large plan's built rows go in, in parts: Infold); the rest is folded into
+    the tables in one transaction at the end (or, after a kill, by the next run)."""
     now = datetime.now(UTC)
     path = journal_dir / f"{plan_id}.jnl"
     planned = plan_table([w[0] for w in prep.work])
