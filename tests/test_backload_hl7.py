@@ -122,6 +122,44 @@ def test_not_sendable_reasons(tmp_path):
     assert got == {"r1": "hl7_reference_missing", "d1": "hl7_document_content_missing"}
 
 
+def test_document_files_are_read_only_inside_the_landing_root(tmp_path):
+    """An attachment url resolves inside the warehouse's folder, links followed: a url, a linked file or a
+    linked folder that leads outside is refused, as is anything but a regular file (a pipe is not waited
+    on); a link that stays inside is read."""
+    root = tmp_path / "root"
+    (root / "landing" / "docs").mkdir(parents=True)
+    (root / "landing" / "docs" / "note.txt").write_text("inside note")
+    (tmp_path / "outside.txt").write_text("outside note")
+    (root / "landing" / "link-in.txt").symlink_to(root / "landing" / "docs" / "note.txt")
+    (root / "landing" / "link-out.txt").symlink_to(tmp_path / "outside.txt")
+    (root / "landing" / "dir-out").symlink_to(tmp_path)
+    os.mkfifo(root / "landing" / "pipe")
+    urls = {
+        "plain": "landing/docs/note.txt",
+        "link-in": "landing/link-in.txt",
+        "dotted": "landing/docs/../../../outside.txt",
+        "link-out": "landing/link-out.txt",
+        "dir-out": "landing/dir-out/outside.txt",
+        "pipe": "landing/pipe",
+        "folder": "landing/docs",
+    }
+    res = [r for r in resources() if r["resourceType"] != "DocumentReference"]
+    doc = next(r for r in resources() if r["resourceType"] == "DocumentReference")
+    for key, url in urls.items():
+        res.append({**doc, "id": key, "content": [{"attachment": {"contentType": "text/plain", "url": url}}]})
+    wh = build_warehouse(tmp_path / "w.duckdb", res)
+    with duckdb.connect(str(wh), read_only=True) as con:
+        planned = build_plan(con, "millennium-r4", ["mdm"], Header(), WHEN, {}, root)
+    got = {p.warehouse_id: (p.reason or p.status) for p in planned}
+    assert got == {
+        "plain": "send", "link-in": "send", "dotted": "hl7_document_content_missing",
+        "link-out": "hl7_document_content_missing", "dir-out": "hl7_document_content_missing",
+        "pipe": "hl7_document_content_missing", "folder": "hl7_document_content_missing",
+    }  # fmt: skip
+    texts = {p.warehouse_id: p.text for p in planned if p.text}
+    assert all("|TX|" in t and "inside note" in t and "outside" not in t for t in texts.values())
+
+
 def test_ack_reading_and_retry_rules():
     assert read_ack(b"MSH|^~\\&|X\rMSA|AE|C1\rERR|||207^Application internal error^HL70357|E") == (
         "AE",

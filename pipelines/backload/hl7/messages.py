@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class Context:
     _pids: dict[str, str] = field(default_factory=dict)
     _pv1s: dict[str, str] = field(default_factory=dict)
     _real_root: str | None = None
+    _real_folders: dict[str, str] = field(default_factory=dict)
     _mshs: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
 
     def real_root(self) -> str | None:
@@ -52,6 +54,16 @@ class Context:
         if self._real_root is None:
             self._real_root = os.path.realpath(self.files_root)
         return self._real_root
+
+    def real_folder(self, folder: str) -> str:
+        """A folder with its links resolved, once per folder: a plan's documents lie in a few, and resolving
+        walks every component of the path."""
+        found = self._real_folders.get(folder)
+        if found is None:
+            if len(self._real_folders) >= 10_000:
+                self._real_folders.clear()
+            found = self._real_folders[folder] = os.path.realpath(folder)
+        return found
 
     def pid(self, patient: dict[str, Any]) -> str:
         return _once(self._pids, patient.get("id"), lambda: seg.pid(patient, self.coder))
@@ -182,13 +194,26 @@ def _bytes(ctx: Context, a: dict[str, Any]) -> bytes | None:
             return None
     url = a.get("url")
     root = ctx.real_root()
-    if url and root is not None and "://" not in url and not url.startswith("/"):
-        # Resolved (links followed) and kept inside the root: a url cannot reach outside it.
-        path = os.path.realpath(os.path.join(root, url))
-        if path.startswith(root + os.sep) and os.path.isfile(path):
-            with open(path, "rb") as f:
-                return f.read()
-    return None
+    if not url or root is None or "://" in url or url.startswith("/"):
+        return None
+    # Resolved (links followed: the folder's once per plan, the file's own name here) and kept inside the
+    # root: a url cannot reach outside it.
+    folder, name = os.path.split(os.path.join(root, url))
+    path = os.path.join(ctx.real_folder(folder), name)
+    if os.path.islink(path):
+        path = os.path.realpath(path)
+    if not path.startswith(root + os.sep):
+        return None
+    try:
+        # Not following a link the name became since (it would lead anywhere); not waiting on a pipe.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
 
 def _obx(ctx: Context, doc: dict[str, Any], n: int, kind: str, value: str) -> str:
