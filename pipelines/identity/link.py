@@ -130,6 +130,7 @@ def _link(
         result.source_patients = build_features(con, cfg)
         build_rule_pairs(con, cfg)
         build_trusted(con, cfg)
+        _drop(con, "id_identifiers", "id_links")
         empty_scores(con)
         if result.source_patients >= 2:
             scored = score_pairs(con, cfg, result.source_patients, work)
@@ -139,7 +140,11 @@ def _link(
                 scored.trained,
             )
             result.model = scored.model
-        decide_pairs(con, cfg)
+        # What follows holds only what it still reads: every table is dropped after its last use,
+        # so that DuckDB's pool does not stay filled (up to its cap) with what grows with the pairs.
+        _drop(con, "id_features")
+        decide_pairs(con, cfg, work)
+        _drop(con, "id_scored", "id_rule_pairs", "id_reviewed")
         cluster(con)
         result.persons = map_persons(con, cfg.survivorship)
         result.pairs = dict(
@@ -169,6 +174,11 @@ def _drop_temp_tables(con: duckdb.DuckDBPyConnection) -> None:
     ):
         for (name,) in con.execute(names).fetchall():
             con.execute(f'DROP {kind} IF EXISTS temp."{name}"')
+
+
+def _drop(con: duckdb.DuckDBPyConnection, *tables: str) -> None:
+    for name in tables:
+        con.execute(f"DROP TABLE IF EXISTS temp.{name}")
 
 
 def _setting(value: str) -> str:
@@ -229,9 +239,9 @@ def _store(
         con.execute("BEGIN TRANSACTION")
         con.execute("DELETE FROM ops.identity_links")
         con.execute(
-            "INSERT INTO ops.identity_links SELECT l, r, method, rule, "
+            "INSERT INTO ops.identity_links SELECT a.id, b.id, method, rule, "
             "CASE WHEN method = 'model' THEN ? END, score, decision, reviewer, ?, now() "
-            "FROM id_decisions",
+            "FROM id_decisions d JOIN id_nodes a ON a.n = d.l JOIN id_nodes b ON b.n = d.r",
             [result.model_version, run_id],
         )
         con.execute("DELETE FROM ops.person_map")
