@@ -130,7 +130,7 @@ def _decide_part(con: duckdb.DuckDBPyConnection, t: dict, part: str, path: Path)
                 ELSE guarded END AS decision,
             CAST(CASE WHEN reviewed IS NOT NULL THEN reviewer END AS VARCHAR) AS reviewer
         FROM y
-        ) TO '{str(path).replace("'", "''")}' (FORMAT parquet)
+        ) TO '{str(path).replace("'", "''")}' (FORMAT parquet, ROW_GROUP_SIZE 16384)
         """
     )
 

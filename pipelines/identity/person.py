@@ -72,7 +72,7 @@ def person_record(rules: dict[str, Any], members: list[Member], see_also: list[s
 
 
 def map_persons(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> int:
-    """TEMP id_person_map (patient_id, person_id, survivor, n) from id_cluster; returns persons.
+    """TEMP id_person_map (patient_id, person_id, survivor, n, person_n) from id_cluster; returns persons.
 
     `batch` numbers groups of whole persons of about _BATCH source Patients, the unit that
     iter_person_records reads at once.
@@ -94,10 +94,11 @@ def map_persons(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> int:
             LEFT JOIN id_rank k USING (format)
         ),
         heads AS (
-            SELECT comp, arg_min(patient_id, (rank, -updated, patient_id)) AS person_id
+            SELECT comp, arg_min(patient_id, (rank, -updated, patient_id)) AS person_id,
+                arg_min(n, (rank, -updated, patient_id)) AS person_n
             FROM ranked GROUP BY comp
         )
-        SELECT r.patient_id, h.person_id, r.patient_id = h.person_id AS survivor, r.n
+        SELECT r.patient_id, h.person_id, r.patient_id = h.person_id AS survivor, r.n, h.person_n
         FROM ranked r JOIN heads h USING (comp)
         """,
         [int(rules.get("default_rank", 9))],
@@ -119,12 +120,16 @@ def _see_also(con: duckdb.DuckDBPyConnection) -> None:
         """
         CREATE OR REPLACE TEMP TABLE id_see_also AS
         WITH pairs AS (
-            SELECT a.person_id AS pa, b.person_id AS pb, a.patient_id AS l, b.patient_id AS r
-            FROM id_decisions d JOIN id_person_map a ON a.n = d.l JOIN id_person_map b ON b.n = d.r
-            WHERE d.decision = 'review' AND a.person_id <> b.person_id
+            -- on node numbers: the joins' tables hold integers, not the ids' strings
+            SELECT a.person_n AS pa, b.person_n AS pb, d.l, d.r
+            FROM (SELECT l, r FROM id_decisions WHERE decision = 'review') d
+            JOIN id_person_map a ON a.n = d.l JOIN id_person_map b ON b.n = d.r
+            WHERE a.person_n <> b.person_n
         ),
-        both_ways AS (SELECT pa AS person_id, r AS other FROM pairs UNION ALL SELECT pb, l FROM pairs)
-        SELECT w.person_id, w.other, b.batch FROM both_ways w JOIN id_person_batch b USING (person_id)
+        both_ways AS (SELECT pa AS p, r AS other FROM pairs UNION ALL SELECT pb, l FROM pairs)
+        SELECT p.id AS person_id, o.id AS other, b.batch FROM both_ways w
+        JOIN id_nodes p ON p.n = w.p JOIN id_nodes o ON o.n = w.other
+        JOIN id_person_batch b ON b.person_id = p.id
         """
     )
 
