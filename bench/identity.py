@@ -6,7 +6,9 @@ process, then runs the linking stage once and scores its links against the truth
 is the linking process's alone (the population and the truth are not in it). Twins and namesakes are
 different people: any link between them is counted and printed. `--series` links three sizes (about
 90k, 2.4M and 8M candidate pairs), each in a process of its own, and prints the peak RSS of each and
-the ratio of the largest to the smallest (memory flat in the number of pairs: at most 1.2).
+the ratio of the largest to the smallest (memory flat in the number of pairs: at most 1.2). `--phases`
+also samples the resident set every 10 ms and prints each phase's peak, with DuckDB's pool, pyarrow's
+pool and glibc's heap at that peak (bench/identity_phases.py).
 """
 
 from __future__ import annotations
