@@ -6,12 +6,15 @@ process, then runs the linking stage once and scores its links against the truth
 is the linking process's alone (the population and the truth are not in it). Twins and namesakes are
 different people: any link between them is counted and printed. `--series` links three sizes (about
 90k, 2.4M and 8M candidate pairs), each in a process of its own, and prints the peak RSS of each and
-the ratio of the largest to the smallest (memory flat in the number of pairs: at most 1.2).
+the ratio of the largest to the smallest (memory flat in the number of pairs: at most 1.2). `--phases`
+also samples the resident set every 10 ms and prints each phase's peak, with DuckDB's pool, pyarrow's
+pool and glibc's heap at that peak (bench/identity_phases.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -28,6 +31,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.identity_phases import PhaseSampler
 from pipelines.common.warehouse import ensure_resource_table, open_warehouse
 from pipelines.demo.identity_population import SOURCES, SSN_SYSTEM, iter_population
 from pipelines.identity.config import default_folder, load_config
@@ -132,7 +136,7 @@ def _size_args(people: int, records: int, seed: int) -> list[str]:
     return [sys.executable, __file__, "--people", str(people), "--records", str(records), "--seed", str(seed)]
 
 
-def measure(people: int, records: int, seed: int) -> dict:
+def measure(people: int, records: int, seed: int, phases: bool = False) -> dict:
     """Build the population in a child process, link it here once; the metrics, counts and peak RSS."""
     with tempfile.TemporaryDirectory(prefix="ehrlift-bench-identity-") as tmp:
         folder = bench_rules(Path(tmp) / "identity")
@@ -144,8 +148,10 @@ def measure(people: int, records: int, seed: int) -> dict:
         con = open_warehouse(Path(tmp) / "warehouse.duckdb")
         cfg = load_config(folder)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        sampler = PhaseSampler(con) if phases else contextlib.nullcontext()
         started = time.monotonic()
-        result = link_patients(con, "bench", cfg, work=Path(tmp) / "work")
+        with sampler:
+            result = link_patients(con, "bench", cfg, work=Path(tmp) / "work")
         seconds = time.monotonic() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the truth is read
         load = os.getloadavg()
@@ -165,6 +171,7 @@ def measure(people: int, records: int, seed: int) -> dict:
         "peak_rss_mib": round(peak / 1024),
         "rss_before_mib": round(rss_before / 1024),
         "memory_limit": cfg.thresholds.get("memory_limit"),
+        "phases": sampler.lines() if phases else [],
         **metrics,
     }
 
@@ -184,14 +191,16 @@ def report(m: dict) -> None:
         f"peak RSS while linking: {m['peak_rss_mib']} MiB (after imports and opening: "
         f"{m['rss_before_mib']} MiB; memory_limit {m['memory_limit']})"
     )
+    for line in m.get("phases", []):
+        print(f"  {line}")
 
 
-def series(sizes: list[tuple[int, int]], seed: int) -> None:
+def series(sizes: list[tuple[int, int]], seed: int, phases: bool = False) -> None:
     """Each size linked in a process of its own, so each peak RSS is that size's alone; then the ratio."""
     rows = []
     for people, records in sizes:
         out = subprocess.run(
-            [*_size_args(people, records, seed), "--json"],
+            [*_size_args(people, records, seed), "--json", *(["--phases"] if phases else [])],
             check=True,
             capture_output=True,
             text=True,
@@ -226,6 +235,9 @@ def main() -> None:
         help="people:records sizes, each linked in its own process (default about 90k, 2.4M and 8M pairs)",
     )
     parser.add_argument("--json", action="store_true", help="print the measures as one JSON line")
+    parser.add_argument(
+        "--phases", action="store_true", help="sample RSS every 10 ms and print the peak of each phase"
+    )
     parser.add_argument("--build-into", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build_into:
@@ -233,9 +245,9 @@ def main() -> None:
         return
     if args.series:
         sizes = [tuple(int(x) for x in size.split(":")) for size in args.series.split(",")]
-        series([(p, r) for p, r in sizes], args.seed)
+        series([(p, r) for p, r in sizes], args.seed, args.phases)
         return
-    m = measure(args.people, args.records, args.seed)
+    m = measure(args.people, args.records, args.seed, args.phases)
     if args.json:
         print(orjson.dumps(m).decode())
     else:

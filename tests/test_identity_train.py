@@ -275,3 +275,35 @@ def test_linking_restores_the_connection_settings_it_changes(con, tmp_path, monk
         ).fetchall()
         == before
     )
+
+
+def test_clustering_and_storing_work_under_decide_memory_limit_with_the_same_decisions(
+    con, tmp_path, monkeypatch
+):
+    from pipelines.identity import link
+
+    small_population(con, 40, 80)
+    identify(con, "r1", rules_folder(tmp_path / "one", thresholds={"decide_memory_limit": "128MB"}))
+    once = linking_digest(con)
+    seen: dict[str, object] = {}
+    real = link.cluster
+
+    def spy(c):
+        seen["limit"] = c.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        # the decisions are read from Parquet parts, and the pairs carry integer node numbers
+        seen["decisions"] = c.execute(
+            "SELECT count(*) FROM duckdb_views() WHERE temporary AND view_name = 'id_decisions'"
+        ).fetchone()[0]
+        seen["types"] = c.execute("SELECT typeof(l), typeof(r) FROM id_decisions LIMIT 1").fetchone()
+        return real(c)
+
+    monkeypatch.setattr(link, "cluster", spy)
+    identify(
+        con, "r2", rules_folder(tmp_path / "two", thresholds={"decide_memory_limit": "48MB"}), force=True
+    )
+    fresh = duckdb.connect()
+    fresh.execute("SET memory_limit = '48MB'")
+    assert seen["limit"] == fresh.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert seen["decisions"] == 1 and seen["types"] == ("INTEGER", "INTEGER")
+    assert linking_digest(con) == once
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()[0] == 0

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import pyarrow as pa
 
 from pipelines.identity.config import IdentityConfig
-from pipelines.identity.rules import Pair, conflicts
+from pipelines.identity.rules import conflicts
 
-Trusted = dict[str, dict[str, set[str]]]
+Trusted = dict[int, dict[str, set[str]]]  # node number -> system -> values
 
 
 def classify(score: float, thresholds: dict) -> str:
@@ -20,9 +22,13 @@ def classify(score: float, thresholds: dict) -> str:
     return "no_link"
 
 
-def decide_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
-    """TEMP id_decisions (l, r, method, rule, score, decision, reviewer) from id_rule_pairs, id_scored,
-    ops.identity_decisions and id_trusted.
+def decide_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, work: Path) -> None:
+    """TEMP VIEW id_decisions (l, r, method, rule, score, decision, reviewer) from id_rule_pairs,
+    id_scored, ops.identity_decisions and id_trusted; l and r are node numbers (id_nodes).
+
+    The decisions are written part by part to Parquet files in `work`, not kept in DuckDB's pool: the
+    view reads them, with the links the clustering refused (TEMP id_refused, empty until cluster())
+    turned into reviews.
 
     A reviewer's decision wins; then a rule; then the model (classify's thresholds), capped by its guards;
     a link across a known conflict (different values of one trusted identifier) becomes a review.
@@ -36,13 +42,12 @@ def decide_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE id_reviewed AS
-        SELECT left_patient_id AS l, right_patient_id AS r, arg_max(decision, decided_at) AS decision,
-            arg_max(reviewer, decided_at) AS reviewer
-        FROM ops.identity_decisions GROUP BY ALL;
-        CREATE OR REPLACE TEMP TABLE id_decisions (
-            l VARCHAR, r VARCHAR, method VARCHAR, rule VARCHAR, score DOUBLE, decision VARCHAR,
-            reviewer VARCHAR
-        );
+        SELECT a.n AS l, b.n AS r, arg_max(d.decision, d.decided_at) AS decision,
+            arg_max(d.reviewer, d.decided_at) AS reviewer
+        FROM ops.identity_decisions d
+        JOIN id_nodes a ON a.id = d.left_patient_id JOIN id_nodes b ON b.id = d.right_patient_id
+        GROUP BY ALL;
+        CREATE OR REPLACE TEMP TABLE id_refused (l INTEGER, r INTEGER);
         """
     )
     # The pairs are decided in parts (by a hash of the left record), each part's union and joins
@@ -52,13 +57,26 @@ def decide_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
         "+ (SELECT count(*) FROM id_reviewed)"
     ).fetchall()[0]
     parts = max(1, -(-int(pairs) // int(t.get("decide_part_pairs", 250_000))))
+    files = []
     for part in range(parts):
-        _decide_part(con, t, f"hash(l) % {parts} = {part}")
+        files.append(work / f"decided-{part}.parquet")
+        _decide_part(con, t, f"hash(l) % {parts} = {part}", files[-1])
     con.execute("DROP TABLE IF EXISTS id_candidates; DROP TABLE IF EXISTS id_conflicts")
+    listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP VIEW id_decisions AS
+        SELECT d.l, d.r, d.method,
+            CASE WHEN f.l IS NULL THEN d.rule ELSE coalesce(d.rule, d.method) || '+cluster_conflict' END
+                AS rule,
+            d.score, CASE WHEN f.l IS NULL THEN d.decision ELSE 'review' END AS decision, d.reviewer
+        FROM read_parquet([{listed}]) d LEFT JOIN id_refused f ON f.l = d.l AND f.r = d.r
+        """
+    )
 
 
-def _decide_part(con: duckdb.DuckDBPyConnection, t: dict, part: str) -> None:
-    """Append to id_decisions the decisions of the candidate pairs whose left record satisfies `part`."""
+def _decide_part(con: duckdb.DuckDBPyConnection, t: dict, part: str, path: Path) -> None:
+    """The decisions of the candidate pairs whose left record satisfies `part`, into a Parquet file."""
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE id_candidates AS
@@ -71,13 +89,14 @@ def _decide_part(con: duckdb.DuckDBPyConnection, t: dict, part: str) -> None:
         WHERE NOT list_has_any(a.vals, b.vals);
         """
     )
+    link, review = float(t["link"]), float(t["review"])
     con.execute(
         f"""
-        INSERT INTO id_decisions
+        COPY (
         WITH x AS (
             SELECT c.l, c.r, s.score, v.decision AS reviewed, v.reviewer, p.rule AS rule_name,
                 p.outcome AS rule_outcome, k.l IS NOT NULL AS conflict,
-                CASE WHEN s.score >= $link THEN 'link' WHEN s.score >= $review THEN 'review'
+                CASE WHEN s.score >= {link!r} THEN 'link' WHEN s.score >= {review!r} THEN 'review'
                     ELSE 'no_link' END AS model_outcome,
                 s.guard, g.outcome AS guard_outcome
             FROM id_candidates c
@@ -109,10 +128,10 @@ def _decide_part(con: duckdb.DuckDBPyConnection, t: dict, part: str) -> None:
                 WHEN rule_name IS NOT NULL THEN rule_outcome
                 WHEN conflict AND guarded = 'link' THEN 'review'
                 ELSE guarded END AS decision,
-            CASE WHEN reviewed IS NOT NULL THEN reviewer END AS reviewer
+            CAST(CASE WHEN reviewed IS NOT NULL THEN reviewer END AS VARCHAR) AS reviewer
         FROM y
-        """,
-        {"link": float(t["link"]), "review": float(t["review"])},
+        ) TO '{str(path).replace("'", "''")}' (FORMAT parquet, ROW_GROUP_SIZE 16384)
+        """
     )
 
 
@@ -121,19 +140,17 @@ def _components(con: duckdb.DuckDBPyConnection) -> None:
 
     Label propagation (each node takes its neighbours' smallest label) with pointer jumping: the labels
     only ever decrease, so it ends, after a number of rounds that grows with a component's diameter.
-    It runs on integer node numbers given in id order (so the smallest number is the smallest id, and
-    the labels are those of the ids), a fraction of the memory of the ids' strings per edge.
+    It runs on the node numbers of id_nodes, given in id order (so the smallest number is the smallest
+    id, and a component's label is the number of its smallest id).
     """
     con.execute(
         """
-        CREATE OR REPLACE TEMP TABLE id_nodes AS
-        SELECT id, CAST(row_number() OVER (ORDER BY id) AS INTEGER) AS n FROM id_source;
         CREATE OR REPLACE TEMP TABLE id_edges AS
-        SELECT a.n AS a, b.n AS b FROM id_decisions d
-        JOIN id_nodes a ON a.id = d.l JOIN id_nodes b ON b.id = d.r
+        SELECT d.l AS a, d.r AS b FROM id_decisions d
+        JOIN id_nodes a ON a.n = d.l AND a.present JOIN id_nodes b ON b.n = d.r AND b.present
         WHERE d.decision = 'link';
         INSERT INTO id_edges SELECT b, a FROM id_edges;
-        CREATE OR REPLACE TEMP TABLE id_comp_n AS SELECT n AS node, n AS comp FROM id_nodes;
+        CREATE OR REPLACE TEMP TABLE id_comp_n AS SELECT n AS node, n AS comp FROM id_nodes WHERE present;
         """
     )
     while True:
@@ -156,10 +173,9 @@ def _components(con: duckdb.DuckDBPyConnection) -> None:
             break
     con.execute(
         """
-        CREATE OR REPLACE TEMP TABLE id_comp AS
-        SELECT a.id AS node, b.id AS comp FROM id_comp_n c
-        JOIN id_nodes a ON a.n = c.node JOIN id_nodes b ON b.n = c.comp;
-        DROP TABLE id_comp_next; DROP TABLE id_edges; DROP TABLE id_comp_n; DROP TABLE id_nodes;
+        DROP TABLE IF EXISTS id_comp;
+        ALTER TABLE id_comp_n RENAME TO id_comp;
+        DROP TABLE id_comp_next; DROP TABLE id_edges;
         """
     )
 
@@ -167,23 +183,23 @@ def _components(con: duckdb.DuckDBPyConnection) -> None:
 class _Clusters:
     """Union-find that refuses a merge across a trusted-identifier conflict or a reviewer's no-link."""
 
-    def __init__(self, ids: list[str], trusted: Trusted, apart: set[Pair]) -> None:
+    def __init__(self, ids: list[int], trusted: Trusted, apart: set[tuple[int, int]]) -> None:
         self.parent = {i: i for i in ids}
         self.members = {i: [i] for i in ids}
         self.trusted = {i: {s: set(v) for s, v in trusted.get(i, {}).items()} for i in ids}
-        self.apart: dict[str, set[str]] = {}
+        self.apart: dict[int, set[int]] = {}
         for a, b in apart:
             self.apart.setdefault(a, set()).add(b)
             self.apart.setdefault(b, set()).add(a)
         self.forbidden = {i: set(self.apart.get(i, ())) for i in ids}
 
-    def find(self, i: str) -> str:
+    def find(self, i: int) -> int:
         while self.parent[i] != i:
             self.parent[i] = self.parent[self.parent[i]]
             i = self.parent[i]
         return i
 
-    def union(self, a: str, b: str, reviewed: bool = False) -> bool:
+    def union(self, a: int, b: int, reviewed: bool = False) -> bool:
         """Merge a's and b's clusters; a reviewer's link may cross a conflict, never a reviewer's no-link."""
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
@@ -203,8 +219,8 @@ class _Clusters:
 
 
 def cluster(con: duckdb.DuckDBPyConnection) -> int:
-    """TEMP id_cluster (patient_id, comp): links applied strongest first; one that would join a conflict
-    becomes a review. Returns the number of components that needed the ordered merge.
+    """TEMP id_cluster (patient_id, comp) of node numbers: links applied strongest first; one that
+    would join a conflict becomes a review. Returns the number of components that needed the ordered merge.
 
     A component with no conflict among its members (trusted identifiers, a reviewer's no-link) merges
     whole whatever the order, so it is settled in SQL; only the rare components holding a conflict are
@@ -226,8 +242,8 @@ def cluster(con: duckdb.DuckDBPyConnection) -> int:
         WHERE d.method = 'review' AND d.decision = 'no_link' AND ca.comp = cb.comp
         """
     )
-    con.execute("CREATE OR REPLACE TEMP TABLE id_refused (l VARCHAR, r VARCHAR)")
-    con.execute("CREATE OR REPLACE TEMP TABLE id_resplit (node VARCHAR, comp VARCHAR)")
+    con.execute("DELETE FROM id_refused")
+    con.execute("CREATE OR REPLACE TEMP TABLE id_resplit (node INTEGER, comp INTEGER)")
     split = int(con.execute("SELECT count(*) FROM id_split").fetchall()[0][0])
     if split:
         _split_conflicts(con)
@@ -236,9 +252,6 @@ def cluster(con: duckdb.DuckDBPyConnection) -> int:
         CREATE OR REPLACE TEMP TABLE id_cluster AS
         SELECT c.node AS patient_id, coalesce(s.comp, c.comp) AS comp
         FROM id_comp c LEFT JOIN id_resplit s USING (node);
-        UPDATE id_decisions SET decision = 'review',
-            rule = coalesce(id_decisions.rule, id_decisions.method) || '+cluster_conflict'
-        FROM id_refused f WHERE f.l = id_decisions.l AND f.r = id_decisions.r;
         """
     )
     return split
@@ -284,14 +297,14 @@ def _split_conflicts(con: duckdb.DuckDBPyConnection) -> None:
         "id_refused_new",
         pa.table(
             {"l": [a for a, _ in refused], "r": [b for _, b in refused]},
-            schema=pa.schema([("l", pa.string()), ("r", pa.string())]),
+            schema=pa.schema([("l", pa.int32()), ("r", pa.int32())]),
         ),
     )
     con.register(
         "id_resplit_new",
         pa.table(
             {"node": list(label), "comp": list(label.values())},
-            schema=pa.schema([("node", pa.string()), ("comp", pa.string())]),
+            schema=pa.schema([("node", pa.int32()), ("comp", pa.int32())]),
         ),
     )
     try:

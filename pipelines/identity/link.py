@@ -67,6 +67,7 @@ def link_patients(
     started = time.monotonic()
     cfg = cfg or load_config()
     cap = megabytes(cfg.thresholds.get("memory_limit", "128MB"))
+    after = megabytes(cfg.thresholds.get("decide_memory_limit", f"{cap}MB"))
     ceiling = megabytes(cfg.thresholds.get("max_memory_limit", "2GB"))
     root = work or work_folder(con)
     made = root is not None and not root.exists()
@@ -76,7 +77,7 @@ def link_patients(
         while True:
             try:
                 with tempfile.TemporaryDirectory(prefix="identity-", dir=root) as scratch:
-                    result = _link(con, run_id, cfg, force, cap, Path(scratch))
+                    result = _link(con, run_id, cfg, force, (cap, after), Path(scratch))
                 break
             except Exception as exc:
                 if not out_of_memory(exc) or cap * 2 > ceiling:
@@ -84,7 +85,7 @@ def link_patients(
                 log.warning(
                     "identity linking needs more than its %d MB memory cap: again with %d MB", cap, cap * 2
                 )
-                cap *= 2
+                cap, after = cap * 2, after * 2
     finally:
         if made and root is not None and not any(root.iterdir()):
             root.rmdir()  # nothing of the linking stays beside the warehouse
@@ -107,9 +108,16 @@ def work_folder(con: duckdb.DuckDBPyConnection) -> Path | None:
 
 
 def _link(
-    con: duckdb.DuckDBPyConnection, run_id: str, cfg: IdentityConfig, force: bool, cap: int, work: Path
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    cfg: IdentityConfig,
+    force: bool,
+    caps: tuple[int, int],
+    work: Path,
 ) -> LinkResult:
-    """One attempt at linking with the warehouse's DuckDB capped at `cap` MB."""
+    """One attempt at linking with the warehouse's DuckDB capped at caps[0] MB while it scores, then at
+    caps[1] MB while it decides, clusters and stores."""
+    cap, after = caps
     previous = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
     flush = con.execute("SELECT current_setting('allocator_flush_threshold')").fetchall()[0][0]
     con.execute(f"SET memory_limit = '{cap}MB'")
@@ -130,6 +138,7 @@ def _link(
         result.source_patients = build_features(con, cfg)
         build_rule_pairs(con, cfg)
         build_trusted(con, cfg)
+        _drop(con, "id_identifiers", "id_links")
         empty_scores(con)
         if result.source_patients >= 2:
             scored = score_pairs(con, cfg, result.source_patients, work)
@@ -139,7 +148,15 @@ def _link(
                 scored.trained,
             )
             result.model = scored.model
-        decide_pairs(con, cfg)
+        # What follows holds only what it still reads: every table is dropped after its last use,
+        # so that DuckDB's pool does not stay filled (up to its cap) with what grows with the pairs.
+        _drop(con, "id_features")
+        decide_pairs(con, cfg, work)
+        _drop(con, "id_scored", "id_rule_pairs", "id_reviewed")
+        # Clustering and storing read the decisions from Parquet and keep integer node numbers, so
+        # they work in a smaller pool: one filled to the scoring's cap would hold what grows with
+        # the pairs (DuckDB keeps what it read cached up to its cap).
+        con.execute(f"SET memory_limit = '{min(cap, after)}MB'")
         cluster(con)
         result.persons = map_persons(con, cfg.survivorship)
         result.pairs = dict(
@@ -169,6 +186,11 @@ def _drop_temp_tables(con: duckdb.DuckDBPyConnection) -> None:
     ):
         for (name,) in con.execute(names).fetchall():
             con.execute(f'DROP {kind} IF EXISTS temp."{name}"')
+
+
+def _drop(con: duckdb.DuckDBPyConnection, *tables: str) -> None:
+    for name in tables:
+        con.execute(f"DROP TABLE IF EXISTS temp.{name}")
 
 
 def _setting(value: str) -> str:
@@ -224,14 +246,21 @@ def _store(
                     schema=schema,
                 )
             )
-    # No ORDER BY: sorting every pair of a large load holds it whole in the transaction; readers order.
+    # The decisions with their ids back, likewise: the joins' tables are gone before the transaction.
+    # No ORDER BY: sorting every pair of a large load holds it whole; readers order.
+    links = work / "identity_links.parquet"
+    con.execute(
+        "COPY (SELECT a.id AS l, b.id AS r, method, rule, score, decision, reviewer FROM id_decisions d "
+        f"JOIN id_nodes a ON a.n = d.l JOIN id_nodes b ON b.n = d.r) TO {_literal(links)} "
+        "(FORMAT parquet, ROW_GROUP_SIZE 16384)"
+    )
     try:
         con.execute("BEGIN TRANSACTION")
         con.execute("DELETE FROM ops.identity_links")
         con.execute(
             "INSERT INTO ops.identity_links SELECT l, r, method, rule, "
             "CASE WHEN method = 'model' THEN ? END, score, decision, reviewer, ?, now() "
-            "FROM id_decisions",
+            f"FROM read_parquet({_literal(links)})",
             [result.model_version, run_id],
         )
         con.execute("DELETE FROM ops.person_map")

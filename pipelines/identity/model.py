@@ -36,7 +36,7 @@ class ScoredPairs:
 
 
 def empty_scores(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("CREATE OR REPLACE TEMP TABLE id_scored (l VARCHAR, r VARCHAR, score DOUBLE, guard VARCHAR)")
+    con.execute("CREATE OR REPLACE TEMP TABLE id_scored (l INTEGER, r INTEGER, score DOUBLE, guard VARCHAR)")
 
 
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(MB|MiB|GB|GiB)\s*", re.IGNORECASE)
@@ -65,7 +65,7 @@ def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: in
     tables in a scratch database file in `work` (ATTACHed as id_scratch) so that they are evicted to
     disk rather than held. The pairs never pass through Python: they are scored chunk by chunk, those
     over the record floor written to Parquet files and read into the TEMP table id_scored (l, r, score,
-    guard) of the warehouse connection.
+    guard) of the warehouse connection, the pairs as node numbers (id_nodes).
     """
     from splink import DuckDBAPI, Linker
 
@@ -100,7 +100,8 @@ def score_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig, records: in
             sp.execute(f"SET threads = {int(threads)}")
         files = "[" + ", ".join(_literal(p) for p in parts) + "]"
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE id_scored AS SELECT l, r, score, guard FROM read_parquet({files})"
+            "CREATE OR REPLACE TEMP TABLE id_scored AS SELECT a.n AS l, b.n AS r, p.score, p.guard "
+            f"FROM read_parquet({files}) p JOIN id_nodes a ON a.id = p.l JOIN id_nodes b ON b.id = p.r"
         )
     finally:
         sp.close()

@@ -72,7 +72,7 @@ def person_record(rules: dict[str, Any], members: list[Member], see_also: list[s
 
 
 def map_persons(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> int:
-    """TEMP id_person_map (patient_id, person_id, survivor, batch) from id_cluster; returns persons.
+    """TEMP id_person_map (patient_id, person_id, survivor, n, person_n) from id_cluster; returns persons.
 
     `batch` numbers groups of whole persons of about _BATCH source Patients, the unit that
     iter_person_records reads at once.
@@ -88,15 +88,17 @@ def map_persons(con: duckdb.DuckDBPyConnection, rules: dict[str, Any]) -> int:
         """
         CREATE OR REPLACE TEMP TABLE id_person_map AS
         WITH ranked AS (
-            SELECT c.patient_id, c.comp, coalesce(k.rank, ?) AS rank,
+            SELECT s.id AS patient_id, c.patient_id AS n, c.comp, coalesce(k.rank, ?) AS rank,
                 coalesce(epoch(TRY_CAST(s.last_updated AS TIMESTAMPTZ)), 0) AS updated
-            FROM id_cluster c JOIN id_source s ON s.id = c.patient_id LEFT JOIN id_rank k USING (format)
+            FROM id_cluster c JOIN id_nodes d ON d.n = c.patient_id JOIN id_source s ON s.id = d.id
+            LEFT JOIN id_rank k USING (format)
         ),
         heads AS (
-            SELECT comp, arg_min(patient_id, (rank, -updated, patient_id)) AS person_id
+            SELECT comp, arg_min(patient_id, (rank, -updated, patient_id)) AS person_id,
+                arg_min(n, (rank, -updated, patient_id)) AS person_n
             FROM ranked GROUP BY comp
         )
-        SELECT r.patient_id, h.person_id, r.patient_id = h.person_id AS survivor
+        SELECT r.patient_id, h.person_id, r.patient_id = h.person_id AS survivor, r.n, h.person_n
         FROM ranked r JOIN heads h USING (comp)
         """,
         [int(rules.get("default_rank", 9))],
@@ -118,13 +120,16 @@ def _see_also(con: duckdb.DuckDBPyConnection) -> None:
         """
         CREATE OR REPLACE TEMP TABLE id_see_also AS
         WITH pairs AS (
-            SELECT a.person_id AS pa, b.person_id AS pb, d.l, d.r
-            FROM id_decisions d
-            JOIN id_person_map a ON a.patient_id = d.l JOIN id_person_map b ON b.patient_id = d.r
-            WHERE d.decision = 'review' AND a.person_id <> b.person_id
+            -- on node numbers: the joins' tables hold integers, not the ids' strings
+            SELECT a.person_n AS pa, b.person_n AS pb, d.l, d.r
+            FROM (SELECT l, r FROM id_decisions WHERE decision = 'review') d
+            JOIN id_person_map a ON a.n = d.l JOIN id_person_map b ON b.n = d.r
+            WHERE a.person_n <> b.person_n
         ),
-        both_ways AS (SELECT pa AS person_id, r AS other FROM pairs UNION ALL SELECT pb, l FROM pairs)
-        SELECT w.person_id, w.other, b.batch FROM both_ways w JOIN id_person_batch b USING (person_id)
+        both_ways AS (SELECT pa AS p, r AS other FROM pairs UNION ALL SELECT pb, l FROM pairs)
+        SELECT p.id AS person_id, o.id AS other, b.batch FROM both_ways w
+        JOIN id_nodes p ON p.n = w.p JOIN id_nodes o ON o.n = w.other
+        JOIN id_person_batch b ON b.person_id = p.id
         """
     )
 

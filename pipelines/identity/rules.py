@@ -10,7 +10,8 @@ Pair = tuple[str, str]
 
 
 def build_rule_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
-    """TEMP id_rule_pairs (l, r, rule, outcome): one row per pair, l < r; outcome is 'link' or 'review'.
+    """TEMP id_rule_pairs (l, r, rule, outcome): one row per pair of node numbers (id_nodes), l < r;
+    outcome is 'link' or 'review'.
 
     A shared identifier of a linking system links; a source link links or asks for review by its type;
     when both name a pair, a link wins over a review and an identifier over a source link.
@@ -38,21 +39,24 @@ def build_rule_pairs(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> Non
             JOIN id_features f ON f.unique_id = k.other_id
             WHERE k.patient_id <> k.other_id
         )
-        SELECT l, r, arg_min(rule, (outcome <> 'link', pref, rule)) AS rule,
+        SELECT a.n AS l, b.n AS r, arg_min(rule, (outcome <> 'link', pref, rule)) AS rule,
             min(outcome) AS outcome  -- 'link' < 'review'
-        FROM found GROUP BY l, r
+        FROM found JOIN id_nodes a ON a.id = found.l JOIN id_nodes b ON b.id = found.r
+        GROUP BY a.n, b.n
         """,
         [systems],
     )
 
 
 def build_trusted(con: duckdb.DuckDBPyConnection, cfg: IdentityConfig) -> None:
-    """TEMP id_trusted (patient_id, system, vals): each patient's values of each trusted system."""
+    """TEMP id_trusted (patient_id, system, vals): each patient's (node number's) values of each
+    trusted system."""
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE id_trusted AS
-        SELECT patient_id, system, list(DISTINCT value ORDER BY value) AS vals FROM id_identifiers
-        WHERE list_contains(?, system) GROUP BY ALL
+        SELECT n.n AS patient_id, i.system, list(DISTINCT i.value ORDER BY i.value) AS vals
+        FROM id_identifiers i JOIN id_nodes n ON n.id = i.patient_id
+        WHERE list_contains(?, i.system) GROUP BY ALL
         """,
         [list(cfg.rules.get("trusted_identifiers", []))],
     )
