@@ -252,6 +252,14 @@ def test_an_em_session_past_em_max_pairs_learns_from_a_bounded_sample(con, tmp_p
     check_every_parameter_says_where_it_came_from(model["parameter_estimates"])
 
 
+def test_decide_threads_must_be_a_whole_number(con, tmp_path):
+    from pipelines.common.errors import ConfigError
+
+    small_population(con, 40, 80)
+    with pytest.raises(ConfigError, match="decide_threads"):
+        identify(con, "r1", rules_folder(tmp_path, thresholds={"decide_threads": "2"}))
+
+
 def test_linking_restores_the_connection_settings_it_changes(con, tmp_path, monkeypatch):
     from pipelines.identity import model
 
@@ -290,6 +298,7 @@ def test_clustering_and_storing_work_under_decide_memory_limit_with_the_same_dec
 
     def spy(c):
         seen["limit"] = c.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        seen["threads"] = c.execute("SELECT current_setting('threads')").fetchone()[0]
         # the decisions are read from Parquet parts, and the pairs carry integer node numbers
         seen["decisions"] = c.execute(
             "SELECT count(*) FROM duckdb_views() WHERE temporary AND view_name = 'id_decisions'"
@@ -304,6 +313,7 @@ def test_clustering_and_storing_work_under_decide_memory_limit_with_the_same_dec
     fresh = duckdb.connect()
     fresh.execute("SET memory_limit = '48MB'")
     assert seen["limit"] == fresh.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert seen["threads"] == 1  # decide_threads
     assert seen["decisions"] == 1 and seen["types"] == ("INTEGER", "INTEGER")
     assert linking_digest(con) == once
     assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()[0] == 0

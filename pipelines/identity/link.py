@@ -120,6 +120,7 @@ def _link(
     cap, after = caps
     previous = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
     flush = con.execute("SELECT current_setting('allocator_flush_threshold')").fetchall()[0][0]
+    threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
     con.execute(f"SET memory_limit = '{cap}MB'")
     # Memory a query freed goes back to the system when it ends rather than staying cached by the
     # allocator (128MB by default): otherwise the process holds the cap and that cache on top of it.
@@ -157,6 +158,9 @@ def _link(
         # they work in a smaller pool: one filled to the scoring's cap would hold what grows with
         # the pairs (DuckDB keeps what it read cached up to its cap).
         con.execute(f"SET memory_limit = '{min(cap, after)}MB'")
+        # Each thread's hash tables count against the cap: at two, clustering ran out of memory under the
+        # smaller cap at 200k source Patients on a quiet machine (and the linking started again at twice it).
+        con.execute(f"SET threads = {_count(cfg.thresholds.get('decide_threads', 1))}")
         cluster(con)
         result.persons = map_persons(con, cfg.survivorship)
         result.pairs = dict(
@@ -170,6 +174,7 @@ def _link(
         _store(con, run_id, cfg, result, digest, work)
     finally:
         _drop_temp_tables(con)
+        con.execute(f"SET threads = {int(threads)}")
         con.execute(f"SET memory_limit = '{_setting(previous)}'")
         con.execute(f"SET allocator_flush_threshold = '{_setting(flush)}'")
     return result
@@ -191,6 +196,12 @@ def _drop_temp_tables(con: duckdb.DuckDBPyConnection) -> None:
 def _drop(con: duckdb.DuckDBPyConnection, *tables: str) -> None:
     for name in tables:
         con.execute(f"DROP TABLE IF EXISTS temp.{name}")
+
+
+def _count(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError("thresholds.json: decide_threads must be a whole number of at least 1")
+    return value
 
 
 def _setting(value: str) -> str:
