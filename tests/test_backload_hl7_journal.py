@@ -209,7 +209,7 @@ def test_the_sender_folds_its_held_outcomes_exactly_as_the_journal_lines_fold(tm
             return rec
 
         rec = asyncio.run(record())
-        held = journal.outcome_table(rec.written)
+        held = rec.written_table()
         from_lines = journal.read(path)
         assert from_lines is not None
         assert held.equals(journal.outcomes_of(from_lines.results))

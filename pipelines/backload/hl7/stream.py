@@ -124,8 +124,9 @@ class Recorder:
         self.enough = asyncio.Event()  # set when a commit should not wait for more outcomes
         self.closing = False
         self.tally: Counter[str] = Counter()
-        # Every outcome written, as journal.OUTCOME_COLUMNS: the fold at the end reads no line back.
-        self.written: tuple[list, ...] = tuple([] for _ in OUTCOME_COLUMNS)
+        # Every outcome written, a journal.outcome_table per write (packed: a large send keeps millions):
+        # the fold at the end reads no line back.
+        self.written: list[pa.Table] = []
 
     def _kick(self) -> asyncio.Task:
         if self.task is None or self.task.done():
@@ -165,14 +166,25 @@ class Recorder:
                 for o, e in zip(outcomes, errors, strict=True)
             ]
         )
-        seqs, cids, states, acks, errs, attempts, recorded = self.written  # as the lines read back
-        seqs.extend([o.item.seq for o in outcomes])
-        cids.extend([o.item.control_id for o in outcomes])
-        states.extend([o.state for o in outcomes])
-        acks.extend([o.ack_code or None for o in outcomes])
-        errs.extend([e or None for e in errors])
-        attempts.extend([o.attempts for o in outcomes])
-        recorded.extend([stamp] * len(outcomes))
+        self.written.append(
+            journal.outcome_table(  # as the lines read back
+                (
+                    [o.item.seq for o in outcomes],
+                    [o.item.control_id for o in outcomes],
+                    [o.state for o in outcomes],
+                    [o.ack_code or None for o in outcomes],
+                    [e or None for e in errors],
+                    [o.attempts for o in outcomes],
+                    [stamp] * len(outcomes),
+                )
+            )
+        )
+
+    def written_table(self) -> pa.Table:
+        """Every outcome written, as one journal.outcome_table."""
+        if not self.written:
+            return journal.outcome_table(tuple([] for _ in OUTCOME_COLUMNS))
+        return pa.concat_tables(self.written)
 
     async def plan(self, rows: list[str]) -> None:
         """Returns once the lines are on disk (not waiting for the outcomes that keep coming meanwhile)."""
@@ -487,7 +499,7 @@ def build_and_send(
             rest = infold.rest() if infold is not None else None  # once the updates under way have ended
             if whole and decided:
                 rest = rest if rest is not None else journal.built_table([[] for _ in journal.BUILT_COLUMNS])
-                journal.apply_held(con, path, plan_id, prep.target, rest, journal.outcome_table(rec.written))
+                journal.apply_held(con, path, plan_id, prep.target, rest, rec.written_table())
             else:
                 journal.apply(con, path, None, pa.concat_tables(decided) if decided else None)
         # The builders exit while the journal is folded. The caller unfreezes the collector once it has let
