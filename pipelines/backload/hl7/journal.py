@@ -178,13 +178,14 @@ def update_plan_rows(
 
 
 def store(
-    con: duckdb.DuckDBPyConnection, plan_id: str, target: str, built: pa.Table, outcomes: pa.Table
+    con: duckdb.DuckDBPyConnection, plan_id: str, target: str, built: pa.Table | None, outcomes: pa.Table
 ) -> None:
-    """One transaction: the plan rows get what building decided, rows never built go, outcomes go in once
-    (a plan whose outcomes are in was folded already)."""
+    """One transaction: the plan rows get what building decided (None: it is all in already), rows never
+    built go, outcomes go in once (a plan whose outcomes are in was folded already)."""
     # Arrow tables the statements read by name (DuckDB's replacement scans): set-based, no per-row cost.
     with transaction(con):
-        update_plan_rows(con, plan_id, built)
+        if built is not None:
+            update_plan_rows(con, plan_id, built)
         con.execute(
             "DELETE FROM ops.backload_hl7_messages "
             "WHERE plan_id = ? AND status = 'send' AND control_id IS NULL",
@@ -223,10 +224,16 @@ def apply(
 
 
 def apply_held(
-    con: duckdb.DuckDBPyConnection, path: Path, plan_id: str, target: str, built: pa.Table, outcomes: pa.Table
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    plan_id: str,
+    target: str,
+    built: pa.Table | None,
+    outcomes: pa.Table,
 ) -> None:
     """Fold what the sending process journaled, as it still holds it (every write of the journal having
-    succeeded), without reading the file back; then remove it."""
+    succeeded), without reading the file back; then remove it. `built`: what building decided that is not
+    in the plan rows yet (None: nothing)."""
     store(con, plan_id, target, built, outcomes)
     path.unlink()
 

@@ -498,7 +498,6 @@ def build_and_send(
             # journal's lines, and has codes only).
             rest = infold.rest() if infold is not None else None  # once the updates under way have ended
             if whole and decided:
-                rest = rest if rest is not None else journal.built_table([[] for _ in journal.BUILT_COLUMNS])
                 journal.apply_held(con, path, plan_id, prep.target, rest, rec.written_table())
             else:
                 journal.apply(con, path, None, pa.concat_tables(decided) if decided else None)
