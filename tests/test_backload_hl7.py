@@ -478,9 +478,9 @@ def test_recorder_group_writes_with_at_most_batch_outcomes_unrecorded(tmp_path):
     writes: list[int] = []
     write = rec._write
 
-    def counted(plans, outcomes):
+    def counted(outcomes):
         writes.append(len(outcomes))
-        write(plans, outcomes)
+        write(outcomes)
 
     rec._write = counted
     unrecorded: list[int] = []

@@ -66,7 +66,9 @@ def test_journal_survives_kill_and_the_next_run_applies_it_first(tmp_path):
         journaled = {r[1] for r in killed.results if r[2] == "done"}
         assert journaled and journaled <= set(peer.accepted)
         (_rows, built), results = _counts(wh, killed.plan_id)
-        assert built == 0 and results == 0  # while sending, only the journal was written
+        # While sending, outcomes are in the journal only; what building decided goes into the plan rows
+        # once building has ended (all of it, and only what the journal lists), or not yet.
+        assert results == 0 and built in (0, sum(1 for p in killed.plans if p[4]))
         sent_before = dict(peer.received)
 
         final = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
@@ -201,7 +203,7 @@ def test_the_sender_folds_its_held_outcomes_exactly_as_the_journal_lines_fold(tm
 
         async def record() -> Recorder:
             rec = Recorder(Journal(path, "p1", "millennium-r4", "r1", now), bound=2)
-            await rec.plan(["".join(plan_line(p) for p in planned)])
+            rec.journal.write([plan_line(p) for p in planned])  # as the chunk reader writes them
             for o in outcomes:
                 await rec.outcome(o)
             await rec.close()
@@ -341,7 +343,7 @@ def test_several_builders_hand_over_in_plan_order(tmp_path):
     are those of a single builder (control ids differ: MSH-7 is each warehouse's run start)."""
     runs = {}
     for builders in (1, 2):
-        wh = build_warehouse(tmp_path / f"b{builders}" / "w.duckdb", _many(60))  # chunks of 16, 32, 64
+        wh = build_warehouse(tmp_path / f"b{builders}" / "w.duckdb", _many(60))  # chunks 16, 32, 1, 16
         with Peer() as peer:
             result = backload_hl7(wh, Hl7Options(to=f"127.0.0.1:{peer.port}", builders=builders))
         with duckdb.connect(str(wh), read_only=True) as con:
@@ -354,3 +356,20 @@ def test_several_builders_hand_over_in_plan_order(tmp_path):
         runs[builders] = (result["sent"], result["done"], [r[:4] for r in plan], received)
     assert runs[1][0] == runs[1][1] == 65
     assert runs[2] == runs[1] and runs[1][3] == sorted(runs[1][3])
+
+
+def test_hand_overs_grow_to_the_bound_and_shrink_again_at_the_end():
+    """Small first (sending starts soon) and small last (the last chunk's sending overlaps no building)."""
+    from itertools import pairwise
+
+    from pipelines.backload.hl7.stream import MAX_CHUNK, chunks
+
+    assert chunks(0) == [] and chunks(5) == [(0, 5)]
+    assert [e - s for s, e in chunks(65)] == [16, 32, 1, 16]
+    sizes = [e - s for s, e in chunks(3720)]
+    assert sizes[:5] == [16, 32, 64, 128, MAX_CHUNK] and sizes[-4:] == [128, 64, 32, 16]
+    assert max(sizes) == MAX_CHUNK and sum(sizes) == 3720
+    for n in (1, 17, 100, 3720, 37_560):
+        spans = chunks(n)
+        assert spans[0][0] == 0 and spans[-1][1] == n
+        assert all(a[1] == b[0] and a[0] < a[1] for a, b in pairwise(spans))

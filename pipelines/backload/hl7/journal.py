@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,20 +37,30 @@ def line(kind: str, *values: object) -> str:
 
 
 class Journal:
-    """One plan's journal, open for appending. write() returns once the lines are on disk (fsync)."""
+    """One plan's journal, open for appending. write() returns once the lines are on disk (fsync); threads may
+    write at once (plan lines on one, outcomes on another): each write's lines go in whole."""
 
     def __init__(self, path: Path, plan_id: str, target: str, run_id: str, planned_at: datetime) -> None:
         self.path = path
+        self.lock = threading.Lock()
         self.fd = open_append(path)
-        self.write([line("H", MAGIC, VERSION, plan_id, target, run_id, planned_at.isoformat())])
+        # On disk with the first lines (their fsync covers it): a header alone records nothing, and a kill
+        # before those lines leaves nothing sent (read() takes a file without a whole header as empty).
+        header = line("H", MAGIC, VERSION, plan_id, target, run_id, planned_at.isoformat())
+        write_all(self.fd, header.encode(), sync=False)
 
     def write(self, lines: list[str]) -> None:
-        write_all(self.fd, "".join(lines).encode(), sync=True)
+        data = "".join(lines).encode()
+        with self.lock:  # one writer at a time (no line split by another's), never after close
+            if self.fd < 0:
+                raise EhrliftError("the HL7 send journal was closed before all its lines were written")
+            write_all(self.fd, data, sync=True)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self.lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
 
 
 @dataclass

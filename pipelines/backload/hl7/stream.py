@@ -36,9 +36,9 @@ from pipelines.common.warehouse import transaction
 log = logging.getLogger(__name__)
 
 # Messages per hand-over from the builder, and so per journal flush of plan lines: small at first so sending
-# starts soon, then doubling to a bound. The bound is kept small since the last chunk is sent after it is
-# all built (its sending is the part of the stage that overlaps no building): a flush costs mostly its
-# fsync, on the writer thread, while the lane still sends the previous chunk.
+# starts soon, then doubling to a bound, and halving again towards the end: the last chunk is sent after it
+# is all built, and its sending is the part of the stage that overlaps no building. A flush costs mostly
+# its fsync, on the thread that reads the chunks, while the lanes still send the previous one.
 FIRST_CHUNK, MAX_CHUNK = 16, 256
 LINGER = 0.1  # seconds an ACK outcome may wait for others to share its fsync
 # Built rows that wait before they go into the plan rows while sending (a smaller plan's go in at the end:
@@ -109,15 +109,13 @@ def plan_line(p: Planned) -> str:
 
 
 class Recorder:
-    """The one thread that writes while messages go out. Plan lines are on disk before their messages are
-    sent; outcomes go in group writes (whatever came in while the last fsync ran), and a sender waits once
-    `bound` outcomes are unrecorded, so a kill leaves at most about that many ACKs to be sent again."""
+    """The thread that writes ACK outcomes while messages go out: in group writes (whatever came in while the
+    last fsync ran); a sender waits once `bound` outcomes are unrecorded, so a kill leaves at most about that
+    many ACKs to be sent again. (Plan lines are written by the thread that reads the chunks: _receive.)"""
 
     def __init__(self, journal: Journal, bound: int) -> None:
         self.journal, self.bound = journal, max(1, bound)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="hl7-recorder")
-        self.plans: list[str] = []
-        self.waiting: list[asyncio.Future[None]] = []  # plan() calls whose rows are not yet committed
         self.outcomes: list[Outcome] = []
         self.inflight = 0
         self.task: asyncio.Task | None = None
@@ -137,30 +135,26 @@ class Recorder:
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        while self.plans or self.outcomes:
-            if not self.plans and len(self.outcomes) < self.bound // 2 and not self.closing:
+        while self.outcomes:
+            if len(self.outcomes) < self.bound // 2 and not self.closing:
                 # Let more ACKs join this commit (a commit costs milliseconds whatever its size), until half
-                # the bound is reached, plan rows are waiting, or LINGER has passed.
+                # the bound is reached or LINGER has passed.
                 self.enough.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.enough.wait(), LINGER)
-            plans, outcomes, waiting = self.plans, self.outcomes, self.waiting
-            self.plans, self.outcomes, self.waiting, self.inflight = [], [], [], len(outcomes)
-            await loop.run_in_executor(self.pool, self._write, plans, outcomes)
+            outcomes = self.outcomes
+            self.outcomes, self.inflight = [], len(outcomes)
+            await loop.run_in_executor(self.pool, self._write, outcomes)
             self.inflight = 0
-            for w in waiting:
-                if not w.done():
-                    w.set_result(None)
 
-    def _write(self, plans: list[str], outcomes: list[Outcome]) -> None:
+    def _write(self, outcomes: list[Outcome]) -> None:
         now = f"{datetime.now(UTC).timestamp():.6f}"
         stamp = float(now)  # as the line reads back
         # Every field is a code: a control id (hex), a state, an ACK code and ERR codes (letters and digits
         # only, see read_ack), a count: none can hold a tab or a line end, so no field needs cleaning.
         errors = [",".join(o.error_codes) for o in outcomes]
         self.journal.write(
-            plans
-            + [
+            [
                 f"R\t{o.item.seq}\t{o.item.control_id}\t{o.state}\t{o.ack_code or ''}\t{e}\t"
                 f"{o.attempts}\t{now}\n"
                 for o, e in zip(outcomes, errors, strict=True)
@@ -185,19 +179,6 @@ class Recorder:
         if not self.written:
             return journal.outcome_table(tuple([] for _ in OUTCOME_COLUMNS))
         return pa.concat_tables(self.written)
-
-    async def plan(self, rows: list[str]) -> None:
-        """Returns once the lines are on disk (not waiting for the outcomes that keep coming meanwhile)."""
-        committed = asyncio.get_running_loop().create_future()
-        self.plans.extend(rows)
-        self.waiting.append(committed)
-        self.enough.set()
-        task = self._kick()
-        await asyncio.wait({committed, task}, return_when=asyncio.FIRST_COMPLETED)
-        if not committed.done():
-            task.result()  # the writer failed (raises); or it stopped before taking the rows
-            committed.cancel()
-            raise EhrliftError("the HL7 plan lines were not recorded")
 
     def note(self, o: Outcome) -> Awaitable[None] | None:
         """Take one outcome; None, or (once `bound` outcomes are unrecorded) what the sender must await."""
@@ -227,7 +208,7 @@ class Recorder:
         try:
             self.closing = True
             self.enough.set()
-            while self.plans or self.outcomes or (self.task is not None and not self.task.done()):
+            while self.outcomes or (self.task is not None and not self.task.done()):
                 await self._kick()
             if self.task is not None:
                 self.task.result()
@@ -252,13 +233,18 @@ class Infold:
         self.waiting.append(table)
         self.rows += table.num_rows
         if self.rows >= self.least:
-            part = pa.concat_tables(self.waiting)
-            self.waiting, self.rows = [], 0
-            self.sent.append((part, self.pool.submit(self._update, part)))
+            self.flush()
 
     def _update(self, part: pa.Table) -> None:
         with self.con.cursor() as cursor:
             journal.update_plan_rows(cursor, self.plan_id, part, keep_texts=False)
+
+    def flush(self) -> None:
+        """The rows waiting go in now, whatever their number (once building has ended, the last of them)."""
+        if self.waiting:
+            part = pa.concat_tables(self.waiting)
+            self.waiting, self.rows = [], 0
+            self.sent.append((part, self.pool.submit(self._update, part)))
 
     def rest(self) -> pa.Table | None:
         """Once every update has ended: what the end must still put in (everything, when one failed)."""
@@ -290,11 +276,22 @@ def chunk_columns(chunk: list[Planned]) -> tuple[list, ...]:
 
 
 def chunks(n: int) -> list[tuple[int, int]]:
-    """The hand-over schedule: (start, end) of each chunk of a plan of n messages."""
-    out, start, size = [], 0, FIRST_CHUNK
-    while start < n:
-        out.append((start, min(start + size, n)))
-        start, size = start + size, min(size * 2, MAX_CHUNK)
+    """The hand-over schedule: (start, end) of each chunk of a plan of n messages. Sizes go 16, 32, ... up to
+    MAX_CHUNK and, mirrored, back down to 16 at the end (taken from both ends in turn)."""
+    head: list[int] = []
+    tail: list[int] = []
+    left, size = n, FIRST_CHUNK
+    while left > 0:
+        for side in (head, tail):
+            take = min(size, left)
+            if take:
+                side.append(take)
+                left -= take
+        size = min(size * 2, MAX_CHUNK)
+    out, start = [], 0
+    for take in head + tail[::-1]:
+        out.append((start, start + take))
+        start += take
     return out
 
 
@@ -368,19 +365,28 @@ async def _pipeline(
     lanes = Lanes(address[0], address[1], policy, _counted(rec.note, bar) if bar.watched else rec.note)
     put = lanes.put
     statuses: Counter[str] = Counter()
-    try:
+    schedule = chunks(n)
+
+    def receive(j: int) -> asyncio.Future[tuple[Any, pa.Table | None]]:
         # Chunk j comes from builder j % len(sources): read in turn, they come in plan order.
-        for j, (start, end) in enumerate(chunks(n)):
+        start, end = schedule[j]
+        return loop.run_in_executor(reader, _receive, sources[j % len(sources)], end - start, rec.journal)
+
+    try:
+        coming = receive(0) if schedule else None
+        for j in range(len(schedule)):
+            assert coming is not None
             try:
-                built, table = await loop.run_in_executor(reader, _receive, sources[j % len(sources)])
+                built, table = await coming
             except EOFError:
-                built = None
+                built, table = None, None
             if isinstance(built, tuple) and built[0] == "error":
                 raise EhrliftError(f"building the HL7 messages failed ({built[1]})")
-            if not isinstance(built, tuple) or len(built[2]) != end - start:
+            if table is None:
                 raise EhrliftError("the HL7 message builder stopped before the plan was complete")
-            _, lines, patients, columns = built
-            await rec.plan([lines])  # on disk before any of the chunk's messages goes
+            # The next chunk is read (and its lines written) while this one's messages go on their lanes.
+            coming = receive(j + 1) if j + 1 < len(schedule) else None
+            _, _lines, patients, columns = built
             decided.append(table)  # as journaled: into the plan rows while later chunks go, or at the end
             infold.add(table)
             seqs, states, cids, payloads = columns[0], columns[1], columns[4], columns[-1]
@@ -392,6 +398,8 @@ async def _pipeline(
                     put(Item(seq, cid, patient, payload))
             statuses["sent"] += going
             bar.total(statuses["sent"])
+        # Built in full: what waits goes into the plan rows while the last messages are sent.
+        infold.flush()
         await lanes.close()
     finally:
         for t in lanes.tasks:
@@ -401,12 +409,14 @@ async def _pipeline(
     return statuses
 
 
-def _receive(source: Connection) -> tuple[Any, pa.Table | None]:
-    """One hand-over from a builder and, for a chunk, its columns as the table the fold reads: made here, on
-    the reader's thread while earlier messages go, so that the sent bytes are copied once, chunk by chunk,
-    and the end of the send has no large table to make."""
+def _receive(source: Connection, size: int, jnl: Journal) -> tuple[Any, pa.Table | None]:
+    """One hand-over from a builder and, for a whole chunk of `size` messages, its lines journaled (on disk
+    before any of its messages goes) and its columns as the table the fold reads. On the reader's thread
+    while earlier messages go: the lanes never wait for an fsync, the sent bytes are copied once, chunk by
+    chunk, and the end of the send has no large table to make. Anything else comes back with no table."""
     built = source.recv()
-    if isinstance(built, tuple) and built[0] == "chunk" and len(built) == 4:
+    if isinstance(built, tuple) and built[0] == "chunk" and len(built) == 4 and len(built[2]) == size:
+        jnl.write([built[1]])
         return built, journal.built_table(built[3])
     return built, None
 
