@@ -355,10 +355,12 @@ async def _pipeline(
     acked: dict[str, str],
     decided: list[pa.Table],
     infold: Infold,
+    stored: Future[None],
 ) -> Counter[str]:
     """Chunks in, messages out: per message a status count and, when it goes, one Item on a lane; what
     building decided (the bytes that go included) is kept in `decided`, a journal.built_table per chunk,
-    for the fold."""
+    for the fold. `stored` is done once the plan's rows are committed: no chunk's lines are written, and so
+    none of its messages goes, before."""
     loop = asyncio.get_running_loop()
     reader = ThreadPoolExecutor(1, thread_name_prefix="hl7-plan-reader")
     bar = stage_bar("hl7 send", "messages")  # acknowledged of those known to go, on a terminal
@@ -370,7 +372,8 @@ async def _pipeline(
     def receive(j: int) -> asyncio.Future[tuple[Any, pa.Table | None]]:
         # Chunk j comes from builder j % len(sources): read in turn, they come in plan order.
         start, end = schedule[j]
-        return loop.run_in_executor(reader, _receive, sources[j % len(sources)], end - start, rec.journal)
+        source = sources[j % len(sources)]
+        return loop.run_in_executor(reader, _receive, source, end - start, stored, rec.journal)
 
     try:
         coming = receive(0) if schedule else None
@@ -409,15 +412,20 @@ async def _pipeline(
     return statuses
 
 
-def _receive(source: Connection, size: int, jnl: Journal) -> tuple[Any, pa.Table | None]:
+def _receive(
+    source: Connection, size: int, stored: Future[None], jnl: Journal
+) -> tuple[Any, pa.Table | None]:
     """One hand-over from a builder and, for a whole chunk of `size` messages, its lines journaled (on disk
-    before any of its messages goes) and its columns as the table the fold reads. On the reader's thread
-    while earlier messages go: the lanes never wait for an fsync, the sent bytes are copied once, chunk by
-    chunk, and the end of the send has no large table to make. Anything else comes back with no table."""
+    before any of its messages goes; the first chunk's once the plan's rows are committed) and its columns as
+    the table the fold reads. On the reader's thread while earlier messages go: the lanes never wait for an
+    fsync, the sent bytes are copied once, chunk by chunk, and the end of the send has no large table to
+    make. Anything else comes back with no table."""
     built = source.recv()
     if isinstance(built, tuple) and built[0] == "chunk" and len(built) == 4 and len(built[2]) == size:
+        table = journal.built_table(built[3])
+        stored.result()  # raises what storing raised
         jnl.write([built[1]])
-        return built, journal.built_table(built[3])
+        return built, table
     return built, None
 
 
@@ -429,6 +437,19 @@ def _counted(record: Any, bar: StageBar) -> Any:
         return record(o)
 
     return outcome
+
+
+def _store_plan(
+    cursor: duckdb.DuckDBPyConnection,
+    plan_id: str,
+    target: str,
+    run_id: str,
+    now: datetime,
+    planned: pa.Table,
+) -> None:
+    """store_plan in a transaction of its own, on a cursor of its own (on the thread that stores it)."""
+    with cursor, transaction(cursor):
+        store_plan(cursor, plan_id, target, run_id, now, planned)
 
 
 def can_fork() -> bool:
@@ -466,14 +487,17 @@ def build_and_send(
     parts = max(1, builders or default_builders()) if forked else 1
     sources: list[Connection] = []
     children: list[multiprocessing.process.BaseProcess | threading.Thread] = []
+    setup: ThreadPoolExecutor | None = None
+    stored: Future[None] | None = None
     jnl: Journal | None = None
     decided: list[pa.Table] = []  # what is journaled, a table per chunk
     infold: Infold | None = None
+    rec: Recorder | None = None
     whole = False
     try:
-        # Forked builders start first, so building overlaps storing the plan's rows (nothing is sent before
-        # those rows are committed and the journal is open: the pipeline starts after both). A builder
-        # thread would share the rows being stored: it starts after them.
+        # Forked builders start first, so building overlaps storing the plan's rows (on a thread, while the
+        # journal opens and the pipeline starts: no chunk's lines are written, and so nothing is sent, before
+        # those rows are committed). A builder thread would share the rows being stored: it starts after.
         for part in range(parts if forked else 0):
             source, sink = multiprocessing.Pipe(duplex=False)
             child = multiprocessing.get_context("fork").Process(
@@ -484,30 +508,36 @@ def build_and_send(
             children.append(child)
             child.start()
             sink.close()
-        with transaction(con):
-            store_plan(con, plan_id, prep.target, run_id, now, planned)
+        setup = ThreadPoolExecutor(1, thread_name_prefix="hl7-store-plan")
+        stored = setup.submit(_store_plan, con.cursor(), plan_id, prep.target, run_id, now, planned)
         if not forked:  # the same stream from a thread: correct, without the overlap
+            stored.result()
             source, sink = multiprocessing.Pipe(duplex=False)
             thread = threading.Thread(target=_builder, args=(prep, check, sink, False), daemon=True)
             sources.append(source)
             children.append(thread)
             thread.start()
+        # A journal with its header alone (the plan's rows not yet in, or never) records nothing sent.
         jnl = Journal(path, plan_id, prep.target, run_id, now)
         rec = Recorder(jnl, batch)
         infold = Infold(con, plan_id)
         statuses = asyncio.run(
-            _pipeline(len(prep.work), sources, rec, address, policy, prep.acknowledged, decided, infold)
+            _pipeline(
+                len(prep.work), sources, rec, address, policy, prep.acknowledged, decided, infold, stored
+            )
         )
         whole = True  # every journal write succeeded: what this process holds is what the file says
     finally:
         for source in sources:
             source.close()
+        if setup is not None:
+            setup.shutdown(wait=True)
         if jnl is not None:
             jnl.close()
             # What was journaled and sent, as this process still holds it (a fold after a kill reads the
             # journal's lines, and has codes only).
             rest = infold.rest() if infold is not None else None  # once the updates under way have ended
-            if whole and decided:
+            if whole and decided and rec is not None:
                 journal.apply_held(con, path, plan_id, prep.target, rest, rec.written_table())
             else:
                 journal.apply(con, path, None, pa.concat_tables(decided) if decided else None)
@@ -518,6 +548,7 @@ def build_and_send(
             if child.is_alive() and not isinstance(child, threading.Thread):
                 child.terminate()
                 child.join(5)
+    assert rec is not None
     return {
         **{k: statuses.get(k, 0) for k in ("send", "not_sendable", "unchanged", "sent")},
         "done": rec.tally["done"],
