@@ -48,6 +48,9 @@ from pipelines import tasks as stages
         "hl7_messages": Param("adt,oru,vxu,mdm", type="string", description="HL7 messages to send"),
         "hl7_version": Param("2.5.1", enum=["2.5.1", "2.3.1"], description="HL7 v2 version"),
         "hl7_connections": Param(1, type="integer", minimum=1, maximum=16, description="MLLP connections"),
+        "hl7_part_size": Param(
+            20000, type="integer", minimum=1, description="HL7 messages per part of a larger plan (memory)"
+        ),
     },
     tags=["ehrlift"],
     doc_md=__doc__,

@@ -222,12 +222,14 @@ def test_rerun_sends_only_what_was_not_acknowledged(tmp_path):
     assert sorted(peer.accepted) == sorted(peer.received)
 
 
-def test_kill_and_resume_acknowledges_every_message_once(tmp_path):
+@pytest.mark.parametrize("parts", [None, "4"], ids=["whole", "in-parts"])
+def test_kill_and_resume_acknowledges_every_message_once(tmp_path, parts):
     res = resources()
     for i in range(30):  # more patients, so a kill lands mid-send
         res.append({**res[0], "id": f"px{i}", "identifier": [{"system": "urn:oid:1.2.3", "value": f"X{i}"}]})
     wh = build_warehouse(tmp_path / "w.duckdb", res)
     cmd = [sys.executable, "-m", "pipelines.cli", "backload", "hl7", "--warehouse", str(wh), "--batch", "3"]
+    cmd += ["--part-size", parts] if parts else []  # in parts: kills land inside parts and between them
     with Peer(delay=0.02) as peer:
         cmd += ["--to", f"127.0.0.1:{peer.port}"]
         kills = 0

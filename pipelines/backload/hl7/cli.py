@@ -39,6 +39,13 @@ def add_commands(bsub: Any) -> None:
     )
     p.add_argument("--validate", choices=("structure", "full"), default="structure",
                    help="full: hl7apy parses and validates every message as well")  # fmt: skip
+    p.add_argument(
+        "--part-size",
+        type=int,
+        default=None,
+        help="a larger plan goes in parts of whole patients of about this many messages, one at a time "
+        "(default 20000): memory follows the part, not the plan",
+    )
     p.add_argument("--override-gate", action="store_true", help="send from a run the gate blocked")
     p.add_argument("--reason", default=None, help="why the gate is overridden")
     p.set_defaults(func=_cmd_hl7)
@@ -53,6 +60,8 @@ def _cmd_hl7(args: argparse.Namespace) -> int:
         raise ConfigError("--connections must be between 1 and 16")
     if args.batch < 1 or args.attempts < 1 or args.timeout <= 0 or (args.rate is not None and args.rate <= 0):
         raise ConfigError("--batch, --attempts, --timeout and --rate must be positive")
+    if args.part_size is not None and args.part_size < 1:
+        raise ConfigError("--part-size must be positive")
     if args.override_gate and not (args.reason or "").strip():
         raise ConfigError("--override-gate needs --reason TEXT")
     options = Hl7Options(
@@ -66,6 +75,7 @@ def _cmd_hl7(args: argparse.Namespace) -> int:
             args.connections, args.rate, args.timeout, args.attempts, reconnect_after=args.reconnect_after
         ),
         override_reason=args.reason if args.override_gate else None,
+        **({"part_size": args.part_size} if args.part_size is not None else {}),
     )
     with Bars(True).running():  # a bar on a terminal only
         result = backload_hl7(args.warehouse, options)

@@ -123,7 +123,7 @@ def fold(
     built: pa.Table | None = None,
 ) -> None:
     """Apply a journal to the tables: plan rows get what building decided (and the sent text, when this
-    process still has it); outcomes are inserted once (a plan whose outcomes are already in is not folded
+    process still has it); outcomes are inserted once (one already in, from a fold before, is not inserted
     again); rows never built are removed (nothing was sent for them).
 
     `built` (built_table) is what the sending process journaled, as it still holds it: used when it has
@@ -192,7 +192,7 @@ def store(
     con: duckdb.DuckDBPyConnection, plan_id: str, target: str, built: pa.Table | None, outcomes: pa.Table
 ) -> None:
     """One transaction: the plan rows get what building decided (None: it is all in already), rows never
-    built go, outcomes go in once (a plan whose outcomes are in was folded already)."""
+    built go, outcomes go in once (a message's outcome already in was folded before)."""
     # Arrow tables the statements read by name (DuckDB's replacement scans): set-based, no per-row cost.
     with transaction(con):
         if built is not None:
@@ -202,13 +202,15 @@ def store(
             "WHERE plan_id = ? AND status = 'send' AND control_id IS NULL",
             [plan_id],
         )
-        # Outcomes once: a plan whose outcomes are in was folded already (a crash before the file went).
+        # Outcomes once: a message sent once per plan has one, and one already in was folded (a crash before
+        # the file went; or a part folded before, when a plan goes in parts).
         con.execute(
             """
             INSERT INTO ops.backload_hl7_results
-            SELECT $1, seq, $2, control_id, state, ack_code, error_codes, attempts, to_timestamp(recorded)
-            FROM outcomes
-            WHERE NOT EXISTS (SELECT 1 FROM ops.backload_hl7_results WHERE plan_id = $1)
+            SELECT $1, o.seq, $2, o.control_id, o.state, o.ack_code, o.error_codes, o.attempts,
+                to_timestamp(o.recorded)
+            FROM outcomes o
+            WHERE NOT EXISTS (SELECT 1 FROM ops.backload_hl7_results r WHERE r.plan_id = $1 AND r.seq = o.seq)
             """,
             [plan_id, target],
         )

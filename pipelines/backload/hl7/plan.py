@@ -11,9 +11,11 @@ from typing import Any
 
 import duckdb
 import orjson
+import pyarrow as pa
 
 from pipelines.backload.hl7 import messages as m
 from pipelines.backload.hl7.encode import Coder, ts
+from pipelines.backload.hl7.parts import SUBJECT, Part, follow, person_survivors, references, replaced_by
 from pipelines.backload.hl7.segments import Header, maps
 from pipelines.backload.hl7.structure import check, check_segments, control_id_fits
 from pipelines.backload.profiles import target_profile
@@ -22,7 +24,6 @@ from pipelines.common.warehouse import resource_tables
 from terminology.target_codings import code_values
 
 ORDER = {"adt": 0, "oru": 1, "vxu": 2, "mdm": 3}
-SUBJECT = {"DiagnosticReport": "subject", "Immunization": "patient", "DocumentReference": "subject"}
 # Looked up by one message each (a report's results and specimens): a builder process need not keep them.
 LOOKED_UP_ONCE = frozenset({"Observation", "Specimen"})
 LOOKUP_TYPES = (
@@ -54,9 +55,14 @@ class Planned:
 
 class Store:
     """Resources by "Type/id", read in one query per type; each parsed when first needed (a builder process
-    parses the ones its messages look up). Patient merges (link replaced-by) followed to the survivor."""
+    parses the ones its messages look up). Patient merges (link replaced-by) followed to the survivor.
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, types: Iterable[str]) -> None:
+    With a part (parts.cut), only the part's message resources and Patient records are read, and of the other
+    types what these refer to (and what those refer to, and so on): what the part's messages can look up."""
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, types: Iterable[str], part: Part | None = None
+    ) -> None:
         self.raw: dict[str, str] = {}
         self.parsed: dict[str, dict[str, Any]] = {}
         # Types whose parsed resources are not kept: a builder process that meets each of them once (a
@@ -64,27 +70,38 @@ class Store:
         self.once: frozenset[str] = frozenset()
         self.stand_in: set[str] = set()
         tables = set(resource_tables(con))
-        for t in sorted(set(types) & tables):
-            for rid, body, ref_only in con.execute(
-                f'SELECT id, resource, reference_only FROM fhir."{t}" ORDER BY id'
-            ).fetchall():
-                self.raw[f"{t}/{rid}"] = body
-                if ref_only:
-                    self.stand_in.add(f"{t}/{rid}")
-
+        present = sorted(set(types) & tables)
+        if part is None:
+            for t in present:
+                self._read(con, t, None)
+        else:
+            for t in present:
+                if t in part.ids:
+                    self._read(con, t, part.ids[t])
+            others = {t for t in present if t not in part.ids}
+            new = list(self.raw.values())
+            while new and others:
+                before = len(self.raw)
+                for t, ids in sorted(references(new, others).items()):
+                    self._read(con, t, sorted(i for i in ids if f"{t}/{i}" not in self.raw))
+                new = list(self.raw.values())[before:]
         # Identity resolution's merges (ops.person_map, where that stage has run): one survivor per person.
-        self.person_survivor: dict[str, str] = {}
-        has_map = con.execute(
-            "SELECT count(*) FROM information_schema.tables "
-            "WHERE table_schema = 'ops' AND table_name = 'person_map'"
-        ).fetchone()
-        if has_map and has_map[0]:
-            rows = con.execute(
-                "SELECT m.patient_id, s.patient_id FROM ops.person_map m JOIN ops.person_map s "
-                "ON s.person_id = m.person_id AND s.survivor WHERE m.patient_id <> s.patient_id ORDER BY ALL"
-            ).fetchall()
-            for patient_id, survivor in rows:
-                self.person_survivor.setdefault(f"Patient/{patient_id}", f"Patient/{survivor}")
+        self.person_survivor = person_survivors(con)
+
+    def _read(self, con: duckdb.DuckDBPyConnection, rtype: str, ids: list[str] | None) -> None:
+        """Rows of one type (the given ids only, when given), in id order."""
+        if ids is not None and not ids:
+            return
+        query = f'SELECT id, resource, reference_only FROM fhir."{rtype}"'
+        if ids is None:
+            rows = con.execute(f"{query} ORDER BY id").fetchall()
+        else:
+            wanted = pa.table({"id": pa.array(ids, pa.string())})  # noqa: F841 (read by name below)
+            rows = con.execute(f"{query} WHERE id IN (SELECT id FROM wanted) ORDER BY id").fetchall()
+        for rid, body, ref_only in rows:
+            self.raw[f"{rtype}/{rid}"] = body
+            if ref_only:
+                self.stand_in.add(f"{rtype}/{rid}")
 
     def __contains__(self, key: Any) -> bool:
         return key in self.raw
@@ -106,21 +123,14 @@ class Store:
 
     def survivor(self, key: str) -> str:
         """Follow Patient.link replaced-by, then ops.person_map, to the record that survives (cycles stop)."""
-        seen = {key}
-        while True:
-            p = self.resource(key) or {}
-            nxt = next(
-                (lk["other"]["reference"] for lk in p.get("link") or []
-                 if lk.get("type") == "replaced-by" and isinstance(lk.get("other"), dict)
-                 and lk["other"].get("reference") in self.raw),
-                None,
-            )  # fmt: skip
-            if nxt is None and self.person_survivor.get(key) in self.raw:
-                nxt = self.person_survivor[key]
-            if nxt is None or nxt in seen:
-                return key
-            seen.add(nxt)
-            key = nxt
+
+        def step(k: str) -> str | None:
+            nxt = replaced_by((self.resource(k) or {}).get("link"), self.raw.__contains__)
+            if nxt is None and self.person_survivor.get(k) in self.raw:
+                nxt = self.person_survivor[k]
+            return nxt
+
+        return follow(key, step)
 
 
 def control_id(target: str, kind: str, key: str, sha: str) -> str:
@@ -150,17 +160,18 @@ def prepare(
     acknowledged: dict[str, str],
     files_root: Path | None = None,
     alias: bool = True,
+    part: Part | None = None,
+    first: int = 1,
+    coder: Coder | None = None,
 ) -> Prepared:
     """Read what the messages need (once), decide merges and references, and order the messages: per patient,
-    registration first, then by time; those refused already go last. Nothing is built yet."""
-    rules = target_profile(target).codings  # the back-load profile's coding rules (terminology/targets)
-    has_cv = bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'terminology' "
-        "AND table_name = 'millennium_code_values'"
-    ).fetchone()[0])  # fmt: skip
-    coder = Coder(rules, maps()["alias_system_name"] if alias else None, code_values(con) if has_cv else None)
+    registration first, then by time; those refused already go last. Nothing is built yet.
+
+    `part` (parts.cut): the plan's messages of that part only, numbered from `first`; `coder`: one made
+    before (coder_for), kept from part to part."""
+    coder = coder or coder_for(con, target, alias)
     wanted = {m.SOURCE_TYPE[k] for k in kinds}
-    store = Store(con, set(LOOKUP_TYPES) | wanted)
+    store = Store(con, set(LOOKUP_TYPES) | wanted, part)
     ctx = m.Context(header, coder, store.get, files_root)
     sent_patients = {key for key in acknowledged.values() if key.startswith("adt:")}
     work: list[tuple[Planned, dict[str, Any] | None, dict[str, Any] | None]] = []
@@ -182,7 +193,8 @@ def prepare(
             patient = res
         else:
             ref = (res.get(SUBJECT[rtype]) or {}).get("reference")
-            patient_key = store.survivor(ref) if ref in store else None
+            is_patient = isinstance(ref, str) and ref.startswith("Patient/") and ref in store
+            patient_key = store.survivor(ref) if is_patient else None
             patient = store.resource(patient_key) if patient_key else None
             if patient is None or not patient_key:
                 p.refuse("hl7_reference_missing", f"{rtype}.{SUBJECT[rtype]}")
@@ -192,9 +204,20 @@ def prepare(
         work.append((p, res, patient))
     work.sort(key=lambda w: (w[0].patient_id or "", ORDER[w[0].kind], w[0].sort_time, w[0].warehouse_id))
     work.sort(key=lambda w: w[0].status != "send")  # stable: the sendable ones first, in patient order
-    for i, (p, _res, _patient) in enumerate(work, start=1):
+    for i, (p, _res, _patient) in enumerate(work, start=first):
         p.seq = i
     return Prepared(ctx, target, when, acknowledged, sent_patients, work, store)
+
+
+def coder_for(con: duckdb.DuckDBPyConnection, target: str, alias: bool = True) -> Coder:
+    """The target's coding rules (terminology/targets), with the site's Millennium aliases where asked for
+    and the CODE_VALUE extract where the warehouse has one."""
+    rules = target_profile(target).codings
+    has_cv = bool(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'terminology' "
+        "AND table_name = 'millennium_code_values'"
+    ).fetchone()[0])  # fmt: skip
+    return Coder(rules, maps()["alias_system_name"] if alias else None, code_values(con) if has_cv else None)
 
 
 def build(prep: Prepared, p: Planned, res: dict[str, Any] | None, patient: dict[str, Any] | None) -> Planned:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
+import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -15,9 +17,10 @@ from typing import Any
 import duckdb
 
 from pipelines.backload.hl7.journal import folder, recover
-from pipelines.backload.hl7.messages import KINDS
+from pipelines.backload.hl7.messages import KINDS, SOURCE_TYPE
 from pipelines.backload.hl7.mllp import SendPolicy
-from pipelines.backload.hl7.plan import Planned, build, prepare
+from pipelines.backload.hl7.parts import PART_MESSAGES, Part, cut
+from pipelines.backload.hl7.plan import Planned, Prepared, build, coder_for, prepare
 from pipelines.backload.hl7.segments import Header
 from pipelines.backload.hl7.stream import PLAN_TYPES, build_and_send, insert, plan_row
 from pipelines.backload.hl7.structure import VERSIONS
@@ -52,6 +55,7 @@ class Hl7Options:
     policy: SendPolicy = field(default_factory=SendPolicy)
     override_reason: str | None = None
     builders: int | None = None  # builder processes; None: one per core the sender leaves free
+    part_size: int = PART_MESSAGES  # messages per part of a larger plan (parts of whole patients)
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
@@ -70,9 +74,13 @@ def parse_target(to: str) -> tuple[str, int]:
 
 
 def backload_hl7(warehouse: Path, options: Hl7Options) -> dict[str, Any]:
-    """Plan, then send what is not yet acknowledged (each message journaled before it goes); counts out."""
+    """Plan, then send what is not yet acknowledged (each message journaled before it goes); counts out. A
+    plan larger than `options.part_size` messages goes in parts of whole patients (parts.cut), each read,
+    built and sent in turn: what is held at once is one part's."""
     if options.version not in VERSIONS:
         raise ConfigError(f"--version must be one of {', '.join(VERSIONS)}")
+    if options.part_size < 1:
+        raise ConfigError("--part-size must be positive")
     address = parse_target(options.to) if options.to else None
     with open_warehouse(warehouse) as con:
         run_id = source_run(con, options.override_reason)
@@ -83,46 +91,52 @@ def backload_hl7(warehouse: Path, options: Hl7Options) -> dict[str, Any]:
         when = f"{started}+0000"  # MSH-7: the run's start, so the same warehouse gives the same plan
         recover(con, warehouse)  # what a killed send left in its journal, before anything is decided
         acked = acknowledged(con, options.profile)
-        prep = prepare(
-            con, options.profile, list(options.kinds), Header(version=options.version), when, acked,
-            Path(warehouse).parent,
-        )  # fmt: skip
         check = partial(_hl7apy, version=options.version) if options.validate == "full" else None
+        coder = coder_for(con, options.profile)  # its memo of concepts serves every part
+        parts: list[Part | None] = [*cut(con, [SOURCE_TYPE[k] for k in options.kinds], options.part_size)]
+        header = Header(version=options.version)
+
+        def prepared(part: Part | None, first: int) -> Prepared:
+            return prepare(
+                con, options.profile, list(options.kinds), header, when, acked, Path(warehouse).parent,
+                part=part, first=first, coder=coder,
+            )  # fmt: skip
+
         if address is None:  # plan only: build here, store, count
-            planned = [build(prep, *w) for w in prep.work]
-            if check is not None:
-                check(planned)
-            plan_id = save(con, options.profile, planned, run_id)
-            counts = Counter(p.status for p in planned)
-            pending = sum(1 for p in planned if p.status == "send" and p.control_id not in acked)
-            return {
-                "plan_id": plan_id,
-                **{k: counts.get(k, 0) for k in ("send", "not_sendable", "unchanged")},
-                "pending": pending,
-            }
+            return _plan_only(con, options.profile, run_id, parts or [None], prepared, check, acked)
         # Sending: a plan of its own per invocation, its rows stored as they are built, each before it goes.
         plan_id = hashlib.sha256(f"{options.profile}\0{run_id}\0{datetime.now(UTC).isoformat()}".encode())
         plan_id_text = plan_id.hexdigest()[:16]
-        try:
-            result = build_and_send(
-                con,
-                prep,
-                plan_id_text,
-                run_id,
-                address,
-                options.policy,
-                options.batch,
-                folder(warehouse),
-                check,
-                options.builders,
-            )
-        finally:
-            # build_and_send froze the collector over the plan's objects: they go first, by their reference
-            # counts, so that unfreezing hands the collector nothing of theirs to walk.
-            del prep
-            gc.unfreeze()
-        log.info("HL7 back-load plan %s sent: %s", plan_id_text, result)
-        return {"plan_id": plan_id_text, **result}
+        totals: Counter[str] = Counter()
+        first = 1
+        for part in parts or [None]:
+            prep = prepared(part, first)
+            first += len(prep.work)
+            try:
+                result = build_and_send(
+                    con,
+                    prep,
+                    plan_id_text,
+                    run_id,
+                    address,
+                    options.policy,
+                    options.batch,
+                    folder(warehouse),
+                    check,
+                    options.builders,
+                    part=(part.number, part.of) if part else None,
+                )
+            finally:
+                # build_and_send froze the collector over the plan's objects: they go first, by their
+                # reference counts, so that unfreezing hands the collector nothing of theirs to walk.
+                del prep
+                gc.unfreeze()
+            totals.update(result)
+        counts = {
+            k: totals.get(k, 0) for k in ("send", "not_sendable", "unchanged", "sent", "done", "failed")
+        }
+        log.info("HL7 back-load plan %s sent (%d part(s)): %s", plan_id_text, max(1, len(parts)), counts)
+        return {"plan_id": plan_id_text, **counts}
 
 
 def acknowledged(con: duckdb.DuckDBPyConnection, target: str) -> dict[str, str]:
@@ -136,22 +150,48 @@ def acknowledged(con: duckdb.DuckDBPyConnection, target: str) -> dict[str, str]:
     return dict(rows)
 
 
-def save(con: duckdb.DuckDBPyConnection, target: str, planned: list[Planned], run_id: str) -> str:
+def _plan_only(
+    con: duckdb.DuckDBPyConnection,
+    target: str,
+    run_id: str,
+    parts: list[Part | None],
+    prepared: Callable[[Part | None, int], Prepared],
+    check: Callable[[list[Planned]], None] | None,
+    acked: dict[str, str],
+) -> dict[str, Any]:
+    """Build every part here and store the plan in one transaction, named by its content (the same plan
+    again replaces the one stored before); counts out."""
     h = hashlib.sha256(target.encode())
-    for p in planned:
-        h.update(f"{p.seq}|{p.kind}|{p.warehouse_id}|{p.status}|{p.reason}|{p.control_id}\n".encode())
-    plan_id = h.hexdigest()[:16]
+    counts: Counter[str] = Counter()
+    pending = 0
     now = datetime.now(UTC)
+    provisional = f"~{uuid.uuid4().hex[:15]}"  # until the content is known (the transaction hides it)
     with transaction(con):
+        first = 1
+        for part in parts:
+            prep = prepared(part, first)
+            first += len(prep.work)
+            planned = [build(prep, *w) for w in prep.work]
+            del prep
+            if check is not None:
+                check(planned)
+            for p in planned:
+                h.update(f"{p.seq}|{p.kind}|{p.warehouse_id}|{p.status}|{p.reason}|{p.control_id}\n".encode())
+            counts.update(p.status for p in planned)
+            pending += sum(1 for p in planned if p.status == "send" and p.control_id not in acked)
+            rows = [plan_row(provisional, target, run_id, p, now) for p in planned]
+            insert(con, "ops.backload_hl7_messages", PLAN_TYPES, rows)
+        plan_id = h.hexdigest()[:16]
         con.execute("DELETE FROM ops.backload_hl7_messages WHERE plan_id = ?", [plan_id])
-        insert(
-            con,
-            "ops.backload_hl7_messages",
-            PLAN_TYPES,
-            [plan_row(plan_id, target, run_id, p, now) for p in planned],
+        con.execute(
+            "UPDATE ops.backload_hl7_messages SET plan_id = ? WHERE plan_id = ?", [plan_id, provisional]
         )
-    log.info("HL7 back-load plan %s: %s", plan_id, dict(Counter(p.status for p in planned)))
-    return plan_id
+    log.info("HL7 back-load plan %s: %s", plan_id, dict(counts))
+    return {
+        "plan_id": plan_id,
+        **{k: counts.get(k, 0) for k in ("send", "not_sendable", "unchanged")},
+        "pending": pending,
+    }
 
 
 def _hl7apy(planned: list[Planned], version: str) -> None:
@@ -258,6 +298,7 @@ def hl7_from_params(params: dict[str, Any] | None) -> dict[str, Any]:
         version=p.get("hl7_version") or "2.5.1",
         profile=p.get("profile") or "millennium-r4",
         policy=SendPolicy(connections=int(p.get("hl7_connections") or 1), rate=p.get("hl7_rate") or None),
+        part_size=int(p.get("hl7_part_size") or PART_MESSAGES),
     )
     result = backload_hl7(warehouse, options)
     if result.get("failed"):

@@ -356,6 +356,7 @@ async def _pipeline(
     decided: list[pa.Table],
     infold: Infold,
     stored: Future[None],
+    label: str = "hl7 send",
 ) -> Counter[str]:
     """Chunks in, messages out: per message a status count and, when it goes, one Item on a lane; what
     building decided (the bytes that go included) is kept in `decided`, a journal.built_table per chunk,
@@ -363,7 +364,7 @@ async def _pipeline(
     none of its messages goes, before."""
     loop = asyncio.get_running_loop()
     reader = ThreadPoolExecutor(1, thread_name_prefix="hl7-plan-reader")
-    bar = stage_bar("hl7 send", "messages")  # acknowledged of those known to go, on a terminal
+    bar = stage_bar(label, "messages")  # acknowledged of those known to go, on a terminal
     lanes = Lanes(address[0], address[1], policy, _counted(rec.note, bar) if bar.watched else rec.note)
     put = lanes.put
     statuses: Counter[str] = Counter()
@@ -469,6 +470,7 @@ def build_and_send(
     journal_dir: Path,
     check: Callable[[list[Planned]], None] | None = None,
     builders: int | None = None,
+    part: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Build (in forked processes, which read nothing from the warehouse; `builders` of them, by default
     one per free core) while sending; counts out.
@@ -477,7 +479,8 @@ def build_and_send(
     the journal is written (and a large plan's built rows go in, in parts: Infold); the rest is folded into
     the tables in one transaction at the end (or, after a kill, by the next run)."""
     now = datetime.now(UTC)
-    path = journal_dir / f"{plan_id}.jnl"
+    # A part's journal of its own (part k of n): each is folded when its part ends, or by the next run.
+    path = journal_dir / (f"{plan_id}.{part[0]}.jnl" if part else f"{plan_id}.jnl")
     planned = plan_table([w[0] for w in prep.work])
     # The plan's resources, read before, live until the send ends: keep the collector from walking them at
     # every few hundred allocations (it cost the sender more than its sending did). Left frozen: the caller
@@ -498,11 +501,11 @@ def build_and_send(
         # Forked builders start first, so building overlaps storing the plan's rows (on a thread, while the
         # journal opens and the pipeline starts: no chunk's lines are written, and so nothing is sent, before
         # those rows are committed). A builder thread would share the rows being stored: it starts after.
-        for part in range(parts if forked else 0):
+        for k in range(parts if forked else 0):
             source, sink = multiprocessing.Pipe(duplex=False)
             child = multiprocessing.get_context("fork").Process(
-                target=_builder, args=(prep, check, sink, True, part, parts), daemon=True,
-                name=f"hl7-builder-{part}",
+                target=_builder, args=(prep, check, sink, True, k, parts), daemon=True,
+                name=f"hl7-builder-{k}",
             )  # fmt: skip
             sources.append(source)
             children.append(child)
@@ -523,7 +526,16 @@ def build_and_send(
         infold = Infold(con, plan_id)
         statuses = asyncio.run(
             _pipeline(
-                len(prep.work), sources, rec, address, policy, prep.acknowledged, decided, infold, stored
+                len(prep.work),
+                sources,
+                rec,
+                address,
+                policy,
+                prep.acknowledged,
+                decided,
+                infold,
+                stored,
+                f"hl7 send {part[0]}/{part[1]}" if part else "hl7 send",
             )
         )
         whole = True  # every journal write succeeded: what this process holds is what the file says
