@@ -2,8 +2,8 @@
 ehrlift's whole back-load (`backload_hl7`: read the warehouse, build, check, record, send, record the ACKs)
 side by side with a bare python-hl7 client sending the same prebuilt messages (and ehrlift's lanes alone
 sending them), and the stage of it after the warehouse reads (build, check, record, send: what the target
-is about); the `ehrlift backload hl7` command with its start-up; and building + checking alone vs hl7apy's
-parse of the same messages.
+is about; for a plan in parts, the sum over its parts, each read before its stage); the `ehrlift backload
+hl7` command with its start-up; and building + checking alone vs hl7apy's parse of the same messages.
 
     uv run python bench/backload_hl7.py [--patients 20] [--copies 20] [--large 10] [--runs 3] [--builders N]
 
