@@ -36,10 +36,22 @@ def _copy(res: list[dict], n: int) -> list[dict]:
 
 def _population(copies: int) -> list[dict]:
     """copies patients' histories (each: a patient merged into another by link, a report of three results,
-    immunizations, a document); a report whose subject is missing, one whose subject is no Patient, and a
-    stand-in Patient."""
+    immunizations, a document); a report whose subject is missing, one whose subject is no Patient, a
+    stand-in Patient, and references from one history into another."""
     out = [r for n in range(copies) for r in _copy(resources(), n)]
     report = next(r for r in out if r["resourceType"] == "DiagnosticReport")
+    # A result that refers to another patient's report and immunization: read for it, they are not planned
+    # again in its part.
+    result = next(r for r in out if r["id"] == "o2-0")
+    result["derivedFrom"] = [{"reference": f"DiagnosticReport/r1-{copies - 1}"}]
+    result["partOf"] = [{"reference": f"Immunization/i1-{copies - 1}"}]
+    # A patient with a document only, which refers to another patient's report: its part has no reports
+    # of its own and reads that one for the reference, without planning it again.
+    patient = next(r for r in out if r["id"] == "p1-0")
+    document = next(r for r in out if r["resourceType"] == "DocumentReference")
+    out.append({**patient, "id": "solo"})
+    related = {"related": [{"reference": f"DiagnosticReport/r1-{copies - 1}"}]}
+    out.append({**document, "id": "solo-doc", "subject": {"reference": "Patient/solo"}, "context": related})
     out.append({**report, "id": "lost", "subject": {"reference": "Patient/nobody"}})
     out.append({**report, "id": "odd", "subject": {"reference": "Encounter/e1-0"}})
     out.append({"resourceType": "Patient", "id": "stand-in", "name": [{"family": "Stand"}]})

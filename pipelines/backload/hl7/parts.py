@@ -73,9 +73,9 @@ def references(texts: Iterable[str], types: set[str]) -> dict[str, set[str]]:
 
 @dataclass(frozen=True)
 class Part:
-    """One part of a plan: the ids of its message resources per type, and of the Patient records its
-    messages are for (their survivors and every record merged into them). Other resources are read as these
-    refer to them."""
+    """One part of a plan: the ids of its message resources per message type (every type the plan has, a part
+    with none of one included), and of the Patient records its messages are for (their survivors and every
+    record merged into them). Other resources are read as these refer to them."""
 
     number: int
     of: int
@@ -146,7 +146,8 @@ def cut(
             "SELECT rtype, list(rid ORDER BY rid) FROM placed_messages WHERE part = $1 GROUP BY rtype",
             [number],
         ).fetchall()
-        ids = {rtype: rids for rtype, rids in rows}
+        # Every message type named, empty or not: a part never reads another part's messages by reference.
+        ids: dict[str, list[str]] = {t: [] for t in types} | {rtype: rids for rtype, rids in rows}
         # Every record of the part's patients: the survivors' and those merged into them.
         patients = con.execute(
             "SELECT list(DISTINCT record ORDER BY record) FROM merged WHERE survivor IN "
