@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -103,15 +104,16 @@ def read(path: Path) -> Read | None:
 BUILT_COLUMNS = ("seq", "status", "reason", "detail", "control_id", "message_type", "sha", "message")
 
 
-def built_table(columns: tuple[list, ...] | list[list]) -> pa.Table:
-    """What building decided (BUILT_COLUMNS, one list each, None for empty) as the Arrow table fold reads."""
+def built_table(columns: tuple[Any, ...] | list[Any]) -> pa.Table:
+    """What building decided (BUILT_COLUMNS, one list each, None for empty; the sent bytes as a list or as an
+    Arrow array already) as the Arrow table fold reads."""
     seqs, *codes, messages = columns
     return pa.table(
         {
             "seq": pa.array(seqs, pa.int32()),
             **{name: pa.array(c, pa.string()) for name, c in zip(BUILT_COLUMNS[1:-1], codes, strict=True)},
             # The sent bytes as they went (UTF-8), decoded by DuckDB: no Python string per message.
-            "message": pa.array(messages, pa.binary()),
+            "message": messages if isinstance(messages, pa.Array) else pa.array(messages, pa.large_binary()),
         }
     )
 

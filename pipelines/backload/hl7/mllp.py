@@ -36,7 +36,7 @@ class Item:
     seq: int
     control_id: str
     patient_id: str
-    payload: bytes
+    payload: bytes | memoryview  # a slice of the chunk the builder handed over
 
 
 @dataclass(slots=True)

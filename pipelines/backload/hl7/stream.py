@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import threading
+from array import array
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -327,11 +328,13 @@ def _builder(
             if check is not None:
                 check(chunk)
             # What the sender needs and nothing more, ready to use: the chunk's journal lines as one text
-            # (written as they are), its messages' patients (their lanes), and what building decided as
-            # columns (journal.BUILT_COLUMNS: the sender sends from them and folds them as they are, with no
-            # object per message). The sender reads none of the plan's objects it shares with this process.
-            out.send(("chunk", "".join([plan_line(p) for p in chunk]), [p.patient_id or "" for p in chunk],
-                      chunk_columns(chunk)))  # fmt: skip
+            # (written as they are), its messages' patients (their lanes), what building decided as columns
+            # (journal.BUILT_COLUMNS but the bytes) and the bytes that go as one blob with each message's
+            # end in it (pack): the sender sends slices of it and folds it as it is, with no object per
+            # message. The sender reads none of the plan's objects it shares with this process.
+            *codes, payloads = chunk_columns(chunk)
+            lines = "".join([plan_line(p) for p in chunk])
+            out.send(("chunk", lines, [p.patient_id or "" for p in chunk], codes, *pack(payloads)))
             if forked:
                 for p in chunk:
                     p.text = p.data = None
@@ -390,10 +393,10 @@ async def _pipeline(
                 raise EhrliftError("the HL7 message builder stopped before the plan was complete")
             # The next chunk is read (and its lines written) while this one's messages go on their lanes.
             coming = receive(j + 1) if j + 1 < len(schedule) else None
-            _, _lines, patients, columns = built
+            patients, columns, payloads = built
             decided.append(table)  # as journaled: into the plan rows while later chunks go, or at the end
             infold.add(table)
-            seqs, states, cids, payloads = columns[0], columns[1], columns[4], columns[-1]
+            seqs, states, cids = columns[0], columns[1], columns[4]
             statuses.update(states)
             going = 0
             for seq, cid, patient, payload in zip(seqs, cids, patients, payloads, strict=True):
@@ -417,17 +420,54 @@ def _receive(
     source: Connection, size: int, stored: Future[None], jnl: Journal
 ) -> tuple[Any, pa.Table | None]:
     """One hand-over from a builder and, for a whole chunk of `size` messages, its lines journaled (on disk
-    before any of its messages goes; the first chunk's once the plan's rows are committed) and its columns as
-    the table the fold reads. On the reader's thread while earlier messages go: the lanes never wait for an
-    fsync, the sent bytes are copied once, chunk by chunk, and the end of the send has no large table to
-    make. Anything else comes back with no table."""
+    before any of its messages goes; the first chunk's once the plan's rows are committed), its columns as
+    the table the fold reads (the sent bytes not copied) and each message's bytes as a slice of the chunk's
+    blob: (patients, columns, payloads). On the reader's thread while earlier messages go, so the lanes
+    never wait for an fsync. Anything else comes back as it came, with no table."""
     built = source.recv()
-    if isinstance(built, tuple) and built[0] == "chunk" and len(built) == 4 and len(built[2]) == size:
-        table = journal.built_table(built[3])
-        stored.result()  # raises what storing raised
-        jnl.write([built[1]])
-        return built, table
-    return built, None
+    if not (isinstance(built, tuple) and built[0] == "chunk" and len(built) == 6 and len(built[2]) == size):
+        return built, None
+    _, lines, patients, codes, blob, ends = built
+    messages, payloads = unpack(blob, ends)
+    table = journal.built_table((*codes, messages))
+    stored.result()  # raises what storing raised
+    jnl.write([lines])
+    return (patients, codes, payloads), table
+
+
+def pack(payloads: list[bytes | None]) -> tuple[bytes, list[int | None]]:
+    """A chunk's sent bytes as one blob, and each message's end in it (None: nothing goes for it)."""
+    ends: list[int | None] = []
+    end = 0
+    for data in payloads:
+        if data is None:
+            ends.append(None)
+        else:
+            end += len(data)
+            ends.append(end)
+    return b"".join([d for d in payloads if d is not None]), ends
+
+
+def unpack(blob: bytes, ends: list[int | None]) -> tuple[pa.Array, list[memoryview | None]]:
+    """pack's blob as the fold's column (an Arrow array over the blob itself) and as each message's slice."""
+    view = memoryview(blob)
+    offsets, payloads, start = [0], [], 0
+    for end in ends:
+        if end is None:
+            payloads.append(None)
+        else:
+            payloads.append(view[start:end])
+            start = end
+        offsets.append(start)
+    valid = pa.array([e is not None for e in ends], pa.bool_())
+    nulls = len(ends) - valid.true_count
+    column = pa.Array.from_buffers(
+        pa.large_binary(),
+        len(ends),
+        [valid.buffers()[1] if nulls else None, pa.py_buffer(array("q", offsets)), pa.py_buffer(blob)],
+        nulls,
+    )
+    return column, payloads
 
 
 def _counted(record: Any, bar: StageBar) -> Any:
