@@ -88,6 +88,21 @@ def ts(value: str | None) -> str | None:
     """FHIR date/dateTime/instant -> HL7 DTM at the same precision (offset kept)."""
     if not value:
         return None
+    if value.__class__ is str:
+        # A report's results share its time, and a patient's messages their visit's: most times recur.
+        found = _TIMES.get(value, _MISSING)
+        if found is _MISSING:
+            if len(_TIMES) >= 20_000:
+                _TIMES.clear()
+            found = _TIMES[value] = _ts(value)
+        return found  # type: ignore[return-value]
+    return _ts(value)
+
+
+_TIMES: dict[str, str | None] = {}
+
+
+def _ts(value: str) -> str | None:
     m = _TIME.match(value)
     if m is None:
         return None

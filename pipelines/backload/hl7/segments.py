@@ -9,6 +9,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from pipelines.backload.hl7.encode import (
     Coder,
     comp,
@@ -220,11 +222,16 @@ def obxs(obs: dict[str, Any], first: int, sub_id: int, coder: Coder, version: st
     k-th component, which carries the observation's status and time."""
     status = reverse("observation_status").get(obs.get("status") or "", "F")
     when = ts(obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start"))
-    out = [_obx(obs, first, str(sub_id), status, when, coder, version)] if own_obx(obs) else []
-    for k, c in enumerate(components(obs), start=1):
+    parts = components(obs) if "component" in obs else []
+    own = not obs.keys().isdisjoint(VALUE_KEYS) or bool(obs.get("dataAbsentReason")) or not parts
+    out = [_obx(obs, first, str(sub_id), status, when, coder, version)] if own else []
+    for k, c in enumerate(parts, start=1):
         out.append(_obx(c, first + len(out), f"{sub_id}.{k}", status, when, coder, version))
+    notes = obs.get("note")
+    if not notes:
+        return out
     # NTE follows the group's first OBX: the notes are the observation's
-    return out[:1] + ntes(obs.get("note") or []) + out[1:]
+    return out[:1] + ntes(notes) + out[1:]
 
 
 def _obx(
@@ -233,26 +240,44 @@ def _obx(
     """One OBX from an Observation or one of its components (they share code, value[x], dataAbsentReason,
     interpretation and referenceRange)."""
     kind, value, units = _value(item, coder, version)
-    ranges = item.get("referenceRange") or []
+    ranges = item.get("referenceRange")
     rr = None
     if ranges:
         low, high = (ranges[0].get("low") or {}).get("value"), (ranges[0].get("high") or {}).get("value")
         rr = esc(ranges[0].get("text")) or (f"{_num(low) or ''}-{_num(high) or ''}" if low or high else None)
     interps = item.get("interpretation")
-    interp = "~".join(x for x in (_v2_code(i, "0078") for i in interps) if x) if interps else ""
+    interp = "~".join([x for x in (_interpretation(i) for i in interps) if x]) if interps else ""
     if not kind and item.get("dataAbsentReason"):
         status = "X"
         # OBX-2 may stay empty with X from 2.5 on; 2.3.1's definitions require it: an empty ST then.
         kind = "ST" if version == "2.3.1" else None
     code = coder.cwe(item.get("code"))
-    method = coder.cwe(item.get("method"))
-    site = coder.cwe(item.get("bodySite")) if version != "2.3.1" else None
+    # Absent in most results: not looked up as concepts.
+    method = coder.cwe(item["method"]) if "method" in item else None
+    site = coder.cwe(item["bodySite"]) if version != "2.3.1" and "bodySite" in item else None
     # The OBX template, written out (an OBX per result makes this the builders' hottest line): fields in
     # order, empty ones empty, trailing ones dropped. No encoded value ends with "|" (they are escaped).
     return (
         f"OBX|{set_id}|{kind or ''}|{code or ''}|{sub_id}|{value or ''}|{units or ''}|{rr or ''}|{interp}"
         f"|||{status}|||{when or ''}|||{method or ''}|||{site or ''}"
     ).rstrip("|")
+
+
+def _interpretation(cc: Any) -> str | None:
+    """OBX-8 from one interpretation concept (table 0078), remembered per concept: a lab's few flags."""
+    if not isinstance(cc, dict):
+        return _v2_code(cc, "0078")
+    key = orjson.dumps(cc)
+    found = _FLAGS.get(key, _NONE)
+    if found is _NONE:
+        if len(_FLAGS) >= 10_000:
+            _FLAGS.clear()
+        found = _FLAGS[key] = _v2_code(cc, "0078")
+    return found  # type: ignore[return-value]
+
+
+_FLAGS: dict[bytes, str | None] = {}
+_NONE = object()
 
 
 def _num(v: Any) -> str | None:
@@ -267,9 +292,14 @@ def _unit(q: dict[str, Any]) -> str | None:
     code, unit = q.get("code"), q.get("unit")
     if not code and not unit:
         return None
-    key = (code, unit, q.get("system"))
-    if not all(k is None or k.__class__ is str for k in key):  # malformed: built as it is, not kept
+    system = q.get("system")
+    if not (
+        (code is None or code.__class__ is str)
+        and (unit is None or unit.__class__ is str)
+        and (system is None or system.__class__ is str)
+    ):  # malformed: built as it is, not kept
         return _unit_of(q, code, unit)
+    key = (code, unit, system)
     found = _UNITS.get(key)  # a lab's few units, in result after result
     if found is None:
         if len(_UNITS) >= 10_000:
