@@ -21,13 +21,14 @@ from pipelines.backload.hl7.encode import (
     segment,
     ts,
     xad,
-    xcn_of,
     xpn,
     xtn,
 )
 from pipelines.convert.hl7v2 import vocab
 
 Lookup = Any  # callable: "Type/id" reference dict -> resource or None
+Ids = tuple[str | None, str | None]  # placer's and filler's order numbers (order_ids)
+Person = Any  # callable: a Practitioner's reference -> its XCN or None (messages.Context.person)
 
 
 @cache
@@ -115,14 +116,14 @@ def _marital(cc: dict[str, Any] | None, coder: Coder) -> str | None:
     return coder.cwe(cc)
 
 
-def pd1(patient: dict[str, Any], lookup: Lookup) -> str | None:
-    gps = [x for x in (xcn_of(lookup(r)) for r in patient.get("generalPractitioner") or []) if x]
+def pd1(patient: dict[str, Any], person: Person) -> str | None:
+    gps = [x for x in (person(r) for r in patient.get("generalPractitioner") or []) if x]
     if not gps:
         return None
     return segment("PD1", {4: "~".join(gps)})
 
 
-def pv1(encounter: dict[str, Any] | None, lookup: Lookup) -> str:
+def pv1(encounter: dict[str, Any] | None, lookup: Lookup, person: Person) -> str:
     """The visit, or "PV1|1|N" (not applicable) where a message needs PV1 and the resource has none."""
     if encounter is None:
         return "PV1|1|N"
@@ -130,7 +131,7 @@ def pv1(encounter: dict[str, Any] | None, lookup: Lookup) -> str:
     pclass = reverse("patient_class").get(klass or "") or "U"
     attending = None
     for p in encounter.get("participant") or []:
-        attending = xcn_of(lookup(p.get("individual")))
+        attending = person(p.get("individual"))
         if attending:
             break
     visit = next((cx(i, "VN") for i in encounter.get("identifier") or [] if i.get("value")), None)
@@ -167,14 +168,19 @@ def _ident(resource: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
-def orc(resource: dict[str, Any], ordering: str | None = None) -> str:
-    return segment(
-        "ORC",
-        {1: "RE", 2: ei(_ident(resource, "PLAC")), 3: ei(_ident(resource, "FILL")), 12: ordering},
-    )
+def order_ids(resource: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The placer's and the filler's order numbers (EI), as ORC-2/3 and OBR-2/3 both carry them."""
+    return ei(_ident(resource, "PLAC")), ei(_ident(resource, "FILL"))
 
 
-def obr(report: dict[str, Any], coder: Coder, lookup: Lookup, version: str) -> str:
+def orc(resource: dict[str, Any], ordering: str | None = None, ids: Ids | None = None) -> str:
+    placer, filler = ids or order_ids(resource)
+    if ordering:
+        return segment("ORC", {1: "RE", 2: placer, 3: filler, 12: ordering})
+    return f"ORC|RE|{placer or ''}|{filler or ''}".rstrip("|")
+
+
+def obr(report: dict[str, Any], coder: Coder, person: Person, version: str, ids: Ids | None = None) -> str:
     effective = report.get("effectivePeriod") or {}
     start = report.get("effectiveDateTime") or effective.get("start")
     section = None
@@ -182,13 +188,14 @@ def obr(report: dict[str, Any], coder: Coder, lookup: Lookup, version: str) -> s
         for c in cat.get("coding") or []:
             if c.get("system") == vocab.v2_table_uri("0074"):
                 section = esc(c.get("code"))
-    interpreters = [x for x in (xcn_of(lookup(r)) for r in report.get("resultsInterpreter") or []) if x]
+    interpreters = [x for x in (person(r) for r in report.get("resultsInterpreter") or []) if x]
+    placer, filler = ids or order_ids(report)
     return segment(
         "OBR",
         {
             1: "1",
-            2: ei(_ident(report, "PLAC")),
-            3: ei(_ident(report, "FILL")),
+            2: placer,
+            3: filler,
             4: coder.cwe(report.get("code")),
             7: ts(start),
             8: ts(effective.get("end")),
@@ -216,10 +223,11 @@ def own_obx(obs: dict[str, Any]) -> bool:
     return not obs.keys().isdisjoint(VALUE_KEYS) or bool(obs.get("dataAbsentReason")) or not components(obs)
 
 
-def obxs(obs: dict[str, Any], first: int, sub_id: int, coder: Coder, version: str) -> list[str]:
+def obxs(obs: dict[str, Any], first: int, sub_id: int, coder: Coder, version: str) -> tuple[list[str], int]:
     """An Observation's OBX (OBX-1 = first), its NTEs, then one OBX per component in the same OBR group
     (v2-to-FHIR's OBX[Observation-Component] read in reverse): OBX-4 n for the observation, n.k for its
-    k-th component, which carries the observation's status and time."""
+    k-th component, which carries the observation's status and time. With the number of OBX among them
+    (OBX-1 runs on over the report's groups)."""
     status = reverse("observation_status").get(obs.get("status") or "", "F")
     when = ts(obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start"))
     parts = components(obs) if "component" in obs else []
@@ -229,9 +237,9 @@ def obxs(obs: dict[str, Any], first: int, sub_id: int, coder: Coder, version: st
         out.append(_obx(c, first + len(out), f"{sub_id}.{k}", status, when, coder, version))
     notes = obs.get("note")
     if not notes:
-        return out
+        return out, len(out)
     # NTE follows the group's first OBX: the notes are the observation's
-    return out[:1] + ntes(notes) + out[1:]
+    return out[:1] + ntes(notes) + out[1:], len(out)
 
 
 def _obx(
@@ -368,14 +376,14 @@ def spm(specimen: dict[str, Any], set_id: int, coder: Coder) -> str:
     )
 
 
-def rxa(im: dict[str, Any], coder: Coder, lookup: Lookup) -> str:
+def rxa(im: dict[str, Any], coder: Coder, lookup: Lookup, person: Person) -> str:
     when = ts(im.get("occurrenceDateTime"))
     dose = im.get("doseQuantity") or {}
     notes = maps()["administration_notes"]
     origin = notes["primary"] if im.get("primarySource", True) else notes["historical"]
     performer = None
     for p in im.get("performer") or []:
-        performer = xcn_of(lookup(p.get("actor")))
+        performer = person(p.get("actor"))
         if performer:
             break
     maker = lookup(im.get("manufacturer"))
@@ -430,9 +438,9 @@ def rxr(im: dict[str, Any], coder: Coder) -> str | None:
 _TXA_STATUS = {"final": "AU", "preliminary": "IP", "amended": "LA", "entered-in-error": "DE"}
 
 
-def txa(doc: dict[str, Any], coder: Coder, lookup: Lookup, version: str) -> str:
+def txa(doc: dict[str, Any], coder: Coder, person: Person, version: str) -> str:
     ctx = doc.get("context") or {}
-    authors = [x for x in (xcn_of(lookup(a)) for a in doc.get("author") or []) if x]
+    authors = [x for x in (person(a) for a in doc.get("author") or []) if x]
     placer = [x for x in (ei(i) for i in doc.get("identifier") or []) if x]
     status = (
         "DE" if doc.get("status") == "entered-in-error" else _TXA_STATUS.get(doc.get("docStatus") or "", "AU")
