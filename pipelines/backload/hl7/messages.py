@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,7 +114,9 @@ def _msg_type(version: str, code: str, event: str) -> str:
     return comp(code, event, _structure(version, event))
 
 
-def assemble(ctx: Context, code: str, event: str, control_id: str, when: str, body: list[str]) -> Built:
+def assemble(
+    ctx: Context, code: str, event: str, control_id: str, when: str, body: Sequence[str | None]
+) -> Built:
     v = ctx.header.version
     key = (code, event, control_id, when)
     head = ctx._mshs.get(key)  # the same for every message of a kind in a plan (MSH-10 a placeholder)
@@ -204,7 +206,7 @@ def _content(ctx: Context, doc: dict[str, Any]) -> list[str]:
     return out
 
 
-def _bytes(ctx: Context, a: dict[str, Any]) -> bytes | None:
+def _bytes(ctx: Context, a: Any) -> bytes | None:
     if a.get("data"):
         try:
             return base64.b64decode(a["data"], validate=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -33,7 +33,9 @@ Person = Any  # callable: a Practitioner's reference -> its XCN or None (message
 
 @cache
 def maps() -> dict[str, Any]:
-    return json.loads(Path(__file__).with_name("maps.json").read_text(encoding="utf-8"))
+    # From the package's own folder (a compiled build of this module lies elsewhere: native.py).
+    found = resources.files("pipelines.backload.hl7").joinpath("maps.json")
+    return json.loads(found.read_text(encoding="utf-8"))
 
 
 @cache
@@ -108,7 +110,7 @@ def pid(patient: dict[str, Any], coder: Coder) -> str:
     )
 
 
-def _marital(cc: dict[str, Any] | None, coder: Coder) -> str | None:
+def _marital(cc: Any, coder: Coder) -> str | None:
     for c in (cc or {}).get("coding") or []:
         code = reverse("marital_status").get(c.get("code") or "")
         if code:
@@ -296,7 +298,7 @@ def _num(v: Any) -> str | None:
     return str(v)
 
 
-def _unit(q: dict[str, Any]) -> str | None:
+def _unit(q: Any) -> str | None:
     code, unit = q.get("code"), q.get("unit")
     if not code and not unit:
         return None
@@ -319,7 +321,7 @@ def _unit(q: dict[str, Any]) -> str | None:
 _UNITS: dict[tuple[Any, Any, Any], str] = {}
 
 
-def _unit_of(q: dict[str, Any], code: Any, unit: Any) -> str:
+def _unit_of(q: Any, code: Any, unit: Any) -> str:
     if q.get("system") == "http://unitsofmeasure.org" and code:
         return comp(esc(code), esc(unit) if unit != code else None, "UCUM")
     return comp(esc(code or unit), esc(unit) if code and unit != code else None)
@@ -351,7 +353,7 @@ def _value(obs: dict[str, Any], coder: Coder, version: str) -> tuple[str | None,
     return None, None, None
 
 
-def ntes(notes: list[dict[str, Any]]) -> list[str]:
+def ntes(notes: Any) -> list[str]:
     return [
         segment("NTE", {1: str(i), 3: esc(n.get("text"))}) for i, n in enumerate(notes, 1) if n.get("text")
     ]
@@ -466,11 +468,11 @@ def txa(doc: dict[str, Any], coder: Coder, person: Person, version: str) -> str:
     )
 
 
-def _first_code(cc: dict[str, Any] | None) -> str | None:
+def _first_code(cc: Any) -> Any:
     return next((c.get("code") for c in (cc or {}).get("coding") or [] if c.get("code")), None)
 
 
-def _v2_code(cc: dict[str, Any] | None, table: str) -> str | None:
+def _v2_code(cc: Any, table: str) -> str | None:
     """An IS/ID field: the code from the field's own v2 table, else the first code."""
     codings = [c for c in (cc or {}).get("coding") or [] if c.get("code")]
     own = next((c for c in codings if c.get("system") == vocab.v2_table_uri(table)), None)
