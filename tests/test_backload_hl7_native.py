@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,11 +107,9 @@ print(json.dumps(out))
 
 
 def test_the_compiled_builders_build_every_message_as_the_source_does(tmp_path):
-    if native.built() is None:
-        try:
-            native.build()  # what make setup does
-        except (ImportError, OSError, RuntimeError, subprocess.CalledProcessError) as exc:  # no compiler
-            pytest.skip(f"the HL7 builders cannot be compiled here ({type(exc).__name__})")
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here: the source modules run, and there is no build to compare")
+    native.build()  # what make setup does (nothing when built): an edit that does not compile fails here
     wh = build_warehouse(tmp_path / "w.duckdb", resources())
     compiled, source = _run("1", wh, tmp_path), _run("0", wh, tmp_path)
     assert compiled["module"].endswith(".so") and ".build" in compiled["module"]
