@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import sysconfig
-import tempfile
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 # The builders' per-resource work (serializer, segments, messages) and the structural check. The compiler
@@ -38,7 +35,7 @@ setup(
 
 def digest(source: Path = SOURCE) -> str:
     """What a build is made from: the modules' text and the interpreter's extension ABI."""
-    h = hashlib.sha256(f"{sys.implementation.cache_tag}\0{sysconfig.get_config_var('EXT_SUFFIX')}\0".encode())
+    h = hashlib.sha256(f"{sys.implementation.cache_tag}\0{EXTENSION_SUFFIXES[0]}\0".encode())
     for name in MODULES:
         h.update(name.encode() + b"\0" + (source / f"{name}.py").read_bytes() + b"\0")
     return h.hexdigest()[:24]
@@ -68,6 +65,10 @@ def use(package_path: list[str], store: Path = STORE, source: Path = SOURCE) -> 
 def build(store: Path = STORE, source: Path = SOURCE) -> Path:
     """Compile the modules (mypyc, then the C compiler) unless a build of their current text exists; older
     builds are removed. Raises CalledProcessError when compiling fails (the source modules are used)."""
+    import shutil  # here: an import of the package (every CLI start) needs none of these
+    import subprocess
+    import tempfile
+
     found = built(store, source)
     if found is not None:
         return found
@@ -105,7 +106,9 @@ def build(store: Path = STORE, source: Path = SOURCE) -> Path:
 
 
 def main() -> int:
-    """`python -m pipelines.backload.hl7.native`: build (make setup runs it); never fails the setup."""
+    """Build (make setup runs it); never fails the setup."""
+    import subprocess
+
     try:
         build()
     except (ImportError, OSError, RuntimeError, subprocess.CalledProcessError) as exc:
