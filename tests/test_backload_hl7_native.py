@@ -136,6 +136,93 @@ def test_the_irregular_results_at_2_3_1():
     assert [got[i] for i in rest] == [EXPECTED["2.5.1"][i] for i in rest]
 
 
+def _paths(x: object, pre: tuple = ()):
+    yield pre
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _paths(v, (*pre, k))
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from _paths(v, (*pre, i))
+
+
+def mutated() -> list:
+    """Each builder on the golden resources with every member, in turn, replaced by a value of another
+    JSON type: the message text and its findings, the refusal, or the class of the error raised."""
+    import copy
+
+    from pipelines.backload.hl7 import messages as m
+    from pipelines.backload.hl7.encode import Coder
+    from pipelines.backload.hl7.segments import Header
+    from pipelines.backload.hl7.structure import check_segments
+    from pipelines.backload.profiles import target_profile
+
+    values = [7, 1.5, None, "", "s|^&", [], {}, True, ["a"], {"x": 1}]
+    builders = {
+        "Patient": "adt",
+        "DiagnosticReport": "oru",
+        "Immunization": "vxu",
+        "DocumentReference": "mdm",
+    }
+    base, out = resources(), []
+    for which, resource in enumerate(base):
+        for path in _paths(resource):
+            if not path or path[0] in ("resourceType", "id"):
+                continue
+            for value in values:
+                res = copy.deepcopy(base)
+                node = res[which]
+                for k in path[:-1]:
+                    node = node[k]
+                node[path[-1]] = copy.deepcopy(value)
+                by = {f"{r['resourceType']}/{r['id']}": r for r in res}
+
+                def lookup(ref, by=by):
+                    key = ref.get("reference") if isinstance(ref, dict) else ref
+                    return by.get(key) if isinstance(key, str) else None
+
+                for version in ("2.5.1", "2.3.1"):
+                    coder = Coder(target_profile("millennium-r4").codings, "CERNER")
+                    ctx = m.Context(Header(version=version), coder, lookup, None)
+                    for r in res:
+                        kind = builders.get(r.get("resourceType"))
+                        if kind is None:
+                            continue
+                        try:
+                            if kind == "adt":
+                                b = m.adt(ctx, r, "CID", "2025", False)
+                            else:
+                                b = getattr(m, kind)(ctx, r, by["Patient/p1"], "CID", "2025")
+                            got = [b.text, check_segments(b.segments, b.structure, version)]
+                        except m.NotBuildable as exc:
+                            got = ["refused", exc.reason, exc.detail]
+                        except Exception as exc:  # the class is the outcome compared
+                            got = ["error", type(exc).__name__]
+                        out.append([which, [str(k) for k in path], repr(value), version, r.get("id"), got])
+    return out
+
+
+def test_the_compiled_builders_treat_odd_resource_shapes_as_the_source_does():
+    """Compiled code checks annotations when called: a value of an unexpected type must still give what
+    the source modules give (the same text, refusal, or error), never a new failure."""
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here: the source modules run, and there is no build to compare")
+    native.build()
+    script = "import json; from tests.test_backload_hl7_native import mutated; print(json.dumps(mutated()))"
+    runs = {}
+    for mode in ("1", "0"):
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True, text=True, check=True, cwd=ROOT, env={**os.environ, native.OFF: mode},
+        )  # fmt: skip
+        runs[mode] = json.loads(done.stdout)
+    assert runs["1"] == runs["0"]
+    outcomes = [row[-1][0] for row in runs["1"]]
+    assert len(outcomes) > 20_000
+    assert outcomes.count("error") > 1_000 and outcomes.count("refused") > 0
+    assert sum(1 for o in outcomes if o.startswith("MSH|")) > 15_000
+
+
 def _sources(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     src.mkdir(parents=True)
