@@ -12,8 +12,11 @@ export EHRLIFT_CORPUS ?= $(abspath ../shared/corpus)
 
 .PHONY: run test setup lint format bench golden clean browser fhir-server hl7-server redis terminology-default data-docs-assets docs fuzz airflow
 
+# The HL7 message builders compiled with mypyc into .build/ (pipelines/backload/hl7/native.py): again only
+# when their source changed, used only while it matches, and without a C compiler the source modules run.
 setup: .venv/.synced schemas/fhir-r4/r4.schema.json
 	@$(RUN) python -m compileall -q -j 0 pipelines terminology dags >/dev/null
+	@$(RUN) python -c "from pipelines.backload.hl7.native import main; raise SystemExit(main())"
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools

@@ -9,10 +9,12 @@ import duckdb
 import orjson
 import pytest
 
+from pipelines.backload.hl7.encode import Coder
 from pipelines.backload.hl7.messages import Context, _bytes
 from pipelines.backload.hl7.plan import build_plan
 from pipelines.backload.hl7.roundtrip import content
 from pipelines.backload.hl7.segments import Header
+from pipelines.backload.profiles import target_profile
 from pipelines.cli import main
 from tests.backload_builders import build_warehouse
 from tests.hl7back_builders import resources
@@ -65,7 +67,7 @@ def _round_trip(warehouse: Path, root: Path, tmp_path: Path, version: str) -> tu
         for r in loaded.values():
             control = ((r.get("meta") or {}).get("source") or "").rpartition("#")[2]
             by_control.setdefault((rtype, control), r)
-    ctx = Context(Header(), None, lambda _ref: None, root)  # type: ignore[arg-type]
+    ctx = Context(Header(), Coder(target_profile("millennium-r4").codings), lambda _ref: None, root)
     equal: dict[str, int] = {}
     for position, p in enumerate(sent, start=1):
         original = src[p.resource_type][p.warehouse_id]

@@ -84,10 +84,25 @@ def _segment_any_order(name: str, fields: dict[int, str | None]) -> str:
     return "|".join(out)
 
 
-def ts(value: str | None) -> str | None:
+def ts(value: Any) -> str | None:
     """FHIR date/dateTime/instant -> HL7 DTM at the same precision (offset kept)."""
     if not value:
         return None
+    if value.__class__ is str:
+        # A report's results share its time, and a patient's messages their visit's: most times recur.
+        found = _TIMES.get(value, _MISSING)
+        if found is _MISSING:
+            if len(_TIMES) >= 20_000:
+                _TIMES.clear()
+            found = _TIMES[value] = _ts(value)
+        return found  # type: ignore[return-value]
+    return _ts(value)
+
+
+_TIMES: dict[str, str | None] = {}
+
+
+def _ts(value: Any) -> str | None:
     m = _TIME.match(value)
     if m is None:
         return None
@@ -113,14 +128,14 @@ def system_names() -> dict[str, str]:
     return out
 
 
-def system_name(system: str | None) -> str | None:
+def system_name(system: Any) -> str | None:
     if not system:
         return None
     return _system_name(system)
 
 
 @cache  # a run meets a handful of systems, each thousands of times
-def _system_name(system: str) -> str:
+def _system_name(system: Any) -> str:
     known = system_names().get(system)
     if known:
         return known
@@ -151,7 +166,7 @@ class Coder:
             found = self._kinds[system] = self.target.kind(system)
         return found
 
-    def cwe(self, cc: dict[str, Any] | None, *, text_only: bool = True) -> str | None:
+    def cwe(self, cc: Any, *, text_only: bool = True) -> str | None:
         if not isinstance(cc, dict):
             return None
         # The same concepts (a lab's test codes, units, statuses) recur in message after message.
@@ -174,7 +189,7 @@ class Coder:
         if self.alias_system_name:
             alias = next((c for k, c in kinds if k == "codeset"), None)
             if alias is None and primary is not None and self.code_values:
-                hit = self.code_values.get((primary.get("system"), primary.get("code")))
+                hit = self.code_values.get((primary.get("system"), primary.get("code")))  # type: ignore[arg-type]
                 if hit:
                     code_set, value, display = hit[0]
                     alias = {"code": value, "display": display, "code_set": code_set}
@@ -183,11 +198,12 @@ class Coder:
         text = cc.get("text")
         if primary is None and alias is None:
             return comp(None, esc(text)) if text and text_only else None
-        first = (
+        first: tuple[str | None, ...] = (
             (esc(primary["code"]), esc(primary.get("display")), esc(system_name(primary.get("system"))))
             if primary
             else (None, None, None)
         )
+        second: tuple[str | None, ...]
         if alias:
             second = (esc(alias["code"]), esc(alias.get("display")), esc(self.alias_system_name))
         elif alternate:
@@ -201,7 +217,7 @@ class Coder:
         return comp(*first, *second)
 
 
-def is_code(system: str | None, code: str | None, display: str | None = None) -> str | None:
+def is_code(system: Any, code: Any, display: Any = None) -> str | None:
     """A coded element bound to one table: code^display^system name."""
     if not code:
         return None
@@ -209,7 +225,7 @@ def is_code(system: str | None, code: str | None, display: str | None = None) ->
 
 
 @lru_cache(maxsize=4096)  # a plan meets a handful of systems, each in thousands of identifiers and codes
-def local_name(system: str) -> str | None:
+def local_name(system: Any) -> str | None:
     """The sender's own name inside an ehrlift local system (urn:ehrlift:hl7v2:<source>:<name>)."""
     m = _LOCAL.match(system)
     return unquote(m.group(1)).removeprefix("id:") if m else None
@@ -219,7 +235,7 @@ def local_name(system: str) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def authority(system: str | None) -> str | None:
+def authority(system: Any) -> str | None:
     """Identifier.system -> HD (namespace&universal id&type), the way the reader takes it back."""
     if not system:
         return None
@@ -231,7 +247,7 @@ def authority(system: str | None) -> str | None:
     return sub(None, esc(system), "URI")
 
 
-def cx(ident: dict[str, Any], type_code: str | None = None) -> str | None:
+def cx(ident: Any, type_code: Any = None) -> str | None:
     value = ident.get("value")
     if not value:
         return None
@@ -243,7 +259,7 @@ def cx(ident: dict[str, Any], type_code: str | None = None) -> str | None:
     return comp(esc(value), None, None, authority(ident.get("system")), esc(kind))
 
 
-def ei(ident: dict[str, Any] | None) -> str | None:
+def ei(ident: Any) -> str | None:
     if not ident or not ident.get("value"):
         return None
     system = ident.get("system")
@@ -260,7 +276,7 @@ def ei(ident: dict[str, Any] | None) -> str | None:
 _NAME_USE = {"official": "L", "usual": "L", "maiden": "M", "nickname": "N", "anonymous": "S", "old": "U"}
 
 
-def xpn(name: dict[str, Any]) -> str | None:
+def xpn(name: Any) -> str | None:
     given = name.get("given") or []
     family = name.get("family")
     if not family and not given:
@@ -279,7 +295,7 @@ def xpn(name: dict[str, Any]) -> str | None:
 _ADDR_USE = {"home": "H", "work": "O", "temp": "C", "old": "OLD", "billing": "BI"}
 
 
-def xad(a: dict[str, Any], countries: dict[str, str]) -> str | None:
+def xad(a: Any, countries: dict[str, str]) -> str | None:
     lines = a.get("line") or []
     out = comp(
         esc(lines[0] if lines else None),
@@ -297,7 +313,7 @@ _TEL_USE = {"home": "PRN", "work": "WPN", "mobile": "PRN", "temp": "PRN"}
 _TEL_EQUIP = {"phone": "PH", "fax": "FX", "email": "Internet", "pager": "BP", "url": "Internet"}
 
 
-def xtn(t: dict[str, Any]) -> str | None:
+def xtn(t: Any) -> str | None:
     value = t.get("value")
     if not value:
         return None
@@ -308,12 +324,12 @@ def xtn(t: dict[str, Any]) -> str | None:
     return comp(esc(value), _TEL_USE.get(t.get("use") or "", "PRN"), equip)
 
 
-def xcn_of(resource: dict[str, Any] | None) -> str | None:
+def xcn_of(resource: Any) -> str | None:
     """A Practitioner as XCN: first identifier, name (family, given)."""
     if not resource:
         return None
     ident = next((i for i in resource.get("identifier") or [] if i.get("value")), None)
-    name = next(iter(resource.get("name") or []), {})
+    name: dict[str, Any] = next(iter(resource.get("name") or []), {})
     given = name.get("given") or []
     auth = authority(ident.get("system")) if ident else None
     return (

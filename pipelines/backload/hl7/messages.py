@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipelines.backload.hl7 import segments as seg
-from pipelines.backload.hl7.encode import Coder, comp, esc, segment
+from pipelines.backload.hl7.encode import Coder, comp, esc, segment, xcn_of
 
 KINDS = ("adt", "oru", "vxu", "mdm")
 SOURCE_TYPE = {"adt": "Patient", "oru": "DiagnosticReport", "vxu": "Immunization", "mdm": "DocumentReference"}
@@ -46,6 +46,7 @@ class Context:
     _real_root: str | None = None
     _real_folders: dict[str, str] = field(default_factory=dict)
     _mshs: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
+    _people: dict[str, str | None] = field(default_factory=dict)
 
     def real_root(self) -> str | None:
         """files_root with its links resolved, once (every document's url is checked against it)."""
@@ -71,8 +72,23 @@ class Context:
     def pv1(self, ref: Any) -> str:
         encounter = self.lookup(ref) if ref else None
         return _once(
-            self._pv1s, encounter.get("id") if encounter else "", lambda: seg.pv1(encounter, self.lookup)
+            self._pv1s,
+            encounter.get("id") if encounter else "",
+            lambda: seg.pv1(encounter, self.lookup, self.person),
         )
+
+    def person(self, ref: Any) -> str | None:
+        """A Practitioner's reference as XCN, once per reference: a site's clinicians sign message after
+        message (general practitioner, attending, interpreter, performer, author)."""
+        key = ref.get("reference") if isinstance(ref, dict) else ref
+        if not isinstance(key, str):
+            return xcn_of(self.lookup(ref))
+        found = self._people.get(key, _MISSING)
+        if found is _MISSING:
+            if len(self._people) >= 50_000:
+                self._people.clear()
+            found = self._people[key] = xcn_of(self.lookup(ref))
+        return found  # type: ignore[return-value]
 
 
 def _once(memo: dict[str, str], key: Any, make: Callable[[], str]) -> str:
@@ -84,6 +100,7 @@ def _once(memo: dict[str, str], key: Any, make: Callable[[], str]) -> str:
     return text
 
 
+_MISSING = object()
 _STRUCTURES = {"R01": "ORU_R01", "V04": "VXU_V04", "T02": "MDM_T02"}
 
 
@@ -97,7 +114,9 @@ def _msg_type(version: str, code: str, event: str) -> str:
     return comp(code, event, _structure(version, event))
 
 
-def assemble(ctx: Context, code: str, event: str, control_id: str, when: str, body: list[str]) -> Built:
+def assemble(
+    ctx: Context, code: str, event: str, control_id: str, when: str, body: Sequence[str | None]
+) -> Built:
     v = ctx.header.version
     key = (code, event, control_id, when)
     head = ctx._mshs.get(key)  # the same for every message of a kind in a plan (MSH-10 a placeholder)
@@ -114,7 +133,7 @@ def adt(ctx: Context, patient: dict[str, Any], control_id: str, when: str, updat
     body = [
         seg.evn(event, when),
         ctx.pid(patient),
-        seg.pd1(patient, ctx.lookup),
+        seg.pd1(patient, ctx.person),
         ctx.pv1(None),
     ]
     return assemble(ctx, "ADT", event, control_id, when, body)
@@ -123,16 +142,17 @@ def adt(ctx: Context, patient: dict[str, Any], control_id: str, when: str, updat
 def oru(ctx: Context, report: dict[str, Any], patient: dict[str, Any], control_id: str, when: str) -> Built:
     v = ctx.header.version
     observations = [ctx.lookup(r) for r in report.get("result") or []]
-    if any(o is None for o in observations):
+    if None in observations:
         raise NotBuildable("hl7_reference_missing", "DiagnosticReport.result")
     body = [ctx.pid(patient), ctx.pv1(report.get("encounter"))]
-    body += [seg.orc(report), seg.obr(report, ctx.coder, ctx.lookup, v)]
+    ids = seg.order_ids(report)
+    body += [seg.orc(report, ids=ids), seg.obr(report, ctx.coder, ctx.person, v, ids)]
     n = 1  # OBX-1 runs over the observations and their components
     for i, obs in enumerate(observations, start=1):
         assert obs is not None
-        group = seg.obxs(obs, n, i, ctx.coder, v)
+        group, count = seg.obxs(obs, n, i, ctx.coder, v)
         body += group
-        n += sum(1 for s in group if s.startswith("OBX"))
+        n += count
     if v != "2.3.1":  # SPM arrived in 2.5
         for i, ref in enumerate(report.get("specimen") or [], start=1):
             specimen = ctx.lookup(ref)
@@ -146,7 +166,7 @@ def vxu(ctx: Context, im: dict[str, Any], patient: dict[str, Any], control_id: s
         ctx.pid(patient),
         ctx.pv1(im.get("encounter")) if im.get("encounter") else None,
         seg.orc(im),
-        seg.rxa(im, ctx.coder, ctx.lookup),
+        seg.rxa(im, ctx.coder, ctx.lookup, ctx.person),
         seg.rxr(im, ctx.coder),
     ]
     return assemble(ctx, "VXU", "V04", control_id, when, [b for b in body if b])
@@ -159,7 +179,7 @@ def mdm(ctx: Context, doc: dict[str, Any], patient: dict[str, Any], control_id: 
         seg.evn("T02", when),
         ctx.pid(patient),
         ctx.pv1(encounters[0] if encounters else None),
-        seg.txa(doc, ctx.coder, ctx.lookup, v),
+        seg.txa(doc, ctx.coder, ctx.person, v),
     ]
     body += _content(ctx, doc)
     return assemble(ctx, "MDM", "T02", control_id, when, body)
@@ -186,7 +206,7 @@ def _content(ctx: Context, doc: dict[str, Any]) -> list[str]:
     return out
 
 
-def _bytes(ctx: Context, a: dict[str, Any]) -> bytes | None:
+def _bytes(ctx: Context, a: Any) -> bytes | None:
     if a.get("data"):
         try:
             return base64.b64decode(a["data"], validate=True)

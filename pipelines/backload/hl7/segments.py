@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from importlib import resources
 from typing import Any
+
+import orjson
 
 from pipelines.backload.hl7.encode import (
     Coder,
@@ -19,18 +21,21 @@ from pipelines.backload.hl7.encode import (
     segment,
     ts,
     xad,
-    xcn_of,
     xpn,
     xtn,
 )
 from pipelines.convert.hl7v2 import vocab
 
 Lookup = Any  # callable: "Type/id" reference dict -> resource or None
+Ids = tuple[str | None, str | None]  # placer's and filler's order numbers (order_ids)
+Person = Any  # callable: a Practitioner's reference -> its XCN or None (messages.Context.person)
 
 
 @cache
 def maps() -> dict[str, Any]:
-    return json.loads(Path(__file__).with_name("maps.json").read_text(encoding="utf-8"))
+    # From the package's own folder (a compiled build of this module lies elsewhere: native.py).
+    found = resources.files("pipelines.backload.hl7").joinpath("maps.json")
+    return json.loads(found.read_text(encoding="utf-8"))
 
 
 @cache
@@ -105,7 +110,7 @@ def pid(patient: dict[str, Any], coder: Coder) -> str:
     )
 
 
-def _marital(cc: dict[str, Any] | None, coder: Coder) -> str | None:
+def _marital(cc: Any, coder: Coder) -> str | None:
     for c in (cc or {}).get("coding") or []:
         code = reverse("marital_status").get(c.get("code") or "")
         if code:
@@ -113,14 +118,14 @@ def _marital(cc: dict[str, Any] | None, coder: Coder) -> str | None:
     return coder.cwe(cc)
 
 
-def pd1(patient: dict[str, Any], lookup: Lookup) -> str | None:
-    gps = [x for x in (xcn_of(lookup(r)) for r in patient.get("generalPractitioner") or []) if x]
+def pd1(patient: dict[str, Any], person: Person) -> str | None:
+    gps = [x for x in (person(r) for r in patient.get("generalPractitioner") or []) if x]
     if not gps:
         return None
     return segment("PD1", {4: "~".join(gps)})
 
 
-def pv1(encounter: dict[str, Any] | None, lookup: Lookup) -> str:
+def pv1(encounter: dict[str, Any] | None, lookup: Lookup, person: Person) -> str:
     """The visit, or "PV1|1|N" (not applicable) where a message needs PV1 and the resource has none."""
     if encounter is None:
         return "PV1|1|N"
@@ -128,7 +133,7 @@ def pv1(encounter: dict[str, Any] | None, lookup: Lookup) -> str:
     pclass = reverse("patient_class").get(klass or "") or "U"
     attending = None
     for p in encounter.get("participant") or []:
-        attending = xcn_of(lookup(p.get("individual")))
+        attending = person(p.get("individual"))
         if attending:
             break
     visit = next((cx(i, "VN") for i in encounter.get("identifier") or [] if i.get("value")), None)
@@ -165,14 +170,19 @@ def _ident(resource: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
-def orc(resource: dict[str, Any], ordering: str | None = None) -> str:
-    return segment(
-        "ORC",
-        {1: "RE", 2: ei(_ident(resource, "PLAC")), 3: ei(_ident(resource, "FILL")), 12: ordering},
-    )
+def order_ids(resource: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The placer's and the filler's order numbers (EI), as ORC-2/3 and OBR-2/3 both carry them."""
+    return ei(_ident(resource, "PLAC")), ei(_ident(resource, "FILL"))
 
 
-def obr(report: dict[str, Any], coder: Coder, lookup: Lookup, version: str) -> str:
+def orc(resource: dict[str, Any], ordering: str | None = None, ids: Ids | None = None) -> str:
+    placer, filler = ids or order_ids(resource)
+    if ordering:
+        return segment("ORC", {1: "RE", 2: placer, 3: filler, 12: ordering})
+    return f"ORC|RE|{placer or ''}|{filler or ''}".rstrip("|")
+
+
+def obr(report: dict[str, Any], coder: Coder, person: Person, version: str, ids: Ids | None = None) -> str:
     effective = report.get("effectivePeriod") or {}
     start = report.get("effectiveDateTime") or effective.get("start")
     section = None
@@ -180,13 +190,14 @@ def obr(report: dict[str, Any], coder: Coder, lookup: Lookup, version: str) -> s
         for c in cat.get("coding") or []:
             if c.get("system") == vocab.v2_table_uri("0074"):
                 section = esc(c.get("code"))
-    interpreters = [x for x in (xcn_of(lookup(r)) for r in report.get("resultsInterpreter") or []) if x]
+    interpreters = [x for x in (person(r) for r in report.get("resultsInterpreter") or []) if x]
+    placer, filler = ids or order_ids(report)
     return segment(
         "OBR",
         {
             1: "1",
-            2: ei(_ident(report, "PLAC")),
-            3: ei(_ident(report, "FILL")),
+            2: placer,
+            3: filler,
             4: coder.cwe(report.get("code")),
             7: ts(start),
             8: ts(effective.get("end")),
@@ -214,17 +225,23 @@ def own_obx(obs: dict[str, Any]) -> bool:
     return not obs.keys().isdisjoint(VALUE_KEYS) or bool(obs.get("dataAbsentReason")) or not components(obs)
 
 
-def obxs(obs: dict[str, Any], first: int, sub_id: int, coder: Coder, version: str) -> list[str]:
+def obxs(obs: dict[str, Any], first: int, sub_id: int, coder: Coder, version: str) -> tuple[list[str], int]:
     """An Observation's OBX (OBX-1 = first), its NTEs, then one OBX per component in the same OBR group
     (v2-to-FHIR's OBX[Observation-Component] read in reverse): OBX-4 n for the observation, n.k for its
-    k-th component, which carries the observation's status and time."""
+    k-th component, which carries the observation's status and time. With the number of OBX among them
+    (OBX-1 runs on over the report's groups)."""
     status = reverse("observation_status").get(obs.get("status") or "", "F")
     when = ts(obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start"))
-    out = [_obx(obs, first, str(sub_id), status, when, coder, version)] if own_obx(obs) else []
-    for k, c in enumerate(components(obs), start=1):
+    parts = components(obs) if "component" in obs else []
+    own = not obs.keys().isdisjoint(VALUE_KEYS) or bool(obs.get("dataAbsentReason")) or not parts
+    out = [_obx(obs, first, str(sub_id), status, when, coder, version)] if own else []
+    for k, c in enumerate(parts, start=1):
         out.append(_obx(c, first + len(out), f"{sub_id}.{k}", status, when, coder, version))
+    notes = obs.get("note")
+    if not notes:
+        return out, len(out)
     # NTE follows the group's first OBX: the notes are the observation's
-    return out[:1] + ntes(obs.get("note") or []) + out[1:]
+    return out[:1] + ntes(notes) + out[1:], len(out)
 
 
 def _obx(
@@ -233,26 +250,44 @@ def _obx(
     """One OBX from an Observation or one of its components (they share code, value[x], dataAbsentReason,
     interpretation and referenceRange)."""
     kind, value, units = _value(item, coder, version)
-    ranges = item.get("referenceRange") or []
+    ranges = item.get("referenceRange")
     rr = None
     if ranges:
         low, high = (ranges[0].get("low") or {}).get("value"), (ranges[0].get("high") or {}).get("value")
         rr = esc(ranges[0].get("text")) or (f"{_num(low) or ''}-{_num(high) or ''}" if low or high else None)
     interps = item.get("interpretation")
-    interp = "~".join(x for x in (_v2_code(i, "0078") for i in interps) if x) if interps else ""
+    interp = "~".join([x for x in (_interpretation(i) for i in interps) if x]) if interps else ""
     if not kind and item.get("dataAbsentReason"):
         status = "X"
         # OBX-2 may stay empty with X from 2.5 on; 2.3.1's definitions require it: an empty ST then.
         kind = "ST" if version == "2.3.1" else None
     code = coder.cwe(item.get("code"))
-    method = coder.cwe(item.get("method"))
-    site = coder.cwe(item.get("bodySite")) if version != "2.3.1" else None
+    # Absent in most results: not looked up as concepts.
+    method = coder.cwe(item["method"]) if "method" in item else None
+    site = coder.cwe(item["bodySite"]) if version != "2.3.1" and "bodySite" in item else None
     # The OBX template, written out (an OBX per result makes this the builders' hottest line): fields in
     # order, empty ones empty, trailing ones dropped. No encoded value ends with "|" (they are escaped).
     return (
         f"OBX|{set_id}|{kind or ''}|{code or ''}|{sub_id}|{value or ''}|{units or ''}|{rr or ''}|{interp}"
         f"|||{status}|||{when or ''}|||{method or ''}|||{site or ''}"
     ).rstrip("|")
+
+
+def _interpretation(cc: Any) -> str | None:
+    """OBX-8 from one interpretation concept (table 0078), remembered per concept: a lab's few flags."""
+    if not isinstance(cc, dict):
+        return _v2_code(cc, "0078")
+    key = orjson.dumps(cc)
+    found = _FLAGS.get(key, _NONE)
+    if found is _NONE:
+        if len(_FLAGS) >= 10_000:
+            _FLAGS.clear()
+        found = _FLAGS[key] = _v2_code(cc, "0078")
+    return found  # type: ignore[return-value]
+
+
+_FLAGS: dict[bytes, str | None] = {}
+_NONE = object()
 
 
 def _num(v: Any) -> str | None:
@@ -263,13 +298,18 @@ def _num(v: Any) -> str | None:
     return str(v)
 
 
-def _unit(q: dict[str, Any]) -> str | None:
+def _unit(q: Any) -> str | None:
     code, unit = q.get("code"), q.get("unit")
     if not code and not unit:
         return None
-    key = (code, unit, q.get("system"))
-    if not all(k is None or k.__class__ is str for k in key):  # malformed: built as it is, not kept
+    system = q.get("system")
+    if not (
+        (code is None or code.__class__ is str)
+        and (unit is None or unit.__class__ is str)
+        and (system is None or system.__class__ is str)
+    ):  # malformed: built as it is, not kept
         return _unit_of(q, code, unit)
+    key = (code, unit, system)
     found = _UNITS.get(key)  # a lab's few units, in result after result
     if found is None:
         if len(_UNITS) >= 10_000:
@@ -281,7 +321,7 @@ def _unit(q: dict[str, Any]) -> str | None:
 _UNITS: dict[tuple[Any, Any, Any], str] = {}
 
 
-def _unit_of(q: dict[str, Any], code: Any, unit: Any) -> str:
+def _unit_of(q: Any, code: Any, unit: Any) -> str:
     if q.get("system") == "http://unitsofmeasure.org" and code:
         return comp(esc(code), esc(unit) if unit != code else None, "UCUM")
     return comp(esc(code or unit), esc(unit) if code and unit != code else None)
@@ -313,7 +353,7 @@ def _value(obs: dict[str, Any], coder: Coder, version: str) -> tuple[str | None,
     return None, None, None
 
 
-def ntes(notes: list[dict[str, Any]]) -> list[str]:
+def ntes(notes: Any) -> list[str]:
     return [
         segment("NTE", {1: str(i), 3: esc(n.get("text"))}) for i, n in enumerate(notes, 1) if n.get("text")
     ]
@@ -338,14 +378,14 @@ def spm(specimen: dict[str, Any], set_id: int, coder: Coder) -> str:
     )
 
 
-def rxa(im: dict[str, Any], coder: Coder, lookup: Lookup) -> str:
+def rxa(im: dict[str, Any], coder: Coder, lookup: Lookup, person: Person) -> str:
     when = ts(im.get("occurrenceDateTime"))
     dose = im.get("doseQuantity") or {}
     notes = maps()["administration_notes"]
     origin = notes["primary"] if im.get("primarySource", True) else notes["historical"]
     performer = None
     for p in im.get("performer") or []:
-        performer = xcn_of(lookup(p.get("actor")))
+        performer = person(p.get("actor"))
         if performer:
             break
     maker = lookup(im.get("manufacturer"))
@@ -400,9 +440,9 @@ def rxr(im: dict[str, Any], coder: Coder) -> str | None:
 _TXA_STATUS = {"final": "AU", "preliminary": "IP", "amended": "LA", "entered-in-error": "DE"}
 
 
-def txa(doc: dict[str, Any], coder: Coder, lookup: Lookup, version: str) -> str:
+def txa(doc: dict[str, Any], coder: Coder, person: Person, version: str) -> str:
     ctx = doc.get("context") or {}
-    authors = [x for x in (xcn_of(lookup(a)) for a in doc.get("author") or []) if x]
+    authors = [x for x in (person(a) for a in doc.get("author") or []) if x]
     placer = [x for x in (ei(i) for i in doc.get("identifier") or []) if x]
     status = (
         "DE" if doc.get("status") == "entered-in-error" else _TXA_STATUS.get(doc.get("docStatus") or "", "AU")
@@ -428,11 +468,11 @@ def txa(doc: dict[str, Any], coder: Coder, lookup: Lookup, version: str) -> str:
     )
 
 
-def _first_code(cc: dict[str, Any] | None) -> str | None:
+def _first_code(cc: Any) -> Any:
     return next((c.get("code") for c in (cc or {}).get("coding") or [] if c.get("code")), None)
 
 
-def _v2_code(cc: dict[str, Any] | None, table: str) -> str | None:
+def _v2_code(cc: Any, table: str) -> str | None:
     """An IS/ID field: the code from the field's own v2 table, else the first code."""
     codings = [c for c in (cc or {}).get("coding") or [] if c.get("code")]
     own = next((c for c in codings if c.get("system") == vocab.v2_table_uri(table)), None)

@@ -66,7 +66,7 @@ def rules(version: str) -> Rules:
     if version not in VERSIONS:
         raise ValueError(f"HL7 version {version} is not supported (supported: {', '.join(VERSIONS)})")
     lib = load_library(version)
-    lengths: dict[str, int | None] = {}
+    lengths: dict[str | None, int | None] = {}
 
     def leaf(datatype: str | None, table: str | None) -> Leaf:
         if datatype not in lengths:
@@ -217,9 +217,9 @@ def _fields(line: str, name: str, version: str) -> list[str]:
         if not raw:
             continue
         if len(raw) > _MEMO_LONGEST:
-            found = _field(name, number, raw, *by_number[number])
-            if found:
-                findings.extend(found)
+            once = _field(name, number, raw, *by_number[number])
+            if once:
+                findings.extend(once)
             continue
         memo = memos[number]
         found = memo.get(raw)
