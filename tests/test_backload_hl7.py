@@ -277,15 +277,19 @@ def test_report_section_counts_without_values(tmp_path):
         assert value not in html and value not in files.data.read_text()
 
 
-def test_dag_task_function_sends_and_skips_without_a_target(tmp_path):
+def test_dag_task_function_sends_and_skips_without_a_target(tmp_path, caplog):
     from pipelines import tasks as stages
 
-    wh = build_warehouse(tmp_path / "w.duckdb", resources())
+    res = resources()
+    res.append({**res[0], "id": "px", "identifier": [{"system": "urn:oid:1.2.3", "value": "X"}]})
+    wh = build_warehouse(tmp_path / "w.duckdb", res)
     assert stages.backload_hl7({"warehouse": str(wh)}) == {"skipped": "no hl7_to"}
+    caplog.set_level("INFO", logger="pipelines.backload.hl7.runner")
     with Peer() as peer:
         params = {"warehouse": str(wh), "hl7_to": f"127.0.0.1:{peer.port}", "hl7_messages": "adt,vxu"}
-        result = stages.backload_hl7(params)
-    assert (result["done"], result["failed"]) == (3, 0)
+        result = stages.backload_hl7({**params, "hl7_part_size": 2})  # a part per patient
+    assert (result["done"], result["failed"]) == (4, 0)
+    assert "(2 part(s))" in caplog.text
     assert sorted(peer.accepted) == sorted(peer.received)
 
 

@@ -60,6 +60,7 @@ print(json.dumps({
             "dry_run",
             "hl7_connections",
             "hl7_messages",
+            "hl7_part_size",
             "hl7_to",
             "hl7_version",
             "override_reason",
