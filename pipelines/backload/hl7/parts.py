@@ -22,15 +22,21 @@ PART_MESSAGES = 20_000
 _REFERENCE = re.compile(r'"reference"\s*:\s*"([A-Z][A-Za-z]+)/([^"/\\]+)"')
 
 
-def follow(key: str, step: Callable[[str], str | None]) -> str:
-    """Where a chain of merges ends: `step` gives the record a key was merged into, or None (cycles stop)."""
-    seen = {key}
+def chain(key: str, step: Callable[[str], str | None]) -> list[str]:
+    """The records a chain of merges passes, from key to where it ends: `step` gives the record a key was
+    merged into, or None (a cycle stops where it would come round)."""
+    path, seen = [key], {key}
     while True:
-        nxt = step(key)
+        nxt = step(path[-1])
         if nxt is None or nxt in seen:
-            return key
+            return path
         seen.add(nxt)
-        key = nxt
+        path.append(nxt)
+
+
+def follow(key: str, step: Callable[[str], str | None]) -> str:
+    """Where a chain of merges ends (chain's last record)."""
+    return chain(key, step)[-1]
 
 
 def replaced_by(links: object, present: Callable[[str], bool]) -> str | None:
@@ -74,12 +80,13 @@ def references(texts: Iterable[str], types: set[str]) -> dict[str, set[str]]:
 @dataclass(frozen=True)
 class Part:
     """One part of a plan: the ids of its message resources per message type (every type the plan has, a part
-    with none of one included), and of the Patient records its messages are for (their survivors and every
-    record merged into them). Other resources are read as these refer to them."""
+    with none of one included), and the Patient records it reads: those its messages are for, every record
+    merged into them, and the records between. Other resources are read as these refer to them."""
 
     number: int
     of: int
     ids: dict[str, list[str]]
+    patients: list[str]
 
 
 def cut(
@@ -90,19 +97,24 @@ def cut(
     list) when the plan has at most `size` messages: it is planned whole."""
     tables = set(resource_tables(con))
     types = [t for t in sorted(set(message_types)) if t in tables]
-    total = sum(
-        con.execute(f'SELECT count(*) FROM fhir."{t}" WHERE NOT coalesce(reference_only, false)').fetchone()[
-            0
-        ]
-        for t in types
-    )
+    live = "WHERE NOT coalesce(reference_only, false)"  # a stand-in is no message
+    total = sum(con.execute(f'SELECT count(*) FROM fhir."{t}" {live}').fetchone()[0] for t in types)
     if total <= size:
         return []
-    survivors = _survivors(con) if "Patient" in tables else {}
-    merged = pa.table(  # noqa: F841 (read by name below)
+    chains = _chains(con) if "Patient" in tables else {}
+    merged = pa.table(  # noqa: F841 (read by name below): each record's survivor
         {
-            "record": pa.array([k.partition("/")[2] for k in survivors], pa.string()),
-            "survivor": pa.array([v.partition("/")[2] for v in survivors.values()], pa.string()),
+            "record": pa.array([k.partition("/")[2] for k in chains], pa.string()),
+            "survivor": pa.array([c[-1].partition("/")[2] for c in chains.values()], pa.string()),
+        }
+    )
+    # Every record a part must read for a survivor's records to be followed to it as the plan made whole
+    # follows them: the records on each chain that ends there.
+    passed = [(c[-1].partition("/")[2], k.partition("/")[2]) for c in chains.values() for k in c]
+    needs = pa.table(  # noqa: F841 (read by name below)
+        {
+            "survivor": pa.array([a for a, _ in passed], pa.string()),
+            "record": pa.array([b for _, b in passed]),
         }
     )
     selects = []
@@ -148,20 +160,20 @@ def cut(
         ).fetchall()
         # Every message type named, empty or not: a part never reads another part's messages by reference.
         ids: dict[str, list[str]] = {t: [] for t in types} | {rtype: rids for rtype, rids in rows}
-        # Every record of the part's patients: the survivors' and those merged into them.
+        # Every record of the part's patients: the survivors', those merged into them, and the records
+        # between.
         patients = con.execute(
-            "SELECT list(DISTINCT record ORDER BY record) FROM merged WHERE survivor IN "
+            "SELECT list(DISTINCT record ORDER BY record) FROM needs WHERE survivor IN "
             "(SELECT survivor FROM placed_messages WHERE part = $1)",
             [number],
         ).fetchone()[0]
-        ids["Patient"] = sorted(set(patients or []) | set(ids.get("Patient", [])))
-        parts.append(Part(k, len(numbers), ids))
+        parts.append(Part(k, len(numbers), ids, patients or []))
     return parts
 
 
-def _survivors(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """Every Patient record's surviving record, as the plan's Store.survivor decides it: replaced-by links
-    first, then identity resolution's merges."""
+def _chains(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    """Every Patient record's chain of merges to its surviving record, as the plan's Store.survivor follows
+    it: replaced-by links first, then identity resolution's merges."""
     links = {
         f"Patient/{rid}": orjson.loads(link) if link else None
         for rid, link in con.execute(
@@ -176,4 +188,4 @@ def _survivors(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
             nxt = persons[key]
         return nxt
 
-    return {key: follow(key, step) for key in links}
+    return {key: chain(key, step) for key in links}

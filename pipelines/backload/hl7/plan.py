@@ -58,7 +58,8 @@ class Store:
     parses the ones its messages look up). Patient merges (link replaced-by) followed to the survivor.
 
     With a part (parts.cut), only the part's message resources and Patient records are read, and of the other
-    types what these refer to (and what those refer to, and so on): what the part's messages can look up."""
+    types what these refer to (and what those refer to, and so on): what the part's messages can look up.
+    `messages` is then the keys of the part's message resources (None: every resource of a message type)."""
 
     def __init__(
         self, con: duckdb.DuckDBPyConnection, types: Iterable[str], part: Part | None = None
@@ -69,6 +70,7 @@ class Store:
         # report's observations) would otherwise keep them all, and fresh memory costs a page fault a page.
         self.once: frozenset[str] = frozenset()
         self.stand_in: set[str] = set()
+        self.messages: set[str] | None = None
         tables = set(resource_tables(con))
         present = sorted(set(types) & tables)
         if part is None:
@@ -76,9 +78,12 @@ class Store:
                 self._read(con, t, None)
         else:
             for t in present:
-                if t in part.ids:
+                if t == "Patient":
+                    self._read(con, t, sorted(set(part.patients) | set(part.ids.get(t, ()))))
+                elif t in part.ids:
                     self._read(con, t, part.ids[t])
-            others = {t for t in present if t not in part.ids}
+            others = {t for t in present if t not in part.ids and t != "Patient"}
+            self.messages = {f"{t}/{i}" for t, ids in part.ids.items() for i in ids}
             new = list(self.raw.values())
             while new and others:
                 before = len(self.raw)
@@ -179,8 +184,12 @@ def prepare(
     for key in sorted(store.raw):
         rtype, _, rid = key.partition("/")
         kind = kind_of.get(rtype)
-        if kind is None or key in store.stand_in:
-            continue
+        if (
+            kind is None
+            or key in store.stand_in
+            or (store.messages is not None and key not in store.messages)
+        ):
+            continue  # not a message; or a record another part's messages are planned from
         res = store.resource(key)
         assert res is not None
         p = Planned(kind, rtype, rid, None)
