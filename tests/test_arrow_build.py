@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
@@ -25,6 +26,22 @@ CASES = [
     ([1.5, None, -0.0], None),
     (range(5, 12), pa.int64()),
     (("a", "b"), pa.string()),
+    ([b"raw", None, b"", "é".encode()], pa.binary()),
+    ([b"x" * 300, b"\x00\r|"], pa.large_binary()),
+    ([None, None], pa.large_binary()),
+    (
+        [
+            datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+            None,
+            datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+        ],
+        pa.timestamp("us", tz="UTC"),
+    ),
+    (
+        [datetime(2024, 6, 1, 12, tzinfo=timezone(timedelta(hours=-5))), datetime(2000, 1, 1)],
+        pa.timestamp("us", tz="UTC"),
+    ),
+    ([datetime(2024, 6, 1, 12, 30), None], pa.timestamp("us")),
 ]
 
 
@@ -79,7 +96,10 @@ def test_building_and_registering_arrow_tables_never_imports_pandas():
     code = (
         "import sys, duckdb, pyarrow as pa, pyarrow.compute as pc\n"
         "from pipelines.common import arrow\n"
+        "import datetime as dt\n"
         "t = arrow.table({'s': ['a', None, 'é'], 'n': [1, None, 3], 'b': [True, False, None]})\n"
+        "arrow.array([b'x', None], pa.large_binary())\n"
+        "arrow.array([dt.datetime.now(dt.UTC)], pa.timestamp('us', tz='UTC'))\n"
         "t = t.filter(pc.greater(t['n'], arrow.scalar(1, pa.int64())))\n"
         "con = duckdb.connect()\n"
         "con.register('t', t)\n"

@@ -4,6 +4,8 @@ every message acknowledged once, one plan that reconciles, and only a part's res
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import duckdb
 import orjson
@@ -167,3 +169,19 @@ def test_planning_in_parts_stores_one_plan_named_by_its_content(tmp_path):
         assert con.execute("SELECT DISTINCT plan_id FROM ops.backload_hl7_messages").fetchall() == [
             (first["plan_id"],)
         ]
+
+
+def test_a_send_in_parts_never_imports_pandas(tmp_path):
+    """pa.array over Python lists makes pyarrow import pandas (a quarter of a second inside the send, and
+    about 45 MB): the back-load builds its Arrow tables from buffers (pipelines.common.arrow)."""
+    wh = _warehouse(tmp_path)
+    with Peer() as peer:
+        code = (
+            "import sys\nfrom pathlib import Path\n"
+            "from pipelines.backload.hl7.runner import Hl7Options, backload_hl7\n"
+            f"result = backload_hl7(Path({str(wh)!r}), Hl7Options(to='127.0.0.1:{peer.port}', part_size=7))\n"
+            "print(result['failed'], result['done'] > 0, 'pandas' in sys.modules)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["0", "True", "False"]

@@ -3,12 +3,14 @@
 `pa.array` over a Python list (or a numpy array) first asks pyarrow's pandas shim whether the object
 is pandas-like, and the shim imports pandas to answer: about 45 MB and a quarter of a second of CPU in
 a run that has no other use for pandas. The arrays built here are equal to `pa.array`'s for the types
-a run hands DuckDB (strings, integers, floats, booleans, nulls); any other value goes to `pa.array`.
+a run hands DuckDB (strings, bytes, integers, floats, booleans, microsecond times, nulls); any other value
+goes to `pa.array`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,11 @@ _NUMERIC = {
     pa.float64(): np.float64,
 }
 _STRING_LIMIT = 2**31 - 1  # a string array's int32 offsets; past it pa.array answers in chunks
+_EPOCH, _NAIVE_EPOCH, _MICROSECOND = (
+    datetime(1970, 1, 1, tzinfo=UTC),
+    datetime(1970, 1, 1),
+    timedelta(microseconds=1),
+)
 
 
 def array(values: Sequence[Any], type: pa.DataType | None = None) -> pa.Array | pa.ChunkedArray:
@@ -81,6 +88,10 @@ def _build(values: list[Any], type: pa.DataType) -> pa.Array | None:
     try:
         if type == pa.string():
             return _strings(values, n, validity, missing)
+        if type in (pa.binary(), pa.large_binary()):
+            return _bytes(values, type, n, validity, missing)
+        if pa.types.is_timestamp(type) and type.unit == "us":
+            return _times(values, type, n, validity, missing)
         if type == pa.bool_():
             if not all(v is None or _exactly(v, bool) for v in values):
                 return None
@@ -113,6 +124,42 @@ def _strings(values: list[Any], n: int, validity: pa.Buffer | None, missing: int
         return None
     buffers = [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))]
     return pa.Array.from_buffers(pa.string(), n, buffers, null_count=missing)
+
+
+def _bytes(
+    values: list[Any], type: pa.DataType, n: int, validity: pa.Buffer | None, missing: int
+) -> pa.Array | None:
+    if not all(v is None or _exactly(v, bytes) for v in values):
+        return None
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(
+        np.fromiter((0 if v is None else len(v) for v in values), dtype=np.int64, count=n), out=offsets[1:]
+    )
+    if type == pa.binary():
+        if offsets[-1] > _STRING_LIMIT:
+            return None
+        offsets = offsets.astype(np.int32)
+    data = b"".join([v for v in values if v is not None])
+    return pa.Array.from_buffers(
+        type, n, [validity, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=missing
+    )
+
+
+def _times(
+    values: list[Any], type: pa.TimestampType, n: int, validity: pa.Buffer | None, missing: int
+) -> pa.Array | None:
+    """Microseconds since the epoch: an aware time's instant, a naive one's wall clock (as pa.array)."""
+    if not all(v is None or _exactly(v, datetime) for v in values):
+        return None
+    data = np.fromiter(
+        (
+            0 if v is None else (v - (_NAIVE_EPOCH if v.tzinfo is None else _EPOCH)) // _MICROSECOND
+            for v in values
+        ),
+        dtype=np.int64,
+        count=n,
+    )
+    return pa.Array.from_buffers(type, n, [validity, pa.py_buffer(data)], null_count=missing)
 
 
 def _bits(flags: Any) -> pa.Buffer:

@@ -18,6 +18,7 @@ import duckdb
 import pyarrow as pa
 
 from pipelines.backload.appendfile import clean, open_append, write_all
+from pipelines.common import arrow
 from pipelines.common.errors import EhrliftError
 from pipelines.common.warehouse import transaction
 
@@ -108,12 +109,14 @@ def built_table(columns: tuple[Any, ...] | list[Any]) -> pa.Table:
     """What building decided (BUILT_COLUMNS, one list each, None for empty; the sent bytes as a list or as an
     Arrow array already) as the Arrow table fold reads."""
     seqs, *codes, messages = columns
-    return pa.table(
+    if not isinstance(messages, pa.Array):
+        messages = arrow.array(messages, pa.large_binary())
+    return arrow.table(
         {
-            "seq": pa.array(seqs, pa.int32()),
-            **{name: pa.array(c, pa.string()) for name, c in zip(BUILT_COLUMNS[1:-1], codes, strict=True)},
+            "seq": arrow.array(seqs, pa.int32()),
+            **{name: arrow.array(c, pa.string()) for name, c in zip(BUILT_COLUMNS[1:-1], codes, strict=True)},
             # The sent bytes as they went (UTF-8), decoded by DuckDB: no Python string per message.
-            "message": messages if isinstance(messages, pa.Array) else pa.array(messages, pa.large_binary()),
+            "message": messages,
         }
     )
 
@@ -151,8 +154,8 @@ _OUTCOME_TYPES = (pa.int32(), pa.string(), pa.string(), pa.string(), pa.string()
 
 def outcome_table(columns: tuple[list, ...] | list[list]) -> pa.Table:
     """ACK outcomes (OUTCOME_COLUMNS, one list each, None for empty; `recorded` in epoch seconds)."""
-    return pa.table(
-        {n: pa.array(c, t) for n, c, t in zip(OUTCOME_COLUMNS, columns, _OUTCOME_TYPES, strict=True)}
+    return arrow.table(
+        {n: arrow.array(c, t) for n, c, t in zip(OUTCOME_COLUMNS, columns, _OUTCOME_TYPES, strict=True)}
     )
 
 

@@ -11,6 +11,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from pipelines.common import arrow
 from pipelines.common.warehouse import resource_tables
 
 # Where each message resource names its patient (a JSON path).
@@ -102,19 +103,19 @@ def cut(
     if total <= size:
         return []
     chains = _chains(con) if "Patient" in tables else {}
-    merged = pa.table(  # noqa: F841 (read by name below): each record's survivor
+    merged = arrow.table(  # noqa: F841 (read by name below): each record's survivor
         {
-            "record": pa.array([k.partition("/")[2] for k in chains], pa.string()),
-            "survivor": pa.array([c[-1].partition("/")[2] for c in chains.values()], pa.string()),
+            "record": arrow.array([k.partition("/")[2] for k in chains], pa.string()),
+            "survivor": arrow.array([c[-1].partition("/")[2] for c in chains.values()], pa.string()),
         }
     )
     # Every record a part must read for a survivor's records to be followed to it as the plan made whole
     # follows them: the records on each chain that ends there.
     passed = [(c[-1].partition("/")[2], k.partition("/")[2]) for c in chains.values() for k in c]
-    needs = pa.table(  # noqa: F841 (read by name below)
+    needs = arrow.table(  # noqa: F841 (read by name below)
         {
-            "survivor": pa.array([a for a, _ in passed], pa.string()),
-            "record": pa.array([b for _, b in passed]),
+            "survivor": arrow.array([a for a, _ in passed], pa.string()),
+            "record": arrow.array([b for _, b in passed], pa.string()),
         }
     )
     selects = []

@@ -19,6 +19,7 @@ from pipelines.backload.hl7.parts import SUBJECT, Part, follow, person_survivors
 from pipelines.backload.hl7.segments import Header, maps
 from pipelines.backload.hl7.structure import check, check_segments, control_id_fits
 from pipelines.backload.profiles import target_profile
+from pipelines.common import arrow
 from pipelines.common.reasons import check_reason
 from pipelines.common.warehouse import resource_tables
 from terminology.target_codings import code_values
@@ -101,7 +102,7 @@ class Store:
         if ids is None:
             rows = con.execute(f"{query} ORDER BY id").fetchall()
         else:
-            wanted = pa.table({"id": pa.array(ids, pa.string())})  # noqa: F841 (read by name below)
+            wanted = arrow.table({"id": arrow.array(ids, pa.string())})  # noqa: F841 (read by name below)
             rows = con.execute(f"{query} WHERE id IN (SELECT id FROM wanted) ORDER BY id").fetchall()
         for rid, body, ref_only in rows:
             self.raw[f"{rtype}/{rid}"] = body

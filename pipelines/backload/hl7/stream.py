@@ -30,6 +30,7 @@ from pipelines.backload.hl7 import journal
 from pipelines.backload.hl7.journal import OUTCOME_COLUMNS, Journal
 from pipelines.backload.hl7.mllp import Item, Lanes, Outcome, SendPolicy
 from pipelines.backload.hl7.plan import LOOKED_UP_ONCE, Planned, Prepared, build
+from pipelines.common import arrow
 from pipelines.common.errors import EhrliftError
 from pipelines.common.progress import StageBar, stage_bar
 from pipelines.common.warehouse import transaction
@@ -60,7 +61,7 @@ def insert(con: duckdb.DuckDBPyConnection, table: str, types: tuple[str, ...], r
     a tenth of a millisecond a row to convert)."""
     if not rows:
         return
-    columns = [pa.array(c, type=ARROW[t]) for c, t in zip(zip(*rows, strict=True), types, strict=True)]
+    columns = [arrow.array(c, ARROW[t]) for c, t in zip(zip(*rows, strict=True), types, strict=True)]
     rows_in = pa.Table.from_arrays(columns, names=[f"c{i}" for i in range(len(types))])  # noqa: F841
     con.execute(f"INSERT INTO {table} SELECT * FROM rows_in")
 
@@ -76,10 +77,10 @@ def plan_table(work: list[Planned]) -> pa.Table:
     """The plan's rows before building (what is to be sent, per record; refusals known at planning), as an
     Arrow table: made before the builders fork, so that storing it after touches no object the builders
     share (a touched page is copied, and the Planned objects lie one to a page among the resources)."""
-    return pa.table(
+    return arrow.table(
         {
-            "seq": pa.array([p.seq for p in work], pa.int32()),
-            **{c: pa.array([getattr(p, c) for p in work], pa.string()) for c in _SKELETON},
+            "seq": arrow.array([p.seq for p in work], pa.int32()),
+            **{c: arrow.array([getattr(p, c) for p in work], pa.string()) for c in _SKELETON},
         }
     )
 
@@ -459,7 +460,7 @@ def unpack(blob: bytes, ends: list[int | None]) -> tuple[pa.Array, list[memoryvi
             payloads.append(view[start:end])
             start = end
         offsets.append(start)
-    valid = pa.array([e is not None for e in ends], pa.bool_())
+    valid = arrow.array([e is not None for e in ends], pa.bool_())
     nulls = len(ends) - valid.true_count
     column = pa.Array.from_buffers(
         pa.large_binary(),
