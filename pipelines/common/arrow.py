@@ -84,7 +84,7 @@ def _build(values: list[Any], type: pa.DataType) -> pa.Array | None:
     if pa.types.is_null(type):
         return pa.nulls(n) if all(v is None for v in values) else None
     missing = sum(v is None for v in values)
-    validity = _bits(v is not None for v in values) if missing else None
+    validity = bits(v is not None for v in values) if missing else None
     try:
         if type == pa.string():
             return _strings(values, n, validity, missing)
@@ -95,7 +95,7 @@ def _build(values: list[Any], type: pa.DataType) -> pa.Array | None:
         if type == pa.bool_():
             if not all(v is None or _exactly(v, bool) for v in values):
                 return None
-            data = _bits(v is True for v in values)
+            data = bits(v is True for v in values)
             return pa.Array.from_buffers(type, n, [validity, data], null_count=missing)
         dtype = _NUMERIC.get(type)
         if dtype is None:
@@ -162,6 +162,6 @@ def _times(
     return pa.Array.from_buffers(type, n, [validity, pa.py_buffer(data)], null_count=missing)
 
 
-def _bits(flags: Any) -> pa.Buffer:
+def bits(flags: Any) -> pa.Buffer:
     """An Arrow bitmap (least significant bit first) of these truth values."""
     return pa.py_buffer(np.packbits(np.fromiter(flags, dtype=np.bool_), bitorder="little"))

@@ -460,13 +460,10 @@ def unpack(blob: bytes, ends: list[int | None]) -> tuple[pa.Array, list[memoryvi
             payloads.append(view[start:end])
             start = end
         offsets.append(start)
-    valid = arrow.array([e is not None for e in ends], pa.bool_())
-    nulls = len(ends) - valid.true_count
+    nulls = ends.count(None)
+    validity = arrow.bits(e is not None for e in ends) if nulls else None
     column = pa.Array.from_buffers(
-        pa.large_binary(),
-        len(ends),
-        [valid.buffers()[1] if nulls else None, pa.py_buffer(array("q", offsets)), pa.py_buffer(blob)],
-        nulls,
+        pa.large_binary(), len(ends), [validity, pa.py_buffer(array("q", offsets)), pa.py_buffer(blob)], nulls
     )
     return column, payloads
 
